@@ -1,0 +1,1 @@
+"""Voxgraph: real-time voice pipelines as graphs of async processors."""

@@ -1,0 +1,272 @@
+"""Frames: the units of work that flow between processors.
+
+Three tiers decide how the runtime treats a frame:
+
+* **System** frames (start, cancel, interruption, speaking events, errors, metrics) overtake queued
+  data in every processor's inbox and are never dropped.
+* **Data** frames (audio, text, transcripts, LLM text) flow in order; an interruption drops the ones
+  still queued.
+* **Control** frames (end, response and TTS boundaries) flow in order with the data.
+
+Frames are shared between the branches of a fan-out: treat them as immutable and build a new one
+(``dataclasses.replace``) instead of editing one you received.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar
+
+
+class Direction(Enum):
+    """Which way a frame travels along the graph's edges."""
+
+    DOWNSTREAM = "downstream"
+    UPSTREAM = "upstream"
+
+
+DOWNSTREAM = Direction.DOWNSTREAM
+UPSTREAM = Direction.UPSTREAM
+
+
+@dataclass(slots=True)
+class Frame:
+    """Base of every frame. ``created`` is ``time.monotonic_ns()`` at construction, for latency."""
+
+    created: int = field(default_factory=time.monotonic_ns, kw_only=True, repr=False, compare=False)
+
+    system: ClassVar[bool] = False
+    """System frames overtake queued data and are handled even by a busy processor's inbox."""
+    uninterruptible: ClassVar[bool] = False
+    """Frames marked so survive interruptions: they are never dropped from a queue."""
+    kind: ClassVar[str] = "frame"
+    """Short name used in YAML, error messages and ``python -m pipeline list``."""
+
+    @property
+    def name(self) -> str:
+        """The frame's class name, for logs."""
+        return type(self).__name__
+
+    def age_ms(self) -> float:
+        """Milliseconds since this frame was created."""
+        return (time.monotonic_ns() - self.created) / 1e6
+
+
+@dataclass(slots=True)
+class SystemFrame(Frame):
+    """Overtakes queued data; never dropped by a full queue or an interruption."""
+
+    system: ClassVar[bool] = True
+    uninterruptible: ClassVar[bool] = True
+    kind: ClassVar[str] = "system"
+
+
+@dataclass(slots=True)
+class DataFrame(Frame):
+    """Payload that flows in order and is dropped from queues by an interruption."""
+
+    kind: ClassVar[str] = "data"
+
+
+@dataclass(slots=True)
+class ControlFrame(Frame):
+    """An in-order marker (end of stream, response boundaries)."""
+
+    kind: ClassVar[str] = "control"
+
+
+class Uninterruptible:
+    """Mixin marking a frame class as surviving interruptions and drop-oldest queues."""
+
+    __slots__ = ()
+    uninterruptible: ClassVar[bool] = True
+
+
+# --- system frames -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class StartFrame(SystemFrame):
+    """First frame on every edge; the runtime sends it after every processor's ``on_start``."""
+
+    kind: ClassVar[str] = "start"
+
+
+@dataclass(slots=True)
+class CancelFrame(SystemFrame):
+    """Stop now: in-flight work is cancelled and queued frames are discarded."""
+
+    reason: str = ""
+    kind: ClassVar[str] = "cancel"
+
+
+@dataclass(slots=True)
+class InterruptionFrame(SystemFrame):
+    """The user barged in: cancel in-flight work and drop queued interruptible frames."""
+
+    kind: ClassVar[str] = "interruption"
+
+
+@dataclass(slots=True)
+class UserStartedSpeakingFrame(SystemFrame):
+    """Speech began. ``at`` is the true start on the ``time.monotonic()`` clock, in seconds."""
+
+    at: float = 0.0
+    kind: ClassVar[str] = "user_started_speaking"
+
+
+@dataclass(slots=True)
+class UserStoppedSpeakingFrame(SystemFrame):
+    """Speech ended. ``at`` is the true end on the ``time.monotonic()`` clock, in seconds."""
+
+    at: float = 0.0
+    kind: ClassVar[str] = "user_stopped_speaking"
+
+
+@dataclass(slots=True)
+class BotStartedSpeakingFrame(SystemFrame):
+    """The transport began playing bot audio."""
+
+    kind: ClassVar[str] = "bot_started_speaking"
+
+
+@dataclass(slots=True)
+class BotStoppedSpeakingFrame(SystemFrame):
+    """The transport finished (or stopped) playing bot audio."""
+
+    kind: ClassVar[str] = "bot_stopped_speaking"
+
+
+@dataclass(slots=True)
+class ErrorFrame(SystemFrame):
+    """A processor failed. Travels upstream; a fatal error ends the graph."""
+
+    message: str = ""
+    processor: str = ""
+    fatal: bool = False
+    kind: ClassVar[str] = "error"
+
+
+@dataclass(slots=True)
+class MetricsFrame(SystemFrame):
+    """One measurement from a processor (``ttfb`` or ``processing``, in seconds)."""
+
+    processor: str = ""
+    metric: str = ""
+    value: float = 0.0
+    kind: ClassVar[str] = "metrics"
+
+
+# --- data frames ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class AudioFrame(DataFrame):
+    """Interleaved PCM, signed 16-bit little-endian."""
+
+    pcm: bytes = b""
+    sample_rate: int = 16000
+    channels: int = 1
+    kind: ClassVar[str] = "audio"
+
+    @property
+    def num_samples(self) -> int:
+        """Samples per channel."""
+        return len(self.pcm) // (2 * self.channels)
+
+    @property
+    def duration(self) -> float:
+        """Length in seconds."""
+        return self.num_samples / self.sample_rate
+
+
+@dataclass(slots=True)
+class TTSAudioFrame(AudioFrame):
+    """Audio synthesised for the bot's voice."""
+
+    kind: ClassVar[str] = "tts_audio"
+
+
+@dataclass(slots=True)
+class TextFrame(DataFrame):
+    """Plain text (for example a typed message, or text to speak)."""
+
+    text: str = ""
+    kind: ClassVar[str] = "text"
+
+
+@dataclass(slots=True)
+class LLMTextFrame(TextFrame):
+    """A chunk of an LLM's streamed reply."""
+
+    kind: ClassVar[str] = "llm_text"
+
+
+@dataclass(slots=True)
+class InterimTranscriptFrame(DataFrame):
+    """A partial transcript that later frames may revise."""
+
+    text: str = ""
+    language: str | None = None
+    kind: ClassVar[str] = "interim_transcript"
+
+
+@dataclass(slots=True)
+class TranscriptFrame(DataFrame):
+    """A final transcript of one user utterance."""
+
+    text: str = ""
+    language: str | None = None
+    words: list[dict[str, Any]] | None = None
+    kind: ClassVar[str] = "transcript"
+
+
+# --- control frames ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class EndFrame(Uninterruptible, ControlFrame):
+    """End of stream: processors finish their queued work, run ``on_stop`` and forward it."""
+
+    kind: ClassVar[str] = "end"
+
+
+@dataclass(slots=True)
+class LLMResponseStartFrame(ControlFrame):
+    """An LLM reply begins."""
+
+    kind: ClassVar[str] = "llm_response_start"
+
+
+@dataclass(slots=True)
+class LLMResponseEndFrame(ControlFrame):
+    """An LLM reply is complete."""
+
+    kind: ClassVar[str] = "llm_response_end"
+
+
+@dataclass(slots=True)
+class TTSStartedFrame(ControlFrame):
+    """TTS began producing audio for a reply."""
+
+    kind: ClassVar[str] = "tts_started"
+
+
+@dataclass(slots=True)
+class TTSStoppedFrame(ControlFrame):
+    """TTS finished producing audio for a reply."""
+
+    kind: ClassVar[str] = "tts_stopped"
+
+
+def frame_kinds() -> dict[str, type[Frame]]:
+    """Every frame class in this module by its ``kind`` name (for YAML and ``list``)."""
+    kinds: dict[str, type[Frame]] = {}
+    stack: list[type[Frame]] = [Frame]
+    while stack:
+        cls = stack.pop()
+        kinds.setdefault(cls.kind, cls)
+        stack.extend(cls.__subclasses__())
+    return kinds

@@ -1,0 +1,300 @@
+"""Graphs: named processors wired as a DAG, and their lifecycle (start, drain, stop, cancel).
+
+Lifecycle, in order:
+
+1. ``on_start`` of every processor runs concurrently (model loading overlaps), bounded by
+   ``start_timeout``. If any fails the graph does not start.
+2. Workers start, then sources send a ``StartFrame``; it precedes all data on every edge.
+3. Each source's ``EndFrame`` flows after its data. A processor with several inputs forwards the
+   end once it has seen one from each. The graph has ended when every sink has seen the end.
+4. ``stop()`` asks sources to finish early and waits up to ``end_timeout`` for the end to drain;
+   ``cancel()`` then stops everything at once. Cancel always overtakes a stuck end, and every wait
+   is bounded, so shutdown always finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from pipeline.errors import Problem, ValidationError
+from pipeline.frames import Direction, ErrorFrame, Frame
+from pipeline.observers import Observer
+from pipeline.processor import Processor, Runtime, Source
+
+log = logging.getLogger("pipeline.graph")
+
+Edge = tuple[str, str]
+OutputHandler = Callable[[Processor, Frame, Direction], None]
+
+
+class GraphFailedError(RuntimeError):
+    """A processor raised a fatal error; the graph was cancelled."""
+
+
+class Graph(Runtime):
+    """A runnable DAG of processors. Build it in Python, or load it from YAML with ``pipeline.load``."""
+
+    def __init__(
+        self,
+        nodes: Mapping[str, Processor],
+        edges: Iterable[Edge],
+        *,
+        name: str = "graph",
+        observers: Iterable[Observer] = (),
+        start_timeout: float = 300.0,
+        end_timeout: float = 10.0,
+        cancel_timeout: float = 5.0,
+    ) -> None:
+        self.name = name  # shown in logs and the CLI
+        self.processors: dict[str, Processor] = dict(nodes)  # node name -> processor, in YAML order
+        self.edges: list[Edge] = list(edges)
+        self.observers = tuple(observers)  # watch every push, outside the graph
+        self.start_timeout = start_timeout  # bound on all on_start hooks together, seconds
+        self.end_timeout = end_timeout  # how long stop() lets the end drain before cancelling
+        self.cancel_timeout = cancel_timeout  # bound on each processor's cancel + on_stop
+        self.errors: deque[ErrorFrame] = deque(maxlen=1000)  # errors that reached the graph's edge
+        self.output_handler: OutputHandler | None = None  # sees frames leaving the graph (tests)
+        problems = structure_problems(self.processors, self.edges)
+        if problems:
+            raise ValidationError(problems)
+        self.order = topological_order(self.processors, self.edges)  # sources first
+        downstream: dict[str, list[Processor]] = {n: [] for n in self.processors}
+        upstream: dict[str, list[Processor]] = {n: [] for n in self.processors}
+        for a, b in self.edges:
+            downstream[a].append(self.processors[b])
+            upstream[b].append(self.processors[a])
+        for node, processor in self.processors.items():
+            processor.name = node
+            processor.attach(tuple(downstream[node]), tuple(upstream[node]), self, self.observers)
+        self.sources = [p for p in self.processors.values() if isinstance(p, Source)]
+        self.sinks = [p for n, p in self.processors.items() if not downstream[n]]
+        self._pending_sinks = {id(p) for p in self.sinks}
+        self._done = asyncio.Event()
+        self._fatal: BaseException | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._running = False
+        self._cancelled = False
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Start, wait for the end to reach every sink, clean up. Raises ``GraphFailedError`` on a fatal error."""
+        try:
+            await self.start()
+            await self._done.wait()
+        finally:
+            await self._finish()
+        if self._fatal is not None:
+            raise GraphFailedError(f"graph '{self.name}' failed: {self._fatal}") from self._fatal
+
+    async def start(self) -> None:
+        """Run every ``on_start`` concurrently, then start workers and sources."""
+        if self._running:
+            raise RuntimeError(f"graph '{self.name}' is already running")
+        self._running = True
+        await self._start_processors()
+        for processor in reversed(self.order):
+            self._tasks.append(processor.start_worker())
+        for source in self.sources:
+            self._tasks.append(source.start_producer())
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every sink has seen the end (or the graph was cancelled); False on timeout."""
+        try:
+            await asyncio.wait_for(self._done.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        """Finish early but cleanly: sources stop, queued work drains, recorders flush.
+
+        Waits at most ``end_timeout`` for the end to reach every sink, then cancels.
+        """
+        for source in self.sources:
+            source.request_stop()
+        if not await self.wait(self.end_timeout):
+            log.warning("graph %s: end did not drain in %.1fs; cancelling", self.name, self.end_timeout)
+            await self.cancel()
+        await self._finish()
+
+    async def cancel(self) -> None:
+        """Stop everything now. Each processor gets ``cancel_timeout`` seconds to run ``on_stop``."""
+        self._cancelled = True
+        await asyncio.gather(*(self._cancel_one(p) for p in self.processors.values()))
+        self._done.set()
+
+    @property
+    def ended(self) -> bool:
+        """True once every sink has seen the end, or the graph was cancelled."""
+        return self._done.is_set()
+
+    @property
+    def failed(self) -> BaseException | None:
+        """The fatal error that ended the graph, if any."""
+        return self._fatal
+
+    # --- Runtime (called by processors) ----------------------------------------------------------
+
+    def frame_left(self, processor: Processor, frame: Frame, direction: Direction) -> None:
+        if isinstance(frame, ErrorFrame):
+            self.errors.append(frame)
+        if self.output_handler is not None:
+            self.output_handler(processor, frame, direction)
+
+    def processor_ended(self, processor: Processor) -> None:
+        self._pending_sinks.discard(id(processor))
+        if not self._pending_sinks:
+            self._done.set()
+
+    def processor_failed(self, processor: Processor, error: BaseException, fatal: bool) -> None:
+        if fatal and self._fatal is None:
+            self._fatal = error
+            log.error("graph %s: fatal error in %s: %s", self.name, processor.name, error)
+            asyncio.get_running_loop().create_task(self.cancel(), name=f"cancel:{self.name}")
+
+    # --- internals -------------------------------------------------------------------------------
+
+    async def _start_processors(self) -> None:
+        starts = {
+            asyncio.ensure_future(p.on_start()): name for name, p in self.processors.items()
+        }
+        done, pending = await asyncio.wait(starts, timeout=self.start_timeout)
+        for task in pending:
+            task.cancel()
+        failures = [
+            f"{starts[t]}: {type(t.exception()).__name__}: {t.exception()}" for t in done if t.exception()
+        ]
+        failures += [f"{starts[t]}: on_start took longer than {self.start_timeout:.0f}s" for t in pending]
+        if failures:
+            await asyncio.gather(*(self._cancel_one(p) for p in self.processors.values()))
+            raise GraphFailedError(f"graph '{self.name}' could not start:\n  " + "\n  ".join(failures))
+
+    async def _cancel_one(self, processor: Processor) -> None:
+        try:
+            await asyncio.wait_for(processor.cancel(), self.cancel_timeout)
+        except TimeoutError:
+            log.warning("processor %s did not stop within %.1fs", processor.name, self.cancel_timeout)
+
+    async def _finish(self) -> None:
+        if not self._running:
+            return
+        self._running = False
+        if not self._done.is_set():
+            await self.cancel()
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.cancel_timeout)
+        self._tasks.clear()
+
+    def __repr__(self) -> str:
+        return f"<Graph {self.name!r}: {len(self.processors)} nodes, {len(self.edges)} edges>"
+
+
+def structure_problems(nodes: Mapping[str, Any], edges: list[Edge]) -> list[Problem]:
+    """Unknown endpoints, duplicate edges, cycles, sources with inputs, and nodes nothing feeds."""
+    problems: list[Problem] = []
+    names = list(nodes)
+    seen: set[Edge] = set()
+    for a, b in edges:
+        for end in (a, b):
+            if end not in nodes:
+                from pipeline.params import did_you_mean
+
+                guess = did_you_mean(end, names)
+                problems.append(
+                    Problem(
+                        f"edge {a} -> {b} names unknown node '{end}'",
+                        fix=f"did you mean '{guess}'?" if guess else f"declare '{end}' under nodes:",
+                        node=end,
+                        key="edges",
+                    )
+                )
+        if (a, b) in seen:
+            problems.append(Problem(f"edge {a} -> {b} is declared twice", fix="remove one", node=a, key="edges"))
+        seen.add((a, b))
+    if problems:
+        return problems
+    inputs = {n: 0 for n in nodes}
+    outputs = {n: 0 for n in nodes}
+    for a, b in edges:
+        inputs[b] += 1
+        outputs[a] += 1
+    for name, processor in nodes.items():
+        is_source = isinstance(processor, Source) or (isinstance(processor, type) and issubclass(processor, Source))
+        if is_source and inputs[name]:
+            problems.append(
+                Problem(
+                    f"'{name}' is a source but has an edge into it",
+                    fix=f"remove the edges into '{name}'; sources only produce",
+                    node=name,
+                    key="edges",
+                )
+            )
+        elif not is_source and not inputs[name]:
+            if outputs[name]:
+                fix = f"add an edge from a source into '{name}'"
+            else:
+                fix = f"connect '{name}' with an edge, or remove the node"
+            problems.append(Problem(f"nothing feeds '{name}' (it is not a source)", fix=fix, node=name))
+    cycle = find_cycle(list(nodes), edges)
+    if cycle:
+        path = " -> ".join([*cycle, cycle[0]])
+        problems.append(
+            Problem(f"edges form a cycle: {path}", fix="graphs are acyclic: remove one of these edges", key="edges")
+        )
+    return problems
+
+
+def find_cycle(names: list[str], edges: list[Edge]) -> list[str] | None:
+    """One cycle as a list of node names, or None."""
+    children: dict[str, list[str]] = {n: [] for n in names}
+    for a, b in edges:
+        children[a].append(b)
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for child in children[node]:
+            if state.get(child) == 1:
+                return stack[stack.index(child) :]
+            if child not in state:
+                found = visit(child)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for name in names:
+        if name not in state:
+            found = visit(name)
+            if found:
+                return found
+    return None
+
+
+def topological_order(nodes: Mapping[str, Any], edges: list[Edge]) -> list[Processor]:
+    """Processors with every producer before its consumers (Kahn's algorithm, YAML order on ties)."""
+    indegree = {n: 0 for n in nodes}
+    children: dict[str, list[str]] = {n: [] for n in nodes}
+    for a, b in edges:
+        indegree[b] += 1
+        children[a].append(b)
+    ready = deque(n for n in nodes if indegree[n] == 0)
+    order = []
+    while ready:
+        name = ready.popleft()
+        order.append(nodes[name])
+        for child in children[name]:
+            indegree[child] -= 1
+            if indegree[child] == 0:
+                ready.append(child)
+    return order

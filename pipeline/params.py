@@ -1,0 +1,217 @@
+"""Typed processor parameters: a processor declares a dataclass, this module checks values against it.
+
+Checking happens before anything runs, so a YAML typo is reported with the others, not as a crash
+minutes into a call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+from pipeline.errors import Problem
+
+
+@dataclass(slots=True)
+class NoParams:
+    """Parameters of a processor that takes none."""
+
+
+def param(default: Any = dataclasses.MISSING, *, doc: str = "", secret: bool = False) -> Any:
+    """Declare a param with a one-line ``doc`` (shown by ``list``); ``secret`` values (API keys)
+    never appear in logs, ``repr``, errors or ``list`` output. Mutable defaults are copied."""
+    metadata = {"doc": doc, "secret": secret}
+    if default is dataclasses.MISSING:
+        return dataclasses.field(repr=not secret, metadata=metadata)
+    if isinstance(default, list | dict | set):
+        return dataclasses.field(
+            default_factory=lambda: type(default)(default), repr=not secret, metadata=metadata
+        )
+    return dataclasses.field(default=default, repr=not secret, metadata=metadata)
+
+
+@dataclass(frozen=True, slots=True)
+class ParamSpec:
+    """What ``python -m pipeline list`` shows for one param."""
+
+    name: str
+    type_name: str
+    required: bool
+    default: Any
+    secret: bool
+    doc: str
+
+
+def param_specs(params_cls: type) -> list[ParamSpec]:
+    """Describe every field of a params dataclass."""
+    hints = typing.get_type_hints(params_cls)
+    docs = _field_docs(params_cls)
+    specs = []
+    for f in dataclasses.fields(params_cls):
+        default: Any = None
+        required = False
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            required = True
+        specs.append(
+            ParamSpec(
+                name=f.name,
+                type_name=type_name(hints[f.name]),
+                required=required,
+                default=default,
+                secret=bool(f.metadata.get("secret")),
+                doc=docs.get(f.name, ""),
+            )
+        )
+    return specs
+
+
+def build_params(params_cls: type, values: dict[str, Any], node: str | None = None) -> tuple[Any, list[Problem]]:
+    """Check ``values`` against ``params_cls`` and build it; returns (params or None, problems)."""
+    hints = typing.get_type_hints(params_cls)
+    fields = {f.name: f for f in dataclasses.fields(params_cls)}
+    problems: list[Problem] = []
+    accepted: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            problems.append(_unknown_param(key, list(fields), node))
+            continue
+        converted, error = convert(value, hints[key])
+        if error:
+            problems.append(
+                Problem(
+                    f"param '{key}' expects {type_name(hints[key])}, got {_show(value, fields[key])}",
+                    fix=f"set {key} to {error}",
+                    node=node,
+                    key=key,
+                )
+            )
+        else:
+            accepted[key] = converted
+    for name, f in fields.items():
+        missing = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if missing and name not in values:
+            problems.append(
+                Problem(
+                    f"missing required param '{name}' ({type_name(hints[name])})",
+                    fix=f"add '{name}: <value>' to the node",
+                    node=node,
+                )
+            )
+    if problems:
+        return None, problems
+    return params_cls(**accepted), []
+
+
+def convert(value: Any, hint: Any) -> tuple[Any, str]:
+    """Coerce ``value`` to ``hint`` where that is lossless; returns (value, "" or what is expected)."""
+    origin = get_origin(hint)
+    if hint is Any:
+        return value, ""
+    if origin in (Union, types.UnionType):
+        options = get_args(hint)
+        if value is None and type(None) in options:
+            return None, ""
+        for option in options:
+            if option is type(None):
+                continue
+            converted, error = convert(value, option)
+            if not error:
+                return converted, ""
+        return value, " or ".join(type_name(o) for o in options if o is not type(None)) + (
+            " or null" if type(None) in options else ""
+        )
+    if origin is Literal:
+        choices = get_args(hint)
+        if value in choices:
+            return value, ""
+        return value, "one of " + ", ".join(repr(c) for c in choices)
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            return value, f"a list of {type_name(get_args(hint)[0])}" if get_args(hint) else "a list"
+        item_hint = get_args(hint)[0] if get_args(hint) else Any
+        items = []
+        for item in value:
+            converted, error = convert(item, item_hint)
+            if error:
+                return value, f"a list of {type_name(item_hint)}"
+            items.append(converted)
+        return (items if origin is list else tuple(items)), ""
+    if origin is dict:
+        if not isinstance(value, dict):
+            return value, "a mapping"
+        return value, ""
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        for member in hint:
+            if value in (member.value, member.name):
+                return member, ""
+        return value, "one of " + ", ".join(repr(m.value) for m in hint)
+    if hint is bool:
+        return value, "" if isinstance(value, bool) else "true or false"
+    if hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return value, "" if ok else "a whole number"
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value), ""
+        return value, "a number"
+    if hint is str:
+        return value, "" if isinstance(value, str) else "a string (quote it)"
+    if hint is Path:
+        return (Path(value), "") if isinstance(value, str | Path) else (value, "a path")
+    if isinstance(hint, type):
+        return value, "" if isinstance(value, hint) else f"a {hint.__name__}"
+    return value, ""
+
+
+def type_name(hint: Any) -> str:
+    """Human name of a type hint, as shown in errors and ``list``."""
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return " | ".join(type_name(a) for a in get_args(hint))
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(hint))
+    if origin in (list, tuple, dict):
+        return f"{origin.__name__}[{', '.join(type_name(a) for a in get_args(hint))}]"
+    if hint is type(None):
+        return "null"
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return " | ".join(repr(m.value) for m in hint)
+    return getattr(hint, "__name__", str(hint))
+
+
+def did_you_mean(word: str, choices: list[str]) -> str | None:
+    """The closest choice to a misspelt word, if any is close."""
+    matches = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def _unknown_param(key: str, known: list[str], node: str | None) -> Problem:
+    guess = did_you_mean(key, known)
+    if guess:
+        fix = f"did you mean '{guess}'?"
+    elif known:
+        fix = "known params: " + ", ".join(known)
+    else:
+        fix = "this type takes no params: remove it"
+    return Problem(f"unknown param '{key}'", fix=fix, node=node, key=key)
+
+
+def _show(value: Any, f: dataclasses.Field[Any]) -> str:
+    if f.metadata.get("secret"):
+        return f"a {type(value).__name__}"
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _field_docs(params_cls: type) -> dict[str, str]:
+    """Each field's ``param(doc=...)`` text."""
+    return {f.name: str(f.metadata.get("doc", "")) for f in dataclasses.fields(params_cls)}

@@ -1,0 +1,410 @@
+"""Processors: the nodes of a graph. Subclass ``Processor`` (or ``Source``) and implement one coroutine.
+
+The runtime owns the lifecycle so user code never has to call ``super()``:
+
+* ``process(frame)`` sees only the frame types in ``handles``; every other frame passes through
+  untouched, in order. Start, end, cancel and interruption never reach ``process``: they run the
+  optional hooks ``on_start``, ``on_stop`` and ``on_interrupt``.
+* Each processor has one worker task fed by a bounded ``Inbox``. System frames overtake queued data.
+* An interruption cancels the frame in flight (an awaited LLM stream, say) unless it is
+  uninterruptible, and drops queued interruptible frames.
+* An exception in ``process`` becomes an ``ErrorFrame`` sent upstream; the processor carries on.
+  Raise ``FatalProcessorError`` to end the graph instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from pipeline.errors import FatalProcessorError, ValidationError
+from pipeline.formats import ANY_AUDIO, AudioCaps, AudioFormat
+from pipeline.frames import (
+    DOWNSTREAM,
+    UPSTREAM,
+    AudioFrame,
+    CancelFrame,
+    DataFrame,
+    Direction,
+    EndFrame,
+    ErrorFrame,
+    Frame,
+    InterruptionFrame,
+    StartFrame,
+)
+from pipeline.inbox import Inbox, Overflow
+from pipeline.metrics import ProcessorMetrics
+from pipeline.params import NoParams, build_params
+
+if TYPE_CHECKING:
+    from pipeline.observers import Observer
+
+log = logging.getLogger("pipeline.processor")
+
+T = TypeVar("T")
+
+
+class Runtime:
+    """What a running graph offers its processors. The default one discards what leaves the graph."""
+
+    def frame_left(self, processor: Processor, frame: Frame, direction: Direction) -> None:
+        """A frame was pushed past the graph's edge (downstream of a sink or upstream of a source)."""
+
+    def processor_ended(self, processor: Processor) -> None:
+        """``processor`` has seen the end on every input and forwarded it."""
+
+    def processor_failed(self, processor: Processor, error: BaseException, fatal: bool) -> None:
+        """``process`` raised; a fatal error ends the graph."""
+
+
+_DETACHED = Runtime()
+
+
+class Processor:
+    """A node of the graph. Override ``process``; declare what it handles, produces and accepts."""
+
+    type_name: ClassVar[str] = ""
+    """The registered YAML ``type:`` (set by ``pipeline.registry``)."""
+    Params: ClassVar[type[Any]] = NoParams
+    """A dataclass of typed params; YAML values are checked against it before anything runs."""
+    handles: ClassVar[tuple[type[Frame], ...]] = (DataFrame,)
+    """Frame types given to ``process`` when travelling downstream; all others pass through."""
+    handles_upstream: ClassVar[tuple[type[Frame], ...]] = ()
+    """Frame types given to ``process_upstream``; all others pass through."""
+    produces: ClassVar[tuple[type[Frame], ...]] = ()
+    """Frame types this processor emits of its own (for validation and ``list``)."""
+    accepts_audio: ClassVar[AudioCaps] = ANY_AUDIO
+    """Audio formats ``process`` can take, when ``handles`` includes audio."""
+    queue_size: ClassVar[int] = 64
+    """Bound of the inbox's data lane, in frames (overridable per node in YAML)."""
+    overflow: ClassVar[Overflow] = Overflow.BLOCK
+    """What a full inbox does: block the sender, or drop the oldest frame (live audio)."""
+
+    params: Any
+
+    def __init__(
+        self,
+        params: Any = None,
+        /,
+        *,
+        name: str | None = None,
+        queue_size: int | None = None,
+        overflow: Overflow | None = None,
+        **values: Any,
+    ) -> None:
+        """Build from a params object, or from keyword values checked against ``Params``."""
+        if params is None:
+            params, problems = build_params(self.Params, values, node=name)
+            if problems:
+                raise ValidationError(problems)
+        elif values:
+            raise TypeError("pass either a params object or keyword params, not both")
+        self.params = params
+        self.name = name or type(self).__name__
+        self.metrics = ProcessorMetrics(self)
+        self._inbox = Inbox(queue_size or self.queue_size, overflow or self.overflow)
+        self._downstream: tuple[Processor, ...] = ()
+        self._upstream: tuple[Processor, ...] = ()
+        self._inputs = 0  # upstream neighbours whose EndFrame we wait for
+        self._ends_seen = 0
+        self._started = False
+        self._ended = False
+        self._observers: tuple[Observer, ...] = ()
+        self._runtime: Runtime = _DETACHED
+        self._worker: asyncio.Task[None] | None = None
+        self._in_flight: Frame | None = None
+        self._interrupting = False
+        self._stopped = False
+        self._route: dict[type[Frame], bool] = {}
+
+    # --- what subclasses implement ---------------------------------------------------------------
+
+    async def process(self, frame: Any) -> None:
+        """Handle one downstream frame of a type in ``handles``. Default: pass it on."""
+        await self.push(frame)
+
+    async def process_upstream(self, frame: Any) -> None:
+        """Handle one upstream frame of a type in ``handles_upstream``. Default: pass it on."""
+        await self.push(frame, UPSTREAM)
+
+    async def on_start(self) -> None:
+        """Runs before any frame flows, concurrently for all processors: load models here."""
+
+    async def on_stop(self) -> None:
+        """Runs once when the stream ends or is cancelled: flush and release resources here."""
+
+    async def on_interrupt(self) -> None:
+        """Runs after in-flight work was cancelled by an interruption: reset per-turn state here."""
+
+    def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
+        """The audio format this processor emits, given the one it receives (for negotiation).
+
+        Default: audio it does not handle passes through unchanged; audio it handles is consumed.
+        Processors that emit audio (sources, resamplers, TTS) override this.
+        """
+        if incoming is not None and issubclass(AudioFrame, self.handles):
+            return None
+        return incoming
+
+    # --- what subclasses call --------------------------------------------------------------------
+
+    async def push(self, frame: Frame, direction: Direction = DOWNSTREAM) -> None:
+        """Send ``frame`` to the neighbours in ``direction``; waits while a full inbox pushes back."""
+        targets = self._downstream if direction is DOWNSTREAM else self._upstream
+        if self._observers:
+            for observer in self._observers:
+                for target in targets or (None,):
+                    observer.on_push(self, target, frame, direction)
+        if not targets:
+            self._runtime.frame_left(self, frame, direction)
+        elif frame.system:
+            for target in targets:
+                target._receive_system(frame, direction)
+        elif len(targets) == 1:
+            await targets[0]._inbox.put(frame, direction)
+        else:
+            for target in targets:
+                await target._inbox.put(frame, direction)
+
+    def push_system(self, frame: Frame, direction: Direction = DOWNSTREAM) -> None:
+        """Send a system frame without awaiting (usable from synchronous code)."""
+        if not frame.system:
+            raise TypeError(f"{frame.name} is not a system frame; use 'await push(frame)'")
+        targets = self._downstream if direction is DOWNSTREAM else self._upstream
+        for observer in self._observers:
+            for target in targets or (None,):
+                observer.on_push(self, target, frame, direction)
+        if not targets:
+            self._runtime.frame_left(self, frame, direction)
+        for target in targets:
+            target._receive_system(frame, direction)
+
+    async def interrupt(self) -> None:
+        """Start a barge-in from here: everything downstream drops and cancels its current work."""
+        await self.push(InterruptionFrame())
+
+    async def run_in_thread(self, function: Callable[..., T], *args: Any) -> T:
+        """Run blocking work (model inference, file I/O) off the event loop."""
+        return await asyncio.to_thread(function, *args)
+
+    # --- runtime ---------------------------------------------------------------------------------
+
+    def attach(
+        self,
+        downstream: tuple[Processor, ...],
+        upstream: tuple[Processor, ...],
+        runtime: Runtime,
+        observers: tuple[Observer, ...] = (),
+    ) -> None:
+        """Wire this processor into a graph (called by ``Graph``)."""
+        self._downstream = downstream
+        self._upstream = upstream
+        self._inputs = len(upstream)
+        self._runtime = runtime
+        self._observers = observers
+
+    @property
+    def ended(self) -> bool:
+        """True once the end has reached this processor on every input and was forwarded."""
+        return self._ended
+
+    @property
+    def inbox(self) -> Inbox:
+        """This processor's input queue (read-only use: sizes and drop counts)."""
+        return self._inbox
+
+    def start_worker(self) -> asyncio.Task[None]:
+        """Create the task that drains the inbox (called by ``Graph`` after every ``on_start``)."""
+        self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"processor:{self.name}")
+        return self._worker
+
+    async def cancel(self) -> None:
+        """Stop at once: cancel in-flight work, discard queued frames, run ``on_stop``."""
+        self._inbox.close()
+        worker = self._worker
+        if worker is not None and not worker.done():
+            worker.cancel()
+            await asyncio.wait({worker})
+        await self._stop_once()
+
+    def _receive_system(self, frame: Frame, direction: Direction) -> None:
+        """Entry point for system frames: preemption happens here, before the frame is queued."""
+        if isinstance(frame, InterruptionFrame):
+            self._inbox.drop_interruptible()
+            self._cancel_in_flight()
+        elif isinstance(frame, CancelFrame):
+            self._inbox.drop_interruptible()
+            self._cancel_in_flight()
+        self._inbox.put_system(frame, direction)
+
+    def _cancel_in_flight(self) -> None:
+        frame = self._in_flight
+        worker = self._worker
+        if frame is not None and not frame.uninterruptible and worker is not None and not self._interrupting:
+            self._interrupting = True
+            worker.cancel()
+
+    async def _work(self) -> None:
+        inbox = self._inbox
+        route = self._route
+        task = asyncio.current_task()
+        assert task is not None
+        while not self._ended:
+            frame, direction = await inbox.get()
+            if frame.system:
+                await self._handle_system(frame, direction)
+                continue
+            if isinstance(frame, EndFrame):
+                await self._handle_end(frame, direction)
+                continue
+            if direction is DOWNSTREAM:
+                handled = route.get(frame.__class__)
+                if handled is None:
+                    handled = route[frame.__class__] = self._handles(frame.__class__, direction)
+            else:
+                handled = self._handles(frame.__class__, direction)
+            self._in_flight = frame
+            try:
+                if not handled:
+                    await self.push(frame, direction)
+                elif direction is DOWNSTREAM:
+                    await self.process(frame)
+                else:
+                    await self.process_upstream(frame)
+            except asyncio.CancelledError:
+                if not self._interrupting:
+                    raise
+                task.uncancel()
+            except FatalProcessorError as error:
+                self._fail(error, fatal=True)
+            except Exception as error:
+                self._fail(error, fatal=False)
+            finally:
+                self._in_flight = None
+            if self._interrupting:
+                # The cancel landed after process() had already returned (or it swallowed it).
+                self._interrupting = False
+                if task.cancelling():
+                    task.uncancel()
+
+    def _handles(self, cls: type[Frame], direction: Direction) -> bool:
+        wanted = self.handles if direction is DOWNSTREAM else self.handles_upstream
+        return issubclass(cls, wanted) if wanted else False
+
+    async def _handle_system(self, frame: Frame, direction: Direction) -> None:
+        if isinstance(frame, StartFrame):
+            if not self._started:
+                self._started = True
+                await self.push(frame, direction)
+        elif isinstance(frame, InterruptionFrame):
+            await self._guarded(self.on_interrupt())
+            await self.push(frame, direction)
+        elif isinstance(frame, CancelFrame):
+            await self.push(frame, direction)
+            self._ended = True
+            await self._stop_once()
+            self._runtime.processor_ended(self)
+        elif self._handles(frame.__class__, direction):
+            self._in_flight = frame
+            try:
+                if direction is DOWNSTREAM:
+                    await self._guarded(self.process(frame))
+                else:
+                    await self._guarded(self.process_upstream(frame))
+            finally:
+                self._in_flight = None
+        else:
+            await self.push(frame, direction)
+
+    async def _handle_end(self, frame: EndFrame, direction: Direction) -> None:
+        if direction is UPSTREAM:
+            await self.push(frame, direction)
+            return
+        self._ends_seen += 1
+        if self._ends_seen < self._inputs:
+            return
+        await self._stop_once()
+        await self.push(frame)
+        self._ended = True
+        self._inbox.close()
+        self._runtime.processor_ended(self)
+
+    async def _stop_once(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        await self._guarded(self.on_stop())
+
+    async def _guarded(self, work: Any) -> None:
+        try:
+            await work
+        except FatalProcessorError as error:
+            self._fail(error, fatal=True)
+        except Exception as error:
+            self._fail(error, fatal=False)
+
+    def _fail(self, error: BaseException, fatal: bool) -> None:
+        log.warning("processor %s failed: %s", self.name, error, exc_info=log.isEnabledFor(logging.DEBUG))
+        message = f"{type(error).__name__}: {error}"
+        self.push_system(ErrorFrame(message=message, processor=self.name, fatal=fatal), UPSTREAM)
+        self._runtime.processor_failed(self, error, fatal)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+class Source(Processor):
+    """A processor with no inputs: implement ``generate`` to yield frames; the end follows by itself."""
+
+    handles: ClassVar[tuple[type[Frame], ...]] = ()
+
+    async def generate(self) -> AsyncIterator[Frame]:
+        """Yield the frames to send downstream. Pace with ``await asyncio.sleep``."""
+        return
+        yield  # pragma: no cover
+
+    def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        self._producer: asyncio.Task[None] | None = None
+        self._stop_requested = False
+        self._generating = False
+
+    def start_producer(self) -> asyncio.Task[None]:
+        """Send the start, then everything ``generate`` yields, then the end (called by ``Graph``)."""
+        self._producer = asyncio.get_running_loop().create_task(self._produce(), name=f"source:{self.name}")
+        return self._producer
+
+    def request_stop(self) -> None:
+        """Stop generating early; the end is still sent so the graph drains cleanly (Ctrl-C)."""
+        self._stop_requested = True
+        producer = self._producer
+        if producer is not None and not producer.done() and self._generating:
+            producer.cancel()
+
+    async def _produce(self) -> None:
+        self._started = True
+        self.push_system(StartFrame())
+        self._generating = True
+        try:
+            async for frame in self.generate():
+                if self._stop_requested:
+                    break
+                await self.push(frame)
+        except asyncio.CancelledError:
+            if not self._stop_requested:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        except FatalProcessorError as error:
+            self._fail(error, fatal=True)
+        except Exception as error:
+            self._fail(error, fatal=False)
+        finally:
+            self._generating = False
+        await self.push(EndFrame())
+        await self._stop_once()
+
+    async def _handle_end(self, frame: EndFrame, direction: Direction) -> None:
+        if direction is UPSTREAM:
+            self._runtime.frame_left(self, frame, direction)

@@ -1,0 +1,1 @@
+"""Built-in processors: audio, speech, language and debugging nodes."""

@@ -1,0 +1,1 @@
+"""Transports: how audio gets into and out of a graph (files, websockets, devices)."""
