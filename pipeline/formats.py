@@ -25,7 +25,9 @@ class AudioCaps:
     channels: frozenset[int] | None = None
 
     @classmethod
-    def of(cls, rates: int | tuple[int, ...] | None = None, channels: int | tuple[int, ...] | None = None) -> AudioCaps:
+    def of(
+        cls, rates: int | tuple[int, ...] | None = None, channels: int | tuple[int, ...] | None = None
+    ) -> AudioCaps:
         """Build caps from plain ints or tuples: ``AudioCaps.of(16000, 1)``."""
         return cls(_as_set(rates), _as_set(channels))
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from pipeline.errors import Problem, ValidationError
@@ -77,12 +77,23 @@ class Graph(Runtime):
         self._fatal: BaseException | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
-        self._cancelled = False
+        self._background: set[asyncio.Task[None]] = set()
+
+    def add_observer(self, observer: Observer) -> None:
+        """Watch every push from now on (call before ``start``)."""
+        if self._running:
+            raise RuntimeError("add observers before the graph starts")
+        self.observers = (*self.observers, observer)
+        for processor in self.processors.values():
+            processor._observers = self.observers
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Start, wait for the end to reach every sink, clean up. Raises ``GraphFailedError`` on a fatal error."""
+        """Start, wait until every sink has seen the end, clean up.
+
+        Raises ``GraphFailedError`` when a processor raised a fatal error.
+        """
         try:
             await self.start()
             await self._done.wait()
@@ -124,7 +135,6 @@ class Graph(Runtime):
 
     async def cancel(self) -> None:
         """Stop everything now. Each processor gets ``cancel_timeout`` seconds to run ``on_stop``."""
-        self._cancelled = True
         await asyncio.gather(*(self._cancel_one(p) for p in self.processors.values()))
         self._done.set()
 
@@ -155,14 +165,18 @@ class Graph(Runtime):
         if fatal and self._fatal is None:
             self._fatal = error
             log.error("graph %s: fatal error in %s: %s", self.name, processor.name, error)
-            asyncio.get_running_loop().create_task(self.cancel(), name=f"cancel:{self.name}")
+            self.in_background(self.cancel(), f"cancel:{self.name}")
+
+    def in_background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``work`` as a task the graph keeps a reference to (so it is not garbage-collected)."""
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # --- internals -------------------------------------------------------------------------------
 
     async def _start_processors(self) -> None:
-        starts = {
-            asyncio.ensure_future(p.on_start()): name for name, p in self.processors.items()
-        }
+        starts = {asyncio.ensure_future(p.on_start()): name for name, p in self.processors.items()}
         done, pending = await asyncio.wait(starts, timeout=self.start_timeout)
         for task in pending:
             task.cancel()
@@ -216,7 +230,9 @@ def structure_problems(nodes: Mapping[str, Any], edges: list[Edge]) -> list[Prob
                     )
                 )
         if (a, b) in seen:
-            problems.append(Problem(f"edge {a} -> {b} is declared twice", fix="remove one", node=a, key="edges"))
+            problems.append(
+                Problem(f"edge {a} -> {b} is declared twice", fix="remove one", node=a, key="edges")
+            )
         seen.add((a, b))
     if problems:
         return problems
@@ -226,7 +242,9 @@ def structure_problems(nodes: Mapping[str, Any], edges: list[Edge]) -> list[Prob
         inputs[b] += 1
         outputs[a] += 1
     for name, processor in nodes.items():
-        is_source = isinstance(processor, Source) or (isinstance(processor, type) and issubclass(processor, Source))
+        is_source = isinstance(processor, Source) or (
+            isinstance(processor, type) and issubclass(processor, Source)
+        )
         if is_source and inputs[name]:
             problems.append(
                 Problem(
@@ -246,7 +264,11 @@ def structure_problems(nodes: Mapping[str, Any], edges: list[Edge]) -> list[Prob
     if cycle:
         path = " -> ".join([*cycle, cycle[0]])
         problems.append(
-            Problem(f"edges form a cycle: {path}", fix="graphs are acyclic: remove one of these edges", key="edges")
+            Problem(
+                f"edges form a cycle: {path}",
+                fix="graphs are acyclic: remove one of these edges",
+                key="edges",
+            )
         )
     return problems
 

@@ -34,14 +34,14 @@ class Inbox:
     """Bounded two-lane queue. One consumer (the processor's worker), any number of senders."""
 
     __slots__ = (
-        "maxsize",
-        "overflow",
-        "dropped",
-        "closed",
         "_data",
-        "_system",
         "_getter",
         "_putters",
+        "_system",
+        "closed",
+        "dropped",
+        "maxsize",
+        "overflow",
     )
 
     def __init__(self, maxsize: int = 64, overflow: Overflow = Overflow.BLOCK) -> None:

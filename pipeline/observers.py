@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 class Observer:
     """Base observer: override ``on_push``."""
 
-    def on_push(self, source: Processor, target: Processor | None, frame: Frame, direction: Direction) -> None:
+    def on_push(
+        self, source: Processor, target: Processor | None, frame: Frame, direction: Direction
+    ) -> None:
         """``source`` pushed ``frame`` towards ``target`` (``None`` when it leaves the graph)."""
 
 
@@ -30,7 +32,9 @@ class FrameCounter(Observer):
     def __init__(self) -> None:
         self.counts: Counter[tuple[str, str, str]] = Counter()
 
-    def on_push(self, source: Processor, target: Processor | None, frame: Frame, direction: Direction) -> None:
+    def on_push(
+        self, source: Processor, target: Processor | None, frame: Frame, direction: Direction
+    ) -> None:
         self.counts[(source.name, target.name if target else "-", frame.kind)] += 1
 
 
@@ -46,7 +50,9 @@ class LatencyObserver(Observer):
         self.ages_ms: dict[str, list[float]] = {}
         self.seen: Counter[str] = Counter()
 
-    def on_push(self, source: Processor, target: Processor | None, frame: Frame, direction: Direction) -> None:
+    def on_push(
+        self, source: Processor, target: Processor | None, frame: Frame, direction: Direction
+    ) -> None:
         name = source.name
         self.seen[name] += 1
         ages = self.ages_ms.setdefault(name, [])
@@ -55,4 +61,7 @@ class LatencyObserver(Observer):
 
     def summary(self) -> dict[str, Any]:
         """Per processor: frames seen and age percentiles in ms."""
-        return {name: {"frames": self.seen[name], "age_ms": summarise(ages)} for name, ages in self.ages_ms.items()}
+        return {
+            name: {"frames": self.seen[name], "age_ms": summarise(ages)}
+            for name, ages in self.ages_ms.items()
+        }

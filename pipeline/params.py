@@ -75,7 +75,9 @@ def param_specs(params_cls: type) -> list[ParamSpec]:
     return specs
 
 
-def build_params(params_cls: type, values: dict[str, Any], node: str | None = None) -> tuple[Any, list[Problem]]:
+def build_params(
+    params_cls: type, values: dict[str, Any], node: str | None = None
+) -> tuple[Any, list[Problem]]:
     """Check ``values`` against ``params_cls`` and build it; returns (params or None, problems)."""
     hints = typing.get_type_hints(params_cls)
     fields = {f.name: f for f in dataclasses.fields(params_cls)}

@@ -117,6 +117,8 @@ class Processor:
         self._in_flight: Frame | None = None
         self._interrupting = False
         self._stopped = False
+        self._cancelling = False  # cancel() was called: a CancelledError is never taken for an interruption
+        self._last_preempt: Frame | None = None
         self._route: dict[type[Frame], bool] = {}
 
     # --- what subclasses implement ---------------------------------------------------------------
@@ -222,6 +224,7 @@ class Processor:
 
     async def cancel(self) -> None:
         """Stop at once: cancel in-flight work, discard queued frames, run ``on_stop``."""
+        self._cancelling = True
         self._inbox.close()
         worker = self._worker
         if worker is not None and not worker.done():
@@ -231,10 +234,14 @@ class Processor:
 
     def _receive_system(self, frame: Frame, direction: Direction) -> None:
         """Entry point for system frames: preemption happens here, before the frame is queued."""
-        if isinstance(frame, InterruptionFrame):
-            self._inbox.drop_interruptible()
-            self._cancel_in_flight()
-        elif isinstance(frame, CancelFrame):
+        if self._inbox.closed:
+            if direction is UPSTREAM:
+                self.push_system(frame, direction)  # an ended processor still relays errors upstream
+            return
+        if isinstance(frame, InterruptionFrame | CancelFrame):
+            if frame is self._last_preempt:
+                return  # the same frame arriving through a second input of a fan-in
+            self._last_preempt = frame
             self._inbox.drop_interruptible()
             self._cancel_in_flight()
         self._inbox.put_system(frame, direction)
@@ -242,7 +249,9 @@ class Processor:
     def _cancel_in_flight(self) -> None:
         frame = self._in_flight
         worker = self._worker
-        if frame is not None and not frame.uninterruptible and worker is not None and not self._interrupting:
+        if self._cancelling or self._interrupting:
+            return
+        if frame is not None and not frame.uninterruptible and worker is not None:
             self._interrupting = True
             worker.cancel()
 
@@ -274,7 +283,7 @@ class Processor:
                 else:
                     await self.process_upstream(frame)
             except asyncio.CancelledError:
-                if not self._interrupting:
+                if self._cancelling or not self._interrupting:
                     raise
                 task.uncancel()
             except FatalProcessorError as error:
@@ -347,6 +356,8 @@ class Processor:
 
     def _fail(self, error: BaseException, fatal: bool) -> None:
         log.warning("processor %s failed: %s", self.name, error, exc_info=log.isEnabledFor(logging.DEBUG))
+        if fatal:
+            self._inbox.close()  # handle nothing more: the graph is being cancelled
         message = f"{type(error).__name__}: {error}"
         self.push_system(ErrorFrame(message=message, processor=self.name, fatal=fatal), UPSTREAM)
         self._runtime.processor_failed(self, error, fatal)
@@ -404,6 +415,7 @@ class Source(Processor):
             self._generating = False
         await self.push(EndFrame())
         await self._stop_once()
+        self._runtime.processor_ended(self)  # matters when the source is also the graph's only sink
 
     async def _handle_end(self, frame: EndFrame, direction: Direction) -> None:
         if direction is UPSTREAM:

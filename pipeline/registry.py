@@ -1,0 +1,91 @@
+"""Node types: YAML ``type:`` names mapped to processor classes.
+
+A type is found, in order, among:
+
+1. classes registered in this process with ``@register("my.type")``;
+2. the ``voxgraph.processors`` entry-point group — built-ins and third-party packages alike::
+
+       [project.entry-points."voxgraph.processors"]
+       "acme.denoise" = "acme_voice.denoise:Denoiser"
+
+3. an import path ``package.module:ClassName`` written directly as the ``type:``.
+
+Classes are imported only when a graph uses them (``list`` imports them all).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import TypeVar
+
+from pipeline.errors import UnknownTypeError
+from pipeline.params import did_you_mean
+from pipeline.processor import Processor
+
+ENTRY_POINT_GROUP = "voxgraph.processors"
+
+P = TypeVar("P", bound=type[Processor])
+
+_registered: dict[str, type[Processor]] = {}
+
+
+def register(type_name: str) -> Callable[[P], P]:
+    """Class decorator: make a processor available as ``type: <type_name>`` in this process."""
+
+    def decorate(cls: P) -> P:
+        cls.type_name = type_name
+        _registered[type_name] = cls
+        return cls
+
+    return decorate
+
+
+def available() -> dict[str, str]:
+    """Every known type name with where it comes from (``module:Class``), sorted by name."""
+    names = {name: f"{cls.__module__}:{cls.__qualname__}" for name, cls in _registered.items()}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        names.setdefault(ep.name, ep.value)
+    return dict(sorted(names.items()))
+
+
+def resolve(type_name: str) -> type[Processor]:
+    """The processor class for a YAML ``type:``; raises ``UnknownTypeError`` with a suggestion."""
+    if type_name in _registered:
+        return _registered[type_name]
+    for ep in entry_points(group=ENTRY_POINT_GROUP, name=type_name):
+        cls = _checked(ep.load(), type_name)
+        cls.type_name = type_name
+        return cls
+    if ":" in type_name:
+        return _import_path(type_name)
+    known = list(available())
+    guess = did_you_mean(type_name, known)
+    hint = f"did you mean '{guess}'?" if guess else "run 'python -m pipeline list' to see every type"
+    raise UnknownTypeError(f"unknown type '{type_name}'; {hint}")
+
+
+def _import_path(path: str) -> type[Processor]:
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise UnknownTypeError(
+            f"cannot import module '{module_name}' for type '{path}': {error}; "
+            "check the module is installed or on PYTHONPATH"
+        ) from error
+    try:
+        obj = getattr(module, attribute)
+    except AttributeError:
+        names = [n for n in dir(module) if not n.startswith("_")]
+        guess = did_you_mean(attribute, names)
+        hint = f"; did you mean '{module_name}:{guess}'?" if guess else ""
+        raise UnknownTypeError(f"module '{module_name}' has no '{attribute}'{hint}") from None
+    return _checked(obj, path)
+
+
+def _checked(obj: object, type_name: str) -> type[Processor]:
+    if not (isinstance(obj, type) and issubclass(obj, Processor)):
+        raise UnknownTypeError(f"type '{type_name}' is {obj!r}, not a Processor subclass")
+    return obj
