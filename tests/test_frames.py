@@ -1,0 +1,112 @@
+"""Frame tiers, kinds and payload helpers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from pipeline.frames import (
+    AudioFrame,
+    BotStartedSpeakingFrame,
+    CancelFrame,
+    ControlFrame,
+    DataFrame,
+    EndFrame,
+    ErrorFrame,
+    Frame,
+    InterimTranscriptFrame,
+    InterruptionFrame,
+    LLMTextFrame,
+    MetricsFrame,
+    StartFrame,
+    SystemFrame,
+    TextFrame,
+    TranscriptFrame,
+    TTSAudioFrame,
+    Uninterruptible,
+    UserStartedSpeakingFrame,
+    frame_kinds,
+)
+
+
+@dataclasses.dataclass(slots=True)
+class KeptFrame(Uninterruptible, DataFrame):
+    note: str = ""
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        StartFrame,
+        CancelFrame,
+        InterruptionFrame,
+        UserStartedSpeakingFrame,
+        BotStartedSpeakingFrame,
+        ErrorFrame,
+    ],
+)
+def test_system_frames_overtake_and_survive_interruptions(cls: type[Frame]) -> None:
+    assert cls.system
+    assert cls.uninterruptible
+
+
+@pytest.mark.parametrize("cls", [AudioFrame, TTSAudioFrame, TextFrame, LLMTextFrame, TranscriptFrame])
+def test_data_frames_are_in_order_and_interruptible(cls: type[Frame]) -> None:
+    assert not cls.system
+    assert not cls.uninterruptible
+    assert issubclass(cls, DataFrame)
+
+
+def test_end_is_an_uninterruptible_control_frame() -> None:
+    assert issubclass(EndFrame, ControlFrame)
+    assert EndFrame.uninterruptible
+    assert not EndFrame.system
+
+
+def test_uninterruptible_mixin_marks_a_custom_data_frame() -> None:
+    frame = KeptFrame(note="keep me")
+    assert frame.uninterruptible
+    assert not frame.system
+    assert frame.kind == "data"
+    assert not hasattr(frame, "__dict__")  # still slotted
+
+
+def test_frame_kinds_maps_every_kind_to_its_class() -> None:
+    kinds = frame_kinds()
+    assert kinds["start"] is StartFrame
+    assert kinds["audio"] is AudioFrame
+    assert kinds["tts_audio"] is TTSAudioFrame
+    assert kinds["transcript"] is TranscriptFrame
+    assert kinds["interim_transcript"] is InterimTranscriptFrame
+    assert kinds["llm_text"] is LLMTextFrame
+    assert kinds["end"] is EndFrame
+    assert kinds["metrics"] is MetricsFrame
+    assert all(cls.kind == kind for kind, cls in kinds.items())
+
+
+def test_audio_frame_reports_samples_and_duration() -> None:
+    stereo = AudioFrame(pcm=bytes(4 * 320), sample_rate=16000, channels=2)
+    assert stereo.num_samples == 320
+    assert stereo.duration == pytest.approx(0.02)
+
+
+def test_equality_ignores_creation_time_and_name_is_the_class() -> None:
+    first, second = TextFrame(text="hi"), TextFrame(text="hi")
+    assert first == second
+    assert first.name == "TextFrame"
+    assert first.age_ms() >= 0
+    assert "created" not in repr(first)
+
+
+def test_frames_are_replaced_not_edited() -> None:
+    original = TranscriptFrame(text="hello", language="en")
+    changed = dataclasses.replace(original, text="hello there")
+    assert original.text == "hello"
+    assert changed.language == "en"
+
+
+def test_system_tier_base_class() -> None:
+    assert SystemFrame.system
+    assert issubclass(ErrorFrame, SystemFrame)
+    assert ErrorFrame(message="boom", processor="stt").fatal is False
