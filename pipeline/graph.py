@@ -2,6 +2,8 @@
 
 Lifecycle, in order:
 
+0. Building a ``Graph`` checks its structure and negotiates frame kinds and audio formats
+   (``pipeline.negotiate``): a graph that cannot work never starts.
 1. ``on_start`` of every processor runs concurrently (model loading overlaps), bounded by
    ``start_timeout``. If any fails the graph does not start.
 2. Workers start, then sources send a ``StartFrame``; it precedes all data on every edge.
@@ -20,9 +22,11 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
+from pipeline import negotiate
 from pipeline.errors import Problem, ValidationError
 from pipeline.frames import Direction, ErrorFrame, Frame
 from pipeline.observers import Observer
+from pipeline.params import did_you_mean
 from pipeline.processor import Processor, Runtime, Source
 
 log = logging.getLogger("pipeline.graph")
@@ -58,7 +62,9 @@ class Graph(Runtime):
         self.cancel_timeout = cancel_timeout  # bound on each processor's cancel + on_stop
         self.errors: deque[ErrorFrame] = deque(maxlen=1000)  # errors that reached the graph's edge
         self.output_handler: OutputHandler | None = None  # sees frames leaving the graph (tests)
-        problems = structure_problems(self.processors, self.edges)
+        problems = structure_problems(self.processors, self.edges) or negotiate.check(
+            self.processors, self.edges
+        )
         if problems:
             raise ValidationError(problems)
         self.order = topological_order(self.processors, self.edges)  # sources first
@@ -215,11 +221,11 @@ def structure_problems(nodes: Mapping[str, Any], edges: list[Edge]) -> list[Prob
     problems: list[Problem] = []
     names = list(nodes)
     seen: set[Edge] = set()
+    usable: list[Edge] = []  # known endpoints, first declaration only: the rest is checked on these
     for a, b in edges:
+        known = a in nodes and b in nodes
         for end in (a, b):
             if end not in nodes:
-                from pipeline.params import did_you_mean
-
                 guess = did_you_mean(end, names)
                 problems.append(
                     Problem(
@@ -233,9 +239,10 @@ def structure_problems(nodes: Mapping[str, Any], edges: list[Edge]) -> list[Prob
             problems.append(
                 Problem(f"edge {a} -> {b} is declared twice", fix="remove one", node=a, key="edges")
             )
+        elif known:
+            usable.append((a, b))
         seen.add((a, b))
-    if problems:
-        return problems
+    edges = usable
     inputs = {n: 0 for n in nodes}
     outputs = {n: 0 for n in nodes}
     for a, b in edges:

@@ -123,15 +123,16 @@ def convert(value: Any, hint: Any) -> tuple[Any, str]:
         options = get_args(hint)
         if value is None and type(None) in options:
             return None, ""
+        expected = []
         for option in options:
             if option is type(None):
+                expected.append("null")
                 continue
             converted, error = convert(value, option)
             if not error:
                 return converted, ""
-        return value, " or ".join(type_name(o) for o in options if o is not type(None)) + (
-            " or null" if type(None) in options else ""
-        )
+            expected.append(error)
+        return value, " or ".join(expected)
     if origin is Literal:
         choices = get_args(hint)
         if value in choices:

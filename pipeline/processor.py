@@ -143,10 +143,11 @@ class Processor:
     def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
         """The audio format this processor emits, given the one it receives (for negotiation).
 
-        Default: audio it does not handle passes through unchanged; audio it handles is consumed.
+        Default: audio passes through unchanged, unless ``handles`` names an audio frame class
+        explicitly (an STT, say), in which case it is consumed.
         Processors that emit audio (sources, resamplers, TTS) override this.
         """
-        if incoming is not None and issubclass(AudioFrame, self.handles):
+        if incoming is not None and any(issubclass(kind, AudioFrame) for kind in self.handles):
             return None
         return incoming
 

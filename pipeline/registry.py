@@ -55,7 +55,14 @@ def resolve(type_name: str) -> type[Processor]:
     if type_name in _registered:
         return _registered[type_name]
     for ep in entry_points(group=ENTRY_POINT_GROUP, name=type_name):
-        cls = _checked(ep.load(), type_name)
+        try:
+            loaded = ep.load()
+        except Exception as error:
+            raise UnknownTypeError(
+                f"loading type '{type_name}' from {ep.value} failed: {type(error).__name__}: {error}; "
+                "check that its package and extras are installed"
+            ) from error
+        cls = _checked(loaded, type_name)
         cls.type_name = type_name
         return cls
     if ":" in type_name:
@@ -70,7 +77,7 @@ def _import_path(path: str) -> type[Processor]:
     module_name, _, attribute = path.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as error:
+    except Exception as error:
         raise UnknownTypeError(
             f"cannot import module '{module_name}' for type '{path}': {error}; "
             "check the module is installed or on PYTHONPATH"

@@ -28,9 +28,7 @@ __all__ = ["FramePrinter", "NullSink", "describe"]
 class PrinterParams:
     """Params of ``debug.print``."""
 
-    kinds: list[str] | None = param(
-        None, doc="frame kinds to print, e.g. [transcript, llm_text]; null = all"
-    )
+    kinds: list[str] | None = param(None, doc="frame kinds to print, e.g. [transcript, llm_text]; null = all")
     audio: bool = param(False, doc="also print audio frames when kinds is null (a line per frame: noisy)")
 
 
@@ -122,6 +120,9 @@ class NullSink(Processor):
 
     async def process(self, frame: Frame) -> None:
         self.counts[frame.kind] += 1
+
+    def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
+        return None  # everything stops here
 
     async def on_interrupt(self) -> None:
         self.counts[InterruptionFrame.kind] += 1

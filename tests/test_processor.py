@@ -138,7 +138,7 @@ def test_default_negotiation_passes_unhandled_audio_and_consumes_handled_audio()
     fmt = AudioFormat(16000)
     assert Upper().output_format(fmt) == fmt
     assert AudioEater().output_format(fmt) is None
-    assert Greeter().output_format(fmt) is None  # the default handles every data frame, audio included
+    assert Greeter().output_format(fmt) == fmt  # a generic handler is assumed to pass audio on
     assert Upper().output_format(None) is None
 
 

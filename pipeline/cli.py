@@ -1,0 +1,193 @@
+"""``python -m pipeline``: run, validate, draw and list graphs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline import config, logs, negotiate, render, runner
+from pipeline.errors import Problem, UnknownTypeError, ValidationError
+from pipeline.formats import ANY_AUDIO
+from pipeline.params import param_specs
+from pipeline.processor import Processor, Source
+from pipeline.registry import available, resolve
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+EPILOG = """examples:
+  python -m pipeline run configs/assistant.yaml
+  python -m pipeline run graph.yaml --set vad.aggressiveness=3 --metrics latency.json
+  python -m pipeline validate graph.yaml
+  python -m pipeline graph graph.yaml > graph.mmd
+  python -m pipeline list vad.webrtc
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code (0 ok, 1 the graph failed, 2 invalid config)."""
+    args = _parser().parse_args(argv)
+    logs.configure(args.verbose)
+    handler: Any = args.handler
+    return int(handler(args))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Voxgraph: real-time voice pipelines declared as YAML graphs.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logs (-v info, -vv debug)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run a graph until it ends (Ctrl-C stops it cleanly)")
+    _add_config_args(run)
+    run.add_argument(
+        "--metrics", type=Path, metavar="FILE", help="save a per-processor latency summary as JSON"
+    )
+    run.add_argument("--summary", action="store_true", help="print the latency summary when the run ends")
+    run.set_defaults(handler=_run)
+
+    validate = commands.add_parser("validate", help="check a config and print every problem (exit 2 if any)")
+    _add_config_args(validate)
+    validate.set_defaults(handler=_validate)
+
+    graph = commands.add_parser("graph", help="print the graph as Mermaid (default) or Graphviz DOT")
+    _add_config_args(graph)
+    graph.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+    graph.set_defaults(handler=_graph)
+
+    listing = commands.add_parser("list", help="list node types with their params, defaults and formats")
+    listing.add_argument("types", nargs="*", metavar="TYPE", help="only these types")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(handler=_list)
+    return parser
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, help="the graph's YAML file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="NODE.PARAM=VALUE",
+        help="override a param (repeatable); VALUE is read as YAML, e.g. --set vad.aggressiveness=3",
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    graph = _load(args)
+    if graph is None:
+        return EXIT_INVALID
+    measure = bool(args.metrics or args.summary)
+    report = asyncio.run(runner.run(graph, measure=measure))
+    if args.metrics:
+        runner.save(report, args.metrics)
+    if args.summary:
+        print(runner.format_summary(report), file=sys.stderr)
+    return EXIT_FAILED if report.outcome == "failed" else EXIT_OK
+
+
+def _validate(args: argparse.Namespace) -> int:
+    problems = config.check(args.config, args.overrides)
+    if problems:
+        _print_problems(problems)
+        return EXIT_INVALID
+    print(f"{args.config}: valid")
+    return EXIT_OK
+
+
+def _graph(args: argparse.Namespace) -> int:
+    graph = _load(args)
+    if graph is None:
+        return EXIT_INVALID
+    labels = negotiate.edge_formats(graph.processors, graph.edges)
+    draw = render.dot if args.format == "dot" else render.mermaid
+    sys.stdout.write(draw(graph, labels))
+    return EXIT_OK
+
+
+def _list(args: argparse.Namespace) -> int:
+    names = available()
+    wanted = args.types or list(names)
+    entries = []
+    for name in wanted:
+        try:
+            entries.append(describe(name, resolve(name)))
+        except UnknownTypeError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_INVALID
+        except ImportError as error:  # an optional extra is not installed
+            entries.append({"type": name, "source": names.get(name, name), "unavailable": str(error)})
+    if args.json:
+        print(json.dumps(entries, indent=2, default=str))
+    else:
+        print("\n\n".join(_format_entry(e) for e in entries))
+    return EXIT_OK
+
+
+def describe(name: str, cls: type[Processor]) -> dict[str, Any]:
+    """What ``list`` shows about one type."""
+    entry: dict[str, Any] = {
+        "type": name,
+        "class": f"{cls.__module__}:{cls.__qualname__}",
+        "summary": (cls.__doc__ or "").strip().split("\n")[0].replace("``", ""),
+        "role": "source" if issubclass(cls, Source) else "processor",
+        "handles": [f.kind for f in cls.handles],
+        "produces": [f.kind for f in cls.produces],
+        "params": [
+            {
+                "name": s.name,
+                "type": s.type_name,
+                "required": s.required,
+                "default": None if s.secret else s.default,
+                "doc": s.doc,
+            }
+            for s in param_specs(cls.Params)
+        ],
+    }
+    if cls.accepts_audio is not ANY_AUDIO:
+        entry["accepts_audio"] = str(cls.accepts_audio)
+    return entry
+
+
+def _format_entry(entry: dict[str, Any]) -> str:
+    if "unavailable" in entry:
+        return f"{entry['type']}  (not installed: {entry['unavailable']})"
+    lines = [f"{entry['type']}  [{entry['role']}]  {entry['summary']}"]
+    flow = []
+    if entry["handles"]:
+        flow.append("handles " + ", ".join(entry["handles"]))
+    if entry["produces"]:
+        flow.append("produces " + ", ".join(entry["produces"]))
+    if "accepts_audio" in entry:
+        flow.append("audio in: " + entry["accepts_audio"])
+    if flow:
+        lines.append("    " + "; ".join(flow))
+    for p in entry["params"]:
+        default = "required" if p["required"] else f"default {p['default']!r}"
+        doc = f" — {p['doc']}" if p["doc"] else ""
+        lines.append(f"    {p['name']}: {p['type']} ({default}){doc}")
+    return "\n".join(lines)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    try:
+        return config.load(args.config, args.overrides)
+    except ValidationError as error:
+        _print_problems(error.problems)
+        return None
+
+
+def _print_problems(problems: list[Problem]) -> None:
+    count = len(problems)
+    print(f"{count} problem{'s' if count != 1 else ''} found:", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)

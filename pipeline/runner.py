@@ -1,0 +1,122 @@
+"""Running a graph from the command line: signals, a bounded shutdown, and the latency summary.
+
+Ctrl-C (or SIGTERM) once: sources stop and the end drains, so recorders flush and files are
+complete. Twice, or when the drain exceeds the graph's ``end_timeout``: everything is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.graph import Graph, GraphFailedError
+from pipeline.observers import LatencyObserver
+
+log = logging.getLogger("pipeline.runner")
+
+
+@dataclass
+class RunReport:
+    """How a run ended and what it measured."""
+
+    graph: str
+    outcome: str = "ended"  # ended | stopped | cancelled | failed
+    seconds: float = 0.0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    processors: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as plain JSON data."""
+        return {
+            "graph": self.graph,
+            "outcome": self.outcome,
+            "seconds": round(self.seconds, 3),
+            "errors": self.errors,
+            "processors": self.processors,
+        }
+
+
+async def run(graph: Graph, *, measure: bool = False, handle_signals: bool = True) -> RunReport:
+    """Run ``graph`` until its end (or a signal), and report. ``measure`` adds per-edge latency."""
+    latency = LatencyObserver() if measure else None
+    if latency is not None:
+        graph.add_observer(latency)
+    report = RunReport(graph.name)
+    loop = asyncio.get_running_loop()
+    signals_seen = 0
+
+    def on_signal() -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            report.outcome = "stopped"
+            print("\nstopping: finishing queued work (Ctrl-C again to cancel)", file=sys.stderr)
+            graph.in_background(graph.stop(), "graph-stop")
+        else:
+            report.outcome = "cancelled"
+            graph.in_background(graph.cancel(), "graph-cancel")
+
+    installed = _install(loop, on_signal) if handle_signals else []
+    started = time.perf_counter()
+    try:
+        await graph.run()
+    except GraphFailedError as error:
+        report.outcome = "failed"
+        log.error("%s", error)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        report.seconds = time.perf_counter() - started
+    report.errors = [{"processor": e.processor, "message": e.message, "fatal": e.fatal} for e in graph.errors]
+    for name, processor in graph.processors.items():
+        entry: dict[str, Any] = {"type": processor.type_name, "dropped": processor.inbox.dropped}
+        timings = processor.metrics.summary()
+        if timings:
+            entry["metrics_ms"] = timings
+        if latency is not None and name in latency.ages_ms:
+            entry.update(latency.summary()[name])
+        report.processors[name] = entry
+    return report
+
+
+def save(report: RunReport, path: Path) -> None:
+    """Write the report as JSON (atomically, so a reader never sees half a file)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    tmp.replace(path)
+
+
+def format_summary(report: RunReport) -> str:
+    """A short table: per processor, frames out, output age p50/p99, and its own timings."""
+    rows = [f"{report.graph}: {report.outcome} after {report.seconds:.2f}s"]
+    for name, entry in report.processors.items():
+        parts = [f"  {name:<16}"]
+        if "frames" in entry:
+            age = entry["age_ms"]
+            parts.append(f"frames={entry['frames']:<7} age p50={age['p50']:.2f}ms p99={age['p99']:.2f}ms")
+        for metric, stats in entry.get("metrics_ms", {}).items():
+            parts.append(f"{metric} p50={stats['p50']:.1f}ms p95={stats['p95']:.1f}ms (n={stats['count']})")
+        if entry["dropped"]:
+            parts.append(f"dropped={entry['dropped']}")
+        rows.append(" ".join(parts))
+    for error in report.errors:
+        rows.append(f"  error in {error['processor']}: {error['message']}")
+    return "\n".join(rows)
+
+
+def _install(loop: asyncio.AbstractEventLoop, handler: Any) -> list[signal.Signals]:
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, handler)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no signal support
+            pass
+    return installed
