@@ -69,6 +69,7 @@ class Clock:
     def __init__(self) -> None:
         self.go = asyncio.Event()
         self.base = 0.0  # loop time of the start line
+        self.cpu_seconds = 0.0  # process CPU time from the start line until every sink was done
 
     def start(self, delay: float = 0.02) -> None:
         self.base = asyncio.get_running_loop().time() + delay
@@ -249,10 +250,13 @@ async def run_chains(chains: list[Chain], countdown: Countdown, clock: Clock, ti
             await chain.start()
         await asyncio.sleep(0)
         clock.start()
+        began = time.process_time()
         try:
             await asyncio.wait_for(countdown.done.wait(), timeout)
         except TimeoutError:
             return False
+        finally:
+            clock.cpu_seconds = time.process_time() - began
         return True
     finally:
         await asyncio.gather(*(chain.close() for chain in chains))
@@ -325,6 +329,8 @@ async def realtime_trial(impl: str, pipelines: int, cfg: Config) -> dict[str, An
             for i in range(cfg.realtime_warmup, len(arrivals))
         )
     lags.sort()
+    arrived = frames_each * pipelines - lost
+    cpu_us = clock.cpu_seconds * 1e6 / arrived if arrived else math.inf
     p99 = percentile(lags, 99) if lags else math.inf
     ok = lost == 0 and p99 <= LAG_LIMIT_NS / 1e6
     return {
@@ -333,6 +339,7 @@ async def realtime_trial(impl: str, pipelines: int, cfg: Config) -> dict[str, An
         "p50_lag_ms": percentile(lags, 50) if lags else math.inf,
         "p99_lag_ms": p99,
         "lost": lost,
+        "cpu_us_per_frame": cpu_us,
         "wall_s": round(wall, 2),
     }
 

@@ -1,0 +1,224 @@
+"""``GraphSpec`` -> ready-to-run processors: settings, types, params and queues, each node on its own.
+
+Every node is built even when another fails, and each problem gets the line of the key it is about
+(or the ``--set`` that supplied the value), so one run reports everything. ``pipeline.wiring`` then
+checks the edges between the nodes that were built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.config.interpolate import SHORTEST_SECRET
+from pipeline.config.spec import GraphSpec, NodeSpec, Settings
+from pipeline.config.wiring import wire
+from pipeline.errors import Problem, UnknownTypeError, ValidationError
+from pipeline.graph import Edge, Graph
+from pipeline.inbox import Overflow
+from pipeline.params import build_params, convert, did_you_mean, type_name
+from pipeline.processor import Processor
+from pipeline.registry import resolve
+
+QUEUE_KEYS = ("size", "overflow")
+
+
+@dataclass(slots=True)
+class Compiled:
+    """A config that passed every check: ready-to-run processors and edges."""
+
+    spec: GraphSpec
+    settings: Settings
+    processors: dict[str, Processor]
+    edges: list[Edge]
+
+    def graph(self) -> Graph:
+        """A new ``Graph`` of these processors (build it once: processors are wired in place)."""
+        return Graph(
+            self.processors,
+            self.edges,
+            name=self.spec.name,
+            start_timeout=self.settings.start_timeout,
+            end_timeout=self.settings.end_timeout,
+            cancel_timeout=self.settings.cancel_timeout,
+        )
+
+
+def build(spec: GraphSpec) -> tuple[Compiled, list[Problem]]:
+    """Build every node that can be built and wire them; the result is only usable without problems."""
+    builder = _Builder(spec)
+    settings = builder.settings()
+    for node in spec.nodes.values():
+        builder.node(node)
+    processors, edges, problems = wire(spec, builder.classes, builder.processors, settings.auto_resample)
+    return Compiled(spec, settings, processors, edges), builder.problems + problems
+
+
+class _Builder:
+    """Builds nodes one at a time, each problem placed where its value was written."""
+
+    def __init__(self, spec: GraphSpec) -> None:
+        self.spec = spec
+        self.problems: list[Problem] = []
+        self.classes: dict[str, type[Processor] | None] = {}
+        """Every node's type; None where it could not be resolved."""
+        self.processors: dict[str, Processor] = {}
+        """The nodes that were built."""
+
+    def report(self, problem: Problem, node: NodeSpec) -> None:
+        """Record a problem of ``node`` with its line (``--set`` problems name the override instead)."""
+        problem.node = problem.node or node.name
+        if problem.key is not None and problem.key in node.overridden:
+            problem.file, problem.line = f"--set {node.name}.{problem.key}", None
+        else:
+            problem.file, problem.line = self.spec.file, node.line_of(problem.key)
+        self.problems.append(problem)
+
+    def settings(self) -> Settings:
+        """The valid settings; the others are reported and keep their defaults."""
+        values: dict[str, Any] = {}
+        for key, value in self.spec.settings.items():
+            path = f"settings.{key}"
+            converted, problem = _setting(key, value, self.spec.interpolated.get(path))
+            if problem is None:
+                values[key] = converted
+                continue
+            if path in self.spec.overridden:
+                problem.file = f"--set {path}"
+            else:
+                problem.file, problem.line = self.spec.file, self.spec.lines.get(path)
+            self.problems.append(problem)
+        return Settings(**values)
+
+    def node(self, node: NodeSpec) -> None:
+        cls = self.resolve(node)
+        self.classes[node.name] = cls
+        queue = self.queue(node)
+        if cls is None:
+            return
+        params = self.params(node, cls)
+        if params is None:
+            return
+        try:  # built even with a bad queue: wiring can still check it
+            self.processors[node.name] = cls(params, name=node.name, **queue)
+        except ValidationError as error:
+            for problem in error.problems:
+                self.report(problem, node)
+        except Exception as error:
+            message = f"creating {cls.__name__} failed: {type(error).__name__}: {error}"
+            fix = "check the node's params; heavy work belongs in on_start"
+            self.report(Problem(message, fix=fix, key="type"), node)
+
+    def resolve(self, node: NodeSpec) -> type[Processor] | None:
+        if node.type is None:
+            return None  # reported while reading
+        try:
+            return resolve(node.type)
+        except UnknownTypeError as error:
+            message, _, fix = str(error).rpartition("; ")
+            if not message:
+                message, fix = fix, "run 'python -m pipeline list' to see every type"
+            self.report(Problem(message, fix=fix, key="type"), node)
+        except Exception as error:
+            message = f"loading type '{node.type}' failed: {type(error).__name__}: {error}"
+            fix = "check that the package providing it is installed and imports cleanly"
+            self.report(Problem(message, fix=fix, key="type"), node)
+        return None
+
+    def params(self, node: NodeSpec, cls: type[Processor]) -> Any:
+        """The node's params object, or None once the problems with its values are reported."""
+        try:
+            params, problems = _params(node, cls, self.spec.secrets)
+        except Exception as error:  # a Params that is not a dataclass, or whose __post_init__ raises
+            message = f"checking the params of {cls.__name__} failed: {type(error).__name__}: {error}"
+            fix = f"{cls.__name__}.Params must be a dataclass of typed fields"
+            params, problems = None, [Problem(message, fix=fix, key="type")]
+        for problem in problems:
+            self.report(problem, node)
+        return None if problems else params
+
+    def queue(self, node: NodeSpec) -> dict[str, Any]:
+        """Processor kwargs from ``queue:`` (the valid part; problems are reported)."""
+        if node.queue is None:
+            return {}
+        if not isinstance(node.queue, dict):
+            fix = "write 'queue: {size: 32, overflow: drop_oldest}'"
+            self.report(Problem("queue must be a mapping", fix=fix, key="queue"), node)
+            return {}
+        kwargs: dict[str, Any] = {}
+        for key, value in node.queue.items():
+            option = _queue_option(key, value, hide="queue" in node.interpolated)
+            if isinstance(option, Problem):
+                self.report(option, node)
+            else:
+                kwargs[option[0]] = option[1]
+        return kwargs
+
+
+def _params(node: NodeSpec, cls: type[Processor], secrets: dict[str, str]) -> tuple[Any, list[Problem]]:
+    """Check the node's values against ``cls.Params``; adds its secret values to ``secrets``.
+
+    Messages about a value that came from the environment say so instead of showing it.
+    """
+    hints = typing.get_type_hints(cls.Params)
+    values = dict(node.params)
+    for key, text in node.substituted.items():
+        if key in hints and convert(values[key], hints[key])[1] and not convert(text, hints[key])[1]:
+            values[key] = text  # ${ZIP} = 01234 for a str param stays "01234"
+    for f in dataclasses.fields(cls.Params):
+        value = values.get(f.name)
+        if f.metadata.get("secret") and isinstance(value, str) and len(value) >= SHORTEST_SECRET:
+            secrets.setdefault(value, "<secret>")
+    params, problems = build_params(cls.Params, values, node=node.name)
+    for problem in problems:
+        if problem.key in node.interpolated and ", got " in problem.message:
+            expects = problem.message.partition(", got ")[0]
+            problem.message = f"{expects}, got {_shown(values[problem.key], node.interpolated[problem.key])}"
+    return params, problems
+
+
+def _setting(key: str, value: Any, interpolated: str | None) -> tuple[Any, Problem | None]:
+    """A setting's value converted to its type, or what is wrong with it."""
+    hints = typing.get_type_hints(Settings)
+    if key not in hints:
+        guess = did_you_mean(key, list(hints))
+        fix = f"did you mean '{guess}'?" if guess else "settings are: " + ", ".join(hints)
+        return None, Problem(f"unknown setting '{key}'", fix=fix, key=key)
+    converted, expected = convert(value, hints[key])
+    if not expected and isinstance(converted, float) and converted <= 0:
+        expected = "a number of seconds above 0"
+    if not expected:
+        return converted, None
+    message = f"setting '{key}' expects {type_name(hints[key])}, got {_shown(value, interpolated)}"
+    return None, Problem(message, fix=f"set {key} to {expected}", key=key)
+
+
+def _queue_option(key: str, value: Any, hide: bool) -> tuple[str, Any] | Problem:
+    """One ``queue:`` entry as a processor kwarg, or what is wrong with it (not showing it if ``hide``)."""
+    shown = "the value" if hide else repr(value)
+    if key == "size":
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return "queue_size", value
+        message = f"queue size must be a whole number >= 1, got {shown}"
+        return Problem(message, fix="e.g. 'size: 32'", key="queue.size")
+    if key == "overflow":
+        choices = [o.value for o in Overflow]
+        if value in choices:
+            return "overflow", Overflow(value)
+        message = f"queue overflow must be {' or '.join(choices)}, got {shown}"
+        return Problem(
+            message, fix="block: backpressure (text, files); drop_oldest: live audio", key="queue.overflow"
+        )
+    guess = did_you_mean(key, list(QUEUE_KEYS))
+    fix = f"did you mean '{guess}'?" if guess else "queue keys are: size, overflow"
+    return Problem(f"unknown queue key '{key}'", fix=fix, key=f"queue.{key}")
+
+
+def _shown(value: Any, interpolated: str | None) -> str:
+    """A value as messages show it: its ``repr``, or only its type and where it came from."""
+    if not interpolated:
+        return repr(value)
+    noun = type(value).__name__
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun} from {interpolated}"

@@ -1,0 +1,78 @@
+"""What a config says, before anything is built: nodes, edges and settings, with the line of every key.
+
+Reading the YAML produces a ``GraphSpec``, ``--set`` overrides edit it, and building turns it into
+processors. The lines travel with the values so that every later stage can report a problem where the
+user wrote it, and the interpolation records let messages name ``${VAR}`` instead of showing its value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.graph import Edge
+
+
+@dataclass(slots=True)
+class Settings:
+    """Graph-wide settings (``settings:`` in YAML)."""
+
+    auto_resample: bool = False
+    """Insert ``audio.resample`` nodes where a consumer cannot take the audio it is given."""
+    start_timeout: float = 300.0
+    """Seconds all ``on_start`` hooks together may take."""
+    end_timeout: float = 10.0
+    """Seconds ``Graph.stop()`` lets the end drain before cancelling."""
+    cancel_timeout: float = 5.0
+    """Seconds each processor gets to stop when the graph is cancelled."""
+
+
+@dataclass(slots=True)
+class NodeSpec:
+    """One node as written: type, raw param values, and where each key is (for messages)."""
+
+    name: str
+    type: str | None = None
+    params: dict[str, Any] = field(default_factory=dict, repr=False)
+    """Param values as written, interpolated (may hold secrets: left out of ``repr``)."""
+    queue: Any = None
+    """The ``queue:`` value as written (checked when the graph is built)."""
+    line: int | None = None
+    """Line of the node's name."""
+    lines: dict[str, int] = field(default_factory=dict)
+    """Line of each key: ``type``, ``queue``, ``queue.size``, param names."""
+    interpolated: dict[str, str] = field(default_factory=dict)
+    """Key -> the ``${...}`` references its value came from (the value itself is never shown)."""
+    substituted: dict[str, str] = field(default_factory=dict, repr=False)
+    """Key -> substituted text, for values that were exactly one ``${...}`` (typed re-parse fallback)."""
+    overridden: set[str] = field(default_factory=set)
+    """Keys set by ``--set``."""
+
+    def line_of(self, key: str | None) -> int | None:
+        """Where to report a problem with ``key``: its line, else the ``type:`` line, else the node's."""
+        if key is not None and key in self.lines:
+            return self.lines[key]
+        return self.lines.get("type", self.line)
+
+
+@dataclass(slots=True)
+class GraphSpec:
+    """A parsed, interpolated, line-annotated config; ``check`` and ``load`` turn it into a graph."""
+
+    name: str
+    file: str
+    description: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """Raw ``settings:`` values (checked when the graph is built)."""
+    nodes: dict[str, NodeSpec] = field(default_factory=dict)
+    edges: list[Edge] = field(default_factory=list)
+    edge_lines: list[int | None] = field(default_factory=list)
+    """Line of each edge, parallel to ``edges``."""
+    lines: dict[str, int] = field(default_factory=dict)
+    """Line of each top-level key and of each ``settings.<key>``."""
+    interpolated: dict[str, str] = field(default_factory=dict)
+    """``settings.<key>`` -> the ``${...}`` references its value came from."""
+    overridden: set[str] = field(default_factory=set)
+    """``settings.<key>`` set by ``--set``."""
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    """Sensitive text -> what to show instead (substituted environment values, secret params)."""
