@@ -86,6 +86,9 @@ def _run(args: argparse.Namespace) -> int:
     graph = _load(args)
     if graph is None:
         return EXIT_INVALID
+    if args.metrics and not args.metrics.parent.is_dir():
+        print(f"error: --metrics {args.metrics}: no directory {args.metrics.parent}", file=sys.stderr)
+        return EXIT_INVALID
     measure = bool(args.metrics or args.summary)
     report = asyncio.run(runner.run(graph, measure=measure))
     if args.metrics:

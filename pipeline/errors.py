@@ -15,6 +15,8 @@ class Problem:
     key: str | None = None  # the param (or node-level key) it concerns, if any
     file: str | None = None  # filled in by the YAML loader
     line: int | None = None  # 1-based, filled in by the YAML loader
+    code: str = ""  # what kind of problem, stable for tools and tests (e.g. "cycle", "unfed")
+    edge: int | None = None  # index of the edge it concerns, in the edge list that was checked
 
     def __str__(self) -> str:
         where = ""

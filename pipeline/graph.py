@@ -217,36 +217,45 @@ class Graph(Runtime):
 
 
 def structure_problems(nodes: Mapping[str, Any], edges: list[Edge]) -> list[Problem]:
-    """Unknown endpoints, duplicate edges, cycles, sources with inputs, and nodes nothing feeds."""
+    """Unknown endpoints, duplicate edges, cycles, sources with inputs, and nodes nothing feeds.
+
+    Each problem carries a ``code`` and, when it is about an edge, that edge's index in ``edges``
+    (the YAML loader turns it into a line number).
+    """
     problems: list[Problem] = []
-    names = list(nodes)
-    seen: set[Edge] = set()
-    usable: list[Edge] = []  # known endpoints, first declaration only: the rest is checked on these
-    for a, b in edges:
-        known = a in nodes and b in nodes
+    first: dict[Edge, int] = {}  # known endpoints, first declaration: the rest is checked on these
+    for index, (a, b) in enumerate(edges):
         for end in (a, b):
             if end not in nodes:
-                guess = did_you_mean(end, names)
+                guess = did_you_mean(end, list(nodes))
+                fix = f"did you mean '{guess}'?" if guess else f"declare '{end}' under nodes:"
                 problems.append(
                     Problem(
                         f"edge {a} -> {b} names unknown node '{end}'",
-                        fix=f"did you mean '{guess}'?" if guess else f"declare '{end}' under nodes:",
-                        node=end,
-                        key="edges",
+                        fix,
+                        end,
+                        "edges",
+                        code="unknown_node",
+                        edge=index,
                     )
                 )
-        if (a, b) in seen:
+        if (a, b) in first:
             problems.append(
-                Problem(f"edge {a} -> {b} is declared twice", fix="remove one", node=a, key="edges")
+                Problem(
+                    f"edge {a} -> {b} is declared twice",
+                    "remove one",
+                    a,
+                    "edges",
+                    code="duplicate_edge",
+                    edge=index,
+                )
             )
-        elif known:
-            usable.append((a, b))
-        seen.add((a, b))
-    edges = usable
-    inputs = {n: 0 for n in nodes}
+        elif a in nodes and b in nodes:
+            first[(a, b)] = index
+    inputs: dict[str, list[int]] = {n: [] for n in nodes}
     outputs = {n: 0 for n in nodes}
-    for a, b in edges:
-        inputs[b] += 1
+    for (a, b), index in first.items():
+        inputs[b].append(index)
         outputs[a] += 1
     for name, processor in nodes.items():
         is_source = isinstance(processor, Source) or (
@@ -256,9 +265,11 @@ def structure_problems(nodes: Mapping[str, Any], edges: list[Edge]) -> list[Prob
             problems.append(
                 Problem(
                     f"'{name}' is a source but has an edge into it",
-                    fix=f"remove the edges into '{name}'; sources only produce",
-                    node=name,
-                    key="edges",
+                    f"remove the edges into '{name}'; sources only produce",
+                    name,
+                    "edges",
+                    code="source_has_input",
+                    edge=inputs[name][0],
                 )
             )
         elif not is_source and not inputs[name]:
@@ -266,15 +277,17 @@ def structure_problems(nodes: Mapping[str, Any], edges: list[Edge]) -> list[Prob
                 fix = f"add an edge from a source into '{name}'"
             else:
                 fix = f"connect '{name}' with an edge, or remove the node"
-            problems.append(Problem(f"nothing feeds '{name}' (it is not a source)", fix=fix, node=name))
-    cycle = find_cycle(list(nodes), edges)
+            problems.append(Problem(f"nothing feeds '{name}' (it is not a source)", fix, name, code="unfed"))
+    cycle = find_cycle(list(nodes), list(first))
     if cycle:
         path = " -> ".join([*cycle, cycle[0]])
         problems.append(
             Problem(
                 f"edges form a cycle: {path}",
-                fix="graphs are acyclic: remove one of these edges",
+                "graphs are acyclic: remove one of these edges",
                 key="edges",
+                code="cycle",
+                edge=first[(cycle[-1], cycle[0])],
             )
         )
     return problems

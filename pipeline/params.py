@@ -192,6 +192,21 @@ def type_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
+def hide_secret_params(text: str, params: Any) -> str:
+    """``text`` with the value of every ``secret`` param of ``params`` replaced by ``***``.
+
+    An SDK's exception often echoes the request, key included; errors travel as frames and into
+    reports, so they are cleaned where they are made.
+    """
+    if not dataclasses.is_dataclass(params):
+        return text
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name, None)
+        if f.metadata.get("secret") and isinstance(value, str) and len(value) >= 4 and value in text:
+            text = text.replace(value, "***")
+    return text
+
+
 def did_you_mean(word: str, choices: list[str]) -> str | None:
     """The closest choice to a misspelt word, if any is close."""
     matches = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)

@@ -36,7 +36,7 @@ from pipeline.frames import (
 )
 from pipeline.inbox import Inbox, Overflow
 from pipeline.metrics import ProcessorMetrics
-from pipeline.params import NoParams, build_params
+from pipeline.params import NoParams, build_params, hide_secret_params
 
 if TYPE_CHECKING:
     from pipeline.observers import Observer
@@ -359,7 +359,7 @@ class Processor:
         log.warning("processor %s failed: %s", self.name, error, exc_info=log.isEnabledFor(logging.DEBUG))
         if fatal:
             self._inbox.close()  # handle nothing more: the graph is being cancelled
-        message = f"{type(error).__name__}: {error}"
+        message = hide_secret_params(f"{type(error).__name__}: {error}", self.params)
         self.push_system(ErrorFrame(message=message, processor=self.name, fatal=fatal), UPSTREAM)
         self._runtime.processor_failed(self, error, fatal)
 

@@ -52,7 +52,14 @@ def _is_terminal(graph: Graph, processor: Processor) -> bool:
 
 
 def _node_id(name: str) -> str:
-    return "n_" + "".join(c if c.isalnum() or c == "_" else f"_{ord(c):x}_" for c in name)
+    """Letters and digits kept, ``_`` doubled, anything else ``_<hex>_``: distinct names, distinct ids."""
+    return "n_" + "".join(_id_char(c) for c in name)
+
+
+def _id_char(c: str) -> str:
+    if c.isascii() and c.isalnum():
+        return c
+    return "__" if c == "_" else f"_{ord(c):x}_"
 
 
 def _escape(text: str) -> str:

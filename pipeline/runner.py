@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.graph import Graph, GraphFailedError
+from pipeline.logs import RedactSecrets
 from pipeline.observers import LatencyObserver
 
 log = logging.getLogger("pipeline.runner")
@@ -74,9 +75,13 @@ async def run(graph: Graph, *, measure: bool = False, handle_signals: bool = Tru
         for sig in installed:
             loop.remove_signal_handler(sig)
         report.seconds = time.perf_counter() - started
-    report.errors = [{"processor": e.processor, "message": e.message, "fatal": e.fatal} for e in graph.errors]
+    redact = RedactSecrets().redact  # the summary and --metrics print these outside logging's filter
+    report.errors = [
+        {"processor": e.processor, "message": redact(e.message), "fatal": e.fatal} for e in graph.errors
+    ]
     for name, processor in graph.processors.items():
-        entry: dict[str, Any] = {"type": processor.type_name, "dropped": processor.inbox.dropped}
+        kind = processor.type_name or f"{type(processor).__module__}:{type(processor).__qualname__}"
+        entry: dict[str, Any] = {"type": kind, "dropped": processor.inbox.dropped}
         timings = processor.metrics.summary()
         if timings:
             entry["metrics_ms"] = timings

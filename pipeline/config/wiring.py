@@ -7,14 +7,13 @@ each is about, and inserts resamplers when ``settings.auto_resample`` asks for t
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
 from pipeline.config.spec import GraphSpec
 from pipeline.errors import Problem
 from pipeline.formats import AudioFormat
-from pipeline.graph import Edge, find_cycle, structure_problems
+from pipeline.graph import Edge, structure_problems
 from pipeline.negotiate import ResamplerFactory, diagnose, insert_resamplers
 from pipeline.processor import Processor
 from pipeline.registry import resolve
@@ -55,35 +54,21 @@ class _Wiring:
         usable = list(dict.fromkeys((a, b) for a, b in edges if a in nodes and b in nodes))
         misspelt = {end for a, b in edges if a not in nodes or b not in nodes for end in (a, b)}
         for problem in structure_problems(nodes, edges):
-            about_edge = problem.message.startswith("edge ")
-            if problem.node in unresolved and not about_edge:
+            if problem.node in unresolved and problem.code in ("unfed", "source_has_input"):
                 continue  # whether it is a source is unknown: its type is already reported
-            if problem.node in misspelt and problem.message.startswith("nothing feeds"):
+            if problem.node in misspelt and problem.code == "unfed":
                 continue  # follows from a misspelt edge, reported already
             problem.file = self.spec.file
-            problem.line = self.structure_line(problem, usable)
+            problem.line = self.structure_line(problem)
             self.problems.append(problem)
         return usable
 
-    def structure_line(self, problem: Problem, usable: list[Edge]) -> int | None:
+    def structure_line(self, problem: Problem) -> int | None:
         """The line of the edge or node a structure problem is about."""
-        message = problem.message
-        if message.startswith("edge "):
-            nth = 2 if message.endswith("declared twice") else 1
-            seen: Counter[Edge] = Counter()
-            for (a, b), line in zip(self.spec.edges, self.spec.edge_lines, strict=True):
-                seen[(a, b)] += 1
-                if message.startswith(f"edge {a} -> {b} ") and seen[(a, b)] == nth:
-                    return line
-            return None
-        if message.startswith("edges form a cycle"):
-            cycle = find_cycle(list(self.spec.nodes), usable) or []
-            return self.edge_line.get((cycle[-1], cycle[0])) if cycle else None
-        if problem.node is None or problem.node not in self.spec.nodes:
-            return None
-        node = self.spec.nodes[problem.node]
-        into = [line for (_, b), line in self.edge_line.items() if b == node.name]
-        return into[0] if "is a source" in message and into else node.line
+        if problem.edge is not None:
+            return self.spec.edge_lines[problem.edge]
+        node = self.spec.nodes.get(problem.node or "")
+        return node.line if node else None
 
     def negotiate(
         self, built: Mapping[str, Processor], edges: list[Edge], auto_resample: bool
