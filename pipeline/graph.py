@@ -81,6 +81,7 @@ class Graph(Runtime):
         self._pending_sinks = {id(p) for p in self.sinks}
         self._done = asyncio.Event()
         self._fatal: BaseException | None = None
+        self._fatal_message = ""  # the fatal error as reported (secrets hidden)
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
         self._background: set[asyncio.Task[None]] = set()
@@ -106,7 +107,7 @@ class Graph(Runtime):
         finally:
             await self._finish()
         if self._fatal is not None:
-            raise GraphFailedError(f"graph '{self.name}' failed: {self._fatal}") from self._fatal
+            raise GraphFailedError(f"graph '{self.name}' failed: {self._fatal_message}") from self._fatal
 
     async def start(self) -> None:
         """Run every ``on_start`` concurrently, then start workers and sources."""
@@ -167,10 +168,11 @@ class Graph(Runtime):
         if not self._pending_sinks:
             self._done.set()
 
-    def processor_failed(self, processor: Processor, error: BaseException, fatal: bool) -> None:
-        if fatal and self._fatal is None:
+    def processor_failed(self, processor: Processor, report: ErrorFrame, error: BaseException) -> None:
+        if report.fatal and self._fatal is None:
             self._fatal = error
-            log.error("graph %s: fatal error in %s: %s", self.name, processor.name, error)
+            self._fatal_message = report.message
+            log.error("graph %s: fatal error in %s: %s", self.name, processor.name, report.message)
             self.in_background(self.cancel(), f"cancel:{self.name}")
 
     def in_background(self, work: Coroutine[Any, Any, None], name: str) -> None:

@@ -55,8 +55,8 @@ class Runtime:
     def processor_ended(self, processor: Processor) -> None:
         """``processor`` has seen the end on every input and forwarded it."""
 
-    def processor_failed(self, processor: Processor, error: BaseException, fatal: bool) -> None:
-        """``process`` raised; a fatal error ends the graph."""
+    def processor_failed(self, processor: Processor, report: ErrorFrame, error: BaseException) -> None:
+        """``process`` or a hook raised; ``report.fatal`` errors end the graph."""
 
 
 _DETACHED = Runtime()
@@ -356,12 +356,13 @@ class Processor:
             self._fail(error, fatal=False)
 
     def _fail(self, error: BaseException, fatal: bool) -> None:
-        log.warning("processor %s failed: %s", self.name, error, exc_info=log.isEnabledFor(logging.DEBUG))
         if fatal:
             self._inbox.close()  # handle nothing more: the graph is being cancelled
         message = hide_secret_params(f"{type(error).__name__}: {error}", self.params)
-        self.push_system(ErrorFrame(message=message, processor=self.name, fatal=fatal), UPSTREAM)
-        self._runtime.processor_failed(self, error, fatal)
+        log.warning("processor %s failed: %s", self.name, message, exc_info=log.isEnabledFor(logging.DEBUG))
+        report = ErrorFrame(message=message, processor=self.name, fatal=fatal)
+        self.push_system(report, UPSTREAM)
+        self._runtime.processor_failed(self, report, error)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
