@@ -10,7 +10,19 @@ noise hits both, chains of N pass-through stages built three ways:
 * ``raw``: N tasks doing ``x = await qin.get(); await qout.put(x)`` over ``asyncio.Queue(maxsize=64)``.
 
 All three are fed the same 20 ms 16 kHz mono frames (640-byte ``AudioFrame``) by the same generators.
-Run from the repo root: ``python benchmarks/overhead.py`` (``--help`` for what is measured).
+
+* burst: frames/s from first to last frame at the sink; per-hop cost is the least-squares slope of
+  1/throughput against N. Bounded queues let each stage drain a batch per wake-up, so this is the
+  cheapest a hop gets.
+* paced: latency (sink arrival - ``frame.created``) of frames sent once a millisecond through an idle
+  chain: every hop wakes a task, which is what a live 20 ms stream pays.
+* realtime: the most concurrent 5-stage pipelines, each sending a frame every 20 ms at its own phase,
+  that keep p99 lag (arrival - scheduled send) <= 20 ms and lose nothing. Searched by doubling then
+  bisection; a trial that fails on the tail alone (median lag fine) is run once more, since noise from
+  elsewhere on the machine only ever slows a run. Also reports CPU per pipeline-frame at capacity.
+
+Run from the repo root: ``python benchmarks/overhead.py`` (about 85 s on 2 cores, medians of 3),
+``--quick`` for a ~20 s smoke run.
 """
 
 from __future__ import annotations
@@ -58,6 +70,7 @@ class Config:
     realtime_start: int = 64
     realtime_impls: tuple[str, ...] = ("voxgraph", "raw")
     repeat: int = 3
+    freeze_gc: bool = False
 
 
 # --- frames: one set of generators feeds every implementation ---------------------------------------
@@ -243,12 +256,20 @@ def build_chain(impl: str, stages: int, frames: AsyncIterator[Frame], recorder: 
     return VoxgraphChain(stages, frames, recorder, auto=impl == "auto")
 
 
-async def run_chains(chains: list[Chain], countdown: Countdown, clock: Clock, timeout: float) -> bool:
-    """Start every chain, open the clock, wait for every sink (False on timeout), tear down."""
+async def run_chains(
+    chains: list[Chain], countdown: Countdown, clock: Clock, timeout: float, freeze_gc: bool = False
+) -> bool:
+    """Start every chain, open the clock, wait for every sink (False on timeout), tear down.
+
+    ``freeze_gc`` moves everything built so far out of the collector's reach, as a long-running
+    server would after building its graphs, so full collections stop scanning them.
+    """
     try:
         for chain in chains:
             await chain.start()
         await asyncio.sleep(0)
+        if freeze_gc:
+            gc.freeze()
         clock.start()
         began = time.process_time()
         try:
@@ -260,6 +281,8 @@ async def run_chains(chains: list[Chain], countdown: Countdown, clock: Clock, ti
         return True
     finally:
         await asyncio.gather(*(chain.close() for chain in chains))
+        if freeze_gc:
+            gc.unfreeze()
 
 
 # --- the three measurements --------------------------------------------------------------------------
@@ -270,7 +293,7 @@ async def burst(impl: str, stages: int, cfg: Config) -> dict[str, Any]:
     countdown = Countdown(1)
     recorder = Recorder(cfg.burst_frames, countdown.tick)
     chain = build_chain(impl, stages, burst_frames(cfg.burst_frames), recorder)
-    finished = await run_chains([chain], countdown, Clock(), timeout=60.0)
+    finished = await run_chains([chain], countdown, Clock(), 60.0, cfg.freeze_gc)
     arrivals = recorder.arrivals
     if not finished or len(arrivals) < 2:
         raise RuntimeError(
@@ -289,7 +312,7 @@ async def paced(impl: str, stages: int, cfg: Config) -> dict[str, Any]:
     frames = paced_frames(cfg.paced_frames, cfg.paced_interval, clock, 0.0)
     chain = build_chain(impl, stages, frames, recorder)
     budget = cfg.paced_frames * cfg.paced_interval * 3 + 5.0
-    if not await run_chains([chain], countdown, clock, budget):
+    if not await run_chains([chain], countdown, clock, budget, cfg.freeze_gc):
         raise RuntimeError(f"paced {impl} n={stages}: {len(recorder.arrivals)} of {cfg.paced_frames} arrived")
     pairs = list(zip(recorder.arrivals, recorder.created, strict=True))[cfg.paced_warmup :]
     latencies = sorted((a - c) / 1000 for a, c in pairs)
@@ -316,7 +339,7 @@ async def realtime_trial(impl: str, pipelines: int, cfg: Config) -> dict[str, An
     # Frames not at their sink a quarter second after the last one was due count as lost.
     timeout = 0.02 + cfg.realtime_seconds + 0.25
     began = time.perf_counter()
-    await run_chains(chains, countdown, clock, timeout)
+    await run_chains(chains, countdown, clock, timeout, cfg.freeze_gc)
     wall = time.perf_counter() - began
     lags: list[float] = []
     lost = 0
@@ -354,14 +377,16 @@ class CapacitySearch:
     def __init__(self, start: int, factor: float, trials: int) -> None:
         self.factor = factor
         self.lo = 0  # largest K seen in real time
+        self.lo_cpu_us = math.inf  # CPU per pipeline-frame in the trial that set ``lo``
         self.hi: int | None = None  # smallest K seen falling behind
         self.next_k: int | None = start
         self.trials_left = trials
 
-    def report(self, k: int, ok: bool) -> None:
+    def report(self, k: int, ok: bool, cpu_us: float) -> None:
         self.trials_left -= 1
         if ok:
-            self.lo = max(self.lo, k)
+            if k > self.lo:
+                self.lo, self.lo_cpu_us = k, cpu_us
         else:
             self.hi = k if self.hi is None else min(self.hi, k)
         self.next_k = self._choose(k)
@@ -445,9 +470,10 @@ def medians(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]
     return {key: statistics.median(run[key] for run in runs) for key in keys}
 
 
-async def realtime_capacity(cfg: Config) -> dict[str, list[int]]:
-    """One capacity search per impl per repeat; the searches step in turn (interleaved)."""
+async def realtime_capacity(cfg: Config) -> tuple[dict[str, list[int]], dict[str, list[float]]]:
+    """Capacity and CPU per pipeline-frame at capacity, per impl and repeat; searches step in turn."""
     capacities: dict[str, list[int]] = {impl: [] for impl in cfg.realtime_impls}
+    cpu_at_capacity: dict[str, list[float]] = {impl: [] for impl in cfg.realtime_impls}
     for rep in range(cfg.repeat):
         searches = {
             impl: CapacitySearch(cfg.realtime_start, 2.0, cfg.realtime_trials)
@@ -467,11 +493,12 @@ async def realtime_capacity(cfg: Config) -> dict[str, list[int]]:
                     # Noise only ever slows a run down, so a near miss gets a second chance.
                     search.trials_left -= 1
                     result = await logged_trial(impl, k, cfg, rep)
-                search.report(k, result["ok"])
+                search.report(k, result["ok"], result["cpu_us_per_frame"])
         for impl, search in searches.items():
             capacities[impl].append(search.lo)
+            cpu_at_capacity[impl].append(search.lo_cpu_us)
             progress(f"  realtime rep {rep + 1}: {impl} keeps {search.lo} pipelines in real time")
-    return capacities
+    return capacities, cpu_at_capacity
 
 
 def marginal(result: dict[str, Any]) -> bool:
@@ -496,6 +523,7 @@ async def main_async(cfg: Config, benches: set[str]) -> None:
     burst_results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     paced_results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     capacities: dict[str, list[int]] = {}
+    cpu_at_capacity: dict[str, list[float]] = {}
     if "burst" in benches:
         progress(f"burst: {cfg.burst_frames} frames per run, n={list(cfg.sizes)}")
         burst_results = await measure_series("burst", burst, cfg, IMPLS)
@@ -504,7 +532,7 @@ async def main_async(cfg: Config, benches: set[str]) -> None:
         paced_results = await measure_series("paced", paced, cfg, IMPLS)
     if "realtime" in benches:
         progress(f"realtime: {cfg.realtime_seconds:g} s trials of K {REALTIME_STAGES}-stage pipelines")
-        capacities = await realtime_capacity(cfg)
+        capacities, cpu_at_capacity = await realtime_capacity(cfg)
 
     table: list[str] = []
     per_hop: dict[str, float] = {}
@@ -553,6 +581,7 @@ async def main_async(cfg: Config, benches: set[str]) -> None:
         if impl in capacities:
             summary["realtime_pipelines"] = statistics.median(capacities[impl])
             summary["runs_realtime_pipelines"] = capacities[impl]
+            summary["cpu_us_per_frame_at_capacity"] = statistics.median(cpu_at_capacity[impl])
         if summary:
             summaries[impl] = summary
             emit({"bench": "summary", "impl": impl, "n": list(cfg.sizes), **rounded(summary)})
@@ -562,13 +591,21 @@ async def main_async(cfg: Config, benches: set[str]) -> None:
         ratio["auto_per_hop_ratio"] = per_hop["auto"] / per_hop["raw"]
         ratio["per_hop_target"] = TARGET_HOP_RATIO
         ratio["per_hop_ok"] = ratio["per_hop_ratio"] <= TARGET_HOP_RATIO
+    if "latency_per_hop_us" in summaries.get("raw", {}):
+        lat = summaries["voxgraph"]["latency_per_hop_us"] / summaries["raw"]["latency_per_hop_us"]
+        ratio["latency_per_hop_ratio"] = lat
     if "voxgraph" in capacities and "raw" in capacities:
         vox = summaries["voxgraph"]["realtime_pipelines"]
         raw = summaries["raw"]["realtime_pipelines"]
         ratio["realtime_ratio"] = vox / raw if raw else math.inf
+        ratio["cpu_per_frame_ratio"] = (
+            summaries["voxgraph"]["cpu_us_per_frame_at_capacity"]
+            / summaries["raw"]["cpu_us_per_frame_at_capacity"]
+        )
         ratio["realtime_target"] = TARGET_PIPELINES
         ratio["realtime_ok"] = vox >= TARGET_PIPELINES
     ratio["repeat"] = cfg.repeat
+    ratio["freeze_gc"] = cfg.freeze_gc
     ratio["seconds"] = time.perf_counter() - began
     emit({"bench": "summary", "impl": "voxgraph/raw", **rounded(ratio)})
 
@@ -588,15 +625,16 @@ def print_table(table: list[str], summaries: dict[str, dict[str, Any]], ratio: d
     print(f"\n{'impl':<9}{'n':>3}  {'frames/s':>10}  {'us/frame':>8}  {'p50 us':>8}  {'p99 us':>8}", file=out)
     for line in table or ["(no burst or paced runs)"]:
         print(line, file=out)
-    print(
-        f"\n{'impl':<9}  {'per-hop us':>10}  {'fixed us':>8}  {'lat/hop us':>10}  {'RT pipelines':>12}",
-        file=out,
-    )
+    header = f"{'per-hop us':>10}  {'fixed us':>8}  {'lat/hop us':>10}  "
+    header += f"{'RT pipelines':>12}  {'RT cpu us/frame':>15}"
+    print(f"\n{'impl':<9}  {header}", file=out)
     for impl, s in summaries.items():
         hop = f"{s['per_hop_us']:>10.2f}" if "per_hop_us" in s else f"{'-':>10}"
         fixed = f"{s['fixed_us']:>8.2f}" if "fixed_us" in s else f"{'-':>8}"
         lat = f"{s['latency_per_hop_us']:>10.2f}" if "latency_per_hop_us" in s else f"{'-':>10}"
         rt = f"{s['realtime_pipelines']:>12g}" if "realtime_pipelines" in s else f"{'-':>12}"
+        cpu = s.get("cpu_us_per_frame_at_capacity")
+        rt += f"  {cpu:>15.1f}" if cpu is not None else f"  {'-':>15}"
         print(f"{impl:<9}  {hop}  {fixed}  {lat}  {rt}", file=out)
     if "per_hop_ratio" in ratio:
         verdict = "ok" if ratio["per_hop_ok"] else "MISSED"
@@ -605,11 +643,17 @@ def print_table(table: list[str], summaries: dict[str, dict[str, Any]], ratio: d
             f"{verdict}); auto/raw: {ratio['auto_per_hop_ratio']:.2f}x",
             file=out,
         )
+    if "latency_per_hop_ratio" in ratio:
+        print(
+            f"latency per hop (one frame in flight) voxgraph/raw: {ratio['latency_per_hop_ratio']:.2f}x",
+            file=out,
+        )
     if "realtime_ratio" in ratio:
         verdict = "ok" if ratio["realtime_ok"] else "MISSED"
         print(
             f"real-time pipelines voxgraph/raw: {ratio['realtime_ratio']:.2f}x (voxgraph target >= "
-            f"{TARGET_PIPELINES}: {verdict})",
+            f"{TARGET_PIPELINES}: {verdict}); CPU per pipeline-frame voxgraph/raw: "
+            f"{ratio['cpu_per_frame_ratio']:.2f}x",
             file=out,
         )
     print(f"total {ratio['seconds']:.1f} s, medians of {ratio['repeat']} run(s)", file=out)
@@ -624,8 +668,9 @@ def parse_args(argv: list[str] | None) -> tuple[Config, set[str]]:
             "last frame at the sink; (2) paced latency p50/p99 in microseconds, sink arrival minus frame "
             "creation, frames sent one per millisecond; (3) real-time capacity: the most concurrent "
             "5-stage pipelines, each sending a frame every 20 ms at its own phase, that keep p99 lag "
-            "(arrival minus scheduled send) <= 20 ms with no frame lost. Per-hop cost is the least-squares "
-            "slope of 1/throughput against N. 'voxgraph' runs Processor.process -> push, 'auto' lets the "
+            "(arrival minus scheduled send) <= 20 ms with no frame lost, and the CPU per pipeline-frame "
+            "there. Per-hop cost is the least-squares slope of 1/throughput against N. "
+            "'voxgraph' runs Processor.process -> push, 'auto' lets the "
             "runtime forward (handles = ()), 'raw' is N tasks over asyncio.Queue(maxsize=64)."
         ),
         epilog="JSON lines go to stdout, progress and a table to stderr.",
@@ -639,9 +684,14 @@ def parse_args(argv: list[str] | None) -> tuple[Config, set[str]]:
         default="burst,paced,realtime",
         help="comma-separated subset of burst,paced,realtime (default: all)",
     )
+    parser.add_argument(
+        "--freeze-gc",
+        action="store_true",
+        help="gc.freeze() once each run's chains are built (as a server would after building its graphs)",
+    )
     parser.add_argument("--sizes", default="1,5,10,20", help="chain lengths N (default 1,5,10,20)")
     args = parser.parse_args(argv)
-    cfg = Config(sizes=tuple(int(n) for n in args.sizes.split(",")))
+    cfg = Config(sizes=tuple(int(n) for n in args.sizes.split(",")), freeze_gc=args.freeze_gc)
     if len(cfg.sizes) < 2:
         parser.error("--sizes needs at least two chain lengths to fit a per-hop slope")
     if args.quick:
