@@ -105,6 +105,22 @@ class Inbox:
         self._wake_getter()
         return True
 
+    def get_nowait(self) -> tuple[Frame, Direction] | None:
+        """Next frame if one is queued (system lane first), else None; never suspends."""
+        if self._system:
+            return self._system.popleft()
+        if self._data:
+            item = self._data.popleft()
+            if self._putters:
+                self._wake_putter()
+            return item
+        return None
+
+    def arrival(self) -> asyncio.Future[None]:
+        """A future set when the next frame is queued: the worker awaits it directly (no coroutine)."""
+        getter = self._getter = asyncio.get_running_loop().create_future()
+        return getter
+
     async def get(self) -> tuple[Frame, Direction]:
         """Next frame: system lane first, then data in arrival order."""
         while True:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from enum import Enum
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from pipeline.errors import FatalProcessorError, ValidationError
 from pipeline.formats import ANY_AUDIO, AudioCaps, AudioFormat
@@ -60,6 +61,18 @@ class Runtime:
 
 
 _DETACHED = Runtime()
+
+
+class _Action(Enum):
+    """What the worker does with a frame class arriving from one direction (cached per class)."""
+
+    FORWARD = 0
+    PROCESS = 1
+    SYSTEM = 2
+    END = 3
+
+
+_FORWARD, _PROCESS, _SYSTEM, _END = _Action.FORWARD, _Action.PROCESS, _Action.SYSTEM, _Action.END
 
 
 class Processor:
@@ -119,7 +132,7 @@ class Processor:
         self._stopped = False
         self._cancelling = False  # cancel() was called: a CancelledError is never taken for an interruption
         self._last_preempt: Frame | None = None
-        self._route: dict[type[Frame], bool] = {}
+        self._route: dict[type[Frame], _Action] = {}
 
     # --- what subclasses implement ---------------------------------------------------------------
 
@@ -166,10 +179,14 @@ class Processor:
             for target in targets:
                 target._receive_system(frame, direction)
         elif len(targets) == 1:
-            await targets[0]._inbox.put(frame, direction)
+            inbox = targets[0]._inbox
+            if not inbox.put_nowait(frame, direction):
+                await inbox.put(frame, direction)
         else:
             for target in targets:
-                await target._inbox.put(frame, direction)
+                inbox = target._inbox
+                if not inbox.put_nowait(frame, direction):
+                    await inbox.put(frame, direction)
 
     def push_system(self, frame: Frame, direction: Direction = DOWNSTREAM) -> None:
         """Send a system frame without awaiting (usable from synchronous code)."""
@@ -259,25 +276,28 @@ class Processor:
     async def _work(self) -> None:
         inbox = self._inbox
         route = self._route
+        route_up: dict[type[Frame], _Action] = {}
         task = asyncio.current_task()
         assert task is not None
         while not self._ended:
-            frame, direction = await inbox.get()
-            if frame.system:
+            item = inbox.get_nowait()
+            while item is None:
+                await inbox.arrival()
+                item = inbox.get_nowait()
+            frame, direction = item
+            routes = route if direction is DOWNSTREAM else route_up
+            action = routes.get(frame.__class__)
+            if action is None:
+                action = routes[frame.__class__] = self._action(frame.__class__, direction)
+            if action is _SYSTEM:
                 await self._handle_system(frame, direction)
                 continue
-            if isinstance(frame, EndFrame):
-                await self._handle_end(frame, direction)
+            if action is _END:
+                await self._handle_end(cast(EndFrame, frame), direction)
                 continue
-            if direction is DOWNSTREAM:
-                handled = route.get(frame.__class__)
-                if handled is None:
-                    handled = route[frame.__class__] = self._handles(frame.__class__, direction)
-            else:
-                handled = self._handles(frame.__class__, direction)
             self._in_flight = frame
             try:
-                if not handled:
+                if action is _FORWARD:
                     await self.push(frame, direction)
                 elif direction is DOWNSTREAM:
                     await self.process(frame)
@@ -298,6 +318,13 @@ class Processor:
                 self._interrupting = False
                 if task.cancelling():
                     task.uncancel()
+
+    def _action(self, cls: type[Frame], direction: Direction) -> _Action:
+        if cls.system:
+            return _SYSTEM
+        if issubclass(cls, EndFrame):
+            return _END
+        return _PROCESS if self._handles(cls, direction) else _FORWARD
 
     def _handles(self, cls: type[Frame], direction: Direction) -> bool:
         wanted = self.handles if direction is DOWNSTREAM else self.handles_upstream

@@ -424,6 +424,7 @@ def _pending_report(graph: Graph, timeout: float, captured: Captured) -> str:
 
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__)
 _INBOX_FILE = os.path.join(os.path.dirname(__file__), "inbox.py")
+_WORKER_CODE = Processor._work.__code__  # a worker suspended in its own frame awaits its inbox
 
 
 def _where(task: asyncio.Task[Any]) -> str:
@@ -440,8 +441,10 @@ def _where(task: asyncio.Task[Any]) -> str:
     if innermost is None:
         return ""
     code = innermost.f_code
-    if code.co_filename == _INBOX_FILE:
+    if code is _WORKER_CODE or (code.co_filename == _INBOX_FILE and code.co_name == "get"):
         return ", idle (waiting for frames)"
+    if code.co_filename == _INBOX_FILE and code.co_name == "_wait_for_room":
+        return ", blocked: a downstream inbox is full"
     return f", suspended in {code.co_name}() at {os.path.basename(code.co_filename)}:{innermost.f_lineno}"
 
 

@@ -174,6 +174,19 @@ def test_a_run_that_never_ends_times_out_naming_the_stuck_processor() -> None:
     assert "collector" in message and "idle" in message
 
 
+def test_a_timeout_tells_a_sender_blocked_by_a_full_inbox_from_an_idle_one() -> None:
+    async def main() -> str:
+        stuck = Stuck(name="stuck", queue_size=1)
+        frames = [TextFrame(text=str(i)) for i in range(3)]
+        with pytest.raises(TimeoutError) as caught:
+            await run_graph(Graph({"script": ScriptedSource(frames), "stuck": stuck}, [("script", "stuck")]), 30)
+        return str(caught.value)
+
+    message = run_virtual(main())
+    assert "script" in message and "blocked: a downstream inbox is full" in message
+    assert "stuck" in message and "suspended in process()" in message
+
+
 async def test_run_graph_captures_per_sink() -> None:
     graph = Graph(
         {
