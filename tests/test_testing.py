@@ -179,7 +179,8 @@ def test_a_timeout_tells_a_sender_blocked_by_a_full_inbox_from_an_idle_one() -> 
         stuck = Stuck(name="stuck", queue_size=1)
         frames = [TextFrame(text=str(i)) for i in range(3)]
         with pytest.raises(TimeoutError) as caught:
-            await run_graph(Graph({"script": ScriptedSource(frames), "stuck": stuck}, [("script", "stuck")]), 30)
+            graph = Graph({"script": ScriptedSource(frames), "stuck": stuck}, [("script", "stuck")])
+            await run_graph(graph, 30)
         return str(caught.value)
 
     message = run_virtual(main())
