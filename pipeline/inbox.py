@@ -123,20 +123,12 @@ class Inbox:
 
     async def get(self) -> tuple[Frame, Direction]:
         """Next frame: system lane first, then data in arrival order."""
-        while True:
-            if self._system:
-                return self._system.popleft()
-            if self._data:
-                item = self._data.popleft()
-                if self._putters:
-                    self._wake_putter()
-                return item
-            getter = asyncio.get_running_loop().create_future()
-            self._getter = getter
+        while (item := self.get_nowait()) is None:
             try:
-                await getter
+                await self.arrival()
             finally:
                 self._getter = None
+        return item
 
     def drop_interruptible(self) -> int:
         """Discard queued data frames that an interruption may drop; keep the rest in order."""

@@ -186,9 +186,9 @@ class _Negotiation:
 
     def _kinds_fix(self, name: str, wanted: list[type[Frame]]) -> str:
         handled = _kind_names(wanted, joiner=" or ")
-        descendants = _descendants(name, self.edges)
+        downstream = descendants([name], self.edges)
         for candidate, processor in self.processors.items():
-            if candidate == name or candidate in descendants:
+            if candidate == name or candidate in downstream:
                 continue
             if any(_overlaps(kind, wanted) for kind in _emitted(processor)):
                 return (
@@ -219,12 +219,13 @@ def _topological(processors: Mapping[str, Processor], edges: list[Edge]) -> list
     return order
 
 
-def _descendants(name: str, edges: list[Edge]) -> set[str]:
+def descendants(names: Iterable[str], edges: Iterable[Edge]) -> set[str]:
+    """Every node downstream of any of ``names`` (not ``names`` themselves, unless in a cycle)."""
     children: dict[str, list[str]] = {}
     for a, b in edges:
         children.setdefault(a, []).append(b)
     seen: set[str] = set()
-    stack = [name]
+    stack = list(names)
     while stack:
         for child in children.get(stack.pop(), []):
             if child not in seen:

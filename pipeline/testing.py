@@ -65,6 +65,7 @@ __all__ = [
     "ScriptedSource",
     "VirtualClock",
     "VirtualTimeLoop",
+    "WhenPushed",
     "current_clock",
     "run_graph",
     "run_processor",
@@ -446,6 +447,25 @@ def _where(task: asyncio.Task[Any]) -> str:
     if code.co_filename == _INBOX_FILE and code.co_name == "_wait_for_room":
         return ", blocked: a downstream inbox is full"
     return f", suspended in {code.co_name}() at {os.path.basename(code.co_filename)}:{innermost.f_lineno}"
+
+
+class WhenPushed(Observer):
+    """Calls ``action`` on the loop's next turn once a frame of ``cls`` is pushed to node ``target``.
+
+    Lets a test act at an exact point of the flow (open a gate once the interruption is on its
+    way, say) instead of sleeping and hoping.
+    """
+
+    def __init__(self, target: str, cls: type[Frame], action: Callable[[], None]) -> None:
+        self.target = target  # node name the frame must be pushed to
+        self.cls = cls  # frame class to wait for
+        self.action = action  # called with no arguments, once per matching push
+
+    def on_push(
+        self, source: Processor, target: Processor | None, frame: Frame, direction: Direction
+    ) -> None:
+        if target is not None and target.name == self.target and isinstance(frame, self.cls):
+            asyncio.get_running_loop().call_soon(self.action)
 
 
 # --- virtual time --------------------------------------------------------------------------------

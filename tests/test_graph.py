@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Callable
 
 import pytest
 
@@ -25,7 +24,7 @@ from pipeline.graph import Graph, GraphFailedError, structure_problems, topologi
 from pipeline.inbox import Overflow
 from pipeline.observers import FrameCounter, LatencyObserver, Observer
 from pipeline.processor import Processor
-from pipeline.testing import Collector, Gap, ScriptedSource, run_graph, run_virtual
+from pipeline.testing import Collector, Gap, ScriptedSource, WhenPushed, run_graph, run_virtual
 
 
 def texts(*words: str) -> list[Frame | Gap]:
@@ -98,19 +97,6 @@ class EdgeLog(Observer):
     ) -> None:
         if target is not None and direction is not UPSTREAM:
             self.edges.setdefault((source.name, target.name), []).append(frame)
-
-
-class WhenPushed(Observer):
-    """Calls ``action`` on the loop's next turn once a frame of ``cls`` has been pushed to ``target``."""
-
-    def __init__(self, target: str, cls: type[Frame], action: Callable[[], None]) -> None:
-        self.target, self.cls, self.action = target, cls, action
-
-    def on_push(
-        self, source: Processor, target: Processor | None, frame: Frame, direction: Direction
-    ) -> None:
-        if target is not None and target.name == self.target and isinstance(frame, self.cls):
-            asyncio.get_running_loop().call_soon(self.action)
 
 
 def chain(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -15,7 +15,6 @@ from pipeline.frames import (
     UPSTREAM,
     AudioFrame,
     DataFrame,
-    Direction,
     EndFrame,
     Frame,
     InterruptionFrame,
@@ -29,10 +28,9 @@ from pipeline.frames import (
 from pipeline.graph import Graph, GraphFailedError
 from pipeline.inbox import Overflow
 from pipeline.metrics import percentile, summarise
-from pipeline.observers import Observer
 from pipeline.params import param
 from pipeline.processor import Processor, Source
-from pipeline.testing import Collector, Gap, ScriptedSource, run_processor, run_virtual
+from pipeline.testing import Collector, Gap, ScriptedSource, WhenPushed, run_processor, run_virtual
 
 
 @dataclasses.dataclass(slots=True)
@@ -69,19 +67,6 @@ class Blocker(Processor):
 
     async def on_stop(self) -> None:
         self.stops += 1
-
-
-class WhenPushed(Observer):
-    """Calls ``action`` on the loop's next turn once a frame of ``cls`` has been pushed to ``target``."""
-
-    def __init__(self, target: str, cls: type[Frame], action: Callable[[], None]) -> None:
-        self.target, self.cls, self.action = target, cls, action
-
-    def on_push(
-        self, source: Processor, target: Processor | None, frame: Frame, direction: Direction
-    ) -> None:
-        if target is not None and target.name == self.target and isinstance(frame, self.cls):
-            asyncio.get_running_loop().call_soon(self.action)
 
 
 def texts(*words: str) -> list[Frame | Gap]:

@@ -14,7 +14,7 @@ from pipeline.config.spec import GraphSpec
 from pipeline.errors import Problem
 from pipeline.formats import AudioFormat
 from pipeline.graph import Edge, structure_problems
-from pipeline.negotiate import ResamplerFactory, diagnose, insert_resamplers
+from pipeline.negotiate import ResamplerFactory, descendants, diagnose, insert_resamplers
 from pipeline.processor import Processor
 from pipeline.registry import resolve
 
@@ -78,7 +78,8 @@ class _Wiring:
         Downstream of a node that was not built, what arrives is unknown: checking it would only
         report problems that follow from the one already reported.
         """
-        unknown = _with_descendants({n for n in self.spec.nodes if n not in built}, edges)
+        unbuilt = {n for n in self.spec.nodes if n not in built}
+        unknown = unbuilt | descendants(unbuilt, edges)
         processors = {n: p for n, p in built.items() if n not in unknown}
         edges = [(a, b) for a, b in edges if a in processors and b in processors]
         if auto_resample:
@@ -112,18 +113,3 @@ class _Wiring:
             return cls(name=name, sample_rate=target.sample_rate, channels=target.channels)
 
         return factory
-
-
-def _with_descendants(names: set[str], edges: list[Edge]) -> set[str]:
-    """``names`` and every node downstream of them."""
-    children: dict[str, list[str]] = {}
-    for a, b in edges:
-        children.setdefault(a, []).append(b)
-    found = set(names)
-    stack = list(names)
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in found:
-                found.add(child)
-                stack.append(child)
-    return found
