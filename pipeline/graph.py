@@ -2,8 +2,8 @@
 
 Lifecycle, in order:
 
-0. Building a ``Graph`` checks its structure and negotiates frame kinds and audio formats
-   (``pipeline.negotiate``): a graph that cannot work never starts.
+0. Building a ``Graph`` runs every processor's ``check``, checks the structure and negotiates frame
+   kinds and audio formats (``pipeline.negotiate``): a graph that cannot work never starts.
 1. ``on_start`` of every processor runs concurrently (model loading overlaps), bounded by
    ``start_timeout``. If any fails the graph does not start.
 2. Workers start, then sources send a ``StartFrame``; it precedes all data on every edge.
@@ -62,7 +62,8 @@ class Graph(Runtime):
         self.cancel_timeout = cancel_timeout  # bound on each processor's cancel + on_stop
         self.errors: deque[ErrorFrame] = deque(maxlen=1000)  # errors that reached the graph's edge
         self.output_handler: OutputHandler | None = None  # sees frames leaving the graph (tests)
-        problems = structure_problems(self.processors, self.edges) or negotiate.check(
+        problems = [problem for p in self.processors.values() for problem in p.check()]
+        problems += structure_problems(self.processors, self.edges) or negotiate.check(
             self.processors, self.edges
         )
         if problems:

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
-from pipeline.errors import FatalProcessorError, ValidationError
+from pipeline.errors import FatalProcessorError, Problem, ValidationError
 from pipeline.formats import ANY_AUDIO, AudioCaps, AudioFormat
 from pipeline.frames import (
     DOWNSTREAM,
@@ -152,6 +152,11 @@ class Processor:
 
     async def on_interrupt(self) -> None:
         """Runs after in-flight work was cancelled by an interruption: reset per-turn state here."""
+
+    def check(self) -> list[Problem]:
+        """Problems found before anything runs, beyond param types: a missing file, a model that is
+        not installed. Cheap and side-effect free; runs at validation. Default: none."""
+        return []
 
     def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
         """The audio format this processor emits, given the one it receives (for negotiation).

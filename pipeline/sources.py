@@ -316,6 +316,16 @@ class WavSource(_PacedAudioSource):
         self._pcm = b""
         self._format: AudioFormat | None = None
 
+    def check(self) -> list[Problem]:
+        """The file must exist and be 16-bit PCM at a rate ``frame_ms`` divides, before anything runs."""
+        try:
+            fmt = _wav_header(Path(self.params.path))
+        except AudioFileError as error:
+            return [Problem(str(error), "point path at a 16-bit PCM WAV file", self.name, "path")]
+        if _samples_per_frame(fmt.sample_rate, self.params.frame_ms) is None:
+            return [_frame_ms_problem(fmt.sample_rate, self.params.frame_ms, self.name)]
+        return []
+
     def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
         """Read from the file's header, so negotiation knows the real rate; None if unreadable."""
         try:

@@ -298,6 +298,23 @@ def test_failing_constructor_is_a_problem() -> None:
     assert summary(problems) == [(3, "k", "creating Exploding failed: RuntimeError: no device")]
 
 
+def test_a_processors_own_check_is_reported_on_the_line_of_its_key(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.wav"
+    problems = problems_of(
+        f"""\
+        nodes:
+          mic:
+            type: source.wav
+            frame_ms: 20
+            path: {missing}
+          out: {{type: debug.null}}
+        edges: [mic -> out]
+        """
+    )
+    assert [(p.line, p.node, p.key) for p in problems] == [(5, "mic", "path")]
+    assert "not found" in problems[0].message
+
+
 def test_overrides_are_typed() -> None:
     graph = config.load_text(
         f"nodes:\n  mic: {{type: '{C}:Beeps'}}\n  stt: {{type: '{C}:Listen16k'}}\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import wave
 from pathlib import Path
 
@@ -237,19 +238,30 @@ async def test_a_wav_file_keeps_its_own_rate_and_channels(tmp_path: Path) -> Non
     assert (frame.sample_rate, frame.channels, frame.num_samples) == (44100, 2, 441)
 
 
-async def test_a_missing_wav_file_stops_the_graph_at_start_with_a_clear_message(tmp_path: Path) -> None:
+def test_a_missing_wav_file_is_a_validation_problem(tmp_path: Path) -> None:
     source = WavSource(name="mic", path=str(tmp_path / "nope.wav"))
     assert source.output_format(None) is None
-    with pytest.raises(GraphFailedError, match=r"mic: AudioFileError: WAV file .*nope.wav' not found"):
-        await run_processor(source)
+    [problem] = source.check()
+    assert (problem.node, problem.key) == ("mic", "path")
+    assert re.search(r"WAV file .*nope.wav' not found", problem.message)
+    with pytest.raises(ValidationError, match="not found"):
+        Graph({"mic": source, "out": Collector()}, [("mic", "out")])
 
 
-async def test_a_wav_file_that_is_not_16_bit_says_how_to_convert_it(tmp_path: Path) -> None:
+async def test_a_wav_file_removed_after_validation_stops_the_graph_at_start(tmp_path: Path) -> None:
+    path = write_wav(tmp_path / "gone.wav", bytes(640))
+    source = WavSource(name="mic", path=str(path))
+    assert source.check() == []
+    graph = Graph({"mic": source, "out": Collector()}, [("mic", "out")])
+    path.unlink()
+    with pytest.raises(GraphFailedError, match=r"mic: AudioFileError: WAV file .*gone.wav' not found"):
+        await graph.run()
+
+
+def test_a_wav_file_that_is_not_16_bit_says_how_to_convert_it(tmp_path: Path) -> None:
     path = write_wav(tmp_path / "eight.wav", bytes(160), width=1)
-    with pytest.raises(
-        GraphFailedError, match="8-bit audio; Voxgraph reads 16-bit PCM: convert it with: ffmpeg"
-    ):
-        await run_processor(WavSource(path=str(path)))
+    [problem] = WavSource(path=str(path)).check()
+    assert "8-bit audio; Voxgraph reads 16-bit PCM: convert it with: ffmpeg" in problem.message
 
 
 async def test_a_file_that_is_not_a_wav_is_reported(tmp_path: Path) -> None:
@@ -261,10 +273,11 @@ async def test_a_file_that_is_not_a_wav_is_reported(tmp_path: Path) -> None:
         await source.on_start()
 
 
-async def test_a_wav_rate_that_does_not_fit_frame_ms_is_reported(tmp_path: Path) -> None:
+def test_a_wav_rate_that_does_not_fit_frame_ms_is_reported(tmp_path: Path) -> None:
     path = write_wav(tmp_path / "odd.wav", bytes(2 * 2205), rate=22050)
-    with pytest.raises(GraphFailedError, match="frame_ms 10 is not a whole number of samples at 22050 Hz"):
-        await run_processor(WavSource(path=str(path), frame_ms=10))
+    [problem] = WavSource(path=str(path), frame_ms=10).check()
+    assert problem.message == "frame_ms 10 is not a whole number of samples at 22050 Hz"
+    assert problem.key == "frame_ms"
 
 
 # --- text ----------------------------------------------------------------------------------------

@@ -102,7 +102,9 @@ class _Builder:
         if params is None:
             return
         try:  # built even with a bad queue: wiring can still check it
-            self.processors[node.name] = cls(params, name=node.name, **queue)
+            processor = self.processors[node.name] = cls(params, name=node.name, **queue)
+            for problem in processor.check():
+                self.report(problem, node)
         except ValidationError as error:
             for problem in error.problems:
                 self.report(problem, node)
