@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
@@ -86,6 +87,8 @@ class Graph(Runtime):
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
         self._background: set[asyncio.Task[None]] = set()
+        self.starting: set[str] = set()  # nodes whose on_start is still running (for progress)
+        self.started = asyncio.Event()  # set once every on_start has finished and frames flow
 
     def add_observer(self, observer: Observer) -> None:
         """Watch every push from now on (call before ``start``)."""
@@ -120,6 +123,7 @@ class Graph(Runtime):
             self._tasks.append(processor.start_worker())
         for source in self.sources:
             self._tasks.append(source.start_producer())
+        self.started.set()
 
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait until every sink has seen the end (or the graph was cancelled); False on timeout."""
@@ -186,6 +190,15 @@ class Graph(Runtime):
 
     async def _start_processors(self) -> None:
         starts = {asyncio.ensure_future(p.on_start()): name for name, p in self.processors.items()}
+        self.starting = set(starts.values())
+        began = time.perf_counter()
+
+        def one_started(task: asyncio.Task[None]) -> None:
+            self.starting.discard(starts[task])
+            log.info("%s started in %.2fs", starts[task], time.perf_counter() - began)
+
+        for task in starts:
+            task.add_done_callback(one_started)
         done, pending = await asyncio.wait(starts, timeout=self.start_timeout)
         for task in pending:
             task.cancel()

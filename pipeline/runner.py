@@ -70,12 +70,14 @@ async def run(graph: Graph, *, measure: bool = False, handle_signals: bool = Tru
     # The graph's objects live as long as the run: keep them out of every full collection's scan,
     # which otherwise shows up as tail latency (measured in benchmarks/overhead.py --freeze-gc).
     gc.freeze()
+    progress = loop.create_task(_show_start_progress(graph), name="start-progress")
     try:
         await graph.run()
     except GraphFailedError as error:
         report.outcome = "failed"
         log.error("%s", error)
     finally:
+        progress.cancel()
         for sig in installed:
             loop.remove_signal_handler(sig)
         report.seconds = time.perf_counter() - started
@@ -93,6 +95,23 @@ async def run(graph: Graph, *, measure: bool = False, handle_signals: bool = Tru
             entry.update(latency.summary()[name])
         report.processors[name] = entry
     return report
+
+
+async def _show_start_progress(graph: Graph, every: float = 1.0) -> None:
+    """While models load, say on stderr which nodes are still starting (after a first quiet second)."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    shown = False
+    while True:
+        try:
+            await asyncio.wait_for(graph.started.wait(), every)
+            break
+        except TimeoutError:
+            waiting = ", ".join(sorted(graph.starting)) or "workers"
+            print(f"\rstarting: {waiting} ({loop.time() - began:.0f}s)", end="", file=sys.stderr, flush=True)
+            shown = True
+    if shown:
+        print(f"\rstarted in {loop.time() - began:.1f}s" + " " * 40, file=sys.stderr)
 
 
 def save(report: RunReport, path: Path) -> None:

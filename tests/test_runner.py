@@ -9,6 +9,8 @@ import signal
 from pathlib import Path
 from typing import ClassVar
 
+import pytest
+
 from pipeline import runner
 from pipeline.errors import FatalProcessorError
 from pipeline.frames import AudioFrame, Frame, TextFrame
@@ -16,6 +18,7 @@ from pipeline.graph import Graph
 from pipeline.processor import Processor
 from pipeline.runner import RunReport
 from pipeline.sources import SilenceSource
+from pipeline.testing import run_virtual
 from processors.debug import NullSink
 from tests.custom_nodes import Shout, Words
 
@@ -152,3 +155,25 @@ async def test_a_signal_stops_the_graph_cleanly_then_the_handler_is_removed() ->
         assert catcher.frames >= 1
         assert catcher.stopped
         assert not asyncio.get_running_loop().remove_signal_handler(sig)  # the runner removed its own
+
+
+class SlowToStart(Processor):
+    """Loads a 'model' for three seconds (of virtual time)."""
+
+    async def on_start(self) -> None:
+        await asyncio.sleep(3)
+
+
+def test_slow_starts_show_progress_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    graph = Graph({"words": Words(), "model": SlowToStart()}, [("words", "model")])
+    report = run_virtual(runner.run(graph, handle_signals=False))
+    err = capsys.readouterr().err
+    assert report.outcome == "ended"
+    assert "starting: model (1s)" in err and "starting: model (2s)" in err
+    assert "started in 3.0s" in err
+
+
+def test_quick_starts_print_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    graph = Graph({"words": Words(), "sink": NullSink()}, [("words", "sink")])
+    run_virtual(runner.run(graph, handle_signals=False))
+    assert "start" not in capsys.readouterr().err
