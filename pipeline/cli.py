@@ -20,11 +20,11 @@ from pipeline.registry import available, resolve
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 EPILOG = """examples:
-  python -m pipeline run configs/assistant.yaml
-  python -m pipeline run graph.yaml --set vad.aggressiveness=3 --metrics latency.json
-  python -m pipeline validate graph.yaml
-  python -m pipeline graph graph.yaml > graph.mmd
-  python -m pipeline list vad.webrtc
+  python -m pipeline run configs/hello.yaml
+  python -m pipeline run configs/hello.yaml --set tone.frequency=880 --metrics latency.json
+  python -m pipeline validate configs/hello.yaml
+  python -m pipeline graph configs/hello.yaml > graph.mmd
+  python -m pipeline list audio.resample
 """
 
 
@@ -66,11 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="list node types with their params, defaults and formats")
     listing.add_argument("types", nargs="*", metavar="TYPE", help="only these types")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_verbose(listing)
     listing.set_defaults(handler=_list)
     return parser
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    _add_verbose(parser)
     parser.add_argument("config", type=Path, help="the graph's YAML file")
     parser.add_argument(
         "--set",
@@ -80,6 +82,11 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
         metavar="NODE.PARAM=VALUE",
         help="override a param (repeatable); VALUE is read as YAML, e.g. --set vad.aggressiveness=3",
     )
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    # Also accepted after the command ("run x.yaml -v"); counts add to any given before it.
+    parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logs")
 
 
 def _run(args: argparse.Namespace) -> int:
