@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import tracemalloc
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -23,7 +25,7 @@ from pipeline.frames import (
 from pipeline.graph import Graph, GraphFailedError, structure_problems, topological_order
 from pipeline.inbox import Overflow
 from pipeline.observers import FrameCounter, LatencyObserver, Observer
-from pipeline.processor import Processor
+from pipeline.processor import Processor, Source
 from pipeline.testing import Collector, Gap, ScriptedSource, WhenPushed, run_graph, run_virtual
 
 
@@ -398,6 +400,32 @@ def test_drop_oldest_drops_old_audio_and_keeps_the_end() -> None:
     assert sink.received == sorted(sink.received)
     assert len(sink.received) <= 5  # ... the rest was dropped: at most a full inbox plus one in flight
     assert sink.inbox.dropped == 50 - len(sink.received)
+
+
+def test_memory_stays_bounded_with_a_slow_sink() -> None:
+    class Microphone(Source):
+        """10,000 fresh 20 ms frames (6.4 MB in all) as fast as the graph takes them."""
+
+        async def generate(self) -> AsyncIterator[Frame]:
+            for i in range(10_000):
+                yield AudioFrame(pcm=bytes([i % 256]) * 640)
+
+    async def main() -> tuple[SlowSink, int]:
+        sink = SlowSink(queue_size=8, overflow=Overflow.BLOCK)
+        graph = Graph(
+            {"mic": Microphone(), "relay": Relay("relay"), "sink": sink},
+            [("mic", "relay"), ("relay", "sink")],
+        )
+        tracemalloc.start()
+        try:
+            await graph.run()
+            return sink, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    sink, peak = run_virtual(main())
+    assert len(sink.received) == 10_000
+    assert peak < 1_000_000  # two inboxes of frames and change, not the 6.4 MB the source made
 
 
 # --- observers and errors ------------------------------------------------------------------------
