@@ -113,36 +113,15 @@ class _Negotiation:
             target = fmt
             if _handles_audio(processor) and not caps.allows(fmt):
                 target = caps.closest(fmt)
-                self.findings.append(
-                    Finding(
-                        Problem(
-                            f"'{name}' expects {caps}; '{a}' produces {fmt}",
-                            fix=f"add an audio.resample node ({_resample_params(target)}) between '{a}' and "
-                            f"'{name}', or set settings.auto_resample: true",
-                            node=name,
-                        ),
-                        edge=(a, name),
-                        resample_to=target,
-                    )
-                )
+                self._needs_resampler((a, name), target, f"'{name}' expects {caps}; '{a}' produces {fmt}")
             effective.append((a, fmt, target))
         incoming = effective[0][2] if effective else None
         if effective:
             first, first_fmt, reference = effective[0]
             for a, fmt, target in effective[1:]:
                 if target != reference:
-                    self.findings.append(
-                        Finding(
-                            Problem(
-                                f"fan-in into '{name}' joins {first_fmt} from '{first}' and {fmt} from '{a}'",
-                                fix=f"add an audio.resample node ({_resample_params(reference)}) "
-                                f"between '{a}' and '{name}', or set settings.auto_resample: true",
-                                node=name,
-                            ),
-                            edge=(a, name),
-                            resample_to=reference,
-                        )
-                    )
+                    joins = f"fan-in into '{name}' joins {first_fmt} from '{first}' and {fmt} from '{a}'"
+                    self._needs_resampler((a, name), reference, joins)
         try:
             self.outputs[name] = processor.output_format(incoming)
         except Exception as error:
@@ -198,6 +177,14 @@ class _Negotiation:
             f"feed '{name}' from a node that produces {handled} "
             "('python -m pipeline list' shows what each type produces), or check the edges into it"
         )
+
+    def _needs_resampler(self, edge: Edge, target: AudioFormat, message: str) -> None:
+        a, b = edge
+        fix = (
+            f"add an audio.resample node ({_resample_params(target)}) between '{a}' and '{b}', "
+            "or set settings.auto_resample: true"
+        )
+        self.findings.append(Finding(Problem(message, fix=fix, node=b), edge=edge, resample_to=target))
 
 
 def _topological(processors: Mapping[str, Processor], edges: list[Edge]) -> list[str]:

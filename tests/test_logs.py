@@ -8,7 +8,6 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from textwrap import dedent
 
@@ -28,16 +27,6 @@ ENV = {
     "SHORT_KEY": "abc",
     "HOME": "/home/someone",
 }
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """``configure`` replaces the root logger's handlers; give pytest its own back afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def logger_into(stream: io.StringIO, env: dict[str, str]) -> logging.Logger:
