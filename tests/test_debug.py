@@ -57,7 +57,7 @@ def test_describe_gives_kind_and_payload() -> None:
 async def test_printer_prints_a_line_per_frame_without_audio(capsys: pytest.CaptureFixture[str]) -> None:
     out = await run_processor(FramePrinter(name="out"), MIXED)
     assert lines(capsys) == [
-        "[out] user_started_speaking at=1.5",
+        "[out] user_started_speaking at=1.5 stream_time=0.0",
         '[out] transcript "hello world" language="en"',
         "[out] llm_response_start",
         '[out] llm_text "say \\"hi\\""',
