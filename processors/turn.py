@@ -1,0 +1,232 @@
+"""``turn.taking``: decides when the user's turn ends and when the user is barging in.
+
+It sits between the recogniser and the LLM:
+
+* **End of turn** = the VAD says the user stopped *and* the recogniser's final transcript has arrived
+  (in either order). The finals of one turn are merged into a single ``TranscriptFrame`` for the LLM,
+  so a sentence cut by a short pause is answered once.
+* **Barge-in**: while the bot is answering (from the moment a turn is handed to the LLM until the
+  playing transport reports the bot silent), user speech that lasts ``min_speech_secs`` — and, when
+  ``min_words`` is set, has that many real words in its transcript — sends an ``InterruptionFrame``
+  downstream: the LLM and TTS drop their work and the transport falls silent.
+* **Not a barge-in**: short sounds, filler words ("mhm", "uh-huh") and the bot's own echo (words that
+  repeat what the bot is saying) are dropped: they neither interrupt nor start a turn.
+
+The speaking-state frames arrive from both sides: the VAD's ``User*SpeakingFrame`` downstream, the
+transport's ``Bot*SpeakingFrame`` and ``SpokenTextFrame`` upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pipeline.frames import (
+    UPSTREAM,
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    Frame,
+    InterimTranscriptFrame,
+    InterruptionFrame,
+    SpokenTextFrame,
+    TranscriptFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from pipeline.params import param
+from pipeline.processor import Processor
+
+__all__ = ["TurnTaking", "TurnTakingParams"]
+
+_FILLERS = ["mhm", "mm", "hmm", "uh", "um", "uh-huh", "huh", "ah", "oh", "yeah", "ok", "okay", "right"]
+_WORD = re.compile(r"[a-z0-9']+(?:-[a-z0-9']+)*")
+
+
+@dataclass(slots=True, kw_only=True)
+class TurnTakingParams:
+    """How eagerly the user may interrupt the bot."""
+
+    min_speech_secs: float = param(
+        0.0,
+        doc="user speech over the bot must last this long (beyond the VAD's own start_secs) to interrupt",
+    )
+    min_words: int = param(
+        0, doc="also require this many non-filler words in the transcript to interrupt (0 = off)"
+    )
+    filler_words: list[str] = param(
+        _FILLERS, doc="words that never count towards min_words and never start a turn on their own"
+    )
+    ignore_echo: bool = param(
+        True, doc="words the bot is saying right now do not count (its own voice leaking into the mic)"
+    )
+    interruptions: bool = param(True, doc="false = the bot always finishes its reply")
+
+
+def words_of(text: str) -> list[str]:
+    """Lower-case words of ``text``, punctuation dropped."""
+    return _WORD.findall(text.lower())
+
+
+class TurnTaking(Processor):
+    """Merges final transcripts into one per user turn and starts barge-in (see module docstring)."""
+
+    Params = TurnTakingParams
+    handles: ClassVar[tuple[type[Frame], ...]] = (
+        UserStartedSpeakingFrame,
+        UserStoppedSpeakingFrame,
+        InterimTranscriptFrame,
+        TranscriptFrame,
+    )
+    handles_upstream: ClassVar[tuple[type[Frame], ...]] = (
+        BotStartedSpeakingFrame,
+        BotStoppedSpeakingFrame,
+        SpokenTextFrame,
+    )
+    produces: ClassVar[tuple[type[Frame], ...]] = (TranscriptFrame,)
+
+    params: TurnTakingParams
+
+    def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        self._fillers = {w for word in self.params.filler_words for w in words_of(word)}
+        self._user_speaking = False
+        self._speech_started_at = 0.0  # loop-clock time the current user speech truly began
+        self._speech_stopped_at: float | None = None  # loop-clock time the last user speech ended
+        self._finals: list[TranscriptFrame] = []  # finals of the turn in progress
+        self._bot_speaking = False
+        self._answering = False  # a turn was handed on and the bot has not finished answering it
+        self._overlap = False  # the current user speech began while the bot was answering
+        self._drop_finals = 0  # finals still to come from speech judged a backchannel or echo
+        self._bot_words: set[str] = set()  # words of the reply being spoken (echo detection)
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- downstream: the user's side ---------------------------------------------------------------
+
+    async def process(self, frame: Frame) -> None:
+        if isinstance(frame, UserStartedSpeakingFrame):
+            await self.push(frame)
+            await self._user_started(frame)
+        elif isinstance(frame, UserStoppedSpeakingFrame):
+            await self.push(frame)
+            await self._user_stopped(frame)
+        elif isinstance(frame, InterimTranscriptFrame):
+            await self.push(frame)
+            if self._overlap and self._qualifies_by_words(frame.text):
+                self._barge_in()
+        elif isinstance(frame, TranscriptFrame):
+            await self._final(frame)
+
+    async def _user_started(self, frame: UserStartedSpeakingFrame) -> None:
+        loop = asyncio.get_running_loop()
+        self._user_speaking = True
+        self._speech_started_at = frame.at or loop.time()
+        self._overlap = self.params.interruptions and (self._answering or self._bot_speaking)
+        if not self._overlap or self.params.min_words:
+            return  # a word-count rule waits for the transcript
+        remaining = self._speech_started_at + self.params.min_speech_secs - loop.time()
+        if remaining <= 0:
+            self._barge_in()
+        else:
+            self._timer = loop.call_later(remaining, self._on_speech_long_enough)
+
+    def _on_speech_long_enough(self) -> None:
+        self._timer = None
+        if self._user_speaking:
+            self._barge_in()
+
+    async def _user_stopped(self, frame: UserStoppedSpeakingFrame) -> None:
+        self._cancel_timer()
+        self._user_speaking = False
+        self._speech_stopped_at = frame.at or asyncio.get_running_loop().time()
+        if self._overlap:
+            # Speech over the bot that never qualified: a backchannel or echo, not a turn.
+            self._overlap = False
+            self._drop_finals += 1
+            self._finals.clear()
+            return
+        await self._end_turn_if_ready()
+
+    async def _final(self, frame: TranscriptFrame) -> None:
+        if self._overlap:
+            if self._qualifies_by_words(frame.text):
+                self._barge_in()
+            else:
+                return
+        elif self._drop_finals and not self._user_speaking:
+            self._drop_finals -= 1
+            return
+        if not self._meaningful(frame.text):
+            return
+        self._finals.append(frame)
+        await self._end_turn_if_ready()
+
+    async def _end_turn_if_ready(self) -> None:
+        if self._user_speaking or not self._finals:
+            return
+        finals, self._finals = self._finals, []
+        text = " ".join(f.text.strip() for f in finals if f.text.strip())
+        words = [w for f in finals for w in (f.words or [])] or None
+        self._answering = True
+        self._bot_words.clear()
+        await self.push(TranscriptFrame(text=text, language=finals[-1].language, words=words))
+
+    # --- barge-in ----------------------------------------------------------------------------------
+
+    def _qualifies_by_words(self, text: str) -> bool:
+        if not self.params.min_words:
+            return False
+        heard = [w for w in words_of(text) if w not in self._fillers]
+        if self.params.ignore_echo:
+            heard = [w for w in heard if w not in self._bot_words]
+        return len(heard) >= self.params.min_words
+
+    def _meaningful(self, text: str) -> bool:
+        """A turn needs at least one word that is not a filler."""
+        return any(w not in self._fillers for w in words_of(text))
+
+    def _barge_in(self) -> None:
+        """Interrupt everything downstream (synchronous: also called from a timer)."""
+        if not self._overlap:
+            return
+        self._overlap = False
+        self._cancel_timer()
+        latency = asyncio.get_running_loop().time() - self._speech_started_at
+        self.metrics.record("barge_in_decision", latency)
+        self._answering = False
+        self._bot_words.clear()
+        self.push_system(InterruptionFrame())
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # --- upstream: the bot's side ------------------------------------------------------------------
+
+    async def process_upstream(self, frame: Frame) -> None:
+        if isinstance(frame, BotStartedSpeakingFrame):
+            if not self._bot_speaking and self._answering and self._speech_stopped_at is not None:
+                self.metrics.record(
+                    "voice_to_voice", asyncio.get_running_loop().time() - self._speech_stopped_at
+                )
+            self._bot_speaking = True
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self._bot_speaking = False
+            self._answering = False
+        elif isinstance(frame, SpokenTextFrame):
+            self._bot_words.update(words_of(frame.text))
+        await self.push(frame, UPSTREAM)
+
+    async def on_interrupt(self) -> None:
+        # An interruption from further upstream (another node's barge-in): the reply is gone.
+        self._answering = False
+        self._overlap = False
+        self._cancel_timer()
+
+    async def on_stop(self) -> None:
+        self._cancel_timer()
+        if self.ended and self._finals:
+            self._user_speaking = False
+            await self._end_turn_if_ready()

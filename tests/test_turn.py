@@ -1,0 +1,163 @@
+"""turn.taking: end of turn, barge-in, and the speech that must not interrupt — on scripted frames."""
+
+from __future__ import annotations
+
+from pipeline.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    InterimTranscriptFrame,
+    InterruptionFrame,
+    SpokenTextFrame,
+    TranscriptFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from pipeline.testing import Captured, Gap, run_processor, virtual_time
+from processors.turn import TurnTaking, words_of
+
+STARTED, STOPPED = UserStartedSpeakingFrame, UserStoppedSpeakingFrame
+
+
+def turns(out: Captured) -> list[str]:
+    return [f.text for f in out.of(TranscriptFrame)]
+
+
+def interruptions(out: Captured) -> int:
+    return len(out.of(InterruptionFrame))
+
+
+@virtual_time
+async def test_finals_of_one_turn_are_merged_into_one_transcript() -> None:
+    # Speaking frames overtake queued data, so the script pauses where a real stream would.
+    script = [STARTED(), Gap(0.1), TranscriptFrame(text="What is"), TranscriptFrame(text="the time?")]
+    out = await run_processor(TurnTaking(), [*script, Gap(0.1), STOPPED()])
+    assert turns(out) == ["What is the time?"]
+
+
+async def test_a_final_arriving_after_the_stop_ends_the_turn() -> None:
+    out = await run_processor(TurnTaking(), [STARTED(), STOPPED(), TranscriptFrame(text="hello there")])
+    assert turns(out) == ["hello there"]
+
+
+@virtual_time
+async def test_a_final_arriving_while_the_user_speaks_again_waits_for_the_new_stop() -> None:
+    script = [STARTED(), STOPPED(), STARTED(), Gap(0.1), TranscriptFrame(text="book a table")]
+    script += [Gap(0.1), TranscriptFrame(text="for two"), Gap(0.1), STOPPED()]
+    out = await run_processor(TurnTaking(), script)
+    assert turns(out) == ["book a table for two"]
+
+
+async def test_without_a_vad_every_final_is_a_turn() -> None:
+    out = await run_processor(TurnTaking(), [TranscriptFrame(text="one"), TranscriptFrame(text="two")])
+    assert turns(out) == ["one", "two"]
+
+
+async def test_filler_alone_is_not_a_turn_and_interims_pass_through() -> None:
+    script = [STARTED(), InterimTranscriptFrame(text="um"), STOPPED(), TranscriptFrame(text="Um.")]
+    out = await run_processor(TurnTaking(), script)
+    assert turns(out) == []
+    assert [f.text for f in out.of(InterimTranscriptFrame)] == ["um"]
+    assert len(out.of(STARTED)) == len(out.of(STOPPED)) == 1  # speaking frames go on
+
+
+@virtual_time
+async def test_user_speech_over_the_bot_interrupts_at_once_by_default() -> None:
+    down = [STARTED(), TranscriptFrame(text="tell me a story"), STOPPED(), Gap(2.0), STARTED()]
+    down += [TranscriptFrame(text="stop please"), STOPPED()]
+    out = await run_processor(TurnTaking(), down, upstream=[Gap(1.0), BotStartedSpeakingFrame()])
+    assert interruptions(out) == 1
+    assert turns(out) == ["tell me a story", "stop please"]  # the barge-in speech is the next turn
+    kinds = [f.kind for f in out.down]
+    assert kinds[kinds.index("interruption") :].count("transcript") == 1  # the new turn follows it
+
+
+@virtual_time
+async def test_speech_while_the_llm_is_still_thinking_also_interrupts() -> None:
+    down = [TranscriptFrame(text="what is two plus two"), Gap(0.3), STARTED(), STOPPED()]
+    out = await run_processor(TurnTaking(), down)
+    assert interruptions(out) == 1
+
+
+@virtual_time
+async def test_speech_after_the_bot_finished_does_not_interrupt() -> None:
+    down = [TranscriptFrame(text="hi"), Gap(2.0), STARTED(), TranscriptFrame(text="thanks"), STOPPED()]
+    upstream = [Gap(0.5), BotStartedSpeakingFrame(), Gap(0.5), BotStoppedSpeakingFrame()]
+    out = await run_processor(TurnTaking(), down, upstream=upstream)
+    assert interruptions(out) == 0
+    assert turns(out) == ["hi", "thanks"]
+
+
+@virtual_time
+async def test_short_sound_over_the_bot_neither_interrupts_nor_starts_a_turn() -> None:
+    down = [TranscriptFrame(text="hi"), Gap(1.0), STARTED(), Gap(0.1), STOPPED()]
+    down += [TranscriptFrame(text="mhm"), Gap(1.0)]
+    out = await run_processor(
+        TurnTaking(min_speech_secs=0.4), down, upstream=[Gap(0.5), BotStartedSpeakingFrame()]
+    )
+    assert interruptions(out) == 0
+    assert turns(out) == ["hi"]
+
+
+@virtual_time
+async def test_long_enough_speech_over_the_bot_interrupts_after_min_speech_secs() -> None:
+    down = [TranscriptFrame(text="hi"), Gap(1.0), STARTED(), Gap(1.0), STOPPED()]
+    down += [TranscriptFrame(text="no wait")]
+    turn_taking = TurnTaking(min_speech_secs=0.4)
+    out = await run_processor(turn_taking, down, upstream=[Gap(0.5), BotStartedSpeakingFrame()])
+    assert interruptions(out) == 1
+    assert turns(out) == ["hi", "no wait"]
+    decision = turn_taking.metrics.samples["barge_in_decision"]
+    assert len(decision) == 1 and 0.39 < decision[0] < 0.45  # decided when min_speech_secs elapsed
+
+
+@virtual_time
+async def test_min_words_ignores_fillers_and_interrupts_on_real_words() -> None:
+    down = [TranscriptFrame(text="hi"), Gap(1.0), STARTED(), InterimTranscriptFrame(text="mhm yeah")]
+    down += [Gap(0.1), STOPPED(), TranscriptFrame(text="Mhm, yeah."), Gap(0.5), STARTED()]
+    down += [InterimTranscriptFrame(text="hold on"), Gap(0.1), STOPPED(), TranscriptFrame(text="Hold on.")]
+    out = await run_processor(TurnTaking(min_words=2), down, upstream=[Gap(0.5), BotStartedSpeakingFrame()])
+    assert interruptions(out) == 1
+    assert turns(out) == ["hi", "Hold on."]
+
+
+@virtual_time
+async def test_the_bots_own_echo_does_not_interrupt() -> None:
+    down = [TranscriptFrame(text="weather?"), Gap(1.0), STARTED()]
+    down += [InterimTranscriptFrame(text="sunny and warm today"), Gap(0.1), STOPPED()]
+    down += [TranscriptFrame(text="Sunny and warm today.")]
+    upstream = [Gap(0.5), BotStartedSpeakingFrame(), SpokenTextFrame(text="It is sunny and warm today.")]
+    out = await run_processor(TurnTaking(min_words=2), down, upstream=upstream)
+    assert interruptions(out) == 0
+    assert turns(out) == ["weather?"]
+
+
+@virtual_time
+async def test_interruptions_can_be_switched_off() -> None:
+    down = [TranscriptFrame(text="hi"), Gap(1.0), STARTED(), Gap(1.0), STOPPED()]
+    out = await run_processor(
+        TurnTaking(interruptions=False), down, upstream=[Gap(0.5), BotStartedSpeakingFrame()]
+    )
+    assert interruptions(out) == 0
+
+
+@virtual_time
+async def test_voice_to_voice_is_measured_from_end_of_speech_to_bot_audio() -> None:
+    turn_taking = TurnTaking()
+    down = [STARTED(), TranscriptFrame(text="hello"), STOPPED(), Gap(2.0)]
+    await run_processor(turn_taking, down, upstream=[Gap(0.7), BotStartedSpeakingFrame()])
+    (v2v,) = turn_taking.metrics.samples["voice_to_voice"]
+    assert 0.6 < v2v <= 0.75
+
+
+async def test_bot_frames_travel_on_upstream() -> None:
+    out = await run_processor(
+        TurnTaking(), [], upstream=[BotStartedSpeakingFrame(), SpokenTextFrame(text="x")]
+    )
+    assert [f.kind for f in out.up if f.kind in ("bot_started_speaking", "spoken_text")] == [
+        "bot_started_speaking",
+        "spoken_text",
+    ]
+
+
+def test_words_ignore_case_and_punctuation() -> None:
+    assert words_of("Uh-huh, OK! It's 5.") == ["uh-huh", "ok", "it's", "5"]
