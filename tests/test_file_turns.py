@@ -1,0 +1,106 @@
+"""file.turns: user turns from WAV files, waiting for the bot's answer in between."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+
+from pipeline.frames import (
+    UPSTREAM,
+    AudioFrame,
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    Frame,
+)
+from pipeline.graph import Graph
+from pipeline.processor import Processor
+from pipeline.testing import run_graph, virtual_time
+from tests.speech import write_wav
+from transports.file_turns import FileTurns
+
+
+class AnsweringBot(Processor):
+    """Answers (speaks for ``reply`` seconds of its own time) once it has heard ``listen`` seconds."""
+
+    handles: ClassVar[tuple[type[Frame], ...]] = (AudioFrame,)
+
+    def __init__(self, listen: float, reply: float = 0.0) -> None:
+        super().__init__(name="bot")
+        self.listen, self.reply = listen, reply
+        self.heard = 0.0
+        self.log: list[str] = []
+
+    async def process(self, frame: AudioFrame) -> None:
+        self.heard += frame.duration
+        level = np.abs(np.frombuffer(frame.pcm, dtype=np.int16)).max()
+        self.log.append("speech" if level else "silence")
+        if self.heard >= self.listen:
+            self.heard = float("-inf")  # answer once
+            self.push_system(BotStartedSpeakingFrame(), UPSTREAM)
+            self.log.append("bot started")
+            if self.reply:
+                return
+            self.push_system(BotStoppedSpeakingFrame(), UPSTREAM)
+            self.log.append("bot stopped")
+
+
+def tone_wav(path: Path, seconds: float) -> str:
+    t = np.arange(round(seconds * 16000)) / 16000
+    write_wav(path, (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16), 16000)
+    return str(path)
+
+
+async def test_waits_for_the_answer_before_the_next_turn(tmp_path: Path) -> None:
+    paths = [tone_wav(tmp_path / "a.wav", 0.2), tone_wav(tmp_path / "b.wav", 0.2)]
+    turns = FileTurns(name="caller", paths=paths, pause=0.1, reply_timeout=5.0)
+    bot = AnsweringBot(listen=0.3)
+    await run_graph(Graph({"caller": turns, "bot": bot}, [("caller", "bot")]))
+    first_b = bot.log.index("bot stopped")
+    assert bot.log[:first_b].count("speech") == 10  # all of turn one came first
+    assert bot.log[first_b + 1 :].count("speech") == 10  # turn two only after the answer
+    assert turns.replies_missed == 1  # the bot answered once; the second wait ran out
+
+
+@virtual_time
+async def test_gives_up_waiting_after_the_reply_timeout(tmp_path: Path) -> None:
+    paths = [tone_wav(tmp_path / "a.wav", 0.1), tone_wav(tmp_path / "b.wav", 0.1)]
+    turns = FileTurns(name="caller", paths=paths, pause=0.0, reply_timeout=30.0)
+    bot = AnsweringBot(listen=99.0)
+    await run_graph(Graph({"caller": turns, "bot": bot}, [("caller", "bot")]), timeout=120)
+    assert turns.replies_missed == 2
+    assert bot.log.count("speech") == 10
+
+
+@virtual_time
+async def test_barge_in_after_starts_the_next_turn_during_the_answer(tmp_path: Path) -> None:
+    paths = [tone_wav(tmp_path / "a.wav", 0.2), tone_wav(tmp_path / "b.wav", 0.2)]
+    turns = FileTurns(
+        name="caller", paths=paths, pause=0.1, realtime=True, barge_in_after=0.5, reply_timeout=5.0
+    )
+    bot = AnsweringBot(listen=0.3, reply=10.0)  # starts a long answer and never stops on its own
+    await run_graph(Graph({"caller": turns, "bot": bot}, [("caller", "bot")]), timeout=60)
+    started = bot.log.index("bot started")
+    between = bot.log[started + 1 : started + 1 + bot.log[started + 1 :].index("speech")]
+    # About 0.5 s of live silence (one frame of pacing slack), then the user talks over the bot.
+    assert set(between) == {"silence"} and 25 <= len(between) <= 26
+
+
+def test_a_missing_file_is_reported_before_running(tmp_path: Path) -> None:
+    problems = FileTurns(name="caller", paths=[str(tmp_path / "nope.wav")]).check()
+    assert len(problems) == 1 and "not found" in problems[0].message
+
+
+@pytest.mark.parametrize("rate", [8000, 48000])
+async def test_later_files_take_the_first_files_format(tmp_path: Path, rate: int) -> None:
+    t = np.arange(rate // 5) / rate
+    other = write_wav(tmp_path / "b.wav", (8000 * np.sin(2 * np.pi * 300 * t)).astype(np.int16), rate)
+    paths = [tone_wav(tmp_path / "a.wav", 0.2), str(other)]
+    turns = FileTurns(name="caller", paths=paths, pause=0.0, wait_for_reply=False)
+    bot = AnsweringBot(listen=99.0)
+    out = await run_graph(Graph({"caller": turns, "bot": bot}, [("caller", "bot")]))
+    rates = {f.sample_rate for f in out.of(AudioFrame)}
+    assert rates == {16000}
+    assert abs(sum(f.duration for f in out.of(AudioFrame)) - 0.4) < 0.03

@@ -1,0 +1,173 @@
+"""``file.turns``: a patient caller made of WAV files — for headless conversations, tests and benchmarks.
+
+Each file is one user turn. After a turn it plays ``pause`` seconds of silence (so the VAD sees the
+end of speech), then waits until the bot has answered — it listens for the playing transport's
+``Bot*SpeakingFrame``s, which travel upstream to it — before it speaks again. With ``barge_in_after``
+it instead starts the next turn that many seconds into the bot's reply, to exercise barge-in.
+
+In real time (``realtime: true``) silence keeps flowing while it waits, like a live microphone; as
+fast as possible (the default) it simply waits, so a conversation takes only as long as the models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import soxr
+
+from pipeline.errors import Problem
+from pipeline.formats import AudioFormat
+from pipeline.frames import (
+    AudioFrame,
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    Frame,
+)
+from pipeline.params import param
+from pipeline.processor import Source
+from pipeline.sources import AudioFileError, FramePacer, _read_wav, _wav_header
+
+__all__ = ["FileTurns", "FileTurnsParams"]
+
+log = logging.getLogger("transports.file_turns")
+
+
+@dataclass(slots=True, kw_only=True)
+class FileTurnsParams:
+    """Which files to say and how to wait between them."""
+
+    paths: list[str] = param(doc="16-bit PCM WAV files, one user turn each, said in order")
+    frame_ms: int = param(20, doc="audio per frame in milliseconds")
+    realtime: bool = param(
+        False, doc="pace like a microphone (barge-in needs it); false = as fast as it goes"
+    )
+    pause: float = param(1.2, doc="seconds of silence after each turn; longer than the VAD's stop_secs")
+    wait_for_reply: bool = param(True, doc="wait for the bot to finish answering before the next turn")
+    reply_timeout: float = param(60.0, doc="longest wait for an answer before going on anyway (seconds)")
+    barge_in_after: float | None = param(
+        None, doc="start the next turn this many seconds after the bot starts speaking (barge-in)"
+    )
+
+
+class FileTurns(Source):
+    """Says each WAV file as a user turn and waits for the bot's answer in between."""
+
+    Params = FileTurnsParams
+    params: FileTurnsParams
+    produces: ClassVar[tuple[type[Frame], ...]] = (AudioFrame,)
+    handles_upstream: ClassVar[tuple[type[Frame], ...]] = (BotStartedSpeakingFrame, BotStoppedSpeakingFrame)
+
+    def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        self._turns: list[bytes] = []
+        self._format: AudioFormat | None = None
+        self._bot_started = asyncio.Event()
+        self._bot_stopped = asyncio.Event()
+        self.replies_missed = 0
+        """Turns after which no answer came within ``reply_timeout``."""
+
+    def check(self) -> list[Problem]:
+        problems = []
+        if not self.params.paths:
+            problems.append(Problem("paths is empty", "list at least one WAV file", self.name, "paths"))
+        for path in self.params.paths:
+            try:
+                _wav_header(Path(path))
+            except AudioFileError as error:
+                problems.append(
+                    Problem(str(error), "point paths at 16-bit PCM WAV files", self.name, "paths")
+                )
+        return problems
+
+    def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
+        try:
+            return _wav_header(Path(self.params.paths[0]))
+        except (AudioFileError, IndexError):
+            return None
+
+    async def on_start(self) -> None:
+        self._turns = []
+        for path in self.params.paths:
+            fmt, pcm = await self.run_in_thread(_read_wav, Path(path))
+            if self._format is None:
+                self._format = fmt
+            self._turns.append(await self.run_in_thread(_convert, pcm, fmt, self._format))
+
+    async def process_upstream(self, frame: Frame) -> None:
+        if isinstance(frame, BotStartedSpeakingFrame):
+            self._bot_started.set()
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self._bot_stopped.set()
+
+    async def generate(self) -> AsyncIterator[Frame]:
+        fmt = self._format
+        if fmt is None:
+            return
+        p = self.params
+        size = 2 * fmt.channels * fmt.sample_rate * p.frame_ms // 1000
+        silence = bytes(size)
+        pacer = FramePacer(p.frame_ms, p.realtime)
+        for index, pcm in enumerate(self._turns):
+            self._bot_started.clear()
+            self._bot_stopped.clear()
+            padded = pcm + silence[: (-len(pcm)) % size] + bytes(size * round(p.pause * 1000 / p.frame_ms))
+            for offset in range(0, len(padded), size):
+                await pacer.wait()
+                yield AudioFrame(
+                    pcm=padded[offset : offset + size], sample_rate=fmt.sample_rate, channels=fmt.channels
+                )
+            if not p.wait_for_reply:
+                continue
+            last = index == len(self._turns) - 1
+            barge_in = p.barge_in_after is not None and not last
+            async for frame in self._wait_for_reply(pacer, silence, fmt, barge_in):
+                yield frame
+
+    async def _wait_for_reply(
+        self, pacer: FramePacer, silence: bytes, fmt: AudioFormat, barge_in: bool
+    ) -> AsyncIterator[Frame]:
+        """Silence (in real time) until the bot answered, or ``barge_in_after`` into its answer."""
+        p = self.params
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + p.reply_timeout
+        started_at: float | None = None
+        while True:
+            if started_at is None and self._bot_started.is_set():
+                started_at = loop.time()
+            if barge_in and started_at is not None and loop.time() - started_at >= (p.barge_in_after or 0):
+                return
+            if not barge_in and self._bot_stopped.is_set():
+                return
+            if loop.time() >= deadline:
+                self.replies_missed += 1
+                log.warning("%s: no answer within %.0f s; going on", self.name, p.reply_timeout)
+                return
+            if p.realtime:
+                await pacer.wait()
+                yield AudioFrame(pcm=silence, sample_rate=fmt.sample_rate, channels=fmt.channels)
+            elif barge_in and started_at is not None:
+                await asyncio.sleep(started_at + (p.barge_in_after or 0) - loop.time())
+            else:
+                waits = [asyncio.ensure_future(self._bot_stopped.wait())]
+                if started_at is None:
+                    waits.append(asyncio.ensure_future(self._bot_started.wait()))
+                _, pending = await asyncio.wait(waits, timeout=max(0.0, deadline - loop.time()))
+                for task in pending:
+                    task.cancel()
+
+
+def _convert(pcm: bytes, fmt: AudioFormat, target: AudioFormat) -> bytes:
+    """Bring a later file to the first file's rate and channels (one-shot soxr, mono mix)."""
+    if fmt == target:
+        return pcm
+    samples = np.frombuffer(pcm, dtype=np.int16).reshape(-1, fmt.channels).mean(axis=1)
+    if fmt.sample_rate != target.sample_rate:
+        samples = soxr.resample(samples, fmt.sample_rate, target.sample_rate)
+    mono = np.clip(np.rint(samples), -32768, 32767).astype(np.int16)
+    return np.repeat(mono, target.channels).tobytes() if target.channels > 1 else mono.tobytes()
