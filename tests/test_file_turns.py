@@ -34,6 +34,7 @@ class AnsweringBot(Processor):
         self.log: list[str] = []
 
     async def process(self, frame: AudioFrame) -> None:
+        await self.push(frame)
         self.heard += frame.duration
         level = np.abs(np.frombuffer(frame.pcm, dtype=np.int16)).max()
         self.log.append("speech" if level else "silence")
