@@ -40,7 +40,9 @@ class Frame:
     system: ClassVar[bool] = False
     """System frames overtake queued data and are handled even by a busy processor's inbox."""
     uninterruptible: ClassVar[bool] = False
-    """Frames marked so survive interruptions: they are never dropped from a queue."""
+    """Frames marked so survive interruptions: an interruption neither drops nor cancels them."""
+    live: ClassVar[bool] = False
+    """Live media: a full ``drop_oldest`` inbox may drop it even when it survives interruptions."""
     kind: ClassVar[str] = "frame"
     """Short name used in YAML, error messages and ``python -m pipeline list``."""
 
@@ -171,12 +173,18 @@ class MetricsFrame(SystemFrame):
 
 @dataclass(slots=True)
 class AudioFrame(DataFrame):
-    """Interleaved PCM, signed 16-bit little-endian."""
+    """Interleaved PCM, signed 16-bit little-endian: the user's (input) audio.
+
+    It survives interruptions — a barge-in must not punch holes in the user's audio on its way to a
+    recorder — but as live media a full ``drop_oldest`` inbox may still drop it.
+    """
 
     pcm: bytes = b""
     sample_rate: int = 16000
     channels: int = 1
     kind: ClassVar[str] = "audio"
+    uninterruptible: ClassVar[bool] = True
+    live: ClassVar[bool] = True
 
     @property
     def num_samples(self) -> int:
@@ -191,9 +199,10 @@ class AudioFrame(DataFrame):
 
 @dataclass(slots=True)
 class TTSAudioFrame(AudioFrame):
-    """Audio synthesised for the bot's voice."""
+    """Audio synthesised for the bot's voice: an interruption drops and cancels it."""
 
     kind: ClassVar[str] = "tts_audio"
+    uninterruptible: ClassVar[bool] = False
 
 
 @dataclass(slots=True)

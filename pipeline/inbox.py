@@ -157,7 +157,7 @@ class Inbox:
     def _drop_one(self) -> bool:
         data = self._data
         for index, (frame, _) in enumerate(data):
-            if not frame.uninterruptible:
+            if frame.live or not frame.uninterruptible:
                 del data[index]
                 self.dropped += 1
                 return True

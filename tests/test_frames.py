@@ -51,11 +51,17 @@ def test_system_frames_overtake_and_survive_interruptions(cls: type[Frame]) -> N
     assert cls.uninterruptible
 
 
-@pytest.mark.parametrize("cls", [AudioFrame, TTSAudioFrame, TextFrame, LLMTextFrame, TranscriptFrame])
+@pytest.mark.parametrize("cls", [TTSAudioFrame, TextFrame, LLMTextFrame, TranscriptFrame])
 def test_data_frames_are_in_order_and_interruptible(cls: type[Frame]) -> None:
     assert not cls.system
     assert not cls.uninterruptible
     assert issubclass(cls, DataFrame)
+
+
+def test_user_audio_survives_interruptions_but_stays_live_media() -> None:
+    assert issubclass(AudioFrame, DataFrame) and not AudioFrame.system
+    assert AudioFrame.uninterruptible and AudioFrame.live  # a full drop_oldest inbox may still drop it
+    assert TTSAudioFrame.live and not TTSAudioFrame.uninterruptible  # the bot's voice stops on barge-in
 
 
 def test_end_is_an_uninterruptible_control_frame() -> None:

@@ -14,6 +14,7 @@ from pipeline.frames import (
     EndFrame,
     Frame,
     TextFrame,
+    TTSAudioFrame,
     Uninterruptible,
     UserStartedSpeakingFrame,
 )
@@ -95,6 +96,15 @@ async def test_drop_oldest_discards_the_oldest_interruptible_frame() -> None:
         await inbox.put(frame)
     assert await drain(inbox) == frames[2:]
     assert inbox.dropped == 2
+
+
+async def test_an_interruption_keeps_user_audio_and_drops_the_bots() -> None:
+    inbox = Inbox(8)
+    user, bot = AudioFrame(pcm=b"\x01\x00"), TTSAudioFrame(pcm=b"\x02\x00")
+    for frame in (user, bot, text(0), user):
+        await inbox.put(frame)
+    assert inbox.drop_interruptible() == 2
+    assert await drain(inbox) == [user, user]
 
 
 async def test_drop_oldest_keeps_the_end_and_other_uninterruptible_frames() -> None:
