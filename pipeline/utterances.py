@@ -9,6 +9,7 @@ little before the start (``pre_roll``) is kept in a short history so the first s
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 from pipeline.frames import AudioFrame, UserStartedSpeakingFrame, UserStoppedSpeakingFrame
@@ -32,12 +33,25 @@ class Utterance:
         return len(self.pcm) / (2 * self.channels * self.sample_rate)
 
 
+class _Cut:
+    """Where one utterance lies in the stream; ``end`` is None until its stop is known."""
+
+    __slots__ = ("end", "start")
+
+    def __init__(self, start: float, end: float | None = None) -> None:
+        self.start = start
+        self.end = end
+
+
 class UtteranceCollector:
     """Collects the audio between speech start and stop, aligned on ``stream_time``.
 
     Feed it every audio frame (``add_audio``) and every speaking frame; each call returns the
-    utterances it completed. ``open_audio()`` gives the audio of the utterance in progress (for
-    interim re-transcription) and ``flush()`` closes it at the end of the stream.
+    utterances it completed. Speaking frames may arrive before or after the audio they mark, and a
+    consumer that lags may see a stop *and the next start* before the first utterance's audio: each
+    utterance waits in a queue until its audio is in. ``open_audio()`` gives the audio of the
+    utterance in progress (for interim re-transcription) and ``flush()`` closes it at the end of
+    the stream. A change of sample rate or channels closes the utterance in progress.
     """
 
     def __init__(
@@ -53,87 +67,102 @@ class UtteranceCollector:
         self.history = max(history, pre_roll)
         self._buffer = bytearray()
         self._buffer_start = 0.0  # stream time of the first byte in _buffer
-        self._received = 0.0  # stream time just after the last byte received
+        self._format_start = 0.0  # stream time at which the current format began
+        self._format_samples = 0  # samples per channel received in the current format
         self._rate = 0
         self._channels = 1
-        self._start: float | None = None  # stream time where the open utterance begins
-        self._end: float | None = None  # stream time where it ends, once the stop is known
+        self._cuts: deque[_Cut] = deque()  # utterances not yet delivered, in order; only the last is open
 
     @property
     def in_speech(self) -> bool:
         """True between a start and the delivery of its utterance."""
-        return self._start is not None
+        return bool(self._cuts)
 
     @property
     def stream_time(self) -> float:
         """Seconds of audio received so far."""
         return self._received
 
+    @property
+    def _received(self) -> float:
+        # Counted in whole samples per format, so long streams do not drift by float rounding.
+        return self._format_start + (self._format_samples / self._rate if self._rate else 0.0)
+
     def add_audio(self, frame: AudioFrame) -> list[Utterance]:
         """Append ``frame``; returns the utterances its arrival completed."""
+        done: list[Utterance] = []
         if (frame.sample_rate, frame.channels) != (self._rate, self._channels):
-            done = self.flush() if self._rate else []
+            if self._rate:
+                done = self.flush()
+            self._format_start = self._received
+            self._format_samples = 0
             self._rate, self._channels = frame.sample_rate, frame.channels
             self._buffer.clear()
-            self._buffer_start = self._received
-            if done:
-                return done
+            self._buffer_start = self._format_start
         self._buffer += frame.pcm
-        self._received += frame.duration
-        return self._collect()
+        self._format_samples += frame.num_samples
+        return done + self._collect()
 
     def speech_started(self, frame: UserStartedSpeakingFrame) -> list[Utterance]:
-        """Open an utterance at ``frame.stream_time`` minus the pre-roll."""
-        done = self.flush() if self._end is not None else []
-        if self._start is None:
-            self._start = max(0.0, frame.stream_time - self.pre_roll)
-            self._end = None
-        return done
+        """Open an utterance at ``frame.stream_time`` minus the pre-roll (ignored while one is open)."""
+        if not self._cuts or self._cuts[-1].end is not None:
+            self._cuts.append(_Cut(max(0.0, frame.stream_time - self.pre_roll)))
+        return []
 
     def speech_stopped(self, frame: UserStoppedSpeakingFrame) -> list[Utterance]:
         """Close the open utterance at ``frame.stream_time`` plus the post-roll."""
-        if self._start is None:
+        if not self._cuts or self._cuts[-1].end is not None:
             return []
-        self._end = max(self._start, frame.stream_time + self.post_roll)
+        cut = self._cuts[-1]
+        cut.end = max(cut.start, frame.stream_time + self.post_roll)
         return self._collect()
 
     def open_audio(self) -> bytes:
-        """PCM of the utterance in progress so far (empty when none is open)."""
-        if self._start is None:
+        """PCM received so far of the next utterance to be delivered (empty when none is pending)."""
+        if not self._cuts:
             return b""
-        return bytes(self._slice(self._start, self._received))
+        cut = self._cuts[0]
+        end = self._received if cut.end is None else min(cut.end, self._received)
+        return bytes(self._slice(max(cut.start, self._buffer_start), end))
 
     def flush(self) -> list[Utterance]:
-        """Close the open utterance with whatever audio has arrived (end of stream)."""
-        if self._start is None or self._received <= self._start:
-            self._start = self._end = None
-            return []
-        self._end = min(self._end if self._end is not None else self._received, self._received)
-        return [self._cut()]
+        """Close every pending utterance with whatever audio has arrived (end of stream)."""
+        received = self._received
+        done = []
+        for cut in self._cuts:
+            if cut.start < received:
+                cut.end = received if cut.end is None else min(cut.end, received)
+                done.append(self._cut(cut))
+        self._cuts.clear()
+        self._trim(received - self.history)
+        return done
 
     def reset(self) -> None:
-        """Forget the open utterance and the history."""
+        """Forget the pending utterances and the history."""
         self._buffer.clear()
         self._buffer_start = self._received
-        self._start = self._end = None
+        self._cuts.clear()
 
     def _collect(self) -> list[Utterance]:
-        if self._start is not None:
-            if self._end is None and self._received - self._start >= self.max_duration:
-                self._end = self._received  # a run-on utterance is cut so latency stays bounded
-            if self._end is not None and self._received >= self._end:
-                return [self._cut()]
-            return []
-        self._trim(self._received - self.history)
-        return []
+        received = self._received
+        tolerance = 0.5 / self._rate if self._rate else 0.0  # half a sample of float rounding
+        done = []
+        while self._cuts:
+            cut = self._cuts[0]
+            if cut.end is None and received - cut.start >= self.max_duration - tolerance:
+                # A run-on utterance is cut so latency stays bounded; the speech goes on in a new one.
+                cut.end = received
+                self._cuts.append(_Cut(received))
+            if cut.end is None or received + tolerance < cut.end:
+                break
+            done.append(self._cut(self._cuts.popleft()))
+        self._trim(min((cut.start for cut in self._cuts), default=received - self.history))
+        return done
 
-    def _cut(self) -> Utterance:
-        assert self._start is not None and self._end is not None
-        start, end = max(self._start, self._buffer_start), self._end
-        utterance = Utterance(bytes(self._slice(start, end)), self._rate, self._channels, start, end)
-        self._start = self._end = None
-        self._trim(end - self.pre_roll)  # the next utterance's pre-roll may overlap this one's tail
-        return utterance
+    def _cut(self, cut: _Cut) -> Utterance:
+        assert cut.end is not None
+        start = min(max(cut.start, self._buffer_start), cut.end)
+        return Utterance(bytes(self._slice(start, cut.end)), self._rate, self._channels, start, cut.end)
 
     def _offset(self, time: float) -> int:
         """Byte offset of stream ``time`` in the buffer, on a whole-sample boundary."""

@@ -111,7 +111,9 @@ def test_validate_prints_every_problem_with_its_line_and_exits_2(
         assert expected in err
 
 
-@pytest.mark.parametrize("shipped", ["configs/hello.yaml", "configs/examples/resample-tone.yaml"])
+@pytest.mark.parametrize(
+    "shipped", ["configs/hello.yaml", "configs/examples/resample-tone.yaml", "configs/vad-split.yaml"]
+)
 def test_validate_accepts_the_shipped_configs(shipped: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = cli(capsys, "validate", REPO / shipped)
     assert code == 0

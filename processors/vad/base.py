@@ -1,0 +1,232 @@
+"""``VadProcessor``: what every voice activity detector does around its engine.
+
+The engine only judges fixed windows of audio (``speech_probability``). This base turns those
+judgements into ``UserStartedSpeakingFrame`` / ``UserStoppedSpeakingFrame`` with hysteresis:
+
+* speech must last ``start_secs`` without a break before the start is announced, so clicks and
+  coughs do not start a turn;
+* silence must last ``stop_secs`` before the stop is announced, so pauses between words do not end it.
+
+Both frames are stamped with when speech *truly* began and ended, not when the hysteresis decided:
+``stream_time`` is the position in the audio stream (seconds of audio this VAD had received) where
+the first speech window began / the last speech window ended, and ``at`` is the same moment on the
+``time.monotonic()`` clock. The stream clock counts audio, not wall time, so stamps are right in
+faster-than-realtime file mode too.
+
+Audio frames pass through at once and unchanged, whatever their size: the base buffers a copy into
+engine windows. Speaking frames are system frames and overtake audio queued downstream, so a
+consumer that cuts audio per utterance must align on ``stream_time``, not on arrival: use
+``pipeline.utterances.UtteranceCollector``, which keeps a short history of audio and adds a
+``pre_roll`` before each start so the first syllable is never lost.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pipeline.errors import FatalProcessorError, Problem, ValidationError
+from pipeline.formats import AudioFormat
+from pipeline.frames import (
+    AudioFrame,
+    Frame,
+    TTSAudioFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from pipeline.params import param
+from pipeline.processor import Processor
+
+__all__ = ["VadParams", "VadProcessor"]
+
+_EPSILON = 1e-9  # stream times are sums of window lengths: compare them with a little slack
+
+
+@dataclass(slots=True, kw_only=True)
+class VadParams:
+    """Hysteresis shared by every VAD."""
+
+    start_secs: float = param(0.2, doc="seconds speech must last before the start is announced")
+    stop_secs: float = param(0.6, doc="seconds of silence that end speech (pauses shorter than this do not)")
+
+
+class VadProcessor(Processor):
+    """Base of the VAD nodes: audio passes through; speaking frames come out, stamped with the truth.
+
+    Subclasses declare ``accepts_audio`` (the rates the engine takes, mono) and implement
+    ``window_samples`` and ``speech_probability``; load the engine in ``on_start``.
+    """
+
+    Params: ClassVar[type[Any]] = VadParams
+    handles: ClassVar[tuple[type[Frame], ...]] = (AudioFrame,)
+    produces: ClassVar[tuple[type[Frame], ...]] = (
+        AudioFrame,
+        UserStartedSpeakingFrame,
+        UserStoppedSpeakingFrame,
+    )
+
+    params: VadParams
+
+    def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        problems = [
+            Problem(message, fix=fix, node=self.name, key=key)
+            for key, ok, message, fix in self.param_checks()
+            if not ok
+        ]
+        if problems:
+            raise ValidationError(problems)
+        self._format: AudioFormat | None = None
+        self._window_bytes = 0
+        self._window_secs = 0.0
+        self._pending = bytearray()  # audio not yet analysed: less than one window
+        self._format_start = 0.0  # stream time at which the current format began
+        self._received_samples = 0  # samples received in the current format
+        self._analysed_samples = 0  # samples of them already judged by the engine
+        self.speaking = False
+        """True between a UserStartedSpeakingFrame and its UserStoppedSpeakingFrame."""
+        self._run_start = 0.0  # where the current run of speech windows began
+        self._speech_end = 0.0  # while speaking: where speech ended, judging by the last speech window
+        self._in_run = False  # whether the last window judged was speech
+        self._last_end = 0.0  # where the last window judged ended
+
+    # --- what engines implement ------------------------------------------------------------------
+
+    def param_checks(self) -> list[tuple[str, bool, str, str]]:
+        """(param, is it valid, what is wrong, how to fix it) for each value check; extend in engines."""
+        p = self.params
+        return [
+            ("start_secs", p.start_secs >= 0, f"start_secs {p.start_secs} is negative", "use e.g. 0.2"),
+            ("stop_secs", p.stop_secs > 0, f"stop_secs {p.stop_secs} must be positive", "use e.g. 0.6"),
+        ]
+
+    def window_samples(self, sample_rate: int) -> int:
+        """Samples in one engine window at ``sample_rate`` (a rate ``accepts_audio`` allows)."""
+        raise NotImplementedError
+
+    def speech_probability(self, window: bytes, sample_rate: int) -> float:
+        """How likely ``window`` (mono s16le, ``window_samples`` long) is speech: 0..1, or 0/1."""
+        raise NotImplementedError
+
+    def thresholds(self) -> tuple[float, float]:
+        """(to begin speech, to stay in speech): a window counts as speech at or above these."""
+        return 0.5, 0.5
+
+    def start_lag(self) -> float:
+        """Seconds an engine may go on flagging after even a short sound (a built-in hangover): a run
+        of speech windows must last ``start_secs`` plus this before it surely held ``start_secs``."""
+        return 0.0
+
+    def end_lag(self, run: float) -> float:
+        """Seconds of built-in hangover that end a run of speech windows lasting ``run`` seconds: taken
+        off the stop's stamp, so it marks the true end, and off the silence ``stop_secs`` waits for."""
+        return 0.0
+
+    def reset_engine(self) -> None:
+        """Forget the engine's own state: the format changed, the stream is no longer continuous."""
+
+    # --- the processor ---------------------------------------------------------------------------
+
+    def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
+        return incoming  # audio passes through to the recogniser and the recorder
+
+    @property
+    def stream_time(self) -> float:
+        """Seconds of audio received so far."""
+        rate = self._format.sample_rate if self._format else 0
+        return self._format_start + (self._received_samples / rate if rate else 0.0)
+
+    async def process(self, frame: AudioFrame) -> None:
+        await self.push(frame)  # first, so the VAD adds no latency to the audio
+        if isinstance(frame, TTSAudioFrame):
+            return  # the bot's voice is not the user's speech
+        self._receive(frame)
+        for event in self._analyse():
+            await self.push(event)
+
+    async def on_stop(self) -> None:
+        if self.ended or self.inbox.closed:
+            return  # cancelled: nobody is listening any more
+        if self.speaking:
+            if self._in_run:
+                self._speech_end = self._last_end  # speech ran to the end: no hangover to take off
+            await self.push(self._stop_frame())
+
+    # --- the hysteresis --------------------------------------------------------------------------
+
+    def _receive(self, frame: AudioFrame) -> None:
+        fmt = AudioFormat(frame.sample_rate, frame.channels)
+        if fmt != self._format:
+            self._change_format(fmt)
+        self._pending += frame.pcm
+        self._received_samples += frame.num_samples
+
+    def _change_format(self, fmt: AudioFormat) -> None:
+        if not self.accepts_audio.allows(fmt):
+            raise FatalProcessorError(
+                f"{self.name}: {type(self).__name__} takes {self.accepts_audio}, got {fmt}: "
+                "put an audio.resample node in front of it, or set settings.auto_resample: true"
+            )
+        self._format_start = self.stream_time
+        self._received_samples = self._analysed_samples = 0
+        self._pending.clear()  # less than a window of the old format: too short to judge
+        samples = self.window_samples(fmt.sample_rate)
+        self._window_bytes = 2 * samples
+        self._window_secs = samples / fmt.sample_rate
+        self._format = fmt
+        self._in_run = False
+        self.reset_engine()
+
+    def _analyse(self) -> list[Frame]:
+        """Judge every whole window pending; return the speaking frames their verdicts produce."""
+        assert self._format is not None
+        rate, size = self._format.sample_rate, self._window_bytes
+        begin, keep = self.thresholds()
+        events: list[Frame] = []
+        offset = 0
+        while len(self._pending) - offset >= size:
+            window = bytes(self._pending[offset : offset + size])
+            offset += size
+            start = self._format_start + self._analysed_samples / rate
+            self._analysed_samples += size // 2
+            end = start + self._window_secs
+            speech = self.speech_probability(window, rate) >= (keep if self.speaking else begin)
+            event = self._step(speech, start, end)
+            if event is not None:
+                events.append(event)
+        del self._pending[:offset]
+        return events
+
+    def _step(self, speech: bool, start: float, end: float) -> Frame | None:
+        """Advance the hysteresis by one window judged ``speech`` covering ``start``..``end``."""
+        p = self.params
+        self._last_end = end
+        if speech and not self._in_run:
+            self._run_start = start
+        self._in_run = speech
+        if self.speaking:
+            if speech:
+                self._speech_end = self._true_end(end)
+            elif end - self._speech_end >= p.stop_secs - _EPSILON:
+                return self._stop_frame()
+            return None
+        if speech and end - self._run_start >= p.start_secs + self.start_lag() - _EPSILON:
+            self.speaking = True
+            self._speech_end = self._true_end(end)
+            return UserStartedSpeakingFrame(
+                at=self._monotonic_at(self._run_start), stream_time=self._run_start
+            )
+        return None
+
+    def _true_end(self, end: float) -> float:
+        """Where speech ended if the run of speech windows ending at ``end`` ends here."""
+        return max(end - self.end_lag(end - self._run_start), self._run_start + self._window_secs)
+
+    def _stop_frame(self) -> UserStoppedSpeakingFrame:
+        self.speaking = False
+        return UserStoppedSpeakingFrame(at=self._monotonic_at(self._speech_end), stream_time=self._speech_end)
+
+    def _monotonic_at(self, stream_time: float) -> float:
+        """``stream_time`` on the monotonic clock: now, less the audio received since that point."""
+        return time.monotonic() - (self.stream_time - stream_time)
