@@ -26,6 +26,7 @@ from pipeline.processor import Source
 
 __all__ = [
     "AudioFileError",
+    "FramePacer",
     "NoiseSource",
     "SilenceSource",
     "TextSource",
@@ -134,6 +135,32 @@ def _to_pcm(samples: np.ndarray[Any, np.dtype[np.float64]], channels: int) -> by
     return pcm.tobytes()
 
 
+class FramePacer:
+    """Waits until each frame is due, like a microphone; ``realtime=False`` only yields to the loop.
+
+    Create it when the first frame is about to be made: frame i covers [i, i+1) periods from then and
+    exists once that time has passed. Due times come from the start, so rounding in sleep never
+    accumulates into drift, and a stall is caught up afterwards.
+    """
+
+    def __init__(self, frame_ms: int, realtime: bool) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._started = self._loop.time()
+        self._period = frame_ms / 1000
+        self._realtime = realtime
+        self._index = 0
+
+    async def wait(self) -> None:
+        """Return once the next frame is due (at once, after a loop turn, when not real time)."""
+        self._index += 1
+        if not self._realtime:
+            await asyncio.sleep(0)  # stay cooperative even when nothing downstream pushes back
+            return
+        delay = self._started + self._index * self._period - self._loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
 class _PacedAudioSource(Source):
     """Turns an iterator of PCM chunks into audio frames, paced against the loop clock if asked."""
 
@@ -142,19 +169,10 @@ class _PacedAudioSource(Source):
     async def _paced(
         self, chunks: Iterable[bytes], fmt: AudioFormat, frame_ms: int, realtime: bool
     ) -> AsyncIterator[Frame]:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        period = frame_ms / 1000
+        pacer = FramePacer(frame_ms, realtime)
         rate, channels = fmt.sample_rate, fmt.channels
-        for index, pcm in enumerate(chunks):
-            if realtime:
-                # Frame i covers [i, i+1) periods: like a microphone, it exists once that time has passed.
-                # Due times come from the start, so rounding in sleep never accumulates into drift.
-                delay = started + (index + 1) * period - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            else:
-                await asyncio.sleep(0)  # stay cooperative even when nothing downstream pushes back
+        for pcm in chunks:
+            await pacer.wait()
             yield AudioFrame(pcm=pcm, sample_rate=rate, channels=channels)
 
 

@@ -13,7 +13,6 @@ transport's.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 
 from pipeline.frames import (
@@ -62,7 +61,7 @@ class Playout:
         self.played += frame.duration
         if not self.realtime:
             return
-        now = time.monotonic()
+        now = asyncio.get_running_loop().time()
         self._due = max(self._due, now) + frame.duration
         ahead = self._due - now - self.lead
         if ahead > 0:
@@ -74,7 +73,7 @@ class Playout:
             spoken, self._pending_text = " ".join(self._pending_text), []
             await self.owner.push(SpokenTextFrame(text=spoken), UPSTREAM)
         if self.realtime:
-            remaining = self._due - time.monotonic()
+            remaining = self._due - asyncio.get_running_loop().time()
             if remaining > 0:
                 await asyncio.sleep(remaining)
         self._stop_speaking()

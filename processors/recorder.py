@@ -1,0 +1,519 @@
+"""``recorder``: keep each conversation on disk as it happens — audio tracks and a transcript.
+
+One folder per conversation, ``{directory}/{session_id}/``:
+
+* ``user.wav`` — the user's audio (``AudioFrame`` that is not ``TTSAudioFrame``), at its own rate;
+* ``bot.wav`` — the bot's voice (``TTSAudioFrame``), on the same timeline, silence between replies;
+* ``mixed.wav`` — both on one timeline at the user's rate, as a listener on the call heard it;
+* ``transcript.json`` — ``{"session_id", "start_time", "end_time", "messages": [{"role", "content",
+  "type"?}]}``, replaced atomically after every message.
+
+The clock is the user's audio: its sample count, so the timeline is the same whether a microphone
+paces the graph or a file is read as fast as possible. Bot audio is placed at the later of where the
+bot track ends and the user clock, and is held until the user clock passes it: TTS runs ahead of
+playback, and on a barge-in the audio that was generated but never played is taken back. The
+assistant message of a reply cut short holds only what was heard (``SpokenTextFrame``) and
+``"type": "interrupted"``. A graph without user audio (text in, voice out) has no clock: its bot
+audio is written back to back, and ``mixed.wav`` starts with the first user audio.
+
+Files are written as the call goes (``pipeline.wavfile``): a crash loses under a second of audio, and
+the next start repairs WAV headers a crash left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from pipeline.errors import Problem, ValidationError
+from pipeline.formats import AudioFormat
+from pipeline.frames import (
+    UPSTREAM,
+    AudioFrame,
+    Frame,
+    LLMResponseEndFrame,
+    LLMResponseStartFrame,
+    LLMTextFrame,
+    SpokenTextFrame,
+    TranscriptFrame,
+    TTSAudioFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+)
+from pipeline.params import param
+from pipeline.processor import Processor
+from pipeline.wavfile import FormatConverter, WavWriter, repair_wav
+
+__all__ = ["Recorder", "Timeline", "TrackAudio", "new_session_id"]
+
+log = logging.getLogger("processors.recorder")
+
+Track = Literal["user", "bot", "mixed", "transcript"]
+_MIX_DELAY = 0.1  # seconds the mix is built behind the clock: the resampler releases bot audio late
+_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def new_session_id() -> str:
+    """``YYYYmmdd-HHMMSS-xxxx`` in UTC: folders sort by start time, the hex tells same-second calls apart."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(slots=True, kw_only=True)
+class RecorderParams:
+    """Params of ``recorder``."""
+
+    directory: str = param("recordings", doc="folder that holds one sub-folder per conversation")
+    session_id: str | None = param(
+        None, doc="this conversation's folder name; null = YYYYmmdd-HHMMSS-xxxx (UTC, sorts by time)"
+    )
+    tracks: list[Track] = param(
+        ["user", "bot", "mixed", "transcript"], doc="what to write: user, bot, mixed (WAVs), transcript"
+    )
+
+
+# --- the timeline --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class TrackAudio:
+    """PCM to append to each track, in that track's format."""
+
+    user: bytes = b""
+    bot: bytes = b""
+    mixed: bytes = b""
+
+
+class Timeline:
+    """Places user and bot audio on one clock and says what each track gets. No I/O.
+
+    Each track keeps the format of its first audio; audio arriving in another one is converted.
+    """
+
+    def __init__(self, mix: bool = True) -> None:
+        self.mix = mix  # whether to build the mixed track
+        self.user_format: AudioFormat | None = None
+        self.bot_format: AudioFormat | None = None
+        self._to_user: dict[AudioFormat, FormatConverter] = {}  # for user audio in a later format
+        self._to_bot: dict[AudioFormat, FormatConverter] = {}
+        self.user_samples = 0  # the clock: user samples (per channel) so far
+        self._origin = 0  # bot-track sample where user sample 0 lies
+        self._bot_written = 0  # bot samples handed out (nothing before can be taken back)
+        self._pending = bytearray()  # bot audio after ``_bot_written``, not yet passed by the clock
+        self._mixed_at = 0  # mixed-track samples handed out
+        self._delay = 0  # user samples the mix stays behind the clock
+        self._held = bytearray()  # user audio from ``_mixed_at`` to the clock
+        self._mix = bytearray()  # bot audio in the user format, from ``_mixed_at`` on
+        self._segment: FormatConverter | None = None  # bot -> user rate, for one run of bot audio
+        self._segment_at = 0  # mixed-track sample where the segment's next output goes
+
+    @property
+    def bot_ahead(self) -> float:
+        """Seconds of bot audio beyond the user clock: generated, not yet played."""
+        if self.bot_format is None or self.user_format is None:
+            return 0.0
+        ahead = self._bot_cursor() - self._clock_in_bot()
+        return max(0, ahead) / self.bot_format.sample_rate
+
+    def add_user(self, pcm: bytes, fmt: AudioFormat) -> TrackAudio:
+        """The user's audio advances the clock; bot audio it passes is handed out."""
+        if self.user_format is None:
+            self.user_format = fmt
+            self._origin = self._bot_cursor()
+            self._delay = round(_MIX_DELAY * fmt.sample_rate)
+        user = _conform(pcm, fmt, self.user_format, self._to_user)
+        self.user_samples += len(user) // _width(self.user_format)
+        bot = self._hand_out(self._clock_in_bot()) if self.bot_format is not None else b""
+        if not self.mix:
+            return TrackAudio(user=user, bot=bot)
+        self._held += user
+        mix_to = self.user_samples - self._delay
+        if self._segment is not None and self._segment_at < mix_to:
+            self._end_segment()  # the bot's run ended: its filter's tail is due in the mix now
+        return TrackAudio(user=user, bot=bot, mixed=self._mix_out(mix_to - self._mixed_at))
+
+    def add_bot(self, pcm: bytes, fmt: AudioFormat) -> TrackAudio:
+        """Bot audio goes where the bot track ends, or at the user clock if that is later."""
+        if self.bot_format is None:
+            self.bot_format = fmt
+        bot = _conform(pcm, fmt, self.bot_format, self._to_bot)
+        if self.user_format is None:  # no clock yet: nothing to place against or take back
+            self._bot_written += len(bot) // _width(self.bot_format)
+            return TrackAudio(bot=bot)
+        clock, cursor = self._clock_in_bot(), self._bot_cursor()
+        if clock > cursor:  # the bot was silent: fill the gap, start a new run
+            self._pending += bytes((clock - cursor) * _width(self.bot_format))
+            self._end_segment()
+            cursor = clock
+        self._pending += bot
+        if self.mix:
+            if self._segment is None:
+                self._segment = FormatConverter(self.bot_format, self.user_format)
+                self._segment_at = (
+                    (cursor - self._origin) * self.user_format.sample_rate // self.bot_format.sample_rate
+                )
+            self._place(self._segment.convert(bot))
+        return TrackAudio(bot=self._hand_out(clock))
+
+    def interrupt(self) -> None:
+        """Barge-in: bot audio beyond the user clock was never played; take it back."""
+        if self.bot_format is None or self.user_format is None:
+            return
+        keep = max(0, self._clock_in_bot() - self._bot_written)
+        del self._pending[keep * _width(self.bot_format) :]
+        self._segment = None
+        del self._mix[(self.user_samples - self._mixed_at) * _width(self.user_format) :]
+
+    def finish(self) -> TrackAudio:
+        """The end: hand out all bot audio still held, over silence where the user audio ended."""
+        self._end_segment()
+        bot = bytes(self._pending)
+        if self.bot_format is not None:
+            self._bot_written += len(bot) // _width(self.bot_format)
+        self._pending.clear()
+        mixed = b""
+        if self.mix and self.user_format is not None:
+            mixed = self._mix_out(self.user_samples - self._mixed_at) + bytes(self._mix)
+            self._mix.clear()
+        return TrackAudio(bot=bot, mixed=mixed)
+
+    def _bot_cursor(self) -> int:
+        """Where the bot track ends (handed out and pending), in bot samples."""
+        if self.bot_format is None:
+            return 0
+        return self._bot_written + len(self._pending) // _width(self.bot_format)
+
+    def _clock_in_bot(self, ahead: int = 0) -> int:
+        """The user clock (plus ``ahead`` user samples) as a bot-track position."""
+        assert self.user_format is not None and self.bot_format is not None
+        user = self.user_samples + ahead
+        return self._origin + user * self.bot_format.sample_rate // self.user_format.sample_rate
+
+    def _hand_out(self, clock: int) -> bytes:
+        """Pending bot audio up to ``clock`` (bot samples)."""
+        assert self.bot_format is not None
+        count = min(clock - self._bot_written, len(self._pending) // _width(self.bot_format))
+        if count <= 0:
+            return b""
+        size = count * _width(self.bot_format)
+        out = bytes(self._pending[:size])
+        del self._pending[:size]
+        self._bot_written += count
+        return out
+
+    def _place(self, pcm: bytes) -> None:
+        """Put converted bot audio into the mix at the segment's position (late samples are dropped)."""
+        assert self.user_format is not None
+        width = _width(self.user_format)
+        offset = self._segment_at - self._mixed_at
+        self._segment_at += len(pcm) // width
+        if offset < 0:
+            pcm = pcm[-offset * width :]
+            offset = 0
+        start, end = offset * width, offset * width + len(pcm)
+        if len(self._mix) < end:
+            self._mix += bytes(end - len(self._mix))
+        self._mix[start:end] = pcm
+
+    def _end_segment(self) -> None:
+        if self._segment is not None:
+            self._place(self._segment.flush())
+            self._segment = None
+
+    def _mix_out(self, count: int) -> bytes:
+        """The next ``count`` samples of the mixed track: held user audio with the bot's over it."""
+        if count <= 0:
+            return b""
+        assert self.user_format is not None
+        size = count * _width(self.user_format)
+        user, bot = bytes(self._held[:size]), bytes(self._mix[:size])
+        del self._held[:size], self._mix[:size]
+        self._mixed_at += count
+        if not bot:
+            return user
+        voices = np.frombuffer(user, dtype="<i2").astype(np.int32)
+        voices[: len(bot) // 2] += np.frombuffer(bot, dtype="<i2")
+        return np.clip(voices, -32768, 32767).astype("<i2").tobytes()
+
+
+def _width(fmt: AudioFormat) -> int:
+    """Bytes per sample frame (all channels)."""
+    return 2 * fmt.channels
+
+
+def _conform(
+    pcm: bytes, fmt: AudioFormat, track: AudioFormat, converters: dict[AudioFormat, FormatConverter]
+) -> bytes:
+    """``pcm`` in the track's format. QQ: steady output with nothing held back, so the clock stays exact."""
+    if fmt == track:
+        return pcm
+    converter = converters.get(fmt)
+    if converter is None:
+        converter = converters[fmt] = FormatConverter(fmt, track, quality="QQ")
+    return converter.convert(pcm)
+
+
+# --- the transcript ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Reply:
+    """One assistant reply as it streams, plays and maybe gets cut short."""
+
+    chunks: list[str] = field(default_factory=list)  # LLM text as it streamed
+    spoken: list[str] = field(default_factory=list)  # text the output transport started playing
+    ended: bool = False  # the LLM finished it
+    voiced: bool = False  # TTS spoke (some of) it: the transcript keeps what was heard
+    tts_busy: bool = False  # TTS started and has not stopped
+    closed: bool = False  # played out or interrupted: later frames start a new reply
+    interrupted: bool = False
+    index: int | None = None  # its place in the transcript's messages, once added
+
+    def message(self) -> dict[str, str]:
+        if self.interrupted:
+            content = " ".join(self.spoken) if self.voiced else "".join(self.chunks)
+            return {"role": "assistant", "content": content.strip(), "type": "interrupted"}
+        return {"role": "assistant", "content": "".join(self.chunks).strip()}
+
+
+class _Transcript:
+    """``transcript.json``, replaced atomically on every save; saves run one at a time in a thread."""
+
+    def __init__(self, path: Path | None, session_id: str) -> None:
+        self.path = path  # None: the transcript track is off
+        self.doc: dict[str, Any] = {"session_id": session_id, "start_time": _now(), "end_time": None}
+        self.messages: list[dict[str, str]] = []
+        self._saving: asyncio.Future[None] | None = None
+
+    def set(self, index: int | None, message: dict[str, str]) -> int:
+        """Add ``message`` (index None) or replace the one at ``index``; returns its index."""
+        if index is None:
+            self.messages.append(message)
+            return len(self.messages) - 1
+        self.messages[index] = message
+        return index
+
+    async def save(self) -> None:
+        """Write the current state; a cancelled caller does not stop a save under way."""
+        if self.path is None:
+            return
+        self.doc["end_time"] = _now()
+        text = json.dumps({**self.doc, "messages": self.messages}, ensure_ascii=False, indent=2)
+        previous = self._saving
+        if previous is not None and not previous.done():
+            await asyncio.shield(previous)
+        self._saving = asyncio.ensure_future(asyncio.to_thread(_replace, self.path, text))
+        await asyncio.shield(self._saving)
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``text`` next to ``path`` and rename it over: readers see the old file or the new one."""
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("w", encoding="utf-8") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
+# --- the processor -------------------------------------------------------------------------------
+
+
+class Recorder(Processor):
+    """Writes user, bot and mixed audio and the transcript of one conversation; passes every frame on."""
+
+    type_name = "recorder"
+    Params = RecorderParams
+    params: RecorderParams
+    handles: ClassVar[tuple[type[Frame], ...]] = (
+        AudioFrame,
+        TranscriptFrame,
+        LLMResponseStartFrame,
+        LLMTextFrame,
+        LLMResponseEndFrame,
+        TTSStartedFrame,
+        TTSStoppedFrame,
+    )
+    handles_upstream: ClassVar[tuple[type[Frame], ...]] = (SpokenTextFrame,)
+    produces: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, TranscriptFrame, LLMTextFrame)  # passed on
+
+    def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        p = self.params
+        if p.session_id is not None and not _SESSION_ID.fullmatch(p.session_id):
+            fix = "use letters, digits, '.', '_' and '-' (it names a folder), or null for a generated one"
+            raise ValidationError(
+                [Problem(f"session_id {p.session_id!r} is not a folder name", fix, self.name, "session_id")]
+            )
+        self.session_id = p.session_id or new_session_id()
+        self._dir = Path(p.directory) / self.session_id
+        self._tracks = set(p.tracks)
+        self._timeline = Timeline(mix="mixed" in self._tracks)
+        self._writers: dict[str, WavWriter] = {}
+        transcript = self._dir / "transcript.json" if "transcript" in self._tracks else None
+        self._transcript = _Transcript(transcript, self.session_id)
+        self._reply: _Reply | None = None
+        self._busy: asyncio.Future[None] | None = None  # the frame being recorded
+
+    @property
+    def session_dir(self) -> Path:
+        """The folder this conversation is written to."""
+        return self._dir
+
+    def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
+        return incoming  # audio is recorded and passed on unchanged
+
+    async def on_start(self) -> None:
+        await self.run_in_thread(self._prepare)
+        await self._transcript.save()
+
+    def _prepare(self) -> None:
+        """Repair what a crash left in earlier sessions' folders, then make this one."""
+        for path in sorted(Path(self.params.directory).glob("*/*.wav")):
+            try:
+                repair_wav(path)
+            except (OSError, ValueError) as error:
+                log.warning("cannot repair '%s': %s", path, error)
+        self._dir.mkdir(parents=True, exist_ok=True)
+
+    async def process(self, frame: Frame) -> None:
+        if self._busy is not None:
+            await self._idle()  # the disk work of a frame an interruption cut short comes first
+        work = self._record(frame)
+        if work is not None:
+            # Runs to completion even if an interruption cancels this frame, so no track is left a
+            # frame behind another; on_interrupt and on_stop wait for it.
+            self._busy = asyncio.ensure_future(work)
+            try:
+                await asyncio.shield(self._busy)
+            except Exception:
+                await self.push(frame)  # a failed write is reported, the frame still goes on
+                raise
+            finally:
+                if self._busy.done():
+                    self._busy = None
+        await self.push(frame)
+
+    async def process_upstream(self, frame: SpokenTextFrame) -> None:
+        await self.push(frame, UPSTREAM)
+        reply = self._reply
+        if reply is None or not frame.text.strip():
+            return
+        reply.spoken.append(frame.text.strip())
+        reply.voiced = True
+        if reply.interrupted:  # heard just before the barge-in, reported just after it
+            reply.index = self._transcript.set(reply.index, reply.message())
+            await self._transcript.save()
+
+    async def on_interrupt(self) -> None:
+        await self._idle()
+        reply = self._reply
+        if reply is not None and not reply.closed:
+            if not reply.ended or reply.tts_busy or self._timeline.bot_ahead > 0:
+                reply.interrupted = True
+                reply.index = self._transcript.set(reply.index, reply.message())
+                await self._transcript.save()
+            reply.closed = True
+        self._timeline.interrupt()
+
+    async def on_stop(self) -> None:
+        await self._idle()
+        reply = self._reply
+        if reply is not None and not reply.ended and reply.index is None and reply.chunks:
+            reply.interrupted = True  # the call ended mid-reply
+            reply.index = self._transcript.set(None, reply.message())
+        try:
+            work = self._store(self._timeline.finish())
+            if work is not None:
+                await work
+        finally:
+            for writer in self._writers.values():
+                await writer.close()
+            await self._transcript.save()
+
+    async def _idle(self) -> None:
+        busy, self._busy = self._busy, None
+        if busy is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(busy)
+
+    def _record(self, frame: Frame) -> Coroutine[Any, Any, None] | None:
+        """Update the state and buffers at once (no awaiting, so nothing is half done); return the
+        disk work still to do, if any."""
+        if isinstance(frame, TTSAudioFrame):
+            self._current_reply().voiced = True
+            return self._store(
+                self._timeline.add_bot(frame.pcm, AudioFormat(frame.sample_rate, frame.channels))
+            )
+        if isinstance(frame, AudioFrame):
+            return self._store(
+                self._timeline.add_user(frame.pcm, AudioFormat(frame.sample_rate, frame.channels))
+            )
+        if isinstance(frame, LLMTextFrame):
+            self._current_reply().chunks.append(frame.text)
+        elif isinstance(frame, TranscriptFrame):
+            if frame.text.strip():
+                self._transcript.set(None, {"role": "user", "content": frame.text.strip()})
+                return self._transcript.save()
+        elif isinstance(frame, LLMResponseStartFrame):
+            self._reply = _Reply()
+        elif isinstance(frame, LLMResponseEndFrame):
+            reply = self._reply
+            if reply is not None and not reply.closed and not reply.ended:  # else: cut short already
+                reply.ended = True
+                reply.index = self._transcript.set(reply.index, reply.message())
+                return self._transcript.save()
+        elif isinstance(frame, TTSStartedFrame):
+            reply = self._current_reply()
+            reply.tts_busy = reply.voiced = True
+        elif isinstance(frame, TTSStoppedFrame) and self._reply is not None:
+            self._reply.tts_busy = False
+        return None
+
+    def _current_reply(self) -> _Reply:
+        """The reply in progress; frames after a closed one begin the next."""
+        if self._reply is None or self._reply.closed:
+            self._reply = _Reply()
+        return self._reply
+
+    def _store(self, audio: TrackAudio) -> Coroutine[Any, Any, None] | None:
+        """Buffer each track's audio; the disk work (opening a file, a due write) is returned."""
+        timeline = self._timeline
+        due = False
+        opening: list[tuple[str, bytes, AudioFormat]] = []
+        for track, pcm, fmt in (
+            ("user", audio.user, timeline.user_format),
+            ("bot", audio.bot, timeline.bot_format),
+            ("mixed", audio.mixed, timeline.user_format),
+        ):
+            if pcm and fmt is not None and track in self._tracks:
+                writer = self._writers.get(track)
+                if writer is None:
+                    opening.append((track, pcm, fmt))
+                else:
+                    due = writer.append(pcm) or due
+        return self._to_disk(opening) if due or opening else None
+
+    async def _to_disk(self, opening: list[tuple[str, bytes, AudioFormat]]) -> None:
+        for track, pcm, fmt in opening:
+            path = self._dir / f"{track}.wav"
+            writer = self._writers[track] = await WavWriter.open(path, fmt.sample_rate, fmt.channels)
+            writer.append(pcm)
+        for writer in self._writers.values():
+            await writer.drain()

@@ -1,0 +1,391 @@
+"""recorder: tracks on one timeline, the transcript, barge-in, atomic saves, repair, and a real crash."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+import wave
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from pathlib import Path
+from textwrap import dedent
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipeline.errors import ValidationError
+from pipeline.formats import AudioFormat
+from pipeline.frames import (
+    AudioFrame,
+    Direction,
+    Frame,
+    InterruptionFrame,
+    LLMResponseEndFrame,
+    LLMResponseStartFrame,
+    LLMTextFrame,
+    SpokenTextFrame,
+    TranscriptFrame,
+    TTSAudioFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
+)
+from pipeline.graph import Graph
+from pipeline.observers import Observer
+from pipeline.processor import Processor, Source
+from pipeline.registry import resolve
+from pipeline.testing import Collector, run_graph, run_processor
+from pipeline.wavfile import HEADER_SIZE
+from processors import recorder as recorder_module
+from processors.recorder import Recorder, Timeline, new_session_id
+from transports.file import FileOutput
+
+REPO = Path(__file__).resolve().parent.parent
+RATE = 16000
+FRAME = RATE // 50  # samples in 20 ms
+
+
+def user(value: int = 1000, rate: int = RATE) -> AudioFrame:
+    return AudioFrame(pcm=np.full(rate // 50, value, dtype="<i2").tobytes(), sample_rate=rate)
+
+
+def bot(value: int = 2000, rate: int = RATE) -> TTSAudioFrame:
+    return TTSAudioFrame(pcm=np.full(rate // 50, value, dtype="<i2").tobytes(), sample_rate=rate)
+
+
+def track(folder: Path, name: str) -> tuple[AudioFormat, np.ndarray]:
+    with wave.open(str(folder / f"{name}.wav"), "rb") as wav:
+        fmt = AudioFormat(wav.getframerate(), wav.getnchannels())
+        return fmt, np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+
+
+def runs(samples: np.ndarray) -> list[tuple[int, int]]:
+    """(value, count) for each run of equal samples: a timeline at a glance."""
+    edges = np.flatnonzero(np.diff(samples)) + 1
+    starts = np.concatenate([[0], edges])
+    counts = np.diff(np.concatenate([starts, [len(samples)]]))
+    return [(int(samples[s]), int(c)) for s, c in zip(starts, counts, strict=True)]
+
+
+def transcript(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "transcript.json").read_text())
+
+
+def test_registered_with_documented_params() -> None:
+    assert resolve("recorder") is Recorder
+
+
+def test_session_ids_sort_by_start_time_and_name_the_folder(tmp_path: Path) -> None:
+    assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{4}", new_session_id())
+    recorder = Recorder(directory=str(tmp_path))
+    assert recorder.session_dir == tmp_path / recorder.session_id
+    assert Recorder(directory=str(tmp_path), session_id="call-7").session_dir == tmp_path / "call-7"
+    with pytest.raises(ValidationError, match="not a folder name"):
+        Recorder(session_id="../escape")
+
+
+CONVERSATION: list[Frame] = [
+    *(user() for _ in range(10)),  # 200 ms of the user
+    TranscriptFrame(text="hello"),
+    LLMResponseStartFrame(),
+    LLMTextFrame(text="Hi"),
+    LLMTextFrame(text=" there."),
+    LLMResponseEndFrame(),
+    TTSStartedFrame(),
+    TTSTextFrame(text="Hi there."),
+    *(bot() for _ in range(5)),  # 100 ms of the bot, generated ahead of the user clock
+    TTSStoppedFrame(),
+    *(user() for _ in range(10)),  # 200 ms more of the user: the bot plays over the first half
+]
+
+
+async def test_tracks_share_one_timeline_and_the_transcript_has_both_sides(tmp_path: Path) -> None:
+    recorder = Recorder(directory=str(tmp_path), session_id="s")
+    out = await run_processor(recorder, CONVERSATION)
+    assert [f.kind for f in out.down] == [f.kind for f in CONVERSATION]  # everything passes on
+    folder = recorder.session_dir
+    fmt, user_track = track(folder, "user")
+    assert fmt == AudioFormat(RATE, 1) and runs(user_track) == [(1000, 20 * FRAME)]
+    assert runs(track(folder, "bot")[1]) == [(0, 10 * FRAME), (2000, 5 * FRAME)]
+    assert runs(track(folder, "mixed")[1]) == [(1000, 10 * FRAME), (3000, 5 * FRAME), (1000, 5 * FRAME)]
+    doc = transcript(folder)
+    assert doc["session_id"] == "s"
+    assert doc["messages"] == [
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "Hi there."},
+    ]
+    start, end = (datetime.fromisoformat(doc[key]) for key in ("start_time", "end_time"))
+    assert start.utcoffset() is not None and start.utcoffset().total_seconds() == 0 and start <= end
+    assert sorted(p.name for p in folder.iterdir()) == ["bot.wav", "mixed.wav", "transcript.json", "user.wav"]
+
+
+async def test_bot_audio_at_another_rate_is_resampled_into_the_mix(tmp_path: Path) -> None:
+    recorder = Recorder(directory=str(tmp_path), session_id="s")
+    frames = [
+        *(user(0) for _ in range(5)),
+        *(bot(4000, rate=24000) for _ in range(50)),
+        *(user(0) for _ in range(60)),
+    ]
+    await run_processor(recorder, frames)
+    bot_format, bot_track = track(recorder.session_dir, "bot")
+    assert bot_format == AudioFormat(24000, 1)
+    assert runs(bot_track) == [(0, 5 * 480), (4000, 50 * 480)]
+    mixed_format, mixed = track(recorder.session_dir, "mixed")
+    assert mixed_format == AudioFormat(RATE, 1) and len(mixed) == 65 * FRAME
+    start = 5 * FRAME
+    assert not mixed[: start - 10].any()
+    assert np.abs(mixed[start + 200 : start + RATE - 200] - 4000).max() < 5  # 1 s of the bot, resampled
+    assert np.abs(mixed[start + RATE + 200 :]).max() < 5
+
+
+async def test_a_bot_reply_after_the_user_audio_ended_is_kept_whole(tmp_path: Path) -> None:
+    recorder = Recorder(directory=str(tmp_path), session_id="s")
+    await run_processor(recorder, [user(), user(), *(bot() for _ in range(4))])
+    assert runs(track(recorder.session_dir, "bot")[1]) == [(0, 2 * FRAME), (2000, 4 * FRAME)]
+    assert runs(track(recorder.session_dir, "mixed")[1]) == [(1000, 2 * FRAME), (2000, 4 * FRAME)]
+
+
+async def test_without_user_audio_the_bot_track_is_back_to_back(tmp_path: Path) -> None:
+    recorder = Recorder(directory=str(tmp_path), session_id="s", tracks=["bot", "mixed"])
+    await run_processor(recorder, [bot(), bot(1), bot()])
+    assert runs(track(recorder.session_dir, "bot")[1]) == [(2000, FRAME), (1, FRAME), (2000, FRAME)]
+    assert sorted(p.name for p in recorder.session_dir.iterdir()) == ["bot.wav"]
+
+
+async def test_only_the_chosen_tracks_are_written(tmp_path: Path) -> None:
+    recorder = Recorder(directory=str(tmp_path), session_id="s", tracks=["user", "transcript"])
+    await run_processor(recorder, CONVERSATION)
+    assert sorted(p.name for p in recorder.session_dir.iterdir()) == ["transcript.json", "user.wav"]
+
+
+class Steps(Source):
+    """Sends each batch of frames once its gate (if any) is set: frames at exact points of the flow."""
+
+    def __init__(self, steps: list[tuple[asyncio.Event | None, list[Frame]]]) -> None:
+        super().__init__(name="input")
+        self.steps = steps
+
+    async def generate(self) -> AsyncIterator[Frame]:
+        for gate, frames in self.steps:
+            if gate is not None:
+                await asyncio.wait_for(gate.wait(), 5)
+            for frame in frames:
+                yield frame
+
+
+class Arrived(Observer):
+    """Sets ``event`` once ``count`` frames that ``match`` were pushed to node ``target``."""
+
+    def __init__(self, target: str, match: Callable[[Frame], bool], count: int = 1) -> None:
+        self.target, self.match, self.count = target, match, count
+        self.event = asyncio.Event()
+
+    def on_push(
+        self, source: Processor, target: Processor | None, frame: Frame, direction: Direction
+    ) -> None:
+        if target is not None and target.name == self.target and self.match(frame):
+            self.count -= 1
+            if self.count <= 0:
+                self.event.set()
+
+
+async def test_a_barge_in_takes_back_unplayed_bot_audio_and_keeps_what_was_heard(tmp_path: Path) -> None:
+    heard = Arrived("recorder", lambda f: isinstance(f, SpokenTextFrame))  # upstream from the speaker
+    played = Arrived("speaker", lambda f: type(f) is AudioFrame, count=15)  # the clock reached 300 ms
+    script = Steps(
+        [
+            (
+                None,
+                [
+                    *(user() for _ in range(10)),
+                    TranscriptFrame(text="tell me a story"),
+                    LLMResponseStartFrame(),
+                    LLMTextFrame(text="Once upon a time. "),
+                    LLMTextFrame(text="There was a fox."),
+                    LLMResponseEndFrame(),
+                    TTSStartedFrame(),
+                    TTSTextFrame(text="Once upon a time."),
+                    *(bot() for _ in range(50)),  # 1 s generated; only 100 ms will have played
+                ],
+            ),
+            (heard.event, [*(user() for _ in range(5))]),
+            (played.event, [InterruptionFrame(), TTSStoppedFrame(), TranscriptFrame(text="stop")]),
+        ]
+    )
+    recorder = Recorder(directory=str(tmp_path), session_id="s")
+    speaker = FileOutput(path=str(tmp_path / "speaker.wav"), audio="bot")
+    graph = Graph(
+        {"input": script, "recorder": recorder, "speaker": speaker},
+        [("input", "recorder"), ("recorder", "speaker")],
+        observers=[heard, played],
+    )
+    await run_graph(graph)
+    folder = recorder.session_dir
+    assert runs(track(folder, "bot")[1]) == [(0, 10 * FRAME), (2000, 5 * FRAME)]
+    assert runs(track(folder, "mixed")[1]) == [(1000, 10 * FRAME), (3000, 5 * FRAME)]
+    assert transcript(folder)["messages"] == [
+        {"role": "user", "content": "tell me a story"},
+        {"role": "assistant", "content": "Once upon a time.", "type": "interrupted"},
+        {"role": "user", "content": "stop"},
+    ]
+
+
+async def test_a_reply_that_finished_playing_is_not_marked_interrupted(tmp_path: Path) -> None:
+    done = Arrived("out", lambda f: f is CONVERSATION[-1])  # the recorder has handled all of it
+    script = Steps([(None, CONVERSATION), (done.event, [InterruptionFrame(), *(user() for _ in range(3))])])
+    recorder = Recorder(directory=str(tmp_path), session_id="s")
+    nodes = {"input": script, "recorder": recorder, "out": Collector()}
+    await run_graph(Graph(nodes, [("input", "recorder"), ("recorder", "out")], observers=[done]))
+    messages = transcript(recorder.session_dir)["messages"]
+    assert messages[-1] == {"role": "assistant", "content": "Hi there."}
+
+
+async def test_a_reply_cut_while_streaming_keeps_the_text_when_nothing_was_voiced(tmp_path: Path) -> None:
+    recorder = Recorder(directory=str(tmp_path), session_id="s", tracks=["transcript"])
+    frames: list[Frame] = [LLMResponseStartFrame(), LLMTextFrame(text="Let me")]
+    await run_processor(recorder, frames)  # the call ends mid-reply
+    assert transcript(recorder.session_dir)["messages"] == [
+        {"role": "assistant", "content": "Let me", "type": "interrupted"}
+    ]
+
+
+async def test_spoken_text_is_passed_upstream(tmp_path: Path) -> None:
+    recorder = Recorder(directory=str(tmp_path), session_id="s", tracks=["transcript"])
+    out = await run_processor(recorder, [], upstream=[SpokenTextFrame(text="Hi.")])
+    assert [f.text for f in out.up if isinstance(f, SpokenTextFrame)] == ["Hi."]
+
+
+async def test_the_transcript_is_replaced_atomically_after_every_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replaced: list[dict[str, Any]] = []
+    real_replace = os.replace
+
+    def checked_replace(source: str | Path, target: str | Path) -> None:
+        assert Path(source).name == "transcript.json.tmp"
+        replaced.append(json.loads(Path(source).read_text()))  # complete before it takes the name
+        real_replace(source, target)
+
+    monkeypatch.setattr(recorder_module.os, "replace", checked_replace)
+    recorder = Recorder(directory=str(tmp_path), session_id="s")
+    await run_processor(recorder, CONVERSATION)
+    assert [len(doc["messages"]) for doc in replaced] == [0, 1, 2, 2]  # start, user, assistant, stop
+    assert not list(recorder.session_dir.glob("*.tmp"))
+
+
+async def test_wavs_a_crash_left_behind_are_repaired_on_start(tmp_path: Path) -> None:
+    old = tmp_path / "20240101-000000-abcd"
+    old.mkdir()
+    audio = np.arange(8000, dtype="<i2").tobytes()
+    with wave.open(str(old / "user.wav"), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(RATE)
+        wav.writeframes(audio[:1000])
+    with (old / "user.wav").open("ab") as file:
+        file.write(audio[1000:])  # written after the last header update
+    (old / "junk.wav").write_bytes(b"nothing")  # unreadable files are skipped, not fatal
+    await run_processor(Recorder(directory=str(tmp_path), tracks=["transcript"]), [])
+    with wave.open(str(old / "user.wav"), "rb") as wav:
+        assert wav.readframes(wav.getnframes()) == audio
+
+
+def test_the_timeline_takes_back_only_what_was_not_played() -> None:
+    timeline = Timeline()
+    fmt = AudioFormat(RATE, 1)
+    timeline.add_user(user().pcm, fmt)
+    assert timeline.add_bot(bot().pcm * 3, fmt).bot == bytes(2 * FRAME)  # the gap before it, at once
+    assert timeline.bot_ahead == pytest.approx(0.06)
+    assert timeline.add_user(user().pcm, fmt).bot == bot().pcm
+    timeline.interrupt()
+    assert timeline.bot_ahead == 0
+    assert timeline.finish().bot == b""
+
+
+# --- a real crash --------------------------------------------------------------------------------
+
+CRASHING_CALL = """\
+import asyncio, sys
+from pipeline.graph import Graph
+from pipeline.observers import Observer
+from pipeline.sources import ToneSource, TranscriptSource
+from processors.recorder import Recorder
+
+class Progress(Observer):
+    sent = 0.0
+    def on_push(self, source, target, frame, direction):
+        if source.name == "mic" and target is not None and frame.kind == "audio":
+            self.sent += frame.duration
+            print(f"sent {{self.sent:.3f}}", flush=True)
+
+async def main():
+    graph = Graph(
+        {{
+            "mic": ToneSource(duration=None, realtime=True),
+            "stt": TranscriptSource(transcripts=["hello", "are you there"]),
+            "recorder": Recorder(directory={directory!r}, session_id="crash"),
+        }},
+        [("mic", "recorder"), ("stt", "recorder")],
+        observers=[Progress()],
+    )
+    await graph.run()
+
+asyncio.run(main())
+"""
+
+
+def test_a_killed_process_leaves_a_playable_recording_and_a_valid_transcript(tmp_path: Path) -> None:
+    script = tmp_path / "call.py"
+    script.write_text(dedent(CRASHING_CALL.format(directory=str(tmp_path / "rec"))))
+    folder = tmp_path / "rec" / "crash"
+    child = subprocess.Popen(
+        [sys.executable, str(script)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    sent = 0.0
+    try:
+        deadline = time.monotonic() + 30
+        assert child.stdout is not None
+        # Wait (bounded) until 2.5 s of audio went into the recorder and its file has grown on disk.
+        while sent < 2.5 or _audio_on_disk(folder / "user.wav") < 1.0:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"the recording did not grow in time; stderr: {child.stderr}"
+            readable, _, _ = select.select([child.stdout], [], [], remaining)
+            line = child.stdout.readline() if readable else ""
+            assert line, f"the call ended early: {child.stderr.read() if child.stderr else ''}"
+            sent = max(sent, float(line.split()[1]))
+        os.kill(child.pid, signal.SIGKILL)
+        # Whatever the child printed before it died went into the recorder too.
+        for line in child.stdout.read().splitlines():
+            sent = max(sent, float(line.split()[1]))
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+    assert child.returncode == -signal.SIGKILL
+    with wave.open(str(folder / "user.wav"), "rb") as wav:  # no repair: as any player would open it
+        assert (wav.getframerate(), wav.getnchannels()) == (RATE, 1)
+        recorded = wav.getnframes() / RATE
+        audio = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+    assert recorded >= sent - 1.0
+    assert np.abs(audio).max() > 10000  # the tone, not silence
+    doc = json.loads((folder / "transcript.json").read_text())
+    assert doc["session_id"] == "crash"
+    assert doc["messages"] == [
+        {"role": "user", "content": "hello"},
+        {"role": "user", "content": "are you there"},
+    ]
+
+
+def _audio_on_disk(path: Path) -> float:
+    """Seconds of 16 kHz mono audio in the file, header aside (0 while it does not exist)."""
+    try:
+        return max(0, path.stat().st_size - HEADER_SIZE) / (2 * RATE)
+    except FileNotFoundError:
+        return 0.0
