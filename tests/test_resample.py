@@ -15,6 +15,7 @@ from pipeline.graph import Graph
 from pipeline.processor import Processor, Source
 from pipeline.registry import resolve
 from processors.resample import Resampler
+from tests.speech import librivox, read_wav
 
 
 class Frames(Source):
@@ -149,3 +150,15 @@ async def test_stop_flushes_the_held_tail_unless_interrupted(interrupted: bool) 
     held = len(pushed)
     await resampler.on_stop()
     assert (len(pushed) > held) is not interrupted
+
+
+async def test_round_trip_of_real_speech_keeps_40_db() -> None:
+    speech, rate = read_wav(librivox("0880"))
+    original = speech[:, None]
+    out = await run_chain(chunks(original, rate), Resampler(sample_rate=48000), Resampler(sample_rate=16000))
+    result = joined(out)[:, 0].astype(np.float64)
+    reference = original[:, 0].astype(np.float64)
+    assert len(result) == len(reference)
+    middle = slice(160, len(reference) - 160)
+    noise = result[middle] - reference[middle]
+    assert 10 * np.log10(np.sum(reference[middle] ** 2) / np.sum(noise**2)) >= 40
