@@ -1,0 +1,636 @@
+"""``stt.assemblyai``: streaming speech recognition with AssemblyAI (v3, ``u3-rt-pro``) via its SDK.
+
+Audio goes out in 50 ms chunks; partial turns come back as ``InterimTranscriptFrame`` and each finished
+turn as one ``TranscriptFrame`` with word timings (seconds of the stream). When the VAD says the user
+stopped, ``ForceEndpoint`` asks for the final at once instead of waiting for the server's silence.
+
+Sessions drop (3008 expired, 3005 server error, a network blink): the node reconnects with backoff and
+sends again the audio no final transcript covers yet, so the turn in progress is not lost. Audio that
+arrives meanwhile waits (up to ``max_buffer_seconds``). A rejected key ends the graph with a message
+that names ``ASSEMBLYAI_API_KEY``. At the end of the stream it sends ``Terminate`` and waits for
+``Termination``: the last turn arrives and billing (per open session-second) stops.
+
+The SDK's async client calls event handlers on the event loop, inline in its reader task, so the
+handlers here only queue events; one task turns them into frames and runs reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, ClassVar
+
+from pipeline.errors import FatalProcessorError, Problem, ValidationError
+from pipeline.formats import AudioCaps, AudioFormat
+from pipeline.frames import (
+    UPSTREAM,
+    AudioFrame,
+    ErrorFrame,
+    Frame,
+    InterimTranscriptFrame,
+    STTUpdateSettingsFrame,
+    TranscriptFrame,
+    TTSAudioFrame,
+    UserStoppedSpeakingFrame,
+)
+from pipeline.params import param
+from pipeline.processor import Processor
+from processors.stt.replay import Chunker, ReplayBuffer
+
+log = logging.getLogger("processors.stt.assemblyai")
+
+KEY_VARIABLE = "ASSEMBLYAI_API_KEY"
+AUTH_CODES = frozenset({1008, 401, 403, 4001})
+"""Close codes / HTTP statuses meaning the key (or token) was refused."""
+ACCOUNT_CODES = frozenset({4002, 4003})
+TRANSIENT_CODES = frozenset({None, 1001, 1006, 1011, 1012, 1013, 3005, 3008, 4008, 4031})
+"""Worth a reconnect: the session ended, not the account or the request. ``None``: the network."""
+EVENT_QUEUE_SIZE = 256
+
+
+@dataclass(slots=True, kw_only=True)
+class AssemblyAIParams:
+    """Params of ``stt.assemblyai``."""
+
+    api_key: str = param(doc=f"AssemblyAI API key, e.g. ${{{KEY_VARIABLE}}}", secret=True)
+    api_host: str = param(
+        "streaming.assemblyai.com",
+        doc="streaming host (streaming.eu.assemblyai.com in the EU); ws://host:port for a local server",
+    )
+    speech_model: str = param("u3-rt-pro", doc="streaming model, e.g. u3-rt-pro, universal-streaming-english")
+    sample_rate: int = param(16000, doc="sample rate sent, Hz (audio is resampled to it, mono)")
+    format_turns: bool = param(True, doc="finals with punctuation and casing (waits for the formatted turn)")
+    end_of_turn_confidence_threshold: float | None = param(
+        None, doc="confidence (0..1) above which a pause ends the turn; null = the service's default"
+    )
+    min_turn_silence: int | None = param(None, doc="ms of silence that ends a confident turn; null = default")
+    max_turn_silence: int | None = param(None, doc="ms of silence that always ends a turn; null = default")
+    keyterms_prompt: list[str] = param([], doc="words and phrases to favour: names, jargon")
+    force_endpoint_on_vad_stop: bool = param(
+        True, doc="when the VAD reports the end of speech, ask for the final now (ForceEndpoint)"
+    )
+    use_temporary_token: bool = param(
+        False, doc="connect with a short-lived token (GET /v3/token) fetched per connection, not the key"
+    )
+    token_expires_in: int = param(60, doc="seconds a temporary token stays valid for connecting (1-600)")
+    chunk_ms: int = param(50, doc="audio per message in ms (the service takes 50-1000)")
+    connect_timeout: float = param(10.0, doc="seconds to wait for a session to begin")
+    terminate_timeout: float = param(5.0, doc="seconds to wait at the end for the last turn and Termination")
+    reconnect_attempts: int = param(3, doc="reconnects tried after a session drops, before giving up")
+    reconnect_backoff: float = param(0.5, doc="seconds before the first reconnect; doubles each attempt")
+    max_buffer_seconds: float = param(
+        10.0, doc="unconfirmed audio kept for replay after a drop; older audio is dropped with a warning"
+    )
+
+
+class SessionError(Exception):
+    """A session could not begin or ended abnormally; ``code`` is the close code or HTTP status."""
+
+    def __init__(self, code: int | None, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _Session:
+    """One websocket session. The SDK's client is single-use, so every reconnect makes a new one."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client  # the SDK's AsyncStreamingClient
+        self.base = 0.0  # stream seconds at which this session's audio (its time 0) starts
+        self.begun: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.terminated = asyncio.Event()  # Termination arrived
+        self.failed = False  # an error (or the SDK's reader dying) ended it
+
+
+@dataclass(slots=True)
+class _Sync:
+    """A marker through the event queue: everything queued before it has been handled."""
+
+    done: asyncio.Future[None]
+
+
+_Queued = tuple[_Session, Any]
+"""A Turn or a SessionError, and the session it came from."""
+
+
+class AssemblyAISTT(Processor):
+    """Streams 16 kHz mono audio to AssemblyAI; emits interim and final transcripts. Audio passes on."""
+
+    Params = AssemblyAIParams
+    params: AssemblyAIParams
+    handles: ClassVar[tuple[type[Frame], ...]] = (
+        AudioFrame,
+        UserStoppedSpeakingFrame,
+        STTUpdateSettingsFrame,
+    )
+    produces: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, InterimTranscriptFrame, TranscriptFrame)
+    accepts_audio: ClassVar[AudioCaps] = AudioCaps.of(16000, 1)  # per node below: the sample_rate param
+
+    def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        problems = _param_problems(self.params)
+        for problem in problems:
+            problem.node = self.name
+        if problems:
+            raise ValidationError(problems)
+        p = self.params
+        self.accepts_audio = AudioCaps.of(p.sample_rate, 1)  # type: ignore[misc]  # negotiation reads the node
+        self._bytes_per_second = p.sample_rate * 2
+        self._chunker = Chunker(self._bytes_per_second * p.chunk_ms // 2000 * 2)
+        self._audio = ReplayBuffer(self._bytes_per_second, p.max_buffer_seconds)
+        self._sdk: Any = None  # assemblyai.streaming.v3, imported in on_start
+        self._session: _Session | None = None  # the live session, None while (re)connecting
+        self._events: asyncio.Queue[_Queued | _Sync] | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._settings: dict[str, Any] = {}  # STTUpdateSettingsFrame values, kept for reconnects
+        self._format_turns = p.format_turns
+        self._pending_final: _Queued | None = None  # an unformatted final waiting for its formatted twin
+        self._fatal: FatalProcessorError | None = None  # raised from the next process() or on_stop
+        self._drops = 0  # sessions lost since the last final transcript (bounds reconnect loops)
+        self._force_at: float | None = None  # stream time after which to send ForceEndpoint
+        self._forced_at: float | None = None  # stream time of the last ForceEndpoint sent
+        self._stopped_at: float | None = None  # monotonic time the user stopped (for the stt_final metric)
+        self._gap_warned = False
+
+    def check(self) -> list[Problem]:
+        if importlib.util.find_spec("assemblyai") is None:
+            return [
+                Problem(
+                    "the AssemblyAI SDK is not installed",
+                    fix="pip install 'voxgraph[cloud]' (or: pip install assemblyai)",
+                    node=self.name,
+                )
+            ]
+        return []
+
+    def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
+        return incoming  # the audio passes on to the nodes after the recogniser
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        from assemblyai.streaming import v3  # heavy: only when a graph uses this node
+
+        self._sdk = v3
+        self._events = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
+        self._pump = asyncio.get_running_loop().create_task(self._pump_events(), name=f"{self.name}:events")
+        try:
+            session = await self._open()
+        except SessionError as error:
+            if error.code in AUTH_CODES | ACCOUNT_CODES:
+                raise FatalProcessorError(_describe(error)) from None
+            log.warning("%s: %s; retrying", self.name, _describe(error))
+            retried = await self._connect_with_retries()
+            if retried is None:
+                raise self._fatal or FatalProcessorError(_describe(error)) from None
+            session = retried
+        await self._replay(session)
+
+    async def on_stop(self) -> None:
+        graceful = not self.inbox.closed  # after a cancel nobody listens: close at once
+        try:
+            if graceful and self._sdk is not None:
+                await self._finish()
+        finally:
+            await self._shutdown()
+        if graceful and self._fatal is not None:
+            raise self._fatal
+
+    async def process(self, frame: Frame) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+        if isinstance(frame, AudioFrame):
+            await self.push(frame)
+            if not isinstance(frame, TTSAudioFrame):  # the bot's own voice is not the user
+                await self._take_audio(frame)
+        elif isinstance(frame, UserStoppedSpeakingFrame):
+            await self.push(frame)
+            await self._user_stopped(frame)
+        elif isinstance(frame, STTUpdateSettingsFrame):
+            await self.push(frame)
+            await self._update_settings(frame.settings)
+
+    # --- audio out -------------------------------------------------------------------------------
+
+    async def _take_audio(self, frame: AudioFrame) -> None:
+        if frame.sample_rate != self.params.sample_rate or frame.channels != 1:
+            raise ValueError(
+                f"got {AudioFormat(frame.sample_rate, frame.channels)} audio, expected "
+                f"{self.params.sample_rate} Hz mono: put an audio.resample node before '{self.name}'"
+            )
+        for pcm in self._chunker.feed(frame.pcm):
+            await self._send(pcm)
+
+    async def _send(self, pcm: bytes) -> None:
+        """Keep the chunk for replay and send it if a session is up."""
+        self._audio.add(pcm)
+        dropped = self._audio.take_dropped()
+        session = self._session
+        if session is None or session.failed:
+            if dropped and not self._gap_warned:
+                self._gap_warned = True
+                log.warning(
+                    "%s: still reconnecting; dropping the oldest audio beyond %.0f s",
+                    self.name,
+                    self.params.max_buffer_seconds,
+                )
+            return
+        await session.client.stream(pcm)
+        if self._force_at is not None and self._audio.position >= self._force_at:
+            await self._force_endpoint(session)
+
+    async def _user_stopped(self, frame: UserStoppedSpeakingFrame) -> None:
+        self._stopped_at = frame.at or time.monotonic()
+        if not self.params.force_endpoint_on_vad_stop:
+            return
+        # The stop overtakes queued audio: wait until the audio up to the true end has gone out.
+        self._force_at = frame.stream_time
+        session = self._session
+        if session is not None and not session.failed and self._audio.position >= frame.stream_time:
+            await self._force_endpoint(session)
+
+    async def _force_endpoint(self, session: _Session) -> None:
+        self._forced_at, self._force_at = self._force_at, None
+        await session.client.force_endpoint()
+
+    async def _update_settings(self, settings: dict[str, Any]) -> None:
+        model = self._sdk.StreamingSessionParameters
+        fields = getattr(model, "model_fields", None) or model.__fields__  # pydantic 2, or 1
+        unknown = sorted(set(settings) - set(fields))
+        if unknown:
+            raise ValueError(
+                f"unknown AssemblyAI setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}"
+            )
+        update = model(**settings)  # pydantic checks the values
+        self._settings.update(settings)
+        if "format_turns" in settings:
+            self._format_turns = bool(settings["format_turns"])
+        session = self._session
+        if session is not None and not session.failed:
+            await session.client.set_params(update)
+
+    # --- sessions --------------------------------------------------------------------------------
+
+    def _connection_params(self) -> Any:
+        p = self.params
+        values: dict[str, Any] = {
+            "sample_rate": p.sample_rate,
+            "encoding": "pcm_s16le",
+            "speech_model": p.speech_model,
+            "format_turns": p.format_turns,
+            "end_of_turn_confidence_threshold": p.end_of_turn_confidence_threshold,
+            "min_turn_silence": p.min_turn_silence,
+            "max_turn_silence": p.max_turn_silence,
+            "keyterms_prompt": list(p.keyterms_prompt) or None,
+        }
+        values.update(self._settings)
+        try:
+            return self._sdk.StreamingParameters(**{k: v for k, v in values.items() if v is not None})
+        except ValueError as error:  # pydantic's ValidationError: a speech_model it does not know, say
+            raise FatalProcessorError(f"invalid AssemblyAI parameters: {error}") from None
+
+    async def _open(self) -> _Session:
+        """Connect a new session and wait for ``Begin``; ``SessionError`` says why not."""
+        p, sdk = self.params, self._sdk
+        token = await self._temporary_token() if p.use_temporary_token else None
+        options = sdk.StreamingClientOptions(
+            api_key=None if token else p.api_key,
+            token=token,
+            api_host=p.api_host,
+            connect_timeout=p.connect_timeout,
+            max_connection_retries=0,  # reconnects are ours: bounded, with backoff and replay
+            terminate_timeout=p.terminate_timeout,
+        )
+        session = _Session(sdk.AsyncStreamingClient(options))
+        client, events = session.client, sdk.StreamingEvents
+        client.on(events.Begin, partial(self._on_begin, session))
+        client.on(events.Turn, partial(self._on_turn, session))
+        client.on(events.Termination, partial(self._on_termination, session))
+        client.on(events.Error, partial(self._on_error, session))
+        client.on(events.Warning, partial(self._on_warning, session))
+        try:
+            await client.connect(self._connection_params())
+        except (OSError, ValueError, websocket_errors()) as error:  # a malformed host, say
+            raise SessionError(
+                None, f"could not connect to {p.api_host}: {type(error).__name__}: {error}"
+            ) from None
+        reader = getattr(client, "_read_task", None)
+        if isinstance(reader, asyncio.Task):
+            reader.add_done_callback(partial(self._reader_done, session))
+        try:
+            await asyncio.wait_for(asyncio.shield(session.begun), p.connect_timeout)
+        except BaseException as error:
+            if not session.begun.done():
+                session.begun.cancel()  # a late error then has nowhere to go (and nothing to leak)
+            await _close_quietly(session)
+            if isinstance(error, TimeoutError):
+                raise SessionError(None, f"no session began within {p.connect_timeout:g}s") from None
+            raise
+        return session
+
+    async def _temporary_token(self) -> str:
+        """A single-use token from ``GET /v3/token``. The SDK's own helper only speaks https to a
+        bare host, so a local ``ws://`` server needs this plain request (same path, header, query)."""
+        import httpx
+
+        p = self.params
+        host = p.api_host
+        base = host.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+        if "://" not in base:
+            base = f"https://{base}"
+        try:
+            async with httpx.AsyncClient(
+                base_url=base, headers={"Authorization": p.api_key}, timeout=p.connect_timeout
+            ) as http:
+                response = await http.get("/v3/token", params={"expires_in_seconds": p.token_expires_in})
+        except httpx.HTTPError as error:
+            raise SessionError(None, f"could not fetch a temporary token: {type(error).__name__}") from None
+        if response.status_code in (401, 403):
+            raise SessionError(response.status_code, "temporary token request refused")
+        if response.status_code != 200:
+            raise SessionError(response.status_code, f"temporary token request failed: {response.text[:200]}")
+        return str(response.json()["token"])
+
+    async def _connect_with_retries(self) -> _Session | None:
+        """Open a session with bounded attempts and backoff; None (and ``_fatal`` set) on failure."""
+        p = self.params
+        last: SessionError | None = None
+        for attempt in range(p.reconnect_attempts):
+            await asyncio.sleep(min(p.reconnect_backoff * 2**attempt, 8.0))
+            try:
+                return await self._open()
+            except SessionError as error:
+                last = error
+                if error.code in AUTH_CODES | ACCOUNT_CODES:
+                    break
+                log.warning(
+                    "%s: reconnect %d/%d failed: %s", self.name, attempt + 1, p.reconnect_attempts, error
+                )
+        if last is not None and last.code in AUTH_CODES | ACCOUNT_CODES:
+            self._fatal = FatalProcessorError(_describe(last))
+        else:
+            reason = _describe(last) if last else "no attempts allowed (reconnect_attempts: 0)"
+            self._fatal = FatalProcessorError(
+                f"lost the AssemblyAI session and {p.reconnect_attempts} reconnects failed; last: {reason}"
+            )
+        return None
+
+    async def _replay(self, session: _Session) -> None:
+        """Send the unconfirmed audio (the turn in progress, the gap) again, then go live."""
+        session.base = self._audio.start
+        sent_until = session.base
+        while True:
+            pending = [chunk for chunk in self._audio.chunks() if chunk.start >= sent_until - 1e-9]
+            if not pending:
+                break
+            for chunk in pending:
+                await session.client.stream(chunk.pcm)
+                sent_until = chunk.start + len(chunk.pcm) / self._bytes_per_second
+        if self._forced_at is not None and self._forced_at > session.base:
+            await session.client.force_endpoint()  # the replayed turn had been cut by the VAD already
+        self._session = session  # no await since the last check: no chunk slips between
+        self._gap_warned = False
+
+    async def _finish(self) -> None:
+        """End of stream: send the last audio, Terminate, and wait (bounded) for the last turn.
+
+        A session that drops while closing is replaced and its unconfirmed audio replayed, like
+        any other drop: the last words are usually the ones the user waits for.
+        """
+        tail = self._chunker.tail()
+        if tail is not None:
+            await self._send(tail)
+        terminated = False
+        for _ in range(self.params.reconnect_attempts + 1):
+            await self._drain()
+            session = self._session
+            if session is None or session.failed:
+                break
+            try:
+                timeout = self.params.terminate_timeout + 3  # the SDK bounds each step; this bounds all
+                await asyncio.wait_for(session.client.disconnect(terminate=True), timeout)
+            except TimeoutError:
+                log.warning("%s: closing the session took too long", self.name)
+            await self._drain()
+            terminated = session.terminated.is_set()
+            if terminated or self._session is session or self._session is None:
+                break  # done, or no replacement session to terminate
+        if not terminated and len(self._audio):
+            log.warning(
+                "%s: the session did not confirm its end; %.1f s of audio may have no transcript",
+                self.name,
+                self._audio.seconds,
+            )
+        await self._emit_pending_final()
+
+    async def _drain(self) -> None:
+        """Wait (bounded) until every queued event was handled, reconnects included."""
+        if self._events is None or self._pump is None or self._pump.done():
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(self._events.put(_Sync(done)), self.params.terminate_timeout)
+            await asyncio.wait_for(done, self.params.terminate_timeout + self.params.connect_timeout)
+        except TimeoutError:
+            log.warning("%s: transcripts still pending at the end were dropped", self.name)
+
+    async def _shutdown(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await _close_quietly(session)
+        pump, self._pump = self._pump, None
+        if pump is not None and not pump.done():
+            pump.cancel()
+            await asyncio.wait({pump}, timeout=2.0)
+        for watcher in list(self._watchers):
+            watcher.cancel()
+
+    # --- SDK handlers (called inline by the SDK's reader task, on this loop) ---------------------
+
+    def _on_begin(self, session: _Session, _client: Any, event: Any) -> None:
+        log.debug("%s: session %s began", self.name, event.id)
+        if not session.begun.done():
+            session.begun.set_result(None)
+
+    async def _on_turn(self, session: _Session, _client: Any, event: Any) -> None:
+        if self._events is not None:
+            await self._events.put((session, event))
+
+    def _on_termination(self, session: _Session, _client: Any, event: Any) -> None:
+        log.debug("%s: session terminated after %s s of audio", self.name, event.audio_duration_seconds)
+        session.terminated.set()
+
+    async def _on_error(self, session: _Session, _client: Any, error: Any) -> None:
+        failure = SessionError(getattr(error, "code", None), str(error))
+        if not session.begun.done():
+            session.begun.set_exception(failure)
+        elif not session.failed and not session.terminated.is_set():
+            session.failed = True
+            if self._events is not None:
+                await self._events.put((session, failure))
+
+    def _on_warning(self, session: _Session, _client: Any, warning: Any) -> None:
+        log.warning("%s: AssemblyAI warning %s: %s", self.name, warning.warning_code, warning.warning)
+
+    def _reader_done(self, session: _Session, reader: asyncio.Task[None]) -> None:
+        """The SDK's reader ended. A message it could not parse kills it silently (a Turn missing a
+        field raises inside it), and a close 1000 without Termination reports nothing: both are drops."""
+        if reader.cancelled() or session.failed or session.terminated.is_set():
+            return
+        error = reader.exception()
+        if error is not None:
+            failure = SessionError(None, f"the SDK's reader failed: {type(error).__name__}: {error}")
+        else:
+            failure = SessionError(None, "the connection closed without Termination")
+        if not session.begun.done():
+            session.begun.set_exception(failure)
+            return
+        session.failed = True
+        if self._events is not None:
+            watcher = asyncio.get_running_loop().create_task(self._events.put((session, failure)))
+            self._watchers.add(watcher)
+            watcher.add_done_callback(self._watchers.discard)
+
+    # --- events -> frames ------------------------------------------------------------------------
+
+    async def _pump_events(self) -> None:
+        """Handle queued events in order: turns become frames, failures become reconnects."""
+        assert self._events is not None
+        while True:
+            item = await self._events.get()
+            if isinstance(item, _Sync):
+                if not item.done.done():
+                    item.done.set_result(None)
+                continue
+            session, payload = item
+            try:
+                if isinstance(payload, SessionError):
+                    await self._session_failed(session, payload)
+                else:
+                    await self._turn(session, payload)
+            except Exception as error:  # one bad event must not stop the transcripts
+                log.exception("%s: handling a %s failed", self.name, type(payload).__name__)
+                self._report(f"handling an AssemblyAI event failed: {type(error).__name__}: {error}")
+
+    async def _turn(self, session: _Session, event: Any) -> None:
+        pending = self._pending_final
+        if pending is not None and pending[1].turn_order != event.turn_order:
+            await self._emit_pending_final()  # the formatted twin never came
+        if not event.end_of_turn:
+            if event.transcript:
+                await self.push(InterimTranscriptFrame(text=event.transcript, language=event.language_code))
+            return
+        if self._format_turns and not event.turn_is_formatted:
+            self._pending_final = (session, event)
+            return
+        self._pending_final = None
+        await self._emit_final(session, event)
+
+    async def _emit_pending_final(self) -> None:
+        pending, self._pending_final = self._pending_final, None
+        if pending is not None:
+            await self._emit_final(*pending)
+
+    async def _emit_final(self, session: _Session, event: Any) -> None:
+        words = [
+            {
+                "text": w.text,
+                "start": round(session.base + w.start / 1000, 3),
+                "end": round(session.base + w.end / 1000, 3),
+                "confidence": w.confidence,
+            }
+            for w in event.words
+        ]
+        if words:
+            self._audio.confirm(words[-1]["end"])
+        self._drops = 0
+        if not event.transcript.strip():
+            return
+        if self._stopped_at is not None:
+            self.metrics.record("stt_final", max(0.0, time.monotonic() - self._stopped_at))
+            self._stopped_at = None
+        await self.push(TranscriptFrame(text=event.transcript, language=event.language_code, words=words))
+
+    async def _session_failed(self, session: _Session, failure: SessionError) -> None:
+        if session is not self._session:
+            return
+        self._session = None
+        self._pending_final = None  # its audio is not confirmed: the replay brings the turn back
+        await _close_quietly(session)
+        if failure.code in AUTH_CODES | ACCOUNT_CODES or failure.code not in TRANSIENT_CODES:
+            self._fatal = FatalProcessorError(_describe(failure))
+            return
+        self._drops += 1
+        if self._drops > self.params.reconnect_attempts:
+            self._fatal = FatalProcessorError(
+                f"AssemblyAI sessions dropped {self._drops} times without a final transcript; "
+                f"last: {_describe(failure)}"
+            )
+            return
+        self._report(f"AssemblyAI session dropped ({_describe(failure)}); reconnecting")
+        replacement = await self._connect_with_retries()
+        if replacement is not None:
+            await self._replay(replacement)
+            log.info("%s: reconnected; replayed %.2f s of audio", self.name, self._audio.seconds)
+
+    def _report(self, message: str) -> None:
+        log.warning("%s: %s", self.name, message)
+        self.push_system(ErrorFrame(message=message, processor=self.name), UPSTREAM)
+
+
+def _describe(error: SessionError) -> str:
+    """A message that tells the user what to do."""
+    code = error.code
+    if code in AUTH_CODES:
+        how = f"close {code}" if (code or 0) >= 1000 else f"HTTP {code}"
+        return f"AssemblyAI rejected the API key ({how}): check {KEY_VARIABLE}"
+    if code in ACCOUNT_CODES:
+        return (
+            f"AssemblyAI refused the account ({code}: {error.message}): check billing at app.assemblyai.com"
+        )
+    return f"{error.message} (code {code})" if code is not None else error.message
+
+
+def websocket_errors() -> type[Exception]:
+    """The base of the ``websockets`` errors the SDK lets escape from ``connect`` (a bad URI)."""
+    from websockets.exceptions import WebSocketException
+
+    return WebSocketException
+
+
+async def _close_quietly(session: _Session) -> None:
+    """Close a session's client at once (no Terminate), whatever state it is in."""
+    try:
+        await asyncio.wait_for(session.client.disconnect(terminate=False), 3.0)
+    except Exception as error:  # closing a broken connection may fail in many ways
+        log.debug("closing an AssemblyAI session failed: %s", error)
+
+
+def _param_problems(p: AssemblyAIParams) -> list[Problem]:
+    problems = []
+    if not p.api_key.strip():
+        problems.append(
+            Problem(
+                "api_key is empty",
+                fix=f"export {KEY_VARIABLE}=<your key> and set api_key: ${{{KEY_VARIABLE}}}",
+                key="api_key",
+            )
+        )
+    checks: list[tuple[bool, str, str, str]] = [
+        (p.sample_rate > 0, "sample_rate must be positive", "e.g. sample_rate: 16000", "sample_rate"),
+        (50 <= p.chunk_ms <= 1000, "chunk_ms must be 50-1000", "e.g. chunk_ms: 50", "chunk_ms"),
+        (1 <= p.token_expires_in <= 600, "token_expires_in must be 1-600", "e.g. 60", "token_expires_in"),
+        (p.connect_timeout > 0, "connect_timeout must be positive", "e.g. 10", "connect_timeout"),
+        (p.terminate_timeout > 0, "terminate_timeout must be positive", "e.g. 5", "terminate_timeout"),
+        (p.reconnect_attempts >= 0, "reconnect_attempts cannot be negative", "e.g. 3", "reconnect_attempts"),
+        (p.reconnect_backoff >= 0, "reconnect_backoff cannot be negative", "e.g. 0.5", "reconnect_backoff"),
+        (p.max_buffer_seconds > 0, "max_buffer_seconds must be positive", "e.g. 10", "max_buffer_seconds"),
+    ]
+    problems += [Problem(message, fix=fix, key=key) for ok, message, fix, key in checks if not ok]
+    return problems

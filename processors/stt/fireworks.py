@@ -1,0 +1,494 @@
+"""``stt.fireworks``: streaming speech recognition with Fireworks (Whisper v3) over its websocket.
+
+Fireworks has no SDK for this, so the node speaks the documented protocol with ``websockets``: 16 kHz
+mono PCM in ``chunk_ms`` chunks (50-400 ms) out; ``verbose_json`` messages in, whose ``segments`` are
+keyed by ``id`` (an update overwrites its segment; ids come as ``"0"`` or ``0``). Each update emits an
+``InterimTranscriptFrame`` with the text of the segments still open. A segment is final
+(``TranscriptFrame``) once a later one appears; at the end of the stream ``{"checkpoint_id": "final"}``
+asks the server to finish, and after its echo every segment left is final.
+
+A dropped connection is reopened with backoff and the audio no final covers is sent again
+(``processors.stt.replay``); a refused key ends the graph naming ``FIREWORKS_API_KEY``; a message that
+is not JSON becomes an ``ErrorFrame`` and the stream goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import urlencode
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+from pipeline.errors import FatalProcessorError, Problem, ValidationError
+from pipeline.formats import AudioCaps, AudioFormat
+from pipeline.frames import (
+    UPSTREAM,
+    AudioFrame,
+    ErrorFrame,
+    Frame,
+    InterimTranscriptFrame,
+    TranscriptFrame,
+    TTSAudioFrame,
+)
+from pipeline.params import param
+from pipeline.processor import Processor
+from processors.stt.replay import Chunker, ReplayBuffer
+
+log = logging.getLogger("processors.stt.fireworks")
+
+KEY_VARIABLE = "FIREWORKS_API_KEY"
+STREAMING_PATH = "/v1/audio/transcriptions/streaming"
+SAMPLE_RATE = 16000
+AUTH_CODES = frozenset({401, 403, 1008, 4001, 4003, 4401, 4403})
+"""HTTP statuses / close codes meaning the key was refused."""
+TRANSIENT_CODES = frozenset({None, 1000, 1001, 1006, 1011, 1012, 1013, 1014, 429, 500, 502, 503, 504})
+"""Worth a reconnect. 1000 counts: the server should not end a stream the client has not finished."""
+
+
+@dataclass(slots=True, kw_only=True)
+class FireworksParams:
+    """Params of ``stt.fireworks``."""
+
+    api_key: str = param(doc=f"Fireworks API key, e.g. ${{{KEY_VARIABLE}}}", secret=True)
+    base_url: str = param(
+        "wss://audio-streaming.api.fireworks.ai",
+        doc=f"service URL ({STREAMING_PATH} is added); ws://host:port for a local server",
+    )
+    model: str = param("whisper-v3", doc="whisper-v3 or whisper-v3-turbo")
+    language: str | None = param(None, doc="language code, e.g. en; null = detect")
+    prompt: str | None = param(None, doc="text that primes the model: vocabulary, style")
+    temperature: float = param(0.0, doc="sampling temperature for decoding")
+    chunk_ms: int = param(50, doc="audio per message in ms (the service takes 50-400)")
+    connect_timeout: float = param(10.0, doc="seconds to wait for the connection to open")
+    final_timeout: float = param(5.0, doc="seconds to wait at the end for the server to finish")
+    reconnect_attempts: int = param(3, doc="reconnects tried after a connection drops, before giving up")
+    reconnect_backoff: float = param(0.5, doc="seconds before the first reconnect; doubles each attempt")
+    max_buffer_seconds: float = param(
+        10.0, doc="unconfirmed audio kept for replay after a drop; older audio is dropped with a warning"
+    )
+
+
+class SessionError(Exception):
+    """A connection could not open or ended abnormally; ``code`` is the HTTP status or close code."""
+
+    def __init__(self, code: int | None, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _Stream:
+    """One websocket connection and the segments it has sent so far."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.base = 0.0  # stream seconds at which this connection's audio (its time 0) starts
+        self.open_segments: dict[str, dict[str, Any]] = {}  # by normalised id, in arrival order
+        self.finished: set[str] = set()  # ids already emitted as final
+        self.checkpoints: dict[str, asyncio.Event] = {}  # checkpoint id -> set on its echo
+        self.language: str | None = None  # as the server last reported it
+        self.last_interim = ""
+        self.closing = False  # we are closing it: its end is not a drop
+        self.done = asyncio.Event()  # the reader has stopped
+
+
+class FireworksSTT(Processor):
+    """Streams 16 kHz mono audio to Fireworks; emits interim and final transcripts. Audio passes on."""
+
+    Params = FireworksParams
+    params: FireworksParams
+    handles: ClassVar[tuple[type[Frame], ...]] = (AudioFrame,)
+    produces: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, InterimTranscriptFrame, TranscriptFrame)
+    accepts_audio: ClassVar[AudioCaps] = AudioCaps.of(SAMPLE_RATE, 1)
+
+    def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        problems = _param_problems(self.params)
+        for problem in problems:
+            problem.node = self.name
+        if problems:
+            raise ValidationError(problems)
+        self._bytes_per_second = SAMPLE_RATE * 2
+        self._chunker = Chunker(self._bytes_per_second * self.params.chunk_ms // 1000)
+        self._audio = ReplayBuffer(self._bytes_per_second, self.params.max_buffer_seconds)
+        self._stream: _Stream | None = None  # the live connection, None while (re)connecting
+        self._live = asyncio.Event()  # set while ``_stream`` is live
+        self._runner: asyncio.Task[None] | None = None
+        self._fatal: FatalProcessorError | None = None  # raised from the next process() or on_stop
+        self._drops = 0  # connections lost since the last final transcript (bounds reconnect loops)
+        self._gap_warned = False
+
+    def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
+        return incoming  # the audio passes on to the nodes after the recogniser
+
+    @property
+    def url(self) -> str:
+        """The streaming endpoint with the query this node sends (no key: that goes in a header)."""
+        p = self.params
+        base = p.base_url.rstrip("/")
+        if not base.endswith(STREAMING_PATH):
+            base += STREAMING_PATH
+        query: dict[str, str] = {"model": p.model, "response_format": "verbose_json"}
+        if p.language:
+            query["language"] = p.language
+        if p.prompt:
+            query["prompt"] = p.prompt
+        query["temperature"] = f"{p.temperature:g}"
+        query["timestamp_granularities"] = "word,segment"
+        return f"{base}?{urlencode(query)}"
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        try:
+            stream = await self._open()
+        except SessionError as error:
+            if error.code not in TRANSIENT_CODES:
+                raise FatalProcessorError(_describe(error)) from None
+            log.warning("%s: %s; retrying", self.name, _describe(error))
+            retried = await self._connect_with_retries()
+            if retried is None:
+                raise self._fatal or FatalProcessorError(_describe(error)) from None
+            stream = retried
+        await self._replay(stream)
+        self._runner = asyncio.get_running_loop().create_task(self._run(stream), name=f"{self.name}:reader")
+
+    async def on_stop(self) -> None:
+        graceful = not self.inbox.closed  # after a cancel nobody listens: close at once
+        try:
+            if graceful and self._runner is not None:
+                await self._finish()
+        finally:
+            await self._shutdown()
+        if graceful and self._fatal is not None:
+            raise self._fatal
+
+    async def process(self, frame: Frame) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+        await self.push(frame)
+        if not isinstance(frame, AudioFrame) or isinstance(frame, TTSAudioFrame):
+            return  # the bot's own voice is not the user
+        if frame.sample_rate != SAMPLE_RATE or frame.channels != 1:
+            raise ValueError(
+                f"got {AudioFormat(frame.sample_rate, frame.channels)} audio, expected 16000 Hz mono: "
+                f"put an audio.resample node before '{self.name}'"
+            )
+        for pcm in self._chunker.feed(frame.pcm):
+            await self._send(pcm)
+
+    # --- audio out -------------------------------------------------------------------------------
+
+    async def _send(self, pcm: bytes) -> None:
+        """Keep the chunk for replay and send it if a connection is up."""
+        self._audio.add(pcm)
+        dropped = self._audio.take_dropped()
+        stream = self._stream
+        if stream is None:
+            if dropped and not self._gap_warned:
+                self._gap_warned = True
+                log.warning(
+                    "%s: still reconnecting; dropping the oldest audio beyond %.0f s",
+                    self.name,
+                    self.params.max_buffer_seconds,
+                )
+            return
+        with contextlib.suppress(ConnectionClosed):  # the reader sees the close and reconnects;
+            await stream.ws.send(pcm)  # meanwhile the chunk waits in the replay buffer
+
+    async def _replay(self, stream: _Stream) -> None:
+        """Send the unconfirmed audio (the segment in progress, the gap) again, then go live."""
+        stream.base = self._audio.start
+        sent_until = stream.base
+        while True:
+            pending = [chunk for chunk in self._audio.chunks() if chunk.start >= sent_until - 1e-9]
+            if not pending:
+                break
+            for chunk in pending:
+                try:
+                    await stream.ws.send(chunk.pcm)
+                except ConnectionClosed:
+                    return  # the reader reports the drop
+                sent_until = chunk.start + len(chunk.pcm) / self._bytes_per_second
+        self._stream = stream  # no await since the last check: no chunk slips between
+        self._live.set()
+        self._gap_warned = False
+
+    # --- connections -----------------------------------------------------------------------------
+
+    async def _open(self) -> _Stream:
+        p = self.params
+        try:
+            ws = await connect(
+                self.url,
+                additional_headers={"Authorization": p.api_key},  # the bare key: no "Bearer"
+                open_timeout=p.connect_timeout,
+                close_timeout=2.0,
+                max_size=1 << 22,
+            )
+        except InvalidStatus as error:
+            status = error.response.status_code
+            body = error.response.body.decode("utf-8", "replace")[:200] if error.response.body else ""
+            raise SessionError(status, f"handshake refused (HTTP {status}) {body}".strip()) from None
+        except (OSError, TimeoutError, WebSocketException) as error:
+            raise SessionError(None, f"could not connect: {type(error).__name__}: {error}") from None
+        return _Stream(ws)
+
+    async def _connect_with_retries(self) -> _Stream | None:
+        """Open a connection with bounded attempts and backoff; None (and ``_fatal`` set) on failure."""
+        p = self.params
+        last: SessionError | None = None
+        for attempt in range(p.reconnect_attempts):
+            await asyncio.sleep(min(p.reconnect_backoff * 2**attempt, 8.0))
+            try:
+                return await self._open()
+            except SessionError as error:
+                last = error
+                if error.code not in TRANSIENT_CODES:
+                    break
+                log.warning(
+                    "%s: reconnect %d/%d failed: %s", self.name, attempt + 1, p.reconnect_attempts, error
+                )
+        if last is not None and last.code not in TRANSIENT_CODES:
+            self._fatal = FatalProcessorError(_describe(last))
+        else:
+            reason = _describe(last) if last else "no attempts allowed (reconnect_attempts: 0)"
+            self._fatal = FatalProcessorError(
+                f"lost the Fireworks connection and {p.reconnect_attempts} reconnects failed; last: {reason}"
+            )
+        return None
+
+    async def _run(self, stream: _Stream) -> None:
+        """Read each connection until it ends; reconnect (bounded) and replay when one drops."""
+        while True:
+            failure = await self._read(stream)
+            if failure is None:
+                return
+            if self._stream is stream:
+                self._stream = None
+                self._live.clear()
+            if failure.code not in TRANSIENT_CODES:
+                self._fatal = FatalProcessorError(_describe(failure))
+                return
+            self._drops += 1
+            if self._drops > self.params.reconnect_attempts:
+                self._fatal = FatalProcessorError(
+                    f"the Fireworks connection dropped {self._drops} times without a final transcript; "
+                    f"last: {_describe(failure)}"
+                )
+                return
+            self._report(f"Fireworks connection dropped ({_describe(failure)}); reconnecting")
+            replacement = await self._connect_with_retries()
+            if replacement is None:
+                return
+            await self._replay(replacement)
+            log.info("%s: reconnected; replayed %.2f s of audio", self.name, self._audio.seconds)
+            stream = replacement
+
+    async def _read(self, stream: _Stream) -> SessionError | None:
+        """Handle messages until the connection ends; the failure, or None when we closed it."""
+        try:
+            async for message in stream.ws:
+                if isinstance(message, str):
+                    await self._message(stream, message)
+        except ConnectionClosed:
+            pass  # the close code says what happened
+        finally:
+            stream.done.set()
+        if stream.closing:
+            return None
+        code = stream.ws.close_code or 1006
+        return SessionError(code, stream.ws.close_reason or "connection closed")
+
+    async def _finish(self) -> None:
+        """End of stream: send the last audio and the final checkpoint; every segment left is final."""
+        tail = self._chunker.tail()
+        if tail is not None:
+            await self._send(tail)
+        finished = False
+        for _ in range(self.params.reconnect_attempts + 1):
+            stream = await self._live_stream()
+            if stream is None:
+                break
+            if await self._checkpoint(stream, "final"):
+                finished = True
+            elif not stream.done.is_set():
+                log.warning("%s: no final checkpoint within %.0f s", self.name, self.params.final_timeout)
+            else:
+                continue  # it dropped while finishing: the replacement got the audio again
+            await self._finalise(stream)
+            break
+        if not finished and len(self._audio):
+            log.warning(
+                "%s: the server did not confirm the end; %.1f s of audio may have no transcript",
+                self.name,
+                self._audio.seconds,
+            )
+
+    async def _live_stream(self) -> _Stream | None:
+        """The live connection, waiting (bounded) while the reader reconnects; None if it gave up."""
+        runner = self._runner
+        if self._stream is not None or runner is None or runner.done():
+            return self._stream
+        live = asyncio.ensure_future(self._live.wait())
+        try:
+            timeout = self.params.connect_timeout + self.params.final_timeout
+            await asyncio.wait({live, runner}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            live.cancel()
+        return self._stream
+
+    async def _checkpoint(self, stream: _Stream, checkpoint: str) -> bool:
+        """Send a checkpoint; True once the server echoes it (all audio before it is transcribed)."""
+        echoed = stream.checkpoints[checkpoint] = asyncio.Event()
+        waits = {asyncio.ensure_future(echoed.wait()), asyncio.ensure_future(stream.done.wait())}
+        with contextlib.suppress(ConnectionClosed):  # then the reader is about to see the close
+            await stream.ws.send(json.dumps({"checkpoint_id": checkpoint}))
+        try:
+            await asyncio.wait(waits, timeout=self.params.final_timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        return echoed.is_set()
+
+    async def _finalise(self, stream: _Stream) -> None:
+        for key in list(stream.open_segments):
+            await self._emit_final(stream, key)
+
+    async def _shutdown(self) -> None:
+        stream, self._stream = self._stream, None
+        runner, self._runner = self._runner, None
+        if stream is not None:
+            stream.closing = True
+            try:
+                await asyncio.wait_for(stream.ws.close(), 3.0)
+            except (TimeoutError, OSError, WebSocketException) as error:
+                log.debug("closing the Fireworks connection failed: %s", error)
+        if runner is not None and not runner.done():
+            runner.cancel()
+            await asyncio.wait({runner}, timeout=2.0)
+
+    # --- messages -> frames ----------------------------------------------------------------------
+
+    async def _message(self, stream: _Stream, text: str) -> None:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            self._report(f"Fireworks sent a message that is not JSON: {text[:80]!r}")
+            return
+        try:
+            if not isinstance(data, dict):
+                raise TypeError(f"expected an object, got {type(data).__name__}")
+            if "checkpoint_id" in data:
+                echoed = stream.checkpoints.get(str(data["checkpoint_id"]))
+                if echoed is not None:
+                    echoed.set()
+            elif "segments" in data:
+                await self._segments(stream, data)
+            elif "error" in data:
+                self._report(f"Fireworks reported an error: {data['error']}")
+            else:
+                log.debug("%s: ignoring %s", self.name, data.get("object", "a message"))
+        except (KeyError, TypeError, ValueError) as error:
+            self._report(f"Fireworks sent a message this node cannot read ({type(error).__name__}: {error})")
+
+    async def _segments(self, stream: _Stream, data: dict[str, Any]) -> None:
+        stream.language = data.get("language") or self.params.language
+        for segment in data["segments"]:
+            key = _segment_key(segment["id"])
+            str(segment["text"])  # a segment without text is malformed: fail before changing state
+            if key in stream.finished:
+                log.debug("%s: segment %s revised after it was final; keeping the final", self.name, key)
+                continue
+            if key not in stream.open_segments:
+                await self._finalise(stream)  # a later segment appeared: the open ones are done
+            stream.open_segments[key] = segment
+        interim = " ".join(t for s in stream.open_segments.values() if (t := str(s["text"]).strip()))
+        if interim and interim != stream.last_interim:
+            await self.push(InterimTranscriptFrame(text=interim, language=stream.language))
+        stream.last_interim = interim
+
+    async def _emit_final(self, stream: _Stream, key: str) -> None:
+        segment = stream.open_segments.pop(key)
+        stream.finished.add(key)
+        words = [
+            {
+                "text": str(w.get("word", w.get("text", ""))).strip(),
+                "start": round(stream.base + float(w["start"]), 3),
+                "end": round(stream.base + float(w["end"]), 3),
+                "confidence": w.get("probability"),
+            }
+            for w in segment.get("words") or ()
+            if "start" in w and "end" in w
+        ]
+        end = segment.get("end")
+        if end is not None:
+            self._audio.confirm(stream.base + float(end))
+        elif words:
+            self._audio.confirm(words[-1]["end"])
+        self._drops = 0
+        stream.last_interim = ""
+        text = str(segment["text"]).strip()
+        if text:
+            await self.push(TranscriptFrame(text=text, language=stream.language, words=words or None))
+
+    def _report(self, message: str) -> None:
+        log.warning("%s: %s", self.name, message)
+        self.push_system(ErrorFrame(message=message, processor=self.name), UPSTREAM)
+
+
+def _segment_key(segment_id: Any) -> str:
+    """Segment ids come as ``"0"`` or ``0`` (or ``0.0``): one key for all spellings."""
+    if isinstance(segment_id, bool) or segment_id is None:
+        raise ValueError(f"bad segment id {segment_id!r}")
+    if isinstance(segment_id, float) and segment_id.is_integer():
+        return str(int(segment_id))
+    text = str(segment_id).strip()
+    return str(int(text)) if text.lstrip("-").isdigit() else text
+
+
+def _describe(error: SessionError) -> str:
+    """A message that tells the user what to do."""
+    code = error.code
+    if code in AUTH_CODES:
+        how = f"close {code}" if (code or 0) >= 1000 else f"HTTP {code}"
+        return f"Fireworks rejected the API key ({how}): check {KEY_VARIABLE}"
+    if code is not None and 400 <= code < 500 and code != 429:
+        return f"Fireworks refused the request ({error.message}): check the node's params"
+    return f"{error.message} (code {code})" if code is not None else error.message
+
+
+def _param_problems(p: FireworksParams) -> list[Problem]:
+    problems = []
+    if not p.api_key.strip():
+        problems.append(
+            Problem(
+                "api_key is empty",
+                fix=f"export {KEY_VARIABLE}=<your key> and set api_key: ${{{KEY_VARIABLE}}}",
+                key="api_key",
+            )
+        )
+    if not p.base_url.startswith(("ws://", "wss://")):
+        problems.append(
+            Problem(
+                f"base_url {p.base_url!r} is not a websocket URL",
+                fix="e.g. base_url: wss://audio-streaming.api.fireworks.ai",
+                key="base_url",
+            )
+        )
+    checks: list[tuple[bool, str, str, str]] = [
+        (50 <= p.chunk_ms <= 400, "chunk_ms must be 50-400", "e.g. chunk_ms: 50", "chunk_ms"),
+        (p.connect_timeout > 0, "connect_timeout must be positive", "e.g. 10", "connect_timeout"),
+        (p.final_timeout > 0, "final_timeout must be positive", "e.g. 5", "final_timeout"),
+        (p.reconnect_attempts >= 0, "reconnect_attempts cannot be negative", "e.g. 3", "reconnect_attempts"),
+        (p.reconnect_backoff >= 0, "reconnect_backoff cannot be negative", "e.g. 0.5", "reconnect_backoff"),
+        (p.max_buffer_seconds > 0, "max_buffer_seconds must be positive", "e.g. 10", "max_buffer_seconds"),
+    ]
+    problems += [Problem(message, fix=fix, key=key) for ok, message, fix, key in checks if not ok]
+    return problems

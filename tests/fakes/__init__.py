@@ -1,0 +1,1 @@
+"""Local fake servers that speak cloud providers' real wire protocols (tests only)."""
