@@ -28,6 +28,10 @@ class InboxOverflowError(RuntimeError):
 
 
 SYSTEM_LANE_LIMIT = 1024
+UPSTREAM_SLACK = 256
+"""Upstream frames may overfill the data lane by this many: a sink pacing audio has a full inbox,
+and if its upstream push waited for room in its neighbour's full inbox while that neighbour waits
+for room in the sink's, both would wait forever. Upstream traffic is sparse (errors, spoken text)."""
 
 
 class Inbox:
@@ -77,11 +81,12 @@ class Inbox:
             self.dropped += 1
             return
         data = self._data
-        if len(data) >= self.maxsize:
+        limit = self._limit(direction)
+        if len(data) >= limit:
             if self.overflow is Overflow.DROP_OLDEST and self._drop_one():
                 pass
             else:
-                await self._wait_for_room()
+                await self._wait_for_room(limit)
                 if self.closed:
                     self.dropped += 1
                     return
@@ -97,13 +102,16 @@ class Inbox:
         if self.closed:
             self.dropped += 1
             return True
-        if len(self._data) >= self.maxsize and not (
+        if len(self._data) >= self._limit(direction) and not (
             self.overflow is Overflow.DROP_OLDEST and self._drop_one()
         ):
             return False
         self._data.append((frame, direction))
         self._wake_getter()
         return True
+
+    def _limit(self, direction: Direction) -> int:
+        return self.maxsize if direction is DOWNSTREAM else self.maxsize + UPSTREAM_SLACK
 
     def get_nowait(self) -> tuple[Frame, Direction] | None:
         """Next frame if one is queued (system lane first), else None; never suspends."""
@@ -163,15 +171,15 @@ class Inbox:
                 return True
         return False
 
-    async def _wait_for_room(self) -> None:
-        while len(self._data) >= self.maxsize and not self.closed:
+    async def _wait_for_room(self, limit: int) -> None:
+        while len(self._data) >= limit and not self.closed:
             putter = asyncio.get_running_loop().create_future()
             self._putters.append(putter)
             try:
                 await putter
             except BaseException:
                 putter.cancel()
-                if not putter.cancelled() and len(self._data) < self.maxsize:
+                if not putter.cancelled() and len(self._data) < limit:
                     self._wake_putter()  # we were woken but won't use the room: pass it on
                 raise
 

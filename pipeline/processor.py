@@ -447,8 +447,8 @@ class Source(Processor):
             self._fail(error, fatal=False)
         finally:
             self._generating = False
+        await self._stop_once()  # release devices before the end lets the graph finish and move on
         await self.push(EndFrame())
-        await self._stop_once()
         self._runtime.processor_ended(self)  # matters when the source is also the graph's only sink
 
     async def _handle_end(self, frame: EndFrame, direction: Direction) -> None:

@@ -13,6 +13,7 @@ from pipeline.frames import (
     DataFrame,
     EndFrame,
     Frame,
+    SpokenTextFrame,
     TextFrame,
     TTSAudioFrame,
     Uninterruptible,
@@ -184,3 +185,15 @@ def test_a_flood_of_system_frames_is_reported() -> None:
         inbox.put_system(UserStartedSpeakingFrame())
     with pytest.raises(InboxOverflowError, match="stuck"):
         inbox.put_system(UserStartedSpeakingFrame())
+
+
+async def test_upstream_frames_never_wait_behind_a_full_downstream_lane() -> None:
+    inbox = Inbox(2)
+    for i in range(2):
+        await inbox.put(text(i))
+    assert not inbox.put_nowait(text(9))  # downstream data waits for room
+    spoken = SpokenTextFrame(text="heard")
+    assert inbox.put_nowait(spoken, UPSTREAM)  # ...upstream traffic does not (no neighbour deadlock)
+    await asyncio.wait_for(inbox.put(SpokenTextFrame(text="again"), UPSTREAM), 1.0)
+    queued = [inbox.get_nowait() for _ in range(4)]
+    assert [item[0] for item in queued if item][2:] == [spoken, SpokenTextFrame(text="again")]
