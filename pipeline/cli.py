@@ -46,7 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logs (-v info, -vv debug)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run a graph until it ends (Ctrl-C stops it cleanly)")
+    run = commands.add_parser(
+        "run",
+        help="run a graph until it ends, or serve it if it has a server: section (Ctrl-C stops it cleanly)",
+    )
     _add_config_args(run)
     run.add_argument(
         "--metrics", type=Path, metavar="FILE", help="save a per-processor latency summary as JSON"
@@ -90,9 +93,20 @@ def _add_verbose(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    graph = _load(args)
-    if graph is None:
+    compiled, problems = config.compile_config(args.config, args.overrides)
+    if compiled is None or problems:
+        _print_problems(problems)
         return EXIT_INVALID
+    if compiled.server is not None:
+        if args.metrics or args.summary:
+            print(
+                "error: --metrics and --summary measure one graph; a served config runs one per connection",
+                file=sys.stderr,
+            )
+            return EXIT_INVALID
+        serve = config.server_entry(compiled.server.type)
+        return asyncio.run(serve(compiled))
+    graph = compiled.graph()
     if args.metrics and not args.metrics.parent.is_dir():
         print(f"error: --metrics {args.metrics}: no directory {args.metrics.parent}", file=sys.stderr)
         return EXIT_INVALID

@@ -65,7 +65,7 @@ async def run(graph: Graph, *, measure: bool = False, handle_signals: bool = Tru
             report.outcome = "cancelled"
             graph.in_background(graph.cancel(), "graph-cancel")
 
-    installed = _install(loop, on_signal) if handle_signals else []
+    installed = install_signal_handlers(loop, on_signal) if handle_signals else []
     started = time.perf_counter()
     # The graph's objects live as long as the run: keep them out of every full collection's scan,
     # which otherwise shows up as tail latency (measured in benchmarks/overhead.py --freeze-gc).
@@ -139,7 +139,8 @@ def format_summary(report: RunReport) -> str:
     return "\n".join(rows)
 
 
-def _install(loop: asyncio.AbstractEventLoop, handler: Any) -> list[signal.Signals]:
+def install_signal_handlers(loop: asyncio.AbstractEventLoop, handler: Any) -> list[signal.Signals]:
+    """Call ``handler`` on SIGINT and SIGTERM; returns the signals installed (remove them after)."""
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:

@@ -9,6 +9,13 @@ Reference::
       start_timeout: 300.0         # seconds every on_start together may take (model loading)
       end_timeout: 10.0            # seconds stop() lets the end drain before cancelling
       cancel_timeout: 5.0          # seconds each processor gets to stop when cancelled
+    server:                        # optional: serve the graph, one new graph per connection
+      type: websocket              #   a browser page on http://host:port/ and a websocket per conversation
+      host: 127.0.0.1
+      port: 8000                   #   0 picks a free port
+      max_sessions: 4              #   conversations at once; more connections are refused
+      max_message_bytes: 1048576   #   larger client messages get an error reply
+      recordings: recordings       #   what /api/conversations lists; default: the recorder's directory
     nodes:                         # required: node name -> node
       src: {type: source.tone, frequency: 440, duration: 1.0}
       vad:
@@ -34,7 +41,8 @@ Environment variables: every string *value* (not keys, not edges) may use ``${VA
 Overrides (``--set``): ``node.param=value``, ``node.queue.size=value``, ``node.type=value`` or
 ``settings.key=value``; the value is read as a YAML scalar (``--set vad.aggressiveness=3`` is the int 3)
 or a flow list (``--set out.kinds=[transcript,llm_text]``). Overrides are checked like the file's values;
-``settings.`` always means the settings, so a node named ``settings`` cannot be overridden.
+``settings.`` always means the settings and ``server.`` the server section (``--set server.port=0``),
+so nodes named ``settings`` or ``server`` cannot be overridden.
 
 Mappings may use YAML anchors and merge keys (``<<: *base``) to share settings between nodes.
 """
@@ -48,7 +56,8 @@ from pathlib import Path
 from pipeline.config.build import QUEUE_KEYS, Compiled, build
 from pipeline.config.interpolate import hide_secrets
 from pipeline.config.overrides import apply_overrides
-from pipeline.config.spec import GraphSpec, NodeSpec, Settings
+from pipeline.config.server import server_entry, session_graph
+from pipeline.config.spec import GraphSpec, NodeSpec, ServerSettings, Settings
 from pipeline.config.spec_reader import EDGE_FIX, NODE_NAME, TOP_LEVEL_KEYS, read_spec
 from pipeline.config.yaml_reader import parse_scalar
 from pipeline.errors import Problem, ValidationError
@@ -62,6 +71,7 @@ __all__ = [
     "Compiled",
     "GraphSpec",
     "NodeSpec",
+    "ServerSettings",
     "Settings",
     "check",
     "check_text",
@@ -72,6 +82,8 @@ __all__ = [
     "parse",
     "parse_scalar",
     "parse_text",
+    "server_entry",
+    "session_graph",
 ]
 
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config.interpolate import SHORTEST_SECRET
-from pipeline.config.spec import GraphSpec, NodeSpec, Settings
+from pipeline.config.server import connection_problems, read_server
+from pipeline.config.spec import GraphSpec, NodeSpec, ServerSettings, Settings
 from pipeline.config.wiring import wire
 from pipeline.errors import Problem, UnknownTypeError, ValidationError
 from pipeline.graph import Edge, Graph
@@ -33,6 +34,8 @@ class Compiled:
     settings: Settings
     processors: dict[str, Processor]
     edges: list[Edge]
+    server: ServerSettings | None = None
+    """How to serve it (``server:``); None: run it once (``Compiled.graph``)."""
 
     def graph(self) -> Graph:
         """A new ``Graph`` of these processors (build it once: processors are wired in place)."""
@@ -50,10 +53,12 @@ def build(spec: GraphSpec) -> tuple[Compiled, list[Problem]]:
     """Build every node that can be built and wire them; the result is only usable without problems."""
     builder = _Builder(spec)
     settings = builder.settings()
+    server, server_problems = read_server(spec)
     for node in spec.nodes.values():
         builder.node(node)
     processors, edges, problems = wire(spec, builder.classes, builder.processors, settings.auto_resample)
-    return Compiled(spec, settings, processors, edges), builder.problems + problems
+    problems += server_problems + connection_problems(spec, builder.classes, spec.server is not None)
+    return Compiled(spec, settings, processors, edges, server), builder.problems + problems
 
 
 class _Builder:

@@ -32,10 +32,18 @@ def apply_overrides(spec: GraphSpec, overrides: Iterable[str]) -> list[Problem]:
             spec.settings[key] = override_value(raw.strip())
             spec.overridden.add(target)
             spec.interpolated.pop(target, None)
+        elif head == "server":
+            if spec.server is None:
+                fix = "add a server: section to serve it (see configs/examples/echo-websocket.yaml)"
+                problems.append(Problem("the config has no server: section", fix=fix, file=where))
+                continue
+            spec.server[key] = override_value(raw.strip())
+            spec.overridden.add(target)
+            spec.interpolated.pop(target, None)
         elif head in spec.nodes:
             _set(spec.nodes[head], key, override_value(raw.strip()))
         else:
-            guess = did_you_mean(head, [*spec.nodes, "settings"])
+            guess = did_you_mean(head, [*spec.nodes, "settings", "server"])
             fix = f"did you mean '{guess}'?" if guess else "nodes are: " + ", ".join(spec.nodes)
             problems.append(Problem(f"unknown node '{head}'", fix=fix, file=where))
     return problems

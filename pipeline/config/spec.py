@@ -28,6 +28,24 @@ class Settings:
 
 
 @dataclass(slots=True)
+class ServerSettings:
+    """How to serve the graph (``server:`` in YAML): one new graph per connection, built from the config."""
+
+    type: str = "websocket"
+    """Which server: ``websocket`` (a browser page and a websocket per conversation)."""
+    host: str = "127.0.0.1"
+    """Address to listen on (``0.0.0.0`` exposes it to the network)."""
+    port: int = 8000
+    """TCP port; 0 picks a free one (the URL printed at start names it)."""
+    max_sessions: int = 4
+    """Conversations at once (each runs its own graph); more connections are refused."""
+    max_message_bytes: int = 1048576
+    """Largest client message taken; a larger one gets an error reply."""
+    recordings: str | None = None
+    """Directory of saved conversations for the API; default: the recorder node's directory."""
+
+
+@dataclass(slots=True)
 class NodeSpec:
     """One node as written: type, raw param values, and where each key is (for messages)."""
 
@@ -64,15 +82,17 @@ class GraphSpec:
     description: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
     """Raw ``settings:`` values (checked when the graph is built)."""
+    server: dict[str, Any] | None = None
+    """Raw ``server:`` values, None when the config has no ``server:`` (checked when it is built)."""
     nodes: dict[str, NodeSpec] = field(default_factory=dict)
     edges: list[Edge] = field(default_factory=list)
     edge_lines: list[int | None] = field(default_factory=list)
     """Line of each edge, parallel to ``edges``."""
     lines: dict[str, int] = field(default_factory=dict)
-    """Line of each top-level key and of each ``settings.<key>``."""
+    """Line of each top-level key, of each ``settings.<key>`` and each ``server.<key>``."""
     interpolated: dict[str, str] = field(default_factory=dict)
-    """``settings.<key>`` -> the ``${...}`` references its value came from."""
+    """``settings.<key>`` / ``server.<key>`` -> the ``${...}`` references its value came from."""
     overridden: set[str] = field(default_factory=set)
-    """``settings.<key>`` set by ``--set``."""
+    """``settings.<key>`` / ``server.<key>`` set by ``--set``."""
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
     """Sensitive text -> what to show instead (substituted environment values, secret params)."""

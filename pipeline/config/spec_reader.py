@@ -19,7 +19,7 @@ from pipeline.config.yaml_reader import YamlSource, compose, is_null, is_text, l
 from pipeline.errors import Problem
 from pipeline.params import did_you_mean
 
-TOP_LEVEL_KEYS = ("name", "description", "settings", "nodes", "edges")
+TOP_LEVEL_KEYS = ("name", "description", "settings", "server", "nodes", "edges")
 NODE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 """What an edge can name: an arrow or a comma in a node name would make edges ambiguous."""
 EDGE_FIX = "write edges as 'a -> b' (a chain: 'a -> b -> c') or as a two-item list [a, b]"
@@ -60,6 +60,8 @@ class _SpecReader:
                 self.text_field(key, sections[key])
         if "settings" in sections:
             self.settings(sections["settings"])
+        if "server" in sections:
+            self.server(sections["server"])
         if "nodes" in sections:
             self.nodes(sections["nodes"], self.spec.lines["nodes"])
         else:
@@ -100,10 +102,24 @@ class _SpecReader:
             fix = "e.g. 'settings: {auto_resample: true}'"
             self.source.problem("settings must be a mapping", fix=fix, line=line(node))
             return
+        self.section_values(node, "settings", self.spec.settings)
+
+    def server(self, node: yaml.Node) -> None:
+        self.spec.server = {}
+        if is_null(node):
+            return  # 'server:' alone: every default
+        if not isinstance(node, yaml.MappingNode):
+            fix = "e.g. 'server: {type: websocket, port: 8000}'"
+            self.source.problem("server must be a mapping", fix=fix, line=line(node))
+            return
+        self.section_values(node, "server", self.spec.server)
+
+    def section_values(self, node: yaml.MappingNode, section: str, values: dict[str, Any]) -> None:
+        """Read a flat mapping of ``section`` into ``values``, keeping lines and interpolations."""
         for key, key_node, value_node in self.source.items(node):
-            path = f"settings.{key}"
+            path = f"{section}.{key}"
             value = self.source.value(value_node, None, path)
-            self.spec.settings[key] = value.value
+            values[key] = value.value
             self.spec.lines[path] = line(key_node)
             if value.references:
                 self.spec.interpolated[path] = value.interpolated

@@ -1,0 +1,144 @@
+"""The ``server:`` section: checked with the rest of the config, then one new graph per connection.
+
+A served config is validated once, at start. Each connection then gets a graph built afresh from the
+same spec (processors hold per-conversation state), with per-session values such as ``session_id``
+given to every node whose params declare them. The nodes that talk to the connection say so with a
+``connection_role`` class attribute (``"input"`` or ``"output"``); the core knows nothing more of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import typing
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, cast
+
+from pipeline.config.spec import GraphSpec, ServerSettings
+from pipeline.errors import Problem, ValidationError
+from pipeline.params import convert, did_you_mean, type_name
+from pipeline.processor import Processor
+
+if TYPE_CHECKING:
+    from pipeline.config.build import Compiled
+    from pipeline.graph import Graph
+
+SERVERS: dict[str, str] = {"websocket": "transports.websocket.server:serve"}
+"""Server type -> ``module:function`` serving a compiled config (imported only when it runs)."""
+
+Serve = Callable[["Compiled"], Coroutine[Any, Any, int]]
+SERVER_FIX = "add e.g. 'server: {type: websocket, port: 8000}' to the config"
+
+
+def read_server(spec: GraphSpec) -> tuple[ServerSettings | None, list[Problem]]:
+    """The valid ``server:`` settings (None without a section); bad values are reported, keep defaults."""
+    if spec.server is None:
+        return None, []
+    hints = typing.get_type_hints(ServerSettings)
+    values: dict[str, Any] = {}
+    problems: list[Problem] = []
+    for key, value in spec.server.items():
+        converted, problem = _server_value(key, value, hints, spec.interpolated.get(f"server.{key}"))
+        if problem is None:
+            values[key] = converted
+            continue
+        path = f"server.{key}"
+        if path in spec.overridden:
+            problem.file = f"--set {path}"
+        else:
+            problem.file, problem.line = spec.file, spec.lines.get(path)
+        problems.append(problem)
+    return ServerSettings(**values), problems
+
+
+_LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "type": (lambda v: v in SERVERS, "use one of: " + ", ".join(SERVERS)),
+    "port": (lambda v: 0 <= v <= 65535, "use 0..65535 (0: any free port)"),
+    "max_sessions": (lambda v: v >= 1, "use 1 or more"),
+    "max_message_bytes": (lambda v: v >= 1024, "use at least 1024 (audio chunks are 640 bytes)"),
+}
+"""Server key -> (is the converted value usable, how to fix it)."""
+
+
+def _server_value(
+    key: str, value: Any, hints: Mapping[str, Any], interpolated: str | None
+) -> tuple[Any, Problem | None]:
+    if key not in hints:
+        guess = did_you_mean(key, list(hints))
+        fix = f"did you mean '{guess}'?" if guess else "server keys are: " + ", ".join(hints)
+        return None, Problem(f"unknown server key '{key}'", fix=fix, key=key)
+    converted, expected = convert(value, hints[key])
+    shown = f"a value from {interpolated}" if interpolated else repr(value)
+    if expected:
+        message = f"server {key} expects {type_name(hints[key])}, got {shown}"
+        return None, Problem(message, fix=f"set {key} to {expected}", key=key)
+    usable, fix = _LIMITS.get(key, (lambda v: True, ""))
+    if key == "type" and not usable(converted):
+        guess = did_you_mean(str(converted), list(SERVERS))
+        return None, Problem(
+            f"unknown server type {shown}", fix=f"did you mean '{guess}'?" if guess else fix, key=key
+        )
+    if not usable(converted):
+        return None, Problem(f"server {key} {shown} is out of range", fix=fix, key=key)
+    return converted, None
+
+
+def connection_problems(
+    spec: GraphSpec, classes: Mapping[str, type[Processor] | None], served: bool
+) -> list[Problem]:
+    """Nodes that talk to a connection need a ``server:``; a server needs such a node; one of each role."""
+    roles: dict[str, list[str]] = {}
+    for name, cls in classes.items():
+        role = getattr(cls, "connection_role", "") if cls is not None else ""
+        if role:
+            roles.setdefault(role, []).append(name)
+    problems: list[Problem] = []
+    if served and not roles:
+        fix = (
+            "add a websocket.input node (the browser's microphone) and a websocket.output node (its speaker)"
+        )
+        problems.append(
+            Problem(
+                "server: is set but no node talks to the connection", fix=fix, line=spec.lines.get("server")
+            )
+        )
+    for role, names in roles.items():
+        first, *others = names
+        for name in others if served else names:
+            node = spec.nodes[name]
+            if served:
+                message = f"a served graph takes one connection {role} node; '{first}' is one already"
+                fix = f"remove '{name}', or route its frames through '{first}'"
+            else:
+                message = f"'{name}' ({node.type}) talks to a client connection: it runs only under a server"
+                fix = SERVER_FIX
+            problems.append(Problem(message, fix=fix, node=name, line=node.line_of("type")))
+    for problem in problems:
+        problem.file = spec.file
+    return problems
+
+
+def session_graph(compiled: Compiled, values: Mapping[str, Any]) -> Graph:
+    """A new graph from the validated config, for one connection.
+
+    ``values`` (such as ``session_id``) go to every node whose params have a field of that name.
+    Raises ``ValidationError`` if a node refuses its values.
+    """
+    from pipeline.config.build import build  # build imports this module
+
+    spec = compiled.spec
+    nodes = {}
+    for name, node in spec.nodes.items():
+        fields = {f.name for f in dataclasses.fields(type(compiled.processors[name]).Params)}
+        extra = {key: value for key, value in values.items() if key in fields}
+        nodes[name] = dataclasses.replace(node, params={**node.params, **extra}) if extra else node
+    fresh, problems = build(dataclasses.replace(spec, nodes=nodes))
+    if problems:
+        raise ValidationError(problems)
+    return fresh.graph()
+
+
+def server_entry(kind: str) -> Serve:
+    """The function serving configs of server type ``kind``."""
+    module_name, _, function = SERVERS[kind].partition(":")
+    return cast(Serve, getattr(importlib.import_module(module_name), function))

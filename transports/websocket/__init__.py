@@ -1,0 +1,1 @@
+"""Serve a graph to browsers: a page, one graph per websocket connection, and the conversation API."""

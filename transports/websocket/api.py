@@ -1,0 +1,142 @@
+"""The conversation API: saved conversations, read from the recordings directory.
+
+Layout (what the ``recorder`` node writes)::
+
+    {recordings}/{session_id}/transcript.json   {"session_id", "start_time", "end_time", "messages": [...]}
+    {recordings}/{session_id}/user.wav, bot.wav, mixed.wav
+
+Routes: ``GET /api/conversations`` (newest first), ``GET /api/conversations/{id}`` (the transcript)
+and ``GET /api/conversations/{id}/audio/{file}`` (a download). Ids and file names must match strict
+patterns and every resolved path must stay inside the directory (symlinks included): anything else
+is a 404, never a file from elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger("transports.websocket.api")
+
+SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+AUDIO_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}\.wav")
+TRANSCRIPT = "transcript.json"
+MAX_TRANSCRIPT_BYTES = 16 * 1024 * 1024
+MAX_LISTED = 500
+"""Conversations listed at most (the newest)."""
+
+
+class Recordings:
+    """Reads saved conversations from one directory; every path it returns is inside it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def conversations(self) -> list[dict[str, Any]]:
+        """A summary of each saved conversation, newest first (unreadable ones are left out)."""
+        root = self._root()
+        if root is None:
+            return []
+        entries = []
+        for folder in root.iterdir():
+            if not SESSION_ID.fullmatch(folder.name):
+                continue
+            transcript = self.transcript(folder.name)
+            if transcript is None:
+                continue  # still recording, or not a conversation
+            messages = transcript.get("messages")
+            entries.append(
+                {
+                    "id": folder.name,
+                    "start_time": transcript.get("start_time"),
+                    "end_time": transcript.get("end_time"),
+                    "messages": len(messages) if isinstance(messages, list) else 0,
+                    "audio": self.audio_files(folder.name),
+                }
+            )
+        entries.sort(key=lambda e: (str(e["start_time"] or ""), e["id"]), reverse=True)
+        return entries[:MAX_LISTED]
+
+    def transcript(self, session_id: str) -> dict[str, Any] | None:
+        """The conversation's transcript JSON, or None if there is none (or it is unreadable)."""
+        path = self.path(session_id, TRANSCRIPT)
+        if path is None:
+            return None
+        try:
+            if path.stat().st_size > MAX_TRANSCRIPT_BYTES:
+                log.warning("%s is over %d bytes: not served", path, MAX_TRANSCRIPT_BYTES)
+                return None
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            log.warning("cannot read %s: %s", path, error)
+            return None
+        return data if isinstance(data, dict) else None
+
+    def audio_files(self, session_id: str) -> list[str]:
+        """Names of the conversation's WAV files."""
+        folder = self.path(session_id)
+        if folder is None:
+            return []
+        names = (p.name for p in folder.iterdir() if AUDIO_FILE.fullmatch(p.name))
+        return sorted(name for name in names if self.path(session_id, name) is not None)
+
+    def path(self, session_id: str, file: str | None = None) -> Path | None:
+        """The conversation's folder (or a file in it) if the names are valid and it exists as a plain
+        folder (file) of the directory: a symlink anywhere below the directory is refused."""
+        root = self._root()
+        if root is None or not SESSION_ID.fullmatch(session_id):
+            return None
+        if file is not None and file != TRANSCRIPT and not AUDIO_FILE.fullmatch(file):
+            return None
+        expected = root / session_id if file is None else root / session_id / file
+        try:
+            resolved = expected.resolve(strict=True)
+        except (OSError, RuntimeError):  # missing, or a symlink loop
+            return None
+        if resolved != expected:
+            return None
+        return resolved if (resolved.is_dir() if file is None else resolved.is_file()) else None
+
+    def _root(self) -> Path | None:
+        try:
+            root = self.directory.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return None
+        return root if root.is_dir() else None
+
+
+def add_routes(app: web.Application, recordings: Recordings) -> None:
+    """Serve ``recordings`` under ``/api/conversations``."""
+
+    async def listing(request: web.Request) -> web.Response:
+        return web.json_response(await asyncio.to_thread(recordings.conversations))
+
+    async def conversation(request: web.Request) -> web.Response:
+        transcript = await asyncio.to_thread(recordings.transcript, request.match_info["id"])
+        if transcript is None:
+            return _not_found()
+        return web.json_response(transcript)
+
+    async def audio(request: web.Request) -> web.StreamResponse:
+        session_id, file = request.match_info["id"], request.match_info["file"]
+        path = await asyncio.to_thread(recordings.path, session_id, file)
+        if path is None or file == TRANSCRIPT:
+            return _not_found()
+        disposition = f'attachment; filename="{session_id}-{file}"'  # both names match strict patterns
+        return web.FileResponse(
+            path, headers={"Content-Disposition": disposition, "Content-Type": "audio/wav"}
+        )
+
+    app.router.add_get("/api/conversations", listing)
+    app.router.add_get("/api/conversations/{id}", conversation)
+    app.router.add_get("/api/conversations/{id}/audio/{file}", audio)
+
+
+def _not_found() -> web.Response:
+    return web.json_response({"error": "not found"}, status=404)

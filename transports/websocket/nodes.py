@@ -1,0 +1,267 @@
+"""``websocket.input`` and ``websocket.output``: a graph's two ends when a browser is the user.
+
+They run only in a served config (``server:``): each connection builds its own graph and binds these
+nodes to it. The input turns the client's messages into frames (microphone PCM re-cut into whole
+frames, typed text, hold-to-talk gating); the output tells the client what happens (transcripts, the
+reply as it streams, status, per-turn latency) and plays bot audio through ``Playout``, so a barge-in
+silences it at once. User audio reaching the output is not sent back (unless ``loopback``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pipeline.errors import FatalProcessorError, Problem, ValidationError
+from pipeline.formats import AudioCaps, AudioFormat
+from pipeline.frames import (
+    DOWNSTREAM,
+    UPSTREAM,
+    AudioFrame,
+    Direction,
+    Frame,
+    InterimTranscriptFrame,
+    LLMResponseEndFrame,
+    LLMResponseStartFrame,
+    LLMTextFrame,
+    TextFrame,
+    TranscriptFrame,
+    TTSAudioFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from pipeline.params import param
+from pipeline.processor import Processor, Source
+from transports.playout import Playout
+from transports.websocket import protocol
+from transports.websocket.protocol import Audio, MicGate, PushToTalk, Rechunker, Start, UserText
+from transports.websocket.session import Connection
+
+__all__ = ["WebsocketInput", "WebsocketOutput"]
+
+_UNBOUND = "it serves a browser connection and runs only in a served config"
+_UNBOUND_FIX = "add 'server: {type: websocket}' to the config and run it with 'python -m pipeline run'"
+
+
+@dataclass(slots=True, kw_only=True)
+class InputParams:
+    """Params of ``websocket.input``."""
+
+    frame_ms: int = param(20, doc="microphone audio is re-cut into frames of this many milliseconds")
+
+
+@dataclass(slots=True, kw_only=True)
+class OutputParams:
+    """Params of ``websocket.output``."""
+
+    lead: float = param(0.1, doc="seconds of bot audio sent ahead of playback (the client's jitter buffer)")
+    chunk_ms: int = param(40, doc="bot audio goes out in pieces of this length, so little is in flight")
+    realtime: bool = param(True, doc="pace bot audio at playback speed; false sends it as it comes (tests)")
+    loopback: bool = param(
+        False, doc="send the user's own audio and typed text back as the bot's: a microphone check"
+    )
+
+
+class WebsocketInput(Source):
+    """The browser's microphone and keyboard: 16 kHz mono audio frames and typed ``TextFrame``s."""
+
+    type_name = "websocket.input"
+    connection_role: ClassVar[str] = "input"
+    Params = InputParams
+    params: InputParams
+    produces: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, TextFrame)
+
+    def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        samples = protocol.SAMPLE_RATE * self.params.frame_ms // 1000
+        if self.params.frame_ms <= 0 or samples * 1000 != protocol.SAMPLE_RATE * self.params.frame_ms:
+            fix = "use 10, 20 or 30 (what VADs take)"
+            raise ValidationError(
+                [Problem("frame_ms must be a positive whole number", fix, self.name, "frame_ms")]
+            )
+        self._frame_bytes = 2 * samples
+        self._connection: Connection | None = None
+
+    def bind_connection(self, connection: Connection) -> None:
+        """Take events from ``connection`` (called by the session before the graph starts)."""
+        self._connection = connection
+
+    def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
+        return AudioFormat(protocol.SAMPLE_RATE, 1)
+
+    async def on_start(self) -> None:
+        if self._connection is None:
+            raise FatalProcessorError(f"{self.type_name} '{self.name}': {_UNBOUND}; {_UNBOUND_FIX}")
+
+    async def generate(self) -> AsyncIterator[Frame]:
+        connection = self._connection
+        if connection is None:
+            return
+        gate, chunker = MicGate(), Rechunker(self._frame_bytes)
+        while (event := await connection.inbound.get()) is not None:
+            if isinstance(event, Audio):
+                for pcm in chunker.feed(gate.apply(event.pcm)):
+                    yield AudioFrame(pcm=pcm, sample_rate=protocol.SAMPLE_RATE)
+            elif isinstance(event, UserText):
+                yield TextFrame(text=event.text)
+            elif isinstance(event, Start | PushToTalk):
+                gate.feed(event)
+        rest = chunker.flush()
+        if rest:
+            yield AudioFrame(pcm=rest, sample_rate=protocol.SAMPLE_RATE)
+
+
+class WebsocketOutput(Processor):
+    """The browser's speaker and screen: bot audio, transcripts, the streamed reply, status, latency.
+
+    Bot audio is paced here, in real time, so this node is the graph's slowest consumer. Two things
+    keep that from stalling the graph:
+
+    * its inbox is large (``queue_size``, ~30 s of 20 ms frames): TTS runs ahead of playback into
+      it instead of blocking, so the user's audio behind TTS keeps flowing to the VAD, STT and
+      recorder while the bot talks (a barge-in drops the queued bot audio at once);
+    * frames it sends upstream (``SpokenTextFrame``) are relayed by a task, never awaited in line:
+      awaiting room in a neighbour that is itself waiting for room here would deadlock.
+    """
+
+    type_name = "websocket.output"
+    connection_role: ClassVar[str] = "output"
+    Params = OutputParams
+    params: OutputParams
+    queue_size: ClassVar[int] = 1500
+    handles: ClassVar[tuple[type[Frame], ...]] = (
+        AudioFrame,
+        TextFrame,
+        InterimTranscriptFrame,
+        TranscriptFrame,
+        LLMResponseStartFrame,
+        LLMResponseEndFrame,
+        TTSStoppedFrame,
+        UserStartedSpeakingFrame,
+        UserStoppedSpeakingFrame,
+    )
+    accepts_audio = AudioCaps.of(channels=1)
+
+    def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        p = self.params
+        problems = []
+        if p.lead < 0:
+            problems.append(Problem("lead must be >= 0 seconds", "e.g. lead: 0.1", self.name, "lead"))
+        if p.chunk_ms <= 0:
+            problems.append(Problem("chunk_ms must be positive", "e.g. chunk_ms: 40", self.name, "chunk_ms"))
+        if problems:
+            raise ValidationError(problems)
+        self.playout = Playout(self, realtime=p.realtime, lead=p.lead)
+        self._connection: Connection | None = None
+        self._format: AudioFormat | None = None  # the bot audio format last announced
+        self._reply: list[str] = []  # the reply streamed so far
+        self._turn_end: float | None = None  # monotonic true end of the user's last utterance
+        self._to_relay: deque[Frame] = deque(maxlen=256)  # frames waiting to be relayed upstream
+        self._relay: asyncio.Task[None] | None = None
+
+    def bind_connection(self, connection: Connection) -> None:
+        """Write to ``connection`` (called by the session before the graph starts)."""
+        self._connection = connection
+
+    def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
+        return None  # a sink: nothing leaves
+
+    async def on_start(self) -> None:
+        if self._connection is None:
+            raise FatalProcessorError(f"{self.type_name} '{self.name}': {_UNBOUND}; {_UNBOUND_FIX}")
+
+    async def process(self, frame: Frame) -> None:
+        if isinstance(frame, TTSAudioFrame) or (isinstance(frame, AudioFrame) and self.params.loopback):
+            await self._play(frame)
+        elif isinstance(frame, TextFrame):
+            await self._text(frame)
+        elif isinstance(frame, InterimTranscriptFrame | TranscriptFrame):
+            await self._send(protocol.transcript(frame.text, isinstance(frame, TranscriptFrame)))
+        elif isinstance(frame, LLMResponseStartFrame):
+            self._reply = []
+            await self._send(protocol.status("thinking"))
+        elif isinstance(frame, LLMResponseEndFrame):
+            await self._send(protocol.assistant_text("".join(self._reply), final=True))
+            self._reply = []
+        elif isinstance(frame, TTSStoppedFrame):
+            await self.playout.finished()
+            await self._send(protocol.status("listening"))
+        elif isinstance(frame, UserStartedSpeakingFrame | UserStoppedSpeakingFrame):
+            await self._speaking(frame)
+        # user audio (AudioFrame) stops here: it is never sent back
+
+    async def push(self, frame: Frame, direction: Direction = DOWNSTREAM) -> None:
+        if direction is UPSTREAM and not frame.system:
+            self._to_relay.append(frame)  # see the class docstring: never wait on an upstream inbox
+            if self._relay is None or self._relay.done():
+                self._relay = asyncio.create_task(self._relay_upstream(), name=f"relay:{self.name}")
+            return
+        await super().push(frame, direction)
+
+    async def _relay_upstream(self) -> None:
+        while self._to_relay:
+            await super().push(self._to_relay.popleft(), UPSTREAM)
+
+    async def on_stop(self) -> None:
+        if self._relay is not None and not self._relay.done():
+            self._relay.cancel()
+
+    async def on_interrupt(self) -> None:
+        self.playout.interrupted()
+        self._reply = []
+        if self._connection is not None:
+            self._connection.send_nowait(protocol.interrupted(), drop_audio=True)
+
+    async def _text(self, frame: TextFrame) -> None:
+        if isinstance(frame, TTSTextFrame):
+            await self.playout.text(frame)
+        elif isinstance(frame, LLMTextFrame):
+            self._reply.append(frame.text)
+            await self._send(protocol.assistant_text(frame.text, final=False))
+        elif self.params.loopback:
+            await self._send(protocol.assistant_text(frame.text, final=True))
+        # other text (a typed message passing through) is the client's own: not sent back
+
+    async def _speaking(self, frame: UserStartedSpeakingFrame | UserStoppedSpeakingFrame) -> None:
+        if isinstance(frame, UserStoppedSpeakingFrame):
+            self._turn_end = frame.at or time.monotonic()
+            await self._send(protocol.status("thinking"))
+        else:
+            await self._send(protocol.status("hearing"))
+        await self.push(frame)
+
+    async def _play(self, frame: AudioFrame) -> None:
+        connection = self._connection
+        if connection is None:
+            return
+        if connection.hung_up:
+            self.playout.realtime = False  # nobody listens any more: drain without waiting for playback
+        fmt = AudioFormat(frame.sample_rate, frame.channels)
+        if fmt != self._format:
+            self._format = fmt
+            await connection.send(protocol.audio_format(fmt.sample_rate, fmt.channels))
+        if not self.playout.speaking:
+            await connection.send(protocol.status("speaking"))
+        if self._turn_end is not None:
+            await connection.send(protocol.metrics((time.monotonic() - self._turn_end) * 1000))
+            self._turn_end = None
+        step = 2 * frame.channels * max(1, frame.sample_rate * self.params.chunk_ms // 1000)
+        for offset in range(0, len(frame.pcm), step):
+            piece = dataclasses.replace(frame, pcm=frame.pcm[offset : offset + step])
+            await self.playout.audio(piece, self._write)
+
+    async def _write(self, frame: AudioFrame) -> None:
+        if self._connection is not None:
+            await self._connection.send(frame.pcm)
+
+    async def _send(self, message: str) -> None:
+        if self._connection is not None:
+            await self._connection.send(message)

@@ -1,0 +1,285 @@
+"""The websocket server: a browser page, one graph per ``/ws`` connection, health and conversation API.
+
+``python -m pipeline run`` calls ``serve`` for a config with ``server: {type: websocket}``. Routes:
+
+* ``/`` the page, ``/static/...`` its scripts and styles;
+* ``/ws`` a conversation: a new graph built from the config, bound to this connection
+  (``transports.websocket.protocol`` describes the messages);
+* ``/health`` ``{"status": "ok", "active_sessions": N, "max_sessions": M}``;
+* ``/api/conversations...`` saved conversations (``transports.websocket.api``).
+
+Limits: ``max_sessions`` conversations at once (another connection gets an ``error`` message and close
+code 1013, try again later); client messages over ``max_message_bytes`` get an ``error`` reply and
+the session goes on, while those over four times that close the connection with 1009 (the socket
+layer refuses to buffer them). Ctrl-C stops every session cleanly (each graph drains, recordings are
+saved, bounded by its ``end_timeout``); a second Ctrl-C cancels them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from pipeline import runner
+from pipeline.config import Compiled, ServerSettings, session_graph
+from pipeline.graph import GraphFailedError
+from pipeline.processor import Processor
+from transports.websocket import protocol
+from transports.websocket.api import Recordings, add_routes
+from transports.websocket.session import Session
+
+log = logging.getLogger("transports.websocket")
+
+PAGE = Path(__file__).parent / "page"
+HARD_LIMIT_FACTOR = 4
+"""Messages up to this many times ``max_message_bytes`` are read and refused; larger ones close."""
+RECORDER_DIRECTORY_PARAMS = ("directory", "dir", "output_dir", "path")
+"""Where a node with a ``session_id`` param (the recorder) may say it saves conversations."""
+
+
+class VoiceServer:
+    """Serves one validated config: each connection runs its own graph built from it."""
+
+    def __init__(self, compiled: Compiled, settings: ServerSettings | None = None) -> None:
+        self.compiled = compiled
+        self.settings = settings or compiled.server or ServerSettings()
+        self.recordings = Recordings(recordings_directory(compiled, self.settings))
+        self.sessions: dict[str, Session] = {}  # session id -> running session
+        self.closing = False  # set at shutdown: new connections are refused
+        self._handlers: set[asyncio.Task[Any]] = set()  # the /ws handler of each session
+        self._runner: web.AppRunner | None = None
+        self.app = self._application()
+
+    @property
+    def url(self) -> str:
+        """Where the page is (with the real port once started)."""
+        host = self.settings.host
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        return f"http://{shown}:{self.port}/"
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the one picked when ``port: 0``)."""
+        if self._runner is not None:
+            for address in self._runner.addresses:
+                return int(address[1])
+        return self.settings.port
+
+    async def start(self) -> None:
+        """Listen; returns once connections are accepted."""
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.settings.host, self.settings.port).start()
+
+    async def stop(self) -> None:
+        """Refuse new connections, stop every session (each drains, bounded), then stop listening."""
+        self.closing = True
+        for session in list(self.sessions.values()):
+            session.stop()
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=self._drain_bound())
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def warm_up(self) -> None:
+        """Load models before the first visitor: start one graph's engines and stop them again.
+
+        Engines keep loaded models process-wide, so each conversation then starts at once. Nodes
+        that belong to one conversation (connection nodes, the recorder: a ``session_id`` param)
+        are left out. Raises ``GraphFailedError`` if an engine cannot start.
+        """
+        graph = session_graph(self.compiled, {})
+        engines = [
+            p
+            for p in graph.processors.values()
+            if not getattr(p, "connection_role", "") and not hasattr(p.params, "session_id")
+        ]
+        if not engines:
+            return
+        starts = [asyncio.ensure_future(p.on_start()) for p in engines]
+        try:
+            done, pending = await asyncio.wait(starts, timeout=graph.start_timeout)
+            failures = [
+                f"{p.name}: {type(t.exception()).__name__}: {t.exception()}"
+                for p, t in zip(engines, starts, strict=True)
+                if t in done and t.exception()
+            ]
+            failures += [
+                f"{p.name}: took longer than {graph.start_timeout:.0f}s"
+                for p, t in zip(engines, starts, strict=True)
+                if t in pending
+            ]
+            if failures:
+                raise GraphFailedError("cannot start the graph:\n  " + "\n  ".join(failures))
+        finally:
+            for task in starts:
+                task.cancel()
+            await asyncio.gather(*(_stopped(p, graph.cancel_timeout) for p in engines))
+
+    def cancel_sessions(self) -> None:
+        """Cancel every session's graph now (a second Ctrl-C): ``stop`` then finishes at once."""
+        for session in list(self.sessions.values()):
+            session.graph.in_background(session.graph.cancel(), f"cancel:{session.id}")
+
+    def _drain_bound(self) -> float:
+        graphs = [s.graph for s in self.sessions.values()]
+        slowest = max((g.end_timeout + 2 * g.cancel_timeout for g in graphs), default=0.0)
+        return slowest + 8.0  # + the last messages to the client (5 s) and closing the socket
+
+    def _application(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/", self._index)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/ws", self._websocket)
+        app.router.add_static("/static/", PAGE, follow_symlinks=False)
+        add_routes(app, self.recordings)
+        return app
+
+    async def _index(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(PAGE / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "status": "ok",
+                "active_sessions": len(self.sessions),
+                "max_sessions": self.settings.max_sessions,
+            }
+        )
+
+    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+        limit = self.settings.max_message_bytes
+        ws = web.WebSocketResponse(
+            max_msg_size=limit * HARD_LIMIT_FACTOR, heartbeat=20.0, compress=False, timeout=2.0
+        )
+        await ws.prepare(request)
+        refusal = self._refusal()
+        if refusal is not None:
+            code, message = refusal
+            await ws.send_str(protocol.error(message))
+            await ws.close(code=code, message=message.encode()[:120])
+            return ws
+        session_id = new_session_id()
+        try:
+            graph = session_graph(self.compiled, {"session_id": session_id})
+            session = Session(session_id, ws, graph, limit)
+        except Exception as error:  # validated at start, so this is a bug or the environment changed
+            log.exception("cannot build the graph for session %s", session_id)
+            await ws.send_str(protocol.error(f"cannot start a conversation: {error}"))
+            await ws.close(code=protocol.CLOSE_INTERNAL_ERROR)
+            return ws
+        self.sessions[session_id] = session
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
+        log.info("session %s started (%d active)", session_id, len(self.sessions))
+        try:
+            await session.run()
+        finally:
+            del self.sessions[session_id]
+            self._handlers.discard(handler)
+            log.info("session %s ended (%d active)", session_id, len(self.sessions))
+        return ws
+
+    def _refusal(self) -> tuple[int, str] | None:
+        """Why a new connection cannot start a session now (close code, message), or None."""
+        if self.closing:
+            return protocol.CLOSE_GOING_AWAY, "the server is shutting down"
+        limit = self.settings.max_sessions
+        if len(self.sessions) >= limit:
+            busy = f"server busy: all {limit} conversation slot{'s' if limit != 1 else ''} are in use"
+            return protocol.CLOSE_TRY_AGAIN_LATER, f"{busy}; try again later"
+        return None
+
+
+def new_session_id() -> str:
+    """Sortable by start time, unique, and safe as a folder name: ``20250101-120000-3fa2c1``."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def recordings_directory(compiled: Compiled, settings: ServerSettings) -> Path:
+    """``server.recordings``, else the directory of the node that takes a ``session_id`` (the
+    recorder), else ``recordings``."""
+    if settings.recordings:
+        return Path(settings.recordings)
+    for processor in compiled.processors.values():
+        params = processor.params
+        if not hasattr(params, "session_id"):
+            continue
+        for key in RECORDER_DIRECTORY_PARAMS:
+            value = getattr(params, key, None)
+            if isinstance(value, str | Path) and str(value):
+                return Path(value)
+    return Path("recordings")
+
+
+async def serve(compiled: Compiled) -> int:
+    """Serve until Ctrl-C (or SIGTERM); returns the exit code. Once: sessions drain; twice: cancel."""
+    server = VoiceServer(compiled)
+    stopping = asyncio.Event()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            active = len(server.sessions)
+            print(
+                f"\nstopping: ending {active} conversation(s) cleanly (Ctrl-C again to cancel)",
+                file=sys.stderr,
+            )
+            stopping.set()
+        else:
+            server.cancel_sessions()
+
+    loop = asyncio.get_running_loop()
+    installed = runner.install_signal_handlers(loop, on_signal)
+    try:
+        return await _serve(server, compiled.spec.name, stopping)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+async def _serve(server: VoiceServer, name: str, stopping: asyncio.Event) -> int:
+    print("loading models…", file=sys.stderr, flush=True)
+    warm_up = asyncio.create_task(server.warm_up())
+    interrupted = asyncio.create_task(stopping.wait())
+    await asyncio.wait({warm_up, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+    interrupted.cancel()
+    if not warm_up.done():  # Ctrl-C while loading
+        warm_up.cancel()
+        await asyncio.wait({warm_up})
+        return 0
+    if warm_up.exception() is not None:
+        print(f"error: {warm_up.exception()}", file=sys.stderr)
+        return 1
+    try:
+        await server.start()
+    except OSError as error:
+        print(
+            f"error: cannot listen on {server.settings.host}:{server.settings.port}: {error}", file=sys.stderr
+        )
+        return 1
+    print(f"Voxgraph: serving '{name}' at {server.url} — open it in a browser (Ctrl-C stops)", flush=True)
+    try:
+        await stopping.wait()
+    finally:
+        await server.stop()
+    return 0
+
+
+async def _stopped(processor: Processor, timeout: float) -> None:
+    """Stop a processor that was started outside a running graph (its ``on_stop`` runs)."""
+    try:
+        await asyncio.wait_for(processor.cancel(), timeout)
+    except TimeoutError:
+        log.warning("%s did not stop within %.1fs", processor.name, timeout)

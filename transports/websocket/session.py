@@ -1,0 +1,292 @@
+"""One browser connection, one graph: the bridge between the socket and the graph's websocket nodes.
+
+``Connection`` is what the nodes see: client events in (bounded, oldest audio dropped when the graph
+falls behind, so the socket is always read) and server messages out (bounded, written by one task,
+queued bot audio dropped at a barge-in). ``Session`` runs the graph for as long as the client is
+there: a ``stop`` message, a vanished client or a server shutdown all end the input, let the graph
+drain (``end_timeout``, then cancel; recorders flush either way) and close the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import Protocol, cast
+
+from aiohttp import WSMsgType, web
+
+from pipeline.frames import UPSTREAM, Direction, ErrorFrame, Frame
+from pipeline.graph import Graph, GraphFailedError
+from pipeline.processor import Processor
+from transports.websocket import protocol
+from transports.websocket.protocol import Audio, ClientEvent, ProtocolError, Stop
+
+log = logging.getLogger("transports.websocket")
+
+Message = str | bytes
+"""A server message: JSON text, or bot PCM."""
+
+
+class Inbound:
+    """Client events waiting for the input node. Bounded: when full, the oldest audio goes first."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size  # events held at most (256 x 20 ms = 5 s of audio)
+        self.dropped = 0  # events dropped because the graph fell behind
+        self._items: deque[ClientEvent] = deque()
+        self._ended = False
+        self._arrived = asyncio.Event()
+
+    def put(self, event: ClientEvent) -> None:
+        """Queue an event without waiting (the socket reader must never block on the graph)."""
+        if self._ended:
+            return
+        if len(self._items) >= self.size:
+            oldest_audio = next((e for e in self._items if isinstance(e, Audio)), self._items[0])
+            self._items.remove(oldest_audio)
+            self.dropped += 1
+        self._items.append(event)
+        self._arrived.set()
+
+    def end(self) -> None:
+        """No more events: ``get`` returns None once the queued ones are taken."""
+        self._ended = True
+        self._arrived.set()
+
+    async def get(self) -> ClientEvent | None:
+        """The next event, or None at the end of input."""
+        while not self._items:
+            if self._ended:
+                return None
+            self._arrived.clear()
+            await self._arrived.wait()
+        return self._items.popleft()
+
+
+class Outbox:
+    """Server messages waiting for the socket. Bounded; closed once the client is gone (sends are dropped)."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size  # messages held at most
+        self.closed = False
+        self._items: deque[Message] = deque()
+        self._changed = asyncio.Event()
+
+    async def put(self, message: Message) -> None:
+        """Queue a message, waiting while the outbox is full (backpressure on the graph's output)."""
+        while len(self._items) >= self.size and not self.closed:
+            self._changed.clear()
+            await self._changed.wait()
+        if not self.closed:
+            self._items.append(message)
+            self._changed.set()
+
+    def put_nowait(self, message: Message, drop_audio: bool = False) -> None:
+        """Queue a control message at once; ``drop_audio`` discards bot audio not yet sent (barge-in).
+
+        When full, the oldest queued audio (else the oldest message) makes room.
+        """
+        if self.closed:
+            return
+        if drop_audio:
+            self._items = deque(m for m in self._items if isinstance(m, str))
+        if len(self._items) >= self.size:
+            oldest_audio = next((m for m in self._items if isinstance(m, bytes)), self._items[0])
+            self._items.remove(oldest_audio)
+        self._items.append(message)
+        self._changed.set()
+
+    async def get(self) -> Message | None:
+        """The next message to send, or None once closed and empty."""
+        while not self._items:
+            if self.closed:
+                return None
+            self._changed.clear()
+            await self._changed.wait()
+        message = self._items.popleft()
+        self._changed.set()  # room for a waiting put
+        return message
+
+    def close(self) -> None:
+        """Stop taking messages; ``get`` drains what is queued, then returns None."""
+        self.closed = True
+        self._changed.set()
+
+    def discard(self) -> None:
+        """Close and forget what is queued (the client is gone)."""
+        self._items.clear()
+        self.close()
+
+
+class Connection:
+    """What a session's websocket nodes share: the session id, client events in, messages out."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        self.inbound = Inbound()
+        self.outbox = Outbox()
+        self.hung_up = False  # the client stopped or left: the graph drains, nobody listens to audio
+
+    @property
+    def closed(self) -> bool:
+        """True once nothing more reaches the client."""
+        return self.outbox.closed
+
+    async def send(self, message: Message) -> None:
+        """Send in order, waiting while the outbox is full."""
+        await self.outbox.put(message)
+
+    def send_nowait(self, message: Message, drop_audio: bool = False) -> None:
+        """Send a control message now (see ``Outbox.put_nowait``)."""
+        self.outbox.put_nowait(message, drop_audio)
+
+
+class ConnectionNode(Protocol):
+    """A node that talks to the client: ``websocket.input`` or ``websocket.output``."""
+
+    connection_role: str
+
+    def bind_connection(self, connection: Connection) -> None: ...
+
+
+class Session:
+    """Runs one graph for one websocket client."""
+
+    def __init__(
+        self, session_id: str, ws: web.WebSocketResponse, graph: Graph, max_message_bytes: int
+    ) -> None:
+        self.id = session_id
+        self.ws = ws
+        self.graph = graph
+        self.max_message_bytes = max_message_bytes  # larger messages get an error reply
+        self.connection = Connection(session_id)
+        self.close_code = protocol.CLOSE_NORMAL
+        self._reader: asyncio.Task[None] | None = None
+        nodes = [cast(ConnectionNode, p) for p in graph.processors.values() if _is_connection_node(p)]
+        for node in nodes:
+            node.bind_connection(self.connection)
+        if not nodes:
+            raise ValueError(f"graph '{graph.name}' has no websocket.input or websocket.output node")
+        graph.output_handler = self._left_graph
+
+    async def run(self) -> None:
+        """Serve the client until it stops, leaves, or the graph ends; then drain and close."""
+        send = self.connection.send_nowait
+        send(protocol.session(self.id))
+        send(protocol.status("starting"))
+        writer = asyncio.create_task(self._write(), name=f"ws-writer:{self.id}")
+        graph_task = asyncio.create_task(self._run_graph(), name=f"ws-graph:{self.id}")
+        self._reader = asyncio.create_task(self._read(), name=f"ws-reader:{self.id}")
+        try:
+            await asyncio.wait({graph_task, self._reader}, return_when=asyncio.FIRST_COMPLETED)
+            await self._end_graph(graph_task)
+            send(protocol.status("ended"))
+        finally:
+            await _cancelled(self._reader)
+            if not graph_task.done():
+                await _cancelled(graph_task)
+            self.connection.outbox.close()
+            try:
+                await asyncio.wait_for(writer, 5.0)  # what the graph said last still reaches the client
+            except TimeoutError:
+                log.warning("session %s: the client did not take the last messages in 5 s", self.id)
+            await _cancelled(writer)
+            with contextlib.suppress(Exception):
+                await self.ws.close(code=self.close_code)
+            if self.connection.inbound.dropped:
+                dropped = self.connection.inbound.dropped
+                log.warning("session %s: the graph fell behind; %d client messages dropped", self.id, dropped)
+
+    def stop(self) -> None:
+        """Server shutdown: end the input as if the client had left; ``run`` drains and closes."""
+        self.close_code = protocol.CLOSE_GOING_AWAY
+        if self._reader is not None:
+            self._reader.cancel()
+
+    async def _run_graph(self) -> None:
+        graph = self.graph
+        announce = asyncio.create_task(self._announce_listening())
+        try:
+            await graph.run()
+        except GraphFailedError as failure:
+            log.error("session %s: %s", self.id, failure)
+            self.connection.send_nowait(protocol.error(f"the conversation failed: {failure}"))
+            self.close_code = protocol.CLOSE_INTERNAL_ERROR
+        finally:
+            announce.cancel()
+
+    async def _announce_listening(self) -> None:
+        await self.graph.started.wait()
+        self.connection.send_nowait(protocol.status("listening"))
+
+    async def _end_graph(self, graph_task: asyncio.Task[None]) -> None:
+        """End the input and let the graph drain (bounded by its end and cancel timeouts)."""
+        self.connection.hung_up = True
+        self.connection.inbound.end()
+        if graph_task.done():
+            return
+        graph = self.graph
+        if not graph.started.is_set():  # still loading models: nothing to drain
+            await _cancelled(graph_task)
+            return
+        bound = graph.end_timeout + graph.cancel_timeout * 2 + 1.0
+        try:
+            await asyncio.wait_for(graph.stop(), bound)
+        except TimeoutError:
+            log.warning("session %s: the graph did not stop within %.1fs", self.id, bound)
+        try:
+            await asyncio.wait_for(asyncio.shield(graph_task), graph.cancel_timeout + 1.0)
+        except TimeoutError:
+            await _cancelled(graph_task)
+
+    async def _read(self) -> None:
+        """Route client messages until the client stops or leaves; protocol errors get a reply."""
+        ws, limit, inbound = self.ws, self.max_message_bytes, self.connection.inbound
+        async for message in ws:
+            event: ClientEvent | ProtocolError
+            if message.type is WSMsgType.BINARY:
+                event = protocol.parse_binary(message.data, limit)
+            elif message.type is WSMsgType.TEXT:
+                event = protocol.parse_text(message.data, limit)
+            elif message.type is WSMsgType.ERROR:
+                log.info("session %s: connection error: %s", self.id, ws.exception())
+                return
+            else:
+                continue
+            if isinstance(event, ProtocolError):
+                self.connection.send_nowait(protocol.error(event.message))
+            elif isinstance(event, Stop):
+                return
+            else:
+                inbound.put(event)
+
+    async def _write(self) -> None:
+        outbox, ws = self.connection.outbox, self.ws
+        while (message := await outbox.get()) is not None:
+            try:
+                if isinstance(message, bytes):
+                    await ws.send_bytes(message)
+                else:
+                    await ws.send_str(message)
+            except (ConnectionError, RuntimeError) as gone:  # closed or closing under us
+                log.info("session %s: client gone (%s)", self.id, gone)
+                outbox.discard()
+                return
+
+    def _left_graph(self, processor: Processor, frame: Frame, direction: Direction) -> None:
+        if direction is UPSTREAM and isinstance(frame, ErrorFrame):
+            self.connection.send_nowait(protocol.error(f"{frame.processor}: {frame.message}"))
+
+
+def _is_connection_node(processor: Processor) -> bool:
+    return bool(getattr(processor, "connection_role", "")) and hasattr(processor, "bind_connection")
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` (if still running) and wait for it to finish."""
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
