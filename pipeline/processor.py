@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 from collections.abc import AsyncIterator, Callable
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
@@ -391,7 +392,10 @@ class Processor:
         if fatal:
             self._inbox.close()  # handle nothing more: the graph is being cancelled
         message = hide_secret_params(f"{type(error).__name__}: {error}", self.params)
-        log.warning("processor %s failed: %s", self.name, message, exc_info=log.isEnabledFor(logging.DEBUG))
+        log.warning("processor %s failed: %s", self.name, message)
+        if log.isEnabledFor(logging.DEBUG):  # the chain may quote a secret (a server echoing a key)
+            trace = hide_secret_params("".join(traceback.format_exception(error)), self.params)
+            log.debug("processor %s traceback:\n%s", self.name, trace)
         report = ErrorFrame(message=message, processor=self.name, fatal=fatal)
         self.push_system(report, UPSTREAM)
         self._runtime.processor_failed(self, report, error)

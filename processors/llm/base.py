@@ -1,0 +1,149 @@
+"""``ChatLLM``: what every LLM node does the same way — turns, history, streaming frames, barge-in.
+
+An engine subclasses ``ChatLLM`` and implements one async generator, ``stream_reply(messages)``,
+yielding text chunks (and ``ToolCall``s). The base turns each user turn (``TranscriptFrame`` or a plain
+``TextFrame``) into ``LLMResponseStartFrame``, ``LLMTextFrame`` chunks, ``LLMToolCallFrame``s and
+``LLMResponseEndFrame``, and keeps the conversation (``processors.llm.context``).
+
+Barge-in: an ``InterruptionFrame`` cancels the in-flight ``process``; the stream is closed at once
+(``aclose``), so an engine stops its generation in the generator's ``finally`` (a stop flag for a
+thread, closing an HTTP stream). The history then keeps only the part of the reply that was heard,
+as reported by ``SpokenTextFrame``s travelling upstream from the output transport.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from pipeline.frames import (
+    UPSTREAM,
+    Frame,
+    LLMResponseEndFrame,
+    LLMResponseStartFrame,
+    LLMTextFrame,
+    LLMToolCallFrame,
+    SpokenTextFrame,
+    TextFrame,
+    TranscriptFrame,
+)
+from pipeline.params import param
+from pipeline.processor import Processor
+from processors.llm.context import Conversation, approximate_tokens
+
+__all__ = ["ChatLLM", "ChatParams", "ToolCall"]
+
+T = TypeVar("T")
+
+DEFAULT_SYSTEM_PROMPT = "You are a friendly voice assistant. Answer in one or two short spoken sentences."
+
+
+@dataclass(slots=True, frozen=True)
+class ToolCall:
+    """A tool call the model asked for; ``arguments`` is the JSON text it produced."""
+
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(slots=True, kw_only=True)
+class ChatParams:
+    """Params every LLM node takes; engines extend this dataclass."""
+
+    system_prompt: str = param(DEFAULT_SYSTEM_PROMPT, doc="instructions sent first in every request")
+    max_history_tokens: int = param(
+        1500, doc="history budget: the oldest turns are dropped first; the system prompt is always kept"
+    )
+    max_tokens: int = param(150, doc="longest reply, in tokens")
+    temperature: float = param(0.7, doc="sampling temperature: 0 = most likely token, higher = more varied")
+
+
+class ChatLLM(Processor):
+    """Replies to each user turn with a streamed answer and remembers what was said and heard."""
+
+    Params: ClassVar[type[Any]] = ChatParams
+    handles: ClassVar[tuple[type[Frame], ...]] = (TranscriptFrame, TextFrame)
+    handles_upstream: ClassVar[tuple[type[Frame], ...]] = (SpokenTextFrame,)
+    produces: ClassVar[tuple[type[Frame], ...]] = (
+        LLMResponseStartFrame,
+        LLMTextFrame,
+        LLMToolCallFrame,
+        LLMResponseEndFrame,
+        TranscriptFrame,  # the user's turn is passed on (recorders, transcripts)
+        TextFrame,
+    )
+
+    params: ChatParams
+
+    def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        self.context = Conversation(self.params.system_prompt)
+
+    async def stream_reply(self, messages: list[dict[str, Any]]) -> AsyncIterator[str | ToolCall]:
+        """Yield the reply to ``messages`` (OpenAI chat form) as text chunks and tool calls.
+
+        Stop generating in a ``finally``: the base closes this generator on barge-in.
+        """
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text``, for the history budget; engines with a tokenizer override this."""
+        return approximate_tokens(text)
+
+    async def process(self, frame: TextFrame | TranscriptFrame) -> None:
+        await self.push(frame)
+        if type(frame) not in (TranscriptFrame, TextFrame):
+            return  # LLM or TTS text from elsewhere: not a user turn
+        text = frame.text.strip()
+        if text:
+            await self.reply(text)
+
+    async def reply(self, text: str) -> None:
+        """Answer one user turn: frames downstream, the turn and the reply into the history."""
+        self.context.add_user(text)
+        self.context.trim(self.params.max_history_tokens, self.count_tokens)
+        messages = self.context.messages()
+        self.context.begin_assistant()
+        await self.push(LLMResponseStartFrame())
+        try:
+            with self.metrics.measure():
+                async with _closing(self.stream_reply(messages)) as stream:
+                    async for item in stream:
+                        await self._emit(item)
+        except Exception:
+            await self.push(LLMResponseEndFrame())  # downstream speaks what came; the error goes up
+            raise
+        finally:
+            self.context.finish()
+        await self.push(LLMResponseEndFrame())
+
+    async def _emit(self, item: str | ToolCall) -> None:
+        if isinstance(item, ToolCall):
+            self.metrics.first_byte()
+            await self.push(LLMToolCallFrame(call_id=item.call_id, name=item.name, arguments=item.arguments))
+        elif item:
+            self.metrics.first_byte()
+            self.context.append(item)
+            await self.push(LLMTextFrame(text=item))
+
+    async def process_upstream(self, frame: SpokenTextFrame) -> None:
+        self.context.append_spoken(frame.text)
+        await self.push(frame, UPSTREAM)
+
+    async def on_interrupt(self) -> None:
+        self.context.truncate_to_spoken()
+
+
+@contextlib.asynccontextmanager
+async def _closing(stream: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """Close an engine's stream on exit, cancelled or not, so it stops its work in a ``finally``."""
+    try:
+        yield stream
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()

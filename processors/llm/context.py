@@ -1,0 +1,160 @@
+"""The conversation an LLM node keeps: system prompt, turns, and what the user actually heard.
+
+Pure bookkeeping, no I/O, so every ordering question is a unit test. The tricky part is barge-in:
+
+* The LLM streams a reply faster than it is spoken. Output transports report each sentence when its
+  audio *starts* playing (``SpokenTextFrame``, upstream), so heard text always lags generated text.
+* An interruption reaches the LLM as a system frame, overtaking ``SpokenTextFrame``s still queued
+  behind busy nodes (a TTS blocked pushing audio). So ``truncate_to_spoken`` only *marks* the replies
+  in progress; their content becomes the heard text when the history is next read, and late
+  ``SpokenTextFrame``s keep extending it until then.
+* Spoken text is matched to replies by letters and digits only (a TTS may drop markdown or collapse
+  spaces); text that continues no pending reply (a greeting injected downstream) is ignored.
+* A session where no ``SpokenTextFrame`` was ever seen has no playing transport: replies are kept as
+  generated, since nobody can say what was heard.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Conversation", "Message", "approximate_tokens"]
+
+MESSAGE_OVERHEAD_TOKENS = 4
+"""Tokens a chat template adds around each message (role markers, separators)."""
+MAX_PENDING = 8
+"""Replies still open to spoken-text matching; older ones are settled as they are."""
+
+_NOT_WORD = re.compile(r"[\W_]+")
+
+
+def approximate_tokens(text: str) -> int:
+    """About four characters per token: English text with common BPE tokenizers."""
+    return max(1, len(text) // 4)
+
+
+def _compact(text: str) -> str:
+    """Lower-case letters and digits only: what survives any TTS's text clean-up."""
+    return _NOT_WORD.sub("", text.lower())
+
+
+@dataclass(slots=True, eq=False)
+class Message:
+    """One turn. An assistant reply also tracks what of it was heard."""
+
+    role: str  # "user" or "assistant"
+    generated: str = ""  # the full text (for an assistant reply: as generated so far)
+    heard: str = ""  # assistant replies: the text reported spoken, in order
+    generating: bool = False  # assistant replies: tokens may still arrive
+    interrupted: bool = False  # a barge-in cut this reply; it keeps only what was heard
+
+    def heard_all(self) -> bool:
+        """Whether every word of the reply has started playing."""
+        return not self.generating and _compact(self.heard) == _compact(self.generated)
+
+    def accepts(self, spoken: str) -> bool:
+        """Whether ``spoken`` continues what was heard of this reply."""
+        candidate = _compact(self.heard + spoken)
+        return bool(candidate) and _compact(self.generated).startswith(candidate)
+
+
+@dataclass(slots=True)
+class Conversation:
+    """System prompt plus alternating user and assistant turns, trimmed to a token budget."""
+
+    system_prompt: str
+    history: list[Message] = field(default_factory=list)
+    playout_seen: bool = False  # a SpokenTextFrame arrived: some transport plays the replies
+    _pending: list[Message] = field(default_factory=list, init=False, repr=False)  # not yet heard in full
+    _current: Message | None = field(default=None, init=False, repr=False)  # the reply being generated
+
+    def add_user(self, text: str) -> None:
+        """A user turn. Replies nobody interrupted are settled as generated: the user let them finish."""
+        self._pending = [m for m in self._pending if m.interrupted]
+        self.history.append(Message("user", text))
+
+    def begin_assistant(self) -> None:
+        """Start a reply; ``append`` adds its tokens."""
+        self.finish()
+        self._current = Message("assistant", generating=True)
+        self.history.append(self._current)
+        self._pending.append(self._current)
+        del self._pending[:-MAX_PENDING]
+
+    def append(self, chunk: str) -> None:
+        """Add generated text to the reply in progress."""
+        if self._current is not None:
+            self._current.generated += chunk
+
+    def finish(self) -> None:
+        """The reply in progress is complete (or was cancelled); an empty one is dropped."""
+        current, self._current = self._current, None
+        if current is None:
+            return
+        current.generating = False
+        if not current.generated.strip():
+            self._forget(current)
+        elif current.heard_all():
+            self._pending.remove(current)
+
+    def append_spoken(self, text: str) -> None:
+        """A transport started playing ``text``: credit it to the oldest reply it continues."""
+        self.playout_seen = True
+        for message in self._pending:
+            if message.accepts(text):
+                message.heard = f"{message.heard} {text}".strip()
+                if message.heard_all():
+                    self._pending.remove(message)
+                return
+
+    def truncate_to_spoken(self) -> None:
+        """Barge-in: every reply not yet heard in full keeps only what was (or is later) reported heard."""
+        for message in self._pending:
+            message.interrupted = True
+
+    def content(self, message: Message) -> str:
+        """The text a message contributes to the history."""
+        if message.role == "assistant" and message.interrupted and self.playout_seen:
+            return message.heard
+        return message.generated.strip()
+
+    def trim(self, budget: int, count_tokens: Callable[[str], int] = approximate_tokens) -> None:
+        """Drop the oldest turns until the history fits ``budget`` tokens (the system prompt is not
+        counted and always kept). The newest user turn is always kept; the history never starts
+        with an assistant turn, as some chat templates require."""
+        self._drop_unheard()
+        sizes = [count_tokens(self.content(m)) + MESSAGE_OVERHEAD_TOKENS for m in self.history]
+        total = sum(sizes)
+        start = 0
+        while start < len(self.history) - 1 and total > budget:
+            total -= sizes[start]
+            start += 1
+        while start < len(self.history) - 1 and self.history[start].role != "user":
+            start += 1
+        for message in self.history[:start]:
+            self._forget(message)
+
+    def messages(self) -> list[dict[str, Any]]:
+        """The chat in OpenAI form: ``[{"role": "system", ...}, {"role": "user", ...}, ...]``."""
+        self._drop_unheard()
+        chat: list[dict[str, Any]] = []
+        if self.system_prompt:
+            chat.append({"role": "system", "content": self.system_prompt})
+        chat.extend({"role": m.role, "content": self.content(m)} for m in self.history)
+        return chat
+
+    def _drop_unheard(self) -> None:
+        """Interrupted replies of which nothing was heard leave the history (not while generating)."""
+        for message in list(self.history):
+            if message.role == "assistant" and not message.generating and not self.content(message).strip():
+                self._forget(message)
+
+    def _forget(self, message: Message) -> None:
+        self.history = [m for m in self.history if m is not message]
+        if message in self._pending:
+            self._pending.remove(message)
+        if message is self._current:
+            self._current = None

