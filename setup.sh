@@ -35,7 +35,9 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # later ones reuse pip's cached wheel. Build it on its own so the wait shows progress.
 if [[ ",$EXTRAS," == *",offline,"* ]] && ! .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
   step "building llama.cpp for llm.local (one time, ~13 min on 2 cores; later runs use the cached wheel)"
-  "${PIP[@]}" "llama-cpp-python>=0.3.8" &
+  # Some virtual machines report AMX but fault on its instructions: build without it.
+  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF}" \
+    "${PIP[@]}" "llama-cpp-python>=0.3.8" &
   build=$!
   started=$SECONDS
   while kill -0 "$build" 2>/dev/null; do
