@@ -101,17 +101,25 @@ async def _show_start_progress(graph: Graph, every: float = 1.0) -> None:
     """While models load, say on stderr which nodes are still starting (after a first quiet second)."""
     loop = asyncio.get_running_loop()
     began = loop.time()
+    live = sys.stderr.isatty()  # rewrite one line on a terminal; a log file gets a line now and then
     shown = False
+    last = ""
     while True:
         try:
             await asyncio.wait_for(graph.started.wait(), every)
             break
         except TimeoutError:
             waiting = ", ".join(sorted(graph.starting)) or "workers"
-            print(f"\rstarting: {waiting} ({loop.time() - began:.0f}s)", end="", file=sys.stderr, flush=True)
+            elapsed = loop.time() - began
+            if live:
+                print(f"\rstarting: {waiting} ({elapsed:.0f}s)", end="", file=sys.stderr, flush=True)
+            elif waiting != last or int(elapsed) % 10 == 0:
+                print(f"starting: {waiting} ({elapsed:.0f}s)", file=sys.stderr, flush=True)
+            last = waiting
             shown = True
     if shown:
-        print(f"\rstarted in {loop.time() - began:.1f}s" + " " * 40, file=sys.stderr)
+        done = f"started in {loop.time() - began:.1f}s"
+        print(f"\r{done}" + " " * 40 if live else done, file=sys.stderr)
 
 
 def save(report: RunReport, path: Path) -> None:

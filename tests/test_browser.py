@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import aiohttp
 import numpy as np
 import pytest
 from playwright.async_api import Page, async_playwright
@@ -36,6 +37,7 @@ from tests.speech import espeak, read_wav, silence, write_wav
 from transports.websocket.server import VoiceServer
 
 CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(__file__).parent / "artifacts"
 SENTENCE = "What is the weather like in Paris today?"
 WAIT_MS = 40_000  # for each step; the whole test takes ~15 s
@@ -93,23 +95,27 @@ async def server(tmp_path: Path) -> AsyncIterator[VoiceServer]:
     await voice.stop()
 
 
-async def test_speaking_to_the_page_shows_the_words_and_plays_the_reply(
-    server: VoiceServer, speech_wav: Path, tmp_path: Path
-) -> None:
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+]
+
+
+async def converse(url: str, speech_wav: Path, tmp_path: Path, screenshot: str) -> dict[str, Any]:
+    """Open the page, click Start, let the fake microphone speak, wait for the reply to play, Stop.
+
+    Returns what the page saw (``window.voxgraph``) once the conversation was saved and listed.
+    """
     assert CHROMIUM.exists(), "chromium is missing: run ./setup.sh (apt-get install chromium)"
-    flags = [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={speech_wav}%noloop",
-        "--autoplay-policy=no-user-gesture-required",
-    ]
+    flags = [*FLAGS, f"--use-file-for-fake-audio-capture={speech_wav}%noloop"]
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch_persistent_context(
             tempfile.mkdtemp(dir=tmp_path),
@@ -122,34 +128,67 @@ async def test_speaking_to_the_page_shows_the_words_and_plays_the_reply(
             page = browser.pages[0] if browser.pages else await browser.new_page()
             problems: list[str] = []
             page.on("pageerror", lambda error: problems.append(str(error)))
-            await page.goto(server.url + "?raw=1")  # raw: the fake microphone's audio unprocessed
+            await page.goto(url + "?raw=1")  # raw: the fake microphone's audio unprocessed
             await page.click("#start")
             await _until(page, "window.voxgraph.transcripts.length > 0")
             heard = await page.evaluate("window.voxgraph.transcripts[0]")
-            assert "paris" in heard.lower(), heard
             assert heard in await page.inner_text("#log")  # shown, not only received
 
             await _until(page, "window.voxgraph.replies.length > 0 && window.voxgraph.botAudioBytes > 0")
             await _until(page, "window.voxgraph.status === 'listening'")  # the reply has played
-            state = await page.evaluate("window.voxgraph")
-            assert state["replies"][0].startswith("You said:") and "paris" in state["replies"][0].lower()
-            assert state["botAudioBytes"] > 22050  # over half a second of espeak's 22.05 kHz voice
-            assert state["metrics"] and 0 < state["metrics"][0] < 20_000
-            assert state["micBytesSent"] > 2 * 16000 * 2  # the whole clip went out
+            state: dict[str, Any] = await page.evaluate("window.voxgraph")
 
             await page.click("#start")  # Stop: the conversation drains, is saved and listed
             await _until(page, "window.voxgraph.status === 'ended'")
             await page.wait_for_selector(".conv-links a", timeout=WAIT_MS)
             ARTIFACTS.mkdir(exist_ok=True)
-            await page.screenshot(path=str(ARTIFACTS / "browser.png"))
+            await page.screenshot(path=str(ARTIFACTS / screenshot))
             assert not problems, problems
         finally:
             await browser.close()
+    return state
+
+
+async def test_speaking_to_the_page_shows_the_words_and_plays_the_reply(
+    server: VoiceServer, speech_wav: Path, tmp_path: Path
+) -> None:
+    state = await converse(server.url, speech_wav, tmp_path, "browser.png")
+    assert "paris" in state["transcripts"][0].lower(), state["transcripts"]
+    assert state["replies"][0].startswith("You said:") and "paris" in state["replies"][0].lower()
+    assert state["botAudioBytes"] > 22050  # over half a second of espeak's 22.05 kHz voice
+    assert state["metrics"] and 0 < state["metrics"][0] < 20_000
+    assert state["micBytesSent"] > 2 * 16000 * 2  # the whole clip went out
 
     saved = tmp_path / "recordings" / state["sessionId"] / "transcript.json"
     messages = json.loads(saved.read_text())["messages"]
     assert [m["role"] for m in messages[:2]] == ["user", "assistant"], messages
     assert "paris" in messages[0]["content"].lower()
+
+
+async def test_the_offline_assistant_answers_in_the_browser(speech_wav: Path, tmp_path: Path) -> None:
+    """The main job as shipped: configs/assistant.yaml, every engine real (llama.cpp, Piper)."""
+    recordings = tmp_path / "recordings"
+    compiled, problems = config.compile_config(
+        REPO / "configs" / "assistant.yaml", ["server.port=0", f"recorder.directory={recordings}"]
+    )
+    assert compiled is not None and not problems, problems
+    voice = VoiceServer(compiled)
+    await voice.start()
+    try:
+        state = await converse(voice.url, speech_wav, tmp_path, "assistant.png")
+        async with aiohttp.ClientSession() as http, http.get(f"{voice.url}api/conversations") as response:
+            listed = await response.json()
+    finally:
+        await voice.stop()
+    assert "paris" in state["transcripts"][0].lower(), state["transcripts"]
+    assert state["replies"][0].strip()  # SmolLM2 said something
+    assert state["botAudioBytes"] > 22050  # and Piper spoke it (22.05 kHz)
+    session = state["sessionId"]
+    assert session in json.dumps(listed)
+    saved = json.loads((recordings / session / "transcript.json").read_text())
+    assert [m["role"] for m in saved["messages"][:2]] == ["user", "assistant"]
+    for track in ("user.wav", "bot.wav", "mixed.wav"):
+        assert (recordings / session / track).stat().st_size > 44
 
 
 async def _until(page: Page, condition: str) -> None:

@@ -96,4 +96,4 @@ async def test_a_recogniser_that_hears_nothing_fails() -> None:
 
 async def test_an_llm_that_never_ends_its_replies_fails() -> None:
     with pytest.raises(ConformanceError, match="LLMResponseEndFrame"):
-        await check_llm(lambda: EndlessLLM(name="llm"), timeout=5)
+        await check_llm(lambda: EndlessLLM(name="llm"), timeout=2)

@@ -56,7 +56,7 @@ def tone_wav(path: Path, seconds: float) -> str:
 
 async def test_waits_for_the_answer_before_the_next_turn(tmp_path: Path) -> None:
     paths = [tone_wav(tmp_path / "a.wav", 0.2), tone_wav(tmp_path / "b.wav", 0.2)]
-    turns = FileTurns(name="caller", paths=paths, pause=0.1, reply_timeout=5.0)
+    turns = FileTurns(name="caller", paths=paths, pause=0.1, reply_timeout=1.0)
     bot = AnsweringBot(listen=0.3)
     await run_graph(Graph({"caller": turns, "bot": bot}, [("caller", "bot")]))
     first_b = bot.log.index("bot stopped")
