@@ -12,7 +12,7 @@ core carries. Measured on real speech (the LibriVox clips of ``tests/speech.py``
 * real-time factor of ``file.input -> audio.resample -> vad -> file.output`` on a ~60 s 48 kHz file,
   read as fast as possible: wall seconds per second of audio (lower is faster; 0.01 = 100x real time).
 
-Run from the repo root: ``python benchmarks/processors.py`` (about 6 s on 2 cores),
+Run from the repo root: ``python benchmarks/audio_nodes.py`` (about 6 s on 2 cores),
 ``--quick`` for a ~1 s smoke run. JSON lines go to stdout, progress and a table to stderr.
 """
 
@@ -302,7 +302,7 @@ def print_table(
 
 def parse_args(argv: list[str] | None) -> Config:
     parser = argparse.ArgumentParser(
-        prog="python benchmarks/processors.py",
+        prog="python benchmarks/audio_nodes.py",
         description=(
             "Cost of the audio-path nodes in microseconds per 20 ms frame of real speech (a node run minus a "
             "pass-through run, frames sent as fast as the graph takes them, on_stop included), and the "
