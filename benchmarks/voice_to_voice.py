@@ -96,14 +96,11 @@ class Timeline(Observer):
     """Marks the frames that bound each stage, as the nodes of the assistant push them."""
 
     turns: list[Turn] = field(default_factory=list)
-    _seen: set[int] = field(default_factory=set)
 
     def on_push(
         self, source: Processor, target: Processor | None, frame: Frame, direction: Direction
     ) -> None:
-        if id(frame) in self._seen:
-            return  # one mark per frame, however many neighbours it goes to
-        self._seen.add(id(frame))
+        # The assistant is a chain: each push has one target, so each frame is seen once.
         now = time.monotonic()
         name = source.name
         if name == "vad" and isinstance(frame, UserStartedSpeakingFrame):

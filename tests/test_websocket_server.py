@@ -481,7 +481,12 @@ async def test_max_sessions_refuses_extra_connections_with_a_clear_message_and_1
         aiohttp.ClientSession() as http,
     ):
         health = await (await http.get(base / "health")).json()
-        assert health == {"status": "ok", "active_sessions": 0, "max_sessions": 2}
+        assert health == {
+            "status": "ok",
+            "active_sessions": 0,
+            "active_connections": 0,
+            "max_sessions": 2,
+        }
         async with connect(http, base) as a, connect(http, base) as b:
             for client in (a, b):
                 await client.wait_for(lambda m: m["type"] == "session", "a session id")

@@ -5,6 +5,9 @@ nodes to it. The input turns the client's messages into frames (microphone PCM r
 frames, typed text, hold-to-talk gating); the output tells the client what happens (transcripts, the
 reply as it streams, status, per-turn latency) and plays bot audio through ``Playout``, so a barge-in
 silences it at once. User audio reaching the output is not sent back (unless ``loopback``).
+
+The input's ``protocol`` says what the client speaks (the default ``/ws`` protocol, or ``whisper-json``)
+and both nodes talk through it; ``audio_messages: clip`` makes each audio message one utterance.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ import asyncio
 import dataclasses
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pipeline.errors import FatalProcessorError, Problem, ValidationError
 from pipeline.formats import AudioCaps, AudioFormat
@@ -40,14 +43,16 @@ from pipeline.frames import (
 from pipeline.params import param
 from pipeline.processor import Processor, Source
 from transports.playout import Playout
-from transports.websocket import protocol
+from transports.websocket import protocol, whisper_protocol
 from transports.websocket.protocol import Audio, MicGate, PushToTalk, Rechunker, Start, UserText
-from transports.websocket.session import Connection
+from transports.websocket.session import Connection, Wire
 
 __all__ = ["WebsocketInput", "WebsocketOutput"]
 
 _UNBOUND = "it serves a browser connection and runs only in a served config"
 _UNBOUND_FIX = "add 'server: {type: websocket}' to the config and run it with 'python -m pipeline run'"
+PROTOCOLS: dict[str, Wire] = {"voxgraph": protocol, "whisper-json": whisper_protocol}
+"""``websocket.input``'s ``protocol`` -> the module that parses and encodes its messages."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -55,6 +60,16 @@ class InputParams:
     """Params of ``websocket.input``."""
 
     frame_ms: int = param(20, doc="microphone audio is re-cut into frames of this many milliseconds")
+    protocol: Literal["voxgraph", "whisper-json"] = param(
+        "voxgraph", doc="what the client speaks: voxgraph (the page at /) or whisper-json ({type: audio})"
+    )
+    audio_messages: Literal["stream", "clip"] = param(
+        "stream",
+        doc="stream: messages continue the microphone (a VAD cuts utterances); clip: each is one utterance",
+    )
+    clip_gap: float = param(
+        0.5, doc="clip: seconds of silence after each clip (covers the recogniser's post- and pre-roll)"
+    )
 
 
 @dataclass(slots=True, kw_only=True)
@@ -70,13 +85,24 @@ class OutputParams:
 
 
 class WebsocketInput(Source):
-    """The browser's microphone and keyboard: 16 kHz mono audio frames and typed ``TextFrame``s."""
+    """The browser's microphone and keyboard: 16 kHz mono audio frames and typed ``TextFrame``s.
+
+    With ``audio_messages: clip`` each audio message is a whole utterance: its audio goes out between
+    a ``UserStartedSpeakingFrame`` and a ``UserStoppedSpeakingFrame`` (the client did the VAD's job,
+    so the graph needs none), followed by ``clip_gap`` of silence so a recogniser's post-roll is
+    complete at once and the next clip's pre-roll takes in silence, not this clip.
+    """
 
     type_name = "websocket.input"
     connection_role: ClassVar[str] = "input"
     Params = InputParams
     params: InputParams
-    produces: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, TextFrame)
+    produces: ClassVar[tuple[type[Frame], ...]] = (
+        AudioFrame,
+        TextFrame,
+        UserStartedSpeakingFrame,
+        UserStoppedSpeakingFrame,
+    )
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
@@ -86,12 +112,18 @@ class WebsocketInput(Source):
             raise ValidationError(
                 [Problem("frame_ms must be a positive whole number", fix, self.name, "frame_ms")]
             )
+        if not 0 <= self.params.clip_gap <= 10:
+            fix = "use seconds from 0 to 10, at least the recogniser's post_roll (e.g. 0.5)"
+            raise ValidationError([Problem("clip_gap is out of range", fix, self.name, "clip_gap")])
         self._frame_bytes = 2 * samples
         self._connection: Connection | None = None
+        self._clip_samples = 0  # clip mode: samples sent so far, the stream clock of the speaking frames
 
     def bind_connection(self, connection: Connection) -> None:
-        """Take events from ``connection`` (called by the session before the graph starts)."""
+        """Take events from ``connection``, which speaks this node's ``protocol`` (called by the session
+        before the graph starts)."""
         self._connection = connection
+        connection.wire = PROTOCOLS[self.params.protocol]
 
     def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
         return AudioFormat(protocol.SAMPLE_RATE, 1)
@@ -105,8 +137,12 @@ class WebsocketInput(Source):
         if connection is None:
             return
         gate, chunker = MicGate(), Rechunker(self._frame_bytes)
+        clips = self.params.audio_messages == "clip"
         while (event := await connection.inbound.get()) is not None:
-            if isinstance(event, Audio):
+            if isinstance(event, Audio) and clips:
+                for frame in self._clip(gate.apply(event.pcm)):
+                    yield frame
+            elif isinstance(event, Audio):
                 for pcm in chunker.feed(gate.apply(event.pcm)):
                     yield AudioFrame(pcm=pcm, sample_rate=protocol.SAMPLE_RATE)
             elif isinstance(event, UserText):
@@ -116,6 +152,20 @@ class WebsocketInput(Source):
         rest = chunker.flush()
         if rest:
             yield AudioFrame(pcm=rest, sample_rate=protocol.SAMPLE_RATE)
+
+    def _clip(self, pcm: bytes) -> Iterator[Frame]:
+        """One clip as one utterance: speaking frames around its audio, then ``clip_gap`` of silence."""
+        rate, size = protocol.SAMPLE_RATE, self._frame_bytes
+        start = self._clip_samples / rate
+        audio = pcm + bytes(-len(pcm) % size)  # whole frames
+        gap = bytes(round(self.params.clip_gap * rate * 2 / size) * size)
+        self._clip_samples += (len(audio) + len(gap)) // 2
+        yield UserStartedSpeakingFrame(at=time.monotonic(), stream_time=start)
+        for offset in range(0, len(audio), size):
+            yield AudioFrame(pcm=audio[offset : offset + size], sample_rate=rate)
+        yield UserStoppedSpeakingFrame(at=time.monotonic(), stream_time=start + len(pcm) / 2 / rate)
+        for offset in range(0, len(gap), size):
+            yield AudioFrame(pcm=gap[offset : offset + size], sample_rate=rate)
 
 
 class WebsocketOutput(Processor):
@@ -184,16 +234,16 @@ class WebsocketOutput(Processor):
         elif isinstance(frame, TextFrame):
             await self._text(frame)
         elif isinstance(frame, InterimTranscriptFrame | TranscriptFrame):
-            await self._send(protocol.transcript(frame.text, isinstance(frame, TranscriptFrame)))
+            await self._send(self._wire.transcript(frame.text, isinstance(frame, TranscriptFrame)))
         elif isinstance(frame, LLMResponseStartFrame):
             self._reply = []
-            await self._send(protocol.status("thinking"))
+            await self._send(self._wire.status("thinking"))
         elif isinstance(frame, LLMResponseEndFrame):
-            await self._send(protocol.assistant_text("".join(self._reply), final=True))
+            await self._send(self._wire.assistant_text("".join(self._reply), final=True))
             self._reply = []
         elif isinstance(frame, TTSStoppedFrame):
             await self.playout.finished()
-            await self._send(protocol.status("listening"))
+            await self._send(self._wire.status("listening"))
         elif isinstance(frame, UserStartedSpeakingFrame | UserStoppedSpeakingFrame):
             await self._speaking(frame)
         # user audio (AudioFrame) stops here: it is never sent back
@@ -218,24 +268,24 @@ class WebsocketOutput(Processor):
         self.playout.interrupted()
         self._reply = []
         if self._connection is not None:
-            self._connection.send_nowait(protocol.interrupted(), drop_audio=True)
+            self._connection.send_nowait(self._wire.interrupted(), drop_audio=True)
 
     async def _text(self, frame: TextFrame) -> None:
         if isinstance(frame, TTSTextFrame):
             await self.playout.text(frame)
         elif isinstance(frame, LLMTextFrame):
             self._reply.append(frame.text)
-            await self._send(protocol.assistant_text(frame.text, final=False))
+            await self._send(self._wire.assistant_text(frame.text, final=False))
         elif self.params.loopback:
-            await self._send(protocol.assistant_text(frame.text, final=True))
+            await self._send(self._wire.assistant_text(frame.text, final=True))
         # other text (a typed message passing through) is the client's own: not sent back
 
     async def _speaking(self, frame: UserStartedSpeakingFrame | UserStoppedSpeakingFrame) -> None:
         if isinstance(frame, UserStoppedSpeakingFrame):
             self._turn_end = frame.at or time.monotonic()
-            await self._send(protocol.status("thinking"))
+            await self._send(self._wire.status("thinking"))
         else:
-            await self._send(protocol.status("hearing"))
+            await self._send(self._wire.status("hearing"))
         await self.push(frame)
 
     async def _play(self, frame: AudioFrame) -> None:
@@ -246,12 +296,15 @@ class WebsocketOutput(Processor):
             self.playout.realtime = False  # nobody listens any more: drain without waiting for playback
         fmt = AudioFormat(frame.sample_rate, frame.channels)
         if fmt != self._format:
+            announcement = connection.wire.audio_format(fmt.sample_rate, fmt.channels)
+            if announcement is None:
+                return  # the client's protocol carries no bot audio
             self._format = fmt
-            await connection.send(protocol.audio_format(fmt.sample_rate, fmt.channels))
+            await connection.send(announcement)
         if not self.playout.speaking:
-            await connection.send(protocol.status("speaking"))
+            await connection.send(connection.wire.status("speaking"))
         if self._turn_end is not None:
-            await connection.send(protocol.metrics((time.monotonic() - self._turn_end) * 1000))
+            await connection.send(connection.wire.metrics((time.monotonic() - self._turn_end) * 1000))
             self._turn_end = None
         step = 2 * frame.channels * max(1, frame.sample_rate * self.params.chunk_ms // 1000)
         for offset in range(0, len(frame.pcm), step):
@@ -262,6 +315,10 @@ class WebsocketOutput(Processor):
         if self._connection is not None:
             await self._connection.send(frame.pcm)
 
-    async def _send(self, message: str) -> None:
+    @property
+    def _wire(self) -> Wire:
+        return protocol if self._connection is None else self._connection.wire
+
+    async def _send(self, message: str | None) -> None:
         if self._connection is not None:
             await self._connection.send(message)

@@ -4,8 +4,9 @@
 
 * ``/`` the page, ``/static/...`` its scripts and styles;
 * ``/ws`` a conversation: a new graph built from the config, bound to this connection
-  (``transports.websocket.protocol`` describes the messages);
-* ``/health`` ``{"status": "ok", "active_sessions": N, "max_sessions": M}``;
+  (``transports.websocket.protocol`` describes the messages, or ``whisper_protocol`` when the input
+  node says so); a websocket upgrade of ``/`` is taken the same way, for pages that connect there;
+* ``/health`` ``{"status": "ok", "active_sessions": N, "active_connections": N, "max_sessions": M}``;
 * ``/api/conversations...`` saved conversations (``transports.websocket.api``).
 
 Limits: ``max_sessions`` conversations at once (another connection gets an ``error`` message and close
@@ -143,7 +144,9 @@ class VoiceServer:
         add_routes(app, self.recordings)
         return app
 
-    async def _index(self, request: web.Request) -> web.FileResponse:
+    async def _index(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._websocket(request)
         return web.FileResponse(PAGE / "index.html", headers={"Cache-Control": "no-cache"})
 
     async def _health(self, request: web.Request) -> web.Response:
@@ -151,6 +154,7 @@ class VoiceServer:
             {
                 "status": "ok",
                 "active_sessions": len(self.sessions),
+                "active_connections": len(self.sessions),  # the name whisper websocket servers use
                 "max_sessions": self.settings.max_sessions,
             }
         )

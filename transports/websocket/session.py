@@ -5,6 +5,9 @@ falls behind, so the socket is always read) and server messages out (bounded, wr
 queued bot audio dropped at a barge-in). ``Session`` runs the graph for as long as the client is
 there: a ``stop`` message, a vanished client or a server shutdown all end the input, let the graph
 drain (``end_timeout``, then cancel; recorders flush either way) and close the socket.
+
+The messages themselves are the connection's ``wire``: the default ``protocol`` module, or another
+module with the same functions (``whisper_protocol``) when the input node says its client speaks it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from typing import Protocol, cast
+from typing import Protocol as TypingProtocol
+from typing import cast
 
 from aiohttp import WSMsgType, web
 
@@ -27,6 +31,24 @@ log = logging.getLogger("transports.websocket")
 
 Message = str | bytes
 """A server message: JSON text, or bot PCM."""
+
+
+class Wire(TypingProtocol):
+    """A wire protocol: client messages in, server messages out (a module such as ``protocol``).
+
+    An encoder that returns None has no such message in this protocol: nothing is sent.
+    """
+
+    def parse_binary(self, data: bytes, max_bytes: int) -> ClientEvent | ProtocolError: ...
+    def parse_text(self, text: str, max_bytes: int) -> ClientEvent | ProtocolError: ...
+    def session(self, session_id: str) -> str | None: ...
+    def status(self, state: str) -> str | None: ...
+    def error(self, message: str) -> str: ...
+    def transcript(self, text: str, final: bool) -> str | None: ...
+    def assistant_text(self, text: str, final: bool) -> str | None: ...
+    def audio_format(self, sample_rate: int, channels: int = 1) -> str | None: ...
+    def interrupted(self) -> str | None: ...
+    def metrics(self, voice_to_voice_ms: float) -> str | None: ...
 
 
 class Inbound:
@@ -128,22 +150,25 @@ class Connection:
         self.inbound = Inbound()
         self.outbox = Outbox()
         self.hung_up = False  # the client stopped or left: the graph drains, nobody listens to audio
+        self.wire: Wire = protocol  # what the client speaks: the input node may choose another
 
     @property
     def closed(self) -> bool:
         """True once nothing more reaches the client."""
         return self.outbox.closed
 
-    async def send(self, message: Message) -> None:
-        """Send in order, waiting while the outbox is full."""
-        await self.outbox.put(message)
+    async def send(self, message: Message | None) -> None:
+        """Send in order, waiting while the outbox is full; None (not in the wire protocol) is skipped."""
+        if message is not None:
+            await self.outbox.put(message)
 
-    def send_nowait(self, message: Message, drop_audio: bool = False) -> None:
-        """Send a control message now (see ``Outbox.put_nowait``)."""
-        self.outbox.put_nowait(message, drop_audio)
+    def send_nowait(self, message: Message | None, drop_audio: bool = False) -> None:
+        """Send a control message now (see ``Outbox.put_nowait``); None is skipped."""
+        if message is not None:
+            self.outbox.put_nowait(message, drop_audio)
 
 
-class ConnectionNode(Protocol):
+class ConnectionNode(TypingProtocol):
     """A node that talks to the client: ``websocket.input`` or ``websocket.output``."""
 
     connection_role: str
@@ -173,16 +198,16 @@ class Session:
 
     async def run(self) -> None:
         """Serve the client until it stops, leaves, or the graph ends; then drain and close."""
-        send = self.connection.send_nowait
-        send(protocol.session(self.id))
-        send(protocol.status("starting"))
+        send, wire = self.connection.send_nowait, self.connection.wire
+        send(wire.session(self.id))
+        send(wire.status("starting"))
         writer = asyncio.create_task(self._write(), name=f"ws-writer:{self.id}")
         graph_task = asyncio.create_task(self._run_graph(), name=f"ws-graph:{self.id}")
         self._reader = asyncio.create_task(self._read(), name=f"ws-reader:{self.id}")
         try:
             await asyncio.wait({graph_task, self._reader}, return_when=asyncio.FIRST_COMPLETED)
             await self._end_graph(graph_task)
-            send(protocol.status("ended"))
+            send(wire.status("ended"))
         finally:
             await _cancelled(self._reader)
             if not graph_task.done():
@@ -212,14 +237,14 @@ class Session:
             await graph.run()
         except GraphFailedError as failure:
             log.error("session %s: %s", self.id, failure)
-            self.connection.send_nowait(protocol.error(f"the conversation failed: {failure}"))
+            self.connection.send_nowait(self.connection.wire.error(f"the conversation failed: {failure}"))
             self.close_code = protocol.CLOSE_INTERNAL_ERROR
         finally:
             announce.cancel()
 
     async def _announce_listening(self) -> None:
         await self.graph.started.wait()
-        self.connection.send_nowait(protocol.status("listening"))
+        self.connection.send_nowait(self.connection.wire.status("listening"))
 
     async def _end_graph(self, graph_task: asyncio.Task[None]) -> None:
         """End the input and let the graph drain (bounded by its end and cancel timeouts)."""
@@ -243,20 +268,21 @@ class Session:
 
     async def _read(self) -> None:
         """Route client messages until the client stops or leaves; protocol errors get a reply."""
-        ws, limit, inbound = self.ws, self.max_message_bytes, self.connection.inbound
+        ws, limit, wire = self.ws, self.max_message_bytes, self.connection.wire
+        inbound = self.connection.inbound
         async for message in ws:
             event: ClientEvent | ProtocolError
             if message.type is WSMsgType.BINARY:
-                event = protocol.parse_binary(message.data, limit)
+                event = wire.parse_binary(message.data, limit)
             elif message.type is WSMsgType.TEXT:
-                event = protocol.parse_text(message.data, limit)
+                event = wire.parse_text(message.data, limit)
             elif message.type is WSMsgType.ERROR:
                 log.info("session %s: connection error: %s", self.id, ws.exception())
                 return
             else:
                 continue
             if isinstance(event, ProtocolError):
-                self.connection.send_nowait(protocol.error(event.message))
+                self.connection.send_nowait(wire.error(event.message))
             elif isinstance(event, Stop):
                 return
             else:
@@ -277,7 +303,7 @@ class Session:
 
     def _left_graph(self, processor: Processor, frame: Frame, direction: Direction) -> None:
         if direction is UPSTREAM and isinstance(frame, ErrorFrame):
-            self.connection.send_nowait(protocol.error(f"{frame.processor}: {frame.message}"))
+            self.connection.send_nowait(self.connection.wire.error(f"{frame.processor}: {frame.message}"))
 
 
 def _is_connection_node(processor: Processor) -> bool:
