@@ -211,6 +211,11 @@ class Processor:
         """Start a barge-in from here: everything downstream drops and cancels its current work."""
         await self.push(InterruptionFrame())
 
+    def report_error(self, error: BaseException, fatal: bool = False) -> None:
+        """Report a failure of work done outside ``process`` (a background task) as ``process`` would:
+        an ``ErrorFrame`` upstream, or with ``fatal`` the end of the graph."""
+        self._fail(error, fatal)
+
     async def run_in_thread(self, function: Callable[..., T], *args: Any) -> T:
         """Run blocking work (model inference, file I/O) off the event loop."""
         return await asyncio.to_thread(function, *args)

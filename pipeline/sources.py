@@ -33,6 +33,10 @@ __all__ = [
     "ToneSource",
     "TranscriptSource",
     "WavSource",
+    "frame_ms_problem",
+    "read_wav",
+    "samples_per_frame",
+    "wav_header",
 ]
 
 _FRAME_MS_DOC = "audio per frame in milliseconds (10, 20, 30…); must come to a whole number of samples"
@@ -109,15 +113,16 @@ class TranscriptParams:
 # --- audio ---------------------------------------------------------------------------------------
 
 
-def _samples_per_frame(sample_rate: int, frame_ms: int) -> int | None:
+def samples_per_frame(sample_rate: int, frame_ms: int) -> int | None:
     """Samples per channel in one frame, or None when ``frame_ms`` is not a whole number of samples."""
     if frame_ms <= 0 or (sample_rate * frame_ms) % 1000:
         return None
     return sample_rate * frame_ms // 1000
 
 
-def _frame_ms_problem(sample_rate: int, frame_ms: int, node: str) -> Problem:
-    choices = [ms for ms in (10, 20, 30, 40, 50, 60) if _samples_per_frame(sample_rate, ms)]
+def frame_ms_problem(sample_rate: int, frame_ms: int, node: str) -> Problem:
+    """The problem to report for a ``frame_ms`` that ``samples_per_frame`` refuses, with the choices."""
+    choices = [ms for ms in (10, 20, 30, 40, 50, 60) if samples_per_frame(sample_rate, ms)]
     fix = "use one of " + ", ".join(map(str, choices)) if choices else "use a multiple of 10 ms"
     return Problem(
         f"frame_ms {frame_ms} is not a whole number of samples at {sample_rate} Hz",
@@ -190,11 +195,11 @@ class _GeneratedAudioSource(_PacedAudioSource):
             for key, ok, message, fix in self._checks()
             if not ok
         ]
-        if p.sample_rate > 0 and _samples_per_frame(p.sample_rate, p.frame_ms) is None:
-            problems.append(_frame_ms_problem(p.sample_rate, p.frame_ms, self.name))
+        if p.sample_rate > 0 and samples_per_frame(p.sample_rate, p.frame_ms) is None:
+            problems.append(frame_ms_problem(p.sample_rate, p.frame_ms, self.name))
         if problems:
             raise ValidationError(problems)
-        self._samples = _samples_per_frame(p.sample_rate, p.frame_ms) or 0
+        self._samples = samples_per_frame(p.sample_rate, p.frame_ms) or 0
 
     def _checks(self) -> list[tuple[str, bool, str, str]]:
         """(param, is it valid, what is wrong, how to fix it) for each value check."""
@@ -337,24 +342,24 @@ class WavSource(_PacedAudioSource):
     def check(self) -> list[Problem]:
         """The file must exist and be 16-bit PCM at a rate ``frame_ms`` divides, before anything runs."""
         try:
-            fmt = _wav_header(Path(self.params.path))
+            fmt = wav_header(Path(self.params.path))
         except AudioFileError as error:
             return [Problem(str(error), "point path at a 16-bit PCM WAV file", self.name, "path")]
-        if _samples_per_frame(fmt.sample_rate, self.params.frame_ms) is None:
-            return [_frame_ms_problem(fmt.sample_rate, self.params.frame_ms, self.name)]
+        if samples_per_frame(fmt.sample_rate, self.params.frame_ms) is None:
+            return [frame_ms_problem(fmt.sample_rate, self.params.frame_ms, self.name)]
         return []
 
     def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
         """Read from the file's header, so negotiation knows the real rate; None if unreadable."""
         try:
-            return _wav_header(Path(self.params.path))
+            return wav_header(Path(self.params.path))
         except AudioFileError:
             return None
 
     async def on_start(self) -> None:
-        fmt, self._pcm = await self.run_in_thread(_read_wav, Path(self.params.path))
-        if _samples_per_frame(fmt.sample_rate, self.params.frame_ms) is None:
-            raise ValidationError([_frame_ms_problem(fmt.sample_rate, self.params.frame_ms, self.name)])
+        fmt, self._pcm = await self.run_in_thread(read_wav, Path(self.params.path))
+        if samples_per_frame(fmt.sample_rate, self.params.frame_ms) is None:
+            raise ValidationError([frame_ms_problem(fmt.sample_rate, self.params.frame_ms, self.name)])
         self._format = fmt
 
     async def generate(self) -> AsyncIterator[Frame]:
@@ -362,7 +367,7 @@ class WavSource(_PacedAudioSource):
         if fmt is None:
             return
         p = self.params
-        samples = _samples_per_frame(fmt.sample_rate, p.frame_ms) or 0
+        samples = samples_per_frame(fmt.sample_rate, p.frame_ms) or 0
         async for frame in self._paced(self._chunks(fmt, samples), fmt, p.frame_ms, p.realtime):
             yield frame
 
@@ -378,11 +383,13 @@ class WavSource(_PacedAudioSource):
             yield silence
 
 
-def _wav_header(path: Path) -> AudioFormat:
+def wav_header(path: Path) -> AudioFormat:
+    """The format of a 16-bit PCM WAV file, reading only its header; ``AudioFileError`` if unusable."""
     return _load_wav(path, frames=False)[0]
 
 
-def _read_wav(path: Path) -> tuple[AudioFormat, bytes]:
+def read_wav(path: Path) -> tuple[AudioFormat, bytes]:
+    """The format and PCM of a 16-bit PCM WAV file (blocking: run it in a thread)."""
     return _load_wav(path, frames=True)
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import soxr
 
+from pipeline.frames import AudioFrame, Frame
+
 TESTDATA = Path("/usr/share/pocketsphinx/test/data")
 _LIBRIVOX = TESTDATA / "librivox"
 
@@ -86,6 +88,19 @@ def espeak(text: str, path: Path, rate: int = 16000, voice: str = "en-us") -> Pa
 def silence(seconds: float, rate: int = 16000) -> np.ndarray:
     """``seconds`` of digital silence."""
     return np.zeros(round(seconds * rate), dtype=np.int16)
+
+
+def tone(seconds: float, amplitude: float = 0.3, rate: int = 16000) -> np.ndarray:
+    """``seconds`` of a 440 Hz sine: loud enough to count as voiced for the recogniser fakes."""
+    t = np.arange(round(seconds * rate)) / rate
+    return (np.sin(2 * np.pi * 440 * t) * amplitude * 32767).astype(np.int16)
+
+
+def audio_frames(*parts: np.ndarray, frame_ms: int = 20, rate: int = 16000) -> list[Frame]:
+    """``parts`` joined and cut into mono ``AudioFrame``s of ``frame_ms`` (the last may be shorter)."""
+    pcm = np.concatenate(parts).astype("<i2").tobytes()
+    size = rate * 2 * frame_ms // 1000
+    return [AudioFrame(pcm=pcm[i : i + size], sample_rate=rate) for i in range(0, len(pcm), size)]
 
 
 def speech_regions(samples: np.ndarray, rate: int, threshold_db: float = -35.0) -> tuple[float, float]:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import sys
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -20,9 +18,9 @@ from pipeline.frames import (
     TranscriptFrame,
 )
 from pipeline.graph import Graph
-from pipeline.processor import Source
 from pipeline.registry import resolve
 from pipeline.testing import WhenPushed, run_graph, run_processor
+from tests.drivers import Gated
 from transports.console import ConsoleOutput
 
 CLEAR = "\r\x1b[2K"
@@ -72,26 +70,11 @@ async def test_interim_words_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) 
     assert terminal.getvalue() == "you: what's the weather like\nbot: It is sunny.\n"
 
 
-class Gated(Source):
-    """Sends ``before``, waits for ``gate``, then sends ``after``."""
-
-    def __init__(self, before: list[Frame], after: list[Frame]) -> None:
-        super().__init__(name="llm")
-        self.before, self.after = before, after
-        self.gate = asyncio.Event()
-
-    async def generate(self) -> AsyncIterator[Frame]:
-        for frame in self.before:
-            yield frame
-        await asyncio.wait_for(self.gate.wait(), 5)
-        for frame in self.after:
-            yield frame
-
-
 async def test_an_interruption_ends_the_reply_line(capsys: pytest.CaptureFixture[str]) -> None:
     llm = Gated(
         [LLMResponseStartFrame(), LLMTextFrame(text="Let me tell you")],
         [InterruptionFrame(), TranscriptFrame(text="stop")],
+        name="llm",
     )
     shown = WhenPushed("console", LLMTextFrame, llm.gate.set)  # the console has passed the chunk on
     graph = Graph({"llm": llm, "console": ConsoleOutput()}, [("llm", "console")], observers=[shown])

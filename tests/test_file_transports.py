@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import wave
-from collections.abc import AsyncIterator
 from pathlib import Path
 from textwrap import dedent
 
@@ -31,9 +30,10 @@ from pipeline.frames import (
 )
 from pipeline.graph import Graph
 from pipeline.observers import Observer
-from pipeline.processor import Processor, Source
+from pipeline.processor import Processor
 from pipeline.registry import resolve
 from pipeline.testing import Collector, Gap, WhenPushed, run_graph, run_processor, run_virtual
+from tests.drivers import Gated
 from tests.speech import librivox, read_wav
 from transports.file import FileInput, FileOutput
 
@@ -292,26 +292,11 @@ async def test_bot_audio_is_reported_upstream_like_a_live_transport(tmp_path: Pa
     assert out.kinds == ["tts_started", "tts_text", "tts_text", "tts_stopped"]
 
 
-class Gated(Source):
-    """Sends ``before``, waits for ``gate`` (a frame seen elsewhere), then sends ``after``."""
-
-    def __init__(self, before: list[Frame], after: list[Frame]) -> None:
-        super().__init__(name="tts")
-        self.before, self.after = before, after
-        self.gate = asyncio.Event()
-
-    async def generate(self) -> AsyncIterator[Frame]:
-        for frame in self.before:
-            yield frame
-        await asyncio.wait_for(self.gate.wait(), 5)
-        for frame in self.after:
-            yield frame
-
-
 async def test_an_interruption_silences_the_bot_and_drops_unsaid_text(tmp_path: Path) -> None:
     tts = Gated(
         [TTSTextFrame(text="First."), bot(bytes(640)), TTSTextFrame(text="Never said.")],
         [InterruptionFrame(), TTSStoppedFrame()],
+        name="tts",
     )
     opened = WhenPushed("tts", SpokenTextFrame, tts.gate.set)  # the reply is audibly under way
     output = FileOutput(name="speaker", path=str(tmp_path / "o.wav"), audio="bot")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from pipeline.frames import (
     UPSTREAM,
-    Frame,
     InterruptionFrame,
     LLMResponseEndFrame,
     LLMTextFrame,
@@ -19,14 +18,12 @@ from pipeline.frames import (
     TTSTextFrame,
 )
 from pipeline.graph import Graph
-from pipeline.processor import Source
 from pipeline.testing import Captured, Collector, run_graph, run_processor
 from processors.llm.base import ChatLLM, ToolCall
+from tests.drivers import Driver, Step
 
 HOLD = object()
 """In a scripted reply: wait here until cancelled."""
-
-Step = Frame | Callable[[], Awaitable[Any]]
 
 
 class ScriptedLLM(ChatLLM):
@@ -52,21 +49,6 @@ class ScriptedLLM(ChatLLM):
             self.finished += 1
         finally:
             self.closed += 1
-
-
-class Driver(Source):
-    """Sends frames, awaiting the callables between them (a test's conversation script)."""
-
-    def __init__(self, steps: Sequence[Step]) -> None:
-        super().__init__(name="driver")
-        self.steps = steps
-
-    async def generate(self) -> AsyncIterator[Frame]:
-        for step in self.steps:
-            if isinstance(step, Frame):
-                yield step
-            else:
-                await asyncio.wait_for(step(), 5)
 
 
 def roles(request: list[dict[str, Any]]) -> list[tuple[str, str]]:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any, cast
 
 import pytest
@@ -25,27 +24,11 @@ from pipeline.frames import (
 )
 from pipeline.graph import Graph, GraphFailedError
 from pipeline.observers import Observer
-from pipeline.processor import Processor, Source
+from pipeline.processor import Processor
 from pipeline.testing import Captured, Collector, run_graph, run_processor
 from processors.llm.openai import OpenAILLM
+from tests.drivers import Driver, Step
 from tests.fakes.openai import FakeOpenAI, FakeToolCall, Fault
-
-Step = Frame | Callable[[], Awaitable[Any]]
-
-
-class Driver(Source):
-    """Sends frames, awaiting the callables between them: a conversation that reacts to the output."""
-
-    def __init__(self, steps: Sequence[Step] = ()) -> None:
-        super().__init__(name="driver")
-        self.steps = steps
-
-    async def generate(self) -> AsyncIterator[Frame]:
-        for step in self.steps:
-            if isinstance(step, Frame):
-                yield step
-            else:
-                await asyncio.wait_for(step(), 5)
 
 
 class ErrorTap(Observer):

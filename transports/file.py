@@ -24,7 +24,7 @@ from pipeline.formats import AudioFormat
 from pipeline.frames import AudioFrame, Frame, TTSAudioFrame, TTSStoppedFrame, TTSTextFrame
 from pipeline.params import param
 from pipeline.processor import Processor, Source
-from pipeline.sources import AudioFileError, FramePacer, _frame_ms_problem, _samples_per_frame
+from pipeline.sources import AudioFileError, FramePacer, frame_ms_problem, samples_per_frame
 from pipeline.wavfile import FormatConverter, WavWriter
 from transports.playout import Playout
 
@@ -277,8 +277,8 @@ class FileInput(Source):
                 problems.append(
                     Problem(message, f"remove {key} (the file says it), or fix it", self.name, key)
                 )
-        if _samples_per_frame(fmt.sample_rate, p.frame_ms) is None:
-            problems.append(_frame_ms_problem(fmt.sample_rate, p.frame_ms, self.name))
+        if samples_per_frame(fmt.sample_rate, p.frame_ms) is None:
+            problems.append(frame_ms_problem(fmt.sample_rate, p.frame_ms, self.name))
         return problems
 
     def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
@@ -302,7 +302,7 @@ class FileInput(Source):
             return
         p = self.params
         fmt = decoder.format
-        samples = _samples_per_frame(fmt.sample_rate, p.frame_ms) or 0
+        samples = samples_per_frame(fmt.sample_rate, p.frame_ms) or 0
         pacer = FramePacer(p.frame_ms, p.realtime)
         try:
             async for pcm in self._chunks(decoder, samples):
@@ -435,6 +435,8 @@ class FileOutput(Processor):
         self._playout.interrupted()
 
     async def on_stop(self) -> None:
+        cancelled = self.ended or self.inbox.closed
+        await self._playout.close(drain=not cancelled)  # a graceful end writes all queued bot audio
         writer = self._writer
         if writer is None:
             return

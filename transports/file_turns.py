@@ -31,7 +31,7 @@ from pipeline.frames import (
 )
 from pipeline.params import param
 from pipeline.processor import Source
-from pipeline.sources import AudioFileError, FramePacer, _read_wav, _wav_header
+from pipeline.sources import AudioFileError, FramePacer, read_wav, wav_header
 
 __all__ = ["FileTurns", "FileTurnsParams"]
 
@@ -78,7 +78,7 @@ class FileTurns(Source):
             problems.append(Problem("paths is empty", "list at least one WAV file", self.name, "paths"))
         for path in self.params.paths:
             try:
-                _wav_header(Path(path))
+                wav_header(Path(path))
             except AudioFileError as error:
                 problems.append(
                     Problem(str(error), "point paths at 16-bit PCM WAV files", self.name, "paths")
@@ -87,14 +87,14 @@ class FileTurns(Source):
 
     def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
         try:
-            return _wav_header(Path(self.params.paths[0]))
+            return wav_header(Path(self.params.paths[0]))
         except (AudioFileError, IndexError):
             return None
 
     async def on_start(self) -> None:
         self._turns = []
         for path in self.params.paths:
-            fmt, pcm = await self.run_in_thread(_read_wav, Path(path))
+            fmt, pcm = await self.run_in_thread(read_wav, Path(path))
             if self._format is None:
                 self._format = fmt
             self._turns.append(await self.run_in_thread(_convert, pcm, fmt, self._format))

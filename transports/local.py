@@ -28,7 +28,7 @@ from pipeline.formats import AudioCaps, AudioFormat
 from pipeline.frames import AudioFrame, Frame, TTSAudioFrame, TTSStoppedFrame, TTSTextFrame
 from pipeline.params import param
 from pipeline.processor import Processor, Source
-from pipeline.sources import _frame_ms_problem, _samples_per_frame
+from pipeline.sources import frame_ms_problem, samples_per_frame
 from transports.playout import Playout
 
 __all__ = ["AudioDeviceError", "MicrophoneInput", "SpeakerOutput", "list_devices"]
@@ -111,8 +111,8 @@ def _wake(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None
 def _check_rate(sample_rate: int, frame_ms: int, node: str) -> list[Problem]:
     if sample_rate < 1:
         return [Problem(f"sample_rate {sample_rate} must be positive", "use e.g. 16000", node, "sample_rate")]
-    if _samples_per_frame(sample_rate, frame_ms) is None:
-        return [_frame_ms_problem(sample_rate, frame_ms, node)]
+    if samples_per_frame(sample_rate, frame_ms) is None:
+        return [frame_ms_problem(sample_rate, frame_ms, node)]
     return []
 
 
@@ -239,7 +239,7 @@ class MicrophoneInput(Source):
                 p.device,
                 samplerate=p.sample_rate,
                 channels=1,
-                blocksize=_samples_per_frame(p.sample_rate, p.frame_ms),
+                blocksize=samples_per_frame(p.sample_rate, p.frame_ms),
                 latency=p.latency,
                 callback=self._on_block,
                 finished_callback=self._on_finished,
@@ -417,7 +417,7 @@ class SpeakerOutput(Processor):
             if self.params.audio != "user":
                 await self.playout.text(frame)
         elif isinstance(frame, TTSStoppedFrame):
-            await self._finish_reply()
+            await self.playout.finished(self._finish_reply)  # runs once the reply's audio is written
         elif isinstance(frame, AudioFrame) and self._plays(frame):
             if isinstance(frame, TTSAudioFrame):
                 await self.playout.audio(frame, self._write)
@@ -433,10 +433,12 @@ class SpeakerOutput(Processor):
 
     async def on_stop(self) -> None:
         if self.ended or self.inbox.closed:  # cancelled: nobody is listening any more
+            await self.playout.close(drain=False)
             if self.buffer is not None:
                 self.buffer.clear()
             await self._close()
             return
+        await self.playout.close(drain=True)
         try:
             await self._finish_reply()
         finally:
@@ -462,14 +464,14 @@ class SpeakerOutput(Processor):
                 await self._until(lambda: buffer.capacity - len(buffer) >= buffer.frame_bytes, "room")
 
     async def _finish_reply(self) -> None:
-        """The reply's audio is all queued: let it play out, then report the bot silent."""
+        """The reply's audio is all written: let the device play it out (``Playout`` then reports
+        the bot silent)."""
         self._playing = False  # running dry from here on is the reply's end, not an underrun
         stuck: AudioDeviceError | None = None
         try:
             await self._drain()
         except AudioDeviceError as error:
             stuck = error
-        await self.playout.finished()
         self._underruns.update(self.underruns)
         self._underflows.update(self.device_underflows)
         if stuck is not None:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 from pipeline.errors import FatalProcessorError, Problem, ValidationError
 from pipeline.params import hide_secret_params, param
 from processors.llm.base import ChatLLM, ChatParams, ToolCall
-from processors.llm.openai import connection_problems, key_problems, record_usage
+from processors.llm.openai import connection_problems, key_problems, record_usage, tool_function
 
 if TYPE_CHECKING:
     from google import genai
@@ -214,16 +214,8 @@ def _contents(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]
 
 def _function(spec: dict[str, Any], index: int, problems: list[Problem], node: str) -> dict[str, Any]:
     """``FunctionDeclaration`` fields of a ``tools`` entry; a problem is recorded when it names none."""
-    function = spec.get("function") if spec.get("type") == "function" else spec
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
-        problems.append(
-            Problem(
-                f"tools[{index}] has no function name",
-                fix="write {name: get_weather, description: ..., parameters: {type: object, ...}}",
-                key="tools",
-                node=node,
-            )
-        )
+    function = tool_function(spec, index, problems, node)
+    if function is None:
         return {}
     declaration = {"name": function["name"], "description": function.get("description")}
     if function.get("parameters"):

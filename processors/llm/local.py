@@ -27,7 +27,7 @@ from pipeline.errors import FatalProcessorError, Problem, ValidationError
 from pipeline.params import param
 from processors.llm.base import ChatLLM, ChatParams, ToolCall
 from processors.llm.context import approximate_tokens
-from processors.stt.models import SharedModel, shared_model
+from processors.models import SharedModel, shared_model
 
 __all__ = ["LocalLLM", "LocalLLMParams", "default_model_path"]
 

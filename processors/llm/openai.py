@@ -45,6 +45,7 @@ __all__ = [
     "make_openai_client",
     "raise_explained",
     "record_usage",
+    "tool_function",
 ]
 
 OPENAI_KEY_VARIABLE = "OPENAI_API_KEY"
@@ -172,6 +173,18 @@ def _finished(calls: dict[int, _PartialCall]) -> list[ToolCall]:
 
 def _tool(spec: dict[str, Any], index: int, problems: list[Problem], node: str) -> dict[str, Any]:
     """A ``tools`` entry in the OpenAI form; a problem is recorded when it names no function."""
+    function = tool_function(spec, index, problems, node)
+    return {"type": "function", "function": function} if function is not None else {}
+
+
+# --- shared by the OpenAI nodes ------------------------------------------------------------------
+
+
+def tool_function(
+    spec: dict[str, Any], index: int, problems: list[Problem], node: str
+) -> dict[str, Any] | None:
+    """The function of a ``tools`` entry (bare, or in the full OpenAI form); None, and a problem
+    recorded, when it names no function."""
     function = spec.get("function") if spec.get("type") == "function" else spec
     if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
         problems.append(
@@ -182,11 +195,8 @@ def _tool(spec: dict[str, Any], index: int, problems: list[Problem], node: str) 
                 node=node,
             )
         )
-        return {}
-    return {"type": "function", "function": function}
-
-
-# --- shared by the OpenAI nodes ------------------------------------------------------------------
+        return None
+    return function
 
 
 def key_problems(api_key: str, variable: str, node: str) -> list[Problem]:

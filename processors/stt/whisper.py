@@ -27,13 +27,8 @@ import numpy as np
 from pipeline.errors import FatalProcessorError, Problem
 from pipeline.params import param
 from pipeline.utterances import Utterance
-from processors.stt.models import (
-    ModelUnavailableError,
-    SharedModel,
-    shared_model,
-    whisper_model_problem,
-    whisper_model_source,
-)
+from processors.models import SharedModel, shared_model
+from processors.stt.models import ModelUnavailableError, whisper_model_problem, whisper_model_source
 from processors.stt.segmented import Transcription, UtteranceParams, UtteranceSTT
 
 __all__ = ["WhisperParams", "WhisperSTT"]

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from pipeline.errors import FatalProcessorError, Problem
 from pipeline.params import param
-from processors.stt.models import shared_model
+from processors.models import shared_model
 from processors.tts.base import SpeechParams, SpeechSynthesizer
 
 __all__ = ["PiperParams", "PiperTTS", "default_voice_paths"]

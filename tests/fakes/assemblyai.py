@@ -17,11 +17,19 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
-from tests.fakes.streaming_stt import LocalServer, VoicedWords, Word, WordScript
+from tests.fakes.streaming_stt import (
+    LocalServer,
+    StreamSession,
+    VoicedWords,
+    Word,
+    WordScript,
+    serve_messages,
+)
 
 SPEECH_MODELS = (
     "u3-rt-pro",
@@ -54,28 +62,16 @@ class ProtocolViolation(Exception):
 
 
 @dataclass
-class Session:
+class Session(StreamSession):
     """What one websocket session received and sent, for assertions."""
 
-    query: dict[str, str]  # the connection's query parameters, as sent
-    headers: dict[str, str]  # the handshake's headers
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     config: dict[str, Any] = field(default_factory=dict)  # parsed configuration, updates applied
-    received: list[dict[str, Any]] = field(default_factory=list)  # JSON messages from the client
-    received_at_ms: list[float] = field(default_factory=list)  # audio received before each of them
+    received_at_ms: list[float] = field(default_factory=list)  # audio received before each message
     updates: list[dict[str, Any]] = field(default_factory=list)  # UpdateConfiguration messages
-    chunks_ms: list[float] = field(default_factory=list)  # duration of each audio chunk
-    sent: list[dict[str, Any]] = field(default_factory=list)  # JSON messages to the client
     finals: list[str] = field(default_factory=list)  # final transcripts sent
     turn_order: int = 0
-    close_code: int | None = None  # the code the server closed with (None: the client closed)
     terminated: bool = False  # ended by Terminate -> Termination
-    open: bool = True  # False once the websocket is done
-
-    @property
-    def audio_ms(self) -> float:
-        """Audio received, in milliseconds."""
-        return sum(self.chunks_ms)
 
     def types_received(self) -> list[str]:
         """The ``type`` of each JSON message from the client, in order."""
@@ -117,7 +113,6 @@ class FakeAssemblyAI(LocalServer):
         self.max_session_ms = max_session_ms  # audio per session before it expires (3008)
         self.idle_timeout = idle_timeout  # seconds without a message before the server gives up
         self.sessions: list[Session] = []
-        self.rejected: list[dict[str, str]] = []  # handshake headers of connections refused for auth
         self.token_requests: list[dict[str, str]] = []  # query of each /v3/token request
         self.tokens: dict[str, float] = {}  # unused temporary token -> expiry (time.time())
         self._words_sent = 0
@@ -159,17 +154,9 @@ class FakeAssemblyAI(LocalServer):
 
     async def _session(self, request: web.Request) -> web.StreamResponse:
         if not self._authorised(request):
-            self.rejected.append(dict(request.headers))
-            self.changed()
-            if self.auth_failure == "http":
-                return web.json_response({"error": "Invalid API key"}, status=401)
-            ws = web.WebSocketResponse()
-            await ws.prepare(request)
-            await ws.close(code=1008, message=b"Invalid API key")
-            return ws
-        ws = web.WebSocketResponse(max_msg_size=1 << 20)
-        await ws.prepare(request)
-        self.track(ws)
+            body = {"error": "Invalid API key"}
+            return await self.refuse(request, self.auth_failure, body, b"Invalid API key")
+        ws = await self.accept(request)
         session = Session(query=dict(request.query), headers=dict(request.headers))
         self.sessions.append(session)
         self.changed()
@@ -187,23 +174,14 @@ class FakeAssemblyAI(LocalServer):
         finally:
             if not session.terminated:
                 recogniser.abandon()
-            session.open = False
-            self.untrack(ws)
-            self.changed()
+            self.finished(ws, session)
         return ws
 
     async def _serve(self, ws: web.WebSocketResponse, session: Session, recogniser: VoicedWords) -> None:
-        while not ws.closed:
-            try:
-                message = await ws.receive(timeout=self.idle_timeout)
-            except TimeoutError:
-                raise ProtocolViolation(3005, f"no message for {self.idle_timeout:g}s") from None
-            if message.type == WSMsgType.BINARY:
-                await self._audio(ws, session, recogniser, message.data)
-            elif message.type == WSMsgType.TEXT:
-                await self._control(ws, session, recogniser, message.data)
-            else:
-                return  # the client closed (or the connection broke)
+        on_audio = partial(self._audio, ws, session, recogniser)
+        on_text = partial(self._control, ws, session, recogniser)
+        if not await serve_messages(ws, self.idle_timeout, on_audio, on_text):
+            raise ProtocolViolation(3005, f"no message for {self.idle_timeout:g}s")
 
     async def _audio(
         self, ws: web.WebSocketResponse, session: Session, recogniser: VoicedWords, pcm: bytes
@@ -299,11 +277,7 @@ class FakeAssemblyAI(LocalServer):
     async def _send(self, ws: web.WebSocketResponse, session: Session, message: dict[str, Any]) -> None:
         if self.response_delay and message.get("type") == "Turn":
             await asyncio.sleep(self.response_delay)
-        if ws.closed:
-            return
-        await ws.send_json(message)
-        session.sent.append(message)
-        self.changed()
+        await self.send(ws, session, message)
 
     async def _fail(self, ws: web.WebSocketResponse, session: Session, code: int, reason: str) -> None:
         if ws.closed:

@@ -13,11 +13,19 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
-from tests.fakes.streaming_stt import LocalServer, VoicedWords, Word, WordScript
+from tests.fakes.streaming_stt import (
+    LocalServer,
+    StreamSession,
+    VoicedWords,
+    Word,
+    WordScript,
+    serve_messages,
+)
 
 PATH = "/v1/audio/transcriptions/streaming"
 MODELS = ("whisper-v3", "whisper-v3-turbo")
@@ -25,25 +33,13 @@ RATE = 16000
 
 
 @dataclass
-class Session:
+class Session(StreamSession):
     """What one websocket session received and sent, for assertions."""
 
-    query: dict[str, str]  # the connection's query parameters
-    headers: dict[str, str]  # the handshake's headers
-    received: list[dict[str, Any]] = field(default_factory=list)  # JSON messages from the client
     bad_messages: list[str] = field(default_factory=list)  # text messages that were not JSON
-    chunks_ms: list[float] = field(default_factory=list)  # duration of each audio chunk
     bad_chunks: list[float] = field(default_factory=list)  # durations outside 50-400 ms
-    sent: list[dict[str, Any]] = field(default_factory=list)  # JSON messages to the client
     segments: list[str] = field(default_factory=list)  # latest text of each segment, by index
     closed: int = 0  # segments closed (their final text sent)
-    close_code: int | None = None  # the code the server closed with (None: the client closed)
-    open: bool = True  # False once the websocket is done
-
-    @property
-    def audio_ms(self) -> float:
-        """Audio received, in milliseconds."""
-        return sum(self.chunks_ms)
 
     @property
     def checkpoints(self) -> list[str]:
@@ -90,7 +86,6 @@ class FakeFireworks(LocalServer):
         self.max_sessions = max_sessions  # sessions beyond this are refused (HTTP 429)
         self.idle_timeout = idle_timeout  # seconds without a message before the server closes
         self.sessions: list[Session] = []
-        self.rejected: list[dict[str, str]] = []  # handshake headers of connections refused for auth
         self._words_sent = 0
         self._malformed_sent = False
         self.app.router.add_get(PATH, self._session)
@@ -108,22 +103,14 @@ class FakeFireworks(LocalServer):
     async def _session(self, request: web.Request) -> web.StreamResponse:
         key = request.headers.get("Authorization") or request.query.get("Authorization")
         if key != self.api_key:
-            self.rejected.append(dict(request.headers))
-            self.changed()
-            if self.auth_failure == "http":
-                return web.json_response({"error": {"message": "Unauthorized", "code": 401}}, status=401)
-            ws = web.WebSocketResponse()
-            await ws.prepare(request)
-            await ws.close(code=1008, message=b"Unauthorized")
-            return ws
+            body = {"error": {"message": "Unauthorized", "code": 401}}
+            return await self.refuse(request, self.auth_failure, body, b"Unauthorized")
         problem = _query_problem(request.query)
         if problem:
             return web.json_response({"error": {"message": problem, "code": 400}}, status=400)
         if len(self.sessions) >= self.max_sessions:
             return web.json_response({"error": {"message": "too many sessions", "code": 429}}, status=429)
-        ws = web.WebSocketResponse(max_msg_size=1 << 20)
-        await ws.prepare(request)
-        self.track(ws)
+        ws = await self.accept(request)
         session = Session(query=dict(request.query), headers=dict(request.headers))
         self.sessions.append(session)
         self.changed()
@@ -134,24 +121,14 @@ class FakeFireworks(LocalServer):
             pass
         finally:
             recogniser.abandon()
-            session.open = False
-            self.untrack(ws)
-            self.changed()
+            self.finished(ws, session)
         return ws
 
     async def _serve(self, ws: web.WebSocketResponse, session: Session, recogniser: VoicedWords) -> None:
-        while not ws.closed:
-            try:
-                message = await ws.receive(timeout=self.idle_timeout)
-            except TimeoutError:
-                await self._close(ws, session, 1000, "idle")
-                return
-            if message.type == WSMsgType.BINARY:
-                await self._audio(ws, session, recogniser, message.data)
-            elif message.type == WSMsgType.TEXT:
-                await self._control(ws, session, recogniser, message.data)
-            else:
-                return
+        on_audio = partial(self._audio, ws, session, recogniser)
+        on_text = partial(self._control, ws, session, recogniser)
+        if not await serve_messages(ws, self.idle_timeout, on_audio, on_text):
+            await self._close(ws, session, 1000, "idle")
 
     async def _audio(
         self, ws: web.WebSocketResponse, session: Session, recogniser: VoicedWords, pcm: bytes
@@ -198,13 +175,13 @@ class FakeFireworks(LocalServer):
         if "checkpoint_id" in message:
             await self._close_segment(ws, session, recogniser)
             if message["checkpoint_id"] != "final" or self.echo_final:
-                await self._send(ws, session, {"checkpoint_id": message["checkpoint_id"]})
+                await self.send(ws, session, {"checkpoint_id": message["checkpoint_id"]})
         elif message.get("object") == "stt.state.clear":
             recogniser.endpoint()
             reply = {"event_id": message.get("event_id"), "object": "stt.state.cleared"}
-            await self._send(ws, session, {**reply, "reset_id": message.get("reset_id")})
+            await self.send(ws, session, {**reply, "reset_id": message.get("reset_id")})
         elif message.get("object") == "stt.input.trace":
-            await self._send(ws, session, {"object": "stt.output.trace", "trace_id": message.get("trace_id")})
+            await self.send(ws, session, {"object": "stt.output.trace", "trace_id": message.get("trace_id")})
 
     async def _close_segment(
         self, ws: web.WebSocketResponse, session: Session, recogniser: VoicedWords
@@ -249,14 +226,7 @@ class FakeFireworks(LocalServer):
         }
         if self.response_delay:
             await asyncio.sleep(self.response_delay)
-        await self._send(ws, session, message)
-
-    async def _send(self, ws: web.WebSocketResponse, session: Session, message: dict[str, Any]) -> None:
-        if ws.closed:
-            return
-        await ws.send_json(message)
-        session.sent.append(message)
-        self.changed()
+        await self.send(ws, session, message)
 
     async def _close(self, ws: web.WebSocketResponse, session: Session, code: int, reason: str) -> None:
         session.close_code = code

@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import numpy as np
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 
 class WordScript:
@@ -108,6 +108,24 @@ class VoicedWords:
         self.words = []
 
 
+@dataclass
+class StreamSession:
+    """What one websocket session received and sent, for assertions (each fake adds its own fields)."""
+
+    query: dict[str, str]  # the connection's query parameters, as sent
+    headers: dict[str, str]  # the handshake's headers
+    received: list[dict[str, Any]] = field(default_factory=list)  # JSON messages from the client
+    chunks_ms: list[float] = field(default_factory=list)  # duration of each audio chunk
+    sent: list[dict[str, Any]] = field(default_factory=list)  # JSON messages to the client
+    close_code: int | None = None  # the code the server closed with (None: the client closed)
+    open: bool = True  # False once the websocket is done
+
+    @property
+    def audio_ms(self) -> float:
+        """Audio received, in milliseconds."""
+        return sum(self.chunks_ms)
+
+
 class LocalServer:
     """An aiohttp app on 127.0.0.1 at a free port; closes every websocket it accepted on exit."""
 
@@ -115,6 +133,7 @@ class LocalServer:
         self.app = web.Application()
         self.port = 0  # set by start()
         self._runner: web.AppRunner | None = None
+        self.rejected: list[dict[str, str]] = []  # handshake headers of connections refused for auth
         self._sockets: set[web.WebSocketResponse] = set()
         self._changed = asyncio.Event()
 
@@ -146,6 +165,34 @@ class LocalServer:
             await asyncio.wait_for(self._runner.cleanup(), 5.0)
             self._runner = None
 
+    async def refuse(
+        self, request: web.Request, how: Literal["http", "close"], body: dict[str, Any], reason: bytes
+    ) -> web.StreamResponse:
+        """Refuse a handshake's key: HTTP 401 with ``body``, or accept and close 1008 with ``reason``."""
+        self.rejected.append(dict(request.headers))
+        self.changed()
+        if how == "http":
+            return web.json_response(body, status=401)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.close(code=1008, message=reason)
+        return ws
+
+    async def accept(self, request: web.Request) -> web.WebSocketResponse:
+        """Complete the websocket handshake and track the socket."""
+        ws = web.WebSocketResponse(max_msg_size=1 << 20)
+        await ws.prepare(request)
+        self.track(ws)
+        return ws
+
+    async def send(self, ws: web.WebSocketResponse, session: StreamSession, message: dict[str, Any]) -> None:
+        """Send a JSON message, unless the socket is closed, and record it."""
+        if ws.closed:
+            return
+        await ws.send_json(message)
+        session.sent.append(message)
+        self.changed()
+
     def track(self, ws: web.WebSocketResponse) -> None:
         """Remember an accepted websocket so ``close`` can close it."""
         self._sockets.add(ws)
@@ -153,6 +200,12 @@ class LocalServer:
     def untrack(self, ws: web.WebSocketResponse) -> None:
         """Forget a finished websocket."""
         self._sockets.discard(ws)
+
+    def finished(self, ws: web.WebSocketResponse, session: StreamSession) -> None:
+        """A session's websocket is done: mark it closed, forget the socket, wake waiters."""
+        session.open = False
+        self.untrack(ws)
+        self.changed()
 
     def changed(self) -> None:
         """Wake ``wait_until`` callers: the server's state moved on."""
@@ -176,3 +229,25 @@ class LocalServer:
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+async def serve_messages(
+    ws: web.WebSocketResponse,
+    idle_timeout: float,
+    on_audio: Callable[[bytes], Awaitable[None]],
+    on_text: Callable[[str], Awaitable[None]],
+) -> bool:
+    """Hand each client message to ``on_audio`` / ``on_text`` until the socket closes (True) or the
+    client sends nothing for ``idle_timeout`` seconds (False: the fake then ends the session its way)."""
+    while not ws.closed:
+        try:
+            message = await ws.receive(timeout=idle_timeout)
+        except TimeoutError:
+            return False
+        if message.type == WSMsgType.BINARY:
+            await on_audio(message.data)
+        elif message.type == WSMsgType.TEXT:
+            await on_text(message.data)
+        else:
+            return True  # the client closed (or the connection broke)
+    return True

@@ -12,10 +12,8 @@ and both nodes talk through it; ``audio_messages: clip`` makes each audio messag
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -23,10 +21,7 @@ from typing import Any, ClassVar, Literal
 from pipeline.errors import FatalProcessorError, Problem, ValidationError
 from pipeline.formats import AudioCaps, AudioFormat
 from pipeline.frames import (
-    DOWNSTREAM,
-    UPSTREAM,
     AudioFrame,
-    Direction,
     Frame,
     InterimTranscriptFrame,
     LLMResponseEndFrame,
@@ -171,21 +166,15 @@ class WebsocketInput(Source):
 class WebsocketOutput(Processor):
     """The browser's speaker and screen: bot audio, transcripts, the streamed reply, status, latency.
 
-    Bot audio is paced here, in real time, so this node is the graph's slowest consumer. Two things
-    keep that from stalling the graph:
-
-    * its inbox is large (``queue_size``, ~30 s of 20 ms frames): TTS runs ahead of playback into
-      it instead of blocking, so the user's audio behind TTS keeps flowing to the VAD, STT and
-      recorder while the bot talks (a barge-in drops the queued bot audio at once);
-    * frames it sends upstream (``SpokenTextFrame``) are relayed by a task, never awaited in line:
-      awaiting room in a neighbour that is itself waiting for room here would deadlock.
+    Bot audio is queued in ``Playout`` and paced by its writer task, so ``process`` never waits for
+    playback: the user's audio behind TTS keeps flowing to the VAD, STT and recorder while the bot
+    talks, and a barge-in drops the queued bot audio at once.
     """
 
     type_name = "websocket.output"
     connection_role: ClassVar[str] = "output"
     Params = OutputParams
     params: OutputParams
-    queue_size: ClassVar[int] = 1500
     handles: ClassVar[tuple[type[Frame], ...]] = (
         AudioFrame,
         TextFrame,
@@ -214,8 +203,7 @@ class WebsocketOutput(Processor):
         self._format: AudioFormat | None = None  # the bot audio format last announced
         self._reply: list[str] = []  # the reply streamed so far
         self._turn_end: float | None = None  # monotonic true end of the user's last utterance
-        self._to_relay: deque[Frame] = deque(maxlen=256)  # frames waiting to be relayed upstream
-        self._relay: asyncio.Task[None] | None = None
+        self._speaking_sent = False  # "speaking" status sent for the reply being played
 
     def bind_connection(self, connection: Connection) -> None:
         """Write to ``connection`` (called by the session before the graph starts)."""
@@ -242,30 +230,24 @@ class WebsocketOutput(Processor):
             await self._send(self._wire.assistant_text("".join(self._reply), final=True))
             self._reply = []
         elif isinstance(frame, TTSStoppedFrame):
-            await self.playout.finished()
-            await self._send(self._wire.status("listening"))
+            await self.playout.finished(self._played)
         elif isinstance(frame, UserStartedSpeakingFrame | UserStoppedSpeakingFrame):
             await self._speaking(frame)
         # user audio (AudioFrame) stops here: it is never sent back
 
-    async def push(self, frame: Frame, direction: Direction = DOWNSTREAM) -> None:
-        if direction is UPSTREAM and not frame.system:
-            self._to_relay.append(frame)  # see the class docstring: never wait on an upstream inbox
-            if self._relay is None or self._relay.done():
-                self._relay = asyncio.create_task(self._relay_upstream(), name=f"relay:{self.name}")
-            return
-        await super().push(frame, direction)
-
-    async def _relay_upstream(self) -> None:
-        while self._to_relay:
-            await super().push(self._to_relay.popleft(), UPSTREAM)
+    async def _played(self) -> None:
+        """The reply has played to its end."""
+        self._speaking_sent = False
+        await self._send(self._wire.status("listening"))
 
     async def on_stop(self) -> None:
-        if self._relay is not None and not self._relay.done():
-            self._relay.cancel()
+        connection = self._connection
+        listening = connection is not None and not connection.hung_up and not self.inbox.closed
+        await self.playout.close(drain=listening)
 
     async def on_interrupt(self) -> None:
         self.playout.interrupted()
+        self._speaking_sent = False
         self._reply = []
         if self._connection is not None:
             self._connection.send_nowait(self._wire.interrupted(), drop_audio=True)
@@ -301,19 +283,24 @@ class WebsocketOutput(Processor):
                 return  # the client's protocol carries no bot audio
             self._format = fmt
             await connection.send(announcement)
-        if not self.playout.speaking:
-            await connection.send(connection.wire.status("speaking"))
-        if self._turn_end is not None:
-            await connection.send(connection.wire.metrics((time.monotonic() - self._turn_end) * 1000))
-            self._turn_end = None
         step = 2 * frame.channels * max(1, frame.sample_rate * self.params.chunk_ms // 1000)
         for offset in range(0, len(frame.pcm), step):
             piece = dataclasses.replace(frame, pcm=frame.pcm[offset : offset + step])
             await self.playout.audio(piece, self._write)
 
     async def _write(self, frame: AudioFrame) -> None:
-        if self._connection is not None:
-            await self._connection.send(frame.pcm)
+        """Send one paced piece of bot audio (called by the playout's writer task)."""
+        connection = self._connection
+        if connection is None:
+            return
+        if not self._speaking_sent:
+            self._speaking_sent = True
+            await connection.send(connection.wire.status("speaking"))
+            if self._turn_end is not None:  # the first bot audio of a turn is playing now
+                latency_ms = (time.monotonic() - self._turn_end) * 1000
+                await connection.send(connection.wire.metrics(latency_ms))
+                self._turn_end = None
+        await connection.send(frame.pcm)
 
     @property
     def _wire(self) -> Wire:
