@@ -135,6 +135,20 @@ class UserStoppedSpeakingFrame(SystemFrame):
 
 
 @dataclass(slots=True)
+class UserSpeechPausedFrame(SystemFrame):
+    """The user has been silent for the VAD's ``pause_secs``: speech *may* have ended at ``stream_time``.
+
+    It comes before ``UserStoppedSpeakingFrame`` (which waits for the longer ``stop_secs``), so a
+    recogniser can start transcribing early and have the final transcript ready when the stop is
+    confirmed; if speech resumes, a later pause (or the stop) supersedes it.
+    """
+
+    at: float = 0.0
+    stream_time: float = 0.0
+    kind: ClassVar[str] = "user_speech_paused"
+
+
+@dataclass(slots=True)
 class BotStartedSpeakingFrame(SystemFrame):
     """The transport began playing bot audio."""
 

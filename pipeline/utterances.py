@@ -84,6 +84,11 @@ class UtteranceCollector:
         return self._received
 
     @property
+    def channels(self) -> int:
+        """Channels of the audio being collected."""
+        return self._channels
+
+    @property
     def _received(self) -> float:
         # Counted in whole samples per format, so long streams do not drift by float rounding.
         return self._format_start + (self._format_samples / self._rate if self._rate else 0.0)

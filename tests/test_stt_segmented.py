@@ -19,11 +19,12 @@ from pipeline.frames import (
     InterimTranscriptFrame,
     TranscriptFrame,
     TTSAudioFrame,
+    UserSpeechPausedFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
 from pipeline.processor import Source
-from pipeline.testing import Collector, Gap, ScriptedSource, run_graph, run_processor
+from pipeline.testing import Collector, Gap, ScriptedSource, run_graph, run_processor, virtual_time
 from pipeline.utterances import Utterance
 from processors.resample import Resampler
 from processors.stt.segmented import Transcription, UtteranceSTT
@@ -299,3 +300,39 @@ async def test_an_interruption_keeps_the_open_utterance() -> None:
     script += [Gap(0.05), *speech(20, 40), stopped(40), frame(40)]
     out = await run_processor(Recorder(pre_roll=0.0, post_roll=0.0), script)
     assert out.transcripts == ["frames 0-39"]
+
+
+def paused(index: int) -> UserSpeechPausedFrame:
+    return UserSpeechPausedFrame(stream_time=index * FRAME_S)
+
+
+@virtual_time
+async def test_early_transcription_starts_at_the_pause_and_is_used_when_the_stop_confirms_it() -> None:
+    gate = asyncio.Event()
+    stt = Recorder(gate=gate, early_transcription=True, pre_roll=0.0, post_roll=0.0)
+    script: list[Frame | Gap] = [started(10), *speech(0, 30), paused(30), *speech(30, 40)]
+    script += [Gap(0.1), stopped(30), *speech(40, 45), Gap(0.1)]
+    runner = asyncio.ensure_future(run_processor(stt, script, timeout=30))
+    await asyncio.sleep(0.05)  # the stop has not come yet...
+    assert len(stt.utterances) == 1  # ...and the transcription of frames 10-29 is already running
+    gate.set()
+    out = await runner
+    assert out.transcripts == ["frames 10-29"]
+    assert len(stt.utterances) == 1  # the stop confirmed the pause: no second pass
+
+
+@virtual_time
+async def test_early_transcription_is_dropped_when_speech_resumes() -> None:
+    stt = Recorder(early_transcription=True, pre_roll=0.0, post_roll=0.0)
+    script: list[Frame | Gap] = [started(10), *speech(0, 30), paused(30), *speech(30, 50), Gap(0.1)]
+    script += [paused(50), *speech(50, 60), Gap(0.1), stopped(50), Gap(0.1)]
+    out = await run_processor(stt, script, timeout=30)
+    assert out.transcripts == ["frames 10-49"]  # the whole utterance, not the part before the first pause
+    assert [frame_ids(u.pcm)[-1] for u in stt.utterances] == [29, 49]  # two early passes, the last kept
+
+
+async def test_without_early_transcription_pauses_are_passed_on_and_ignored() -> None:
+    stt = Recorder(pre_roll=0.0, post_roll=0.0)
+    out = await run_processor(stt, [started(0), *speech(0, 20), paused(20), *speech(20, 30), stopped(20)])
+    assert out.transcripts == ["frames 0-19"] and len(stt.utterances) == 1
+    assert len(out.of(UserSpeechPausedFrame)) == 1

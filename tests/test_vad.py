@@ -25,6 +25,7 @@ from pipeline.frames import (
     AudioFrame,
     Frame,
     TTSAudioFrame,
+    UserSpeechPausedFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
@@ -118,6 +119,28 @@ async def test_two_utterances_are_stamped_at_their_true_boundaries(engine: str, 
     stamped = [e.stream_time for e in events]
     assert stamped == pytest.approx(two_clips.truth, abs=TOLERANCE), f"stamped {stamped}"
     assert not out.errors
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+async def test_a_pause_is_announced_before_the_stop_at_the_same_speech_end(
+    engine: str, two_clips: Speech
+) -> None:
+    samples = np.concatenate([two_clips.samples, silence(1.0)])  # the last stop is not the stream's end
+    out = await run_processor(ENGINES[engine](pause_secs=0.2), frames(samples), timeout=60)
+    events = [f for f in out.down if isinstance(f, Speaking | UserSpeechPausedFrame)]
+    stops = [e for e in events if isinstance(e, UserStoppedSpeakingFrame)]
+    assert len(stops) == 2  # (a pause mid-sentence may come and go before: speech resumed)
+    for stop in stops:
+        before = events[: events.index(stop)]
+        pause = before[-1]  # the pause that came last before this stop...
+        assert isinstance(pause, UserSpeechPausedFrame)
+        assert pause.stream_time == stop.stream_time  # ...marks the same true end of speech
+        assert pause.created < stop.created
+
+
+async def test_no_pause_is_announced_when_pause_secs_is_zero(two_clips: Speech) -> None:
+    out = await run_processor(WebRTCVad(pause_secs=0), frames(two_clips.samples), timeout=60)
+    assert not out.of(UserSpeechPausedFrame)
 
 
 @pytest.mark.parametrize("engine", list(ENGINES))
@@ -281,7 +304,8 @@ async def test_audio_in_a_rate_the_engine_cannot_take_ends_the_graph() -> None:
         ("webrtc", {"aggressiveness": 4}, "aggressiveness"),
         ("webrtc", {"window_ms": 25}, "window_ms"),
         ("silero", {"threshold": 1.5}, "threshold"),
-        ("silero", {"stop_secs": 0}, "stop_secs"),
+        ("silero", {"stop_secs": 0, "pause_secs": 0}, "stop_secs"),
+        ("silero", {"stop_secs": 0.3, "pause_secs": 0.4}, "pause_secs"),
         ("webrtc", {"start_secs": -0.1}, "start_secs"),
     ],
 )

@@ -46,6 +46,7 @@ from pipeline.frames import (
     InterimTranscriptFrame,
     TranscriptFrame,
     TTSAudioFrame,
+    UserSpeechPausedFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
@@ -65,6 +66,9 @@ MAX_EARLY_EVENTS = 64
 """Speaking frames held while their audio is still on the way; more means the audio is not coming."""
 SILENCE_PEAK = 33
 """An utterance whose peak stays below this (about -60 dBFS) is digital silence: not transcribed."""
+
+
+VadEvent = UserStartedSpeakingFrame | UserSpeechPausedFrame | UserStoppedSpeakingFrame
 
 
 @dataclass(slots=True, frozen=True)
@@ -89,6 +93,11 @@ class UtteranceParams:
     interim_interval_ms: int = param(
         0, doc="re-transcribe the open utterance for interim results this often; 0 = no interims"
     )
+    early_transcription: bool = param(
+        False,
+        doc="start transcribing at the VAD's pause, so the final is ready when the stop is confirmed "
+        "(hides the recogniser's latency; costs an extra pass each time speech resumes)",
+    )
 
 
 @dataclass(slots=True)
@@ -97,6 +106,7 @@ class _Job:
 
     utterance: Utterance
     closed_at: float  # perf_counter when its end was known (the stop frame's arrival): ttfb counts from here
+    early: asyncio.Task[Transcription] | None = None  # its transcription, started at the pause
 
 
 class UtteranceSTT(Processor):
@@ -110,6 +120,7 @@ class UtteranceSTT(Processor):
     handles: ClassVar[tuple[type[Frame], ...]] = (
         AudioFrame,
         UserStartedSpeakingFrame,
+        UserSpeechPausedFrame,
         UserStoppedSpeakingFrame,
     )
     produces: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, InterimTranscriptFrame, TranscriptFrame)
@@ -141,7 +152,8 @@ class UtteranceSTT(Processor):
         self._last_interim = ""
         self._rate = 16000  # sample rate of the audio being collected
         # Speaking frames that ran ahead of their audio, with their arrival time (perf_counter).
-        self._events: deque[tuple[UserStartedSpeakingFrame | UserStoppedSpeakingFrame, float]] = deque()
+        self._events: deque[tuple[VadEvent, float]] = deque()
+        self._early: tuple[float, asyncio.Task[Transcription]] | None = None  # (cut end, its transcription)
 
     # --- what subclasses implement ---------------------------------------------------------------
 
@@ -188,6 +200,10 @@ class UtteranceSTT(Processor):
             self._add_unsegmented(frame)
             self._apply_due_events()
             self._maybe_start_partial()
+        elif isinstance(frame, UserSpeechPausedFrame):
+            if self.params.early_transcription:
+                self._events.append((frame, time.perf_counter()))
+                self._apply_due_events()
         elif isinstance(frame, UserStartedSpeakingFrame | UserStoppedSpeakingFrame):
             self._vad_found()
             self._events.append((frame, time.perf_counter()))
@@ -233,10 +249,14 @@ class UtteranceSTT(Processor):
         while events and (
             everything
             or len(events) > MAX_EARLY_EVENTS
-            or events[0][0].stream_time <= self._collector.stream_time + 1e-6
+            or self._due(events[0][0]) <= self._collector.stream_time + 1e-6
         ):
             event, arrived = events.popleft()
-            if isinstance(event, UserStartedSpeakingFrame):
+            if isinstance(event, UserSpeechPausedFrame):
+                if not everything:
+                    self._transcribe_early(event)
+            elif isinstance(event, UserStartedSpeakingFrame):
+                self._drop_early()
                 for utterance in self._collector.speech_started(event):
                     self._submit(utterance)
                 self._next_partial_at = event.stream_time + self.params.interim_interval_ms / 1000
@@ -247,13 +267,53 @@ class UtteranceSTT(Processor):
                 for utterance in self._collector.speech_stopped(event):
                     self._submit(utterance)
 
+    def _due(self, event: VadEvent) -> float:
+        """Stream time the collector's audio must reach before ``event`` is applied."""
+        if isinstance(event, UserSpeechPausedFrame):
+            return event.stream_time + self.params.post_roll  # the cut needs its post-roll in hand
+        return event.stream_time
+
+    def _transcribe_early(self, pause: UserSpeechPausedFrame) -> None:
+        """The user paused: transcribe what they said so far; the stop will most likely confirm it."""
+        collector = self._collector
+        if not collector.in_speech or self._jobs:
+            return  # nothing open, or the recogniser is busy: the early pass would only queue up
+        end = pause.stream_time + self.params.post_roll
+        frame_bytes = 2 * max(1, collector.channels)
+        extra = round((collector.stream_time - end) * self._rate) * frame_bytes
+        pcm = collector.open_audio()
+        pcm = pcm[: len(pcm) - extra] if extra > 0 else pcm
+        if not pcm or _is_silent(pcm):
+            return
+        self._drop_early()
+        start = end - len(pcm) / (frame_bytes * self._rate)
+        utterance = Utterance(pcm, self._rate, max(1, collector.channels), start, end)
+        task = asyncio.create_task(self.transcribe(utterance), name=f"stt-early:{self.name}")
+        self._early = (end, task)
+
+    def _drop_early(self) -> None:
+        """Speech went on (or a new utterance began): the early pass no longer matches any cut."""
+        if self._early is not None:
+            self._early[1].cancel()
+            self._early = None
+
     def _submit(self, utterance: Utterance) -> None:
         """Queue ``utterance`` for the background transcriber (synchronously: nothing is lost to a cancel)."""
         self._closed_utterances += 1
         closed_at, self._stop_seen_at = self._stop_seen_at or time.perf_counter(), None
+        early = None
+        if self._early is not None:
+            end, task = self._early
+            self._early = None
+            if abs(end - utterance.end) < 1e-3:
+                early = task  # the stop confirmed the pause: this transcription is already under way
+            else:
+                task.cancel()
         if _is_silent(utterance.pcm):
+            if early is not None:
+                early.cancel()
             return
-        self._jobs.append(_Job(utterance, closed_at))
+        self._jobs.append(_Job(utterance, closed_at, early))
         self._job_added.set()
         if self._transcriber is None or self._transcriber.done():
             self._transcriber = asyncio.create_task(self._transcribe_jobs(), name=f"stt:{self.name}")
@@ -278,7 +338,7 @@ class UtteranceSTT(Processor):
     async def _transcribe_job(self, job: _Job) -> None:
         started = time.perf_counter()
         try:
-            result = await self.transcribe(job.utterance)
+            result = await (job.early if job.early is not None else self.transcribe(job.utterance))
         except FatalProcessorError as error:
             self._fail(error, fatal=True)
             return
@@ -353,7 +413,10 @@ class UtteranceSTT(Processor):
         self._held = None
 
     async def _cancel_tasks(self) -> None:
-        tasks = [t for t in (self._transcriber, self._partial) if t is not None and not t.done()]
+        early = self._early[1] if self._early is not None else None
+        self._early = None
+        running = (self._transcriber, self._partial, early, *(job.early for job in self._jobs))
+        tasks = [t for t in running if t is not None and not t.done()]
         for task in tasks:
             task.cancel()
         if tasks:

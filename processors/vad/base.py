@@ -5,7 +5,9 @@ judgements into ``UserStartedSpeakingFrame`` / ``UserStoppedSpeakingFrame`` with
 
 * speech must last ``start_secs`` without a break before the start is announced, so clicks and
   coughs do not start a turn;
-* silence must last ``stop_secs`` before the stop is announced, so pauses between words do not end it.
+* silence must last ``stop_secs`` before the stop is announced, so pauses between words do not end it;
+* after ``pause_secs`` of that silence a ``UserSpeechPausedFrame`` says speech *may* have ended, so
+  a recogniser can transcribe while the stop is still being confirmed (hiding its latency).
 
 Both frames are stamped with when speech *truly* began and ended, not when the hysteresis decided:
 ``stream_time`` is the position in the audio stream (seconds of audio this VAD had received) where
@@ -32,6 +34,7 @@ from pipeline.frames import (
     AudioFrame,
     Frame,
     TTSAudioFrame,
+    UserSpeechPausedFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
@@ -49,6 +52,11 @@ class VadParams:
 
     start_secs: float = param(0.2, doc="seconds speech must last before the start is announced")
     stop_secs: float = param(0.6, doc="seconds of silence that end speech (pauses shorter than this do not)")
+    pause_secs: float = param(
+        0.2,
+        doc="seconds of silence after which a pause is announced, so recognisers can start "
+        "transcribing before the stop is confirmed; 0 = never",
+    )
 
 
 class VadProcessor(Processor):
@@ -63,6 +71,7 @@ class VadProcessor(Processor):
     produces: ClassVar[tuple[type[Frame], ...]] = (
         AudioFrame,
         UserStartedSpeakingFrame,
+        UserSpeechPausedFrame,
         UserStoppedSpeakingFrame,
     )
 
@@ -90,6 +99,7 @@ class VadProcessor(Processor):
         self._speech_end = 0.0  # while speaking: where speech ended, judging by the last speech window
         self._in_run = False  # whether the last window judged was speech
         self._last_end = 0.0  # where the last window judged ended
+        self._paused = False  # a pause was announced for the current silence
 
     # --- what engines implement ------------------------------------------------------------------
 
@@ -99,6 +109,12 @@ class VadProcessor(Processor):
         return [
             ("start_secs", p.start_secs >= 0, f"start_secs {p.start_secs} is negative", "use e.g. 0.2"),
             ("stop_secs", p.stop_secs > 0, f"stop_secs {p.stop_secs} must be positive", "use e.g. 0.6"),
+            (
+                "pause_secs",
+                p.pause_secs == 0 or 0 < p.pause_secs < p.stop_secs,
+                f"pause_secs {p.pause_secs} must be >= 0 and below stop_secs ({p.stop_secs})",
+                "use e.g. 0.2, or 0 for no pause announcements",
+            ),
         ]
 
     def window_samples(self, sample_rate: int) -> int:
@@ -206,10 +222,16 @@ class VadProcessor(Processor):
             self._run_start = start
         self._in_run = speech
         if self.speaking:
+            silence = end - self._speech_end
             if speech:
                 self._speech_end = self._true_end(end)
-            elif end - self._speech_end >= p.stop_secs - _EPSILON:
+                self._paused = False
+            elif silence >= p.stop_secs - _EPSILON:
                 return self._stop_frame()
+            elif p.pause_secs and not self._paused and silence >= p.pause_secs - _EPSILON:
+                self._paused = True
+                at = self._monotonic_at(self._speech_end)
+                return UserSpeechPausedFrame(at=at, stream_time=self._speech_end)
             return None
         if speech and end - self._run_start >= p.start_secs + self.start_lag() - _EPSILON:
             self.speaking = True
@@ -225,6 +247,7 @@ class VadProcessor(Processor):
 
     def _stop_frame(self) -> UserStoppedSpeakingFrame:
         self.speaking = False
+        self._paused = False
         return UserStoppedSpeakingFrame(at=self._monotonic_at(self._speech_end), stream_time=self._speech_end)
 
     def _monotonic_at(self, stream_time: float) -> float:
