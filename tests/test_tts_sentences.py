@@ -101,3 +101,13 @@ def test_clear_drops_buffered_text() -> None:
 
 def test_whitespace_only_gives_nothing() -> None:
     assert chunk("  \n \n ") == []
+
+
+def test_first_chunk_max_words_cuts_the_first_piece_without_punctuation() -> None:
+    chunker = SentenceChunker(first_chunk_max_words=3)
+    assert chunker.feed("The capital") == []
+    assert chunker.feed(" of") == []  # "of" may still be growing: no space after it yet
+    assert chunker.feed(" France is Paris. It is") == ["The capital of", "France is Paris."]
+    assert chunker.feed(" lovely in spring. ") == ["It is lovely in spring."]  # only the first piece
+    assert chunker.flush() is None
+    assert chunker.feed("Yes it is. ") == ["Yes it is."]  # a sentence end inside the limit still wins

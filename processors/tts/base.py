@@ -70,6 +70,11 @@ class SpeechParams:
         doc="the first piece of a reply may end at a comma once it has this many words "
         "(faster first audio); 0 = split at sentence ends only",
     )
+    first_chunk_max_words: int = param(
+        0,
+        doc="the first piece of a reply ends after this many words even without punctuation "
+        "(fastest first audio; the seam may be heard); 0 = wait for punctuation",
+    )
 
 
 class SpeechSynthesizer(Processor):
@@ -108,7 +113,10 @@ class SpeechSynthesizer(Processor):
             problem.node = self.name
         if problems:
             raise ValidationError(problems)
-        self.chunker = SentenceChunker(first_chunk_min_words=self.params.first_chunk_min_words)
+        self.chunker = SentenceChunker(
+            first_chunk_min_words=self.params.first_chunk_min_words,
+            first_chunk_max_words=max(0, self.params.first_chunk_max_words),
+        )
         self._in_reply = False  # a reply started and has not been stopped
         self._audio_started = False  # TTSStartedFrame was sent for this reply
         self._reply_started = 0.0  # perf_counter() at the reply's start, for ttfb

@@ -8,7 +8,9 @@ sentence is complete. Rules, in order of preference:
 * A newline always ends a piece (lists, paragraphs).
 * ``;`` or ``:`` followed by whitespace, once the piece is ``long_chars`` long.
 * Fast first audio: the first piece of a reply may end at a comma once it holds
-  ``first_chunk_min_words`` words, so the engine starts before the LLM has finished the sentence.
+  ``first_chunk_min_words`` words, so the engine starts before the LLM has finished the sentence;
+  with ``first_chunk_max_words`` it ends after that many words even without a comma (fastest first
+  audio; the seam after it may be heard).
 * A piece with no break at all is cut at its last space past ``max_chars``.
 
 A boundary is decided only once the character after it has arrived, so a chunk ending in "3." or
@@ -17,6 +19,7 @@ A boundary is decided only once the character after it has arrived, so a chunk e
 
 from __future__ import annotations
 
+import itertools
 import re
 
 __all__ = ["SentenceChunker"]
@@ -28,14 +31,22 @@ ABBREVIATIONS = frozenset(
 split costs a pause, a missed one delays audio; so "a.m.", "etc." and "no." end sentences."""
 
 _CLOSERS = "\"')]}\u201d\u2019\u00bb"  # quotes and brackets that may follow a full stop
+_WORD = re.compile(r"\S+(?=\s)")  # a word known to be complete: whitespace follows it
 _BREAK = re.compile(rf"[.!?]+[{re.escape(_CLOSERS)}]*(?=\s)|\n|[;:](?=\s)|,(?=\s)")
 
 
 class SentenceChunker:
     """Streaming splitter: ``feed`` returns finished pieces, ``flush`` the rest of the reply."""
 
-    def __init__(self, first_chunk_min_words: int = 6, long_chars: int = 80, max_chars: int = 250) -> None:
+    def __init__(
+        self,
+        first_chunk_min_words: int = 6,
+        long_chars: int = 80,
+        max_chars: int = 250,
+        first_chunk_max_words: int = 0,
+    ) -> None:
         self.first_chunk_min_words = first_chunk_min_words  # 0 disables comma cuts
+        self.first_chunk_max_words = first_chunk_max_words  # 0: the first piece waits for punctuation
         self.long_chars = long_chars  # ";" and ":" split pieces at least this long
         self.max_chars = max_chars  # a piece without any break is cut at a space past this length
         self._buffer = ""
@@ -65,6 +76,11 @@ class SentenceChunker:
 
     def _next_cut(self) -> int | None:
         """Index just past the first boundary in the buffer, or None if no piece is complete yet."""
+        cuts = [cut for cut in (self._break_cut(), self._first_words_cut()) if cut is not None]
+        return min(cuts) if cuts else None
+
+    def _break_cut(self) -> int | None:
+        """Just past the first punctuation (or forced) boundary, if one is complete."""
         buffer = self._buffer
         for match in _BREAK.finditer(buffer):
             end = match.end()
@@ -84,6 +100,13 @@ class SentenceChunker:
             space = buffer.rfind(" ", 0, self.max_chars)
             return space if space > 0 else self.max_chars
         return None
+
+    def _first_words_cut(self) -> int | None:
+        """Just past word ``first_chunk_max_words`` of a reply's first piece, once that word is complete."""
+        if not self._first or self.first_chunk_max_words <= 0:
+            return None
+        words = list(itertools.islice(_WORD.finditer(self._buffer), self.first_chunk_max_words))
+        return words[-1].end() if len(words) == self.first_chunk_max_words else None
 
     @staticmethod
     def _abbreviation(head: str) -> bool:
