@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from pipeline.conformance import ConformanceError, check_llm, check_stt, check_tts, speech_script
+from pipeline.conformance import check_llm, check_stt, check_tts, speech_script
 from pipeline.frames import Frame
 from pipeline.processor import Processor
 from pipeline.registry import available
@@ -136,20 +136,7 @@ STT_ENGINES = [
         offline(lambda: PocketsphinxSTT(name="stt")), None, 0.5, OFFLINE_TIMEOUT, id="stt.pocketsphinx"
     ),
     pytest.param(assemblyai, FORMATTED, 0.0, FAKE_TIMEOUT, id="stt.assemblyai"),
-    pytest.param(
-        fireworks,
-        FORMATTED,
-        0.0,
-        5.0,  # it fails by waiting: no need to wait long
-        id="stt.fireworks",
-        marks=pytest.mark.xfail(
-            strict=True,
-            raises=ConformanceError,
-            reason="'an utterance must give a TranscriptFrame': stt.fireworks ignores the VAD's "
-            "UserStoppedSpeakingFrame and finalises a segment only when a later one appears or the "
-            "stream ends, so a turn's final waits for the user's next words",
-        ),
-    ),
+    pytest.param(fireworks, FORMATTED, 0.0, FAKE_TIMEOUT, id="stt.fireworks"),
     pytest.param(openai_stt("whisper-1"), SAID, 0.0, FAKE_TIMEOUT, id="stt.openai-whisper-1"),
     pytest.param(
         openai_stt("gpt-4o-mini-transcribe"),

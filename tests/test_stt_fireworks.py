@@ -19,10 +19,17 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from pipeline.errors import ValidationError
-from pipeline.frames import AudioFrame, InterimTranscriptFrame, TranscriptFrame
-from pipeline.graph import GraphFailedError
-from pipeline.testing import Captured, run_processor
+from pipeline.frames import (
+    AudioFrame,
+    Frame,
+    InterimTranscriptFrame,
+    TranscriptFrame,
+    UserStoppedSpeakingFrame,
+)
+from pipeline.graph import Graph, GraphFailedError
+from pipeline.testing import Captured, Collector, run_graph, run_processor
 from processors.stt.fireworks import FireworksSTT
+from tests.drivers import Driver
 from tests.fakes.fireworks import PATH, FakeFireworks
 from tests.speech import LIBRIVOX, audio_frames, librivox, read_wav, silence, tone, write_wav
 
@@ -228,6 +235,77 @@ async def test_without_the_final_echo_the_open_segments_are_still_emitted(fake: 
     fake.echo_final = False
     out = await run_processor(stt(fake, final_timeout=0.5), audio_frames(tone(0.6)), timeout=20)
     assert out.transcripts == ["Hello world how."]
+
+
+def spoken_turn(stopped: UserStoppedSpeakingFrame | None = None) -> list[Frame]:
+    """Three words, the VAD's stop (it overtakes the queued audio), then 0.2 s of silence: too short
+    for the server to close the segment by itself."""
+    stop = stopped or UserStoppedSpeakingFrame(stream_time=0.6)
+    return [*audio_frames(tone(0.6)), stop, *audio_frames(silence(0.2))]
+
+
+async def converse(node: FireworksSTT, turn: list[Frame], later: list[Frame]) -> tuple[Captured, list[Frame]]:
+    """Send ``turn``, wait for its final, then send ``later`` (the user's next words) and end.
+
+    Returns what came out, and what had come out when ``later`` began.
+    """
+    out = Collector(name="out")
+    seen: list[Frame] = []
+
+    async def final() -> None:
+        await out.wait_for(TranscriptFrame, timeout=5)
+        seen.extend(out.frames)
+
+    driver = Driver([*turn, final, *later])
+    graph = Graph({"driver": driver, "stt": node, "out": out}, [("driver", "stt"), ("stt", "out")])
+    return await run_graph(graph, timeout=20), seen
+
+
+async def test_the_vad_stopping_sends_a_checkpoint_whose_echo_makes_the_turn_final(
+    fake: FakeFireworks,
+) -> None:
+    stopped = UserStoppedSpeakingFrame(at=0.0, stream_time=0.6)
+    node = stt(fake)  # the user's next words come only once the final is out
+    out, before_later = await converse(node, spoken_turn(stopped), audio_frames(tone(0.4), silence(0.2)))
+
+    assert [f.text for f in before_later if isinstance(f, TranscriptFrame)] == ["Hello world how."]
+    assert out.transcripts == ["Hello world how.", "Are you."]
+    (session,) = fake.sessions
+    assert session.checkpoints == ["endpoint-1", "final"]
+    assert session.received_at_ms[0] >= 600  # sent once the audio up to the stop was out
+    assert session.received_at_ms[0] < 800  # ... and not held until the end
+    assert stopped in out.down  # system frames pass on
+    assert len(node.metrics.samples["stt_final"]) == 1
+    assert not out.errors
+
+
+async def test_a_drop_around_the_stop_still_ends_the_turn_on_the_new_connection(fake: FakeFireworks) -> None:
+    fake.drop_after_ms = 500  # before the stop: its checkpoint waits for, or is sent again after, the replay
+    out, before_later = await converse(stt(fake), spoken_turn(), audio_frames(tone(0.4), silence(0.2)))
+
+    assert [f.text for f in before_later if isinstance(f, TranscriptFrame)] == ["Hello world how."]
+    assert out.transcripts == ["Hello world how.", "Are you."]
+    assert len(fake.sessions) == 2
+    assert fake.sessions[1].checkpoints[0].startswith("endpoint-")
+
+
+async def test_without_checkpoint_on_vad_stop_the_final_waits_for_the_end(fake: FakeFireworks) -> None:
+    out = await run_processor(stt(fake, checkpoint_on_vad_stop=False), spoken_turn(), timeout=20)
+    assert out.transcripts == ["Hello world how."]
+    assert fake.sessions[0].checkpoints == ["final"]
+
+
+async def test_words_added_to_a_segment_after_its_final_become_a_new_final(fake: FakeFireworks) -> None:
+    fake.checkpoint_keeps_segment = True  # the server keeps segment 0 open after the checkpoint
+    out, _ = await converse(stt(fake), spoken_turn(), audio_frames(tone(0.4), silence(0.2)))
+
+    # The closing revision "Hello world how are you." adds "are you." past what was final: only that.
+    assert out.transcripts == ["hello world how", "are you."]
+    assert [(w["text"], w["start"], w["end"]) for w in out.of(TranscriptFrame)[1].words or []] == [
+        ("are", 0.8, 1.0),
+        ("you.", 1.0, 1.2),
+    ]
+    assert fake.finals == ["Hello world how are you."]  # one segment id on the server's side
 
 
 # --- the shipped config, through the CLI ---------------------------------------------------------

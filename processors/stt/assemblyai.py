@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-import time
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
@@ -135,9 +134,6 @@ class AssemblyAISTT(StreamingSTT[_Session]):
         self._settings: dict[str, Any] = {}  # STTUpdateSettingsFrame values, kept for reconnects
         self._format_turns = p.format_turns
         self._pending_final: _Queued | None = None  # an unformatted final waiting for its formatted twin
-        self._force_at: float | None = None  # stream time after which to send ForceEndpoint
-        self._forced_at: float | None = None  # stream time of the last ForceEndpoint sent
-        self._stopped_at: float | None = None  # monotonic time the user stopped (for the stt_final metric)
 
     def _param_problems(self) -> list[Problem]:
         return _param_problems(self.params)
@@ -175,7 +171,7 @@ class AssemblyAISTT(StreamingSTT[_Session]):
                 await self._take_audio(frame)
         elif isinstance(frame, UserStoppedSpeakingFrame):
             await self.push(frame)
-            await self._user_stopped(frame)
+            await self._vad_stopped(frame, endpoint=self.params.force_endpoint_on_vad_stop)
         elif isinstance(frame, STTUpdateSettingsFrame):
             await self.push(frame)
             await self._update_settings(frame.settings)
@@ -191,21 +187,8 @@ class AssemblyAISTT(StreamingSTT[_Session]):
 
     async def _stream_audio(self, session: _Session, pcm: bytes) -> None:
         await session.client.stream(pcm)
-        if self._force_at is not None and self._audio.position >= self._force_at:
-            await self._force_endpoint(session)
 
-    async def _user_stopped(self, frame: UserStoppedSpeakingFrame) -> None:
-        self._stopped_at = frame.at or time.monotonic()
-        if not self.params.force_endpoint_on_vad_stop:
-            return
-        # The stop overtakes queued audio: wait until the audio up to the true end has gone out.
-        self._force_at = frame.stream_time
-        session = self._session
-        if session is not None and not session.failed and self._audio.position >= frame.stream_time:
-            await self._force_endpoint(session)
-
-    async def _force_endpoint(self, session: _Session) -> None:
-        self._forced_at, self._force_at = self._force_at, None
+    async def _endpoint(self, session: _Session, at: float) -> None:
         await session.client.force_endpoint()
 
     async def _update_settings(self, settings: dict[str, Any]) -> None:
@@ -322,10 +305,9 @@ class AssemblyAISTT(StreamingSTT[_Session]):
         """Send the unconfirmed audio (the turn in progress, the gap) again, then go live."""
         session.base = self._audio.start
         await self._audio.resend(session.client.stream)
-        if self._forced_at is not None and self._forced_at > session.base:
-            await session.client.force_endpoint()  # the replayed turn had been cut by the VAD already
         self._session = session  # no await since the last check: no chunk slips between
         self._gap_warned = False
+        await self._endpoint_replayed(session.base)  # the replayed turn had been cut by the VAD already
 
     async def _finish(self) -> None:
         """End of stream: send the last audio, Terminate, and wait (bounded) for the last turn.
@@ -480,9 +462,7 @@ class AssemblyAISTT(StreamingSTT[_Session]):
         self._drops = 0
         if not event.transcript.strip():
             return
-        if self._stopped_at is not None:
-            self.metrics.record("stt_final", max(0.0, time.monotonic() - self._stopped_at))
-            self._stopped_at = None
+        self._record_final()
         await self.push(TranscriptFrame(text=event.transcript, language=event.language_code, words=words))
 
     async def _session_failed(self, session: _Session, failure: SessionError) -> None:

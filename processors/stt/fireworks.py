@@ -4,8 +4,19 @@ Fireworks has no SDK for this, so the node speaks the documented protocol with `
 mono PCM in ``chunk_ms`` chunks (50-400 ms) out; ``verbose_json`` messages in, whose ``segments`` are
 keyed by ``id`` (an update overwrites its segment; ids come as ``"0"`` or ``0``). Each update emits an
 ``InterimTranscriptFrame`` with the text of the segments still open. A segment is final
-(``TranscriptFrame``) once a later one appears; at the end of the stream ``{"checkpoint_id": "final"}``
-asks the server to finish, and after its echo every segment left is final.
+(``TranscriptFrame``) once a later one appears, or once the user stopped: on the VAD's
+``UserStoppedSpeakingFrame``, when the audio up to its ``stream_time`` has been sent, the node sends
+``{"checkpoint_id": "endpoint-N"}``, and the server's echo (all audio before it transcribed) makes the
+segments open until then final, so turn-taking gets the turn without waiting for the user's next words.
+At the end of the stream ``{"checkpoint_id": "final"}`` asks the server to finish, and after its echo
+every segment left is final.
+
+Caveat: Fireworks documents the checkpoint for finishing a stream; what the service does with the
+segment after a checkpoint mid-stream is undocumented. If it keeps the same segment id open and adds
+the next words to it, those words are not dropped as a revision of a final: the part of the segment
+after what was emitted (by word timings, else by word count) becomes a new segment, final in its turn.
+A revision that adds no words (punctuation, casing) keeps the final already sent.
+``checkpoint_on_vad_stop: false`` turns the mid-stream checkpoints off.
 
 A dropped connection is reopened with backoff and the audio no final covers is sent again
 (``processors.stt.replay``); a refused key ends the graph naming ``FIREWORKS_API_KEY``; a message that
@@ -33,6 +44,7 @@ from pipeline.frames import (
     InterimTranscriptFrame,
     TranscriptFrame,
     TTSAudioFrame,
+    UserStoppedSpeakingFrame,
 )
 from pipeline.params import param
 from processors.stt.streaming import SessionError, StreamingSTT
@@ -64,11 +76,22 @@ class FireworksParams:
     chunk_ms: int = param(50, doc="audio per message in ms (the service takes 50-400)")
     connect_timeout: float = param(10.0, doc="seconds to wait for the connection to open")
     final_timeout: float = param(5.0, doc="seconds to wait at the end for the server to finish")
+    checkpoint_on_vad_stop: bool = param(
+        True, doc="when the VAD reports the end of speech, send a checkpoint; its echo makes the turn final"
+    )
     reconnect_attempts: int = param(3, doc="reconnects tried after a connection drops, before giving up")
     reconnect_backoff: float = param(0.5, doc="seconds before the first reconnect; doubles each attempt")
     max_buffer_seconds: float = param(
         10.0, doc="unconfirmed audio kept for replay after a drop; older audio is dropped with a warning"
     )
+
+
+@dataclass(slots=True)
+class _Emitted:
+    """What of one segment id went out as final: later text under that id counts only past it."""
+
+    end: float | None = None  # connection seconds the emitted words reach (None: no word timings)
+    words: int = 0  # words of the segment's text emitted
 
 
 class _Stream:
@@ -78,8 +101,9 @@ class _Stream:
         self.ws = ws
         self.base = 0.0  # stream seconds at which this connection's audio (its time 0) starts
         self.open_segments: dict[str, dict[str, Any]] = {}  # by normalised id, in arrival order
-        self.finished: set[str] = set()  # ids already emitted as final
+        self.finished: dict[str, _Emitted] = {}  # ids already emitted as final
         self.checkpoints: dict[str, asyncio.Event] = {}  # checkpoint id -> set on its echo
+        self.endpoints: dict[str, float] = {}  # endpoint checkpoint id -> stream time it ends the turn at
         self.language: str | None = None  # as the server last reported it
         self.last_interim = ""
         self.closing = False  # we are closing it: its end is not a drop
@@ -91,7 +115,7 @@ class FireworksSTT(StreamingSTT[_Stream]):
 
     Params = FireworksParams
     params: FireworksParams
-    handles: ClassVar[tuple[type[Frame], ...]] = (AudioFrame,)
+    handles: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, UserStoppedSpeakingFrame)
     produces: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, InterimTranscriptFrame, TranscriptFrame)
     accepts_audio: ClassVar[AudioCaps] = AudioCaps.of(SAMPLE_RATE, 1)
     service = "Fireworks"
@@ -104,6 +128,7 @@ class FireworksSTT(StreamingSTT[_Stream]):
         self._stream: _Stream | None = None  # the live connection, None while (re)connecting
         self._live = asyncio.Event()  # set while ``_stream`` is live
         self._runner: asyncio.Task[None] | None = None
+        self._endpoints = 0  # endpoint checkpoints sent (they number their ids)
 
     @property
     def url(self) -> str:
@@ -135,9 +160,10 @@ class FireworksSTT(StreamingSTT[_Stream]):
         if self._fatal is not None:
             raise self._fatal
         await self.push(frame)
-        if not isinstance(frame, AudioFrame) or isinstance(frame, TTSAudioFrame):
-            return  # the bot's own voice is not the user
-        await self._take_audio(frame)
+        if isinstance(frame, UserStoppedSpeakingFrame):
+            await self._vad_stopped(frame, endpoint=self.params.checkpoint_on_vad_stop)
+        elif isinstance(frame, AudioFrame) and not isinstance(frame, TTSAudioFrame):
+            await self._take_audio(frame)  # not the bot's own voice: that is not the user
 
     # --- audio out -------------------------------------------------------------------------------
 
@@ -154,6 +180,14 @@ class FireworksSTT(StreamingSTT[_Stream]):
         with contextlib.suppress(ConnectionClosed):  # the reader sees the close and reconnects;
             await stream.ws.send(pcm)  # meanwhile the chunk waits in the replay buffer
 
+    async def _endpoint(self, stream: _Stream, at: float) -> None:
+        """The user stopped at ``at`` and their audio is out: a checkpoint whose echo ends the turn."""
+        self._endpoints += 1
+        checkpoint = f"endpoint-{self._endpoints}"
+        stream.endpoints[checkpoint] = at
+        with contextlib.suppress(ConnectionClosed):  # the reader reconnects; the replay asks again
+            await stream.ws.send(json.dumps({"checkpoint_id": checkpoint}))
+
     async def _replay(self, stream: _Stream) -> None:
         """Send the unconfirmed audio (the segment in progress, the gap) again, then go live."""
         stream.base = self._audio.start
@@ -164,6 +198,7 @@ class FireworksSTT(StreamingSTT[_Stream]):
         self._stream = stream  # no await since the last check: no chunk slips between
         self._live.set()
         self._gap_warned = False
+        await self._endpoint_replayed(stream.base)
 
     # --- connections -----------------------------------------------------------------------------
 
@@ -265,9 +300,11 @@ class FireworksSTT(StreamingSTT[_Stream]):
                 wait.cancel()
         return echoed.is_set()
 
-    async def _finalise(self, stream: _Stream) -> None:
-        for key in list(stream.open_segments):
-            await self._emit_final(stream, key)
+    async def _finalise(self, stream: _Stream, before: float | None = None) -> None:
+        """Emit the open segments as finals: all, or those that began before ``before`` (stream seconds)."""
+        for key, segment in list(stream.open_segments.items()):
+            if before is None or stream.base + float(segment.get("start") or 0.0) < before:
+                await self._emit_final(stream, key)
 
     async def _shutdown(self) -> None:
         stream, self._stream = self._stream, None
@@ -294,7 +331,12 @@ class FireworksSTT(StreamingSTT[_Stream]):
             if not isinstance(data, dict):
                 raise TypeError(f"expected an object, got {type(data).__name__}")
             if "checkpoint_id" in data:
-                echoed = stream.checkpoints.get(str(data["checkpoint_id"]))
+                checkpoint = str(data["checkpoint_id"])
+                ended = stream.endpoints.pop(checkpoint, None)
+                if ended is not None:  # the turn's audio is transcribed: its segments are final
+                    await self._finalise(stream, before=ended)
+                    self._stopped_clock = None  # a turn without words has no stt_final
+                echoed = stream.checkpoints.get(checkpoint)
                 if echoed is not None:
                     echoed.set()
             elif "segments" in data:
@@ -311,9 +353,13 @@ class FireworksSTT(StreamingSTT[_Stream]):
         for segment in data["segments"]:
             key = _segment_key(segment["id"])
             str(segment["text"])  # a segment without text is malformed: fail before changing state
-            if key in stream.finished:
-                log.debug("%s: segment %s revised after it was final; keeping the final", self.name, key)
-                continue
+            emitted = stream.finished.get(key)
+            if emitted is not None:
+                rest = _unemitted(segment, emitted)
+                if rest is None:
+                    log.debug("%s: segment %s revised after it was final; keeping the final", self.name, key)
+                    continue
+                segment = rest  # the segment went on after its final (a checkpoint did not close it)
             if key not in stream.open_segments:
                 await self._finalise(stream)  # a later segment appeared: the open ones are done
             stream.open_segments[key] = segment
@@ -324,7 +370,7 @@ class FireworksSTT(StreamingSTT[_Stream]):
 
     async def _emit_final(self, stream: _Stream, key: str) -> None:
         segment = stream.open_segments.pop(key)
-        stream.finished.add(key)
+        _mark_emitted(stream.finished.setdefault(key, _Emitted()), segment)
         words = [
             {
                 "text": str(w.get("word", w.get("text", ""))).strip(),
@@ -344,6 +390,7 @@ class FireworksSTT(StreamingSTT[_Stream]):
         stream.last_interim = ""
         text = str(segment["text"]).strip()
         if text:
+            self._record_final()
             await self.push(TranscriptFrame(text=text, language=stream.language, words=words or None))
 
     def _describe(self, error: SessionError) -> str:
@@ -364,6 +411,38 @@ def _segment_key(segment_id: Any) -> str:
         return str(int(segment_id))
     text = str(segment_id).strip()
     return str(int(text)) if text.lstrip("-").isdigit() else text
+
+
+def _timed_words(segment: dict[str, Any]) -> list[dict[str, Any]]:
+    return [w for w in segment.get("words") or () if "start" in w and "end" in w]
+
+
+def _unemitted(segment: dict[str, Any], emitted: _Emitted) -> dict[str, Any] | None:
+    """The part of a segment after what went out as final; None when it adds no words (a revision).
+
+    By word timings (a word counts when its middle lies past the emitted end), else by word count.
+    """
+    timed = _timed_words(segment)
+    if timed and emitted.end is not None:
+        end = emitted.end
+        new = [w for w in timed if (float(w["start"]) + float(w["end"])) / 2 > end]
+        if not new:
+            return None
+        text = " ".join(str(w.get("word", w.get("text", ""))).strip() for w in new)
+        return {**segment, "start": new[0]["start"], "text": text, "words": new}
+    texts = str(segment["text"]).split()
+    if len(texts) <= emitted.words:
+        return None
+    return {**segment, "text": " ".join(texts[emitted.words :]), "words": []}
+
+
+def _mark_emitted(emitted: _Emitted, segment: dict[str, Any]) -> None:
+    """Count ``segment`` (the part of its id going out as final) as emitted."""
+    timed = _timed_words(segment)
+    end = float(timed[-1]["end"]) if timed else segment.get("end")
+    if end is not None:
+        emitted.end = max(emitted.end or 0.0, float(end))
+    emitted.words += len(str(segment["text"]).split())
 
 
 def _param_problems(p: FireworksParams) -> list[Problem]:

@@ -6,17 +6,22 @@ A provider subclasses ``StreamingSTT`` and says how to open one session (``_open
 it (``_stream_audio``), which session is live (``_current_session``), which failures are worth no
 retry (``_refused``), how to word a failure (``_describe``) and how to finish. Its ``_replay`` sends
 ``ReplayBuffer.resend`` to a new session before it goes live.
+
+A provider that can be asked for a final at once (``_endpoint``) hands the VAD's stop to
+``_vad_stopped``: the request goes out once the audio up to the stop has been sent, and again after a
+replay that sends that audio anew, so a turn ends when the VAD says so, not when the user speaks again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, ClassVar, Generic, TypeVar
 
 from pipeline.errors import FatalProcessorError, Problem, ValidationError
 from pipeline.formats import AudioFormat
-from pipeline.frames import UPSTREAM, AudioFrame, ErrorFrame
+from pipeline.frames import UPSTREAM, AudioFrame, ErrorFrame, UserStoppedSpeakingFrame
 from pipeline.processor import Processor
 from processors.stt.replay import Chunker, ReplayBuffer
 
@@ -57,6 +62,9 @@ class StreamingSTT(Processor, Generic[S]):
         self._fatal: FatalProcessorError | None = None  # raised from the next process() or on_stop
         self._drops = 0  # sessions lost since the last final transcript (bounds reconnect loops)
         self._gap_warned = False
+        self._endpoint_at: float | None = None  # stream time after which to ask for the final (VAD stop)
+        self._endpointed_at: float | None = None  # stream time of the last final asked for
+        self._stopped_clock: float | None = None  # monotonic time the user stopped (stt_final metric)
 
     # --- what a provider says --------------------------------------------------------------------
 
@@ -98,6 +106,13 @@ class StreamingSTT(Processor, Generic[S]):
 
     async def _shutdown(self) -> None:
         """Close everything at once."""
+        raise NotImplementedError
+
+    async def _endpoint(self, session: S, at: float) -> None:
+        """Ask for the final of all audio sent so far (up to ``at``, stream seconds), without waiting.
+
+        Only needed by a provider that passes the VAD's stop to ``_vad_stopped``.
+        """
         raise NotImplementedError
 
     # --- shared behaviour ------------------------------------------------------------------------
@@ -146,6 +161,42 @@ class StreamingSTT(Processor, Generic[S]):
                 )
             return
         await self._stream_audio(session, pcm)
+        await self._endpoint_if_due()
+
+    async def _vad_stopped(self, frame: UserStoppedSpeakingFrame, *, endpoint: bool = True) -> None:
+        """The VAD says the user stopped: with ``endpoint``, ask for the final once their audio is out.
+
+        The stop overtakes queued audio (a system frame), so the request waits until the audio up to
+        its ``stream_time`` has been sent: asked earlier, the turn's last words would miss it.
+        """
+        self._stopped_clock = frame.at or time.monotonic()
+        if endpoint:
+            self._endpoint_at = frame.stream_time
+            await self._endpoint_if_due()
+
+    async def _endpoint_if_due(self) -> None:
+        """Send the endpoint asked for by the VAD's stop, if the audio up to it has been sent."""
+        at, session = self._endpoint_at, self._current_session()
+        if at is None or session is None or self._audio.position < at:
+            return
+        self._endpoint_at = None
+        self._endpointed_at = at
+        await self._endpoint(session, at)
+
+    async def _endpoint_replayed(self, base: float) -> None:
+        """A new session got the audio from ``base`` again: an endpoint asked for within it is asked again.
+
+        Call it once the session is live (``_current_session`` returns it).
+        """
+        if self._endpointed_at is not None and self._endpointed_at > base:
+            self._endpoint_at = max(self._endpoint_at or 0.0, self._endpointed_at)
+        await self._endpoint_if_due()
+
+    def _record_final(self) -> None:
+        """A final transcript went out: the time since the VAD's stop is the ``stt_final`` metric."""
+        if self._stopped_clock is not None:
+            self.metrics.record("stt_final", max(0.0, time.monotonic() - self._stopped_clock))
+            self._stopped_clock = None
 
     async def _first_session(self) -> S:
         """The session ``on_start`` begins with, after retries if the first attempt fails transiently."""

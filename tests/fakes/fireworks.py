@@ -5,7 +5,8 @@ PCM s16le 16 kHz mono in 50-400 ms chunks; ``verbose_json`` messages whose ``seg
 the client keys its state on (updates overwrite); ``{"checkpoint_id": ...}`` echoed once the audio
 before it is transcribed; ``stt.state.clear`` and ``stt.input.trace`` answered. Words come from a
 script (``tests.fakes.streaming_stt``); a segment closes after ``segment_silence_ms`` of silence or at
-a checkpoint, and its closing update revises the text (capital, full stop), as Whisper does.
+a checkpoint (any id is echoed: ``"final"`` at the end, the node's ``"endpoint-N"`` when the user
+stopped), and its closing update revises the text (capital, full stop), as Whisper does.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Session(StreamSession):
     bad_messages: list[str] = field(default_factory=list)  # text messages that were not JSON
     bad_chunks: list[float] = field(default_factory=list)  # durations outside 50-400 ms
     segments: list[str] = field(default_factory=list)  # latest text of each segment, by index
+    received_at_ms: list[float] = field(default_factory=list)  # audio received before each JSON message
     closed: int = 0  # segments closed (their final text sent)
 
     @property
@@ -66,6 +68,7 @@ class FakeFireworks(LocalServer):
         response_delay: float = 0.0,
         malformed_after_words: int | None = None,
         echo_final: bool = True,
+        checkpoint_keeps_segment: bool = False,
         max_sessions: int = 10,
         idle_timeout: float = 10.0,
     ) -> None:
@@ -83,6 +86,9 @@ class FakeFireworks(LocalServer):
         self.response_delay = response_delay  # seconds before each transcription message (slow server)
         self.malformed_after_words = malformed_after_words  # send one non-JSON message after N words
         self.echo_final = echo_final  # False: never echo the "final" checkpoint (a stuck server)
+        # True: a checkpoint other than "final" leaves the segment open, so later words extend the same
+        # id (what the real service does mid-stream is undocumented)
+        self.checkpoint_keeps_segment = checkpoint_keeps_segment
         self.max_sessions = max_sessions  # sessions beyond this are refused (HTTP 429)
         self.idle_timeout = idle_timeout  # seconds without a message before the server closes
         self.sessions: list[Session] = []
@@ -169,12 +175,15 @@ class FakeFireworks(LocalServer):
             session.bad_messages.append(text)
             return
         session.received.append(message)
+        session.received_at_ms.append(session.audio_ms)
         self.changed()
         if not isinstance(message, dict):
             return
         if "checkpoint_id" in message:
-            await self._close_segment(ws, session, recogniser)
-            if message["checkpoint_id"] != "final" or self.echo_final:
+            final = message["checkpoint_id"] == "final"
+            if final or not self.checkpoint_keeps_segment:
+                await self._close_segment(ws, session, recogniser)
+            if not final or self.echo_final:
                 await self.send(ws, session, {"checkpoint_id": message["checkpoint_id"]})
         elif message.get("object") == "stt.state.clear":
             recogniser.endpoint()
