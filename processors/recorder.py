@@ -272,6 +272,11 @@ def _conform(
 # --- the transcript ------------------------------------------------------------------------------
 
 
+def _letters(text: str) -> str:
+    """Lower-case letters and digits only: how spoken text is compared with generated text."""
+    return "".join(c for c in text.lower() if c.isalnum())
+
+
 @dataclass(slots=True)
 class _Reply:
     """One assistant reply as it streams, plays and maybe gets cut short."""
@@ -284,6 +289,11 @@ class _Reply:
     closed: bool = False  # played out or interrupted: later frames start a new reply
     interrupted: bool = False
     index: int | None = None  # its place in the transcript's messages, once added
+
+    @property
+    def unheard(self) -> bool:
+        """The playing transport reported some of this reply as heard, but not all of it."""
+        return bool(self.spoken) and _letters(" ".join(self.spoken)) != _letters("".join(self.chunks))
 
     def message(self) -> dict[str, str]:
         if self.interrupted:
@@ -425,7 +435,7 @@ class Recorder(Processor):
         await self._idle()
         reply = self._reply
         if reply is not None and not reply.closed:
-            if not reply.ended or reply.tts_busy or self._timeline.bot_ahead > 0:
+            if not reply.ended or reply.tts_busy or self._timeline.bot_ahead > 0 or reply.unheard:
                 reply.interrupted = True
                 reply.index = self._transcript.set(reply.index, reply.message())
                 await self._transcript.save()
