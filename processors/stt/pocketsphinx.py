@@ -291,7 +291,8 @@ class PocketsphinxSTT(Processor):
                     soxr.ResampleStream(frame.sample_rate, RATE, 1, "float32"),
                 )
             mono = self._resampler[1].resample_chunk(mono)
-        return (np.clip(mono, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+        pcm: bytes = (np.clip(mono, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+        return pcm
 
     async def on_stop(self) -> None:
         task = self._decoding
