@@ -40,6 +40,10 @@ from pipeline.processor import Processor
 
 __all__ = ["TurnTaking", "TurnTakingParams"]
 
+BACKCHANNEL_FINAL_WAIT = 3.0
+"""Seconds after a backchannel (speech over the bot that did not interrupt) within which a final
+transcript is taken to be its own and dropped; a cough or a breath may bring none at all."""
+
 _FILLERS = ["mhm", "mm", "hmm", "uh", "um", "uh-huh", "huh", "ah", "oh", "yeah", "ok", "okay", "right"]
 _WORD = re.compile(r"[a-z0-9']+(?:-[a-z0-9']+)*")
 
@@ -98,7 +102,8 @@ class TurnTaking(Processor):
         self._bot_speaking = False
         self._answering = False  # a turn was handed on and the bot has not finished answering it
         self._overlap = False  # the current user speech began while the bot was answering
-        self._drop_finals = 0  # finals still to come from speech judged a backchannel or echo
+        self._drop_finals = 0  # finals still to come from speech judged a backchannel or echo...
+        self._drop_until = 0.0  # ...if they come before this loop time (a cough may give none)
         self._bot_words: set[str] = set()  # words of the reply being spoken (echo detection)
         self._timer: asyncio.TimerHandle | None = None
 
@@ -123,6 +128,8 @@ class TurnTaking(Processor):
         self._user_speaking = True
         self._speech_started_at = frame.at or loop.time()
         self._overlap = self.params.interruptions and (self._answering or self._bot_speaking)
+        if not self._overlap:
+            self._drop_finals = 0  # a backchannel's final never came (a cough): this is a new turn
         if not self._overlap or self.params.min_words:
             return  # a word-count rule waits for the transcript
         remaining = self._speech_started_at + self.params.min_speech_secs - loop.time()
@@ -144,6 +151,7 @@ class TurnTaking(Processor):
             # Speech over the bot that never qualified: a backchannel or echo, not a turn.
             self._overlap = False
             self._drop_finals += 1
+            self._drop_until = asyncio.get_running_loop().time() + BACKCHANNEL_FINAL_WAIT
             self._finals.clear()
             return
         await self._end_turn_if_ready()
@@ -156,7 +164,8 @@ class TurnTaking(Processor):
                 return
         elif self._drop_finals and not self._user_speaking:
             self._drop_finals -= 1
-            return
+            if asyncio.get_running_loop().time() <= self._drop_until:
+                return
         if not self._meaningful(frame.text):
             return
         self._finals.append(frame)

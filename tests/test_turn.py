@@ -161,3 +161,22 @@ async def test_bot_frames_travel_on_upstream() -> None:
 
 def test_words_ignore_case_and_punctuation() -> None:
     assert words_of("Uh-huh, OK! It's 5.") == ["uh-huh", "ok", "it's", "5"]
+
+
+@virtual_time
+async def test_a_cough_over_the_bot_does_not_swallow_the_next_question() -> None:
+    down = [TranscriptFrame(text="hi"), Gap(1.0), STARTED(), Gap(0.1), STOPPED()]  # no final comes
+    down += [Gap(2.0), STARTED(), Gap(0.1), TranscriptFrame(text="what time is it"), Gap(0.1), STOPPED()]
+    upstream = [Gap(0.5), BotStartedSpeakingFrame(), Gap(1.5), BotStoppedSpeakingFrame()]
+    out = await run_processor(TurnTaking(min_speech_secs=0.4), down, upstream=upstream)
+    assert turns(out) == ["hi", "what time is it"]
+
+
+@virtual_time
+async def test_a_late_final_long_after_a_backchannel_is_a_turn_of_its_own() -> None:
+    down = [TranscriptFrame(text="hi"), Gap(1.0), STARTED(), Gap(0.1), STOPPED(), Gap(5.0)]
+    down += [TranscriptFrame(text="typed after all")]  # no speech frames: e.g. a typed message
+    out = await run_processor(
+        TurnTaking(min_speech_secs=0.4), down, upstream=[Gap(0.5), BotStartedSpeakingFrame()]
+    )
+    assert turns(out) == ["hi", "typed after all"]
