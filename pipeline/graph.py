@@ -202,8 +202,10 @@ class Graph(Runtime):
         done, pending = await asyncio.wait(starts, timeout=self.start_timeout)
         for task in pending:
             task.cancel()
-        failures = [
-            f"{starts[t]}: {type(t.exception()).__name__}: {t.exception()}" for t in done if t.exception()
+        failures = [  # shown to users and clients: an SDK's error may quote the node's API key
+            f"{starts[t]}: " + self.processors[starts[t]].hide_secrets(f"{type(error).__name__}: {error}")
+            for t in done
+            if (error := t.exception()) is not None
         ]
         failures += [f"{starts[t]}: on_start took longer than {self.start_timeout:.0f}s" for t in pending]
         if failures:

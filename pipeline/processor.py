@@ -393,13 +393,21 @@ class Processor:
         except Exception as error:
             self._fail(error, fatal=False)
 
+    def hide_secrets(self, text: str) -> str:
+        """``text`` with the value of every ``secret`` param replaced by ``***``.
+
+        Anything about a failure that leaves the processor (a frame, a log line, an error shown to a
+        client) goes through this: an SDK's exception often echoes the request, key included.
+        """
+        return hide_secret_params(text, self.params)
+
     def _fail(self, error: BaseException, fatal: bool) -> None:
         if fatal:
             self._inbox.close()  # handle nothing more: the graph is being cancelled
-        message = hide_secret_params(f"{type(error).__name__}: {error}", self.params)
+        message = self.hide_secrets(f"{type(error).__name__}: {error}")
         log.warning("processor %s failed: %s", self.name, message)
         if log.isEnabledFor(logging.DEBUG):  # the chain may quote a secret (a server echoing a key)
-            trace = hide_secret_params("".join(traceback.format_exception(error)), self.params)
+            trace = self.hide_secrets("".join(traceback.format_exception(error)))
             log.debug("processor %s traceback:\n%s", self.name, trace)
         report = ErrorFrame(message=message, processor=self.name, fatal=fatal)
         self.push_system(report, UPSTREAM)

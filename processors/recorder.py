@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -64,6 +65,23 @@ log = logging.getLogger("processors.recorder")
 Track = Literal["user", "bot", "mixed", "transcript"]
 _MIX_DELAY = 0.1  # seconds the mix is built behind the clock: the resampler releases bot audio late
 _SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+_repaired: set[Path] = set()
+"""Recordings directories this process has repaired. Only a crashed process leaves broken headers,
+so one repair per process is enough: a server would otherwise read every saved WAV at each
+connection, and could patch the header of a file another live session is writing."""
+_repaired_lock = threading.Lock()  # recorders start in worker threads
+
+
+def _first_start_in(directory: Path) -> bool:
+    """True for the first recorder of this process that starts in ``directory``."""
+    key = directory.resolve()
+    with _repaired_lock:
+        if key in _repaired:
+            return False
+        _repaired.add(key)
+        return True
 
 
 def new_session_id() -> str:
@@ -394,12 +412,14 @@ class Recorder(Processor):
         await self._transcript.save()
 
     def _prepare(self) -> None:
-        """Repair what a crash left in earlier sessions' folders, then make this one."""
-        for path in sorted(Path(self.params.directory).glob("*/*.wav")):
-            try:
-                repair_wav(path)
-            except (OSError, ValueError) as error:
-                log.warning("cannot repair '%s': %s", path, error)
+        """Repair what a crash left in earlier sessions' folders (once per process), then make this one."""
+        directory = Path(self.params.directory)
+        if _first_start_in(directory):
+            for path in sorted(directory.glob("*/*.wav")):
+                try:
+                    repair_wav(path)
+                except (OSError, ValueError) as error:
+                    log.warning("cannot repair '%s': %s", path, error)
         self._dir.mkdir(parents=True, exist_ok=True)
 
     async def process(self, frame: Frame) -> None:

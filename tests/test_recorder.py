@@ -298,6 +298,26 @@ async def test_wavs_a_crash_left_behind_are_repaired_on_start(tmp_path: Path) ->
         assert wav.readframes(wav.getnframes()) == audio
 
 
+async def test_the_repair_runs_once_per_process_per_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server starts a recorder per connection: reading every saved WAV each time is wasted work,
+    # and could patch the header of a file another live session is writing.
+    old = tmp_path / "20240101-000000-abcd"
+    old.mkdir()
+    (old / "user.wav").write_bytes(b"RIFF" + bytes(40))
+    repaired: list[Path] = []
+    monkeypatch.setattr(recorder_module, "repair_wav", repaired.append)
+    for session_id in ("a", "b"):
+        await run_processor(Recorder(directory=str(tmp_path), session_id=session_id, tracks=["user"]), [])
+    assert repaired == [old / "user.wav"]  # at the first start only, not again for "a"'s file
+    other = tmp_path / "other"
+    (other / "x").mkdir(parents=True)
+    (other / "x" / "user.wav").write_bytes(b"RIFF" + bytes(40))
+    await run_processor(Recorder(directory=str(other), tracks=["user"]), [])
+    assert repaired[1:] == [other / "x" / "user.wav"]  # another directory has its own first start
+
+
 def test_the_timeline_takes_back_only_what_was_not_played() -> None:
     timeline = Timeline()
     fmt = AudioFormat(RATE, 1)

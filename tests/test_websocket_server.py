@@ -48,7 +48,11 @@ from pipeline.frames import (
 from pipeline.params import param
 from pipeline.processor import Processor
 from tests.speech import read_wav
+from transports.websocket.api import Recordings
+from transports.websocket.nodes import WebsocketInput
+from transports.websocket.protocol import Audio, PushToTalk, Start, UserText
 from transports.websocket.server import VoiceServer
+from transports.websocket.session import Connection, Inbound
 
 ROOT = Path(__file__).resolve().parent.parent
 BOT_RATE = 24000
@@ -149,6 +153,22 @@ class Engine(Processor):
 
     async def on_stop(self) -> None:
         Engine.events.append("stop")
+
+
+@dataclass(slots=True, kw_only=True)
+class KeyedParams:
+    api_key: str = param(doc="a provider key", secret=True)
+
+
+class KeyedEngine(Processor):
+    """Fails to start like an SDK refusing a key: its error quotes the request, key included."""
+
+    Params = KeyedParams
+    params: KeyedParams
+    handles: ClassVar[tuple[type[Frame], ...]] = ()
+
+    async def on_start(self) -> None:
+        raise RuntimeError(f"401: Authorization: Bearer {self.params.api_key}")
 
 
 @dataclass(slots=True, kw_only=True)
@@ -414,6 +434,27 @@ async def test_processor_errors_reach_the_client_and_the_session_goes_on() -> No
         assert await client.reply() == "heard 0 ms"
 
 
+async def test_a_node_that_fails_to_start_does_not_show_its_key_to_the_client(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    key = "sk-live-0123456789abcdef"
+    graph = f"""
+server: {{type: websocket, port: 0}}
+nodes:
+  mic: {{type: websocket.input}}
+  keyed: {{type: "{HERE}:KeyedEngine", api_key: "{key}"}}
+  out: {{type: websocket.output}}
+edges:
+  - mic -> keyed -> out
+"""
+    async with serving(graph) as (_, base), aiohttp.ClientSession() as http, connect(http, base) as client:
+        assert await client.closed() == 1011
+        [error] = client.of("error")
+        assert "the conversation failed" in error["message"] and "Bearer ***" in error["message"]
+        assert key not in json.dumps(client.json)
+    assert key not in caplog.text
+
+
 async def test_barge_in_stops_bot_audio_at_once_and_says_interrupted() -> None:
     async with (
         serving(COUNTER_GRAPH.replace("REALTIME", "true")) as (_, base),
@@ -473,6 +514,61 @@ async def test_a_vanished_client_ends_its_graph_cleanly_mid_utterance(tmp_path: 
         saved = json.loads((tmp_path / session_id / "transcript.json").read_text())
         assert saved["ended_cleanly"] and saved["messages"] == [{"role": "user", "content": "half a sent"}]
         assert (tmp_path / session_id / "user.wav").stat().st_size == 44 + 2 * 16000 * 300 // 1000
+
+
+async def test_an_idle_client_is_ended_cleanly_and_its_slot_freed(tmp_path: Path) -> None:
+    # Heartbeat pongs keep a forgotten tab's socket open; only client messages count as activity.
+    graph = SAVER_GRAPH.replace("DIRECTORY", str(tmp_path))
+    async with (
+        serving(graph, "server.idle_timeout=0.5") as (server, base),
+        aiohttp.ClientSession() as http,
+        connect(http, base) as client,
+    ):
+        session_id = (await client.wait_for(lambda m: m["type"] == "session", "a session id"))["session_id"]
+        await client.ws.send_str('{"type":"text","text":"anyone?"}')
+        assert await client.reply() == "heard 0 ms"
+        assert await client.closed() == 1000  # then nothing more from the client
+        assert client.of("error")[-1]["message"] == "no message for 0.5 s: the conversation ended"
+        assert client.of("status")[-1]["state"] == "ended"
+        await _until(lambda: not server.sessions, "the slot to be freed")
+    saved = json.loads((tmp_path / session_id / "transcript.json").read_text())
+    assert saved["ended_cleanly"] and saved["messages"] == [{"role": "user", "content": "anyone?"}]
+
+
+def test_client_audio_waiting_for_the_graph_is_bounded_in_bytes_and_controls_are_kept() -> None:
+    inbound = Inbound("s", max_audio_bytes=3200, max_controls=3)  # 100 ms of audio
+    chunks = [Audio(bytes([i]) * 640) for i in range(10)]  # 10 x 20 ms
+    events: list[Any] = [Start(), *chunks[:4], PushToTalk(True), *chunks[4:], UserText("hi")]
+    assert all(inbound.put(event) for event in events)
+    assert inbound.audio_bytes == 3200 and inbound.dropped == 5 and inbound.dropped_bytes == 5 * 640
+    queued = [inbound._items.popleft() for _ in range(len(inbound._items))]
+    assert queued == [Start(), PushToTalk(True), *chunks[5:], UserText("hi")]  # oldest audio went
+
+    inbound = Inbound("s", max_audio_bytes=3200, max_controls=3)
+    inbound.put(Audio(bytes(640)))
+    clip = Audio(bytes(32000))  # one message over the bound alone (a whole clip): kept whole
+    inbound.put(clip)
+    assert list(inbound._items) == [clip] and inbound.audio_bytes == 32000
+    assert [inbound.put(UserText(str(i))) for i in range(4)] == [True, True, True, False]
+
+
+def test_uploading_clients_get_a_larger_audio_bound_than_a_live_microphone() -> None:
+    bounds = {}
+    for params in ({}, {"protocol": "whisper-json"}, {"audio_messages": "clip"}):
+        connection = Connection("s")
+        WebsocketInput(name="mic", **params).bind_connection(connection)
+        bounds[str(params)] = connection.inbound.max_audio_bytes
+    assert list(bounds.values()) == [160_000, 60 * 32000, 60 * 32000]
+
+
+async def test_inbound_counts_what_the_input_node_takes() -> None:
+    inbound = Inbound("s", max_audio_bytes=1280, max_controls=1)
+    inbound.put(Audio(bytes(640)))
+    inbound.put(UserText("a"))
+    assert not inbound.put(UserText("b"))
+    assert await asyncio.wait_for(inbound.get(), TIMEOUT) == Audio(bytes(640))
+    assert await asyncio.wait_for(inbound.get(), TIMEOUT) == UserText("a")
+    assert inbound.audio_bytes == 0 and inbound.put(UserText("b"))  # room again
 
 
 async def test_max_sessions_refuses_extra_connections_with_a_clear_message_and_1013() -> None:
@@ -691,6 +787,41 @@ async def test_the_api_lists_and_serves_saved_conversations(recordings: Path) ->
         assert "attachment" in wav.headers["Content-Disposition"]
 
 
+async def test_the_listing_reads_only_the_newest_transcripts_it_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "recordings"
+    ids = [f"20250101-1200{second:02d}-abcdef" for second in range(12)]
+    for session_id in ids:
+        (root / session_id).mkdir(parents=True)
+        (root / session_id / "transcript.json").write_text(
+            json.dumps({"session_id": session_id, "start_time": session_id, "messages": []})
+        )
+    (root / ids[-2] / "transcript.json").unlink()  # still recording: skipped, the page is still full
+    recordings = Recordings(root)
+    read: list[str] = []
+    real_transcript = Recordings.transcript
+
+    def counted(self: Recordings, session_id: str) -> dict[str, Any] | None:
+        read.append(session_id)
+        return real_transcript(self, session_id)
+
+    monkeypatch.setattr(Recordings, "transcript", counted)
+    listed = [c["id"] for c in recordings.conversations(limit=3)]
+    assert listed == [ids[-1], ids[-3], ids[-4]]
+    assert read == [ids[-1], ids[-2], ids[-3], ids[-4]]  # the other eight were never opened
+    read.clear()
+    assert [c["id"] for c in recordings.conversations(limit=2, offset=3)] == [ids[-5], ids[-6]]
+    assert len(read) == 6
+    graph = COUNTER_GRAPH.replace("REALTIME", "false")
+    async with serving(graph, f"server.recordings={root}") as (_, base), aiohttp.ClientSession() as http:
+        page = await (await http.get(base / "api/conversations" % {"limit": "2", "offset": "1"})).json()
+        assert [c["id"] for c in page] == [ids[-3], ids[-4]]
+        assert len(await (await http.get(base / "api/conversations")).json()) == 11
+        for query in ({"limit": "0"}, {"limit": "501"}, {"offset": "-1"}, {"limit": "x"}):
+            assert (await http.get(base / "api/conversations" % query)).status == 400
+
+
 @pytest.mark.parametrize(
     "path",
     [
@@ -824,6 +955,15 @@ def test_the_server_section_is_checked_with_the_rest_of_the_config() -> None:
     assert config.check_text("nodes: {t: {type: source.tone}}\n", overrides=["server.port=1"])[0].message == (
         "the config has no server: section"
     )
+
+
+def test_idle_timeout_is_a_server_key_of_seconds_and_0_turns_it_off() -> None:
+    text = "server: {type: websocket}\nnodes:\n  mic: {type: websocket.input}\n"
+    text += "  out: {type: websocket.output}\nedges: [mic -> out]\n"
+    assert config.check_text(text, overrides=["server.idle_timeout=0"]) == []
+    [problem] = config.check_text(text, overrides=["server.idle_timeout=-1"])
+    assert "idle_timeout" in problem.message and "out of range" in problem.message
+    assert config.ServerSettings().idle_timeout == 120.0
 
 
 def test_a_served_graph_takes_one_input_and_one_output_node() -> None:

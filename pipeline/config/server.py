@@ -56,6 +56,7 @@ _LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "port": (lambda v: 0 <= v <= 65535, "use 0..65535 (0: any free port)"),
     "max_sessions": (lambda v: v >= 1, "use 1 or more"),
     "max_message_bytes": (lambda v: v >= 1024, "use at least 1024 (audio chunks are 640 bytes)"),
+    "idle_timeout": (lambda v: v >= 0, "use seconds, e.g. 120 (0: never end an idle conversation)"),
 }
 """Server key -> (is the converted value usable, how to fix it)."""
 

@@ -43,6 +43,8 @@ class ServerSettings:
     """Largest client message taken; a larger one gets an error reply."""
     recordings: str | None = None
     """Directory of saved conversations for the API; default: the recorder node's directory."""
+    idle_timeout: float = 120.0
+    """Seconds without a client message before a conversation ends (its slot freed); 0: never."""
 
 
 @dataclass(slots=True)

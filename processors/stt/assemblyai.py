@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import traceback
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
@@ -425,7 +426,8 @@ class AssemblyAISTT(StreamingSTT[_Session]):
                 else:
                     await self._turn(session, payload)
             except Exception as error:  # one bad event must not stop the transcripts
-                log.exception("%s: handling a %s failed", self.name, type(payload).__name__)
+                trace = self.hide_secrets("".join(traceback.format_exception(error)))  # may quote the key
+                log.error("%s: handling a %s failed:\n%s", self.name, type(payload).__name__, trace)
                 self._report(f"handling an AssemblyAI event failed: {type(error).__name__}: {error}")
 
     async def _turn(self, session: _Session, event: Any) -> None:

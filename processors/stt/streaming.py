@@ -205,7 +205,7 @@ class StreamingSTT(Processor, Generic[S]):
         except SessionError as error:
             if self._refused(error.code):
                 raise FatalProcessorError(self._describe(error)) from None
-            self._log.warning("%s: %s; retrying", self.name, self._describe(error))
+            self._log.warning("%s: %s; retrying", self.name, self.hide_secrets(self._describe(error)))
             retried = await self._connect_with_retries()
             if retried is None:
                 raise self._fatal or FatalProcessorError(self._describe(error)) from None
@@ -224,7 +224,11 @@ class StreamingSTT(Processor, Generic[S]):
                 if self._refused(error.code):
                     break
                 self._log.warning(
-                    "%s: reconnect %d/%d failed: %s", self.name, attempt + 1, p.reconnect_attempts, error
+                    "%s: reconnect %d/%d failed: %s",
+                    self.name,
+                    attempt + 1,
+                    p.reconnect_attempts,
+                    self.hide_secrets(str(error)),
                 )
         if last is not None and self._refused(last.code):
             self._fatal = FatalProcessorError(self._describe(last))
@@ -255,6 +259,8 @@ class StreamingSTT(Processor, Generic[S]):
         return await self._connect_with_retries()
 
     def _report(self, message: str) -> None:
+        """A non-fatal problem: logged and sent upstream as an ErrorFrame (to the client), key hidden."""
+        message = self.hide_secrets(message)
         self._log.warning("%s: %s", self.name, message)
         self.push_system(ErrorFrame(message=message, processor=self.name), UPSTREAM)
 

@@ -5,10 +5,10 @@ Layout (what the ``recorder`` node writes)::
     {recordings}/{session_id}/transcript.json   {"session_id", "start_time", "end_time", "messages": [...]}
     {recordings}/{session_id}/user.wav, bot.wav, mixed.wav
 
-Routes: ``GET /api/conversations`` (newest first), ``GET /api/conversations/{id}`` (the transcript)
-and ``GET /api/conversations/{id}/audio/{file}`` (a download). Ids and file names must match strict
-patterns and every resolved path must stay inside the directory (symlinks included): anything else
-is a 404, never a file from elsewhere.
+Routes: ``GET /api/conversations`` (newest first; ``?limit=`` at most 500, ``?offset=`` to page on),
+``GET /api/conversations/{id}`` (the transcript) and ``GET /api/conversations/{id}/audio/{file}``
+(a download). Ids and file names must match strict patterns and every resolved path must stay inside
+the directory (symlinks included): anything else is a 404, never a file from elsewhere.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ AUDIO_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}\.wav")
 TRANSCRIPT = "transcript.json"
 MAX_TRANSCRIPT_BYTES = 16 * 1024 * 1024
 MAX_LISTED = 500
-"""Conversations listed at most (the newest)."""
+"""Conversations listed at most in one page (the newest by default)."""
 
 
 class Recordings:
@@ -38,30 +38,40 @@ class Recordings:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    def conversations(self) -> list[dict[str, Any]]:
-        """A summary of each saved conversation, newest first (unreadable ones are left out)."""
+    def conversations(self, limit: int = MAX_LISTED, offset: int = 0) -> list[dict[str, Any]]:
+        """A summary of saved conversations, newest first (unreadable ones are left out): ``limit`` of
+        them after the newest ``offset``.
+
+        Session ids sort by start time, so folders are taken newest first by name and only the
+        transcripts of the page asked for are read: a listing costs the same with 50 000 saved.
+        """
         root = self._root()
         if root is None:
             return []
-        entries = []
-        for folder in root.iterdir():
-            if not SESSION_ID.fullmatch(folder.name):
-                continue
-            transcript = self.transcript(folder.name)
+        names = sorted((f.name for f in root.iterdir() if SESSION_ID.fullmatch(f.name)), reverse=True)
+        entries: list[dict[str, Any]] = []
+        skipped = 0
+        for name in names:
+            if len(entries) >= limit:
+                break
+            transcript = self.transcript(name)
             if transcript is None:
                 continue  # still recording, or not a conversation
+            if skipped < offset:
+                skipped += 1
+                continue
             messages = transcript.get("messages")
             entries.append(
                 {
-                    "id": folder.name,
+                    "id": name,
                     "start_time": transcript.get("start_time"),
                     "end_time": transcript.get("end_time"),
                     "messages": len(messages) if isinstance(messages, list) else 0,
-                    "audio": self.audio_files(folder.name),
+                    "audio": self.audio_files(name),
                 }
             )
         entries.sort(key=lambda e: (str(e["start_time"] or ""), e["id"]), reverse=True)
-        return entries[:MAX_LISTED]
+        return entries
 
     def transcript(self, session_id: str) -> dict[str, Any] | None:
         """The conversation's transcript JSON, or None if there is none (or it is unreadable)."""
@@ -115,7 +125,16 @@ def add_routes(app: web.Application, recordings: Recordings) -> None:
     """Serve ``recordings`` under ``/api/conversations``."""
 
     async def listing(request: web.Request) -> web.Response:
-        return web.json_response(await asyncio.to_thread(recordings.conversations))
+        try:
+            limit = int(request.query.get("limit", MAX_LISTED))
+            offset = int(request.query.get("offset", 0))
+        except ValueError:
+            limit = offset = -1
+        if not (1 <= limit <= MAX_LISTED and offset >= 0):
+            return web.json_response(
+                {"error": f"limit must be 1..{MAX_LISTED} and offset 0 or more (whole numbers)"}, status=400
+            )
+        return web.json_response(await asyncio.to_thread(recordings.conversations, limit, offset))
 
     async def conversation(request: web.Request) -> web.Response:
         transcript = await asyncio.to_thread(recordings.transcript, request.match_info["id"])

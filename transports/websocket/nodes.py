@@ -48,6 +48,9 @@ _UNBOUND = "it serves a browser connection and runs only in a served config"
 _UNBOUND_FIX = "add 'server: {type: websocket}' to the config and run it with 'python -m pipeline run'"
 PROTOCOLS: dict[str, Wire] = {"voxgraph": protocol, "whisper-json": whisper_protocol}
 """``websocket.input``'s ``protocol`` -> the module that parses and encodes its messages."""
+UPLOAD_BUFFERED_AUDIO = 60 * 2 * protocol.SAMPLE_RATE
+"""Bytes of client audio held for a busy graph (60 s) when the client uploads (clips, or a whisper
+client sending a file faster than real time) rather than streams a live microphone (5 s)."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -119,6 +122,9 @@ class WebsocketInput(Source):
         before the graph starts)."""
         self._connection = connection
         connection.wire = PROTOCOLS[self.params.protocol]
+        if self.params.protocol == "whisper-json" or self.params.audio_messages == "clip":
+            inbound = connection.inbound  # uploads, not a live microphone: held, not dropped, up to a bound
+            inbound.max_audio_bytes = max(inbound.max_audio_bytes, UPLOAD_BUFFERED_AUDIO)
 
     def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
         return AudioFormat(protocol.SAMPLE_RATE, 1)

@@ -28,6 +28,7 @@ CLIENT_TYPES = ("start", "stop", "ptt", "text")
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001  # the server is shutting down
+CLOSE_POLICY_VIOLATION = 1008  # the client flooded a busy conversation with control messages
 CLOSE_TOO_BIG = 1009  # a message beyond the transport's hard limit
 CLOSE_INTERNAL_ERROR = 1011  # the graph failed
 CLOSE_TRY_AGAIN_LATER = 1013  # every session slot is taken

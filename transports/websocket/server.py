@@ -12,8 +12,11 @@
 Limits: ``max_sessions`` conversations at once (another connection gets an ``error`` message and close
 code 1013, try again later); client messages over ``max_message_bytes`` get an ``error`` reply and
 the session goes on, while those over four times that close the connection with 1009 (the socket
-layer refuses to buffer them). Ctrl-C stops every session cleanly (each graph drains, recordings are
-saved, bounded by its ``end_timeout``); a second Ctrl-C cancels them.
+layer refuses to buffer them). A conversation with no client message for ``idle_timeout`` seconds
+ends as a ``stop`` would (drained, saved; an ``error`` message says why, close code 1000), so an
+open but forgotten tab does not hold a slot (heartbeats alone do not count). Client audio waiting for
+a busy graph is bounded in bytes (``session.Inbound``). Ctrl-C stops every session cleanly (each graph
+drains, recordings are saved, bounded by its ``end_timeout``); a second Ctrl-C cancels them.
 """
 
 from __future__ import annotations
@@ -108,10 +111,10 @@ class VoiceServer:
         starts = [asyncio.ensure_future(p.on_start()) for p in engines]
         try:
             done, pending = await asyncio.wait(starts, timeout=graph.start_timeout)
-            failures = [
-                f"{p.name}: {type(t.exception()).__name__}: {t.exception()}"
+            failures = [  # printed: an SDK's error may quote the node's API key
+                f"{p.name}: " + p.hide_secrets(f"{type(error).__name__}: {error}")
                 for p, t in zip(engines, starts, strict=True)
-                if t in done and t.exception()
+                if t in done and (error := t.exception()) is not None
             ]
             failures += [
                 f"{p.name}: took longer than {graph.start_timeout:.0f}s"
@@ -174,7 +177,7 @@ class VoiceServer:
         session_id = new_session_id()
         try:
             graph = session_graph(self.compiled, {"session_id": session_id})
-            session = Session(session_id, ws, graph, limit)
+            session = Session(session_id, ws, graph, limit, idle_timeout=self.settings.idle_timeout)
         except Exception as error:  # validated at start, so this is a bug or the environment changed
             log.exception("cannot build the graph for session %s", session_id)
             await ws.send_str(protocol.error(f"cannot start a conversation: {error}"))

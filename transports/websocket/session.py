@@ -19,7 +19,7 @@ from collections import deque
 from typing import Protocol as TypingProtocol
 from typing import cast
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 
 from pipeline.frames import UPSTREAM, Direction, ErrorFrame, Frame
 from pipeline.graph import Graph, GraphFailedError
@@ -51,26 +51,75 @@ class Wire(TypingProtocol):
     def metrics(self, voice_to_voice_ms: float) -> str | None: ...
 
 
-class Inbound:
-    """Client events waiting for the input node. Bounded: when full, the oldest audio goes first."""
+MAX_BUFFERED_AUDIO = 160_000
+"""Bytes of client audio held for the input node (5 s of 16 kHz s16le); older audio goes first."""
+MAX_CONTROLS = 256
+"""Control events (start, ptt, text) held at most: more means a client flooding a stalled graph."""
 
-    def __init__(self, size: int = 256) -> None:
-        self.size = size  # events held at most (256 x 20 ms = 5 s of audio)
-        self.dropped = 0  # events dropped because the graph fell behind
+
+class Inbound:
+    """Client events waiting for the input node, bounded in bytes of audio and in control events.
+
+    When the graph falls behind, the oldest audio is dropped (counted): live audio that old is of no
+    use, and the socket must always be read. The newest audio message is kept whole even if it alone
+    is over the bound (a clip: one utterance), so the bound is ``max_audio_bytes`` plus one message.
+    Control events are never dropped: ``put`` refuses one beyond ``max_controls`` and the session ends.
+    """
+
+    def __init__(
+        self, name: str = "", max_audio_bytes: int = MAX_BUFFERED_AUDIO, max_controls: int = MAX_CONTROLS
+    ) -> None:
+        self.name = name  # the session, for the log
+        self.max_audio_bytes = max_audio_bytes
+        self.max_controls = max_controls
+        self.dropped = 0  # audio messages dropped because the graph fell behind
+        self.dropped_bytes = 0
         self._items: deque[ClientEvent] = deque()
+        self._audio_bytes = 0  # audio held now
+        self._controls = 0  # control events held now
         self._ended = False
         self._arrived = asyncio.Event()
 
-    def put(self, event: ClientEvent) -> None:
-        """Queue an event without waiting (the socket reader must never block on the graph)."""
+    @property
+    def audio_bytes(self) -> int:
+        """Bytes of audio held now."""
+        return self._audio_bytes
+
+    def put(self, event: ClientEvent) -> bool:
+        """Queue an event without waiting (the socket reader must never block on the graph).
+
+        False: a control event found ``max_controls`` already waiting; it was not queued.
+        """
         if self._ended:
-            return
-        if len(self._items) >= self.size:
-            oldest_audio = next((e for e in self._items if isinstance(e, Audio)), self._items[0])
-            self._items.remove(oldest_audio)
-            self.dropped += 1
-        self._items.append(event)
+            return True
+        if isinstance(event, Audio):
+            self._audio_bytes += len(event.pcm)
+            self._items.append(event)
+            self._drop_old_audio()
+        elif self._controls >= self.max_controls:
+            return False
+        else:
+            self._controls += 1
+            self._items.append(event)
         self._arrived.set()
+        return True
+
+    def _drop_old_audio(self) -> None:
+        while self._audio_bytes > self.max_audio_bytes:
+            oldest = next(e for e in self._items if isinstance(e, Audio))
+            if oldest is self._items[-1]:
+                return  # the newest message alone: kept whole
+            self._items.remove(oldest)
+            self._audio_bytes -= len(oldest.pcm)
+            self.dropped += 1
+            self.dropped_bytes += len(oldest.pcm)
+            if self.dropped == 1:
+                log.warning(
+                    "session %s: client audio arrives faster than the graph takes it; dropping the oldest "
+                    "beyond %d bytes",
+                    self.name,
+                    self.max_audio_bytes,
+                )
 
     def end(self) -> None:
         """No more events: ``get`` returns None once the queued ones are taken."""
@@ -84,7 +133,12 @@ class Inbound:
                 return None
             self._arrived.clear()
             await self._arrived.wait()
-        return self._items.popleft()
+        event = self._items.popleft()
+        if isinstance(event, Audio):
+            self._audio_bytes -= len(event.pcm)
+        else:
+            self._controls -= 1
+        return event
 
 
 class Outbox:
@@ -147,7 +201,7 @@ class Connection:
 
     def __init__(self, session_id: str) -> None:
         self.session_id = session_id
-        self.inbound = Inbound()
+        self.inbound = Inbound(session_id)
         self.outbox = Outbox()
         self.hung_up = False  # the client stopped or left: the graph drains, nobody listens to audio
         self.wire: Wire = protocol  # what the client speaks: the input node may choose another
@@ -180,12 +234,19 @@ class Session:
     """Runs one graph for one websocket client."""
 
     def __init__(
-        self, session_id: str, ws: web.WebSocketResponse, graph: Graph, max_message_bytes: int
+        self,
+        session_id: str,
+        ws: web.WebSocketResponse,
+        graph: Graph,
+        max_message_bytes: int,
+        *,
+        idle_timeout: float = 0.0,
     ) -> None:
         self.id = session_id
         self.ws = ws
         self.graph = graph
         self.max_message_bytes = max_message_bytes  # larger messages get an error reply
+        self.idle_timeout = idle_timeout  # seconds without a client message that end it; 0: never
         self.connection = Connection(session_id)
         self.close_code = protocol.CLOSE_NORMAL
         self._reader: asyncio.Task[None] | None = None
@@ -220,9 +281,14 @@ class Session:
             await _cancelled(writer)
             with contextlib.suppress(Exception):
                 await self.ws.close(code=self.close_code)
-            if self.connection.inbound.dropped:
-                dropped = self.connection.inbound.dropped
-                log.warning("session %s: the graph fell behind; %d client messages dropped", self.id, dropped)
+            inbound = self.connection.inbound
+            if inbound.dropped:
+                log.warning(
+                    "session %s: the graph fell behind; %d client audio messages (%d bytes) dropped",
+                    self.id,
+                    inbound.dropped,
+                    inbound.dropped_bytes,
+                )
 
     def stop(self) -> None:
         """Server shutdown: end the input as if the client had left; ``run`` drains and closes."""
@@ -267,26 +333,52 @@ class Session:
             await _cancelled(graph_task)
 
     async def _read(self) -> None:
-        """Route client messages until the client stops or leaves; protocol errors get a reply."""
-        ws, limit, wire = self.ws, self.max_message_bytes, self.connection.wire
-        inbound = self.connection.inbound
-        async for message in ws:
-            event: ClientEvent | ProtocolError
-            if message.type is WSMsgType.BINARY:
-                event = wire.parse_binary(message.data, limit)
-            elif message.type is WSMsgType.TEXT:
-                event = wire.parse_text(message.data, limit)
-            elif message.type is WSMsgType.ERROR:
-                log.info("session %s: connection error: %s", self.id, ws.exception())
-                return
-            else:
-                continue
-            if isinstance(event, ProtocolError):
-                self.connection.send_nowait(wire.error(event.message))
-            elif isinstance(event, Stop):
-                return
-            else:
-                inbound.put(event)
+        """Route client messages until the client stops, leaves or stays silent for ``idle_timeout``."""
+        idle = self.idle_timeout
+        if idle <= 0:
+            await self._route()
+            return
+        try:
+            await self._route(idle)
+        except TimeoutError:  # pongs do not count: an open tab nobody uses would keep its slot
+            log.info("session %s: no client message for %g s; ending it", self.id, idle)
+            wire = self.connection.wire
+            self.connection.send_nowait(wire.error(f"no message for {idle:g} s: the conversation ended"))
+
+    async def _route(self, idle: float | None = None) -> None:
+        """Route client messages; with ``idle``, raise ``TimeoutError`` after that long without one."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(None if idle is None else loop.time() + idle) as silence:
+            async for message in self.ws:
+                if idle is not None:
+                    silence.reschedule(loop.time() + idle)
+                if not self._take(message):
+                    return
+
+    def _take(self, message: WSMessage) -> bool:
+        """Route one client message (protocol errors get a reply); False: the session ends."""
+        wire, limit, inbound = self.connection.wire, self.max_message_bytes, self.connection.inbound
+        event: ClientEvent | ProtocolError
+        if message.type is WSMsgType.BINARY:
+            event = wire.parse_binary(message.data, limit)
+        elif message.type is WSMsgType.TEXT:
+            event = wire.parse_text(message.data, limit)
+        elif message.type is WSMsgType.ERROR:
+            log.info("session %s: connection error: %s", self.id, self.ws.exception())
+            return False
+        else:
+            return True
+        if isinstance(event, ProtocolError):
+            self.connection.send_nowait(wire.error(event.message))
+        elif isinstance(event, Stop):
+            return False
+        elif not inbound.put(event):
+            log.warning("session %s: over %d control messages queued; closing", self.id, inbound.max_controls)
+            reason = f"over {inbound.max_controls} messages wait for a busy conversation: it ended"
+            self.connection.send_nowait(wire.error(reason))
+            self.close_code = protocol.CLOSE_POLICY_VIOLATION
+            return False
+        return True
 
     async def _write(self) -> None:
         outbox, ws = self.connection.outbox, self.ws
