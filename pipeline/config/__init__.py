@@ -15,6 +15,7 @@ Reference::
       port: 8000                   #   0 picks a free port
       max_sessions: 4              #   conversations at once; more connections are refused
       max_message_bytes: 1048576   #   larger client messages get an error reply
+      idle_timeout: 120            #   seconds without a client message before a conversation ends
       recordings: recordings       #   what /api/conversations lists; default: the recorder's directory
     nodes:                         # required: node name -> node
       src: {type: source.tone, frequency: 440, duration: 1.0}
