@@ -32,9 +32,10 @@ def run_assistant(paths: list[Path], tmp_path: Path) -> tuple[Path, dict[str, ob
         "RECORDINGS": str(tmp_path / "recordings"),
     }
     listed = "[" + ", ".join(str(p) for p in paths) + "]"
+    command = [sys.executable, "-m", "pipeline", "run", str(CONFIG), "--set", f"caller.paths={listed}"]
+    command += ["--set", "llm.temperature=0"]  # greedy: the same reply every run
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", str(CONFIG), "--set", f"caller.paths={listed}"]
-        + ["--set", "llm.temperature=0"],  # greedy: the same reply every run
+        command,
         cwd=REPO,
         env=env,
         capture_output=True,

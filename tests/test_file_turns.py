@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 
+from pipeline.formats import AudioFormat
 from pipeline.frames import (
     UPSTREAM,
     AudioFrame,
@@ -17,6 +19,7 @@ from pipeline.frames import (
 )
 from pipeline.graph import Graph
 from pipeline.processor import Processor
+from pipeline.sources import FramePacer
 from pipeline.testing import run_graph, virtual_time
 from tests.speech import write_wav
 from transports.file_turns import FileTurns
@@ -105,3 +108,24 @@ async def test_later_files_take_the_first_files_format(tmp_path: Path, rate: int
     rates = {f.sample_rate for f in out.of(AudioFrame)}
     assert rates == {16000}
     assert abs(sum(f.duration for f in out.of(AudioFrame)) - 0.4) < 0.03
+
+
+async def test_cancelled_while_waiting_for_the_answer_leaves_no_waiters_behind(tmp_path: Path) -> None:
+    turns = FileTurns(name="caller", paths=[tone_wav(tmp_path / "a.wav", 0.1)], reply_timeout=30.0)
+    fmt = AudioFormat(16000, 1)
+
+    async def wait() -> None:
+        async for _ in turns._wait_for_reply(FramePacer(20, False), bytes(640), fmt, False):
+            pass
+
+    def event_waiters() -> list[asyncio.Task[Any]]:
+        return [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "") == "Event.wait"]
+
+    waiter = asyncio.ensure_future(wait())
+    async with asyncio.timeout(5):
+        while len(event_waiters()) < 2:  # waiting for the bot to start and to stop
+            await asyncio.sleep(0)
+        waiter.cancel()
+        await asyncio.wait({waiter})
+    assert waiter.cancelled()
+    assert all(t.done() or t.cancelling() for t in event_waiters())  # every one was cancelled too

@@ -336,3 +336,64 @@ async def test_without_early_transcription_pauses_are_passed_on_and_ignored() ->
     out = await run_processor(stt, [started(0), *speech(0, 20), paused(20), *speech(20, 30), stopped(20)])
     assert out.transcripts == ["frames 0-19"] and len(stt.utterances) == 1
     assert len(out.of(UserSpeechPausedFrame)) == 1
+
+
+class CountingRecorder(Recorder):
+    """A Recorder that counts its calls in flight and how each one ended."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.finished = 0
+        self.cancelled = 0
+
+    async def transcribe(self, utterance: Utterance) -> Transcription:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            result = await super().transcribe(utterance)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.in_flight -= 1
+        self.finished += 1
+        return result
+
+
+@virtual_time
+async def test_a_stale_early_pass_is_left_to_finish_and_no_second_one_starts_meanwhile() -> None:
+    # A cancelled task does not stop an inference running in a thread: passes must not pile up.
+    gate = asyncio.Event()
+    stt = CountingRecorder(gate=gate, early_transcription=True, pre_roll=0.0, post_roll=0.0)
+    script: list[Frame | Gap] = [started(0), *speech(0, 20)]
+    for pause in (20, 30, 40):  # three pause/resume cycles while the first early pass is held
+        script += [paused(pause), *speech(pause, pause + 10), Gap(0.1)]
+    script += [Gap(0.1), paused(50), *speech(50, 60), Gap(0.1), stopped(50), Gap(0.1)]
+    runner = asyncio.ensure_future(run_processor(stt, script, timeout=30))
+    await asyncio.sleep(0.35)  # after the three cycles, before the pause at frame 50
+    assert [frame_ids(u.pcm)[-1] for u in stt.utterances] == [19]  # no early pass for frames 29, 39
+    assert stt.in_flight == 1 and stt.cancelled == 0
+    gate.set()  # the stale pass finishes; the next pause may start a pass again
+    out = await runner
+    assert out.transcripts == ["frames 0-49"]
+    assert [frame_ids(u.pcm)[-1] for u in stt.utterances] == [19, 49]  # the stop confirmed the second
+    assert stt.most_in_flight == 1 and stt.cancelled == 0 and stt.finished == 2
+
+
+@virtual_time
+async def test_an_early_pass_that_the_stop_does_not_confirm_finishes_beside_the_final() -> None:
+    gate = asyncio.Event()
+    stt = CountingRecorder(gate=gate, early_transcription=True, pre_roll=0.0, post_roll=0.0)
+    script: list[Frame | Gap] = [started(0), *speech(0, 20), paused(20), *speech(20, 30), Gap(0.1)]
+    script += [stopped(30), *speech(30, 35), Gap(0.1), started(35), *speech(35, 45), paused(45)]
+    script += [*speech(45, 50), Gap(0.1), stopped(45), Gap(0.1)]
+    runner = asyncio.ensure_future(run_processor(stt, script, timeout=30))
+    await asyncio.sleep(0.15)  # the stop at frame 30 did not match the pause at 20
+    assert [frame_ids(u.pcm)[-1] for u in stt.utterances] == [19, 29]  # stale early + the final
+    assert stt.cancelled == 0
+    gate.set()
+    out = await runner
+    assert out.transcripts == ["frames 0-29", "frames 35-44"]
+    assert stt.cancelled == 0 and stt.in_flight == 0

@@ -5,10 +5,13 @@ Models load once per process (the shared model cache), so only the first test pa
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import jiwer
@@ -29,6 +32,8 @@ from pipeline.frames import (
 from pipeline.params import param
 from pipeline.processor import Processor
 from pipeline.testing import Gap, run_graph, run_processor
+from pipeline.utterances import Utterance
+from processors.models import SharedModel
 from processors.stt import models
 from processors.stt.whisper import WhisperSTT
 from tests.speech import LIBRIVOX, librivox, read_wav, silence, speech_regions, write_wav
@@ -213,7 +218,9 @@ class SpeechMarks(Processor):
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
-        marks = [(t + START_LATE, UserStartedSpeakingFrame(stream_time=t)) for t in self.params.starts]
+        marks: list[tuple[float, Frame]] = [
+            (t + START_LATE, UserStartedSpeakingFrame(stream_time=t)) for t in self.params.starts
+        ]
         marks += [(t + STOP_LATE, UserStoppedSpeakingFrame(stream_time=t)) for t in self.params.stops]
         self.marks = sorted(marks, key=lambda mark: mark[0])
         self.received = 0.0
@@ -252,3 +259,66 @@ edges: [mic -> vad -> stt]
     assert not out.errors
     assert len(out.transcripts) == 1 and wer(reference("0930"), out.transcripts[0]) <= 0.25, out.transcripts
     assert all(f.sample_rate == 16000 for f in out.of(AudioFrame))
+
+
+class _LazyWhisper:
+    """Stands in for faster-whisper's model: yields segments lazily, the second only once allowed."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.first_given = threading.Event()
+        self.allow_second = threading.Event()
+        self.second_decoded = False
+
+    def transcribe(self, audio: Any, **options: Any) -> tuple[Any, Any]:
+        self.calls += 1
+
+        def segments() -> Any:
+            yield SimpleNamespace(text=" one", words=None)
+            self.first_given.set()
+            self.allow_second.wait(5)
+            self.second_decoded = True
+            yield SimpleNamespace(text=" two", words=None)
+
+        return segments(), SimpleNamespace(language="en")
+
+
+def _utterance() -> Utterance:
+    return Utterance(np.zeros(RATE // 10, dtype="<i2").tobytes(), RATE, 1, 0.0, 0.1)
+
+
+async def test_a_cancelled_pass_waiting_for_the_shared_model_gives_up_without_running() -> None:
+    model = _LazyWhisper()
+    stt = WhisperSTT(warm_up=False)
+    stt._shared = SharedModel(model)
+    stt._shared.lock.acquire()  # another session is transcribing
+    try:
+        task = asyncio.ensure_future(stt.transcribe(_utterance()))
+        await asyncio.sleep(0)  # let it start waiting for the lock
+        task.cancel()
+        async with asyncio.timeout(5):
+            await asyncio.wait({task})
+        assert task.cancelled()
+    finally:
+        stt._shared.lock.release()
+    model.allow_second.set()
+    async with asyncio.timeout(5):  # the model is free: the abandoned pass never ran on it
+        assert (await stt.transcribe(_utterance())).text == "one two"
+    assert model.calls == 1
+
+
+async def test_a_cancelled_pass_stops_between_segments_and_lets_go_of_the_model() -> None:
+    model = _LazyWhisper()
+    stt = WhisperSTT(warm_up=False)
+    stt._shared = shared = SharedModel(model)
+    task = asyncio.ensure_future(stt.transcribe(_utterance()))
+    async with asyncio.timeout(5):
+        assert await asyncio.to_thread(model.first_given.wait, 5)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=0.2)
+    assert not done  # cancelled, the call waits for its thread to let go of the model
+    model.allow_second.set()
+    async with asyncio.timeout(5):
+        await asyncio.wait({task})
+    assert task.cancelled()
+    assert not shared.lock.locked()

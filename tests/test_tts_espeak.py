@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import struct
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import numpy as np
@@ -27,7 +30,7 @@ def whisper() -> Any:
 
 
 def test_a_missing_binary_is_reported_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(espeak.shutil, "which", lambda name: None)
+    monkeypatch.setattr("processors.tts.espeak.shutil.which", lambda name: None)
     [problem] = EspeakTTS().check()
     assert "espeak-ng" in problem.message and problem.fix == "apt-get install espeak-ng"
 
@@ -74,11 +77,28 @@ async def test_closing_the_stream_kills_espeak() -> None:
     tts = EspeakTTS()
     long_text = " ".join([SENTENCE] * 40)  # megabytes of audio: espeak-ng blocks on the full pipe
     stream = tts.synthesize(long_text)
+    assert isinstance(stream, AsyncGenerator)
     assert await anext(stream)
     process = tts.process_in_flight
     assert process is not None and process.returncode is None
     await stream.aclose()
     assert process.returncode is not None and process.returncode < 0  # killed by a signal
+
+
+async def test_a_barge_in_landing_as_a_read_completes_is_not_lost() -> None:
+    # The cancel arrives in the same loop turn as the header: Python 3.11's wait_for would return the
+    # header and drop the cancel, so the sentence would go on being spoken over the user.
+    fmt = struct.pack("<HHIIHH", 1, 1, 22050, 44100, 2, 16)
+    header = b"RIFF\xff\xff\xff\xffWAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data\0\0\0\0"
+    stream = asyncio.StreamReader()
+    reader = asyncio.ensure_future(espeak._read_header(stream))
+    await asyncio.sleep(0)  # the reader now waits for the header
+    assert not reader.done()
+    stream.feed_data(header)
+    reader.cancel()
+    async with asyncio.timeout(TIMEOUT):
+        await asyncio.wait({reader})
+    assert reader.cancelled()
 
 
 async def test_espeak_conforms() -> None:

@@ -157,9 +157,11 @@ class FileTurns(Source):
                 waits = [asyncio.ensure_future(self._bot_stopped.wait())]
                 if started_at is None:
                     waits.append(asyncio.ensure_future(self._bot_started.wait()))
-                _, pending = await asyncio.wait(waits, timeout=max(0.0, deadline - loop.time()))
-                for task in pending:
-                    task.cancel()
+                try:
+                    await asyncio.wait(waits, timeout=max(0.0, deadline - loop.time()))
+                finally:  # also when the source is cancelled while waiting: no waiter outlives it
+                    for task in waits:
+                        task.cancel()
 
 
 def _convert(pcm: bytes, fmt: AudioFormat, target: AudioFormat) -> bytes:

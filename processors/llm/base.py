@@ -13,10 +13,9 @@ as reported by ``SpokenTextFrame``s travelling upstream from the output transpor
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from pipeline.frames import (
     UPSTREAM,
@@ -32,10 +31,10 @@ from pipeline.frames import (
 from pipeline.params import param
 from pipeline.processor import Processor
 from processors.llm.context import Conversation, approximate_tokens
+from processors.llm.streams import closing_stream
 
 __all__ = ["ChatLLM", "ChatParams", "ToolCall"]
 
-T = TypeVar("T")
 
 DEFAULT_SYSTEM_PROMPT = "You are a friendly voice assistant. Answer in one or two short spoken sentences."
 
@@ -111,7 +110,7 @@ class ChatLLM(Processor):
         await self.push(LLMResponseStartFrame())
         try:
             with self.metrics.measure():
-                async with _closing(self.stream_reply(messages)) as stream:
+                async with closing_stream(self.stream_reply(messages)) as stream:
                     async for item in stream:
                         await self._emit(item)
         except Exception:
@@ -136,14 +135,3 @@ class ChatLLM(Processor):
 
     async def on_interrupt(self) -> None:
         self.context.truncate_to_spoken()
-
-
-@contextlib.asynccontextmanager
-async def _closing(stream: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
-    """Close an engine's stream on exit, cancelled or not, so it stops its work in a ``finally``."""
-    try:
-        yield stream
-    finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()

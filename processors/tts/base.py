@@ -32,11 +32,10 @@ so it includes the LLM's time to the first sentence; ``processing`` is each sent
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from pipeline.errors import Problem, ValidationError
 from pipeline.formats import AudioFormat
@@ -53,11 +52,10 @@ from pipeline.frames import (
 )
 from pipeline.params import param
 from pipeline.processor import Processor
+from processors.llm.streams import closing_stream
 from processors.tts.sentences import SentenceChunker
 
 __all__ = ["SpeechParams", "SpeechSynthesizer"]
-
-T = TypeVar("T")
 
 
 @dataclass(slots=True, kw_only=True)
@@ -196,7 +194,7 @@ class SpeechSynthesizer(Processor):
         frame_bytes = max(2, rate * self.params.chunk_ms // 1000 * 2)
         pending = b""
         with self.metrics.measure():
-            async with _closing(self.synthesize(sentence)) as stream:
+            async with closing_stream(self.synthesize(sentence)) as stream:
                 async for pcm in stream:
                     pending += pcm
                     whole = len(pending) // frame_bytes * frame_bytes
@@ -215,14 +213,3 @@ class SpeechSynthesizer(Processor):
         if self._reply_started:
             self.metrics.record("ttfb", time.perf_counter() - self._reply_started)
             self._reply_started = 0.0
-
-
-@contextlib.asynccontextmanager
-async def _closing(stream: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
-    """Close an engine's stream on exit, cancelled or not, so it stops its work in a ``finally``."""
-    try:
-        yield stream
-    finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()

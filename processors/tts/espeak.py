@@ -3,7 +3,9 @@
 Robotic but tiny and instant (RTF ~0.006), with voices for over 100 languages: a fallback voice and a
 fast test double of a real engine. ``espeak-ng --stdout`` streams a WAV: the header is parsed for the
 format and the samples are yielded as they arrive. A barge-in kills the process; every read is bounded
-by a timeout so a stuck process cannot hang the graph.
+by a timeout so a stuck process cannot hang the graph. The timeouts are ``asyncio.timeout`` scopes, not
+``wait_for``: on Python 3.11 ``wait_for`` returns a read that completed in the same loop turn as a
+cancel and drops the cancel, so a barge-in could be lost.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import shutil
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from pipeline.errors import FatalProcessorError, Problem, ValidationError
 from pipeline.params import param
@@ -26,6 +28,15 @@ READ_TIMEOUT = 10.0
 """Seconds a read from espeak-ng may take before the sentence is given up."""
 MBROLA_RATE = 16000
 """MBROLA voices (``mb-*``) speak at 16 kHz; espeak-ng's own voices at 22,050 Hz."""
+
+
+T = TypeVar("T")
+
+
+async def _within(awaitable: Awaitable[T]) -> T:
+    """``awaitable`` bounded by ``READ_TIMEOUT``, in this task, so a cancel (barge-in) is never lost."""
+    async with asyncio.timeout(READ_TIMEOUT):
+        return await awaitable
 
 
 class WavFormatError(RuntimeError):
@@ -111,7 +122,7 @@ class EspeakTTS(SpeechSynthesizer):
         try:
             header = await _read_header(process.stdout)
             if header is None:
-                await asyncio.wait_for(process.wait(), READ_TIMEOUT)
+                await _within(process.wait())
                 error = (await process.stderr.read()).decode(errors="replace").strip()
                 raise FatalProcessorError(
                     f"espeak-ng voice {self.params.voice!r} failed: {error or 'no audio'}"
@@ -123,13 +134,13 @@ class EspeakTTS(SpeechSynthesizer):
                     f"{bits} bit; expected {self.sample_rate} Hz mono 16 bit"
                 )
             odd = b""  # a sample split across two reads
-            while pcm := await asyncio.wait_for(process.stdout.read(READ_BYTES), READ_TIMEOUT):
+            while pcm := await _within(process.stdout.read(READ_BYTES)):
                 pcm = odd + pcm
                 cut = len(pcm) // 2 * 2
                 odd = pcm[cut:]
                 if cut:
                     yield pcm[:cut]
-            await asyncio.wait_for(process.wait(), READ_TIMEOUT)
+            await _within(process.wait())
         finally:
             self.process_in_flight = None
             if process.returncode is None:
@@ -140,7 +151,7 @@ class EspeakTTS(SpeechSynthesizer):
 async def _read_header(stream: asyncio.StreamReader) -> tuple[int, int, int] | None:
     """Read a streamed WAV's header up to its samples: (rate, channels, bits), or None if empty."""
     try:
-        riff = await asyncio.wait_for(stream.readexactly(12), READ_TIMEOUT)
+        riff = await _within(stream.readexactly(12))
     except asyncio.IncompleteReadError as error:
         if not error.partial:
             return None
@@ -149,12 +160,12 @@ async def _read_header(stream: asyncio.StreamReader) -> tuple[int, int, int] | N
         raise WavFormatError("espeak-ng output is not a WAV file")
     fmt: tuple[int, int, int] | None = None
     while True:
-        kind, size = struct.unpack("<4sI", await asyncio.wait_for(stream.readexactly(8), READ_TIMEOUT))
+        kind, size = struct.unpack("<4sI", await _within(stream.readexactly(8)))
         if kind == b"data":
             if fmt is None:
                 raise WavFormatError("WAV data before its fmt chunk")
             return fmt  # streamed: the data size is a placeholder, read to the end instead
-        body = await asyncio.wait_for(stream.readexactly(size + size % 2), READ_TIMEOUT)
+        body = await _within(stream.readexactly(size + size % 2))
         if kind == b"fmt ":
             fmt = parse_fmt_chunk(body)
 
