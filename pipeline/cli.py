@@ -20,6 +20,8 @@ from pipeline.registry import available, resolve
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 EPILOG = """examples:
+  python -m pipeline run configs/assistant.yaml        # the offline assistant on http://127.0.0.1:8000
+  python -m pipeline run configs/assistant-file.yaml --set 'caller.paths=[question.wav]'
   python -m pipeline run configs/hello.yaml
   python -m pipeline run configs/hello.yaml --set tone.frequency=880 --metrics latency.json
   python -m pipeline validate configs/hello.yaml

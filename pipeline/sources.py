@@ -409,6 +409,8 @@ def _load_wav(path: Path, *, frames: bool) -> tuple[AudioFormat, bytes]:
         ) from None
     except (wave.Error, EOFError) as error:
         raise AudioFileError(f"cannot read '{path}' as a PCM WAV file ({error}); {convert}") from None
+    except OSError as error:  # a folder, no permission, ...
+        raise AudioFileError(f"cannot open '{path}': {error.strerror or error}") from None
 
 
 # --- text ----------------------------------------------------------------------------------------

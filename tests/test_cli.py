@@ -17,6 +17,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.params import param_specs
 from pipeline.registry import available, resolve
+from tests.speech import librivox
 
 REPO = Path(__file__).resolve().parent.parent
 BOUND = 15.0  # seconds any one subprocess may take before the test fails instead of hanging
@@ -111,14 +112,37 @@ def test_validate_prints_every_problem_with_its_line_and_exits_2(
         assert expected in err
 
 
-@pytest.mark.parametrize(
-    "shipped", ["configs/hello.yaml", "configs/examples/resample-tone.yaml", "configs/vad-split.yaml"]
-)
-def test_validate_accepts_the_shipped_configs(shipped: str, capsys: pytest.CaptureFixture[str]) -> None:
+SHIPPED = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml"))
+KEYS = ("ASSEMBLYAI_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "FIREWORKS_API_KEY")
+
+
+def test_every_shipped_config_is_checked() -> None:
+    assert "configs/assistant.yaml" in SHIPPED and len(SHIPPED) >= 11
+
+
+@pytest.mark.parametrize("shipped", SHIPPED)
+def test_validate_accepts_the_shipped_configs(
+    shipped: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in KEYS:  # cloud configs need their keys set (to anything) to validate
+        monkeypatch.setenv(key, "test-key")
+    monkeypatch.setenv("INPUT", str(librivox("0880")))  # file configs need an input file
     code, out, err = cli(capsys, "validate", REPO / shipped)
     assert code == 0
     assert out.strip().endswith(": valid")
     assert err == ""
+
+
+def test_an_unset_variable_is_reported_once_not_again_by_the_nodes_own_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NO_SUCH_INPUT", raising=False)
+    config = tmp_path / "in.yaml"
+    lines = ["nodes:", "  src: {type: source.wav, path: '${NO_SUCH_INPUT}'}", "  out: {type: debug.null}"]
+    config.write_text("\n".join([*lines, "edges: [src -> out]", ""]))
+    code, _, err = cli(capsys, "validate", config)
+    assert code == 2
+    assert "1 problem found" in err and "NO_SUCH_INPUT is not set" in err
 
 
 def test_validate_checks_overrides_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -49,9 +49,13 @@ class Compiled:
         )
 
 
-def build(spec: GraphSpec) -> tuple[Compiled, list[Problem]]:
-    """Build every node that can be built and wire them; the result is only usable without problems."""
-    builder = _Builder(spec)
+def build(spec: GraphSpec, unchecked: frozenset[str] = frozenset()) -> tuple[Compiled, list[Problem]]:
+    """Build every node that can be built and wire them; the result is only usable without problems.
+
+    Nodes named in ``unchecked`` already have a problem in how they were written (an unset ``${VAR}``,
+    say): their ``check()`` is skipped, since it would only report the consequence again.
+    """
+    builder = _Builder(spec, unchecked)
     settings = builder.settings()
     server, server_problems = read_server(spec)
     for node in spec.nodes.values():
@@ -64,8 +68,9 @@ def build(spec: GraphSpec) -> tuple[Compiled, list[Problem]]:
 class _Builder:
     """Builds nodes one at a time, each problem placed where its value was written."""
 
-    def __init__(self, spec: GraphSpec) -> None:
+    def __init__(self, spec: GraphSpec, unchecked: frozenset[str] = frozenset()) -> None:
         self.spec = spec
+        self.unchecked = unchecked
         self.problems: list[Problem] = []
         self.classes: dict[str, type[Processor] | None] = {}
         """Every node's type; None where it could not be resolved."""
@@ -108,7 +113,7 @@ class _Builder:
             return
         try:  # built even with a bad queue: wiring can still check it
             processor = self.processors[node.name] = cls(params, name=node.name, **queue)
-            for problem in processor.check():
+            for problem in [] if node.name in self.unchecked else processor.check():
                 self.report(problem, node)
         except ValidationError as error:
             for problem in error.problems:
