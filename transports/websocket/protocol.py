@@ -86,17 +86,25 @@ def parse_binary(data: bytes, max_bytes: int) -> Audio | ProtocolError:
     return Audio(bytes(data))
 
 
-def parse_text(text: str, max_bytes: int) -> ClientEvent | ProtocolError:
-    """A text message: one JSON object with a known ``type`` and valid fields (unknown fields ignored)."""
+def json_object(text: str, max_bytes: int, example: str) -> dict[str, Any] | ProtocolError:
+    """A text message as a JSON object of at most ``max_bytes``; ``example`` shows the expected shape."""
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
         return ProtocolError(f"message of {size} bytes is over the limit of {max_bytes}")
     try:
         message = json.loads(text)
     except ValueError:
-        return ProtocolError('text messages must be JSON, like {"type": "start"}')
+        return ProtocolError(f"text messages must be JSON, like {example}")
     if not isinstance(message, dict):
         return ProtocolError('a text message must be a JSON object with a "type"')
+    return message
+
+
+def parse_text(text: str, max_bytes: int) -> ClientEvent | ProtocolError:
+    """A text message: one JSON object with a known ``type`` and valid fields (unknown fields ignored)."""
+    message = json_object(text, max_bytes, '{"type": "start"}')
+    if isinstance(message, ProtocolError):
+        return message
     kind = message.get("type")
     if kind == "start":
         return Start()

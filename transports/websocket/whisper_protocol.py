@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 import struct
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from transports.websocket.protocol import SAMPLE_RATE, Audio, ProtocolError, encode
+from transports.websocket.protocol import SAMPLE_RATE, Audio, ProtocolError, encode, json_object
 
 __all__ = [
     "AudioError",
@@ -97,15 +96,9 @@ class WavFormat:
 
 def parse_text(text: str, max_bytes: int) -> Audio | ProtocolError:
     """A text message: ``{"type": "audio", "audio": "<base64>"}``, at most ``max_bytes``."""
-    size = len(text.encode("utf-8", "surrogatepass"))
-    if size > max_bytes:
-        return ProtocolError(f"message of {size} bytes is over the limit of {max_bytes}")
-    try:
-        message = json.loads(text)
-    except ValueError:
-        return ProtocolError('messages must be JSON, like {"type": "audio", "audio": "<base64>"}')
-    if not isinstance(message, dict):
-        return ProtocolError('a message must be a JSON object with a "type"')
+    message = json_object(text, max_bytes, '{"type": "audio", "audio": "<base64>"}')
+    if isinstance(message, ProtocolError):
+        return message
     kind = message.get("type")
     if kind == "audio":
         return _audio_message(message)
