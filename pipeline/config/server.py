@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import ipaddress
+import re
 import typing
 from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, cast
@@ -42,13 +44,62 @@ def read_server(spec: GraphSpec) -> tuple[ServerSettings | None, list[Problem]]:
         if problem is None:
             values[key] = converted
             continue
-        path = f"server.{key}"
-        if path in spec.overridden:
-            problem.file = f"--set {path}"
-        else:
-            problem.file, problem.line = spec.file, spec.lines.get(path)
-        problems.append(problem)
-    return ServerSettings(**values), problems
+        problems.append(_located(problem, spec, f"server.{key}"))
+    settings = ServerSettings(**values)
+    exposure = exposed_without_auth(settings, spec.interpolated.get("server.host"))
+    if exposure is not None and not any(p.key in ("host", "auth", "allow_unauthenticated") for p in problems):
+        message, fix = exposure
+        problems.append(_located(Problem(message, fix=fix, key="host"), spec, "server.host"))
+    return settings, problems
+
+
+def _located(problem: Problem, spec: GraphSpec, path: str) -> Problem:
+    if path in spec.overridden:
+        problem.file = f"--set {path}"
+    else:
+        problem.file, problem.line = spec.file, spec.lines.get(path, spec.lines.get("server"))
+    return problem
+
+
+AUTH_MODES = ("none", "api_key")
+ALL_INTERFACES = frozenset({"0.0.0.0", "::", ""})
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+HOST_ENTRY = re.compile(r"\.?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
+ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*)(:[0-9]{1,5})?/?")
+
+
+def is_all_interfaces(host: str) -> bool:
+    """Whether ``host`` binds every interface (``0.0.0.0``, ``::``)."""
+    return host.strip().strip("[]") in ALL_INTERFACES
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` binds only this machine: ``localhost`` or a loopback address (names other than
+    ``localhost`` count as exposed: resolving them here would block, and they may change)."""
+    name = host.strip().strip("[]").lower().rstrip(".")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def exposed_without_auth(settings: ServerSettings, interpolated: str | None = None) -> tuple[str, str] | None:
+    """(why, fix) when the server would listen beyond this machine with no auth nor an explicit opt-out."""
+    if settings.auth != "none" or settings.allow_unauthenticated or is_loopback_host(settings.host):
+        return None
+    shown = f"a value from {interpolated}" if interpolated else repr(settings.host)
+    where = "all interfaces" if is_all_interfaces(settings.host) else "not a loopback address"
+    message = (
+        f"server host {shown} ({where}) without auth: anyone who can reach it could hold "
+        "conversations and read saved ones"
+    )
+    fix = (
+        f"set server.auth: api_key (keys in ${settings.api_keys_env}), or host: 127.0.0.1, "
+        "or allow_unauthenticated: true if something in front of it authenticates"
+    )
+    return message, fix
 
 
 _LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -57,6 +108,29 @@ _LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_sessions": (lambda v: v >= 1, "use 1 or more"),
     "max_message_bytes": (lambda v: v >= 1024, "use at least 1024 (audio chunks are 640 bytes)"),
     "idle_timeout": (lambda v: v >= 0, "use seconds, e.g. 120 (0: never end an idle conversation)"),
+    "header_timeout": (lambda v: v >= 0, "use seconds, e.g. 10 (0: no deadline)"),
+    "keepalive_timeout": (lambda v: v > 0, "use seconds, e.g. 15"),
+    "max_connections": (lambda v: v >= 0, "use a number, e.g. 500 (0: from the open-files limit)"),
+    "auth": (lambda v: v in AUTH_MODES, "use none (loopback hosts only) or api_key"),
+    "token_ttl": (lambda v: 10 <= v <= 3600, "use seconds, 10..3600, e.g. 300"),
+    "api_keys_env": (lambda v: bool(ENV_NAME.fullmatch(v)), "use an environment variable name"),
+    "token_secret_env": (lambda v: bool(ENV_NAME.fullmatch(v)), "use an environment variable name"),
+    "allowed_hosts": (
+        lambda v: all(HOST_ENTRY.fullmatch(h) for h in v),
+        "use host names, e.g. [voice.example.com]; a leading dot allows subdomains: [.example.com]",
+    ),
+    "allowed_origins": (
+        lambda v: all(ORIGIN.fullmatch(o) for o in v),
+        "use origins, scheme://host[:port] without a path, e.g. [https://app.example.com]",
+    ),
+    "cors_origins": (
+        lambda v: all(ORIGIN.fullmatch(o) for o in v),
+        "use origins, scheme://host[:port] without a path, e.g. [https://app.example.com]",
+    ),
+    "max_cpu": (lambda v: 0 < v <= 1, "use a fraction of all cores, e.g. 0.85"),
+    "max_loop_lag": (lambda v: v > 0, "use seconds, e.g. 0.25"),
+    "max_session_lag": (lambda v: v > 0, "use seconds, e.g. 2"),
+    "load_window": (lambda v: v >= 1, "use seconds, e.g. 10"),
 }
 """Server key -> (is the converted value usable, how to fix it)."""
 

@@ -45,6 +45,40 @@ class ServerSettings:
     """Directory of saved conversations for the API; default: the recorder node's directory."""
     idle_timeout: float = 120.0
     """Seconds without a client message before a conversation ends (its slot freed); 0: never."""
+    header_timeout: float = 10.0
+    """Seconds a new connection has to send its first request line and headers (a websocket upgrade
+    too); 0: no deadline."""
+    keepalive_timeout: float = 15.0
+    """Seconds an HTTP connection may wait idle for its next request."""
+    max_connections: int = 0
+    """Open TCP connections at most; 0: from the open-files limit (raised to the hard limit at start),
+    leaving room for everything else. At the cap the oldest connection without a request is closed."""
+    auth: str = "none"
+    """``none`` (loopback hosts only) or ``api_key``: API keys, and session tokens minted with one."""
+    allow_unauthenticated: bool = False
+    """Serve a non-loopback host with ``auth: none`` anyway (something in front authenticates)."""
+    api_keys_env: str = "VOXGRAPH_API_KEYS"
+    """Environment variable holding the API keys, comma-separated."""
+    token_secret_env: str = "VOXGRAPH_TOKEN_SECRET"
+    """Environment variable holding the token signing secret; unset: random per process."""
+    token_ttl: int = 300
+    """Seconds a session token lives (the longest a mint request may ask for)."""
+    allowed_hosts: list[str] = field(default_factory=list)
+    """Host names accepted besides IP addresses, loopback names and (when exposed) this machine's."""
+    allowed_origins: list[str] = field(default_factory=list)
+    """Browser origins besides the page's own that may open ``/ws`` and call the API."""
+    cors_origins: list[str] = field(default_factory=list)
+    """Browser origins that may call the API cross-origin (CORS headers, preflight answered)."""
+    max_cpu: float = 0.85
+    """Admission: fraction of all cores the server may use (over ``load_window``, now or with one more
+    session) before new conversations are refused; ``max_sessions`` stays the hard cap."""
+    max_loop_lag: float = 0.25
+    """Admission: seconds the event loop may run late before new conversations are refused."""
+    max_session_lag: float = 2.0
+    """Admission: seconds a conversation may fall behind (its live audio, or its first turns' latency)
+    before new ones are refused."""
+    load_window: float = 10.0
+    """Seconds of history behind the CPU and loop-lag figures."""
 
 
 @dataclass(slots=True)

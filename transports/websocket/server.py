@@ -6,24 +6,34 @@
 * ``/ws`` a conversation: a new graph built from the config, bound to this connection
   (``transports.websocket.protocol`` describes the messages, or ``whisper_protocol`` when the input
   node says so); a websocket upgrade of ``/`` is taken the same way, for pages that connect there;
-* ``/health`` ``{"status": "ok", "active_sessions": N, "active_connections": N, "max_sessions": M}``;
-* ``/api/conversations...`` saved conversations (``transports.websocket.api``).
+* ``/health`` ``{"status": "ok", "active_sessions": N, "active_connections": N, "max_sessions": M,
+  "admitting": bool, "load": {...}}`` (and ``refusing``: why not, when not admitting);
+* ``/api/conversations...`` saved conversations (``transports.websocket.api``);
+* ``/api/auth`` whether a page needs a session token, ``/api/session-token`` mints one.
+
+Access (``transports.websocket.auth``, applied by one middleware before any handler): Host and Origin
+checks on ``/ws`` and the API, and with ``auth: api_key`` an API key or session token on them; the page,
+its files and ``/health`` are open. Without auth the server refuses to listen beyond loopback.
 
 Limits: ``max_sessions`` conversations at once (another connection gets an ``error`` message and close
-code 1013, try again later); client messages over ``max_message_bytes`` get an ``error`` reply and
-the session goes on, while those over four times that close the connection with 1009 (the socket
-layer refuses to buffer them). A conversation with no client message for ``idle_timeout`` seconds
-ends as a ``stop`` would (drained, saved; an ``error`` message says why, close code 1000), so an
-open but forgotten tab does not hold a slot (heartbeats alone do not count). Client audio waiting for
-a busy graph is bounded in bytes (``session.Inbound``). Ctrl-C stops every session cleanly (each graph
-drains, recordings are saved, bounded by its ``end_timeout``); a second Ctrl-C cancels them.
+code 1013, try again later), and fewer while the measured load leaves no headroom for one more
+(``transports.websocket.admission``: CPU, event-loop lag, sessions falling behind); client messages over
+``max_message_bytes`` get an ``error`` reply and the session goes on, while those over four times that
+close the connection with 1009 (the socket layer refuses to buffer them). A conversation with no client
+message for ``idle_timeout`` seconds ends as a ``stop`` would (drained, saved; an ``error`` message says
+why, close code 1000), so an open but forgotten tab does not hold a slot (heartbeats alone do not
+count). Client audio waiting for a busy graph is bounded in bytes (``session.Inbound``). Ctrl-C stops
+every session cleanly (each graph drains, recordings are saved, bounded by its ``end_timeout``); a
+second Ctrl-C cancels them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import socket
 import sys
 import time
 from pathlib import Path
@@ -31,12 +41,23 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline import runner
+from pipeline import logs, runner
+from pipeline.capacity import LoadMeter
 from pipeline.config import Compiled, ServerSettings, session_graph
+from pipeline.config.server import is_all_interfaces
 from pipeline.graph import GraphFailedError
 from pipeline.processor import Processor
 from transports.websocket import protocol
-from transports.websocket.api import Recordings, add_routes
+from transports.websocket.admission import Admission, thresholds
+from transports.websocket.api import Recordings, access_middleware, add_auth_routes, add_routes
+from transports.websocket.auth import AuthConfigError, guard_for
+from transports.websocket.connections import (
+    ConnectionGuard,
+    GuardedSite,
+    QuietBadRequests,
+    connection_cap,
+    raise_fd_limit,
+)
 from transports.websocket.session import Session
 
 log = logging.getLogger("transports.websocket")
@@ -51,22 +72,38 @@ RECORDER_DIRECTORY_PARAMS = ("directory", "dir", "output_dir", "path")
 class VoiceServer:
     """Serves one validated config: each connection runs its own graph built from it."""
 
-    def __init__(self, compiled: Compiled, settings: ServerSettings | None = None) -> None:
+    def __init__(
+        self, compiled: Compiled, settings: ServerSettings | None = None, meter: LoadMeter | None = None
+    ) -> None:
         self.compiled = compiled
         self.settings = settings or compiled.server or ServerSettings()
         self.recordings = Recordings(recordings_directory(compiled, self.settings))
         self.sessions: dict[str, Session] = {}  # session id -> running session
+        self.admission = Admission(self.sessions, thresholds(self.settings), meter)  # headroom for one more
         self.closing = False  # set at shutdown: new connections are refused
         self._handlers: set[asyncio.Task[Any]] = set()  # the /ws handler of each session
         self._runner: web.AppRunner | None = None
+        self.connections = ConnectionGuard(self.settings.header_timeout, self.settings.max_connections or 1)
+        self.guard = guard_for(self.settings, compiled.spec.name, os.environ)  # or AuthConfigError
         self.app = self._application()
 
     @property
     def url(self) -> str:
-        """Where the page is (with the real port once started)."""
-        host = self.settings.host
-        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        return f"http://{shown}:{self.port}/"
+        """Where the page is from this machine (with the real port once started)."""
+        host = "127.0.0.1" if is_all_interfaces(self.settings.host) else self.settings.host
+        return f"http://{_bracketed(host)}:{self.port}/"
+
+    @property
+    def listening(self) -> str:
+        """Where the server really listens, for the start banner: a URL, or all interfaces and the port."""
+        if not is_all_interfaces(self.settings.host):
+            return f"at {self.url}"
+        bound = self._runner.addresses if self._runner is not None else []
+        addresses = ", ".join(sorted({str(address[0]) for address in bound})) or self.settings.host
+        return (
+            f"on all interfaces ({addresses}), port {self.port}: "
+            f"http://{socket.gethostname()}:{self.port}/ from other machines, {self.url} here"
+        )
 
     @property
     def port(self) -> int:
@@ -77,10 +114,25 @@ class VoiceServer:
         return self.settings.port
 
     async def start(self) -> None:
-        """Listen; returns once connections are accepted."""
-        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
+        """Listen; returns once connections are accepted.
+
+        Every connection goes through ``self.connections``: its headers must come within
+        ``header_timeout``, and open connections stay below the open-files limit (raised to the hard
+        limit first), so a flood of silent sockets cannot starve the server of descriptors. Repeated
+        warnings (a flood's failed accepts, refusals) are rate-limited rather than filling the disk.
+        """
+        settings = self.settings
+        logs.rate_limit("asyncio", "aiohttp.server", "aiohttp.web", "aiohttp.websocket", log.name)
+        quiet = logging.getLogger("aiohttp.server")
+        if not any(isinstance(f, QuietBadRequests) for f in quiet.filters):
+            quiet.addFilter(QuietBadRequests())
+        self.connections.max_connections = connection_cap(raise_fd_limit(), settings.max_connections)
+        self.app.middlewares.insert(0, self.connections.middleware)  # first: it marks the headers' arrival
+        self._runner = web.AppRunner(
+            self.app, access_log=None, shutdown_timeout=2.0, keepalive_timeout=settings.keepalive_timeout
+        )
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.settings.host, self.settings.port).start()
+        await GuardedSite(self._runner, settings.host, settings.port, self.connections).start()
 
     async def stop(self) -> None:
         """Refuse new connections, stop every session (each drains, bounded), then stop listening."""
@@ -139,12 +191,15 @@ class VoiceServer:
         return slowest + 8.0  # + the last messages to the client (5 s) and closing the socket
 
     def _application(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[access_middleware(self.guard)])
+        app.on_startup.append(lambda _: _started(self.admission))
+        app.on_cleanup.append(lambda _: self.admission.stop())
         app.router.add_get("/", self._index)
         app.router.add_get("/health", self._health)
         app.router.add_get("/ws", self._websocket)
         app.router.add_static("/static/", PAGE, follow_symlinks=False)
         add_routes(app, self.recordings)
+        add_auth_routes(app, self.guard)
         return app
 
     async def _index(self, request: web.Request) -> web.StreamResponse:
@@ -159,8 +214,18 @@ class VoiceServer:
                 "active_sessions": len(self.sessions),
                 "active_connections": len(self.sessions),  # the name whisper websocket servers use
                 "max_sessions": self.settings.max_sessions,
+                **self._admitting(),
             }
         )
+
+    def _admitting(self) -> dict[str, Any]:
+        """``admitting``, why not (``refusing``), and the measured ``load`` behind the decision."""
+        report = self.admission.health()
+        refusal = self._refusal()
+        report["admitting"] = refusal is None
+        if refusal is not None:
+            report["refusing"] = refusal[1]
+        return report
 
     async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
         limit = self.settings.max_message_bytes
@@ -204,12 +269,20 @@ class VoiceServer:
         if len(self.sessions) >= limit:
             busy = f"server busy: all {limit} conversation slot{'s' if limit != 1 else ''} are in use"
             return protocol.CLOSE_TRY_AGAIN_LATER, f"{busy}; try again later"
+        decision = self.admission.decision()
+        if not decision.admit:
+            return protocol.CLOSE_TRY_AGAIN_LATER, f"{decision.reason}; try again later"
         return None
 
 
 def new_session_id() -> str:
     """Sortable by start time, unique, and safe as a folder name: ``20250101-120000-3fa2c1``."""
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def _bracketed(host: str) -> str:
+    """An IPv6 address as a URL needs it: ``[::1]``."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def recordings_directory(compiled: Compiled, settings: ServerSettings) -> Path:
@@ -230,7 +303,11 @@ def recordings_directory(compiled: Compiled, settings: ServerSettings) -> Path:
 
 async def serve(compiled: Compiled) -> int:
     """Serve until Ctrl-C (or SIGTERM); returns the exit code. Once: sessions drain; twice: cancel."""
-    server = VoiceServer(compiled)
+    try:
+        server = VoiceServer(compiled)
+    except AuthConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     stopping = asyncio.Event()
     signals = 0
 
@@ -276,12 +353,16 @@ async def _serve(server: VoiceServer, name: str, stopping: asyncio.Event) -> int
             f"error: cannot listen on {server.settings.host}:{server.settings.port}: {error}", file=sys.stderr
         )
         return 1
-    print(f"Voxgraph: serving '{name}' at {server.url} — open it in a browser (Ctrl-C stops)", flush=True)
+    print(f"Voxgraph: serving '{name}' {server.listening} — open it in a browser (Ctrl-C stops)", flush=True)
     try:
         await stopping.wait()
     finally:
         await server.stop()
     return 0
+
+
+async def _started(admission: Admission) -> None:
+    admission.start()
 
 
 async def _stopped(processor: Processor, timeout: float) -> None:

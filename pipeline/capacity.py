@@ -1,0 +1,185 @@
+"""Admission by measured headroom: may one more conversation start without slowing the others?
+
+A fixed session cap cannot know what the sessions cost: two people talking at once can saturate two
+cores that four quiet tabs would not. So the server measures, and refuses new sessions while:
+
+* the process used more than ``max_cpu`` of the machine's cores over the last ``window`` seconds, or
+  would with one more session of the same average cost (``cpu * (n + 1) / n``);
+* the event loop woke more than ``max_loop_lag`` seconds late (everything on it waits that long);
+* a running session is more than ``max_session_lag`` seconds behind: live audio waiting for its graph,
+  or its latest turn slower than its first ones by that much.
+
+``decide`` is pure (a ``LoadSample`` and ``Thresholds`` in, a ``Decision`` out), so the policy is
+tested without clocks or sockets. ``LoadMeter`` collects the samples, with injectable clocks;
+``LoadMeter.run`` ticks it on the event loop (the tick's own lateness is the loop lag).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Decision", "LoadMeter", "LoadSample", "SessionLoad", "Thresholds", "decide"]
+
+BASELINE_TURNS = 3
+"""A session's first turns that set its baseline latency (the fastest of them)."""
+
+
+@dataclass(slots=True, frozen=True)
+class Thresholds:
+    """When to stop admitting (server keys of the same names)."""
+
+    max_cpu: float = 0.85
+    """Fraction of all cores the process may use over ``window``, now or projected with one more session."""
+    max_loop_lag: float = 0.25
+    """Seconds the event loop may run late before new sessions are refused."""
+    max_session_lag: float = 2.0
+    """Seconds any session may be behind (audio backlog, or turn latency over its first turns)."""
+    window: float = 10.0
+    """Seconds of history behind the CPU and loop-lag figures."""
+
+
+@dataclass(slots=True, frozen=True)
+class SessionLoad:
+    """How far one running session is behind."""
+
+    backlog: float = 0.0
+    """Seconds of live input audio received and not yet taken by its graph."""
+    turns: Sequence[float] = ()
+    """Its voice-to-voice latencies so far, in seconds, oldest first."""
+
+    @property
+    def turn_growth(self) -> float:
+        """Seconds the latest turn took beyond the fastest of the first ``BASELINE_TURNS`` (0: too few)."""
+        if len(self.turns) < 2:
+            return 0.0
+        return max(0.0, self.turns[-1] - min(self.turns[:BASELINE_TURNS]))
+
+    @property
+    def lag(self) -> float:
+        """How far behind the session is: the worse of its backlog and its turn latency growth."""
+        return max(self.backlog, self.turn_growth)
+
+
+@dataclass(slots=True, frozen=True)
+class LoadSample:
+    """What the meter saw over its window."""
+
+    cpu: float | None = None
+    """Fraction of all cores used by this process (None until two readings exist)."""
+    loop_lag: float = 0.0
+    """Worst lateness of the event loop, in seconds."""
+    window: float = 0.0
+    """Seconds the CPU figure covers."""
+    sessions: Mapping[str, SessionLoad] = field(default_factory=dict)
+    """Running sessions by id."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready figures (for ``/health``)."""
+        lags = {sid: round(s.lag, 3) for sid, s in self.sessions.items()}
+        return {
+            "cpu": None if self.cpu is None else round(self.cpu, 3),
+            "window_s": round(self.window, 1),
+            "loop_lag_ms": round(self.loop_lag * 1000, 1),
+            "max_session_lag_s": max(lags.values(), default=0.0),
+            "session_lag_s": lags,
+        }
+
+
+@dataclass(slots=True, frozen=True)
+class Decision:
+    """Whether one more session may start; ``reason`` says why not."""
+
+    admit: bool
+    reason: str = ""
+
+
+def decide(sample: LoadSample, thresholds: Thresholds) -> Decision:
+    """May one more session start now? Pure: the same sample always gives the same answer."""
+    active = len(sample.sessions)
+    cpu, limit = sample.cpu, thresholds.max_cpu
+    over = f"over the last {sample.window:.0f} s"
+    if cpu is not None and cpu > limit:
+        return Decision(False, f"server at capacity: CPU {cpu:.0%} {over} (limit {limit:.0%})")
+    if cpu is not None and active and cpu * (active + 1) / active > limit:
+        projected = cpu * (active + 1) / active
+        return Decision(
+            False,
+            f"server at capacity: CPU {cpu:.0%} {over} for {active} conversation"
+            f"{'s' if active != 1 else ''}; one more would need ~{projected:.0%} (limit {limit:.0%})",
+        )
+    if sample.loop_lag > thresholds.max_loop_lag:
+        return Decision(False, f"server at capacity: its event loop ran {sample.loop_lag * 1000:.0f} ms late")
+    behind = max(sample.sessions.values(), key=lambda s: s.lag, default=None)
+    if behind is not None and behind.lag > thresholds.max_session_lag:
+        what = "its live audio" if behind.backlog >= behind.turn_growth else "its first turns' latency"
+        return Decision(False, f"server at capacity: a conversation is {behind.lag:.1f} s behind {what}")
+    return Decision(True)
+
+
+class LoadMeter:
+    """Readings of process CPU time and event-loop lateness over a sliding window.
+
+    The clocks are injectable (``cpu_clock`` = ``time.process_time``, ``wall_clock`` =
+    ``time.monotonic``), so tests drive the meter without burning CPU or waiting.
+    """
+
+    def __init__(
+        self,
+        window: float = 10.0,
+        *,
+        cores: int | None = None,
+        cpu_clock: Callable[[], float] = time.process_time,
+        wall_clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.window = window  # seconds of readings kept
+        self.cores = cores or _usable_cores()  # CPU fractions are of all of these
+        self.cpu_clock = cpu_clock
+        self.wall_clock = wall_clock
+        self._readings: deque[tuple[float, float]] = deque()  # (wall, cpu) at each tick, oldest first
+        self._lags: deque[tuple[float, float]] = deque()  # (wall, lateness) of each tick
+
+    def tick(self, loop_lag: float = 0.0) -> None:
+        """Take one reading; ``loop_lag`` is how late this tick ran."""
+        now = self.wall_clock()
+        if self._readings and self._readings[-1][0] >= now:
+            self._readings.pop()  # no time passed (a coarse or fake clock): the newer reading wins
+        self._readings.append((now, self.cpu_clock()))
+        self._lags.append((now, max(0.0, loop_lag)))
+        horizon = now - self.window
+        while len(self._readings) > 2 and self._readings[1][0] <= horizon:
+            self._readings.popleft()  # keep one reading at or before the horizon: the window's start
+        while self._lags and self._lags[0][0] < horizon:
+            self._lags.popleft()
+
+    def sample(self, sessions: Mapping[str, SessionLoad] | None = None) -> LoadSample:
+        """The figures over the window, with the given sessions' loads."""
+        cpu, span = None, 0.0
+        if len(self._readings) >= 2:
+            (wall0, cpu0), (wall1, cpu1) = self._readings[0], self._readings[-1]
+            span = wall1 - wall0
+            if span > 0:
+                cpu = max(0.0, (cpu1 - cpu0) / span / self.cores)
+        lag = max((late for _, late in self._lags), default=0.0)
+        return LoadSample(cpu=cpu, loop_lag=lag, window=span, sessions=dict(sessions or {}))
+
+    async def run(self, interval: float = 0.5) -> None:
+        """Tick every ``interval`` seconds until cancelled; lateness of each wake-up is the loop lag."""
+        loop = asyncio.get_running_loop()
+        self.tick()
+        while True:
+            due = loop.time() + interval
+            await asyncio.sleep(interval)
+            self.tick(loop.time() - due)
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
