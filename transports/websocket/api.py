@@ -9,6 +9,10 @@ Routes: ``GET /api/conversations`` (newest first; ``?limit=`` at most 500, ``?of
 ``GET /api/conversations/{id}`` (the transcript) and ``GET /api/conversations/{id}/audio/{file}``
 (a download). Ids and file names must match strict patterns and every resolved path must stay inside
 the directory (symlinks included): anything else is a 404, never a file from elsewhere.
+
+Access (``transports.websocket.auth`` decides, ``access_middleware`` applies it to every route):
+``GET /api/auth`` tells a page whether it needs a session token; ``POST /api/session-token`` mints one
+with an API key.
 """
 
 from __future__ import annotations
@@ -17,10 +21,14 @@ import asyncio
 import json
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from transports.websocket.auth import Attempt, Guard, Scope
 
 log = logging.getLogger("transports.websocket.api")
 
@@ -30,6 +38,10 @@ TRANSCRIPT = "transcript.json"
 MAX_TRANSCRIPT_BYTES = 16 * 1024 * 1024
 MAX_LISTED = 500
 """Conversations listed at most in one page (the newest by default)."""
+MAX_MINT_BODY = 4096
+MINT_KEYS = frozenset({"ttl", "config", "conversation"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Recordings:
@@ -159,3 +171,85 @@ def add_routes(app: web.Application, recordings: Recordings) -> None:
 
 def _not_found() -> web.Response:
     return web.json_response({"error": "not found"}, status=404)
+
+
+def access_middleware(guard: Guard) -> Middleware:
+    """Every request through ``guard`` before its handler: refusals (401, 403) come before any
+    websocket upgrade, and carry a short reason only."""
+
+    @web.middleware
+    async def check_access(request: web.Request, handler: Handler) -> web.StreamResponse:
+        verdict = guard.check(attempt_of(request))
+        if verdict.allowed:
+            response = await handler(request)
+            if verdict.headers and not response.prepared:
+                response.headers.update(verdict.headers)
+            return response
+        if verdict.status == 204:
+            return web.Response(status=204, headers=verdict.headers)
+        log.info("refused %s %s: %d %s", request.method, request.path, verdict.status, verdict.reason)
+        return web.json_response({"error": verdict.reason}, status=verdict.status, headers=verdict.headers)
+
+    return check_access
+
+
+def attempt_of(request: web.Request) -> Attempt:
+    """What ``Guard.check`` needs from an aiohttp request."""
+    headers = request.headers
+    return Attempt(
+        method=request.method,
+        path=request.path,
+        host=headers.get("Host"),
+        origin=headers.get("Origin"),
+        authorization=headers.get("Authorization"),
+        query_token=request.query.get("token"),
+        upgrade=headers.get("Upgrade", "").lower() == "websocket",
+        conversation=request.match_info.get("id"),
+        preflight=headers.get("Access-Control-Request-Method") if request.method == "OPTIONS" else None,
+    )
+
+
+def add_auth_routes(app: web.Application, guard: Guard) -> None:
+    """``GET /api/auth`` (open: what a page needs to know) and ``POST /api/session-token``."""
+
+    async def describe(request: web.Request) -> web.Response:
+        mode = "api_key" if guard.enabled else "none"
+        return web.json_response({"auth": mode, "token_ttl": guard.token_ttl if guard.enabled else None})
+
+    async def session_token(request: web.Request) -> web.Response:
+        if not guard.enabled:
+            return web.json_response(
+                {"error": "server.auth is none: there are no session tokens"}, status=404
+            )
+        body = await request.content.read(MAX_MINT_BODY + 1)
+        if len(body) > MAX_MINT_BODY:
+            return web.json_response({"error": f"the body is over {MAX_MINT_BODY} bytes"}, status=413)
+        try:
+            ttl, scope = _mint_request(body, guard.config_name)
+            return web.json_response(guard.mint(ttl, scope))
+        except ValueError as error:
+            return web.json_response({"error": str(error)}, status=400)
+
+    app.router.add_get("/api/auth", describe)
+    app.router.add_post("/api/session-token", session_token)
+
+
+def _mint_request(body: bytes, config_name: str | None) -> tuple[int | None, Scope]:
+    """The ttl and scope a mint request asks for (all optional). Raises ``ValueError`` saying why not."""
+    usage = "send a JSON object with any of: ttl (seconds), config, conversation"
+    try:
+        fields: Any = json.loads(body) if body.strip() else {}
+    except ValueError:
+        raise ValueError(f"the body is not JSON: {usage}") from None
+    if not isinstance(fields, dict) or not set(fields) <= MINT_KEYS:
+        raise ValueError(usage)
+    ttl = fields.get("ttl")
+    if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool)):
+        raise ValueError("ttl must be a whole number of seconds")
+    config = fields.get("config", config_name)
+    conversation = fields.get("conversation")
+    if not all(value is None or isinstance(value, str) for value in (config, conversation)):
+        raise ValueError("config and conversation must be strings (or null)")
+    if conversation is not None and not SESSION_ID.fullmatch(conversation):
+        raise ValueError("conversation must be a conversation id, as /api/conversations lists them")
+    return ttl, Scope(config, conversation)
