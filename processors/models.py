@@ -19,6 +19,7 @@ class SharedModel:
     model: Any
     lock: threading.Lock = field(default_factory=threading.Lock)
     warmed: bool = False  # a first inference has run (see WhisperSTT's warm-up)
+    priority_passes: int = 0  # passes nothing optional may delay (finals) started, not finished (loop-owned)
 
 
 _models: dict[Hashable, SharedModel] = {}

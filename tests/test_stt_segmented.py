@@ -397,3 +397,54 @@ async def test_an_early_pass_that_the_stop_does_not_confirm_finishes_beside_the_
     out = await runner
     assert out.transcripts == ["frames 0-29", "frames 35-44"]
     assert stt.cancelled == 0 and stt.in_flight == 0
+
+
+class SharedEngineRecorder(Recorder):
+    """A recogniser whose engine is busy (with another session's work) until frame ``busy_until``."""
+
+    def __init__(self, busy_until: int, **kwargs: object) -> None:
+        super().__init__(None, True, **kwargs)
+        self.busy_until = busy_until
+        self.first_partial_frames: list[int] = []
+
+    def engine_busy(self) -> bool:
+        return self._collector.stream_time < self.busy_until * FRAME_S
+
+    async def transcribe_partial(self, pcm: bytes, sample_rate: int) -> str | None:
+        self.first_partial_frames.append(frame_ids(pcm)[-1])
+        return await super().transcribe_partial(pcm, sample_rate)
+
+
+@virtual_time
+async def test_interims_are_shed_while_the_shared_engine_is_busy_and_resume_when_it_is_free() -> None:
+    script: list[Frame | Gap] = [started(0)]
+    for i in range(60):
+        script += [frame(i), Gap(0.01)]
+    script += [stopped(60), frame(60)]
+    stt = SharedEngineRecorder(busy_until=40, interim_interval_ms=100, pre_roll=0.0, post_roll=0.0)
+    out = await run_processor(stt, script)
+    assert stt.first_partial_frames and min(stt.first_partial_frames) >= 39  # none while busy
+    assert out.of(InterimTranscriptFrame)  # and they came back once it was free
+    assert out.transcripts == ["frames 0-59"]  # the final never waits for them
+
+
+@virtual_time
+async def test_no_interim_starts_while_an_early_pass_is_in_flight() -> None:
+    gate = asyncio.Event()
+    stt = Recorder(
+        gate=gate,
+        partials=True,
+        early_transcription=True,
+        interim_interval_ms=500,  # the first interim is due at frame 25, after the pause
+        pre_roll=0.0,
+        post_roll=0.0,
+    )
+    script: list[Frame | Gap] = [started(0), *speech(0, 20), paused(20)]
+    for i in range(20, 60):  # speech resumes: the early pass is stale but still running
+        script += [frame(i), Gap(0.01)]
+    runner = asyncio.ensure_future(run_processor(stt, [*script, stopped(60), frame(60), Gap(0.1)]))
+    await asyncio.sleep(0.5)  # all 40 frames after the pause are in
+    assert stt.partial_calls == 0  # interims give way to the (early) final's engine time
+    gate.set()
+    out = await runner
+    assert out.transcripts == ["frames 0-59"]

@@ -322,3 +322,25 @@ async def test_a_cancelled_pass_stops_between_segments_and_lets_go_of_the_model(
         await asyncio.wait({task})
     assert task.cancelled()
     assert not shared.lock.locked()
+
+
+async def test_an_interim_waiting_for_the_shared_model_gives_way_to_a_final() -> None:
+    model = _LazyWhisper()
+    model.allow_second.set()
+    stt = WhisperSTT(warm_up=False)
+    stt._shared = shared = SharedModel(model)
+    assert not stt.engine_busy()
+    shared.lock.acquire()  # another session is transcribing
+    try:
+        assert stt.engine_busy()  # the segmenter starts no interim now
+        interim = asyncio.ensure_future(stt.transcribe_partial(_utterance().pcm, RATE))
+        await asyncio.sleep(0.15)  # the interim waits for the lock
+        final = asyncio.ensure_future(stt.transcribe(_utterance()))
+        async with asyncio.timeout(5):
+            assert await interim is None  # shed: it stepped aside for the final
+        assert shared.priority_passes == 1 and stt.engine_busy()
+    finally:
+        shared.lock.release()
+    async with asyncio.timeout(5):
+        assert (await final).text == "one two"
+    assert model.calls == 1 and shared.priority_passes == 0 and not stt.engine_busy()

@@ -16,6 +16,9 @@ stream. ``UtteranceSTT`` does everything around that call, so a subclass only im
 * Interim results: every ``interim_interval_ms`` of speech, if the previous partial has finished and no
   final is waiting, ``transcribe_partial(open_audio)`` yields an ``InterimTranscriptFrame``. A partial
   that finishes after its utterance was closed is dropped, so no interim ever follows its final.
+  Interims are optional work, shed first when the recogniser is behind: none starts while an early
+  pass is in flight or while ``engine_busy()`` (a model shared with other sessions is working for
+  them), so they only fill idle time and never delay a final, this session's or another's.
 * Without a VAD (no speaking frame ever arrives, e.g. ``source.wav -> stt.whisper``), the stream is cut
   into ``max_utterance`` chunks that are held and transcribed at the end of the stream, in order: file
   transcription. After ``UNSEGMENTED_HOLD_LIMIT`` seconds without a speaking frame, chunks are
@@ -177,6 +180,12 @@ class UtteranceSTT(Processor):
 
     async def close(self) -> None:
         """Release the engine: runs at the end, after the last transcript left."""
+
+    def engine_busy(self) -> bool:
+        """True while the engine works for someone else (a model shared with other sessions): an
+        interim pass started now would only queue in front of their finals. Engines that share one
+        override this; the default never defers interims."""
+        return False
 
     def _param_problems(self) -> list[tuple[str, str, str]]:
         """(param, what is wrong, how to fix it) for each invalid value; subclasses may extend."""
@@ -390,11 +399,17 @@ class UtteranceSTT(Processor):
         now = self._collector.stream_time
         if now < self._next_partial_at:
             return
+        if self._early_in_flight() or self.engine_busy():
+            return  # finals and early passes first; the interim is due again on the next frame
         self._next_partial_at = now + interval
         pcm = self._collector.open_audio()
         if pcm:
             task = self._run_partial(pcm, self._rate, self._closed_utterances)
             self._partial = asyncio.create_task(task, name=f"stt-partial:{self.name}")
+
+    def _early_in_flight(self) -> bool:
+        early = self._early
+        return self._stale_early is not None or (early is not None and not early[1].done())
 
     async def _run_partial(self, pcm: bytes, sample_rate: int, utterance: int) -> None:
         started = time.perf_counter()

@@ -15,8 +15,10 @@ it waits for the shared model and between segments, and the call returns once th
 an abandoned pass never delays another session's inference for long.
 
 Interim results (``interim_interval_ms`` > 0) re-transcribe the whole open utterance each time: a
-full Whisper call each, on the same model, so a final can wait for one partial in progress. Off by
-default; ~700 ms suits tiny.en on 2 cores.
+full Whisper call each, on the same model. They are shed when the model is busy: none starts while
+the model works or a final (or early pass) of any session waits for it, and one still waiting for the
+lock gives way when such a pass arrives, so with several sessions a final waits at most for one
+partial already decoding. Off by default; ~700 ms suits tiny.en on 2 cores.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ Inference = tuple[str, str | None, list[dict[str, Any]] | None]
 
 class _Abandoned(Exception):
     """The pass was cancelled before it finished: nobody wants its result."""
+
+
+class _GaveWay(_Abandoned):
+    """An interim pass stepped aside for a final waiting for the same model."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -126,13 +132,29 @@ class WhisperSTT(UtteranceSTT):
 
     async def transcribe_partial(self, pcm: bytes, sample_rate: int) -> str | None:
         audio = _to_float_mono(pcm, sample_rate, 1)
-        text, _, _ = await self._run(audio, 1, False)
+        try:
+            text, _, _ = await self._run(audio, 1, False, interim=True)
+        except _GaveWay:
+            return None  # a final needed the model: this interim is shed
         return text
 
-    async def _run(self, audio: np.ndarray[Any, Any], beam_size: int, words: bool) -> Inference:
-        """``_infer`` in a thread; cancelled, it tells the thread to stop and waits for it to let go."""
+    def engine_busy(self) -> bool:
+        shared = self._shared
+        return shared is not None and (shared.lock.locked() or shared.priority_passes > 0)
+
+    async def _run(
+        self, audio: np.ndarray[Any, Any], beam_size: int, words: bool, interim: bool = False
+    ) -> Inference:
+        """``_infer`` in a thread; cancelled, it tells the thread to stop and waits for it to let go.
+
+        A pass that is not ``interim`` counts in ``priority_passes`` until it ends, so interims of
+        every session sharing the model give way to it.
+        """
+        shared = self._shared
+        if shared is not None and not interim:
+            shared.priority_passes += 1
         stop = threading.Event()
-        work = asyncio.ensure_future(self.run_in_thread(self._infer, audio, beam_size, words, stop))
+        work = asyncio.ensure_future(self.run_in_thread(self._infer, audio, beam_size, words, stop, interim))
         try:
             return await asyncio.shield(work)  # a cancel must not hide the thread still running
         finally:
@@ -141,6 +163,8 @@ class WhisperSTT(UtteranceSTT):
                 await asyncio.wait({work}, timeout=STOP_WAIT_SECONDS)
                 if work.done() and not work.cancelled():
                     work.exception()  # _Abandoned (or a real failure nobody waits for any more)
+            if shared is not None and not interim:
+                shared.priority_passes -= 1
 
     def _load(self) -> SharedModel:
         """Load (or reuse) the model: blocking, runs in a thread."""
@@ -153,10 +177,16 @@ class WhisperSTT(UtteranceSTT):
         return shared_model(key, lambda: _load_model(source, p.model, p.compute_type, p.cpu_threads))
 
     def _infer(
-        self, audio: np.ndarray[Any, Any], beam_size: int, words: bool, stop: threading.Event | None = None
+        self,
+        audio: np.ndarray[Any, Any],
+        beam_size: int,
+        words: bool,
+        stop: threading.Event | None = None,
+        interim: bool = False,
     ) -> Inference:
         """One Whisper call on the shared model (blocking, serialised by its lock); gives up with
-        ``_Abandoned`` once ``stop`` is set, before taking the lock or between segments."""
+        ``_Abandoned`` once ``stop`` is set, before taking the lock or between segments, and an
+        ``interim`` pass with ``_GaveWay`` while a priority pass wants the model."""
         shared = self._shared
         if shared is None:
             raise FatalProcessorError(f"{self.name}: the Whisper model is not loaded (on_start did not run)")
@@ -165,9 +195,13 @@ class WhisperSTT(UtteranceSTT):
         while not shared.lock.acquire(timeout=LOCK_POLL_SECONDS):  # another pass or session has it
             if stop.is_set():
                 raise _Abandoned
+            if interim and shared.priority_passes > 0:
+                raise _GaveWay
         try:
             if stop.is_set():
                 raise _Abandoned
+            if interim and shared.priority_passes > 0:
+                raise _GaveWay
             segments, info = shared.model.transcribe(
                 audio,
                 language=p.language,
