@@ -11,6 +11,10 @@ It sits between the recogniser and the LLM:
   downstream: the LLM and TTS drop their work and the transport falls silent.
 * **Not a barge-in**: short sounds, filler words ("mhm", "uh-huh") and the bot's own echo (words that
   repeat what the bot is saying) are dropped: they neither interrupt nor start a turn.
+* **Stale turns** (with a VAD): when a turn ends while the previous one is still unanswered (queued
+  for the LLM, or generating, but not yet heard) — a recogniser that fell behind delivers finals late —
+  the older reply would only come late: an ``InterruptionFrame`` drops it before the new turn is handed
+  on, so a session that fell behind answers its latest turn instead of working through a backlog.
 
 The speaking-state frames arrive from both sides: the VAD's ``User*SpeakingFrame`` downstream, the
 transport's ``Bot*SpeakingFrame`` and ``SpokenTextFrame`` upstream.
@@ -106,6 +110,7 @@ class TurnTaking(Processor):
         self._drop_until = 0.0  # ...if they come before this loop time (a cough may give none)
         self._bot_words: set[str] = set()  # words of the reply being spoken (echo detection)
         self._timer: asyncio.TimerHandle | None = None
+        self.stale_turns = 0  # turns dropped unanswered because a newer one ended first
 
     # --- downstream: the user's side ---------------------------------------------------------------
 
@@ -177,6 +182,11 @@ class TurnTaking(Processor):
         finals, self._finals = self._finals, []
         text = " ".join(f.text.strip() for f in finals if f.text.strip())
         words = [w for f in finals for w in (f.words or [])] or None
+        if self._answering and not self._bot_speaking and self._speech_stopped_at is not None:
+            # With a VAD (without one, finals are pieces of one stream, answered in order) and nothing
+            # of the older reply heard yet: drop it rather than answer it late.
+            self.stale_turns += 1
+            self.push_system(InterruptionFrame())
         self._answering = True
         self._bot_words.clear()
         await self.push(TranscriptFrame(text=text, language=finals[-1].language, words=words))

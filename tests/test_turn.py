@@ -180,3 +180,26 @@ async def test_a_late_final_long_after_a_backchannel_is_a_turn_of_its_own() -> N
         TurnTaking(min_speech_secs=0.4), down, upstream=[Gap(0.5), BotStartedSpeakingFrame()]
     )
     assert turns(out) == ["hi", "typed after all"]
+
+
+@virtual_time
+async def test_a_turn_still_unanswered_when_a_newer_one_ends_is_dropped_not_answered_late() -> None:
+    # A recogniser that fell behind: the first utterance's final arrives while the user says the next.
+    script = [STARTED(), STOPPED(), STARTED(), Gap(0.1), TranscriptFrame(text="what time is it")]
+    script += [Gap(0.1), STOPPED(), Gap(0.1), TranscriptFrame(text="and the date")]
+    turn_taking = TurnTaking()
+    out = await run_processor(turn_taking, script)
+    assert turns(out) == ["what time is it", "and the date"]
+    kinds = [f.kind for f in out.down if f.kind in ("transcript", "interruption")]
+    assert kinds == ["transcript", "interruption", "transcript"]  # the older reply goes before the newer turn
+    assert turn_taking.stale_turns == 1
+
+
+@virtual_time
+async def test_a_reply_already_playing_is_not_stale() -> None:
+    down = [TranscriptFrame(text="tell me a story"), Gap(1.0), TranscriptFrame(text="a long one")]
+    params = {"interruptions": False}
+    turn_taking = TurnTaking(**params)
+    out = await run_processor(turn_taking, down, upstream=[Gap(0.5), BotStartedSpeakingFrame()])
+    assert turns(out) == ["tell me a story", "a long one"]
+    assert interruptions(out) == 0 and turn_taking.stale_turns == 0
