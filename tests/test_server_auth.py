@@ -386,3 +386,68 @@ def test_allow_unauthenticated_warns_on_every_start_and_the_banner_says_all_inte
     assert len(warnings) == 2
     assert first.listening.startswith("on all interfaces (0.0.0.0), port 8123")  # never bound here
     assert VoiceServer(compiled, ServerSettings(port=8123)).listening == "at http://127.0.0.1:8123/"
+
+
+# --- the page -------------------------------------------------------------------------------------
+
+
+async def test_the_page_uses_a_token_from_its_address_or_the_embedding_sites_hook(
+    recordings: Path, tmp_path: Path
+) -> None:
+    """Headless Chromium against a locked server: ``#token=`` opens one conversation and lists past
+    ones (download links carry the token); ``window.voxgraphSessionToken()`` supplies one per start."""
+    from playwright.async_api import async_playwright
+
+    from tests.test_browser import CHROMIUM, FLAGS
+
+    assert CHROMIUM.exists(), "chromium is missing: run ./setup.sh"
+    async with serving(recordings) as (_, base, _), aiohttp.ClientSession() as http:
+        tokens = [await mint(http, base) for _ in range(4)]  # the address's; the hook's: a listing, 2 starts
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=str(CHROMIUM), headless=True, args=FLAGS
+            )
+            try:
+                page = await browser.new_page()
+                await page.goto(f"{base}#token={tokens[0]}")
+                assert "#token" not in page.url  # taken out of the address bar
+                link = page.locator(".conv-links a").first
+                await link.wait_for(timeout=TIMEOUT * 1000)
+                href = await link.get_attribute("href")
+                assert href is not None and "?token=" in href
+                assert (await http.get(URL(str(base).rstrip("/") + href, encoded=True))).status == 200
+                await page.click("#start")
+                await page.wait_for_function("window.voxgraph.sessionId !== null", timeout=TIMEOUT * 1000)
+                await page.click("#start")  # stop
+                await page.wait_for_function("window.voxgraph.status === 'ended'", timeout=TIMEOUT * 1000)
+                await page.click("#start")  # the address's token is used up
+                await page.wait_for_function("window.voxgraph.status === 'error'", timeout=TIMEOUT * 1000)
+                assert "session token" in await page.inner_text("#log")
+
+                hooked = await browser.new_page()
+                await hooked.add_init_script(
+                    f"const t = {json.dumps(tokens[1:])}; "
+                    "window.voxgraphSessionToken = async () => t.shift();"
+                )
+                await hooked.goto(str(base))
+                for _ in range(2):  # a fresh token for each conversation
+                    await hooked.evaluate("window.voxgraph.sessionId = null")
+                    await hooked.click("#start")
+                    await hooked.wait_for_function(
+                        "window.voxgraph.sessionId !== null", timeout=TIMEOUT * 1000
+                    )
+                    await hooked.click("#start")
+                    await hooked.wait_for_function(
+                        "window.voxgraph.status === 'ended'", timeout=TIMEOUT * 1000
+                    )
+
+                assert await hooked.evaluate("t.length") == 0  # one per conversation, one for the list
+
+                bare = await browser.new_page()
+                await bare.goto(str(base))
+                await bare.wait_for_function(
+                    "document.querySelector('#conversations').textContent.includes('session token')",
+                    timeout=TIMEOUT * 1000,
+                )
+            finally:
+                await browser.close()

@@ -1,5 +1,11 @@
 // Voxgraph browser client: microphone -> /ws (16 kHz PCM), server messages -> transcript, reply,
 // status and gapless playback of bot audio. Plain JS, no build step. Protocol: protocol.py.
+//
+// Access: GET /api/auth says whether the server needs a session token (server.auth: api_key). If so, a
+// page that embeds this script may define window.voxgraphSessionToken() — returning a token, or a
+// promise of one, fresh from the site's own backend, which mints it with an API key (POST
+// /api/session-token) — and it is called for every conversation. Otherwise the token in the page's
+// address (#token=...) is used: it opens one conversation and lists past ones until it expires.
 "use strict";
 
 const SAMPLE_RATE = 16000;
@@ -7,6 +13,8 @@ const CHUNK_SAMPLES = 320; // 20 ms
 const PLAY_AHEAD = 0.05; // seconds of jitter buffer before the first bot chunk plays
 const params = new URLSearchParams(location.search);
 const RAW_MIC = params.get("raw") === "1"; // tests: no echo cancellation, noise suppression or AGC
+const NEED_TOKEN =
+  "This server needs a session token: open the page with #token=… or define window.voxgraphSessionToken()";
 
 // Counters and the conversation as seen by the page, for tests and debugging.
 const voxgraph = (window.voxgraph = {
@@ -71,6 +79,68 @@ const state = {
   botBubble: null, // the reply being streamed
   pendingLatency: null,
 };
+
+// --- access: session tokens, when the server asks for them ---------------------------------------
+
+const access = {
+  required: null, // whether the server needs a token (null until /api/auth has answered)
+  token: null, // the latest token: it reads the API until it expires
+  fromUrl: new URLSearchParams(location.hash.slice(1)).get("token"), // opens one conversation
+};
+if (access.fromUrl) history.replaceState(null, "", location.pathname + location.search); // out of sight
+
+async function authRequired() {
+  if (access.required === null) {
+    try {
+      const response = await fetch("/api/auth", { cache: "no-store" });
+      access.required = response.ok && (await response.json()).auth !== "none";
+    } catch (_) {
+      access.required = false; // an older server: no auth
+    }
+  }
+  return access.required;
+}
+
+async function hookToken() {
+  if (typeof window.voxgraphSessionToken !== "function") return null;
+  const token = await window.voxgraphSessionToken();
+  return typeof token === "string" && token ? token : null;
+}
+
+// A token for /ws: each is good for one conversation.
+async function socketToken() {
+  let token = await hookToken();
+  if (!token && access.fromUrl) {
+    token = access.fromUrl;
+    access.fromUrl = null;
+  }
+  if (!token) throw new Error(NEED_TOKEN);
+  access.token = token;
+  return token;
+}
+
+// A token for reading the API (a used one still reads until it expires); `fresh` asks the hook anew.
+async function readToken(fresh) {
+  if (!fresh && (access.token || access.fromUrl)) return access.token || access.fromUrl;
+  const token = await hookToken();
+  if (token) access.token = token;
+  return token || access.token || access.fromUrl;
+}
+
+async function apiFetch(path) {
+  if (!(await authRequired())) return fetch(path, { cache: "no-store" });
+  const get = (token) =>
+    fetch(path, { cache: "no-store", headers: token ? { Authorization: `Bearer ${token}` } : {} });
+  const response = await get(await readToken(false));
+  if (response.status !== 401 || typeof window.voxgraphSessionToken !== "function") return response;
+  return get(await readToken(true)); // expired: one more try with a fresh token
+}
+
+// A download link carries the token in its query (a link cannot send a header).
+function withToken(href) {
+  const token = access.required ? access.token || access.fromUrl : null;
+  return token ? `${href}?token=${encodeURIComponent(token)}` : href;
+}
 
 // --- status and conversation log ------------------------------------------------------------------
 
@@ -243,13 +313,15 @@ function send(message) {
   if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(message));
 }
 
-function connect() {
+async function connect() {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const url = new URL(`${scheme}://${location.host}/ws`);
+  if (await authRequired()) url.searchParams.set("token", await socketToken());
   return new Promise((resolve, reject) => {
-    const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const ws = new WebSocket(`${scheme}://${location.host}/ws`);
+    const ws = new WebSocket(url);
     ws.binaryType = "arraybuffer";
     ws.onopen = () => resolve(ws);
-    ws.onerror = () => reject(new Error("cannot reach the server"));
+    ws.onerror = () => reject(new Error("Cannot reach the server (or it refused the connection)"));
     ws.onmessage = onMessage;
     ws.onclose = (event) => onClosed(ws, event);
   });
@@ -301,7 +373,7 @@ async function start() {
       state.ws = await connect();
     } catch (error) {
       setStatus("error");
-      systemNote(`${error.message}. Is the server running?`, "error");
+      systemNote(error.message === NEED_TOKEN ? NEED_TOKEN : `${error.message}. Is the server running?`, "error");
       teardown();
       return;
     }
@@ -440,12 +512,14 @@ function link(href, text) {
 async function loadConversations() {
   let items;
   try {
-    const response = await fetch("/api/conversations", { cache: "no-store" });
+    const response = await apiFetch("/api/conversations");
+    if (response.status === 401) throw new Error("Past conversations need a fresh session token.");
+    if (!response.ok) throw new Error("Cannot load conversations.");
     items = await response.json();
-  } catch (_) {
+  } catch (error) {
     ui.conversations.replaceChildren(Object.assign(document.createElement("li"), {
       className: "muted",
-      textContent: "Cannot load conversations.",
+      textContent: error.message.startsWith("Past") ? error.message : "Cannot load conversations.",
     }));
     return;
   }
@@ -464,8 +538,10 @@ async function loadConversations() {
       const info = Object.assign(document.createElement("div"), { className: "conv-detail", textContent: detail });
       const links = Object.assign(document.createElement("div"), { className: "conv-links" });
       const base = `/api/conversations/${encodeURIComponent(item.id)}`;
-      links.append(link(base, "transcript"));
-      for (const file of item.audio) links.append(link(`${base}/audio/${encodeURIComponent(file)}`, file));
+      links.append(link(withToken(base), "transcript"));
+      for (const file of item.audio) {
+        links.append(link(withToken(`${base}/audio/${encodeURIComponent(file)}`), file));
+      }
       li.append(title, info, links);
       return li;
     }),
