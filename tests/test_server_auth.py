@@ -426,8 +426,8 @@ async def test_the_page_uses_a_token_from_its_address_or_the_embedding_sites_hoo
 
                 hooked = await browser.new_page()
                 await hooked.add_init_script(
-                    f"const t = {json.dumps(tokens[1:])}; "
-                    "window.voxgraphSessionToken = async () => t.shift();"
+                    f"window.tokens = {json.dumps(tokens[1:])}; "
+                    "window.voxgraphSessionToken = async () => window.tokens.shift();"
                 )
                 await hooked.goto(str(base))
                 for _ in range(2):  # a fresh token for each conversation
@@ -441,7 +441,9 @@ async def test_the_page_uses_a_token_from_its_address_or_the_embedding_sites_hoo
                         "window.voxgraph.status === 'ended'", timeout=TIMEOUT * 1000
                     )
 
-                assert await hooked.evaluate("t.length") == 0  # one per conversation, one for the list
+                assert (
+                    await hooked.evaluate("window.tokens.length") == 0
+                )  # one per conversation, one for the list
 
                 bare = await browser.new_page()
                 await bare.goto(str(base))
