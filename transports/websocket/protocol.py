@@ -95,6 +95,8 @@ def json_object(text: str, max_bytes: int, example: str) -> dict[str, Any] | Pro
         message = json.loads(text)
     except ValueError:
         return ProtocolError(f"text messages must be JSON, like {example}")
+    except RecursionError:  # the parser recurses per level: a deep nest must not end the session
+        return ProtocolError(f"JSON nested too deeply; send a flat object like {example}")
     if not isinstance(message, dict):
         return ProtocolError('a text message must be a JSON object with a "type"')
     return message

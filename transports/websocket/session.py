@@ -25,7 +25,7 @@ from pipeline.frames import UPSTREAM, Direction, ErrorFrame, Frame
 from pipeline.graph import Graph, GraphFailedError
 from pipeline.processor import Processor
 from transports.websocket import protocol
-from transports.websocket.protocol import Audio, ClientEvent, ProtocolError, Stop
+from transports.websocket.protocol import Audio, ClientEvent, ProtocolError, PushToTalk, Start, Stop
 
 log = logging.getLogger("transports.websocket")
 
@@ -64,6 +64,8 @@ class Inbound:
     use, and the socket must always be read. The newest audio message is kept whole even if it alone
     is over the bound (a clip: one utterance), so the bound is ``max_audio_bytes`` plus one message.
     Control events are never dropped: ``put`` refuses one beyond ``max_controls`` and the session ends.
+    A ``start`` or ``ptt`` that would leave the microphone as it is changes nothing, so it is not
+    queued: a client repeating one is not flooding.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class Inbound:
         self._items: deque[ClientEvent] = deque()
         self._audio_bytes = 0  # audio held now
         self._controls = 0  # control events held now
+        self._gate: Start | PushToTalk | None = None  # the last start or ptt queued
         self._ended = False
         self._arrived = asyncio.Event()
 
@@ -96,11 +99,15 @@ class Inbound:
             self._audio_bytes += len(event.pcm)
             self._items.append(event)
             self._drop_old_audio()
+        elif isinstance(event, Start | PushToTalk) and event == self._gate:
+            return True  # idempotent: coalesced with the one before
         elif self._controls >= self.max_controls:
             return False
         else:
             self._controls += 1
             self._items.append(event)
+            if isinstance(event, Start | PushToTalk):
+                self._gate = event
         self._arrived.set()
         return True
 
@@ -267,12 +274,15 @@ class Session:
         self._reader = asyncio.create_task(self._read(), name=f"ws-reader:{self.id}")
         try:
             await asyncio.wait({graph_task, self._reader}, return_when=asyncio.FIRST_COMPLETED)
+            if self._reader.done() and not self._reader.cancelled() and self._reader.exception():
+                log.error("session %s: reading the client failed: %r", self.id, self._reader.exception())
             await self._end_graph(graph_task)
             send(wire.status("ended"))
         finally:
             await _cancelled(self._reader)
             if not graph_task.done():
                 await _cancelled(graph_task)
+            self.graph.output_handler = None  # it points back here: a cycle would outlive the session
             self.connection.outbox.close()
             try:
                 await asyncio.wait_for(writer, 5.0)  # what the graph said last still reaches the client
@@ -348,7 +358,7 @@ class Session:
     async def _route(self, idle: float | None = None) -> None:
         """Route client messages; with ``idle``, raise ``TimeoutError`` after that long without one."""
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(None if idle is None else loop.time() + idle) as silence:
+        async with asyncio.timeout_at(None if idle is None else loop.time() + idle) as silence:
             async for message in self.ws:
                 if idle is not None:
                     silence.reschedule(loop.time() + idle)
@@ -357,17 +367,17 @@ class Session:
 
     def _take(self, message: WSMessage) -> bool:
         """Route one client message (protocol errors get a reply); False: the session ends."""
-        wire, limit, inbound = self.connection.wire, self.max_message_bytes, self.connection.inbound
-        event: ClientEvent | ProtocolError
-        if message.type is WSMsgType.BINARY:
-            event = wire.parse_binary(message.data, limit)
-        elif message.type is WSMsgType.TEXT:
-            event = wire.parse_text(message.data, limit)
-        elif message.type is WSMsgType.ERROR:
+        wire, inbound = self.connection.wire, self.connection.inbound
+        if message.type is WSMsgType.ERROR:
             log.info("session %s: connection error: %s", self.id, self.ws.exception())
             return False
-        else:
+        if message.type not in (WSMsgType.BINARY, WSMsgType.TEXT):
             return True
+        try:
+            event = self._parse(message)
+        except Exception:  # a parser bug must cost the client one message, not the conversation
+            log.exception("session %s: cannot parse a client message", self.id)
+            event = ProtocolError("the server could not read this message")
         if isinstance(event, ProtocolError):
             self.connection.send_nowait(wire.error(event.message))
         elif isinstance(event, Stop):
@@ -379,6 +389,12 @@ class Session:
             self.close_code = protocol.CLOSE_POLICY_VIOLATION
             return False
         return True
+
+    def _parse(self, message: WSMessage) -> ClientEvent | ProtocolError:
+        wire, limit = self.connection.wire, self.max_message_bytes
+        if message.type is WSMsgType.BINARY:
+            return wire.parse_binary(message.data, limit)
+        return wire.parse_text(message.data, limit)
 
     async def _write(self) -> None:
         outbox, ws = self.connection.outbox, self.ws

@@ -176,7 +176,8 @@ def decode_audio(data: bytes, sample_rate: int = SAMPLE_RATE) -> bytes:
         raise AudioError("the audio holds no samples")
     if sample_rate != SAMPLE_RATE:
         samples = _resampled(samples, sample_rate)
-    return np.clip(np.round(samples * 32768.0), -32768, 32767).astype("<i2").tobytes()
+    finite: np.ndarray = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)  # a float WAV: NaN, inf
+    return np.clip(np.round(finite * 32768.0), -32768, 32767).astype("<i2").tobytes()
 
 
 def read_wav(data: bytes) -> tuple[np.ndarray, int]:
