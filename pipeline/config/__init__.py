@@ -17,6 +17,14 @@ Reference::
       max_message_bytes: 1048576   #   larger client messages get an error reply
       idle_timeout: 120            #   seconds without a client message before a conversation ends
       recordings: recordings       #   what /api/conversations lists; default: the recorder's directory
+      auth: none                   #   none (loopback hosts only) or api_key (README: Access)
+      allow_unauthenticated: false #   true: serve a non-loopback host with auth none anyway (warns)
+      api_keys_env: VOXGRAPH_API_KEYS        # API keys, comma-separated (Authorization: Bearer KEY)
+      token_secret_env: VOXGRAPH_TOKEN_SECRET  # token signing secret; unset: random per process
+      token_ttl: 300               #   seconds a session token lives at most (10..3600)
+      allowed_hosts: []            #   Host names besides IPs, localhost, this machine's (.x.com: subdomains)
+      allowed_origins: []          #   other pages that may open /ws and call the API
+      cors_origins: []             #   other pages that may read the API cross-origin (CORS)
     nodes:                         # required: node name -> node
       src: {type: source.tone, frequency: 440, duration: 1.0}
       vad:
