@@ -175,21 +175,25 @@ class Keys:
     """The API keys; ``matches`` compares against every key in constant time."""
 
     def __init__(self, keys: Sequence[str]) -> None:
-        self._keys = [key.encode() for key in keys]  # never logged, never in repr
+        self._digests = [_digest(key) for key in keys]  # equal lengths: not even a key's length leaks
 
     def __repr__(self) -> str:
-        return f"Keys({len(self._keys)} keys)"
+        return f"Keys({len(self._digests)} keys)"
 
     def __bool__(self) -> bool:
-        return bool(self._keys)
+        return bool(self._digests)
 
     def matches(self, candidate: str) -> bool:
         """Whether ``candidate`` is one of the keys (every key is compared, whatever matches)."""
-        given = candidate.encode()
+        given = _digest(candidate)
         found = False
-        for key in self._keys:
-            found |= hmac.compare_digest(key, given)
+        for digest in self._digests:
+            found |= hmac.compare_digest(digest, given)
         return found
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
 
 
 class Route(enum.Enum):
