@@ -26,7 +26,7 @@ from typing import Any
 from pipeline import negotiate
 from pipeline.errors import Problem, ValidationError
 from pipeline.frames import Direction, ErrorFrame, Frame
-from pipeline.observers import Observer
+from pipeline.observers import Observer, Tap, Tapper, TapRequest
 from pipeline.params import did_you_mean
 from pipeline.processor import Processor, Runtime, Source
 
@@ -78,6 +78,7 @@ class Graph(Runtime):
         for node, processor in self.processors.items():
             processor.name = node
             processor.attach(tuple(downstream[node]), tuple(upstream[node]), self, self.observers)
+        self._taps = self._install_taps()  # node name -> the taps it carries (see pipeline.observers)
         self.sources = [p for p in self.processors.values() if isinstance(p, Source)]
         self.sinks = [p for n, p in self.processors.items() if not downstream[n]]
         self._pending_sinks = {id(p) for p in self.sinks}
@@ -95,8 +96,25 @@ class Graph(Runtime):
         if self._running:
             raise RuntimeError("add observers before the graph starts")
         self.observers = (*self.observers, observer)
-        for processor in self.processors.values():
-            processor._observers = self.observers
+        for name, processor in self.processors.items():
+            processor._observers = (*self.observers, *self._taps.get(name, ()))
+
+    def _install_taps(self) -> dict[str, tuple[Tap, ...]]:
+        """Put a ``Tap`` on the node where each requested kind is made, for every ``Tapper``."""
+        taps: dict[str, list[Tap]] = {}
+        for name, processor in self.processors.items():
+            if not isinstance(processor, Tapper):
+                continue
+            for request in processor.taps:
+                points = tap_points(self.processors, self.edges, name, request)
+                if not points:
+                    continue  # made right before it: its edges bring the frames as early as a tap
+                receive = processor.tapping(request)
+                for point, via in points:
+                    taps.setdefault(point, []).append(Tap(self.processors[via], request, receive))
+        for point, installed in taps.items():
+            self.processors[point]._observers = (*self.observers, *installed)
+        return {point: tuple(installed) for point, installed in taps.items()}
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -309,6 +327,51 @@ def structure_problems(nodes: Mapping[str, Any], edges: list[Edge]) -> list[Prob
             )
         )
     return problems
+
+
+def tap_points(
+    nodes: Mapping[str, Processor], edges: Iterable[Edge], tapper: str, request: TapRequest
+) -> list[Edge]:
+    """Where ``tapper`` gets ``request`` by tap: (node, the neighbour on the way to ``tapper``) pairs.
+
+    Walks up every path from ``tapper``. ``at="source"``: the sources that may emit the kind.
+    ``at="nearest"``: on each path the first node that handles the kind or makes it (frames leave it
+    as the edges would bring them, minus the wait behind the nodes after it). Empty when a tap
+    point feeds ``tapper`` directly: nothing between could hold the frames up, and taps and
+    edges mixed for one kind would reorder it.
+    """
+    parents: dict[str, list[str]] = {n: [] for n in nodes}
+    for a, b in edges:
+        parents[b].append(a)
+    points: list[Edge] = []
+    seen: set[str] = set()
+    stack = [(parent, tapper) for parent in parents[tapper]]
+    while stack:
+        name, via = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        node = nodes[name]
+        emits = _may_emit(node, request)
+        if request.at == "source":
+            found = isinstance(node, Source) and emits
+        else:
+            found = emits or any(request.matches(h) or issubclass(request.kind, h) for h in node.handles)
+        if found:
+            points.append((name, via))
+        else:
+            stack.extend((parent, name) for parent in parents[name])
+    if any(via == tapper for _, via in points):
+        return []
+    return points
+
+
+def _may_emit(node: Processor, request: TapRequest) -> bool:
+    """Whether ``node`` declares frames of the kind (a source that declares nothing may emit anything)."""
+    emitted: tuple[type[Frame], ...] = node.produces
+    if isinstance(node, Source) and not emitted:
+        emitted = (Frame,)
+    return any(request.matches(kind) or issubclass(request.kind, kind) for kind in emitted)
 
 
 def find_cycle(names: list[str], edges: list[Edge]) -> list[str] | None:

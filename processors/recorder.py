@@ -6,7 +6,14 @@ One folder per conversation, ``{directory}/{session_id}/``:
 * ``bot.wav`` — the bot's voice (``TTSAudioFrame``), on the same timeline, silence between replies;
 * ``mixed.wav`` — both on one timeline at the user's rate, as a listener on the call heard it;
 * ``transcript.json`` — ``{"session_id", "start_time", "end_time", "messages": [{"role", "content",
-  "type"?}]}``, replaced atomically after every message.
+  "type"?}]}``, replaced atomically as each message completes: the user's as its final transcript
+  leaves the node that made it, the assistant's when its reply ends or is cut short.
+
+Wherever the recorder sits, it takes the user's audio as it leaves the input node and transcripts as
+they leave the node nearest it that makes or handles them (taps: ``pipeline.observers``), so neither
+waits behind the LLM and TTS; the same frames arriving along its edges are only passed on. The bot's
+audio keeps its place in the graph, just before the output: what was generated but never played is
+known only there.
 
 The clock is the user's audio: its sample count, so the timeline is the same whether a microphone
 paces the graph or a file is read as fast as possible. Bot audio is placed at the later of where the
@@ -16,14 +23,14 @@ assistant message of a reply cut short holds only what was heard (``SpokenTextFr
 ``"type": "interrupted"``. A graph without user audio (text in, voice out) has no clock: its bot
 audio is written back to back, and ``mixed.wav`` starts with the first user audio.
 
-Files are written as the call goes (``pipeline.wavfile``): a crash loses under a second of audio, and
-the next start repairs WAV headers a crash left behind.
+Files are written as the call goes (``pipeline.wavfile``), by one disk task at a time, off the event
+loop: a crash loses under a second of audio, and the next start repairs WAV headers a crash left
+behind.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -31,7 +38,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,6 +61,7 @@ from pipeline.frames import (
     TTSStartedFrame,
     TTSStoppedFrame,
 )
+from pipeline.observers import TapRequest
 from pipeline.params import param
 from pipeline.processor import Processor
 from pipeline.wavfile import FormatConverter, WavWriter, repair_wav
@@ -321,13 +329,16 @@ class _Reply:
 
 
 class _Transcript:
-    """``transcript.json``, replaced atomically on every save; saves run one at a time in a thread."""
+    """``transcript.json``, replaced atomically. One writer task at a time, in a thread: changes made
+    while it writes are saved together by its next write (two writers would race for the temp file)."""
 
     def __init__(self, path: Path | None, session_id: str) -> None:
         self.path = path  # None: the transcript track is off
         self.doc: dict[str, Any] = {"session_id": session_id, "start_time": _now(), "end_time": None}
         self.messages: list[dict[str, str]] = []
-        self._saving: asyncio.Future[None] | None = None
+        self._changes = 0  # changes made so far
+        self._written = 0  # changes on disk
+        self._writer: asyncio.Task[None] | None = None
 
     def set(self, index: int | None, message: dict[str, str]) -> int:
         """Add ``message`` (index None) or replace the one at ``index``; returns its index."""
@@ -337,17 +348,54 @@ class _Transcript:
         self.messages[index] = message
         return index
 
-    async def save(self) -> None:
-        """Write the current state; a cancelled caller does not stop a save under way."""
+    @property
+    def unsaved(self) -> bool:
+        """True while a change is not on disk yet."""
+        return self._written < self._changes
+
+    def changed(self) -> None:
+        """Save the current state soon, without waiting (callable from synchronous code)."""
         if self.path is None:
             return
         self.doc["end_time"] = _now()
-        text = json.dumps({**self.doc, "messages": self.messages}, ensure_ascii=False, indent=2)
-        previous = self._saving
-        if previous is not None and not previous.done():
-            await asyncio.shield(previous)
-        self._saving = asyncio.ensure_future(asyncio.to_thread(_replace, self.path, text))
-        await asyncio.shield(self._saving)
+        self._changes += 1
+        if self._writer is None or self._writer.done():
+            self._start_writer()
+
+    async def saved(self) -> None:
+        """Wait until every change so far is on disk; a cancelled caller does not stop the write.
+
+        Raises the writer's error if the write failed.
+        """
+        wanted = self._changes
+        while self._written < wanted:
+            if self._writer is None or self._writer.done():
+                self._start_writer()  # the last writer failed: try again
+            assert self._writer is not None
+            await asyncio.shield(self._writer)
+
+    async def save(self) -> None:
+        """Write the current state and wait until it is on disk."""
+        self.changed()
+        await self.saved()
+
+    def _start_writer(self) -> None:
+        self._writer = asyncio.ensure_future(self._write())
+        self._writer.add_done_callback(_retrieve)  # its error reaches whoever awaits ``saved``
+
+    async def _write(self) -> None:
+        assert self.path is not None
+        while self._written < self._changes:
+            changes = self._changes
+            text = json.dumps({**self.doc, "messages": self.messages}, ensure_ascii=False, indent=2)
+            await asyncio.to_thread(_replace, self.path, text)
+            self._written = changes
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark a background task's error as seen: it is raised to the callers that wait for the task."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _replace(path: Path, text: str) -> None:
@@ -380,6 +428,10 @@ class Recorder(Processor):
     )
     handles_upstream: ClassVar[tuple[type[Frame], ...]] = (SpokenTextFrame,)
     produces: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, TranscriptFrame, LLMTextFrame)  # passed on
+    taps: ClassVar[tuple[TapRequest, ...]] = (
+        TapRequest(AudioFrame, at="source", skip=(TTSAudioFrame,)),  # the user, from the input node
+        TapRequest(TranscriptFrame),  # each user turn, from the node that made or handled it last
+    )
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
@@ -394,10 +446,15 @@ class Recorder(Processor):
         self._tracks = set(p.tracks)
         self._timeline = Timeline(mix="mixed" in self._tracks)
         self._writers: dict[str, WavWriter] = {}
+        self._unopened: dict[str, tuple[AudioFormat, bytearray]] = {}  # audio of tracks not yet open
         transcript = self._dir / "transcript.json" if "transcript" in self._tracks else None
         self._transcript = _Transcript(transcript, self.session_id)
         self._reply: _Reply | None = None
-        self._busy: asyncio.Future[None] | None = None  # the frame being recorded
+        self._disk: asyncio.Task[None] | None = None  # the one task writing audio
+        self._disk_again = False  # more audio became due while it wrote
+        self._user_tapped = False  # user audio comes by tap; along the edges it is only passed on
+        self._transcripts_tapped = False
+        self._stopping = False  # on_stop began: taps are ignored
 
     @property
     def session_dir(self) -> Path:
@@ -406,6 +463,23 @@ class Recorder(Processor):
 
     def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
         return incoming  # audio is recorded and passed on unchanged
+
+    def tapping(self, request: TapRequest) -> Callable[[Frame], None]:
+        if request.kind is AudioFrame:
+            self._user_tapped = True
+        else:
+            self._transcripts_tapped = True
+        return self._tapped
+
+    def _tapped(self, frame: Frame) -> None:
+        """A frame by tap, inside another node's push: record it now, never raise into that node."""
+        if self._stopping:
+            return
+        try:
+            if self._record(frame):
+                self._kick_disk()
+        except Exception as error:
+            self.report_error(error)
 
     async def on_start(self) -> None:
         await self.run_in_thread(self._prepare)
@@ -423,22 +497,26 @@ class Recorder(Processor):
         self._dir.mkdir(parents=True, exist_ok=True)
 
     async def process(self, frame: Frame) -> None:
-        if self._busy is not None:
-            await self._idle()  # the disk work of a frame an interruption cut short comes first
-        work = self._record(frame)
-        if work is not None:
-            # Runs to completion even if an interruption cancels this frame, so no track is left a
-            # frame behind another; on_interrupt and on_stop wait for it.
-            self._busy = asyncio.ensure_future(work)
-            try:
-                await asyncio.shield(self._busy)
-            except Exception:
-                await self.push(frame)  # a failed write is reported, the frame still goes on
-                raise
-            finally:
-                if self._busy.done():
-                    self._busy = None
+        by_tap = self._by_tap(frame)  # then it was recorded as it was made: only pass it on
+        if not by_tap and self._record(frame):
+            self._kick_disk()
+        try:
+            # Shielded waits: an interruption cancelling this frame leaves a write whole.
+            disk = self._disk
+            if not by_tap and disk is not None and not disk.done():
+                await asyncio.shield(disk)  # paced by the disk, as the bot's audio always was
+            if self._transcript.unsaved and not isinstance(frame, AudioFrame):
+                await self._transcript.saved()  # a message seen downstream is on disk
+        except Exception:
+            await self.push(frame)  # a failed write is reported, the frame still goes on
+            raise
         await self.push(frame)
+
+    def _by_tap(self, frame: Frame) -> bool:
+        """Whether ``frame`` reached the recorder by tap already (and only needs passing on)."""
+        if isinstance(frame, TranscriptFrame):
+            return self._transcripts_tapped
+        return self._user_tapped and type(frame) is not TTSAudioFrame and isinstance(frame, AudioFrame)
 
     async def process_upstream(self, frame: SpokenTextFrame) -> None:
         await self.push(frame, UPSTREAM)
@@ -463,29 +541,29 @@ class Recorder(Processor):
         self._timeline.interrupt()
 
     async def on_stop(self) -> None:
+        self._stopping = True
         await self._idle()
         reply = self._reply
         if reply is not None and not reply.ended and reply.index is None and reply.chunks:
             reply.interrupted = True  # the call ended mid-reply
             reply.index = self._transcript.set(None, reply.message())
         try:
-            work = self._store(self._timeline.finish())
-            if work is not None:
-                await work
+            self._store(self._timeline.finish())
+            await self._to_disk()
         finally:
             for writer in self._writers.values():
                 await writer.close()
             await self._transcript.save()
 
     async def _idle(self) -> None:
-        busy, self._busy = self._busy, None
-        if busy is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(busy)
+        """Wait for the disk task to finish what is due (its errors were reported already)."""
+        disk = self._disk
+        if disk is not None:
+            await asyncio.shield(disk)
 
-    def _record(self, frame: Frame) -> Coroutine[Any, Any, None] | None:
-        """Update the state and buffers at once (no awaiting, so nothing is half done); return the
-        disk work still to do, if any."""
+    def _record(self, frame: Frame) -> bool:
+        """Update the state and buffers at once (no awaiting, so nothing is half done, whichever task
+        calls it); True when audio is due on disk. Transcript changes start their own save."""
         if isinstance(frame, TTSAudioFrame):
             self._current_reply().voiced = True
             return self._store(
@@ -500,7 +578,7 @@ class Recorder(Processor):
         elif isinstance(frame, TranscriptFrame):
             if frame.text.strip():
                 self._transcript.set(None, {"role": "user", "content": frame.text.strip()})
-                return self._transcript.save()
+                self._transcript.changed()
         elif isinstance(frame, LLMResponseStartFrame):
             self._reply = _Reply()
         elif isinstance(frame, LLMResponseEndFrame):
@@ -508,13 +586,13 @@ class Recorder(Processor):
             if reply is not None and not reply.closed and not reply.ended:  # else: cut short already
                 reply.ended = True
                 reply.index = self._transcript.set(reply.index, reply.message())
-                return self._transcript.save()
+                self._transcript.changed()
         elif isinstance(frame, TTSStartedFrame):
             reply = self._current_reply()
             reply.tts_busy = reply.voiced = True
         elif isinstance(frame, TTSStoppedFrame) and self._reply is not None:
             self._reply.tts_busy = False
-        return None
+        return False
 
     def _current_reply(self) -> _Reply:
         """The reply in progress; frames after a closed one begin the next."""
@@ -522,11 +600,10 @@ class Recorder(Processor):
             self._reply = _Reply()
         return self._reply
 
-    def _store(self, audio: TrackAudio) -> Coroutine[Any, Any, None] | None:
-        """Buffer each track's audio; the disk work (opening a file, a due write) is returned."""
+    def _store(self, audio: TrackAudio) -> bool:
+        """Buffer each track's audio; True when a write (or opening a file) is due."""
         timeline = self._timeline
         due = False
-        opening: list[tuple[str, bytes, AudioFormat]] = []
         for track, pcm, fmt in (
             ("user", audio.user, timeline.user_format),
             ("bot", audio.bot, timeline.bot_format),
@@ -534,16 +611,40 @@ class Recorder(Processor):
         ):
             if pcm and fmt is not None and track in self._tracks:
                 writer = self._writers.get(track)
-                if writer is None:
-                    opening.append((track, pcm, fmt))
-                else:
+                if writer is not None:
                     due = writer.append(pcm) or due
-        return self._to_disk(opening) if due or opening else None
+                elif track in self._unopened:
+                    self._unopened[track][1].extend(pcm)
+                else:
+                    self._unopened[track] = (fmt, bytearray(pcm))
+                    due = True
+        return due
 
-    async def _to_disk(self, opening: list[tuple[str, bytes, AudioFormat]]) -> None:
-        for track, pcm, fmt in opening:
-            path = self._dir / f"{track}.wav"
-            writer = self._writers[track] = await WavWriter.open(path, fmt.sample_rate, fmt.channels)
-            writer.append(pcm)
-        for writer in self._writers.values():
+    def _kick_disk(self) -> None:
+        """Start the disk task, or have the running one go round once more: one writer per file."""
+        if self._disk is None or self._disk.done():
+            self._disk = asyncio.ensure_future(self._disk_work())
+        else:
+            self._disk_again = True
+
+    async def _disk_work(self) -> None:
+        """Write what is due until nothing more is; errors are reported, recording goes on."""
+        self._disk_again = True
+        while self._disk_again:
+            self._disk_again = False
+            try:
+                await self._to_disk()
+            except Exception as error:
+                self.report_error(error)
+                return
+
+    async def _to_disk(self) -> None:
+        """Open the files of new tracks, then hand each file's due audio to its writer thread."""
+        while self._unopened:
+            track, (fmt, _) = next(iter(self._unopened.items()))
+            writer = await WavWriter.open(self._dir / f"{track}.wav", fmt.sample_rate, fmt.channels)
+            _, pcm = self._unopened.pop(track)  # with what arrived while the file was being opened
+            self._writers[track] = writer
+            writer.append(bytes(pcm))
+        for writer in list(self._writers.values()):
             await writer.drain()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 import wave
 from collections.abc import AsyncIterator, Callable
@@ -328,6 +330,136 @@ def test_the_timeline_takes_back_only_what_was_not_played() -> None:
     timeline.interrupt()
     assert timeline.bot_ahead == 0
     assert timeline.finish().bot == b""
+
+
+# --- taps: user audio and turns where they are made -----------------------------------------------
+
+
+class Generating(Processor):
+    """Passes a turn on, then holds everything behind it until ``release``: an LLM on a busy machine."""
+
+    handles = (TranscriptFrame,)
+    produces = (TranscriptFrame,)
+
+    def __init__(self, release: asyncio.Event) -> None:
+        super().__init__(name="llm")
+        self.release = release
+
+    async def process(self, frame: TranscriptFrame) -> None:
+        await self.push(frame)
+        await asyncio.wait_for(self.release.wait(), 10)
+
+
+class Speaking(Processor):
+    """Holds its text until ``release``, and everything queued behind it: a TTS speaking a reply."""
+
+    handles = (TTSTextFrame,)
+
+    def __init__(self, release: asyncio.Event) -> None:
+        super().__init__(name="tts")
+        self.release = release
+
+    async def process(self, frame: TTSTextFrame) -> None:
+        await asyncio.wait_for(self.release.wait(), 10)
+        await self.push(frame)
+
+
+async def _eventually(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll (bounded) a condition only the disk can answer."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def test_user_audio_and_turns_are_saved_while_the_nodes_before_the_recorder_hold_them(
+    tmp_path: Path,
+) -> None:
+    # The recorder sits after a busy LLM and TTS, as in configs/assistant.yaml: it taps the user's
+    # audio at the input node and the turn as it leaves the LLM, and passes on (once) what comes later.
+    release = asyncio.Event()
+    frames: list[Frame] = [TTSTextFrame(text="An earlier reply."), TranscriptFrame(text="hello")]
+    frames += [user() for _ in range(50)]  # 1 s
+    recorder = Recorder(directory=str(tmp_path), session_id="s")
+    out = Collector(name="out")
+    nodes = {"input": Steps([(None, frames)]), "llm": Generating(release), "tts": Speaking(release)}
+    nodes |= {"recorder": recorder, "out": out}
+    chain = ["input", "llm", "tts", "recorder", "out"]
+    run = asyncio.ensure_future(run_graph(Graph(nodes, list(itertools.pairwise(chain)))))
+    folder = recorder.session_dir
+    try:
+        await _eventually(lambda: _messages(folder) == [{"role": "user", "content": "hello"}], "the turn")
+        await _eventually(lambda: _audio_on_disk(folder / "user.wav") >= 0.75, "the user's audio")
+        assert not _data(out)  # nothing went past the LLM and TTS yet
+    finally:
+        release.set()
+    await asyncio.wait_for(run, 10)
+    assert runs(track(folder, "user")[1]) == [(1000, 50 * FRAME)]  # each frame once
+    assert _messages(folder) == [{"role": "user", "content": "hello"}]
+    assert _data(out) == frames  # everything passed on, once
+
+
+def _data(collector: Collector) -> list[Frame]:
+    return [f for f in collector.frames if isinstance(f, AudioFrame | TranscriptFrame | TTSTextFrame)]
+
+
+def _messages(folder: Path) -> list[dict[str, str]] | None:
+    try:
+        return list(transcript(folder)["messages"])
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def test_the_shipped_assistant_taps_the_microphone_and_the_llm() -> None:
+    from pipeline import config
+    from pipeline.config.server import session_graph
+
+    compiled, problems = config.compile_config(REPO / "configs" / "assistant.yaml")
+    assert compiled is not None and not problems
+    graph = session_graph(compiled, {"session_id": "s"})
+    taps = {
+        point: [(t.via.name, t.request.kind) for t in installed] for point, installed in graph._taps.items()
+    }
+    assert taps == {"mic": [("vad", AudioFrame)], "llm": [("tts", TranscriptFrame)]}
+
+
+async def test_saves_that_pile_up_during_a_write_are_written_once_by_one_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two writers used to race for transcript.json.tmp (FileNotFoundError on the replace).
+    release = threading.Event()
+    written: list[int] = []  # messages in each write
+    active, peak = [0], [0]
+    lock = threading.Lock()
+    real_replace = recorder_module._replace
+
+    def slow_replace(path: Path, text: str) -> None:
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        written.append(len(json.loads(text)["messages"]))
+        try:
+            release.wait(10)
+            real_replace(path, text)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(recorder_module, "_replace", slow_replace)
+    path = tmp_path / "transcript.json"
+    doc = recorder_module._Transcript(path, "s")
+    first = asyncio.ensure_future(doc.save())
+    await _eventually(lambda: bool(written), "the first write")
+    saves = []
+    for text in ("a", "b", "c"):  # each message completes while the first write is on the disk
+        doc.set(None, {"role": "user", "content": text})
+        saves.append(asyncio.ensure_future(doc.save()))
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.wait_for(asyncio.gather(first, *saves), 10)
+    assert written == [0, 3] and peak[0] == 1
+    assert [m["content"] for m in json.loads(path.read_text())["messages"]] == ["a", "b", "c"]
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 # --- a real crash --------------------------------------------------------------------------------
