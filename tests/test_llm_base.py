@@ -8,6 +8,7 @@ from typing import Any
 
 from pipeline.frames import (
     UPSTREAM,
+    AudioFrame,
     InterruptionFrame,
     LLMResponseEndFrame,
     LLMTextFrame,
@@ -19,7 +20,7 @@ from pipeline.frames import (
 )
 from pipeline.graph import Graph
 from pipeline.testing import Captured, Collector, run_graph, run_processor
-from processors.llm.base import ChatLLM, ToolCall
+from processors.llm.base import PASS_THROUGH_FRAMES, ChatLLM, ToolCall
 from tests.drivers import Driver, Step
 
 HOLD = object()
@@ -195,3 +196,21 @@ async def test_a_reply_heard_in_full_is_kept_whole_after_a_late_interruption() -
 
     await converse(llm, steps)
     assert roles(llm.requests[1])[-2:] == [("assistant", "One. Two."), ("user", "More")]
+
+
+async def test_user_audio_waits_here_not_upstream_while_a_reply_is_generated() -> None:
+    # The VAD and recogniser sit upstream: while a slow reply holds this node, they must keep hearing
+    # the user live, so the audio passing through queues in this (bounded) inbox instead of theirs.
+    llm = ScriptedLLM([["One. ", HOLD]])
+    audio = [AudioFrame(pcm=bytes(640)) for _ in range(500)]  # 10 s, far beyond a default inbox
+    out = await converse(
+        llm,
+        lambda tap, out: [
+            TranscriptFrame(text="Tell me a story"),
+            llm.holding.wait,
+            *audio,
+            InterruptionFrame(),
+        ],
+    )
+    assert len(out.of(AudioFrame)) == 500  # none lost, and the driver never waited for the reply
+    assert llm.inbox.maxsize == PASS_THROUGH_FRAMES

@@ -9,6 +9,11 @@ Barge-in: an ``InterruptionFrame`` cancels the in-flight ``process``; the stream
 (``aclose``), so an engine stops its generation in the generator's ``finally`` (a stop flag for a
 thread, closing an HTTP stream). The history then keeps only the part of the reply that was heard,
 as reported by ``SpokenTextFrame``s travelling upstream from the output transport.
+
+The user's audio passes through on its way to the recorder, and it waits while a reply is generated
+(seconds; longer when sessions take turns on a shared model). The inbox is sized so that it waits
+here (``PASS_THROUGH_FRAMES``) instead of backing up into the VAD and recogniser upstream: they keep
+hearing the user live, so a session that is slow to answer does not also fall behind its audio.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ __all__ = ["ChatLLM", "ChatParams", "ToolCall"]
 
 
 DEFAULT_SYSTEM_PROMPT = "You are a friendly voice assistant. Answer in one or two short spoken sentences."
+PASS_THROUGH_FRAMES = 1500
+"""Inbox bound of LLM and TTS nodes: 30 s of 20 ms user audio waiting behind a reply (~1 MB)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -74,6 +81,8 @@ class ChatLLM(Processor):
         TranscriptFrame,  # the user's turn is passed on (recorders, transcripts)
         TextFrame,
     )
+
+    queue_size: ClassVar[int] = PASS_THROUGH_FRAMES
 
     params: ChatParams
 

@@ -26,6 +26,9 @@ subprocess or stops its thread in a ``finally``) and clears the buffered text. N
 ``TTSStoppedFrame`` follows an interruption: the ``InterruptionFrame`` itself ends the reply for
 everything downstream.
 
+The user's audio passes through on its way to the recorder and waits while a sentence is synthesised;
+like the LLM's, the inbox holds ``PASS_THROUGH_FRAMES`` so that wait never backs up into the VAD.
+
 Metrics: ``ttfb`` is reply start (``LLMResponseStartFrame`` or a plain ``TextFrame``) to first audio,
 so it includes the LLM's time to the first sentence; ``processing`` is each sentence's synthesis.
 """
@@ -52,6 +55,7 @@ from pipeline.frames import (
 )
 from pipeline.params import param
 from pipeline.processor import Processor
+from processors.llm.base import PASS_THROUGH_FRAMES
 from processors.llm.streams import closing_stream
 from processors.tts.sentences import SentenceChunker
 
@@ -88,6 +92,8 @@ class SpeechSynthesizer(Processor):
         TextFrame,  # the input text is passed on
         LLMTextFrame,
     )
+
+    queue_size: ClassVar[int] = PASS_THROUGH_FRAMES
 
     params: SpeechParams
     sample_rate: int = 22050
