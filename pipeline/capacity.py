@@ -80,13 +80,13 @@ class LoadSample:
     """Running sessions by id."""
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready figures (for ``/health``)."""
-        lags = {sid: round(s.lag, 3) for sid, s in self.sessions.items()}
+        """JSON-ready figures (for ``/health``); session lags worst first, without their ids (which
+        name saved conversations, and ``/health`` is open)."""
+        lags = sorted((round(s.lag, 3) for s in self.sessions.values()), reverse=True)
         return {
             "cpu": None if self.cpu is None else round(self.cpu, 3),
             "window_s": round(self.window, 1),
             "loop_lag_ms": round(self.loop_lag * 1000, 1),
-            "max_session_lag_s": max(lags.values(), default=0.0),
             "session_lag_s": lags,
         }
 

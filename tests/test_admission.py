@@ -78,14 +78,8 @@ def test_one_turn_is_no_trend() -> None:
 
 
 def test_the_sample_reports_its_figures_for_health() -> None:
-    figures = sample(0.5, 0.012, a=SessionLoad(backlog=0.25)).as_dict()
-    assert figures == {
-        "cpu": 0.5,
-        "window_s": 10.0,
-        "loop_lag_ms": 12.0,
-        "max_session_lag_s": 0.25,
-        "session_lag_s": {"a": 0.25},
-    }
+    figures = sample(0.5, 0.012, a=SessionLoad(backlog=0.25), b=SessionLoad(turns=(1.0, 4.0))).as_dict()
+    assert figures == {"cpu": 0.5, "window_s": 10.0, "loop_lag_ms": 12.0, "session_lag_s": [3.0, 0.25]}
 
 
 # --- the meter -------------------------------------------------------------------------------------
