@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline import config, logs, negotiate, render, runner
+from pipeline import bundled, config, logs, negotiate, render, runner
 from pipeline.errors import Problem, UnknownTypeError, ValidationError
 from pipeline.formats import ANY_AUDIO
 from pipeline.params import param_specs
@@ -27,6 +27,8 @@ EPILOG = """examples:
   python -m pipeline validate configs/hello.yaml
   python -m pipeline graph configs/hello.yaml > graph.mmd
   python -m pipeline list audio.resample
+  python -m pipeline run assistant                     # a shipped config by name (no checkout needed)
+  python -m pipeline init                              # copy the shipped configs into ./configs
 """
 
 
@@ -73,12 +75,23 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     _add_verbose(listing)
     listing.set_defaults(handler=_list)
+
+    init = commands.add_parser(
+        "init", help="copy the shipped configs into ./configs (existing files are kept), to edit and run"
+    )
+    init.add_argument("directory", nargs="?", type=Path, default=Path("."), help="where (default: here)")
+    init.set_defaults(handler=_init)
     return parser
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     _add_verbose(parser)
-    parser.add_argument("config", type=Path, help="the graph's YAML file")
+    parser.add_argument(
+        "config",
+        type=bundled.find_config,
+        help="the graph's YAML file, or the name of a shipped config: "
+        + ", ".join(bundled.bundled_configs()),
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -156,6 +169,19 @@ def _list(args: argparse.Namespace) -> int:
         print(json.dumps(entries, indent=2, default=str))
     else:
         print("\n\n".join(_format_entry(e) for e in entries))
+    return EXIT_OK
+
+
+def _init(args: argparse.Namespace) -> int:
+    if not bundled.bundled_configs():
+        print(f"error: no shipped configs found in {bundled.BUNDLED}", file=sys.stderr)
+        return EXIT_FAILED
+    written, kept = bundled.init(args.directory)
+    for path in written:
+        print(f"wrote {path}")
+    if kept:
+        print(f"kept {len(kept)} existing file(s) unchanged", file=sys.stderr)
+    print(f"run one: python -m pipeline run {args.directory / 'configs' / 'assistant.yaml'}")
     return EXIT_OK
 
 
