@@ -15,7 +15,7 @@ from pipeline.errors import Problem, UnknownTypeError, ValidationError
 from pipeline.formats import ANY_AUDIO
 from pipeline.params import param_specs
 from pipeline.processor import Processor, Source
-from pipeline.registry import available, resolve
+from pipeline.registry import available, import_plugins, resolve
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -36,6 +36,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code (0 ok, 1 the graph failed, 2 invalid config)."""
     args = _parser().parse_args(argv)
     logs.configure(args.verbose)
+    failures = import_plugins(getattr(args, "imports", []))
+    for module, reason in failures.items():
+        print(
+            f"error: --import {module}: {reason}; check the module is in this folder or installed",
+            file=sys.stderr,
+        )
+    if failures:
+        return EXIT_INVALID
     handler: Any = args.handler
     return int(handler(args))
 
@@ -73,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="list node types with their params, defaults and formats")
     listing.add_argument("types", nargs="*", metavar="TYPE", help="only these types")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_imports(listing)
     _add_verbose(listing)
     listing.set_defaults(handler=_list)
 
@@ -86,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     _add_verbose(parser)
+    _add_imports(parser)
     parser.add_argument(
         "config",
         type=bundled.find_config,
@@ -99,6 +109,17 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NODE.PARAM=VALUE",
         help="override a param (repeatable); VALUE is read as YAML, e.g. --set vad.aggressiveness=3",
+    )
+
+
+def _add_imports(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module that registers node types with @pipeline.register (repeatable)",
     )
 
 

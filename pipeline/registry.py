@@ -10,14 +10,19 @@ A type is found, in order, among:
 
 3. an import path ``package.module:ClassName`` written directly as the ``type:``.
 
+Modules that register types with ``@register`` are imported first when a config lists them under
+``plugins:`` or the command line names them with ``--import`` (``import_plugins``).
+
 Classes are imported only when a graph uses them (``list`` imports them all).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import TypeVar
 
 from pipeline.errors import UnknownTypeError
@@ -40,6 +45,23 @@ def register(type_name: str) -> Callable[[P], P]:
         return cls
 
     return decorate
+
+
+def import_plugins(modules: Iterable[str], beside: Path | None = None) -> dict[str, str]:
+    """Import modules that register node types; returns module -> why it failed, for those that did.
+
+    A module is looked up on ``sys.path`` (the current folder, under ``python -m pipeline``) and, if
+    given, in ``beside`` — the config's own folder, so a config and its ``my_nodes.py`` travel together.
+    """
+    if beside is not None and str(beside) not in sys.path:
+        sys.path.append(str(beside))
+    failures: dict[str, str] = {}
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as error:
+            failures[module] = f"{type(error).__name__}: {error}"
+    return failures
 
 
 def available() -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipeline.config.interpolate import SHORTEST_SECRET
@@ -21,7 +22,7 @@ from pipeline.graph import Edge, Graph
 from pipeline.inbox import Overflow
 from pipeline.params import build_params, convert, did_you_mean, type_name
 from pipeline.processor import Processor
-from pipeline.registry import resolve
+from pipeline.registry import import_plugins, resolve
 
 QUEUE_KEYS = ("size", "overflow")
 
@@ -56,6 +57,7 @@ def build(spec: GraphSpec, unchecked: frozenset[str] = frozenset()) -> tuple[Com
     say): their ``check()`` is skipped, since it would only report the consequence again.
     """
     builder = _Builder(spec, unchecked)
+    builder.plugins()
     settings = builder.settings()
     server, server_problems = read_server(spec)
     for node in spec.nodes.values():
@@ -85,6 +87,20 @@ class _Builder:
         else:
             problem.file, problem.line = self.spec.file, node.line_of(problem.key)
         self.problems.append(problem)
+
+    def plugins(self) -> None:
+        """Import the config's ``plugins:`` before any type is resolved, so their types are known."""
+        beside = None if self.spec.file.startswith("<") else Path(self.spec.file).resolve().parent
+        for module, reason in import_plugins(self.spec.plugins, beside).items():
+            fix = f"check that {module}.py is beside the config, in this folder, or installed"
+            self.problems.append(
+                Problem(
+                    f"cannot import plugin '{module}': {reason}",
+                    fix=fix,
+                    file=self.spec.file,
+                    line=self.spec.lines.get("plugins"),
+                )
+            )
 
     def settings(self) -> Settings:
         """The valid settings; the others are reported and keep their defaults."""

@@ -120,6 +120,8 @@ class GraphSpec:
     """Raw ``settings:`` values (checked when the graph is built)."""
     server: dict[str, Any] | None = None
     """Raw ``server:`` values, None when the config has no ``server:`` (checked when it is built)."""
+    plugins: list[str] = field(default_factory=list)
+    """Modules to import before types are resolved (``plugins:``): they ``@register`` node types."""
     nodes: dict[str, NodeSpec] = field(default_factory=dict)
     edges: list[Edge] = field(default_factory=list)
     edge_lines: list[int | None] = field(default_factory=list)

@@ -19,7 +19,7 @@ from pipeline.config.yaml_reader import YamlSource, compose, is_null, is_text, l
 from pipeline.errors import Problem
 from pipeline.params import did_you_mean
 
-TOP_LEVEL_KEYS = ("name", "description", "settings", "server", "nodes", "edges")
+TOP_LEVEL_KEYS = ("name", "description", "plugins", "settings", "server", "nodes", "edges")
 NODE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 """What an edge can name: an arrow or a comma in a node name would make edges ambiguous."""
 EDGE_FIX = "write edges as 'a -> b' (a chain: 'a -> b -> c') or as a two-item list [a, b]"
@@ -58,6 +58,8 @@ class _SpecReader:
         for key in ("name", "description"):
             if key in sections:
                 self.text_field(key, sections[key])
+        if "plugins" in sections:
+            self.plugins(sections["plugins"])
         if "settings" in sections:
             self.settings(sections["settings"])
         if "server" in sections:
@@ -94,6 +96,17 @@ class _SpecReader:
             self.source.problem(
                 f"'{key}' must be text", fix=f'quote it: {key}: "..."', line=self.spec.lines[key]
             )
+
+    def plugins(self, node: yaml.Node) -> None:
+        value = self.source.value(node, None, "plugins").value
+        modules = [value] if isinstance(value, str) else value
+        if value is None:
+            return
+        if not (isinstance(modules, list) and all(isinstance(m, str) and m for m in modules)):
+            fix = "list module names, e.g. 'plugins: [my_nodes]' (my_nodes.py beside the config)"
+            self.source.problem("plugins must be a list of module names", fix=fix, line=line(node))
+            return
+        self.spec.plugins = modules
 
     def settings(self, node: yaml.Node) -> None:
         if is_null(node):
