@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import ipaddress
 import json
 import logging
 import resource
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -26,7 +29,7 @@ from pipeline import config
 from pipeline.logs import RateLimit
 from tests.test_websocket_server import COUNTER_GRAPH, TIMEOUT, _until, connect, serving
 from transports.websocket import protocol
-from transports.websocket.connections import BACKLOG, connection_cap
+from transports.websocket.connections import BACKLOG, connection_cap, tls_context
 from transports.websocket.protocol import PushToTalk, Start, UserText
 from transports.websocket.session import Inbound
 
@@ -318,3 +321,69 @@ def test_the_new_server_keys_are_checked() -> None:
         assert "out of range" in problem.message, problem
     defaults = config.ServerSettings()
     assert (defaults.header_timeout, defaults.keepalive_timeout, defaults.max_connections) == (10.0, 15.0, 0)
+
+
+# --- TLS -----------------------------------------------------------------------------------------
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
+async def test_tls_serves_https_and_wss_and_bounds_the_handshake(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    trusted = ssl.create_default_context(cafile=str(cert))
+    overrides = (f"server.tls_cert={cert}", f"server.tls_key={key}", "server.header_timeout=0.3")
+    async with (
+        serving(GRAPH, *overrides) as (server, base),
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trusted)) as http,
+    ):
+        assert base.scheme == "https"
+        assert (await http.get(base / "health")).status == 200
+        async with http.ws_connect(base / "ws") as ws:
+            await ws.send_str('{"type":"text","text":"secure?"}')
+            while (message := await ws.receive(timeout=TIMEOUT)).type is aiohttp.WSMsgType.TEXT:
+                if json.loads(message.data).get("final") is True and "heard" in message.data:
+                    break
+            assert json.loads(message.data)["text"] == "heard 0 ms"
+        mute, kept = await _raw(server.port)  # connects, never says hello
+        assert await _closed_by_server(mute)
+        kept.close()
+
+
+def test_tls_needs_both_files_that_can_be_read(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    assert tls_context(None, None) is None
+    assert isinstance(tls_context(str(cert), str(key)), ssl.SSLContext)
+    with pytest.raises(OSError, match="go together"):
+        tls_context(str(cert), None)
+    with pytest.raises(OSError, match="cannot load tls_cert"):
+        tls_context(str(key), str(key))

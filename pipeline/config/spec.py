@@ -53,6 +53,11 @@ class ServerSettings:
     max_connections: int = 0
     """Open TCP connections at most; 0: from the open-files limit (raised to the hard limit at start),
     leaving room for everything else. At the cap the oldest connection without a request is closed."""
+    tls_cert: str | None = None
+    """PEM certificate (chain) file: serve HTTPS and WSS (with ``tls_key``); the TLS handshake must end
+    within ``header_timeout``."""
+    tls_key: str | None = None
+    """PEM private key file of ``tls_cert``."""
     auth: str = "none"
     """``none`` (loopback hosts only) or ``api_key``: API keys, and session tokens minted with one."""
     allow_unauthenticated: bool = False

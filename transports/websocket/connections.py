@@ -22,6 +22,7 @@ import asyncio
 import logging
 import resource
 import socket
+import ssl
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from ssl import SSLContext
@@ -245,7 +246,7 @@ class _Linger:
 class GuardedSite(web.TCPSite):
     """``TCPSite`` whose connections go through a ``ConnectionGuard`` (and TLS, if given a context)."""
 
-    __slots__ = ("_guard", "_handshake_timeout")
+    __slots__ = ("_guard", "handshake_timeout")
 
     def __init__(
         self,
@@ -255,12 +256,11 @@ class GuardedSite(web.TCPSite):
         guard: ConnectionGuard,
         *,
         ssl_context: SSLContext | None = None,
-        ssl_handshake_timeout: float = 10.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(runner, host, port, ssl_context=ssl_context, backlog=BACKLOG, **kwargs)
         self._guard = guard
-        self._handshake_timeout = ssl_handshake_timeout
+        self.handshake_timeout = 10.0  # seconds for a TLS handshake
 
     async def start(self) -> None:
         """Listen as ``TCPSite.start`` does, through the guard."""
@@ -275,11 +275,29 @@ class GuardedSite(web.TCPSite):
             backlog=self._backlog,
             reuse_address=self._reuse_address,
             reuse_port=self._reuse_port,
-            ssl_handshake_timeout=self._handshake_timeout if self._ssl_context else None,
+            ssl_handshake_timeout=self.handshake_timeout if self._ssl_context else None,
         )
         self._server = listening
         sockets = listening.sockets
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+
+
+def tls_context(cert: str | None, key: str | None) -> SSLContext | None:
+    """The server's TLS context from PEM files (None without them); reads files: call off the loop.
+
+    Raises:
+        OSError: only one of the two is set, or they cannot be read or do not match.
+    """
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise OSError("tls_cert and tls_key go together: set both (PEM files) or neither")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ValueError) as error:
+        raise OSError(f"cannot load tls_cert {cert!r} with tls_key {key!r}: {error}") from None
+    return context
 
 
 class QuietBadRequests(logging.Filter):

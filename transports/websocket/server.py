@@ -57,6 +57,7 @@ from transports.websocket.connections import (
     QuietBadRequests,
     connection_cap,
     raise_fd_limit,
+    tls_context,
 )
 from transports.websocket.session import Session
 
@@ -91,7 +92,8 @@ class VoiceServer:
     def url(self) -> str:
         """Where the page is from this machine (with the real port once started)."""
         host = "127.0.0.1" if is_all_interfaces(self.settings.host) else self.settings.host
-        return f"http://{_bracketed(host)}:{self.port}/"
+        scheme = "https" if self.settings.tls_cert else "http"
+        return f"{scheme}://{_bracketed(host)}:{self.port}/"
 
     @property
     def listening(self) -> str:
@@ -127,12 +129,15 @@ class VoiceServer:
         if not any(isinstance(f, QuietBadRequests) for f in quiet.filters):
             quiet.addFilter(QuietBadRequests())
         self.connections.max_connections = connection_cap(raise_fd_limit(), settings.max_connections)
+        tls = await asyncio.to_thread(tls_context, settings.tls_cert, settings.tls_key)
         self.app.middlewares.insert(0, self.connections.middleware)  # first: it marks the headers' arrival
         self._runner = web.AppRunner(
             self.app, access_log=None, shutdown_timeout=2.0, keepalive_timeout=settings.keepalive_timeout
         )
         await self._runner.setup()
-        await GuardedSite(self._runner, settings.host, settings.port, self.connections).start()
+        site = GuardedSite(self._runner, settings.host, settings.port, self.connections, ssl_context=tls)
+        site.handshake_timeout = settings.header_timeout or 60.0  # a TLS client that never says hello
+        await site.start()
 
     async def stop(self) -> None:
         """Refuse new connections, stop every session (each drains, bounded), then stop listening."""
