@@ -22,7 +22,10 @@ code 1013, try again later), and fewer while the measured load leaves no headroo
 close the connection with 1009 (the socket layer refuses to buffer them). A conversation with no client
 message for ``idle_timeout`` seconds ends as a ``stop`` would (drained, saved; an ``error`` message says
 why, close code 1000), so an open but forgotten tab does not hold a slot (heartbeats alone do not
-count). Client audio waiting for a busy graph is bounded in bytes (``session.Inbound``). Ctrl-C stops
+count). Every TCP connection goes through ``connections.ConnectionGuard``: its headers (and a TLS
+handshake) within ``header_timeout``, idle keep-alive ends after ``keepalive_timeout``, and open
+connections stay below the open-files limit (the oldest that sent no request makes room).
+Client audio waiting for a busy graph is bounded in bytes (``session.Inbound``). Ctrl-C stops
 every session cleanly (each graph drains, recordings are saved, bounded by its ``end_timeout``); a
 second Ctrl-C cancels them.
 """
