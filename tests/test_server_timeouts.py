@@ -115,6 +115,8 @@ async def test_at_the_cap_the_oldest_connections_without_a_request_make_room() -
         assert await _closed_by_server(silent[0][0])  # the oldest went first
         await _until(lambda: server.connections.open <= 6, "the cap to hold")
         assert server.connections.shed >= 7
+        handlers = server._runner.server.connections if server._runner and server._runner.server else []
+        assert len(handlers) <= 6  # aiohttp was told of every connection shed
         for _, writer in silent:
             writer.close()
 

@@ -74,6 +74,7 @@ class ConnectionGuard:
         self._open: OrderedDict[_GuardedProtocol, None] = OrderedDict()  # oldest first
         self._waiting: OrderedDict[_GuardedProtocol, None] = OrderedDict()  # no request yet, oldest first
         self._by_handler: dict[object, _GuardedProtocol] = {}  # aiohttp's protocol -> its guard
+        self._lingering: dict[_GuardedProtocol, _Linger] = {}  # closed, still draining the client
 
     @property
     def open(self) -> int:
@@ -113,7 +114,13 @@ class ConnectionGuard:
         self._by_handler[guarded.inner] = guarded
         return True
 
+    def close(self) -> None:
+        """Drop the connections still lingering (the server is stopping)."""
+        for linger in list(self._lingering.values()):
+            linger.finish()
+
     def _closed(self, guarded: _GuardedProtocol) -> None:
+        self._lingering.pop(guarded, None)
         self._open.pop(guarded, None)
         self._waiting.pop(guarded, None)
         self._by_handler.pop(guarded.inner, None)
@@ -133,6 +140,7 @@ class _GuardedProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._shed = False  # closed by the guard: no lingering
+        self._passed = False  # aiohttp's protocol has the connection (it was not refused at the cap)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -144,6 +152,7 @@ class _GuardedProtocol(asyncio.Protocol):
         if self.guard.header_timeout > 0:
             loop = asyncio.get_running_loop()
             self._deadline = loop.call_later(self.guard.header_timeout, self._too_slow)
+        self._passed = True
         self.inner.connection_made(transport)
 
     def served(self) -> None:
@@ -182,7 +191,7 @@ class _GuardedProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.served()
-        if self.transport is None or self.guard._by_handler.get(self.inner) is not self:
+        if not self._passed:
             self.guard._closed(self)  # refused at the cap: aiohttp never saw it
             return
         self.guard._released(self)
@@ -210,7 +219,7 @@ class _GuardedProtocol(asyncio.Protocol):
         except OSError:  # nothing pending (BlockingIOError) or gone: a plain close sends no reset
             kept.close()
             return False
-        _Linger(kept, lambda: self.guard._closed(self))
+        self.guard._lingering[self] = _Linger(kept, lambda: self.guard._closed(self))
         return True
 
 
@@ -222,7 +231,7 @@ class _Linger:
         self.done = done
         self.loop = asyncio.get_running_loop()
         self.loop.add_reader(sock.fileno(), self._drain)
-        self.timer = self.loop.call_later(LINGER_SECONDS, self._finish)
+        self.timer = self.loop.call_later(LINGER_SECONDS, self.finish)
 
     def _drain(self) -> None:
         try:
@@ -232,9 +241,10 @@ class _Linger:
         except OSError:
             data = b""
         if not data:
-            self._finish()
+            self.finish()
 
-    def _finish(self) -> None:
+    def finish(self) -> None:
+        """Close the socket (once) and report it gone."""
         if self.sock.fileno() < 0:
             return
         self.timer.cancel()

@@ -152,6 +152,7 @@ class VoiceServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self.connections.close()
 
     async def warm_up(self) -> None:
         """Load models before the first visitor: start one graph's engines and stop them again.
