@@ -8,7 +8,13 @@ the testing kit.
 from typing import Any
 
 from pipeline import frames
-from pipeline.errors import FatalProcessorError, Problem, UnknownTypeError, ValidationError
+from pipeline.errors import (
+    FatalProcessorError,
+    Problem,
+    ProcessorFailedError,
+    UnknownTypeError,
+    ValidationError,
+)
 from pipeline.formats import AudioCaps, AudioFormat
 from pipeline.frames import DOWNSTREAM, UPSTREAM, Direction, Frame
 from pipeline.graph import Graph, GraphFailedError
@@ -42,6 +48,7 @@ __all__ = [
     "Overflow",
     "Problem",
     "Processor",
+    "ProcessorFailedError",
     "Source",
     "UnknownTypeError",
     "ValidationError",

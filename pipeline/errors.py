@@ -47,3 +47,7 @@ class UnknownTypeError(VoxgraphError):
 
 class FatalProcessorError(VoxgraphError):
     """Raise from a processor to end the whole graph (bad credentials, missing model, …)."""
+
+
+class ProcessorFailedError(VoxgraphError):
+    """A processor under test reported an error (``Captured.raise_errors``); the message holds where."""

@@ -169,6 +169,8 @@ class ErrorFrame(SystemFrame):
     message: str = ""
     processor: str = ""
     fatal: bool = False
+    traceback: str = field(default="", repr=False, compare=False)
+    """Where it failed (the original traceback, secrets hidden): tests show it (``raise_errors``)."""
     kind: ClassVar[str] = "error"
 
 

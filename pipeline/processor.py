@@ -406,10 +406,9 @@ class Processor:
             self._inbox.close()  # handle nothing more: the graph is being cancelled
         message = self.hide_secrets(f"{type(error).__name__}: {error}")
         log.warning("processor %s failed: %s", self.name, message)
-        if log.isEnabledFor(logging.DEBUG):  # the chain may quote a secret (a server echoing a key)
-            trace = self.hide_secrets("".join(traceback.format_exception(error)))
-            log.debug("processor %s traceback:\n%s", self.name, trace)
-        report = ErrorFrame(message=message, processor=self.name, fatal=fatal)
+        trace = self.hide_secrets("".join(traceback.format_exception(error)))  # may quote a secret
+        log.debug("processor %s traceback:\n%s", self.name, trace)
+        report = ErrorFrame(message=message, processor=self.name, fatal=fatal, traceback=trace)
         self.push_system(report, UPSTREAM)
         self._runtime.processor_failed(self, report, error)
 

@@ -42,6 +42,7 @@ from collections.abc import (
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar, TypeVarTuple, overload
 
+from pipeline.errors import ProcessorFailedError
 from pipeline.frames import (
     DOWNSTREAM,
     UPSTREAM,
@@ -266,6 +267,18 @@ class Captured:
     def errors(self) -> list[ErrorFrame]:
         """Error frames that left the graph upstream."""
         return [f for f in self.up if isinstance(f, ErrorFrame)]
+
+    def raise_errors(self) -> None:
+        """Fail with the first error a processor reported, showing its original traceback.
+
+        A bug in ``process`` does not stop the graph (it becomes an ``ErrorFrame``), so a test that
+        only looked at the output would see a frame missing; this shows the bug itself.
+        """
+        if self.errors:
+            first = self.errors[0]
+            more = f" (and {len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
+            where = f"\n\n{first.traceback}" if first.traceback else ""
+            raise ProcessorFailedError(f"{first.processor}: {first.message}{more}{where}")
 
     @property
     def texts(self) -> list[str]:

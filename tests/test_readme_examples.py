@@ -1,0 +1,57 @@
+"""The README's custom-processor and testing sections, followed verbatim in a fresh project.
+
+The code blocks are read from README.md itself, so the test breaks as soon as the README stops being
+true: ``shout.py`` and ``test_shout.py`` are written to an empty folder with the documented
+``pyproject.toml`` snippet, and pytest is run there as a user would run it.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCK = re.compile(r"```(\w+)\n(.*?)```", re.DOTALL)
+
+
+def _block(language: str, starts: str) -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = [code for lang, code in BLOCK.findall(readme) if lang == language and code.startswith(starts)]
+    assert len(found) == 1, f"README has {len(found)} {language} blocks starting with {starts!r}"
+    return found[0]
+
+
+def _project(folder: Path, test_code: str) -> None:
+    (folder / "shout.py").write_text(_block("python", "from dataclasses import dataclass\nfrom pipeline"))
+    (folder / "pyproject.toml").write_text(_block("toml", "[tool.pytest.ini_options]"))
+    (folder / "test_shout.py").write_text(test_code)
+
+
+def _pytest(folder: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_shout.py"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_readme_processor_and_its_test_pass_in_a_fresh_project(tmp_path: Path) -> None:
+    _project(tmp_path, _block("python", "import asyncio\nfrom pipeline.frames import TextFrame"))
+    done = _pytest(tmp_path)
+    assert "2 passed" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_bug_in_process_shows_its_traceback(tmp_path: Path) -> None:
+    test_code = _block("python", "import asyncio\nfrom pipeline.frames import TextFrame")
+    _project(tmp_path, test_code)
+    shout = tmp_path / "shout.py"
+    shout.write_text(shout.read_text().replace("frame.text.upper()", "frame.text.uper()"))
+    done = _pytest(tmp_path)
+    assert "1 failed, 1 passed" in done.stdout, done.stdout + done.stderr
+    assert "ProcessorFailedError" in done.stdout
+    assert "shout.py" in done.stdout and "in process" in done.stdout  # where it broke, not only what
+    assert "AttributeError: 'str' object has no attribute 'uper'" in done.stdout
