@@ -221,7 +221,7 @@ def _unknown_param(key: str, known: list[str], node: str | None) -> Problem:
         fix = "known params: " + ", ".join(known)
     else:
         fix = "this type takes no params: remove it"
-    return Problem(f"unknown param '{key}'", fix=fix, node=node, key=key)
+    return Problem(f"unknown param '{key}'", fix=fix, node=node, key=key, code="unknown-param")
 
 
 def _show(value: Any, f: dataclasses.Field[Any]) -> str:

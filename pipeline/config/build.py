@@ -164,6 +164,13 @@ class _Builder:
             fix = f"{cls.__name__}.Params must be a dataclass of typed fields"
             params, problems = None, [Problem(message, fix=fix, key="type")]
         for problem in problems:
+            if (
+                problem.code == "unknown-param"
+                and "type" in node.overridden
+                and problem.key not in node.overridden
+            ):
+                problem.message += f" (written for the file's type, not {node.type})"
+                problem.fix = f"switch the whole node instead: --set '{node.name}={{type: {node.type}}}'"
             self.report(problem, node)
         return None if problems else params
 

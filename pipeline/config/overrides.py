@@ -25,7 +25,12 @@ def apply_overrides(spec: GraphSpec, overrides: Iterable[str]) -> list[Problem]:
         target = target.strip()
         head, _, key = target.partition(".")
         where = f"--set {target}"
-        if not (equals and head and key):
+        if equals and head in spec.nodes and not key:
+            problem = _replace(spec.nodes[head], override_value(raw.strip()))
+            if problem is not None:
+                problem.file = where
+                problems.append(problem)
+        elif not (equals and head and key):
             fix = "e.g. --set vad.aggressiveness=3 or --set settings.end_timeout=5"
             problems.append(Problem(f"'{target}' is not node.param=value", fix=fix, file=where))
         elif head == "settings":
@@ -59,10 +64,29 @@ def override_value(text: str) -> Any:
     return parse_scalar(text)
 
 
+def _replace(node: NodeSpec, value: Any) -> Problem | None:
+    """``--set node={type: ..., param: ...}``: the node becomes this one; the file's params are gone.
+
+    This is how an engine is switched from the command line: the new type rarely takes the old
+    type's params. A ``queue`` given here replaces the file's; without one the file's is kept.
+    """
+    if not (isinstance(value, dict) and isinstance(value.get("type"), str) and value["type"]):
+        fix = f"e.g. --set '{node.name}={{type: vad.webrtc, aggressiveness: 2}}'"
+        return Problem(f"replacing node '{node.name}' takes a mapping with a type", fix=fix, node=node.name)
+    node.params.clear()
+    node.interpolated.clear()
+    node.substituted.clear()
+    for key, item in value.items():
+        _set(node, str(key), item)
+    return None
+
+
 def _set(node: NodeSpec, key: str, value: Any) -> None:
     """Set ``type``, ``queue.<key>`` or a param; the value no longer comes from the file or environment."""
     if key == "type":
         node.type = value if isinstance(value, str) else str(value)
+    elif key == "queue":
+        node.queue = value
     elif key.startswith("queue."):
         node.queue = dict(node.queue) if isinstance(node.queue, dict) else {}
         node.queue[key.removeprefix("queue.")] = value
