@@ -44,6 +44,9 @@ from pipeline.processor import Processor
 
 __all__ = ["TurnTaking", "TurnTakingParams"]
 
+REPLY_WAIT_LIMIT = 120.0
+"""Seconds after which a reply that never started playing is taken to be lost (an engine error, a
+silent reply), not late: ``reply_wait`` then reports 0 instead of a wait that grows for ever."""
 BACKCHANNEL_FINAL_WAIT = 3.0
 """Seconds after a backchannel (speech over the bot that did not interrupt) within which a final
 transcript is taken to be its own and dropped; a cough or a breath may bring none at all."""
@@ -190,6 +193,17 @@ class TurnTaking(Processor):
         self._answering = True
         self._bot_words.clear()
         await self.push(TranscriptFrame(text=text, language=finals[-1].language, words=words))
+
+    def reply_wait(self) -> float:
+        """Seconds the user has been waiting for the answer to their last turn (0: not waiting).
+
+        Load meters read it to see a queue forming (sessions taking turns on a shared model) before
+        the late reply arrives.
+        """
+        if not self._answering or self._bot_speaking or self._speech_stopped_at is None:
+            return 0.0
+        waited = asyncio.get_running_loop().time() - self._speech_stopped_at
+        return waited if 0.0 < waited < REPLY_WAIT_LIMIT else 0.0
 
     # --- barge-in ----------------------------------------------------------------------------------
 

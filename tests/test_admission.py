@@ -16,7 +16,7 @@ import pytest
 from yarl import URL
 
 from pipeline import config
-from pipeline.capacity import LoadMeter, LoadSample, SessionLoad, Thresholds, decide
+from pipeline.capacity import LoadMeter, LoadSample, SessionLoad, Thresholds, decide, machine_cpu_times
 from pipeline.frames import Frame, TextFrame
 from pipeline.processor import Processor
 from pipeline.testing import virtual_time
@@ -26,8 +26,13 @@ TIMEOUT = 10.0
 LIMITS = Thresholds(max_cpu=0.85, max_loop_lag=0.25, max_session_lag=2.0, window=10.0)
 
 
-def sample(cpu: float | None = None, lag: float = 0.0, **sessions: SessionLoad) -> LoadSample:
-    return LoadSample(cpu=cpu, loop_lag=lag, window=10.0, sessions=sessions)
+ONE = {"a": SessionLoad()}
+
+
+def sample(
+    cpu: float | None = None, lag: float = 0.0, machine: float | None = None, **sessions: SessionLoad
+) -> LoadSample:
+    return LoadSample(cpu=cpu, machine_cpu=machine, loop_lag=lag, window=10.0, sessions=sessions or ONE)
 
 
 # --- the decision ----------------------------------------------------------------------------------
@@ -36,6 +41,18 @@ def sample(cpu: float | None = None, lag: float = 0.0, **sessions: SessionLoad) 
 def test_a_quiet_server_admits() -> None:
     assert decide(sample(), LIMITS).admit
     assert decide(sample(0.2, 0.01, a=SessionLoad(backlog=0.1, turns=(1.0, 1.1))), LIMITS).admit
+
+
+def test_the_first_session_is_always_admitted() -> None:
+    flat_out = LoadSample(cpu=0.99, machine_cpu=1.0, loop_lag=1.0, window=10.0, sessions={})
+    assert decide(flat_out, LIMITS).admit
+
+
+def test_other_programs_using_the_cores_count_too() -> None:
+    decision = decide(sample(0.1, machine=0.95), LIMITS)
+    assert decision.reason == "server at capacity: the machine's CPU 95% over the last 10 s (limit 85%)"
+    refused = decide(sample(0.2, machine=0.7), LIMITS)  # 0.7 busy + 0.2 for one more session
+    assert not refused.admit and "one more would need ~90%" in refused.reason
 
 
 def test_cpu_over_the_limit_refuses_with_the_figure_and_the_window() -> None:
@@ -64,6 +81,15 @@ def test_a_session_behind_its_live_audio_refuses() -> None:
     assert decision.reason == "server at capacity: a conversation is 3.5 s behind its live audio"
 
 
+def test_a_reply_already_late_counts_before_its_turn_completes() -> None:
+    queued = SessionLoad(turns=(1.0, 1.2), waiting=4.5)  # waiting behind other sessions' replies
+    decision = decide(sample(0.1, a=queued), LIMITS)
+    assert not decision.admit and "3.5 s behind its first turns' latency" in decision.reason
+    first = SessionLoad(waiting=4.0)  # no turn yet: compared with a typical reply
+    assert decide(sample(0.1, a=first), LIMITS).reason.endswith("behind the latency a reply should have")
+    assert decide(sample(0.1, a=SessionLoad(waiting=2.0)), LIMITS).admit
+
+
 def test_a_session_whose_turns_slowed_down_refuses_until_they_are_fast_again() -> None:
     slowed = SessionLoad(turns=(1.2, 1.0, 1.4, 2.0, 4.1))  # 4.1 s against a best first turn of 1.0 s
     assert slowed.turn_growth == pytest.approx(3.1)
@@ -79,7 +105,13 @@ def test_one_turn_is_no_trend() -> None:
 
 def test_the_sample_reports_its_figures_for_health() -> None:
     figures = sample(0.5, 0.012, a=SessionLoad(backlog=0.25), b=SessionLoad(turns=(1.0, 4.0))).as_dict()
-    assert figures == {"cpu": 0.5, "window_s": 10.0, "loop_lag_ms": 12.0, "session_lag_s": [3.0, 0.25]}
+    assert figures == {
+        "cpu": 0.5,
+        "machine_cpu": None,
+        "window_s": 10.0,
+        "loop_lag_ms": 12.0,
+        "session_lag_s": [3.0, 0.25],
+    }
 
 
 # --- the meter -------------------------------------------------------------------------------------
@@ -91,9 +123,16 @@ class Clocks:
     def __init__(self) -> None:
         self.wall = 0.0
         self.cpu = 0.0
+        self.machine: tuple[float, float] | None = None  # (busy, total), like /proc/stat
 
     def meter(self, window: float = 10.0, cores: int = 2) -> LoadMeter:
-        return LoadMeter(window, cores=cores, cpu_clock=lambda: self.cpu, wall_clock=lambda: self.wall)
+        return LoadMeter(
+            window,
+            cores=cores,
+            cpu_clock=lambda: self.cpu,
+            wall_clock=lambda: self.wall,
+            machine_clock=lambda: self.machine,
+        )
 
 
 def test_cpu_is_process_time_over_wall_time_over_cores() -> None:
@@ -107,6 +146,24 @@ def test_cpu_is_process_time_over_wall_time_over_cores() -> None:
         meter.tick()
     reading = meter.sample()
     assert reading.cpu == pytest.approx(0.75) and reading.window == pytest.approx(4.0)
+    assert reading.machine_cpu is None  # not measured here
+
+
+def test_machine_cpu_is_busy_over_total_time_of_every_core() -> None:
+    clocks = Clocks()
+    meter = clocks.meter()
+    clocks.machine = (100.0, 1000.0)
+    meter.tick()
+    clocks.wall, clocks.machine = 1.0, (280.0, 1200.0)  # 180 of 200 busy
+    meter.tick()
+    assert meter.sample().machine_cpu == pytest.approx(0.9)
+
+
+def test_the_real_machine_clock_reads_proc_stat() -> None:
+    times = machine_cpu_times()
+    if times is not None:  # Linux
+        busy, total = times
+        assert 0 <= busy <= total
 
 
 def test_the_window_slides_so_load_that_stopped_is_forgotten() -> None:
@@ -146,7 +203,8 @@ def test_ticks_at_the_same_instant_keep_one_reading() -> None:
 @virtual_time
 async def test_run_ticks_until_cancelled() -> None:
     clocks = Clocks()
-    meter = LoadMeter(10.0, cores=1, cpu_clock=lambda: clocks.cpu)  # wall: the loop's (virtual) clock
+    loop = asyncio.get_running_loop()
+    meter = LoadMeter(10.0, cores=1, cpu_clock=lambda: clocks.cpu, wall_clock=loop.time)  # virtual time
     task = asyncio.create_task(meter.run(0.5))
     await asyncio.sleep(2.1)
     task.cancel()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from pipeline.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
@@ -203,3 +207,23 @@ async def test_a_reply_already_playing_is_not_stale() -> None:
     out = await run_processor(turn_taking, down, upstream=[Gap(0.5), BotStartedSpeakingFrame()])
     assert turns(out) == ["tell me a story", "a long one"]
     assert interruptions(out) == 0 and turn_taking.stale_turns == 0
+
+
+@virtual_time
+async def test_reply_wait_counts_from_the_end_of_the_turn_until_the_bot_speaks() -> None:
+    turn_taking = TurnTaking()
+    waits: list[float] = []
+
+    async def probe() -> None:
+        await asyncio.sleep(0.5)
+        waits.append(turn_taking.reply_wait())  # before the turn: not waiting
+        await asyncio.sleep(1.0)
+        waits.append(turn_taking.reply_wait())  # 0.8 s after the stop, no bot audio yet
+        await asyncio.sleep(1.0)
+        waits.append(turn_taking.reply_wait())  # the bot speaks: the wait is over
+
+    watcher = asyncio.ensure_future(probe())
+    down = [Gap(0.6), STARTED(), Gap(0.1), TranscriptFrame(text="hello there"), STOPPED(), Gap(2.0)]
+    await run_processor(turn_taking, down, upstream=[Gap(2.0), BotStartedSpeakingFrame()])
+    await watcher
+    assert waits[0] == 0.0 and waits[1] == pytest.approx(0.8, abs=0.05) and waits[2] == 0.0

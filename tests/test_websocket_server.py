@@ -28,6 +28,7 @@ import pytest
 from yarl import URL
 
 from pipeline import config
+from pipeline.capacity import LoadMeter
 from pipeline.frames import (
     UPSTREAM,
     AudioFrame,
@@ -256,7 +257,8 @@ edges:
 async def serving(text: str, *overrides: str) -> AsyncIterator[tuple[VoiceServer, URL]]:
     compiled, problems = config.compile_text(text, "<test>", overrides)
     assert compiled is not None and not problems, problems
-    server = VoiceServer(compiled)
+    quiet = LoadMeter(cpu_clock=lambda: 0.0, machine_clock=lambda: None)  # admission: tests/test_admission.py
+    server = VoiceServer(compiled, meter=quiet)
     await server.start()
     try:
         yield server, URL(server.url)

@@ -1,9 +1,11 @@
 """The websocket server's admission: ``pipeline.capacity`` applied to its running sessions.
 
 ``Admission`` owns the load meter (ticked by a task while the server listens) and knows how far each
-session is behind: client audio its graph has not taken yet (``Inbound``) and the voice-to-voice
-latencies its graph recorded (the ``voice_to_voice`` metric of ``turn.taking``). ``/health`` shows
-its figures; a refused connection gets its reason. A readiness route can ask it the same question.
+session is behind: client audio its graph has not taken yet (``Inbound``), the voice-to-voice
+latencies its graph recorded (the ``voice_to_voice`` metric of ``turn.taking``) and how long its user
+has been waiting for the current reply (a node's ``reply_wait()``, which ``turn.taking`` has).
+``/health`` shows its figures; a refused connection gets its reason. A readiness route can ask it the
+same question.
 """
 
 from __future__ import annotations
@@ -40,9 +42,13 @@ def session_load(session: Session) -> SessionLoad:
     """How far ``session`` is behind: its waiting client audio and its turn latencies so far."""
     backlog = session.connection.inbound.audio_bytes / AUDIO_BYTES_PER_SECOND
     turns: list[float] = []
+    waiting = 0.0
     for processor in session.graph.processors.values():
         turns.extend(processor.metrics.samples.get(TURN_LATENCY_METRIC, ()))
-    return SessionLoad(backlog=backlog, turns=tuple(turns))
+        reply_wait = getattr(processor, "reply_wait", None)
+        if callable(reply_wait):
+            waiting = max(waiting, float(reply_wait()))
+    return SessionLoad(backlog=backlog, turns=tuple(turns), waiting=waiting)
 
 
 class Admission:
