@@ -155,6 +155,15 @@ class _Negotiation:
         handled = _kind_names(wanted)
         data = _kind_names([k for k in reaching if issubclass(k, DataFrame)])
         received = f"receives only {data}" if data else "receives no data frames"
+        swallower = self._swallower(name, wanted)
+        if swallower is not None:
+            cls = type(self.processors[swallower]).__name__
+            taken = [k.__name__ for k in _consumed(self.processors[swallower]) if _overlaps(k, wanted)]
+            kinds = f"{taken[0]}," if len(taken) == 1 else ", ".join(taken)
+            message = f"'{swallower}' produces nothing, so '{name}' (which handles {handled}) {received}"
+            fix = f"if {cls} pushes frames on, declare them: produces = ({kinds})"
+            self.findings.append(Finding(Problem(message, fix=fix, node=swallower)))
+            return
         self.findings.append(
             Finding(
                 Problem(
@@ -162,6 +171,16 @@ class _Negotiation:
                 )
             )
         )
+
+    def _swallower(self, name: str, wanted: list[type[Frame]]) -> str | None:
+        """An input of ``name`` that takes the kinds it wants and declares it produces none: most
+        likely a custom processor whose ``produces`` was forgotten, not a mistake in ``name``."""
+        for a in self.inputs[name]:
+            upstream = self.processors[a]
+            silent = not isinstance(upstream, Source) and not upstream.produces
+            if silent and any(_overlaps(kind, wanted) for kind in _consumed(upstream)):
+                return a
+        return None
 
     def _kinds_fix(self, name: str, wanted: list[type[Frame]]) -> str:
         handled = _kind_names(wanted, joiner=" or ")

@@ -65,6 +65,15 @@ class Shout(Processor):
         await self.push(dataclasses.replace(frame, text=frame.text.upper() + self.params.suffix))
 
 
+class Forgetful(Processor):
+    """Passes text on but forgot to say so: no ``produces``."""
+
+    handles: ClassVar[tuple[type[Frame], ...]] = (TextFrame,)
+
+    async def process(self, frame: Frame) -> None:
+        await self.push(frame)
+
+
 class Speak(Processor):
     """Stands in for a TTS: text in, bot audio out."""
 

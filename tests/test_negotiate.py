@@ -172,3 +172,25 @@ def test_audio_frames_count_as_audio_handling() -> None:
     [finding] = negotiate.diagnose(nodes, [("mic", "meter")])
     assert finding.problem.message == "'meter' expects 8000 Hz or 16000 Hz mono; 'mic' produces 11025 Hz mono"
     assert finding.resample_to == AudioFormat(8000)
+
+
+def test_a_processor_that_forgot_produces_is_named_not_the_node_after_it() -> None:
+    from pipeline.config import check_text
+
+    problems = check_text(
+        """
+nodes:
+  words: {type: "tests.custom_nodes:Words"}
+  shout: {type: "tests.custom_nodes:Forgetful"}
+  speak: {type: "tests.custom_nodes:Speak"}
+edges: [words -> shout -> speak]
+""",
+        "forgetful.yaml",
+    )
+    assert len(problems) == 1, problems
+    (problem,) = problems
+    assert problem.node == "shout"
+    assert problem.message == (
+        "'shout' produces nothing, so 'speak' (which handles llm_text, text) receives no data frames"
+    )
+    assert problem.fix == "if Forgetful pushes frames on, declare them: produces = (TextFrame,)"
