@@ -162,11 +162,13 @@ class Processor:
     def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
         """The audio format this processor emits, given the one it receives (for negotiation).
 
-        Default: audio passes through unchanged, unless ``handles`` names an audio frame class
-        explicitly (an STT, say), in which case it is consumed.
-        Processors that emit audio (sources, resamplers, TTS) override this.
+        Default: audio passes through unchanged — also through a processor that handles and
+        produces audio (a gain, a filter) — unless ``handles`` names an audio frame class and
+        ``produces`` names none (an STT, say), in which case it is consumed.
+        Processors that change the format or make their own audio (resamplers, TTS) override this.
         """
-        if incoming is not None and any(issubclass(kind, AudioFrame) for kind in self.handles):
+        consumes = any(issubclass(kind, AudioFrame) for kind in self.handles)
+        if incoming is not None and consumes and not any(issubclass(k, AudioFrame) for k in self.produces):
             return None
         return incoming
 

@@ -65,6 +65,16 @@ class Shout(Processor):
         await self.push(dataclasses.replace(frame, text=frame.text.upper() + self.params.suffix))
 
 
+class Gain(Processor):
+    """Doubles audio: takes and makes audio, so the format passes through it."""
+
+    handles: ClassVar[tuple[type[Frame], ...]] = (AudioFrame,)
+    produces: ClassVar[tuple[type[Frame], ...]] = (AudioFrame,)
+
+    async def process(self, frame: Frame) -> None:
+        await self.push(frame)
+
+
 class Forgetful(Processor):
     """Passes text on but forgot to say so: no ``produces``."""
 

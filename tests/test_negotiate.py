@@ -194,3 +194,20 @@ edges: [words -> shout -> speak]
         "'shout' produces nothing, so 'speak' (which handles llm_text, text) receives no data frames"
     )
     assert problem.fix == "if Forgetful pushes frames on, declare them: produces = (TextFrame,)"
+
+
+def test_the_format_passes_through_a_processor_that_handles_and_produces_audio() -> None:
+    from pipeline.config import check_text
+
+    text = """
+nodes:
+  tone: {type: source.tone, sample_rate: 44100, duration: 0.1}
+  gain: {type: "tests.custom_nodes:Gain"}
+  vad: {type: vad.webrtc}
+  out: {type: debug.null}
+edges: [tone -> gain -> vad -> out]
+"""
+    problems = check_text(text, "gain.yaml")
+    assert [p.node for p in problems] == ["vad"]
+    assert "'gain' produces 44100 Hz mono" in problems[0].message
+    assert check_text("settings: {auto_resample: true}\n" + text, "gain.yaml") == []
