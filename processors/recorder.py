@@ -393,9 +393,10 @@ class _Transcript:
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:
-    """Mark a background task's error as seen: it is raised to the callers that wait for the task."""
-    if not task.cancelled():
-        task.exception()
+    """Log a failed save at once: a save started by a tap may have nobody waiting for it (the next
+    change, or a frame passing the recorder, tries again and raises the error to the graph)."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.warning("cannot save the transcript: %s: %s", type(error).__name__, error)
 
 
 def _replace(path: Path, text: str) -> None:
