@@ -117,9 +117,19 @@ DEFAULT_CASES: tuple[Fuzz, ...] = (
 )
 
 
-def _wav(rng: random.Random, *, tag: int = 1, channels: int = 1, rate: int = 16000, bits: int = 16) -> bytes:
+def _wav(
+    rng: random.Random,
+    *,
+    tag: int = 1,
+    channels: int = 1,
+    rate: int = 16000,
+    bits: int = 16,
+    frames: int = -1,
+) -> bytes:
+    """A WAV file with ``frames`` random frames (-1: a few)."""
     fmt = struct.pack("<HHIIHH", tag, channels, rate, rate * channels * bits // 8, channels * bits // 8, bits)
-    data = rng.randbytes(rng.randrange(0, 64) * channels * max(1, bits // 8))
+    frames = rng.randrange(0, 64) if frames < 0 else frames
+    data = rng.randbytes(frames * channels * max(1, bits // 8))
     body = b"WAVE" + _chunk(b"fmt ", fmt) + _chunk(b"data", data)
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
@@ -151,6 +161,11 @@ def _broken_wav(rng: random.Random) -> bytes:
     if choice == 7:
         return head + b"WAVE" + _chunk(b"LIST", bytes(rng.randrange(20)))
     return head + b"WAVE" + _chunk(b"fmt ", fmt16) + b"data" + struct.pack("<I", 0)  # no samples
+
+
+def _expanding_wav(rng: random.Random) -> bytes:
+    """A low-rate WAV under the size limit that would resample to many times it (minutes of audio)."""
+    return _wav(rng, rate=rng.choice([1000, 2000, 3000]), bits=8, frames=LIMIT - 64)
 
 
 def _compressed(rng: random.Random) -> bytes:
@@ -204,6 +219,7 @@ WHISPER_CASES: tuple[Fuzz, ...] = (
     _deep,
     _bad_audio_bytes,
     _over_limit_binary,
+    _expanding_wav,
     _whisper_text,
     _whisper_text,
 )
@@ -251,6 +267,16 @@ def test_odd_but_valid_audio_is_taken_without_warnings() -> None:
     for bits, rate, channels in ((8, 1000, 2), (24, 44100, 1), (32, 8000, 3)):
         wav = _wav(rng, rate=rate, bits=bits, channels=channels) + bytes(channels * bits // 8)
         assert isinstance(whisper_protocol.parse_binary(wav, LIMIT), protocol.Audio)
+
+
+def test_a_low_rate_wav_may_not_grow_past_four_times_the_message_limit() -> None:
+    # Before: one 1 MB WAV at 1000 Hz (8-bit) became 32 MB of 16 kHz PCM, 17 minutes of audio, and
+    # held the event loop for about 2 s.
+    rng = random.Random(SEED)
+    telephone = _wav(rng, rate=8000, frames=LIMIT // 2 - 64)  # 16-bit at 8 kHz: twice its size, taken
+    assert isinstance(whisper_protocol.parse_binary(telephone, LIMIT), protocol.Audio)
+    refused = whisper_protocol.parse_binary(_expanding_wav(rng), LIMIT)
+    assert isinstance(refused, ProtocolError) and "send shorter pieces, or 16 kHz audio" in refused.message
 
 
 # --- live ----------------------------------------------------------------------------------------

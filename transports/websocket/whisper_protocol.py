@@ -57,6 +57,9 @@ __all__ = [
 
 MIN_RATE, MAX_RATE = 1000, 384000
 """Sample rates taken (Hz); anything else is a broken header or field."""
+MAX_EXPANSION = 4
+"""Decoded 16 kHz audio may be at most this many times the message limit: a low-rate WAV grows when
+resampled, and one message must not become minutes of audio and seconds of CPU on the event loop."""
 STATUS_MESSAGES: dict[str, str | None] = {
     "starting": None,  # the "connected" status already said it
     "listening": "ready",
@@ -101,7 +104,7 @@ def parse_text(text: str, max_bytes: int) -> Audio | ProtocolError:
         return message
     kind = message.get("type")
     if kind == "audio":
-        return _audio_message(message)
+        return _audio_message(message, max_bytes)
     if not isinstance(kind, str):
         return ProtocolError('a message needs a "type": "audio"')
     return ProtocolError(f'unknown message type {kind[:40]!r}; send {{"type": "audio", "audio": "<base64>"}}')
@@ -111,10 +114,10 @@ def parse_binary(data: bytes, max_bytes: int) -> Audio | ProtocolError:
     """A binary message: the audio bytes themselves (16 kHz s16le PCM or a WAV file)."""
     if len(data) > max_bytes:
         return ProtocolError(f"message of {len(data)} bytes is over the limit of {max_bytes}")
-    return _audio(bytes(data), SAMPLE_RATE)
+    return _audio(bytes(data), SAMPLE_RATE, max_bytes)
 
 
-def _audio_message(message: dict[str, Any]) -> Audio | ProtocolError:
+def _audio_message(message: dict[str, Any], max_bytes: int) -> Audio | ProtocolError:
     payload = message.get("audio")
     if not isinstance(payload, str) or not payload:
         return ProtocolError('audio needs "audio": a base64 string of 16 kHz 16-bit mono PCM or a WAV file')
@@ -125,7 +128,7 @@ def _audio_message(message: dict[str, Any]) -> Audio | ProtocolError:
         data = _base64(payload)
     except ValueError as bad:
         return ProtocolError(f'"audio" is not valid base64: {bad}')
-    return _audio(data, rate)
+    return _audio(data, rate, max_bytes)
 
 
 def _base64(payload: str) -> bytes:
@@ -142,9 +145,9 @@ def _base64(payload: str) -> bytes:
         raise ValueError(str(bad)) from None
 
 
-def _audio(data: bytes, sample_rate: int) -> Audio | ProtocolError:
+def _audio(data: bytes, sample_rate: int, max_bytes: int) -> Audio | ProtocolError:
     try:
-        return Audio(decode_audio(data, sample_rate))
+        return Audio(decode_audio(data, sample_rate, max_bytes * MAX_EXPANSION))
     except AudioError as bad:
         return ProtocolError(str(bad))
 
@@ -152,11 +155,14 @@ def _audio(data: bytes, sample_rate: int) -> Audio | ProtocolError:
 # --- audio ---------------------------------------------------------------------------------------
 
 
-def decode_audio(data: bytes, sample_rate: int = SAMPLE_RATE) -> bytes:
+def decode_audio(data: bytes, sample_rate: int = SAMPLE_RATE, max_output: int = 0) -> bytes:
     """16 kHz mono s16le PCM from a WAV file's bytes, or from raw s16le mono PCM at ``sample_rate``.
 
+    Args:
+        max_output: refuse audio that would decode to more bytes than this (0: no limit).
+
     Raises:
-        AudioError: empty, odd-length or compressed audio, or a WAV file this cannot read.
+        AudioError: empty, odd-length or compressed audio, a WAV file this cannot read, or too long.
     """
     if not data:
         raise AudioError("empty audio")
@@ -174,6 +180,12 @@ def decode_audio(data: bytes, sample_rate: int = SAMPLE_RATE) -> bytes:
         samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
     if not samples.size:
         raise AudioError("the audio holds no samples")
+    output = samples.size * SAMPLE_RATE // sample_rate * 2
+    if max_output and output > max_output:
+        raise AudioError(
+            f"{samples.size / sample_rate:.0f} s of audio at {sample_rate} Hz is {output} bytes at 16 kHz, "
+            f"over the limit of {max_output}: send shorter pieces, or 16 kHz audio"
+        )
     if sample_rate != SAMPLE_RATE:
         samples = _resampled(samples, sample_rate)
     finite: np.ndarray = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)  # a float WAV: NaN, inf
