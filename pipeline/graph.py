@@ -29,6 +29,7 @@ from pipeline.frames import Direction, ErrorFrame, Frame
 from pipeline.observers import Observer, Tap, Tapper, TapRequest
 from pipeline.params import did_you_mean
 from pipeline.processor import Processor, Runtime, Source
+from pipeline.topology import topological_names
 
 log = logging.getLogger("pipeline.graph")
 
@@ -405,19 +406,5 @@ def find_cycle(names: list[str], edges: list[Edge]) -> list[str] | None:
 
 
 def topological_order(nodes: Mapping[str, Any], edges: list[Edge]) -> list[Processor]:
-    """Processors with every producer before its consumers (Kahn's algorithm, YAML order on ties)."""
-    indegree = {n: 0 for n in nodes}
-    children: dict[str, list[str]] = {n: [] for n in nodes}
-    for a, b in edges:
-        indegree[b] += 1
-        children[a].append(b)
-    ready = deque(n for n in nodes if indegree[n] == 0)
-    order = []
-    while ready:
-        name = ready.popleft()
-        order.append(nodes[name])
-        for child in children[name]:
-            indegree[child] -= 1
-            if indegree[child] == 0:
-                ready.append(child)
-    return order
+    """Processors with every producer before its consumers (YAML order on ties)."""
+    return [nodes[name] for name in topological_names(nodes, edges)]

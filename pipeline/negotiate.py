@@ -18,7 +18,6 @@ Pure functions, no I/O: ``Graph`` runs ``check`` when it is built.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -26,6 +25,7 @@ from pipeline.errors import Problem
 from pipeline.formats import AudioFormat
 from pipeline.frames import AudioFrame, DataFrame, Frame, InterimTranscriptFrame, TextFrame, TranscriptFrame
 from pipeline.processor import Processor, Source
+from pipeline.topology import topological_names
 
 Edge = tuple[str, str]
 ResamplerFactory = Callable[[str, AudioFormat], Processor]
@@ -100,7 +100,7 @@ class _Negotiation:
         self.outputs: dict[str, AudioFormat | None] = {}
         self.reaching: dict[str, frozenset[type[Frame]]] = {}
         self.findings: list[Finding] = []
-        for name in _topological(processors, self.edges):
+        for name in topological_names(processors, self.edges):
             self._audio(name)
             self._kinds(name)
 
@@ -204,25 +204,6 @@ class _Negotiation:
             "or set settings.auto_resample: true"
         )
         self.findings.append(Finding(Problem(message, fix=fix, node=b), edge=edge, resample_to=target))
-
-
-def _topological(processors: Mapping[str, Processor], edges: list[Edge]) -> list[str]:
-    """Names, producers first (Kahn, node order on ties); nodes on a cycle are left out."""
-    indegree = dict.fromkeys(processors, 0)
-    children: dict[str, list[str]] = {n: [] for n in processors}
-    for a, b in edges:
-        indegree[b] += 1
-        children[a].append(b)
-    ready = deque(n for n, d in indegree.items() if d == 0)
-    order = []
-    while ready:
-        name = ready.popleft()
-        order.append(name)
-        for child in children[name]:
-            indegree[child] -= 1
-            if indegree[child] == 0:
-                ready.append(child)
-    return order
 
 
 def descendants(names: Iterable[str], edges: Iterable[Edge]) -> set[str]:
