@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import VoxgraphError
 from pipeline.frames import (
     AudioFrame,
     EndFrame,
@@ -55,7 +56,7 @@ __all__ = ["ConformanceError", "check_llm", "check_stt", "check_tts", "speech_sc
 Steps = Callable[[Collector], AsyncIterator[Frame]]
 
 
-class ConformanceError(AssertionError):
+class ConformanceError(VoxgraphError, AssertionError):
     """A processor broke the frame contract of its kind."""
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from pipeline import negotiate
-from pipeline.errors import Problem, ValidationError
+from pipeline.errors import Problem, ValidationError, VoxgraphError
 from pipeline.frames import Direction, ErrorFrame, Frame
 from pipeline.observers import Observer, Tap, Tapper, TapRequest
 from pipeline.params import did_you_mean
@@ -37,7 +37,7 @@ Edge = tuple[str, str]
 OutputHandler = Callable[[Processor, Frame, Direction], None]
 
 
-class GraphFailedError(RuntimeError):
+class GraphFailedError(VoxgraphError, RuntimeError):
     """A processor raised a fatal error; the graph was cancelled."""
 
 

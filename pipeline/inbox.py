@@ -11,6 +11,7 @@ import asyncio
 from collections import deque
 from enum import Enum
 
+from pipeline.errors import VoxgraphError
 from pipeline.frames import DOWNSTREAM, Direction, Frame
 
 
@@ -23,7 +24,7 @@ class Overflow(Enum):
     """The oldest interruptible frame is discarded. Right for live audio: never fall behind."""
 
 
-class InboxOverflowError(RuntimeError):
+class InboxOverflowError(VoxgraphError, RuntimeError):
     """The system lane is full: something emits system frames far faster than they are handled."""
 
 

@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import IO
 
+from pipeline.errors import VoxgraphError
+
 __all__ = [
     "BASE_PACKAGES",
     "ModelUnavailableError",
@@ -35,7 +37,7 @@ _BASE_FILES = ("config.json", "tokenizer.json", "vocabulary.json")
 _CHUNK = 8 << 20  # bytes copied per step while joining, and between progress lines
 
 
-class ModelUnavailableError(RuntimeError):
+class ModelUnavailableError(VoxgraphError, RuntimeError):
     """A model is neither bundled, nor a local folder, nor downloadable; the message says what to do."""
 
 

@@ -19,7 +19,7 @@ import logging
 import time
 from typing import Any, ClassVar, Generic, TypeVar
 
-from pipeline.errors import FatalProcessorError, Problem, ValidationError
+from pipeline.errors import FatalProcessorError, Problem, ValidationError, VoxgraphError
 from pipeline.formats import AudioFormat
 from pipeline.frames import UPSTREAM, AudioFrame, ErrorFrame, UserStoppedSpeakingFrame
 from pipeline.processor import Processor
@@ -29,7 +29,7 @@ S = TypeVar("S")
 """One provider session (a websocket connection and its state)."""
 
 
-class SessionError(Exception):
+class SessionError(VoxgraphError):
     """A session could not begin or ended abnormally; ``code`` is the close code or HTTP status."""
 
     def __init__(self, code: int | None, message: str) -> None:

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-from pipeline.errors import FatalProcessorError, Problem, ValidationError
+from pipeline.errors import FatalProcessorError, Problem, ValidationError, VoxgraphError
 from pipeline.params import param
 from processors.tts.base import SpeechParams, SpeechSynthesizer
 
@@ -39,7 +39,7 @@ async def _within(awaitable: Awaitable[T]) -> T:
         return await awaitable
 
 
-class WavFormatError(RuntimeError):
+class WavFormatError(VoxgraphError, RuntimeError):
     """espeak-ng wrote something that is not a 16-bit mono PCM WAV."""
 
 

@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 
 from pipeline.config import ServerSettings
 from pipeline.config.server import exposed_without_auth, is_all_interfaces, is_loopback_host
+from pipeline.errors import VoxgraphError
 
 log = logging.getLogger("transports.websocket.auth")
 
@@ -58,11 +59,11 @@ CORS_METHODS = "GET, POST"
 CORS_HEADERS = "Authorization, Content-Type"
 
 
-class AuthConfigError(ValueError):
+class AuthConfigError(VoxgraphError, ValueError):
     """The server's auth settings or environment cannot be used; the message says how to fix them."""
 
 
-class TokenError(Exception):
+class TokenError(VoxgraphError):
     """A token was refused; the message is the short reason given to the client."""
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import VoxgraphError
 from transports.websocket.protocol import SAMPLE_RATE, Audio, ProtocolError, encode, json_object
 
 __all__ = [
@@ -80,7 +81,7 @@ CONTAINERS: tuple[tuple[int, bytes, str], ...] = (
 _SPACE = re.compile(r"\s")
 
 
-class AudioError(ValueError):
+class AudioError(VoxgraphError, ValueError):
     """Audio bytes that cannot be turned into 16 kHz mono PCM; the message says why and what to send."""
 
 
