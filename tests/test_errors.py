@@ -1,4 +1,4 @@
-"""Every public exception the package defines derives from ``VoxgraphError``: one ``except`` catches them all."""
+"""Every public exception the package defines derives from ``VoxgraphError``: one ``except`` takes all."""
 
 from __future__ import annotations
 
