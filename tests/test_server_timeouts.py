@@ -317,12 +317,15 @@ def test_the_new_server_keys_are_checked() -> None:
     text = "server: {type: websocket}\nnodes:\n  mic: {type: websocket.input}\n"
     text += "  out: {type: websocket.output}\nedges: [mic -> out]\n"
     good = ["server.header_timeout=0", "server.keepalive_timeout=5", "server.max_connections=0"]
+    good += ["server.send_timeout=0"]
     assert config.check_text(text, overrides=good) == []
-    for bad in ("server.header_timeout=-1", "server.keepalive_timeout=0", "server.max_connections=-1"):
+    bad_values = ("header_timeout=-1", "keepalive_timeout=0", "max_connections=-1", "send_timeout=-1")
+    for bad in (f"server.{value}" for value in bad_values):
         [problem] = config.check_text(text, overrides=[bad])
         assert "out of range" in problem.message, problem
     defaults = config.ServerSettings()
-    assert (defaults.header_timeout, defaults.keepalive_timeout, defaults.max_connections) == (10.0, 15.0, 0)
+    timeouts = (defaults.header_timeout, defaults.keepalive_timeout, defaults.send_timeout)
+    assert timeouts == (10.0, 15.0, 30.0) and defaults.max_connections == 0
 
 
 # --- TLS -----------------------------------------------------------------------------------------
@@ -389,3 +392,26 @@ def test_tls_needs_both_files_that_can_be_read(tmp_path: Path) -> None:
         tls_context(str(cert), None)
     with pytest.raises(OSError, match="cannot load tls_cert"):
         tls_context(str(key), str(key))
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="TCP_USER_TIMEOUT is Linux's")
+async def test_a_download_the_client_stops_reading_is_dropped_after_send_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "20250101-120000-abcdef"
+    folder.mkdir()
+    (folder / "transcript.json").write_text('{"messages": []}')
+    (folder / "user.wav").write_bytes(b"RIFF" + bytes(20_000_000))  # far more than the socket buffers
+    overrides = (f"server.recordings={tmp_path}", "server.send_timeout=0.5")
+    async with serving(GRAPH, *overrides) as (server, _):
+        reader = socket.socket()
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.setblocking(False)
+        loop = asyncio.get_running_loop()
+        with reader:
+            await asyncio.wait_for(loop.sock_connect(reader, ("127.0.0.1", server.port)), TIMEOUT)
+            path = f"/api/conversations/{folder.name}/audio/user.wav"
+            await loop.sock_sendall(reader, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            await _until(lambda: server.connections.open == 1, "the download to start")
+            await _until(lambda: server.connections.open == 0, "the stalled download to be dropped")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

@@ -111,6 +111,7 @@ _LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "header_timeout": (lambda v: v >= 0, "use seconds, e.g. 10 (0: no deadline)"),
     "keepalive_timeout": (lambda v: v > 0, "use seconds, e.g. 15"),
     "max_connections": (lambda v: v >= 0, "use a number, e.g. 500 (0: from the open-files limit)"),
+    "send_timeout": (lambda v: v >= 0, "use seconds, e.g. 30 (0: the system's default)"),
     "auth": (lambda v: v in AUTH_MODES, "use none (loopback hosts only) or api_key"),
     "token_ttl": (lambda v: 10 <= v <= 3600, "use seconds, 10..3600, e.g. 300"),
     "api_keys_env": (lambda v: bool(ENV_NAME.fullmatch(v)), "use an environment variable name"),

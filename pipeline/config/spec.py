@@ -53,6 +53,9 @@ class ServerSettings:
     max_connections: int = 0
     """Open TCP connections at most; 0: from the open-files limit (raised to the hard limit at start),
     leaving room for everything else. At the cap the oldest connection without a request is closed."""
+    send_timeout: float = 30.0
+    """Seconds data sent to a client may stay unacknowledged (a client that stopped reading, or vanished)
+    before its connection is dropped; 0: the system's default (Linux)."""
     tls_cert: str | None = None
     """PEM certificate (chain) file: serve HTTPS and WSS (with ``tls_key``); the TLS handshake must end
     within ``header_timeout``."""

@@ -19,6 +19,8 @@ one is kept for its ``keepalive_timeout``. ``ConnectionGuard`` wraps each connec
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 import resource
 import socket
@@ -37,6 +39,8 @@ LINGER_SECONDS = 2.0
 """How long a connection closed under a sending client is drained before it is dropped."""
 MIN_RESERVED_FDS = 32
 """File descriptors kept for everything but client connections (models, recordings, logs) at least."""
+CLIENT_ERRNOS = frozenset({errno.ETIMEDOUT, errno.ECONNRESET, errno.EPIPE})
+"""Socket errors that mean the client stopped reading, vanished or hung up."""
 BACKLOG = 64
 """Listen backlog; asyncio also accepts up to this many connections at once before the guard sees
 them, so the cap leaves that many descriptors free."""
@@ -66,9 +70,10 @@ def connection_cap(fd_limit: int, configured: int = 0) -> int:
 class ConnectionGuard:
     """Tracks open connections: header deadlines, the cap, and shedding (see the module docstring)."""
 
-    def __init__(self, header_timeout: float, max_connections: int) -> None:
+    def __init__(self, header_timeout: float, max_connections: int, send_timeout: float = 0.0) -> None:
         self.header_timeout = header_timeout  # seconds for a connection's first request headers; 0: none
         self.max_connections = max_connections
+        self.send_timeout = send_timeout  # seconds sent data may stay unacknowledged; 0: the system's
         self.timed_out = 0  # connections closed for sending no complete request in time
         self.shed = 0  # connections closed to make room (or refused) at the cap
         self._open: OrderedDict[_GuardedProtocol, None] = OrderedDict()  # oldest first
@@ -153,6 +158,7 @@ class _GuardedProtocol(asyncio.Protocol):
             loop = asyncio.get_running_loop()
             self._deadline = loop.call_later(self.guard.header_timeout, self._too_slow)
         self._passed = True
+        _limit_unacknowledged(transport, self.guard.send_timeout)
         self.inner.connection_made(transport)
 
     def served(self) -> None:
@@ -221,6 +227,18 @@ class _GuardedProtocol(asyncio.Protocol):
             return False
         self.guard._lingering[self] = _Linger(kept, lambda: self.guard._closed(self))
         return True
+
+
+def _limit_unacknowledged(transport: asyncio.Transport, seconds: float) -> None:
+    """Have the kernel drop the connection once sent data stays unacknowledged this long (Linux's
+    ``TCP_USER_TIMEOUT`` also covers a client advertising a zero window: one that stopped reading,
+    which no read timeout sees and a ``sendfile`` download would otherwise wait on for ever)."""
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    raw = transport.get_extra_info("socket")
+    if seconds <= 0 or option is None or raw is None or raw.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError):
+        raw.setsockopt(socket.IPPROTO_TCP, option, max(1, round(seconds * 1000)))
 
 
 class _Linger:
@@ -310,10 +328,13 @@ def tls_context(cert: str | None, key: str | None) -> SSLContext | None:
     return context
 
 
-class QuietBadRequests(logging.Filter):
-    """Drops aiohttp's traceback for a request it could not parse: the client got a 400, the server
-    did nothing wrong (a raw non-ASCII query, a malformed header), and a client can send many."""
+class QuietClientErrors(logging.Filter):
+    """Drops aiohttp's tracebacks for what a client did, not the server: a request it could not parse
+    (the client got a 400: a raw non-ASCII query, a malformed header) or a connection the client let
+    time out (it stopped reading) or reset. A client can cause any number of them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return not isinstance(error, HttpProcessingError)
+        if isinstance(error, HttpProcessingError):
+            return False
+        return not (isinstance(error, OSError) and error.errno in CLIENT_ERRNOS)

@@ -57,7 +57,7 @@ from transports.websocket.auth import AuthConfigError, guard_for
 from transports.websocket.connections import (
     ConnectionGuard,
     GuardedSite,
-    QuietBadRequests,
+    QuietClientErrors,
     connection_cap,
     raise_fd_limit,
     tls_context,
@@ -129,9 +129,10 @@ class VoiceServer:
         settings = self.settings
         logs.rate_limit("asyncio", "aiohttp.server", "aiohttp.web", "aiohttp.websocket", log.name)
         quiet = logging.getLogger("aiohttp.server")
-        if not any(isinstance(f, QuietBadRequests) for f in quiet.filters):
-            quiet.addFilter(QuietBadRequests())
+        if not any(isinstance(f, QuietClientErrors) for f in quiet.filters):
+            quiet.addFilter(QuietClientErrors())
         self.connections.max_connections = connection_cap(raise_fd_limit(), settings.max_connections)
+        self.connections.send_timeout = settings.send_timeout
         tls = await asyncio.to_thread(tls_context, settings.tls_cert, settings.tls_key)
         self.app.middlewares.insert(0, self.connections.middleware)  # first: it marks the headers' arrival
         self._runner = web.AppRunner(
