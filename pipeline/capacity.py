@@ -133,6 +133,8 @@ def decide(sample: LoadSample, thresholds: Thresholds) -> Decision:
     if not active:
         return Decision(True)
     cpu, machine, limit = sample.cpu, sample.machine_cpu, thresholds.max_cpu
+    if sample.window < thresholds.window / 4:
+        cpu = machine = None  # a second or two of readings shows a burst, not the load
     over = f"over the last {sample.window:.0f} s"
     if cpu is not None and cpu > limit:
         return Decision(False, f"server at capacity: CPU {cpu:.0%} {over} (limit {limit:.0%})")

@@ -43,6 +43,11 @@ def test_a_quiet_server_admits() -> None:
     assert decide(sample(0.2, 0.01, a=SessionLoad(backlog=0.1, turns=(1.0, 1.1))), LIMITS).admit
 
 
+def test_cpu_over_too_short_a_span_is_a_burst_not_load() -> None:
+    burst = LoadSample(cpu=0.99, machine_cpu=1.0, window=1.0, sessions=ONE)
+    assert decide(burst, LIMITS).admit
+
+
 def test_the_first_session_is_always_admitted() -> None:
     flat_out = LoadSample(cpu=0.99, machine_cpu=1.0, loop_lag=1.0, window=10.0, sessions={})
     assert decide(flat_out, LIMITS).admit
