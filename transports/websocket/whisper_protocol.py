@@ -12,8 +12,10 @@ The base64 holds 16 kHz mono PCM, signed 16-bit little-endian — or a WAV file 
 prefix (``data:audio/wav;base64,``, what ``FileReader.readAsDataURL`` gives) is accepted, and so is
 ``"sample_rate": N`` for raw PCM at another rate. A binary message carries the same bytes without the
 base64. Compressed recordings (WebM, Ogg, MP4, MP3, FLAC: ``MediaRecorder``'s output) are refused with
-an error that says what to send instead. Whether one message is a whole utterance or a piece of a
-microphone stream is the input node's ``audio_messages`` setting.
+an error that says what to send instead, and so is audio that would decode to more than
+``MAX_EXPANSION`` times the message limit (a low-rate WAV grows when resampled to 16 kHz). Whether one
+message is a whole utterance or a piece of a microphone stream is the input node's ``audio_messages``
+setting.
 
 Server -> client, text JSON::
 
