@@ -145,10 +145,12 @@ def decide(sample: LoadSample, thresholds: Thresholds) -> Decision:
     if cpu is not None:
         projected = (cpu if machine is None else max(cpu, machine)) + cpu / active
         if projected > limit:
+            busy = "" if machine is None or machine <= cpu else f", the machine at {machine:.0%}"
             return Decision(
                 False,
                 f"server at capacity: CPU {cpu:.0%} {over} for {active} conversation"
-                f"{'s' if active != 1 else ''}; one more would need ~{projected:.0%} (limit {limit:.0%})",
+                f"{'s' if active != 1 else ''}{busy}; one more would need ~{projected:.0%} "
+                f"(limit {limit:.0%})",
             )
     if sample.loop_lag > thresholds.max_loop_lag:
         return Decision(False, f"server at capacity: its event loop ran {sample.loop_lag * 1000:.0f} ms late")
