@@ -218,9 +218,14 @@ class Graph(Runtime):
 
         for task in starts:
             task.add_done_callback(one_started)
-        done, pending = await asyncio.wait(starts, timeout=self.start_timeout)
-        for task in pending:
-            task.cancel()
+        try:
+            done, pending = await asyncio.wait(starts, timeout=self.start_timeout)
+        except asyncio.CancelledError:
+            # Stopped while loading (the client left): an on_start left running would go on to start
+            # work (a decoder task, a connection) that no on_stop would ever end.
+            await self._abandon(starts)
+            raise
+        await self._abandon(pending)
         failures = [  # shown to users and clients: an SDK's error may quote the node's API key
             f"{starts[t]}: " + self.processors[starts[t]].hide_secrets(f"{type(error).__name__}: {error}")
             for t in done
@@ -230,6 +235,14 @@ class Graph(Runtime):
         if failures:
             await asyncio.gather(*(self._cancel_one(p) for p in self.processors.values()))
             raise GraphFailedError(f"graph '{self.name}' could not start:\n  " + "\n  ".join(failures))
+
+    async def _abandon(self, starts: Iterable[asyncio.Future[None]]) -> None:
+        """Cancel ``on_start`` hooks still running and wait (bounded) until they have stopped."""
+        running = [task for task in starts if not task.done()]
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running, timeout=self.cancel_timeout)
 
     async def _cancel_one(self, processor: Processor) -> None:
         try:
@@ -248,6 +261,8 @@ class Graph(Runtime):
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.cancel_timeout)
         self._tasks.clear()
+        for processor in self.processors.values():
+            processor.detach()  # no cycles back to the graph: it is freed as soon as nobody holds it
 
     def __repr__(self) -> str:
         return f"<Graph {self.name!r}: {len(self.processors)} nodes, {len(self.edges)} edges>"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,11 +33,19 @@ class ProcessorMetrics:
     """Timing samples of one processor, in seconds."""
 
     def __init__(self, owner: Processor) -> None:
-        self.owner = owner  # whose metrics these are (its name labels the summary)
+        self._owner = weakref.ref(owner)  # weak: the owner holds us, and a cycle would outlive its graph
         self.emit_frames = False  # also send a MetricsFrame downstream per sample (set by Graph)
         self.samples: dict[str, deque[float]] = {}
         self._started_at: float | None = None
         self._first_byte_seen = False
+
+    @property
+    def owner(self) -> Processor:
+        """Whose metrics these are (its name labels the summary)."""
+        owner = self._owner()
+        if owner is None:
+            raise ReferenceError("the processor of these metrics no longer exists")
+        return owner
 
     @contextmanager
     def measure(self) -> Iterator[None]:

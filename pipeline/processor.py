@@ -238,6 +238,19 @@ class Processor:
         self._runtime = runtime
         self._observers = observers
 
+    def detach(self) -> None:
+        """Let go of the graph once it has finished (called by ``Graph``): its runtime, neighbours,
+        observers and finished tasks. They all point back here, so without this a dead graph and
+        its engines (decoders, SDK clients) would wait for a full garbage collection."""
+        self._downstream = ()
+        self._upstream = ()
+        self._runtime = _DETACHED
+        self._observers = ()
+        self._in_flight = None
+        self._last_preempt = None
+        if self._worker is not None and self._worker.done():
+            self._worker = None  # a cancelled task keeps its CancelledError, whose traceback holds us
+
     @property
     def ended(self) -> bool:
         """True once the end has reached this processor on every input and was forwarded."""
@@ -290,8 +303,6 @@ class Processor:
         inbox = self._inbox
         route = self._route
         route_up: dict[type[Frame], _Action] = {}
-        task = asyncio.current_task()
-        assert task is not None
         while not self._ended:
             item = inbox.get_nowait()
             while item is None:
@@ -319,7 +330,7 @@ class Processor:
             except asyncio.CancelledError:
                 if self._cancelling or not self._interrupting:
                     raise
-                task.uncancel()
+                _running_task().uncancel()
             except FatalProcessorError as error:
                 self._fail(error, fatal=True)
             except Exception as error:
@@ -329,8 +340,8 @@ class Processor:
             if self._interrupting:
                 # The cancel landed after process() had already returned (or it swallowed it).
                 self._interrupting = False
-                if task.cancelling():
-                    task.uncancel()
+                if _running_task().cancelling():
+                    _running_task().uncancel()
 
     def _action(self, cls: type[Frame], direction: Direction) -> _Action:
         if cls.system:
@@ -418,6 +429,14 @@ class Processor:
         return f"<{type(self).__name__} {self.name!r}>"
 
 
+def _running_task() -> asyncio.Task[Any]:
+    """The task running now, looked up when needed: held in a local, a worker's task would form a
+    cycle with the CancelledError it ends with (exception -> traceback -> frame -> task)."""
+    task = asyncio.current_task()
+    assert task is not None
+    return task
+
+
 class Source(Processor):
     """A processor with no inputs: implement ``generate`` to yield frames; the end follows by itself."""
 
@@ -439,6 +458,11 @@ class Source(Processor):
         self._producer = asyncio.get_running_loop().create_task(self._produce(), name=f"source:{self.name}")
         return self._producer
 
+    def detach(self) -> None:
+        super().detach()
+        if self._producer is not None and self._producer.done():
+            self._producer = None
+
     def request_stop(self) -> None:
         """Stop generating early; the end is still sent so the graph drains cleanly (Ctrl-C)."""
         self._stop_requested = True
@@ -458,7 +482,7 @@ class Source(Processor):
         except asyncio.CancelledError:
             if not self._stop_requested:
                 raise
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            _running_task().uncancel()
         except FatalProcessorError as error:
             self._fail(error, fatal=True)
         except Exception as error:

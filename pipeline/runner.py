@@ -80,6 +80,7 @@ async def run(graph: Graph, *, measure: bool = False, handle_signals: bool = Tru
         progress.cancel()
         for sig in installed:
             loop.remove_signal_handler(sig)
+        gc.unfreeze()  # frozen garbage is never collected: a process running graph after graph keeps it
         report.seconds = time.perf_counter() - started
     redact = RedactSecrets().redact  # the summary and --metrics print these outside logging's filter
     report.errors = [

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -67,7 +68,7 @@ class Playout:
     def __init__(
         self, owner: Processor, realtime: bool = True, lead: float = 0.06, max_buffer: float = 120.0
     ) -> None:
-        self.owner = owner
+        self._owner = weakref.ref(owner)  # weak: the owner holds us, and a cycle would outlive its graph
         self.realtime = realtime
         self.lead = lead
         self.max_buffer = max_buffer
@@ -79,6 +80,14 @@ class Playout:
         self._pending_text: list[str] = []
         self._writer: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()  # something was queued, or the queue shrank
+
+    @property
+    def owner(self) -> Processor:
+        """The transport whose bot audio this plays."""
+        owner = self._owner()
+        if owner is None:
+            raise ReferenceError("the transport of this playout no longer exists")
+        return owner
 
     @property
     def buffered(self) -> float:
