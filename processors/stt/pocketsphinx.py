@@ -295,6 +295,17 @@ class PocketsphinxSTT(Processor):
         return pcm
 
     async def on_stop(self) -> None:
+        try:
+            await self._finish_decoding()
+        finally:
+            # The decoder is ~35 MB of model and search state per session: let it go now, not when
+            # this processor happens to be collected.
+            self._decoding = self._decoder = self._endpointer = self._resampler = None
+            self._history.clear()
+            self._ep_buffer.clear()
+
+    async def _finish_decoding(self) -> None:
+        """Decode what is queued and send the last transcript; after a cancel, just stop."""
         task = self._decoding
         if self.ended or self.inbox.closed or task is None:  # cancelled: nobody waits for transcripts
             if task is not None:
@@ -380,8 +391,9 @@ class PocketsphinxSTT(Processor):
         return self._feed(pcm) if pcm else ""
 
     def _feed(self, pcm: bytes) -> str:
-        self._decoder.process_raw(pcm, False, False)
-        hyp = self._decoder.hyp()
+        decoder = self._decoder  # one reference for the whole call: on_stop may release it meanwhile
+        decoder.process_raw(pcm, False, False)
+        hyp = decoder.hyp()
         return hyp.hypstr.strip() if hyp is not None else ""
 
     def _finish(self) -> tuple[str, list[dict[str, Any]]]:
