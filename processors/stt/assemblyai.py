@@ -89,7 +89,7 @@ class _Session:
     """One websocket session. The SDK's client is single-use, so every reconnect makes a new one."""
 
     def __init__(self, client: Any) -> None:
-        self.client = client  # the SDK's AsyncStreamingClient
+        self.client = client  # the SDK's AsyncStreamingClient; None once closed
         self.base = 0.0  # stream seconds at which this session's audio (its time 0) starts
         self.begun: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.terminated = asyncio.Event()  # Termination arrived
@@ -158,7 +158,12 @@ class AssemblyAISTT(StreamingSTT[_Session]):
         self._sdk = v3
         self._events = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
         self._pump = asyncio.get_running_loop().create_task(self._pump_events(), name=f"{self.name}:events")
-        await self._replay(await self._first_session())
+        session = await self._first_session()
+        try:
+            await self._replay(session)
+        finally:
+            if self._session is not session:  # cancelled before it went live: nobody else closes it
+                await _close_quietly(session)
 
     def _finishable(self) -> bool:
         return self._sdk is not None
@@ -248,6 +253,18 @@ class AssemblyAISTT(StreamingSTT[_Session]):
         client.on(events.Error, partial(self._on_error, session))
         client.on(events.Warning, partial(self._on_warning, session))
         try:
+            await self._begin(session)
+        except BaseException:  # a failure, or a cancel (the graph stopped while this connected)
+            if not session.begun.done():
+                session.begun.cancel()  # a late error then has nowhere to go (and nothing to leak)
+            await _close_quietly(session)
+            raise
+        return session
+
+    async def _begin(self, session: _Session) -> None:
+        """Connect ``session``'s client and wait for ``Begin``; ``SessionError`` says why not."""
+        p, client = self.params, session.client
+        try:
             await client.connect(self._connection_params())
         except (OSError, ValueError, websocket_errors()) as error:  # a malformed host, say
             raise SessionError(
@@ -258,14 +275,8 @@ class AssemblyAISTT(StreamingSTT[_Session]):
             reader.add_done_callback(partial(self._reader_done, session))
         try:
             await asyncio.wait_for(asyncio.shield(session.begun), p.connect_timeout)
-        except BaseException as error:
-            if not session.begun.done():
-                session.begun.cancel()  # a late error then has nowhere to go (and nothing to leak)
-            await _close_quietly(session)
-            if isinstance(error, TimeoutError):
-                raise SessionError(None, f"no session began within {p.connect_timeout:g}s") from None
-            raise
-        return session
+        except TimeoutError:
+            raise SessionError(None, f"no session began within {p.connect_timeout:g}s") from None
 
     async def _temporary_token(self) -> str:
         """A single-use token from ``GET /v3/token``. The SDK's own helper only speaks https to a
@@ -487,11 +498,16 @@ def websocket_errors() -> type[Exception]:
 
 
 async def _close_quietly(session: _Session) -> None:
-    """Close a session's client at once (no Terminate), whatever state it is in."""
+    """Close a session's client at once (no Terminate), whatever state it is in, and let it go."""
+    client = session.client
+    if client is None:
+        return
     try:
-        await asyncio.wait_for(session.client.disconnect(terminate=False), 3.0)
+        await asyncio.wait_for(client.disconnect(terminate=False), 3.0)
     except Exception as error:  # closing a broken connection may fail in many ways
         log.debug("closing an AssemblyAI session failed: %s", error)
+    finally:
+        session.client = None  # its handlers hold the session and the node: no cycle outlives the close
 
 
 def _param_problems(p: AssemblyAIParams) -> list[Problem]:

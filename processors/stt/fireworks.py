@@ -150,7 +150,12 @@ class FireworksSTT(StreamingSTT[_Stream]):
 
     async def on_start(self) -> None:
         stream = await self._first_session()
-        await self._replay(stream)
+        try:
+            await self._replay(stream)
+        except BaseException:  # a cancel (the graph stopped while starting): nobody else closes it
+            if self._stream is not stream:
+                await _close(stream)
+            raise
         self._runner = asyncio.get_running_loop().create_task(self._run(stream), name=f"{self.name}:reader")
 
     def _finishable(self) -> bool:
@@ -310,11 +315,7 @@ class FireworksSTT(StreamingSTT[_Stream]):
         stream, self._stream = self._stream, None
         runner, self._runner = self._runner, None
         if stream is not None:
-            stream.closing = True
-            try:
-                await asyncio.wait_for(stream.ws.close(), 3.0)
-            except (TimeoutError, OSError, WebSocketException) as error:
-                log.debug("closing the Fireworks connection failed: %s", error)
+            await _close(stream)
         if runner is not None and not runner.done():
             runner.cancel()
             await asyncio.wait({runner}, timeout=2.0)
@@ -401,6 +402,15 @@ class FireworksSTT(StreamingSTT[_Stream]):
         if code is not None and 400 <= code < 500 and code != 429:
             return f"Fireworks refused the request ({error.message}): check the node's params"
         return f"{error.message} (code {code})" if code is not None else error.message
+
+
+async def _close(stream: _Stream) -> None:
+    """Close a connection at once (bounded); failures only matter to the debug log."""
+    stream.closing = True
+    try:
+        await asyncio.wait_for(stream.ws.close(), 3.0)
+    except (TimeoutError, OSError, WebSocketException) as error:
+        log.debug("closing the Fireworks connection failed: %s", error)
 
 
 def _segment_key(segment_id: Any) -> str:
