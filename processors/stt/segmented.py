@@ -462,6 +462,7 @@ class UtteranceSTT(Processor):
         if tasks:
             await asyncio.wait(tasks)
         self._jobs.clear()
+        self._transcriber = self._partial = None  # a cancelled task's traceback holds this node: a cycle
 
 
 def _is_silent(pcm: bytes) -> bool:
