@@ -282,7 +282,9 @@ class Session:
             await _cancelled(self._reader)
             if not graph_task.done():
                 await _cancelled(graph_task)
-            self.graph.output_handler = None  # it points back here: a cycle would outlive the session
+            # Both point back here (a cancelled reader through its traceback): cycles would outlive us.
+            self.graph.output_handler = None
+            self._reader = None
             self.connection.outbox.close()
             try:
                 await asyncio.wait_for(writer, 5.0)  # what the graph said last still reaches the client
