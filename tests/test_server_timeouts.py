@@ -93,6 +93,11 @@ async def test_an_idle_keep_alive_connection_is_closed_after_keepalive_timeout()
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
         assert head.startswith(b"HTTP/1.1 200") and b"close" not in head.lower()
         assert await _closed_by_server(reader)
+        request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        reader, writer = await _raw(server.port, request)
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        writer.write(request[:-2])  # a second request whose headers never end
+        assert await _closed_by_server(reader)
 
 
 # --- the connection cap --------------------------------------------------------------------------
