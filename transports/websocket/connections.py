@@ -8,6 +8,8 @@ one is kept for its ``keepalive_timeout``. ``ConnectionGuard`` wraps each connec
 * open connections stay under a cap below the process's file-descriptor limit: at the cap, a new
   connection sheds the oldest one that has not sent a complete request (else it is itself refused),
   so ``accept`` never fails for want of descriptors and healthy clients are still served;
+* data sent to a client may stay unacknowledged for ``send_timeout`` at most (the kernel's
+  ``TCP_USER_TIMEOUT``): a client that stops reading cannot hold a download or a session;
 * a connection closed while the client is still sending (a websocket message over the hard limit)
   is closed gracefully: what the server wrote (the close frame) goes out, the rest of the client's
   bytes are read and discarded for up to ``LINGER_SECONDS``, so the client sees the close code
