@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping
-from typing import Any
 
 from pipeline.capacity import Decision, LoadMeter, LoadSample, SessionLoad, Thresholds, decide
 from pipeline.config import ServerSettings
@@ -69,15 +68,6 @@ class Admission:
     def decision(self) -> Decision:
         """May one more session start now (the hard ``max_sessions`` cap is the server's)?"""
         return decide(self.sample(), self.limits)
-
-    def health(self) -> dict[str, Any]:
-        """``admitting``, the reason when not, and the figures behind it (for ``/health``)."""
-        sample = self.sample()
-        decision = decide(sample, self.limits)
-        report: dict[str, Any] = {"admitting": decision.admit, "load": sample.as_dict()}
-        if not decision.admit:
-            report["refusing"] = decision.reason
-        return report
 
     def start(self) -> None:
         """Start ticking the meter (on the running loop); idempotent."""

@@ -230,9 +230,8 @@ class VoiceServer:
 
     def _admitting(self) -> dict[str, Any]:
         """``admitting``, why not (``refusing``), and the measured ``load`` behind the decision."""
-        report = self.admission.health()
         refusal = self._refusal()
-        report["admitting"] = refusal is None
+        report: dict[str, Any] = {"admitting": refusal is None, "load": self.admission.sample().as_dict()}
         if refusal is not None:
             report["refusing"] = refusal[1]
         return report
