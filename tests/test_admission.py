@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import ClassVar
+from types import SimpleNamespace
+from typing import ClassVar, cast
 
 import aiohttp
 import pytest
@@ -20,7 +21,9 @@ from pipeline.capacity import LoadMeter, LoadSample, SessionLoad, Thresholds, de
 from pipeline.frames import Frame, TextFrame
 from pipeline.processor import Processor
 from pipeline.testing import virtual_time
+from transports.websocket.admission import session_load
 from transports.websocket.server import VoiceServer
+from transports.websocket.session import Session
 
 TIMEOUT = 10.0
 LIMITS = Thresholds(max_cpu=0.85, max_loop_lag=0.25, max_session_lag=2.0, window=10.0)
@@ -315,3 +318,15 @@ def test_the_thresholds_are_server_keys_checked_with_the_config() -> None:
     assert server.admission.limits == Thresholds(
         max_cpu=0.7, max_loop_lag=0.5, max_session_lag=2.0, window=5.0
     )
+
+
+def test_a_sessions_lag_comes_from_its_waiting_audio_turns_and_the_reply_it_awaits() -> None:
+    latencies = SimpleNamespace(samples={"voice_to_voice": [1.0, 1.4]})
+    turns = SimpleNamespace(metrics=latencies, reply_wait=lambda: 3.5)
+    other = SimpleNamespace(metrics=SimpleNamespace(samples={}))
+    inbound = SimpleNamespace(audio_bytes=16000)  # half a second of 16 kHz s16le
+    graph = SimpleNamespace(processors={"t": turns, "o": other})
+    session = SimpleNamespace(connection=SimpleNamespace(inbound=inbound), graph=graph)
+    load = session_load(cast(Session, session))
+    assert load == SessionLoad(backlog=0.5, turns=(1.0, 1.4), waiting=3.5)
+    assert load.lag == pytest.approx(2.5)  # waiting 3.5 s where its best turn took 1.0 s
