@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 import numpy as np
-import soxr
 
 from pipeline.formats import AudioFormat
+from pipeline.resampling import Int16Resampler
 
 __all__ = ["HEADER_SIZE", "FormatConverter", "WavWriter", "repair_wav"]
 
@@ -254,18 +254,16 @@ class FormatConverter:
     """Brings s16le PCM of one format to a file's format, chunk by chunk: a WAV file has one format,
     audio that arrives in another (a second TTS voice, a resampled stream) is converted to it.
 
-    The soxr stream keeps its filter state across chunks, so there are no clicks at chunk edges;
+    The resampler keeps its filter state across chunks, so there are no clicks at chunk edges;
     ``HQ`` output comes in bursts (up to ~37 ms held), which ``flush`` releases at the end.
     """
 
     def __init__(self, source: AudioFormat, target: AudioFormat, quality: Literal["HQ", "QQ"] = "HQ") -> None:
         self.source = source
         self.target = target
-        self._stream: Any = None
+        self._stream: Int16Resampler | None = None
         if source.sample_rate != target.sample_rate:
-            self._stream = soxr.ResampleStream(
-                source.sample_rate, target.sample_rate, target.channels, dtype="int16", quality=quality
-            )
+            self._stream = Int16Resampler(source.sample_rate, target.sample_rate, target.channels, quality)
 
     def convert(self, pcm: bytes) -> bytes:
         """``pcm`` in the target format (fewer, or no, samples while the filter fills)."""
@@ -275,16 +273,14 @@ class FormatConverter:
             np.frombuffer(pcm, dtype="<i2").reshape(-1, self.source.channels), self.target.channels
         )
         if self._stream is not None:
-            samples = self._stream.resample_chunk(samples)
+            samples = self._stream.resample(samples)
         return np.ascontiguousarray(samples, dtype="<i2").tobytes()
 
     def flush(self) -> bytes:
         """What the filter still holds; the converter starts afresh afterwards."""
         if self._stream is None:
             return b""
-        tail = self._stream.resample_chunk(np.zeros((0, self.target.channels), dtype="<i2"), last=True)
-        self._stream.clear()
-        return np.ascontiguousarray(tail, dtype="<i2").tobytes()
+        return np.ascontiguousarray(self._stream.flush(), dtype="<i2").tobytes()
 
 
 def _remix(samples: np.ndarray[Any, Any], channels: int) -> np.ndarray[Any, Any]:

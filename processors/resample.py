@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-import soxr
 
 from pipeline.errors import Problem, ValidationError
 from pipeline.formats import AudioFormat
 from pipeline.frames import AudioFrame, Frame
 from pipeline.params import param
 from pipeline.processor import Processor
+from pipeline.resampling import Int16Resampler
 
 
 @dataclass(slots=True)
@@ -62,7 +62,7 @@ class Resampler(Processor):
             problem.node = self.name
         if problems:
             raise ValidationError(problems)
-        self._stream: soxr.ResampleStream | None = None
+        self._stream: Int16Resampler | None = None
         self._stream_input: AudioFormat | None = None  # the format the stream was built for
         self._last: AudioFrame | None = None  # template for the frame carrying the flushed tail
 
@@ -87,15 +87,11 @@ class Resampler(Processor):
         mixed = _remix(samples, target.channels) if target.channels < frame.channels else samples
         if incoming.sample_rate != target.sample_rate:
             if self._stream is None:
-                self._stream = soxr.ResampleStream(
-                    incoming.sample_rate,
-                    target.sample_rate,
-                    mixed.shape[1],
-                    dtype="int16",
-                    quality=self.params.quality,
+                self._stream = Int16Resampler(
+                    incoming.sample_rate, target.sample_rate, mixed.shape[1], quality=self.params.quality
                 )
                 self._stream_input = incoming
-            mixed = self._stream.resample_chunk(mixed).reshape(-1, mixed.shape[1])
+            mixed = self._stream.resample(mixed)
         self._last = frame
         await self._emit(frame, mixed, target)
 
@@ -115,9 +111,7 @@ class Resampler(Processor):
         self._reset()
         if stream is None or last is None or incoming is None:
             return
-        channels = min(incoming.channels, self.target(incoming).channels)
-        tail = stream.resample_chunk(np.zeros((0, channels), dtype=np.int16), last=True)
-        await self._emit(last, tail.reshape(-1, channels), self.target(incoming))
+        await self._emit(last, stream.flush(), self.target(incoming))
 
     async def _emit(self, template: AudioFrame, samples: np.ndarray[Any, Any], target: AudioFormat) -> None:
         if not samples.shape[0]:
