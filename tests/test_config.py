@@ -478,3 +478,17 @@ def test_parse_gives_the_annotated_spec() -> None:
     )
     assert node.lines == {"type": 4, "api_key": 5, "queue": 6, "queue.size": 6}
     assert node.interpolated == {"api_key": "${KEY}"}
+
+
+def test_an_unset_key_is_reported_once_not_again_by_the_node() -> None:
+    text = """
+nodes:
+  src: {type: source.tone, sample_rate: 16000, duration: 0.1}
+  stt: {type: stt.assemblyai, api_key: "${UNSET_ASSEMBLYAI_KEY}"}
+  out: {type: debug.null}
+edges: [src -> stt -> out]
+"""
+    problems = config.check_text(text, "keys.yaml", env={})
+    assert [p.message for p in problems] == ["environment variable UNSET_ASSEMBLYAI_KEY is not set"]
+    empty = config.check_text(text.replace("${UNSET_ASSEMBLYAI_KEY}", ""), "keys.yaml", env={})
+    assert [p.message for p in empty] == ["api_key is empty"]  # written empty: the node's own words

@@ -157,7 +157,7 @@ def compile_text(
     spec, problems = _parsed(text, filename, overrides, env)
     if spec is None:
         return None, _finished(problems, spec)
-    compiled, build_problems = build(spec, frozenset(p.node for p in problems if p.node))
+    compiled, build_problems = build(spec, frozenset((p.node, p.key) for p in problems if p.node))
     problems = _finished(problems + build_problems, spec)
     return (None if problems else compiled), problems
 

@@ -50,11 +50,14 @@ class Compiled:
         )
 
 
-def build(spec: GraphSpec, unchecked: frozenset[str] = frozenset()) -> tuple[Compiled, list[Problem]]:
+def build(
+    spec: GraphSpec, unchecked: frozenset[tuple[str, str | None]] = frozenset()
+) -> tuple[Compiled, list[Problem]]:
     """Build every node that can be built and wire them; the result is only usable without problems.
 
-    Nodes named in ``unchecked`` already have a problem in how they were written (an unset ``${VAR}``,
-    say): their ``check()`` is skipped, since it would only report the consequence again.
+    ``unchecked`` holds (node, key) pairs that already have a problem in how they were written (an
+    unset ``${VAR}``, say): those nodes' ``check()`` is skipped and what their constructor says about
+    those keys is left out, since it would only report the consequence again ("api_key is empty").
     """
     builder = _Builder(spec, unchecked)
     builder.plugins()
@@ -70,9 +73,10 @@ def build(spec: GraphSpec, unchecked: frozenset[str] = frozenset()) -> tuple[Com
 class _Builder:
     """Builds nodes one at a time, each problem placed where its value was written."""
 
-    def __init__(self, spec: GraphSpec, unchecked: frozenset[str] = frozenset()) -> None:
+    def __init__(self, spec: GraphSpec, unchecked: frozenset[tuple[str, str | None]] = frozenset()) -> None:
         self.spec = spec
         self.unchecked = unchecked
+        self.unchecked_nodes = {name for name, _ in unchecked}
         self.problems: list[Problem] = []
         self.classes: dict[str, type[Processor] | None] = {}
         """Every node's type; None where it could not be resolved."""
@@ -129,11 +133,12 @@ class _Builder:
             return
         try:  # built even with a bad queue: wiring can still check it
             processor = self.processors[node.name] = cls(params, name=node.name, **queue)
-            for problem in [] if node.name in self.unchecked else processor.check():
+            for problem in [] if node.name in self.unchecked_nodes else processor.check():
                 self.report(problem, node)
         except ValidationError as error:
             for problem in error.problems:
-                self.report(problem, node)
+                if (node.name, problem.key) not in self.unchecked:
+                    self.report(problem, node)
         except Exception as error:
             message = f"creating {cls.__name__} failed: {type(error).__name__}: {error}"
             fix = "check the node's params; heavy work belongs in on_start"
