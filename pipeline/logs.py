@@ -11,8 +11,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from pipeline import secrets
+from pipeline.secrets import is_secret
+
 SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.IGNORECASE)
-MIN_SECRET_LENGTH = 6  # shorter values are too likely to collide with ordinary words
 
 
 class RedactSecrets(logging.Filter):
@@ -25,18 +27,17 @@ class RedactSecrets(logging.Filter):
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         super().__init__()
         source = os.environ if env is None else env
-        self.secrets = sorted(
-            {v for k, v in source.items() if SECRET_NAME.search(k) and len(v) >= MIN_SECRET_LENGTH},
-            key=len,
-            reverse=True,
-        )
+        self.environment = [v for k, v in source.items() if SECRET_NAME.search(k) and is_secret(v)]
+
+    @property
+    def secrets(self) -> list[str]:
+        """Secret-looking environment values, and every value a loaded config registered as secret
+        (a key given with ``--set`` included)."""
+        return [*self.environment, *secrets.registered()]
 
     def redact(self, text: str) -> str:
         """``text`` with every known secret value replaced."""
-        for value in self.secrets:
-            if value in text:
-                text = text.replace(value, "***")
-        return text
+        return secrets.hide(text, self.secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:

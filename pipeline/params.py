@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from pipeline.errors import Problem
+from pipeline.secrets import hide
 
 
 @dataclass(slots=True)
@@ -200,11 +201,10 @@ def hide_secret_params(text: str, params: Any) -> str:
     """
     if not dataclasses.is_dataclass(params):
         return text
-    for f in dataclasses.fields(params):
-        value = getattr(params, f.name, None)
-        if f.metadata.get("secret") and isinstance(value, str) and len(value) >= 4 and value in text:
-            text = text.replace(value, "***")
-    return text
+    return hide(
+        text,
+        [getattr(params, f.name, None) or "" for f in dataclasses.fields(params) if f.metadata.get("secret")],
+    )
 
 
 def did_you_mean(word: str, choices: list[str]) -> str | None:

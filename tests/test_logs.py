@@ -197,3 +197,23 @@ def test_a_leaked_key_never_reaches_the_metrics_file(tmp_path: Path) -> None:
     report = json.loads(metrics.read_text())
     assert report["errors"][0]["processor"] == "svc"
     assert SECRET not in metrics.read_text()
+
+
+def test_a_key_given_with_set_is_hidden_from_library_debug_logs() -> None:
+    """At -vvv the websockets library logs request headers; a key from --set must not show."""
+    from pipeline import config
+
+    key = "sk-set-on-the-command-line-0123"
+    text = """
+nodes:
+  src: {type: source.tone, sample_rate: 16000, duration: 0.1}
+  stt: {type: stt.assemblyai, api_key: placeholder-key}
+  out: {type: debug.null}
+edges: [src -> stt -> out]
+"""
+    assert config.check_text(text, overrides=[f"stt.api_key={key}"], env={}) == []
+    stream = io.StringIO()
+    logger = logger_into(stream, {})
+    logger.debug("> GET /v3/ws HTTP/1.1\n> Authorization: %s", key)
+    assert key not in stream.getvalue()
+    assert "Authorization: ***" in stream.getvalue()

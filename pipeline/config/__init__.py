@@ -62,6 +62,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from pipeline import secrets
 from pipeline.config.build import QUEUE_KEYS, Compiled, build
 from pipeline.config.interpolate import hide_secrets
 from pipeline.config.overrides import apply_overrides
@@ -186,6 +187,7 @@ def _finished(problems: list[Problem], spec: GraphSpec | None) -> list[Problem]:
     """Hide the spec's secrets in every message, then order by line (problems without a line last)."""
     if spec is not None:
         hide_secrets(problems, spec.secrets)
+        secrets.register(spec.secrets)  # log lines hide them too, a key given with --set included
     return sorted(problems, key=lambda p: (p.line is None, p.line or 0))
 
 

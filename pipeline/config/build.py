@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config.interpolate import SHORTEST_SECRET
 from pipeline.config.server import connection_problems, read_server
 from pipeline.config.spec import GraphSpec, NodeSpec, ServerSettings, Settings
 from pipeline.config.wiring import wire
@@ -23,6 +22,7 @@ from pipeline.inbox import Overflow
 from pipeline.params import build_params, convert, did_you_mean, type_name
 from pipeline.processor import Processor
 from pipeline.registry import import_plugins, resolve
+from pipeline.secrets import is_secret
 
 QUEUE_KEYS = ("size", "overflow")
 
@@ -209,7 +209,7 @@ def _params(node: NodeSpec, cls: type[Processor], secrets: dict[str, str]) -> tu
             values[key] = text  # ${ZIP} = 01234 for a str param stays "01234"
     for f in dataclasses.fields(cls.Params):
         value = values.get(f.name)
-        if f.metadata.get("secret") and isinstance(value, str) and len(value) >= SHORTEST_SECRET:
+        if f.metadata.get("secret") and is_secret(value):
             secrets.setdefault(value, "<secret>")
     params, problems = build_params(cls.Params, values, node=node.name)
     for problem in problems:

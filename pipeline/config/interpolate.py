@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pipeline.errors import Problem
+from pipeline.secrets import hide, is_secret
 
-SHORTEST_SECRET = 4
 """Shorter values (``1``, ``on``) are too common to hide: replacing them would garble messages."""
 
 _TOKEN = re.compile(r"\$(?:\$|\{[^}]*\}|\{)")
@@ -64,11 +64,9 @@ def is_whole_reference(text: str) -> bool:
 
 def hide_secrets(problems: Iterable[Problem], secrets: Mapping[str, str]) -> None:
     """Replace sensitive text in every message and fix (longest first, so no secret is half-hidden)."""
-    hidden = sorted(secrets.items(), key=lambda item: -len(item[0]))
     for problem in problems:
-        for text, shown in hidden:
-            problem.message = problem.message.replace(text, shown)
-            problem.fix = problem.fix.replace(text, shown)
+        problem.message = hide(problem.message, secrets)
+        problem.fix = hide(problem.fix, secrets)
 
 
 def _lookup(reference: str, env: Mapping[str, str], key: str, result: Substitution) -> str:
@@ -87,7 +85,7 @@ def _lookup(reference: str, env: Mapping[str, str], key: str, result: Substituti
     result.references.append(shown)
     value = env.get(name)
     if value:
-        if len(value) >= SHORTEST_SECRET:
+        if is_secret(value):
             result.secrets[value] = shown
         return value
     if has_default:
