@@ -95,6 +95,9 @@ class Processor:
     """Bound of the inbox's data lane, in frames (overridable per node in YAML)."""
     overflow: ClassVar[Overflow] = Overflow.BLOCK
     """What a full inbox does: block the sender, or drop the oldest frame (live audio)."""
+    warm_up: ClassVar[bool] = True
+    """Whether a server starts this node once before the first conversation, so its ``on_start``
+    loads shared models early. False where starting opens a per-call (billed) connection."""
 
     params: Any
 

@@ -43,6 +43,7 @@ class StreamingSTT(Processor, Generic[S]):
 
     service: ClassVar[str]  # the provider's name in messages, e.g. "AssemblyAI"
     link: ClassVar[str] = "session"  # what one connection is called in messages
+    warm_up: ClassVar[bool] = False  # on_start opens a billed provider session: nothing to load early
     key_variable: ClassVar[str]  # the environment variable the API key should come from
     transient_codes: ClassVar[frozenset[int | None]]  # a drop with one of these is worth a reconnect
 

@@ -160,13 +160,14 @@ class VoiceServer:
 
         Engines keep loaded models process-wide, so each conversation then starts at once. Nodes
         that belong to one conversation (connection nodes, the recorder: a ``session_id`` param)
-        are left out. Raises ``GraphFailedError`` if an engine cannot start.
+        and nodes whose start would open a billed provider session (``warm_up = False``) are left
+        out. Raises ``GraphFailedError`` if an engine cannot start.
         """
         graph = session_graph(self.compiled, {})
         engines = [
             p
             for p in graph.processors.values()
-            if not getattr(p, "connection_role", "") and not hasattr(p.params, "session_id")
+            if p.warm_up and not getattr(p, "connection_role", "") and not hasattr(p.params, "session_id")
         ]
         if not engines:
             return
