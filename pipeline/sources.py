@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import wave
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import Problem, ValidationError, VoxgraphError
+from pipeline.audiofile import AudioFileError, probe_audio, read_audio
+from pipeline.errors import Problem, ValidationError
 from pipeline.formats import AudioFormat
 from pipeline.frames import AudioFrame, Frame, InterimTranscriptFrame, TextFrame, TranscriptFrame
 from pipeline.params import param
@@ -34,19 +34,13 @@ __all__ = [
     "TranscriptSource",
     "WavSource",
     "frame_ms_problem",
-    "read_wav",
     "samples_per_frame",
-    "wav_header",
 ]
 
 _FRAME_MS_DOC = "audio per frame in milliseconds (10, 20, 30…); must come to a whole number of samples"
 _REALTIME_DOC = (
     "pace frames like a microphone (one frame per frame_ms); false = as fast as the graph takes them"
 )
-
-
-class AudioFileError(VoxgraphError):
-    """An audio file is missing or in a format Voxgraph cannot read."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -82,7 +76,7 @@ class NoiseParams(GeneratedAudioParams):
 class WavParams:
     """Params of ``source.wav``."""
 
-    path: str = param(doc="16-bit PCM WAV file to play, at its own sample rate and channels")
+    path: str = param(doc="audio file to play (WAV, FLAC, MP3, Ogg…), at its own sample rate and channels")
     frame_ms: int = param(20, doc=_FRAME_MS_DOC)
     realtime: bool = param(False, doc=_REALTIME_DOC)
     trailing_silence: float = param(
@@ -323,7 +317,11 @@ class NoiseSource(_GeneratedAudioSource):
 
 
 class WavSource(_PacedAudioSource):
-    """Plays a 16-bit PCM WAV file at its own rate and channels (add ``audio.resample`` if needed)."""
+    """Plays an audio file at its own rate and channels (add ``audio.resample`` if needed).
+
+    The whole file is decoded (in a thread) before the first frame: for long recordings use
+    ``file.input``, which reads block by block.
+    """
 
     type_name = "source.wav"
     Params = WavParams
@@ -340,11 +338,11 @@ class WavSource(_PacedAudioSource):
         self._format: AudioFormat | None = None
 
     def check(self) -> list[Problem]:
-        """The file must exist and be 16-bit PCM at a rate ``frame_ms`` divides, before anything runs."""
+        """The file must exist and be readable at a rate ``frame_ms`` divides, before anything runs."""
         try:
-            fmt = wav_header(Path(self.params.path))
+            fmt = probe_audio(Path(self.params.path))
         except AudioFileError as error:
-            return [Problem(str(error), "point path at a 16-bit PCM WAV file", self.name, "path")]
+            return [Problem(str(error), error.fix, self.name, "path")]
         if samples_per_frame(fmt.sample_rate, self.params.frame_ms) is None:
             return [frame_ms_problem(fmt.sample_rate, self.params.frame_ms, self.name)]
         return []
@@ -352,12 +350,12 @@ class WavSource(_PacedAudioSource):
     def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
         """Read from the file's header, so negotiation knows the real rate; None if unreadable."""
         try:
-            return wav_header(Path(self.params.path))
+            return probe_audio(Path(self.params.path))
         except AudioFileError:
             return None
 
     async def on_start(self) -> None:
-        fmt, self._pcm = await self.run_in_thread(read_wav, Path(self.params.path))
+        fmt, self._pcm = await self.run_in_thread(read_audio, Path(self.params.path))
         if samples_per_frame(fmt.sample_rate, self.params.frame_ms) is None:
             raise ValidationError([frame_ms_problem(fmt.sample_rate, self.params.frame_ms, self.name)])
         self._format = fmt
@@ -381,36 +379,6 @@ class WavSource(_PacedAudioSource):
         silence = bytes(size)
         for _ in range(math.ceil(silent / samples)):
             yield silence
-
-
-def wav_header(path: Path) -> AudioFormat:
-    """The format of a 16-bit PCM WAV file, reading only its header; ``AudioFileError`` if unusable."""
-    return _load_wav(path, frames=False)[0]
-
-
-def read_wav(path: Path) -> tuple[AudioFormat, bytes]:
-    """The format and PCM of a 16-bit PCM WAV file (blocking: run it in a thread)."""
-    return _load_wav(path, frames=True)
-
-
-def _load_wav(path: Path, *, frames: bool) -> tuple[AudioFormat, bytes]:
-    """The file's format, and its PCM when ``frames``; ``AudioFileError`` says how to fix a bad file."""
-    convert = f"convert it with: ffmpeg -i '{path}' -c:a pcm_s16le out.wav"
-    try:
-        with wave.open(str(path), "rb") as wav:
-            if wav.getsampwidth() != 2:
-                bits = 8 * wav.getsampwidth()
-                raise AudioFileError(f"'{path}' is {bits}-bit audio; Voxgraph reads 16-bit PCM: {convert}")
-            fmt = AudioFormat(wav.getframerate(), wav.getnchannels())
-            return fmt, wav.readframes(wav.getnframes()) if frames else b""
-    except FileNotFoundError:
-        raise AudioFileError(
-            f"WAV file '{path}' not found (relative paths start from {Path.cwd()})"
-        ) from None
-    except (wave.Error, EOFError) as error:
-        raise AudioFileError(f"cannot read '{path}' as a PCM WAV file ({error}); {convert}") from None
-    except OSError as error:  # a folder, no permission, ...
-        raise AudioFileError(f"cannot open '{path}': {error.strerror or error}") from None
 
 
 # --- text ----------------------------------------------------------------------------------------

@@ -141,7 +141,7 @@ async def test_the_format_is_detected_from_the_first_bytes_or_given(tmp_path: Pa
     raw = tmp_path / "noheader.bin"
     raw.write_bytes(pcm)
     [problem] = FileInput(path=str(raw)).check()
-    assert problem.key == "format" and "set format: wav, flac or raw" in problem.fix
+    assert problem.key == "format" and "set format: raw (with sample_rate and channels)" in problem.fix
     out = await run_processor(FileInput(path=str(raw), format="raw", sample_rate=16000, channels=1))
     assert out.audio == pcm
 
@@ -186,7 +186,7 @@ def test_a_missing_file_fails_validate_with_a_fix(tmp_path: Path, capsys: pytest
     err = capsys.readouterr().err
     assert code == 2
     assert f"call.yaml:2: node 'mic': audio file '{tmp_path / 'nope.wav'}' not found" in err
-    assert "fix: point path at a WAV, FLAC or raw PCM file" in err
+    assert "fix: check the path; relative paths start from the folder you run in" in err
 
 
 def test_realtime_input_is_paced_like_a_microphone(tmp_path: Path) -> None:

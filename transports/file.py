@@ -1,63 +1,51 @@
 """File transports: play a recording into a graph (``file.input``) and write what comes out (``file.output``).
 
 They stand in for a microphone and a speaker, so a conversation graph runs on recorded calls, in tests
-and in batch jobs. ``file.input`` reads WAV, FLAC (with ``soundfile``, in the ``offline`` extra) or raw
-s16le PCM block by block in a worker thread, one block ahead, so a long file neither loads into memory
-nor blocks the loop. ``file.output`` plays bot audio through ``Playout`` exactly as a live transport
-does (speaking frames and spoken text go upstream), so a graph behaves the same on files and on calls.
+and in batch jobs. ``file.input`` reads any file ``pipeline.audiofile`` decodes (WAV of any encoding,
+FLAC, MP3, Ogg, AIFF) or raw s16le PCM block by block in a worker thread, one block ahead, so a long
+file neither loads into memory nor blocks the loop. ``file.output`` plays bot audio through ``Playout``
+exactly as a live transport does (speaking frames and spoken text go upstream), so a graph behaves
+the same on files and on calls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal
 
-import numpy as np
-
+from pipeline.audiofile import SUPPORTED, AudioFileError, AudioReader, UnknownAudioFormatError, open_audio
 from pipeline.errors import Problem, ValidationError
 from pipeline.formats import AudioFormat
 from pipeline.frames import AudioFrame, Frame, TTSAudioFrame, TTSStoppedFrame, TTSTextFrame
 from pipeline.params import param
 from pipeline.processor import Processor, Source
-from pipeline.sources import AudioFileError, FramePacer, frame_ms_problem, samples_per_frame
+from pipeline.sources import FramePacer, frame_ms_problem, samples_per_frame
 from pipeline.wavfile import FormatConverter, WavWriter
 from transports.playout import Playout
 
 __all__ = ["FileInput", "FileOutput"]
 
-FileKind = Literal["wav", "flac", "raw"]
-
-_EXTENSIONS: dict[str, FileKind] = {
-    ".wav": "wav",
-    ".wave": "wav",
-    ".flac": "flac",
-    ".raw": "raw",
-    ".pcm": "raw",
-    ".s16": "raw",
-    ".s16le": "raw",
-}
+_RAW_EXTENSIONS = (".raw", ".pcm", ".s16", ".s16le")
 _READ_AHEAD = 0.5  # seconds of audio decoded per block in the worker thread
-_INSTALL_SOUNDFILE = "pip install 'voxgraph[offline]' (or: pip install soundfile)"
 
 
 @dataclass(slots=True, kw_only=True)
 class FileInputParams:
     """Params of ``file.input``."""
 
-    path: str = param(doc="audio file to play: WAV, FLAC, or raw s16le PCM (.raw/.pcm)")
+    path: str = param(doc="audio file to play: WAV, FLAC, MP3, Ogg, AIFF, or raw s16le PCM (.raw/.pcm)")
     format: Literal["auto", "wav", "flac", "raw"] = param(
-        "auto", doc="file format; auto = from the extension, else from the file's first bytes"
+        "auto", doc="raw = headerless s16le PCM (auto: by a .raw/.pcm extension); else read from the file"
     )
     sample_rate: int | None = param(
-        None, doc="raw PCM: samples per second (required); WAV/FLAC: must match the file if set"
+        None, doc="raw PCM: samples per second (required); other files: must match the file if set"
     )
     channels: int | None = param(
-        None, doc="raw PCM: interleaved channels (required); WAV/FLAC: must match the file if set"
+        None, doc="raw PCM: interleaved channels (required); other files: must match the file if set"
     )
     frame_ms: int = param(20, doc="audio per frame in milliseconds; must come to a whole number of samples")
     realtime: bool = param(
@@ -69,164 +57,32 @@ class FileInputParams:
     )
 
 
-class _FileProblem(AudioFileError):
-    """An input file that cannot be played, with how to fix it."""
-
-    def __init__(self, message: str, fix: str, key: str = "path") -> None:
-        super().__init__(message)
-        self.fix = fix  # what the user should do
-        self.key = key  # the param at fault
-
-
-class _Decoder(Protocol):
-    """Reads interleaved s16le PCM from an open file, block by block (blocking calls: use a thread)."""
-
-    format: AudioFormat
-
-    def read(self, samples: int) -> bytes:
-        """Up to ``samples`` per channel; fewer only at the end, ``b""`` after it."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class _WaveDecoder:
-    """16-bit PCM WAV through the standard library: no extra package needed."""
-
-    def __init__(self, path: Path) -> None:
-        self._wav = wave.open(str(path), "rb")  # noqa: SIM115 (closed by close())
-        self.format = AudioFormat(self._wav.getframerate(), self._wav.getnchannels())
-
-    def read(self, samples: int) -> bytes:
-        return self._wav.readframes(samples)
-
-    def close(self) -> None:
-        self._wav.close()
-
-
-class _SoundFileDecoder:
-    """FLAC, and WAV that is not 16-bit PCM (24-bit, float, extensible), through libsndfile."""
-
-    def __init__(self, path: Path) -> None:
-        import soundfile
-
-        self._file = soundfile.SoundFile(str(path))
-        self.format = AudioFormat(self._file.samplerate, self._file.channels)
-        self._exact = self._file.subtype in ("PCM_16", "PCM_24", "PCM_32", "PCM_S8", "PCM_U8")
-
-    def read(self, samples: int) -> bytes:
-        block: np.ndarray[Any, Any]
-        if self._exact:  # integer sources convert exactly; floats are scaled and clipped here
-            block = self._file.read(samples, dtype="int16")
-        else:
-            block = np.clip(np.rint(self._file.read(samples, dtype="float32") * 32768.0), -32768, 32767)
-        return block.astype("<i2", copy=False).tobytes()
-
-    def close(self) -> None:
-        self._file.close()
-
-
-class _RawDecoder:
-    """Headerless s16le PCM in the format the params give."""
-
-    def __init__(self, path: Path, fmt: AudioFormat) -> None:
-        self._file = path.open("rb")
-        self.format = fmt
-        self._sample_bytes = 2 * fmt.channels
-
-    def read(self, samples: int) -> bytes:
-        data = self._file.read(samples * self._sample_bytes)
-        return data[: len(data) - len(data) % self._sample_bytes]  # a torn last sample is dropped
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def _kind(path: Path, wanted: str) -> FileKind:
-    """The file's format: as given, else by extension, else by its magic bytes."""
-    if wanted != "auto":
-        return wanted  # type: ignore[return-value]
-    by_extension = _EXTENSIONS.get(path.suffix.lower())
-    if by_extension is not None:
-        return by_extension
-    try:
-        with path.open("rb") as file:
-            magic = file.read(4)
-    except FileNotFoundError:
-        raise _not_found(path) from None
-    except OSError as error:
-        raise _FileProblem(f"cannot open '{path}': {error}", "check the path and its permissions") from None
-    if magic in (b"RIFF", b"RIFX", b"RF64"):
-        return "wav"
-    if magic == b"fLaC":
-        return "flac"
-    raise _FileProblem(
-        f"cannot tell the format of '{path}' from its name or its first bytes",
-        "set format: wav, flac or raw (raw also needs sample_rate and channels)",
-        key="format",
-    )
-
-
-def _not_found(path: Path) -> _FileProblem:
-    return _FileProblem(
-        f"audio file '{path}' not found (relative paths start from {Path.cwd()})",
-        "point path at a WAV, FLAC or raw PCM file",
-    )
-
-
-def _open(path: Path, params: FileInputParams) -> _Decoder:
-    """Open ``path`` for decoding; ``_FileProblem`` says what is wrong and how to fix it."""
-    kind = _kind(path, params.format)
-    if not path.is_file():
-        raise _not_found(path)
-    if kind == "raw":
-        if params.sample_rate is None or params.channels is None:
-            raise _FileProblem(
-                f"'{path}' is raw PCM: its sample rate and channels are not in the file",
-                "add sample_rate and channels to the node (e.g. sample_rate: 16000, channels: 1)",
-                key="sample_rate" if params.sample_rate is None else "channels",
-            )
-        return _RawDecoder(path, AudioFormat(params.sample_rate, params.channels))
-    decoder = _open_wave(path) if kind == "wav" else None
-    return decoder or _open_soundfile(path, kind)
-
-
-def _open_wave(path: Path) -> _Decoder | None:
-    """The stdlib reader for 16-bit PCM WAV; None when the file needs libsndfile."""
-    try:
-        decoder = _WaveDecoder(path)
-    except (wave.Error, EOFError):
-        return None
-    if decoder._wav.getsampwidth() != 2:
-        decoder.close()
-        return None
-    return decoder
-
-
-def _open_soundfile(path: Path, kind: FileKind) -> _Decoder:
-    try:
-        import soundfile
-    except ImportError:
-        convert = f"or convert it: ffmpeg -i '{path}' -c:a pcm_s16le out.wav"
-        raise _FileProblem(
-            f"reading '{path}' ({kind}) needs the soundfile package", f"{_INSTALL_SOUNDFILE}, {convert}"
-        ) from None
-    try:
-        return _SoundFileDecoder(path)
-    except (soundfile.LibsndfileError, RuntimeError) as error:
-        raise _FileProblem(
-            f"cannot read '{path}' as {kind.upper()} ({error})",
-            f"check the file, or convert it: ffmpeg -i '{path}' -c:a pcm_s16le out.wav",
-        ) from None
+def _open(path: Path, params: FileInputParams) -> AudioReader:
+    """Open ``path`` for decoding; ``AudioFileError`` says what is wrong and how to fix it."""
+    raw = params.format == "raw" or (params.format == "auto" and path.suffix.lower() in _RAW_EXTENSIONS)
+    if not raw:
+        try:
+            return open_audio(path)
+        except UnknownAudioFormatError as error:
+            raise AudioFileError(
+                str(error),
+                f"use a file in one of: {SUPPORTED}; for headerless s16le PCM set format: raw "
+                "(with sample_rate and channels)",
+                key="format",
+            ) from None
+    if params.sample_rate is None or params.channels is None:
+        raise AudioFileError(
+            f"'{path}' is raw PCM: its sample rate and channels are not in the file",
+            "add sample_rate and channels to the node (e.g. sample_rate: 16000, channels: 1)",
+            key="sample_rate" if params.sample_rate is None else "channels",
+        )
+    return open_audio(path, raw=AudioFormat(params.sample_rate, params.channels))
 
 
 def _probe(path: Path, params: FileInputParams) -> AudioFormat:
     """The format the file plays in (opens just the header)."""
-    decoder = _open(path, params)
-    try:
-        return decoder.format
-    finally:
-        decoder.close()
+    with _open(path, params) as reader:
+        return reader.format
 
 
 class FileInput(Source):
@@ -242,7 +98,7 @@ class FileInput(Source):
         problems = [Problem(message, fix, self.name, key) for key, message, fix in self._param_problems()]
         if problems:
             raise ValidationError(problems)
-        self._decoder: _Decoder | None = None
+        self._decoder: AudioReader | None = None
         self._reading: asyncio.Future[bytes] | None = None  # the block being decoded in a thread
 
     def _param_problems(self) -> list[tuple[str, str, str]]:
@@ -261,7 +117,7 @@ class FileInput(Source):
         """The file must exist and be readable in a format ``frame_ms`` divides, before anything runs."""
         try:
             fmt = _probe(Path(self.params.path), self.params)
-        except _FileProblem as error:
+        except AudioFileError as error:
             return [Problem(str(error), error.fix, self.name, error.key)]
         return self._format_problems(fmt)
 
@@ -314,7 +170,7 @@ class FileInput(Source):
     async def on_stop(self) -> None:
         self._close()
 
-    async def _chunks(self, decoder: _Decoder, samples: int) -> AsyncIterator[bytes]:
+    async def _chunks(self, decoder: AudioReader, samples: int) -> AsyncIterator[bytes]:
         """Whole frames: leading silence, the file (last frame padded), trailing silence."""
         fmt = decoder.format
         size = 2 * samples * fmt.channels
@@ -350,7 +206,7 @@ class FileInput(Source):
             reading.add_done_callback(lambda done: _close_after(done, decoder))
 
 
-def _close_after(read: asyncio.Future[bytes], decoder: _Decoder) -> None:
+def _close_after(read: asyncio.Future[bytes], decoder: AudioReader) -> None:
     if not read.cancelled():
         read.exception()  # retrieved: it no longer matters once the source has stopped
     decoder.close()

@@ -1,4 +1,4 @@
-"""``file.turns``: a patient caller made of WAV files — for headless conversations, tests and benchmarks.
+"""``file.turns``: a patient caller made of audio files — for headless conversations, tests and benchmarks.
 
 Each file is one user turn. After a turn it plays ``pause`` seconds of silence (so the VAD sees the
 end of speech), then waits until the bot has answered — it listens for the playing transport's
@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 import soxr
 
+from pipeline.audiofile import AudioFileError, probe_audio, read_audio
 from pipeline.errors import Problem
 from pipeline.formats import AudioFormat
 from pipeline.frames import (
@@ -31,7 +32,7 @@ from pipeline.frames import (
 )
 from pipeline.params import param
 from pipeline.processor import Source
-from pipeline.sources import AudioFileError, FramePacer, read_wav, wav_header
+from pipeline.sources import FramePacer
 
 __all__ = ["FileTurns", "FileTurnsParams"]
 
@@ -42,7 +43,7 @@ log = logging.getLogger("transports.file_turns")
 class FileTurnsParams:
     """Which files to say and how to wait between them."""
 
-    paths: list[str] = param(doc="16-bit PCM WAV files, one user turn each, said in order")
+    paths: list[str] = param(doc="audio files (WAV, FLAC, MP3, Ogg…), one user turn each, said in order")
     frame_ms: int = param(20, doc="audio per frame in milliseconds")
     realtime: bool = param(
         False, doc="pace like a microphone (barge-in needs it); false = as fast as it goes"
@@ -56,7 +57,7 @@ class FileTurnsParams:
 
 
 class FileTurns(Source):
-    """Says each WAV file as a user turn and waits for the bot's answer in between."""
+    """Says each audio file as a user turn and waits for the bot's answer in between."""
 
     Params = FileTurnsParams
     params: FileTurnsParams
@@ -75,26 +76,24 @@ class FileTurns(Source):
     def check(self) -> list[Problem]:
         problems = []
         if not self.params.paths:
-            problems.append(Problem("paths is empty", "list at least one WAV file", self.name, "paths"))
+            problems.append(Problem("paths is empty", "list at least one audio file", self.name, "paths"))
         for path in self.params.paths:
             try:
-                wav_header(Path(path))
+                probe_audio(Path(path))
             except AudioFileError as error:
-                problems.append(
-                    Problem(str(error), "point paths at 16-bit PCM WAV files", self.name, "paths")
-                )
+                problems.append(Problem(str(error), error.fix, self.name, "paths"))
         return problems
 
     def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
         try:
-            return wav_header(Path(self.params.paths[0]))
+            return probe_audio(Path(self.params.paths[0]))
         except (AudioFileError, IndexError):
             return None
 
     async def on_start(self) -> None:
         self._turns = []
         for path in self.params.paths:
-            fmt, pcm = await self.run_in_thread(read_wav, Path(path))
+            fmt, pcm = await self.run_in_thread(read_audio, Path(path))
             if self._format is None:
                 self._format = fmt
             self._turns.append(await self.run_in_thread(_convert, pcm, fmt, self._format))
