@@ -8,7 +8,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["SharedModel", "shared_model"]
+__all__ = ["IdleEngines", "SharedModel", "shared_model"]
 
 
 @dataclass
@@ -34,3 +34,30 @@ def shared_model(key: Hashable, load: Callable[[], Any]) -> SharedModel:
         if entry is None:
             entry = _models[key] = SharedModel(load())
         return entry
+
+
+class IdleEngines:
+    """Per-session engines kept between sessions: each session needs its own (they hold the state of
+    an utterance), but building one takes time (a PocketSphinx decoder: ~0.3 s of model files) and,
+    in some libraries, memory that is never given back (~27 KB per PocketSphinx decoder). At most
+    ``max_idle`` wait per key; the rest are let go. Only an engine back in its initial state may be
+    given back, and only once no thread uses it any more.
+    """
+
+    def __init__(self, max_idle: int = 2) -> None:
+        self.max_idle = max_idle  # engines kept per key once their sessions ended
+        self._idle: dict[Hashable, list[Any]] = {}
+        self._lock = threading.Lock()  # taken from worker threads and the event loop
+
+    def take(self, key: Hashable) -> Any | None:
+        """An idle engine built with ``key``, or None (then build one)."""
+        with self._lock:
+            idle = self._idle.get(key)
+            return idle.pop() if idle else None
+
+    def give_back(self, key: Hashable, engine: Any) -> None:
+        """Keep ``engine`` for the next session, unless ``max_idle`` already wait."""
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < self.max_idle:
+                idle.append(engine)

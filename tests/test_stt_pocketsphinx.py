@@ -13,7 +13,7 @@ from pipeline.frames import (
     UserStoppedSpeakingFrame,
 )
 from pipeline.testing import Gap, run_processor
-from processors.stt.pocketsphinx import PocketsphinxSTT
+from processors.stt.pocketsphinx import _IDLE_DECODERS, PocketsphinxSTT
 from tests.speech import silence
 from tests.test_stt_whisper import FRAME, conversation, reference, wer
 
@@ -88,3 +88,18 @@ async def test_audio_in_another_format_is_converted() -> None:
             stereo.append(item)
     out = await run_processor(PocketsphinxSTT(), stereo, timeout=60)
     assert len(out.transcripts) == 1 and wer(reference("0880"), out.transcripts[0]) <= 0.5
+
+
+async def test_the_next_session_gets_the_decoder_of_the_last_one_with_the_same_results() -> None:
+    """A decoder costs ~0.3 s to build (and a little memory PocketSphinx never gives back): an ended
+    session's decoder serves the next one, and recognises just as a fresh one does."""
+    script, _ = conversation("0880", gap=0.3)
+    first_stt = PocketsphinxSTT(interim=False)
+    first = await run_processor(first_stt, script, timeout=60)
+    idle = _IDLE_DECODERS.take(first_stt._decoder_key)
+    assert idle is not None  # given back at the end
+    _IDLE_DECODERS.give_back(first_stt._decoder_key, idle)
+    second_stt = PocketsphinxSTT(interim=False)
+    second = await run_processor(second_stt, script, timeout=60)
+    assert second.transcripts == first.transcripts and len(first.transcripts) == 1
+    assert _IDLE_DECODERS.take(second_stt._decoder_key) is idle  # the same decoder, used and back

@@ -21,6 +21,7 @@ import logging
 import re
 import time
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,6 +41,7 @@ from pipeline.frames import (
 )
 from pipeline.params import param
 from pipeline.processor import Processor
+from processors.models import IdleEngines
 
 __all__ = ["PocketsphinxParams", "PocketsphinxSTT"]
 
@@ -51,6 +53,8 @@ COMMAND_QUEUE = 64
 MAX_EARLY_EVENTS = 64
 _FILLER = re.compile(r"^(<.*>|\[.*\]|\+\+.*\+\+|\(NULL\))$")
 _VARIANT = re.compile(r"\(\d+\)$")  # "was(2)": the second pronunciation of "was"
+_IDLE_DECODERS = IdleEngines(max_idle=2)
+"""Decoders of ended sessions, for the next ones (one per session at a time: they hold its utterance)."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -131,10 +135,11 @@ class PocketsphinxSTT(Processor):
         if problems:
             raise ValidationError(problems)
         self._decoder: Any = None
+        self._decoder_key: Hashable = ()  # the options it was built with (idle decoders are kept by them)
         self._endpointer: Any = None  # until the first speaking frame; None after
         self._ep_buffer = bytearray()
         self._commands: asyncio.Queue[_Command] = asyncio.Queue(maxsize=COMMAND_QUEUE)
-        self._decoding: asyncio.Task[None] | None = None
+        self._decoding: asyncio.Task[bool] | None = None
         # Stream side: what has arrived, and the utterance being fed.
         self._history = bytearray()  # the last seconds of audio, for the pre-roll
         self._history_start = 0.0
@@ -167,10 +172,10 @@ class PocketsphinxSTT(Processor):
         return incoming  # audio passes through
 
     async def on_start(self) -> None:
-        self._decoder, self._endpointer = await self.run_in_thread(self._load)
+        self._decoder_key, self._decoder, self._endpointer = await self.run_in_thread(self._load)
         self._decoding = asyncio.create_task(self._decode(), name=f"stt:{self.name}")
 
-    def _load(self) -> tuple[Any, Any]:
+    def _load(self) -> tuple[Hashable, Any, Any]:
         from pocketsphinx import Decoder, Endpointer
 
         p = self.params
@@ -178,11 +183,14 @@ class PocketsphinxSTT(Processor):
         for key, value in (("hmm", p.hmm), ("lm", p.lm), ("dict", p.dictionary)):
             if value is not None:  # passing None would switch the bundled model off
                 options[key] = str(Path(value).expanduser())
-        try:
-            decoder = Decoder(**options)
-        except Exception as error:
-            raise FatalProcessorError(f"cannot load the PocketSphinx model: {error}") from error
-        return decoder, Endpointer(sample_rate=RATE)
+        decoder_key = tuple(sorted(options.items()))
+        decoder = _IDLE_DECODERS.take(decoder_key)
+        if decoder is None:
+            try:
+                decoder = Decoder(**options)
+            except Exception as error:
+                raise FatalProcessorError(f"cannot load the PocketSphinx model: {error}") from error
+        return decoder_key, decoder, Endpointer(sample_rate=RATE)
 
     # --- stream side (the worker) ----------------------------------------------------------------
 
@@ -295,23 +303,29 @@ class PocketsphinxSTT(Processor):
         return pcm
 
     async def on_stop(self) -> None:
+        reusable = False
         try:
-            await self._finish_decoding()
+            reusable = await self._finish_decoding()
         finally:
-            # The decoder is ~35 MB of model and search state per session: let it go now, not when
-            # this processor happens to be collected.
+            # The decoder is ~35 MB of model and search state: the next session gets it, or it goes
+            # now, not when this processor happens to be collected.
+            if reusable:
+                _IDLE_DECODERS.give_back(self._decoder_key, self._decoder)
             self._decoding = self._decoder = self._endpointer = self._resampler = None
             self._history.clear()
             self._ep_buffer.clear()
 
-    async def _finish_decoding(self) -> None:
-        """Decode what is queued and send the last transcript; after a cancel, just stop."""
+    async def _finish_decoding(self) -> bool:
+        """Decode what is queued and send the last transcript; after a cancel, just stop.
+
+        True: the decoder is idle between utterances and no thread uses it (another session may).
+        """
         task = self._decoding
         if self.ended or self.inbox.closed or task is None:  # cancelled: nobody waits for transcripts
             if task is not None:
                 task.cancel()
                 await asyncio.wait({task})
-            return
+            return False  # a thread may still be decoding: the decoder goes with it
         try:
             if self._endpointer is not None:
                 if self._endpointer.in_speech:
@@ -324,7 +338,7 @@ class PocketsphinxSTT(Processor):
                 if self._open_since is not None:
                     await self._close(self._stop_arrival if self._end_at is not None else time.perf_counter())
             await self._send(None)
-            await task
+            return await task
         finally:
             if not task.done():
                 task.cancel()
@@ -332,19 +346,21 @@ class PocketsphinxSTT(Processor):
 
     # --- decoder side (one background task, the decoder itself in a thread) ----------------------
 
-    async def _decode(self) -> None:
+    async def _decode(self) -> bool:
+        """Run the commands until None; True if the decoder ended between utterances, never failed."""
         state = _DecoderState()
         ahead: deque[_Command] = deque()  # a command taken off the queue while batching audio
+        clean = True
         while True:
             command = ahead.popleft() if ahead else await self._commands.get()
             if command is None:
-                return
+                return clean and not state.open
             if isinstance(command, _Audio):
                 command = self._batch(command, ahead)
             try:
                 await self._run(command, state)
             except Exception as error:
-                state.open = False
+                state.open = clean = False  # the decoder's own state is unknown now: not reused
                 self._fail(error, fatal=False)
 
     def _batch(self, first: _Audio, ahead: deque[_Command]) -> _Audio:
