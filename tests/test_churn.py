@@ -53,9 +53,6 @@ from transports.websocket.server import VoiceServer
 
 CYCLES = 100
 WARM_UP = 3
-POCKETSPHINX_CYCLES = 60
-"""Each PocketSphinx session loads its own decoder (~0.3 s of model files): 60 sessions, as in the probe
-that found the leak (35 MB a session), fit the time budget."""
 WHISPER_CYCLES = 30
 """Each Whisper session costs a full pass (~0.7 s on 2 shared cores); 30 still expose a leak of 1 MB a
 session against ``RSS_TOLERANCE``, and exactly any task, thread, fd or graph left behind."""
@@ -239,7 +236,6 @@ FAMILIES = {
         "  vad: {type: vad.webrtc}\n  stt: {type: stt.pocketsphinx}\n",
         "mic -> vad -> stt -> out",
         _transcribe,
-        POCKETSPHINX_CYCLES,
     ),
     "whisper": Family(
         "  vad: {type: vad.webrtc}\n  stt: {type: stt.whisper, model: tiny.en, early_transcription: false}\n",
