@@ -17,10 +17,13 @@ from pipeline.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
+from pipeline.graph import Graph, GraphFailedError
 from pipeline.registry import resolve
-from pipeline.testing import run_processor
+from pipeline.sources import SilenceSource
+from pipeline.testing import run_graph, run_processor
+from processors.vad.webrtc import WebRTCVad
 from tests.speech import librivox, read_wav, silence, write_wav
-from transports.utterance_files import UtteranceFiles
+from transports.utterance_files import NoSpeechError, UtteranceFiles
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "vad-split.yaml"
@@ -108,19 +111,64 @@ async def test_files_hold_each_utterance_with_its_rolls_and_short_ones_are_dropp
     )
 
 
-async def test_without_a_vad_nothing_is_written_and_the_summary_says_why(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    await run_processor(UtteranceFiles(directory=str(tmp_path)), ramp_frames(1.0))
+async def test_without_a_vad_nothing_is_written_and_the_failure_says_why(tmp_path: Path) -> None:
+    with pytest.raises(GraphFailedError, match=r"put a vad\.silero or vad\.webrtc node in front") as caught:
+        await run_processor(UtteranceFiles(directory=str(tmp_path)), ramp_frames(1.0))
+    assert isinstance(caught.value.__cause__, NoSpeechError)
     assert list(tmp_path.glob("*.wav")) == []
-    assert "put a vad.silero or vad.webrtc node in front" in capsys.readouterr().out
 
 
 async def test_bot_audio_is_not_cut(tmp_path: Path) -> None:
     bot = [TTSAudioFrame(pcm=f.pcm, sample_rate=f.sample_rate) for f in ramp_frames(1.0)]
     frames: list[Frame] = [UserStartedSpeakingFrame(stream_time=0.0), *bot]
-    await run_processor(UtteranceFiles(directory=str(tmp_path)), frames)
+    with pytest.raises(GraphFailedError, match=r"no speech found in 0\.00 s of audio"):
+        await run_processor(UtteranceFiles(directory=str(tmp_path)), frames)
     assert list(tmp_path.glob("*.wav")) == []
+
+
+async def test_a_vad_that_finds_no_speech_fails_the_graph_saying_so(tmp_path: Path) -> None:
+    graph = Graph(
+        {
+            "input": SilenceSource(duration=1.0),
+            "vad": WebRTCVad(),
+            "utterances": UtteranceFiles(directory=str(tmp_path)),
+        },
+        [("input", "vad"), ("vad", "utterances")],
+    )
+    with pytest.raises(GraphFailedError) as caught:
+        await run_graph(graph)
+    message = str(caught.value)
+    assert "no speech found in 1.00 s of audio: nothing written" in message
+    assert "put a vad" not in message  # there is one
+
+
+async def test_utterances_all_shorter_than_min_duration_are_named_as_the_reason(tmp_path: Path) -> None:
+    frames = script(
+        {10: UserStartedSpeakingFrame(stream_time=0.2), 15: UserStoppedSpeakingFrame(stream_time=0.3)}, 1
+    )
+    with pytest.raises(GraphFailedError, match=r"the 1 utterance\(s\) found .* shorter than min_duration"):
+        await run_processor(UtteranceFiles(directory=str(tmp_path)), frames)
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.3])
+def test_vad_split_on_silence_or_noise_exits_1_saying_no_speech_was_found(
+    tmp_path: Path, noise: float
+) -> None:
+    samples = np.random.default_rng(0).uniform(-noise, noise, 2 * RATE) * 32767
+    wav = write_wav(tmp_path / "quiet.wav", samples.astype(np.int16), RATE)
+    env = {**os.environ, "INPUT": str(wav), "OUTPUT": str(tmp_path / "parts")}
+    run = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", str(CONFIG)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1, run.stderr
+    assert "no speech found in 3.00 s of audio: nothing written" in run.stderr
+    assert "put a vad" not in run.stderr + run.stdout
+    assert list((tmp_path / "parts").glob("*.wav")) == []
 
 
 def test_registered_and_checks_its_directory(tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ Cutting is ``pipeline.utterances.UtteranceCollector``'s job, aligned on the VAD'
 are named ``<prefix>-001.wav``, ``<prefix>-002.wav``… in ``directory`` (created if missing; files of
 the same name are replaced) and written in a worker thread as each utterance completes. At the end
 one line per file goes to stdout — index, start-end in the stream, duration, path — then the totals.
+When nothing was written the node fails (``NoSpeechError``, so ``python -m pipeline run`` exits 1):
+a batch job must not mistake a silent or noise-only recording for a split one.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pipeline.errors import Problem, ValidationError
+from pipeline.errors import FatalProcessorError, Problem, ValidationError
 from pipeline.formats import AudioFormat
 from pipeline.frames import (
     AudioFrame,
@@ -28,8 +30,13 @@ from pipeline.frames import (
 from pipeline.params import param
 from pipeline.processor import Processor
 from pipeline.utterances import Utterance, UtteranceCollector
+from processors.vad.base import VadProcessor
 
-__all__ = ["UtteranceFiles", "WrittenUtterance"]
+__all__ = ["NoSpeechError", "UtteranceFiles", "WrittenUtterance"]
+
+
+class NoSpeechError(FatalProcessorError):
+    """The input ended and nothing was produced from it, because no speech was found in it."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -130,6 +137,8 @@ class UtteranceFiles(Processor):
             for utterance in self._collector.flush():
                 await self._write(utterance)
         self._print_summary()
+        if not self.written and not (self.ended or self.inbox.closed):
+            raise NoSpeechError(self._nothing_written())
 
     async def _write(self, utterance: Utterance) -> None:
         speech = self._speech_in(utterance)
@@ -165,11 +174,39 @@ class UtteranceFiles(Processor):
             f"from {self._collector.stream_time:.2f} s of audio"
             + (f"; {self.dropped} shorter than min_duration dropped" if self.dropped else "")
         )
-        if not self._speaking_frames:
-            lines.append(
-                "  no speaking frames arrived: put a vad.silero or vad.webrtc node in front of this one"
-            )
         print("\n".join(lines), file=sys.stdout, flush=True)
+
+    def _nothing_written(self) -> str:
+        """Why no file was written, and what to try."""
+        seconds = f"{self._collector.stream_time:.2f} s of audio"
+        if self.dropped:
+            return (
+                f"nothing written: the {self.dropped} utterance(s) found in {seconds} were all shorter "
+                f"than min_duration ({self.params.min_duration} s); lower min_duration to keep them"
+            )
+        if not self._speaking_frames and not _feeds_from(self._upstream, VadProcessor):
+            return (
+                f"nothing written: no speaking frames arrived with the {seconds}; "
+                "put a vad.silero or vad.webrtc node in front of this one"
+            )
+        return (
+            f"no speech found in {seconds}: nothing written. If the input does hold speech, "
+            "lower the VAD's threshold (or start_secs)"
+        )
+
+
+def _feeds_from(upstream: tuple[Processor, ...], kind: type[Processor]) -> bool:
+    """Whether a ``kind`` node is among ``upstream`` or anywhere before them."""
+    seen: set[int] = set()
+    todo = list(upstream)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, kind):
+            return True
+        if id(node) not in seen:
+            seen.add(id(node))
+            todo.extend(node._upstream)
+    return False
 
 
 def _write_wav(path: Path, utterance: Utterance) -> None:
