@@ -412,7 +412,7 @@ def _messages(folder: Path) -> list[dict[str, str]] | None:
 
 def test_the_shipped_assistant_taps_the_microphone_and_the_llm() -> None:
     from pipeline import config
-    from pipeline.config.server import session_graph
+    from pipeline.config.sessions import session_graph
 
     compiled, problems = config.compile_config(REPO / "configs" / "assistant.yaml")
     assert compiled is not None and not problems

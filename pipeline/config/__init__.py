@@ -66,7 +66,8 @@ from pipeline import secrets
 from pipeline.config.build import QUEUE_KEYS, Compiled, build
 from pipeline.config.interpolate import hide_secrets
 from pipeline.config.overrides import apply_overrides
-from pipeline.config.server import server_entry, session_graph
+from pipeline.config.server import server_entry
+from pipeline.config.sessions import session_graph
 from pipeline.config.spec import GraphSpec, NodeSpec, ServerSettings, Settings
 from pipeline.config.spec_reader import EDGE_FIX, NODE_NAME, TOP_LEVEL_KEYS, read_spec
 from pipeline.config.yaml_reader import parse_scalar

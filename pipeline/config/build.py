@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config.server import connection_problems, read_server
+from pipeline.config.connections import connection_problems
+from pipeline.config.server import read_server
 from pipeline.config.spec import GraphSpec, NodeSpec, ServerSettings, Settings
 from pipeline.config.wiring import wire
 from pipeline.errors import Problem, UnknownTypeError, ValidationError
@@ -37,12 +38,22 @@ class Compiled:
     edges: list[Edge]
     server: ServerSettings | None = None
     """How to serve it (``server:``); None: run it once (``Compiled.graph``)."""
+    handed_out: bool = False
+    """Whether ``processors`` went into a graph already: a processor runs in one graph only."""
 
     def graph(self) -> Graph:
-        """A new ``Graph`` of these processors (build it once: processors are wired in place)."""
+        """A new ``Graph``: the first of these processors, every later one of processors built
+        afresh from the spec, so two graphs never share (and corrupt) one processor."""
+        processors, edges = self.processors, self.edges
+        if self.handed_out:
+            fresh, problems = build(self.spec)
+            if problems:  # the environment changed since the config was checked
+                raise ValidationError(problems)
+            processors, edges = fresh.processors, fresh.edges
+        self.handed_out = True
         return Graph(
-            self.processors,
-            self.edges,
+            processors,
+            edges,
             name=self.spec.name,
             start_timeout=self.settings.start_timeout,
             end_timeout=self.settings.end_timeout,

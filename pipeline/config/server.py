@@ -1,14 +1,11 @@
-"""The ``server:`` section: checked with the rest of the config, then one new graph per connection.
+"""The ``server:`` section: its settings, checked with the rest of the config, and the server types.
 
-A served config is validated once, at start. Each connection then gets a graph built afresh from the
-same spec (processors hold per-conversation state), with per-session values such as ``session_id``
-given to every node whose params declare them. The nodes that talk to the connection say so with a
-``connection_role`` class attribute (``"input"`` or ``"output"``); the core knows nothing more of them.
+A served config is validated once, at start; ``pipeline.config.sessions`` then builds one graph per
+connection and ``pipeline.config.connections`` checks the nodes that talk to it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import ipaddress
 import re
@@ -17,19 +14,16 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from pipeline.config.spec import GraphSpec, ServerSettings
-from pipeline.errors import Problem, ValidationError
+from pipeline.errors import Problem
 from pipeline.params import convert, did_you_mean, type_name
-from pipeline.processor import Processor
 
 if TYPE_CHECKING:
     from pipeline.config.build import Compiled
-    from pipeline.graph import Graph
 
 SERVERS: dict[str, str] = {"websocket": "transports.websocket.server:serve"}
 """Server type -> ``module:function`` serving a compiled config (imported only when it runs)."""
 
 Serve = Callable[["Compiled"], Coroutine[Any, Any, int]]
-SERVER_FIX = "add e.g. 'server: {type: websocket, port: 8000}' to the config"
 
 
 def read_server(spec: GraphSpec) -> tuple[ServerSettings | None, list[Problem]]:
@@ -157,61 +151,6 @@ def _server_value(
     if not usable(converted):
         return None, Problem(f"server {key} {shown} is out of range", fix=fix, key=key)
     return converted, None
-
-
-def connection_problems(
-    spec: GraphSpec, classes: Mapping[str, type[Processor] | None], served: bool
-) -> list[Problem]:
-    """Nodes that talk to a connection need a ``server:``; a server needs such a node; one of each role."""
-    roles: dict[str, list[str]] = {}
-    for name, cls in classes.items():
-        role = getattr(cls, "connection_role", "") if cls is not None else ""
-        if role:
-            roles.setdefault(role, []).append(name)
-    problems: list[Problem] = []
-    if served and not roles:
-        fix = (
-            "add a websocket.input node (the browser's microphone) and a websocket.output node (its speaker)"
-        )
-        problems.append(
-            Problem(
-                "server: is set but no node talks to the connection", fix=fix, line=spec.lines.get("server")
-            )
-        )
-    for role, names in roles.items():
-        first, *others = names
-        for name in others if served else names:
-            node = spec.nodes[name]
-            if served:
-                message = f"a served graph takes one connection {role} node; '{first}' is one already"
-                fix = f"remove '{name}', or route its frames through '{first}'"
-            else:
-                message = f"'{name}' ({node.type}) talks to a client connection: it runs only under a server"
-                fix = SERVER_FIX
-            problems.append(Problem(message, fix=fix, node=name, line=node.line_of("type")))
-    for problem in problems:
-        problem.file = spec.file
-    return problems
-
-
-def session_graph(compiled: Compiled, values: Mapping[str, Any]) -> Graph:
-    """A new graph from the validated config, for one connection.
-
-    ``values`` (such as ``session_id``) go to every node whose params have a field of that name.
-    Raises ``ValidationError`` if a node refuses its values.
-    """
-    from pipeline.config.build import build  # build imports this module
-
-    spec = compiled.spec
-    nodes = {}
-    for name, node in spec.nodes.items():
-        fields = {f.name for f in dataclasses.fields(type(compiled.processors[name]).Params)}
-        extra = {key: value for key, value in values.items() if key in fields}
-        nodes[name] = dataclasses.replace(node, params={**node.params, **extra}) if extra else node
-    fresh, problems = build(dataclasses.replace(spec, nodes=nodes))
-    if problems:
-        raise ValidationError(problems)
-    return fresh.graph()
 
 
 def server_entry(kind: str) -> Serve:
