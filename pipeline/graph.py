@@ -70,6 +70,7 @@ class Graph(Runtime):
         )
         if problems:
             raise ValidationError(problems)
+        self._claim()
         self.order = topological_order(self.processors, self.edges)  # sources first
         downstream: dict[str, list[Processor]] = {n: [] for n in self.processors}
         upstream: dict[str, list[Processor]] = {n: [] for n in self.processors}
@@ -91,6 +92,18 @@ class Graph(Runtime):
         self._background: set[asyncio.Task[None]] = set()
         self.starting: set[str] = set()  # nodes whose on_start is still running (for progress)
         self.started = asyncio.Event()  # set once every on_start has finished and frames flow
+
+    def _claim(self) -> None:
+        """Take the processors for this graph only: each keeps per-run state (its inbox, its end),
+        so one shared by two graphs would corrupt both. Raises ``ValueError`` for a reused one."""
+        reused = [name for name, p in self.processors.items() if p._claimed]
+        if reused:
+            raise ValueError(
+                f"graph '{self.name}': {', '.join(reused)} already belong to another graph; build new "
+                "processors for each graph (Compiled.graph() and pipeline.load() do)"
+            )
+        for processor in self.processors.values():
+            processor._claimed = True
 
     def add_observer(self, observer: Observer) -> None:
         """Watch every push from now on (call before ``start``)."""

@@ -130,6 +130,7 @@ class Processor:
         self._ended = False
         self._observers: tuple[Observer, ...] = ()
         self._runtime: Runtime = _DETACHED
+        self._claimed = False  # set by the graph it runs in: it keeps per-run state, so never a second
         self._worker: asyncio.Task[None] | None = None
         self._in_flight: Frame | None = None
         self._interrupting = False

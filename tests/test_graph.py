@@ -26,7 +26,9 @@ from pipeline.graph import Graph, GraphFailedError, structure_problems, topologi
 from pipeline.inbox import Overflow
 from pipeline.observers import FrameCounter, LatencyObserver, Observer
 from pipeline.processor import Processor, Source
+from pipeline.sources import ToneSource
 from pipeline.testing import Collector, Gap, ScriptedSource, WhenPushed, run_graph, run_virtual
+from processors.debug import NullSink
 
 
 def texts(*words: str) -> list[Frame | Gap]:
@@ -510,3 +512,23 @@ def test_cancel_right_after_an_interruption_still_runs_on_stop() -> None:
         return stops
 
     assert run_virtual(main()) == 1
+
+
+def test_a_processor_runs_in_one_graph_only() -> None:
+    nodes = {"src": ToneSource(duration=0.1), "out": NullSink()}
+    Graph(nodes, [("src", "out")])
+    with pytest.raises(ValueError, match="src, out already belong to another graph"):
+        Graph(nodes, [("src", "out")])
+
+
+async def test_two_graphs_from_one_compiled_config_share_no_processor() -> None:
+    from pipeline import config
+
+    compiled, problems = config.compile_text(
+        "nodes: {src: {type: source.tone, duration: 0.1}, out: {type: debug.null}}\nedges: [src -> out]"
+    )
+    assert compiled is not None and not problems
+    first, second = compiled.graph(), compiled.graph()
+    assert not set(map(id, first.processors.values())) & set(map(id, second.processors.values()))
+    await asyncio.wait_for(asyncio.gather(first.run(), second.run()), 10)
+    assert first.ended and second.ended
