@@ -163,3 +163,46 @@ def test_spoken_text_that_continues_no_reply_is_ignored() -> None:
     conversation.append_spoken("One.")
     conversation.truncate_to_spoken()
     assert contents(conversation)[-1] == ("assistant", "One.")
+
+
+def test_a_sentence_the_tts_failed_to_speak_leaves_the_history() -> None:
+    # The transport never reports a sentence that got no audio; the next one continues after a gap.
+    conversation = Conversation("s")
+    reply(conversation, "Count", "One. ", "Two. ", "Three.")
+    conversation.append_spoken("One.")
+    conversation.append_spoken("Three.")
+    conversation.played_out()
+    conversation.add_user("Go on")
+    assert contents(conversation)[-2:] == [("assistant", "One. Three."), ("user", "Go on")]
+
+
+def test_spoken_text_overtaken_by_the_bot_falling_silent_still_counts() -> None:
+    conversation = Conversation("s")
+    reply(conversation, "Count", "One. ", "Two.")
+    conversation.append_spoken("One.")
+    conversation.played_out()  # a system frame: it overtakes the last SpokenTextFrame
+    conversation.append_spoken("Two.")
+    conversation.add_user("Go on")
+    assert contents(conversation)[-2] == ("assistant", "One. Two.")
+
+
+def test_a_reply_no_sentence_of_which_was_spoken_leaves_the_history() -> None:
+    conversation = Conversation("s")
+    reply(conversation, "Hi", "Hello.")
+    conversation.append_spoken("Hello.")
+    reply(conversation, "Count", "One. ", "Two.")  # TTS failed on both sentences
+    conversation.played_out()
+    conversation.add_user("Hello?")
+    assert contents(conversation)[1:] == [
+        ("user", "Hi"),
+        ("assistant", "Hello."),
+        ("user", "Count"),
+        ("user", "Hello?"),
+    ]
+
+
+def test_falling_silent_changes_nothing_without_a_playing_transport() -> None:
+    conversation = Conversation("s")
+    reply(conversation, "Hi", "One. ", "Two.")
+    conversation.played_out()
+    assert contents(conversation)[-1] == ("assistant", "One. Two.")

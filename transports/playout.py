@@ -10,7 +10,8 @@ transport only *queues* bot audio here and returns at once; a writer task plays 
   an interruption finds little audio already sent and the bot falls silent within ~one frame;
 * it tells the graph when the bot starts and stops speaking (system frames, upstream);
 * when the audio of a ``TTSTextFrame`` starts playing, it sends that text upstream as a
-  ``SpokenTextFrame``, so the conversation remembers what the user actually heard.
+  ``SpokenTextFrame``, so the conversation remembers what the user actually heard; text no audio
+  followed (a sentence TTS failed to speak) is never reported.
 
 The queue holds at most ``max_buffer`` seconds of audio (then ``audio`` waits): bounded, but long
 enough for any reply. A transport calls ``text``, ``audio``, ``finished`` and ``interrupted`` from its
@@ -163,7 +164,7 @@ class Playout:
         while queue:
             item = queue[0]
             if isinstance(item, _Text):
-                self._pending_text.append(item.text)
+                self._pending_text = [item.text]  # earlier text got no audio: nobody heard it
             elif isinstance(item, _Audio):
                 await self._play(item, loop)
             else:
@@ -171,7 +172,7 @@ class Playout:
                     await asyncio.sleep(self._due - loop.time())
                 if item.done is not None:
                     await item.done()
-                await self._report_text()
+                self._pending_text.clear()  # text with no audio after it was not heard
                 self._stop_speaking()
             if queue and queue[0] is item:
                 queue.popleft()

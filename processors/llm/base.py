@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 from pipeline.frames import (
     UPSTREAM,
+    BotStoppedSpeakingFrame,
     Frame,
     LLMResponseEndFrame,
     LLMResponseStartFrame,
@@ -72,7 +73,7 @@ class ChatLLM(Processor):
 
     Params: ClassVar[type[Any]] = ChatParams
     handles: ClassVar[tuple[type[Frame], ...]] = (TranscriptFrame, TextFrame)
-    handles_upstream: ClassVar[tuple[type[Frame], ...]] = (SpokenTextFrame,)
+    handles_upstream: ClassVar[tuple[type[Frame], ...]] = (SpokenTextFrame, BotStoppedSpeakingFrame)
     produces: ClassVar[tuple[type[Frame], ...]] = (
         LLMResponseStartFrame,
         LLMTextFrame,
@@ -138,8 +139,11 @@ class ChatLLM(Processor):
             self.context.append(item)
             await self.push(LLMTextFrame(text=item))
 
-    async def process_upstream(self, frame: SpokenTextFrame) -> None:
-        self.context.append_spoken(frame.text)
+    async def process_upstream(self, frame: SpokenTextFrame | BotStoppedSpeakingFrame) -> None:
+        if isinstance(frame, BotStoppedSpeakingFrame):
+            self.context.played_out()  # a sentence the TTS failed to speak leaves the history
+        else:
+            self.context.append_spoken(frame.text)
         await self.push(frame, UPSTREAM)
 
     async def on_interrupt(self) -> None:

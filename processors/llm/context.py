@@ -10,6 +10,8 @@ Pure bookkeeping, no I/O, so every ordering question is a unit test. The tricky 
   ``SpokenTextFrame``s keep extending it until then.
 * Spoken text is matched to replies by letters and digits only (a TTS may drop markdown or collapse
   spaces); text that continues no pending reply (a greeting injected downstream) is ignored.
+* A sentence the TTS failed to speak is never reported, so the next one continues the reply after a
+  gap; once the transport has played the reply out (``played_out``), it too keeps only what was heard.
 * A session where no ``SpokenTextFrame`` was ever seen has no playing transport: replies are kept as
   generated, since nobody can say what was heard.
 """
@@ -50,6 +52,8 @@ class Message:
     heard: str = ""  # assistant replies: the text reported spoken, in order
     generating: bool = False  # assistant replies: tokens may still arrive
     interrupted: bool = False  # a barge-in cut this reply; it keeps only what was heard
+    played: bool = False  # played out, yet not all heard (TTS failed a sentence); keeps what was heard
+    heard_to: int = 0  # letters of ``generated`` up to the end of the last text heard
 
     def heard_all(self) -> bool:
         """Whether every word of the reply has started playing."""
@@ -57,8 +61,18 @@ class Message:
 
     def accepts(self, spoken: str) -> bool:
         """Whether ``spoken`` continues what was heard of this reply."""
-        candidate = _compact(self.heard + spoken)
-        return bool(candidate) and _compact(self.generated).startswith(candidate)
+        return self.continues(spoken) is not None
+
+    def continues(self, spoken: str, gap: bool = False) -> int | None:
+        """Where (in letters of ``generated``) ``spoken`` ends if it continues what was heard, right
+        after it or (``gap``) after text that was never played; None if it does not."""
+        text, generated = _compact(spoken), _compact(self.generated)
+        if not text:
+            return None
+        if generated.startswith(text, self.heard_to):
+            return self.heard_to + len(text)
+        at = generated.find(text, self.heard_to) if gap else -1
+        return at + len(text) if at >= 0 else None
 
 
 @dataclass(slots=True)
@@ -73,7 +87,7 @@ class Conversation:
 
     def add_user(self, text: str) -> None:
         """A user turn. Replies nobody interrupted are settled as generated: the user let them finish."""
-        self._pending = [m for m in self._pending if m.interrupted]
+        self._pending = [m for m in self._pending if m.interrupted or m.played]
         self.history.append(Message("user", text))
 
     def begin_assistant(self) -> None:
@@ -103,12 +117,24 @@ class Conversation:
     def append_spoken(self, text: str) -> None:
         """A transport started playing ``text``: credit it to the oldest reply it continues."""
         self.playout_seen = True
+        for gap in (False, True):
+            for message in self._pending:
+                end = message.continues(text, gap)
+                if end is not None:
+                    message.heard = f"{message.heard} {text}".strip()
+                    message.heard_to = end
+                    if message.heard_all():
+                        self._pending.remove(message)
+                    return
+
+    def played_out(self) -> None:
+        """The transport fell silent after a reply (``BotStoppedSpeakingFrame``): every complete reply
+        not yet heard in full keeps only what was (a sentence the TTS failed to speak was not). Like a
+        barge-in it only marks them: this system frame may overtake their last ``SpokenTextFrame``s,
+        and a reply still waiting to play regains what is heard of it later."""
         for message in self._pending:
-            if message.accepts(text):
-                message.heard = f"{message.heard} {text}".strip()
-                if message.heard_all():
-                    self._pending.remove(message)
-                return
+            if not message.generating:
+                message.played = True
 
     def truncate_to_spoken(self) -> None:
         """Barge-in: every reply not yet heard in full keeps only what was (or is later) reported heard."""
@@ -117,7 +143,8 @@ class Conversation:
 
     def content(self, message: Message) -> str:
         """The text a message contributes to the history."""
-        if message.role == "assistant" and message.interrupted and self.playout_seen:
+        cut = message.interrupted or (message.played and not message.heard_all())
+        if message.role == "assistant" and cut and self.playout_seen:
             return message.heard
         return message.generated.strip()
 
