@@ -18,14 +18,22 @@ known only there.
 The clock is the user's audio: its sample count, so the timeline is the same whether a microphone
 paces the graph or a file is read as fast as possible. Bot audio is placed at the later of where the
 bot track ends and the user clock, and is held until the user clock passes it: TTS runs ahead of
-playback, and on a barge-in the audio that was generated but never played is taken back. The
-assistant message of a reply cut short holds only what was heard (``SpokenTextFrame``) and
-``"type": "interrupted"``. A graph without user audio (text in, voice out) has no clock: its bot
-audio is written back to back, and ``mixed.wav`` starts with the first user audio.
+playback, and on a barge-in the audio that was generated but never played is taken back. A source
+that sends nothing while the bot speaks (a file read as fast as possible waits for the reply) is
+padded with silence to the reply's end when the playing transport reports the bot silent
+(``BotStoppedSpeakingFrame``), so its next words follow the reply as the listener heard them. A
+graph without user audio (text in, voice out) has no clock: its bot audio is written back to back,
+and ``mixed.wav`` starts with the first user audio.
+
+The assistant message keeps what was heard (``SpokenTextFrame``): of a reply cut short, with
+``"type": "interrupted"``; of one played out, without the sentences TTS failed to speak. A reply
+nobody heard any of is not saved, as the LLM's history drops it too.
 
 Files are written as the call goes (``pipeline.wavfile``), by one disk task at a time, off the event
 loop: a crash loses under a second of audio, and the next start repairs WAV headers a crash left
-behind.
+behind. Audio that comes while the disk task is busy waits in a backlog of at most ``max_backlog``
+seconds per track; beyond it the oldest is dropped (tapped audio cannot hold the microphone back),
+with one warning and the seconds per track in the transcript's ``"audio_dropped"``.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import re
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,6 +60,7 @@ from pipeline.formats import AudioFormat
 from pipeline.frames import (
     UPSTREAM,
     AudioFrame,
+    BotStoppedSpeakingFrame,
     Frame,
     LLMResponseEndFrame,
     LLMResponseStartFrame,
@@ -72,6 +82,7 @@ log = logging.getLogger("processors.recorder")
 
 Track = Literal["user", "bot", "mixed", "transcript"]
 _MIX_DELAY = 0.1  # seconds the mix is built behind the clock: the resampler releases bot audio late
+_REPLIES_QUEUED = 8  # replies sent to play that ``played_out`` may still be told about
 _SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -112,6 +123,11 @@ class RecorderParams:
     tracks: list[Track] = param(
         ["user", "bot", "mixed", "transcript"], doc="what to write: user, bot, mixed (WAVs), transcript"
     )
+    max_backlog: float = param(
+        30.0,
+        doc="seconds of audio per track held while the disk is busy; beyond it the oldest is dropped "
+        "(counted in the transcript's audio_dropped)",
+    )
 
 
 # --- the timeline --------------------------------------------------------------------------------
@@ -148,6 +164,8 @@ class Timeline:
         self._mix = bytearray()  # bot audio in the user format, from ``_mixed_at`` on
         self._segment: FormatConverter | None = None  # bot -> user rate, for one run of bot audio
         self._segment_at = 0  # mixed-track sample where the segment's next output goes
+        self._reply_from: int | None = None  # the clock when the reply being voiced placed its audio
+        self._replies: deque[tuple[int, int]] = deque(maxlen=_REPLIES_QUEUED)  # (that clock, bot end)
 
     @property
     def bot_ahead(self) -> float:
@@ -182,6 +200,8 @@ class Timeline:
         if self.user_format is None:  # no clock yet: nothing to place against or take back
             self._bot_written += len(bot) // _width(self.bot_format)
             return TrackAudio(bot=bot)
+        if self._reply_from is None:
+            self._reply_from = self.user_samples
         clock, cursor = self._clock_in_bot(), self._bot_cursor()
         if clock > cursor:  # the bot was silent: fill the gap, start a new run
             self._pending += bytes((clock - cursor) * _width(self.bot_format))
@@ -197,8 +217,35 @@ class Timeline:
             self._place(self._segment.convert(bot))
         return TrackAudio(bot=self._hand_out(clock))
 
+    def reply_queued(self) -> None:
+        """The reply's audio is all here (``TTSStoppedFrame``): note where it ends, for ``played_out``."""
+        if self._reply_from is not None:
+            self._replies.append((self._reply_from, self._bot_cursor()))
+        self._reply_from = None
+
+    def played_out(self) -> TrackAudio:
+        """The playing transport reports the oldest queued reply played (``BotStoppedSpeakingFrame``).
+
+        A live microphone kept sending while it played, so the clock is at its end or close behind
+        (its audio on the way). A source that paused instead (a file read as fast as possible waits
+        for the reply) sent nothing: the listener heard the reply in that pause, so the clock moves to
+        the reply's end over silence, and the user's next words come after the reply, not under it.
+        """
+        if not self._replies or self.user_format is None or self.bot_format is None:
+            return TrackAudio()
+        started, end = self._replies.popleft()
+        clock = self._clock_in_bot()
+        kept_up = clock - self._clock_in_bot(started - self.user_samples)  # bot samples of user audio
+        if end - clock <= kept_up:
+            return TrackAudio()  # the user's audio kept pace with the reply: a live source
+        user_rate, bot_rate = self.user_format.sample_rate, self.bot_format.sample_rate
+        pause = -(-(end - self._origin) * user_rate // bot_rate) - self.user_samples
+        return self.add_user(bytes(pause * _width(self.user_format)), self.user_format)
+
     def interrupt(self) -> None:
         """Barge-in: bot audio beyond the user clock was never played; take it back."""
+        self._replies.clear()
+        self._reply_from = None
         if self.bot_format is None or self.user_format is None:
             return
         keep = max(0, self._clock_in_bot() - self._bot_written)
@@ -314,6 +361,7 @@ class _Reply:
     tts_busy: bool = False  # TTS started and has not stopped
     closed: bool = False  # played out or interrupted: later frames start a new reply
     interrupted: bool = False
+    played_out: bool = False  # its audio all played: what was not reported heard was not (TTS failed it)
     index: int | None = None  # its place in the transcript's messages, once added
 
     @property
@@ -321,11 +369,19 @@ class _Reply:
         """The playing transport reported some of this reply as heard, but not all of it."""
         return bool(self.spoken) and _letters(" ".join(self.spoken)) != _letters("".join(self.chunks))
 
-    def message(self) -> dict[str, str]:
+    def message(self) -> dict[str, str] | None:
+        """Its transcript entry: what was heard when it was voiced and cut short or partly unspoken.
+
+        None when that is nothing (cut before any of it played): nobody heard a reply, the LLM's
+        history drops it too, so the transcript does not claim one.
+        """
+        heard_only = self.voiced and (self.interrupted or (self.played_out and self.unheard))
+        content = (" ".join(self.spoken) if heard_only else "".join(self.chunks)).strip()
+        if not content:
+            return None
         if self.interrupted:
-            content = " ".join(self.spoken) if self.voiced else "".join(self.chunks)
-            return {"role": "assistant", "content": content.strip(), "type": "interrupted"}
-        return {"role": "assistant", "content": "".join(self.chunks).strip()}
+            return {"role": "assistant", "content": content, "type": "interrupted"}
+        return {"role": "assistant", "content": content}
 
 
 class _Transcript:
@@ -335,12 +391,12 @@ class _Transcript:
     def __init__(self, path: Path | None, session_id: str) -> None:
         self.path = path  # None: the transcript track is off
         self.doc: dict[str, Any] = {"session_id": session_id, "start_time": _now(), "end_time": None}
-        self.messages: list[dict[str, str]] = []
+        self.messages: list[dict[str, str] | None] = []  # None: a reply nobody heard (kept for indices)
         self._changes = 0  # changes made so far
         self._written = 0  # changes on disk
         self._writer: asyncio.Task[None] | None = None
 
-    def set(self, index: int | None, message: dict[str, str]) -> int:
+    def set(self, index: int | None, message: dict[str, str] | None) -> int:
         """Add ``message`` (index None) or replace the one at ``index``; returns its index."""
         if index is None:
             self.messages.append(message)
@@ -387,7 +443,8 @@ class _Transcript:
         assert self.path is not None
         while self._written < self._changes:
             changes = self._changes
-            text = json.dumps({**self.doc, "messages": self.messages}, ensure_ascii=False, indent=2)
+            messages = [m for m in self.messages if m is not None]
+            text = json.dumps({**self.doc, "messages": messages}, ensure_ascii=False, indent=2)
             await asyncio.to_thread(_replace, self.path, text)
             self._written = changes
 
@@ -427,7 +484,7 @@ class Recorder(Processor):
         TTSStartedFrame,
         TTSStoppedFrame,
     )
-    handles_upstream: ClassVar[tuple[type[Frame], ...]] = (SpokenTextFrame,)
+    handles_upstream: ClassVar[tuple[type[Frame], ...]] = (SpokenTextFrame, BotStoppedSpeakingFrame)
     produces: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, TranscriptFrame, LLMTextFrame)  # passed on
     taps: ClassVar[tuple[TapRequest, ...]] = (
         TapRequest(AudioFrame, at="source", skip=(TTSAudioFrame,)),  # the user, from the input node
@@ -442,12 +499,17 @@ class Recorder(Processor):
             raise ValidationError(
                 [Problem(f"session_id {p.session_id!r} is not a folder name", fix, self.name, "session_id")]
             )
+        if p.max_backlog <= 0:
+            fix = "e.g. max_backlog: 30 (seconds of audio held while the disk is slow)"
+            raise ValidationError([Problem("max_backlog must be positive", fix, self.name, "max_backlog")])
         self.session_id = p.session_id or new_session_id()
         self._dir = Path(p.directory) / self.session_id
         self._tracks = set(p.tracks)
         self._timeline = Timeline(mix="mixed" in self._tracks)
         self._writers: dict[str, WavWriter] = {}
-        self._unopened: dict[str, tuple[AudioFormat, bytearray]] = {}  # audio of tracks not yet open
+        self._unopened: dict[str, AudioFormat] = {}  # tracks whose file the disk task is to open
+        self._backlog: dict[str, bytearray] = {}  # audio that came while the disk task was busy
+        self.dropped: dict[str, float] = {}  # seconds of audio dropped per track: the disk fell behind
         transcript = self._dir / "transcript.json" if "transcript" in self._tracks else None
         self._transcript = _Transcript(transcript, self.session_id)
         self._reply: _Reply | None = None
@@ -519,16 +581,35 @@ class Recorder(Processor):
             return self._transcripts_tapped
         return self._user_tapped and type(frame) is not TTSAudioFrame and isinstance(frame, AudioFrame)
 
-    async def process_upstream(self, frame: SpokenTextFrame) -> None:
+    async def process_upstream(self, frame: SpokenTextFrame | BotStoppedSpeakingFrame) -> None:
+        if isinstance(frame, BotStoppedSpeakingFrame):
+            self._played_out()  # before passing it on: a caller that waits for it speaks next
+            await self.push(frame, UPSTREAM)
+            return
         await self.push(frame, UPSTREAM)
         reply = self._reply
         if reply is None or not frame.text.strip():
             return
         reply.spoken.append(frame.text.strip())
         reply.voiced = True
-        if reply.interrupted:  # heard just before the barge-in, reported just after it
+        if reply.interrupted or reply.played_out:  # reported after the system frame that ended it
             reply.index = self._transcript.set(reply.index, reply.message())
             await self._transcript.save()
+
+    def _played_out(self) -> None:
+        """The playing transport has played the oldest reply sent to it: place the user's next audio
+        after it (``Timeline.played_out``); a reply not all heard keeps what was."""
+        if self._store(self._timeline.played_out()):
+            self._kick_disk()
+        reply = self._reply
+        if reply is None or reply.closed or reply.tts_busy:
+            return
+        # What was not reported heard was not (TTS failed a sentence); reports still on their way
+        # (this system frame overtakes them) extend it in ``process_upstream``.
+        reply.played_out = reply.closed = True
+        if reply.ended and reply.unheard:
+            reply.index = self._transcript.set(reply.index, reply.message())
+            self._transcript.changed()
 
     async def on_interrupt(self) -> None:
         await self._idle()
@@ -584,15 +665,17 @@ class Recorder(Processor):
             self._reply = _Reply()
         elif isinstance(frame, LLMResponseEndFrame):
             reply = self._reply
-            if reply is not None and not reply.closed and not reply.ended:  # else: cut short already
+            if reply is not None and not reply.ended and not reply.interrupted:  # else: cut short already
                 reply.ended = True
                 reply.index = self._transcript.set(reply.index, reply.message())
                 self._transcript.changed()
         elif isinstance(frame, TTSStartedFrame):
             reply = self._current_reply()
             reply.tts_busy = reply.voiced = True
-        elif isinstance(frame, TTSStoppedFrame) and self._reply is not None:
-            self._reply.tts_busy = False
+        elif isinstance(frame, TTSStoppedFrame):
+            self._timeline.reply_queued()
+            if self._reply is not None:
+                self._reply.tts_busy = False
         return False
 
     def _current_reply(self) -> _Reply:
@@ -601,25 +684,59 @@ class Recorder(Processor):
             self._reply = _Reply()
         return self._reply
 
+    @property
+    def backlog(self) -> float:
+        """Seconds of audio (the longest track's) waiting for the busy disk task."""
+        return max((len(pcm) / self._byte_rate(t) for t, pcm in self._backlog.items()), default=0.0)
+
     def _store(self, audio: TrackAudio) -> bool:
-        """Buffer each track's audio; True when a write (or opening a file) is due."""
+        """Buffer each track's audio; True when a write (or opening a file) is due.
+
+        While the disk task is busy, audio waits in a backlog of at most ``max_backlog`` seconds per
+        track: tapped audio cannot hold the microphone back, so a stalled disk costs the oldest audio
+        (counted in ``dropped``) rather than memory without bound.
+        """
         timeline = self._timeline
+        busy = self._disk is not None and not self._disk.done()
         due = False
         for track, pcm, fmt in (
             ("user", audio.user, timeline.user_format),
             ("bot", audio.bot, timeline.bot_format),
             ("mixed", audio.mixed, timeline.user_format),
         ):
-            if pcm and fmt is not None and track in self._tracks:
-                writer = self._writers.get(track)
-                if writer is not None:
-                    due = writer.append(pcm) or due
-                elif track in self._unopened:
-                    self._unopened[track][1].extend(pcm)
-                else:
-                    self._unopened[track] = (fmt, bytearray(pcm))
-                    due = True
+            if not pcm or fmt is None or track not in self._tracks:
+                continue
+            writer = self._writers.get(track)
+            if writer is not None and not busy and track not in self._backlog:
+                due = writer.append(pcm) or due
+                continue
+            if writer is None and track not in self._unopened:
+                self._unopened[track] = fmt
+            self._hold(track, pcm, fmt)
+            due = True
         return due
+
+    def _hold(self, track: str, pcm: bytes, fmt: AudioFormat) -> None:
+        """Add ``pcm`` to the track's backlog, dropping its oldest audio beyond ``max_backlog``."""
+        backlog = self._backlog.setdefault(track, bytearray())
+        backlog += pcm
+        limit = round(self.params.max_backlog * fmt.sample_rate) * _width(fmt)
+        excess = len(backlog) - limit
+        if excess <= 0:
+            return
+        del backlog[:excess]
+        if not self.dropped:
+            log.warning(
+                "%s: the disk is too slow: dropping the oldest unwritten audio (max_backlog %.1f s)",
+                self.name,
+                self.params.max_backlog,
+            )
+        self.dropped[track] = self.dropped.get(track, 0.0) + excess / self._byte_rate(track)
+        self._transcript.doc["audio_dropped"] = {t: round(s, 3) for t, s in self.dropped.items()}
+
+    def _byte_rate(self, track: str) -> int:
+        fmt = self._timeline.bot_format if track == "bot" else self._timeline.user_format
+        return 2 * fmt.channels * fmt.sample_rate if fmt is not None else 1
 
     def _kick_disk(self) -> None:
         """Start the disk task, or have the running one go round once more: one writer per file."""
@@ -642,10 +759,13 @@ class Recorder(Processor):
     async def _to_disk(self) -> None:
         """Open the files of new tracks, then hand each file's due audio to its writer thread."""
         while self._unopened:
-            track, (fmt, _) = next(iter(self._unopened.items()))
-            writer = await WavWriter.open(self._dir / f"{track}.wav", fmt.sample_rate, fmt.channels)
-            _, pcm = self._unopened.pop(track)  # with what arrived while the file was being opened
-            self._writers[track] = writer
-            writer.append(bytes(pcm))
+            track, fmt = next(iter(self._unopened.items()))
+            self._writers[track] = await WavWriter.open(
+                self._dir / f"{track}.wav", fmt.sample_rate, fmt.channels
+            )
+            del self._unopened[track]
+        for track, writer in list(self._writers.items()):
+            if (pcm := self._backlog.pop(track, None)) is not None:
+                writer.append(bytes(pcm))
         for writer in list(self._writers.values()):
             await writer.drain()

@@ -27,6 +27,7 @@ from pipeline.errors import ValidationError
 from pipeline.formats import AudioFormat
 from pipeline.frames import (
     AudioFrame,
+    BotStoppedSpeakingFrame,
     Direction,
     Frame,
     InterruptionFrame,
@@ -45,7 +46,7 @@ from pipeline.observers import Observer
 from pipeline.processor import Processor, Source
 from pipeline.registry import resolve
 from pipeline.testing import Collector, run_graph, run_processor
-from pipeline.wavfile import HEADER_SIZE
+from pipeline.wavfile import HEADER_SIZE, WavWriter
 from processors import recorder as recorder_module
 from processors.recorder import Recorder, Timeline, new_session_id
 from transports.file import FileOutput
@@ -541,3 +542,155 @@ def _audio_on_disk(path: Path) -> float:
         return max(0, path.stat().st_size - HEADER_SIZE) / (2 * RATE)
     except FileNotFoundError:
         return 0.0
+
+
+# --- a paused caller, replies partly unheard, a stalled disk --------------------------------------
+
+
+class Passing(Processor):
+    """Passes everything on: a node between the input and the recorder, so the input is tapped."""
+
+    def __init__(self) -> None:
+        super().__init__(name="llm")
+
+
+def _stopped_at(node: str) -> Arrived:
+    return Arrived(node, lambda f: isinstance(f, BotStoppedSpeakingFrame))
+
+
+def _reply(*sentences: tuple[str, int]) -> list[Frame]:
+    """A reply as the LLM and TTS send it: (sentence, 20 ms bot frames; 0 = TTS failed to speak it)."""
+    text = " ".join(s for s, _ in sentences)
+    frames: list[Frame] = [LLMResponseStartFrame(), LLMTextFrame(text=text), TTSStartedFrame()]
+    for sentence, count in sentences:
+        frames += [TTSTextFrame(text=sentence), *(bot() for _ in range(count))]
+    return [*frames, TTSStoppedFrame(), LLMResponseEndFrame()]
+
+
+async def test_a_caller_that_waits_for_the_reply_speaks_after_it_on_the_timeline(tmp_path: Path) -> None:
+    # file.turns as fast as possible: it sends nothing while it waits for the bot, then its next
+    # question reaches the recorder by tap at once. A listener heard q1, the reply, then q2.
+    stopped = _stopped_at("input")
+    script = Steps(
+        [
+            (None, [*(user(1000) for _ in range(10)), TranscriptFrame(text="q1"), *_reply(("A1.", 25))]),
+            (stopped.event, [*(user(500) for _ in range(10)), TranscriptFrame(text="q2")]),
+        ]
+    )
+    recorder = Recorder(directory=str(tmp_path), session_id="s")
+    speaker = FileOutput(path=str(tmp_path / "speaker.wav"), audio="bot")
+    nodes = {"input": script, "llm": Passing(), "recorder": recorder, "speaker": speaker}
+    chain = ["input", "llm", "recorder", "speaker"]
+    await run_graph(Graph(nodes, list(itertools.pairwise(chain)), observers=[stopped]))
+    folder = recorder.session_dir
+    assert runs(track(folder, "mixed")[1]) == [(1000, 10 * FRAME), (2000, 25 * FRAME), (500, 10 * FRAME)]
+    assert runs(track(folder, "user")[1]) == [(1000, 10 * FRAME), (0, 25 * FRAME), (500, 10 * FRAME)]
+    assert runs(track(folder, "bot")[1]) == [(0, 10 * FRAME), (2000, 25 * FRAME)]
+
+
+def test_a_live_microphone_is_not_padded_when_a_reply_has_played() -> None:
+    timeline = Timeline()
+    fmt = AudioFormat(RATE, 1)
+    timeline.add_user(user().pcm, fmt)
+    timeline.add_bot(bot().pcm * 5, fmt)
+    timeline.reply_queued()
+    for _ in range(4):  # the microphone kept sending while the reply played, one frame in flight
+        timeline.add_user(user().pcm, fmt)
+    assert timeline.played_out() == recorder_module.TrackAudio()
+    assert timeline.add_user(user().pcm, fmt).bot == bot().pcm  # the last frame, on the way, lands as is
+    assert timeline.user_samples == 6 * FRAME
+
+
+def test_a_paused_source_is_padded_to_the_end_of_the_reply_it_waited_for() -> None:
+    timeline = Timeline(mix=False)
+    fmt, bot_fmt = AudioFormat(RATE, 1), AudioFormat(24000, 1)
+    timeline.add_user(user().pcm, fmt)
+    timeline.add_bot(bot(rate=24000).pcm * 5, bot_fmt)
+    timeline.reply_queued()
+    padded = timeline.played_out()
+    assert padded.user == bytes(5 * FRAME * 2) and padded.bot == bot(rate=24000).pcm * 5
+    assert timeline.played_out() == recorder_module.TrackAudio()  # one reply, one pause
+
+
+async def test_a_reply_cut_before_any_of_it_was_heard_is_not_saved(tmp_path: Path) -> None:
+    done = Arrived("out", lambda f: isinstance(f, TTSAudioFrame), count=5)  # queued, none played
+    frames: list[Frame] = [*(user() for _ in range(3)), TranscriptFrame(text="hello")]
+    frames += [
+        LLMResponseStartFrame(),
+        LLMTextFrame(text="Well."),
+        TTSStartedFrame(),
+        TTSTextFrame(text="Well."),
+    ]
+    frames += [bot() for _ in range(5)]
+    script = Steps([(None, frames), (done.event, [InterruptionFrame(), TranscriptFrame(text="stop")])])
+    recorder = Recorder(directory=str(tmp_path), session_id="s", tracks=["transcript"])
+    nodes = {"input": script, "recorder": recorder, "out": Collector()}
+    await run_graph(Graph(nodes, [("input", "recorder"), ("recorder", "out")], observers=[done]))
+    assert transcript(recorder.session_dir)["messages"] == [
+        {"role": "user", "content": "hello"},
+        {"role": "user", "content": "stop"},
+    ]
+
+
+async def test_a_sentence_the_tts_failed_to_speak_is_not_in_the_transcript(tmp_path: Path) -> None:
+    stopped = _stopped_at("input")
+    reply = _reply(("One.", 5), ("Two.", 0), ("Three.", 5))  # TTS failed on "Two."
+    script = Steps([(None, [user(), TranscriptFrame(text="count"), *reply]), (stopped.event, [])])
+    recorder = Recorder(directory=str(tmp_path), session_id="s", tracks=["transcript"])
+    speaker = FileOutput(path=str(tmp_path / "speaker.wav"), audio="bot")
+    nodes = {"input": script, "recorder": recorder, "speaker": speaker}
+    await run_graph(Graph(nodes, [("input", "recorder"), ("recorder", "speaker")], observers=[stopped]))
+    assert transcript(recorder.session_dir)["messages"] == [
+        {"role": "user", "content": "count"},
+        {"role": "assistant", "content": "One. Three."},
+    ]
+
+
+async def test_a_stalled_disk_costs_the_oldest_tapped_audio_not_unbounded_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    disk = threading.Event()
+    real_append = WavWriter._append
+
+    def stalled_append(self: WavWriter, data: bytes, header: bool) -> None:
+        disk.wait(10)
+        real_append(self, data, header)
+
+    monkeypatch.setattr(WavWriter, "_append", stalled_append)
+    sent = Arrived("llm", lambda f: type(f) is AudioFrame, count=250)  # 5 s, tapped as it was sent
+    release = asyncio.Event()
+    recorder = Recorder(directory=str(tmp_path), session_id="s", tracks=["user", "transcript"], max_backlog=1)
+    nodes = {"input": Steps([(None, [user() for _ in range(250)])]), "llm": Holding(release)}
+    nodes["recorder"] = recorder
+    graph = Graph(nodes, [("input", "llm"), ("llm", "recorder")], observers=[sent])
+    run = asyncio.ensure_future(run_graph(graph))
+    try:
+        await asyncio.wait_for(sent.event.wait(), 10)
+        assert recorder.backlog == pytest.approx(1.0)  # held at the cap while the disk is stuck
+    finally:
+        disk.set()
+        release.set()
+    await asyncio.wait_for(run, 10)
+    dropped = recorder.dropped["user"]
+    assert 3.0 < dropped < 4.01  # all but the last second, less what reached the writer first
+    recorded = track(recorder.session_dir, "user")[1]
+    assert len(recorded) / RATE + dropped == pytest.approx(5.0)  # the rest, in order, and counted
+    assert transcript(recorder.session_dir)["audio_dropped"] == {"user": pytest.approx(dropped, abs=1e-3)}
+    assert [r.message for r in caplog.records].count(
+        "recorder: the disk is too slow: dropping the oldest unwritten audio (max_backlog 1.0 s)"
+    ) == 1
+
+
+class Holding(Processor):
+    """Holds the first frame, and everything queued behind it, until ``release``: a stuck LLM."""
+
+    handles = (AudioFrame,)
+    queue_size = 500
+
+    def __init__(self, release: asyncio.Event) -> None:
+        super().__init__(name="llm")
+        self.release = release
+
+    async def process(self, frame: Frame) -> None:
+        await asyncio.wait_for(self.release.wait(), 10)
+        await self.push(frame)
