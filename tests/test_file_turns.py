@@ -17,12 +17,15 @@ from pipeline.frames import (
     BotStoppedSpeakingFrame,
     Frame,
 )
-from pipeline.graph import Graph
+from pipeline.graph import Graph, GraphFailedError
 from pipeline.processor import Processor
 from pipeline.sources import FramePacer
 from pipeline.testing import run_graph, virtual_time
-from tests.speech import write_wav
+from processors.vad.silero import SileroVad
+from processors.vad.webrtc import WebRTCVad
+from tests.speech import librivox, write_wav
 from transports.file_turns import FileTurns
+from transports.utterance_files import NoSpeechError
 
 
 class AnsweringBot(Processor):
@@ -69,13 +72,60 @@ async def test_waits_for_the_answer_before_the_next_turn(tmp_path: Path) -> None
 
 
 @virtual_time
-async def test_gives_up_waiting_after_the_reply_timeout(tmp_path: Path) -> None:
+async def test_gives_up_waiting_after_the_reply_timeout_and_fails_when_nothing_was_answered(
+    tmp_path: Path,
+) -> None:
     paths = [tone_wav(tmp_path / "a.wav", 0.1), tone_wav(tmp_path / "b.wav", 0.1)]
     turns = FileTurns(name="caller", paths=paths, pause=0.0, reply_timeout=30.0)
     bot = AnsweringBot(listen=99.0)
-    await run_graph(Graph({"caller": turns, "bot": bot}, [("caller", "bot")]), timeout=120)
+    graph = Graph({"caller": turns, "bot": bot}, [("caller", "bot")])
+    with pytest.raises(GraphFailedError, match=r"NoAnswerError: no answer to any of the 2 turn\(s\)"):
+        await run_graph(graph, timeout=120)
     assert turns.replies_missed == 2
     assert bot.log.count("speech") == 10
+
+
+# --- turns the VAD finds no speech in ------------------------------------------------------------
+
+
+def speech_free(path: Path, kind: str, seconds: float = 1.0) -> str:
+    """Digital silence or white noise: nothing a VAD should call speech."""
+    count = round(seconds * 16000)
+    samples = np.zeros(count) if kind == "silence" else np.random.default_rng(1).normal(0, 3000, count)
+    write_wav(path, np.clip(samples, -32768, 32767).astype(np.int16), 16000)
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["silence", "noise"])
+async def test_input_without_speech_fails_at_its_end_instead_of_waiting(tmp_path: Path, kind: str) -> None:
+    paths = [speech_free(tmp_path / "a.wav", kind), speech_free(tmp_path / "b.wav", kind, 0.5)]
+    turns = FileTurns(name="caller", paths=paths, pause=0.2, reply_timeout=3600.0)
+    vad = SileroVad(name="vad")
+    bot = AnsweringBot(listen=99.0)
+    graph = Graph({"caller": turns, "vad": vad, "bot": bot}, [("caller", "vad"), ("vad", "bot")])
+    with pytest.raises(GraphFailedError) as caught:  # a wait for the reply would end in a TimeoutError
+        await run_graph(graph)
+    assert isinstance(caught.value.__cause__, NoSpeechError)
+    assert (
+        f"no speech found in the input: vad (vad.silero) finds none in {paths[0]}, {paths[1]} (1.50 s)"
+        in str(caught.value)
+    )
+    assert turns.speech == [False, False] and turns.replies_missed == 0  # no reply was waited for
+
+
+async def test_a_speech_free_turn_is_not_waited_for_but_the_others_are(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    quiet = speech_free(tmp_path / "quiet.wav", "silence")
+    paths = [quiet, str(librivox("0880"))]
+    turns = FileTurns(name="caller", paths=paths, pause=0.5, reply_timeout=3600.0)
+    bot = AnsweringBot(listen=2.5)  # answers during the spoken turn
+    graph = Graph(
+        {"caller": turns, "vad": WebRTCVad(name="vad"), "bot": bot}, [("caller", "vad"), ("vad", "bot")]
+    )
+    await run_graph(graph)
+    assert turns.speech == [False, True] and turns.replies_missed == 0
+    assert f"caller: vad (vad.webrtc) finds no speech in {quiet}; not waiting for an answer" in caplog.text
 
 
 @virtual_time

@@ -7,6 +7,11 @@ it instead starts the next turn that many seconds into the bot's reply, to exerc
 
 In real time (``realtime: true``) silence keeps flowing while it waits, like a live microphone; as
 fast as possible (the default) it simply waits, so a conversation takes only as long as the models.
+
+No answer can come to a turn the VAD hears no speech in, so it does not wait for one: at the start it
+runs each file through a fresh copy of the first ``vad.*`` node downstream (same engine, same params,
+same start rule). When no turn holds speech, or the bot answered none, it fails once the input has
+been said (``NoSpeechError`` / ``NoAnswerError``: ``python -m pipeline run`` exits 1).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import numpy as np
 import soxr
 
 from pipeline.audiofile import AudioFileError, probe_audio, read_audio
-from pipeline.errors import Problem
+from pipeline.errors import FatalProcessorError, Problem
 from pipeline.formats import AudioFormat
 from pipeline.frames import (
     AudioFrame,
@@ -31,10 +36,12 @@ from pipeline.frames import (
     Frame,
 )
 from pipeline.params import param
-from pipeline.processor import Source
+from pipeline.processor import Processor, Source
 from pipeline.sources import FramePacer
+from processors.vad.base import VadProcessor
+from transports.utterance_files import NoSpeechError
 
-__all__ = ["FileTurns", "FileTurnsParams"]
+__all__ = ["FileTurns", "FileTurnsParams", "NoAnswerError"]
 
 log = logging.getLogger("transports.file_turns")
 
@@ -72,6 +79,9 @@ class FileTurns(Source):
         self._bot_stopped = asyncio.Event()
         self.replies_missed = 0
         """Turns after which no answer came within ``reply_timeout``."""
+        self.speech: list[bool] | None = None
+        """Per turn, whether the VAD downstream finds speech in it (None: no VAD, or not waiting)."""
+        self._vad_name = ""
 
     def check(self) -> list[Problem]:
         problems = []
@@ -97,6 +107,10 @@ class FileTurns(Source):
             if self._format is None:
                 self._format = fmt
             self._turns.append(await self.run_in_thread(_convert, pcm, fmt, self._format))
+        vad = _first_downstream(self, VadProcessor) if self.params.wait_for_reply else None
+        if vad is not None and self._format is not None:
+            self._vad_name = f"{vad.name} ({vad.type_name or type(vad).__name__})"
+            self.speech = await _speech_in_turns(vad, self._turns, self._format)
 
     async def process_upstream(self, frame: Frame) -> None:
         if isinstance(frame, BotStartedSpeakingFrame):
@@ -123,10 +137,34 @@ class FileTurns(Source):
                 )
             if not p.wait_for_reply:
                 continue
+            if self.speech is not None and not self.speech[index]:
+                path = p.paths[index]
+                log.warning(
+                    "%s: %s finds no speech in %s; not waiting for an answer", self.name, self._vad_name, path
+                )
+                continue
             last = index == len(self._turns) - 1
             barge_in = p.barge_in_after is not None and not last
             async for frame in self._wait_for_reply(pacer, silence, fmt, barge_in):
                 yield frame
+        self._check_outcome(fmt)
+
+    def _check_outcome(self, fmt: AudioFormat) -> None:
+        """Fail when the input held nothing to answer, or nothing was answered: nothing was produced."""
+        p = self.params
+        if self.speech is not None and not any(self.speech):
+            seconds = sum(len(pcm) for pcm in self._turns) / (2 * fmt.channels * fmt.sample_rate)
+            raise NoSpeechError(
+                f"no speech found in the input: {self._vad_name} finds none in {', '.join(p.paths)} "
+                f"({seconds:.2f} s), so there is nothing to answer. If the files do hold speech, lower "
+                "the VAD's threshold (or start_secs)"
+            )
+        waited = len(self._turns) if self.speech is None else sum(self.speech)
+        if p.wait_for_reply and p.barge_in_after is None and waited and self.replies_missed == waited:
+            raise NoAnswerError(
+                f"no answer to any of the {waited} turn(s) within reply_timeout ({p.reply_timeout:g} s); "
+                "check the errors above, or raise reply_timeout if the models are slow"
+            )
 
     async def _wait_for_reply(
         self, pacer: FramePacer, silence: bytes, fmt: AudioFormat, barge_in: bool
@@ -161,6 +199,52 @@ class FileTurns(Source):
                 finally:  # also when the source is cancelled while waiting: no waiter outlives it
                     for task in waits:
                         task.cancel()
+
+
+class NoAnswerError(FatalProcessorError):
+    """The caller said its turns and the bot answered none of them."""
+
+
+def _first_downstream(start: Processor, kind: type[VadProcessor]) -> VadProcessor | None:
+    """The nearest ``kind`` node downstream of ``start`` (breadth first), if any."""
+    seen = {id(start)}
+    queue = list(start._downstream)
+    while queue:
+        node = queue.pop(0)
+        if isinstance(node, kind):
+            return node
+        if id(node) not in seen:
+            seen.add(id(node))
+            queue.extend(node._downstream)
+    return None
+
+
+async def _speech_in_turns(vad: VadProcessor, turns: list[bytes], fmt: AudioFormat) -> list[bool]:
+    """Whether ``vad`` finds speech in each turn, judged by a fresh node of its type and params so
+    the live node's state is untouched (its engine loads in ~20 ms; judging runs in a thread)."""
+    probe = type(vad)(vad.params, name=f"{vad.name}-check")
+    await probe.on_start()
+    try:
+        return await asyncio.to_thread(lambda: [_has_speech(probe, pcm, fmt) for pcm in turns])
+    finally:
+        await probe.on_stop()
+
+
+def _has_speech(vad: VadProcessor, pcm: bytes, fmt: AudioFormat) -> bool:
+    """The VAD's start rule: a run of speech windows lasting ``start_secs`` (plus the engine's lag)."""
+    target = vad.accepts_audio.closest(fmt)
+    samples = _convert(pcm, fmt, target)
+    rate, width = target.sample_rate, 2 * target.channels
+    window = vad.window_samples(rate) * width
+    needed = vad.params.start_secs + vad.start_lag() - 1e-9
+    begin, _ = vad.thresholds()
+    vad.reset_engine()
+    run = 0
+    for offset in range(0, len(samples) - window + 1, window):
+        run = run + 1 if vad.speech_probability(samples[offset : offset + window], rate) >= begin else 0
+        if run and run * window / width / rate >= needed:
+            return True
+    return False
 
 
 def _convert(pcm: bytes, fmt: AudioFormat, target: AudioFormat) -> bytes:
