@@ -15,10 +15,11 @@ import wave
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soxr
 
 from processors.turn import words_of
-from tests.speech import espeak, librivox, read_wav
+from tests.speech import espeak, librivox, read_wav, write_wav
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "assistant-file.yaml"
@@ -92,3 +93,18 @@ def test_several_turns_from_several_files(tmp_path: Path) -> None:
     for track in ("user.wav", "bot.wav", "mixed.wav"):
         with wave.open(str(session / track)) as file:
             assert file.getnframes() > 0, track
+
+
+@pytest.mark.parametrize("kind", ["silence", "noise"])
+def test_a_file_without_speech_fails_at_once_saying_so(tmp_path: Path, kind: str) -> None:
+    count = 3 * 16000
+    samples = np.zeros(count) if kind == "silence" else np.random.default_rng(0).normal(0, 4000, count)
+    quiet = write_wav(tmp_path / f"{kind}.wav", np.clip(samples, -32768, 32767).astype(np.int16), 16000)
+    env = {**os.environ, "OUTPUT": str(tmp_path / "reply.wav"), "RECORDINGS": str(tmp_path / "recordings")}
+    command = [sys.executable, "-m", "pipeline", "run", str(CONFIG), "--set", f"caller.paths=[{quiet}]"]
+    # caller.reply_timeout is far beyond the subprocess timeout: waiting for a reply would time out.
+    command += ["--set", "caller.reply_timeout=3600"]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "NoSpeechError: no speech found in the input: vad (vad.silero) finds none in" in result.stderr
+    assert "no answer within" not in result.stderr
