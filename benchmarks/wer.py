@@ -228,6 +228,7 @@ class Run:
 
 async def run_clip(engine: Engine, clip: Clip, realtime: bool) -> Run:
     from pipeline.frames import InterimTranscriptFrame
+    from pipeline.processor import timings_of
     from pipeline.testing import run_processor
 
     processor = make_processor(engine)
@@ -236,7 +237,7 @@ async def run_clip(engine: Engine, clip: Clip, realtime: bool) -> Run:
     cpu = time.process_time() - timer.cpu_after
     if out.errors:
         raise SystemExit(f"{engine.name} failed on {clip.name}: {out.errors[0].message}")
-    samples = processor.metrics.samples
+    samples = timings_of(processor).samples
     return Run(
         transcripts=out.transcripts,
         interims=len(out.of(InterimTranscriptFrame)),

@@ -2,6 +2,10 @@
 
 The runtime owns the lifecycle so user code never has to call ``super()``:
 
+* Params are typed by the class: ``class Gain(Processor[GainParams])`` checks YAML values against the
+  ``GainParams`` dataclass and types ``self.params``. Per-instance state goes in ``setup()``, which
+  runs once the params are in place — no ``__init__`` needed.
+
 * ``process(frame)`` sees only the frame types in ``handles``; every other frame passes through
   untouched, in order. Start, end, cancel and interruption never reach ``process``: they run the
   optional hooks ``on_start``, ``on_stop`` and ``on_interrupt``.
@@ -15,11 +19,14 @@ The runtime owns the lifecycle so user code never has to call ``super()``:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import traceback
 from collections.abc import AsyncIterator, Callable
 from enum import Enum
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, cast, get_args, get_origin
+
+from typing_extensions import TypeVar
 
 from pipeline.errors import FatalProcessorError, Problem, ValidationError
 from pipeline.formats import ANY_AUDIO, AudioCaps, AudioFormat
@@ -46,6 +53,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("pipeline.processor")
 
 T = TypeVar("T")
+ParamsT = TypeVar("ParamsT", default=Any)
+"""The params dataclass of a processor class (``Processor[GainParams]``); ``Any`` when not given."""
 
 
 class Runtime:
@@ -76,7 +85,18 @@ class _Action(Enum):
 _FORWARD, _PROCESS, _SYSTEM, _END = _Action.FORWARD, _Action.PROCESS, _Action.SYSTEM, _Action.END
 
 
-class Processor:
+def _declared_params(cls: type) -> type | None:
+    """The dataclass named in ``class X(Processor[XParams])`` (or a generic base's), if any."""
+    for base in getattr(cls, "__orig_bases__", ()):
+        origin = get_origin(base)
+        if isinstance(origin, type) and issubclass(origin, Processor):
+            for arg in get_args(base):
+                if isinstance(arg, type) and dataclasses.is_dataclass(arg):
+                    return arg
+    return None
+
+
+class Processor(Generic[ParamsT]):
     """A node of the graph. Override ``process``; declare what it handles, produces and accepts."""
 
     type_name: ClassVar[str] = ""
@@ -98,8 +118,25 @@ class Processor:
     warm_up: ClassVar[bool] = True
     """Whether a server starts this node once before the first conversation, so its ``on_start``
     loads shared models early. False where starting opens a per-call (billed) connection."""
+    owned_hooks: ClassVar[dict[str, str]] = {}
+    """Hooks an engine base needs for itself -> the hook its subclasses override instead (checked
+    when a subclass is defined, so forgetting ``super()`` cannot silently break the base)."""
 
-    params: Any
+    params: ParamsT
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Params" not in cls.__dict__:
+            declared = _declared_params(cls)
+            if declared is not None:
+                cls.Params = declared
+        for base in cls.__mro__[1:]:
+            for hook, instead in base.__dict__.get("owned_hooks", {}).items():
+                if hook in cls.__dict__:
+                    raise TypeError(
+                        f"{cls.__name__} overrides {hook}(), which {base.__name__} runs for itself; "
+                        f"override {instead}() instead (it runs at the end of {hook})"
+                    )
 
     def __init__(
         self,
@@ -120,7 +157,8 @@ class Processor:
             raise TypeError("pass either a params object or keyword params, not both")
         self.params = params
         self.name = name or type(self).__name__
-        self.metrics = ProcessorMetrics(self)
+        self._timings = ProcessorMetrics(self)  # what the runner reports; not in the user's namespace
+        self._own_metrics: Any = None  # a subclass's own ``self.metrics = ...``, if it sets one
         self._inbox = Inbox(queue_size or self.queue_size, overflow or self.overflow)
         self._downstream: tuple[Processor, ...] = ()
         self._upstream: tuple[Processor, ...] = ()
@@ -138,8 +176,26 @@ class Processor:
         self._cancelling = False  # cancel() was called: a CancelledError is never taken for an interruption
         self._last_preempt: Frame | None = None
         self._route: dict[type[Frame], _Action] = {}
+        self.setup()
+
+    @property
+    def metrics(self) -> ProcessorMetrics:
+        """Timings of this processor: ``with self.metrics.measure():`` and ``self.metrics.first_byte()``.
+
+        A subclass may set ``self.metrics`` to something of its own; the runner keeps its timings
+        apart, so that never breaks a run.
+        """
+        return cast(ProcessorMetrics, self._own_metrics) if self._own_metrics is not None else self._timings
+
+    @metrics.setter
+    def metrics(self, value: Any) -> None:
+        self._own_metrics = value
 
     # --- what subclasses implement ---------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Per-instance set-up (counters, buffers), run once ``self.params`` is in place: what an
+        ``__init__`` would do, without its signature or ``super()``. Heavy work belongs in ``on_start``."""
 
     async def process(self, frame: Any) -> None:
         """Handle one downstream frame of a type in ``handles``. Default: pass it on."""
@@ -441,7 +497,7 @@ def _running_task() -> asyncio.Task[Any]:
     return task
 
 
-class Source(Processor):
+class Source(Processor[ParamsT]):
     """A processor with no inputs: implement ``generate`` to yield frames; the end follows by itself."""
 
     handles: ClassVar[tuple[type[Frame], ...]] = ()
@@ -500,3 +556,9 @@ class Source(Processor):
     async def _handle_end(self, frame: EndFrame, direction: Direction) -> None:
         if direction is UPSTREAM:
             self._runtime.frame_left(self, frame, direction)
+
+
+def timings_of(processor: Processor) -> ProcessorMetrics:
+    """The timings the runtime keeps for ``processor`` (what ``self.metrics`` records), even when a
+    subclass uses the name ``metrics`` for something of its own."""
+    return processor._timings

@@ -20,6 +20,7 @@ from typing import Any
 from pipeline.graph import Graph, GraphFailedError
 from pipeline.logs import RedactSecrets
 from pipeline.observers import LatencyObserver
+from pipeline.processor import timings_of
 
 log = logging.getLogger("pipeline.runner")
 
@@ -89,7 +90,7 @@ async def run(graph: Graph, *, measure: bool = False, handle_signals: bool = Tru
     for name, processor in graph.processors.items():
         kind = processor.type_name or f"{type(processor).__module__}:{type(processor).__qualname__}"
         entry: dict[str, Any] = {"type": kind, "dropped": processor.inbox.dropped}
-        timings = processor.metrics.summary()
+        timings = timings_of(processor).summary()
         if timings:
             entry["metrics_ms"] = timings
         if latency is not None and name in latency.ages_ms:

@@ -153,6 +153,8 @@ class _Builder:
         except Exception as error:
             message = f"creating {cls.__name__} failed: {type(error).__name__}: {error}"
             fix = "check the node's params; heavy work belongs in on_start"
+            if isinstance(error, TypeError) and "__init__" in vars(cls):
+                fix = f"drop {cls.__name__}.__init__; set up per-instance state in setup() (no super())"
             self.report(Problem(message, fix=fix, key="type"), node)
 
     def resolve(self, node: NodeSpec) -> type[Processor] | None:

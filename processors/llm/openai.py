@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 from pipeline.errors import FatalProcessorError, Problem, ValidationError
 from pipeline.frames import MetricsFrame
 from pipeline.params import hide_secret_params, param
-from pipeline.processor import Processor
+from pipeline.processor import Processor, timings_of
 from processors.llm.base import ChatLLM, ChatParams, ToolCall
 
 if TYPE_CHECKING:
@@ -288,5 +288,5 @@ def record_usage(processor: Processor, prompt_tokens: int | None, completion_tok
     usage: dict[str, int] = processor.usage  # type: ignore[attr-defined]
     for metric, value in counts.items():
         usage[metric] += value
-        if processor.metrics.emit_frames:
+        if timings_of(processor).emit_frames:
             processor.push_system(MetricsFrame(processor=processor.name, metric=metric, value=float(value)))

@@ -125,6 +125,7 @@ class UtteranceSTT(Processor):
     """
 
     Params: ClassVar[type[Any]] = UtteranceParams
+    owned_hooks: ClassVar[dict[str, str]] = {"on_stop": "close"}
     handles: ClassVar[tuple[type[Frame], ...]] = (
         AudioFrame,
         UserStartedSpeakingFrame,

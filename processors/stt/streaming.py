@@ -46,6 +46,7 @@ class StreamingSTT(Processor, Generic[S]):
     warm_up: ClassVar[bool] = False  # on_start opens a billed provider session: nothing to load early
     key_variable: ClassVar[str]  # the environment variable the API key should come from
     transient_codes: ClassVar[frozenset[int | None]]  # a drop with one of these is worth a reconnect
+    owned_hooks: ClassVar[dict[str, str]] = {"on_stop": "close"}
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
@@ -127,9 +128,16 @@ class StreamingSTT(Processor, Generic[S]):
             if graceful and self._finishable():
                 await self._finish()
         finally:
-            await self._shutdown()
+            try:
+                await self._shutdown()
+            finally:
+                await self.close()
         if graceful and self._fatal is not None:
             raise self._fatal
+
+    async def close(self) -> None:
+        """Release what the subclass holds beyond the session: runs at the end, after the last
+        transcript left and the provider session closed."""
 
     async def _take_audio(self, frame: AudioFrame) -> None:
         """Cut the user's audio into chunks and send them."""

@@ -82,6 +82,8 @@ class SpeechParams:
 class SpeechSynthesizer(Processor):
     """Speaks each reply sentence by sentence as audio frames of ``chunk_ms``."""
 
+    owned_hooks: ClassVar[dict[str, str]] = {"on_stop": "close", "on_interrupt": "reset"}
+
     Params: ClassVar[type[Any]] = SpeechParams
     handles: ClassVar[tuple[type[Frame], ...]] = (TextFrame, LLMResponseStartFrame, LLMResponseEndFrame)
     produces: ClassVar[tuple[type[Frame], ...]] = (
@@ -159,15 +161,24 @@ class SpeechSynthesizer(Processor):
                 await self._speak(sentence)
 
     async def on_stop(self) -> None:
-        # Only a graceful end still has listeners for the rest of a reply that never got its end frame.
-        if self.ended or self.inbox.closed:
-            return
-        await self._end_reply()
+        try:
+            # Only a graceful end still has listeners for the rest of a reply that never got its end.
+            if not (self.ended or self.inbox.closed):
+                await self._end_reply()
+        finally:  # also when a cancel lands meanwhile
+            await self.close()
 
     async def on_interrupt(self) -> None:
         self.chunker.clear()
         self._in_reply = False
         self._audio_started = False
+        await self.reset()
+
+    async def close(self) -> None:
+        """Release the engine (a client, a process): runs at the end, after the last audio left."""
+
+    async def reset(self) -> None:
+        """Forget per-reply engine state after a barge-in (the base has dropped the queued text)."""
 
     def _begin_reply(self) -> None:
         self.chunker.clear()

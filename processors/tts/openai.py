@@ -87,13 +87,10 @@ class OpenAITTS(SpeechSynthesizer):
         p = self.params
         self._client = make_openai_client(p.api_key, p.base_url, p.max_retries, p.timeout)
 
-    async def on_stop(self) -> None:
-        try:
-            await super().on_stop()  # speaks the rest of a reply first
-        finally:  # also when a cancel lands meanwhile
-            client, self._client = self._client, None
-            if client is not None:
-                await client.close()
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
 
     async def synthesize(self, text: str) -> AsyncIterator[bytes]:
         import openai

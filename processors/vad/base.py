@@ -67,6 +67,7 @@ class VadProcessor(Processor):
     """
 
     Params: ClassVar[type[Any]] = VadParams
+    owned_hooks: ClassVar[dict[str, str]] = {"on_stop": "close"}
     handles: ClassVar[tuple[type[Frame], ...]] = (AudioFrame,)
     produces: ClassVar[tuple[type[Frame], ...]] = (
         AudioFrame,
@@ -162,12 +163,16 @@ class VadProcessor(Processor):
             await self.push(event)
 
     async def on_stop(self) -> None:
-        if self.ended or self.inbox.closed:
-            return  # cancelled: nobody is listening any more
-        if self.speaking:
-            if self._in_run:
-                self._speech_end = self._last_end  # speech ran to the end: no hangover to take off
-            await self.push(self._stop_frame())
+        try:
+            if self.speaking and not (self.ended or self.inbox.closed):  # cancelled: nobody listens
+                if self._in_run:
+                    self._speech_end = self._last_end  # speech ran to the end: no hangover to take off
+                await self.push(self._stop_frame())
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Release the engine: runs at the end, after the last speaking frame left."""
 
     # --- the hysteresis --------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 from pipeline.capacity import Decision, LoadMeter, LoadSample, SessionLoad, Thresholds, decide
 from pipeline.config import ServerSettings
+from pipeline.processor import timings_of
 from transports.websocket import protocol
 from transports.websocket.session import Session
 
@@ -43,7 +44,7 @@ def session_load(session: Session) -> SessionLoad:
     turns: list[float] = []
     waiting = 0.0
     for processor in session.graph.processors.values():
-        turns.extend(processor.metrics.samples.get(TURN_LATENCY_METRIC, ()))
+        turns.extend(timings_of(processor).samples.get(TURN_LATENCY_METRIC, ()))
         reply_wait = getattr(processor, "reply_wait", None)
         if callable(reply_wait):
             waiting = max(waiting, float(reply_wait()))
