@@ -694,7 +694,8 @@ class Recorder(Processor):
 
         While the disk task is busy, audio waits in a backlog of at most ``max_backlog`` seconds per
         track: tapped audio cannot hold the microphone back, so a stalled disk costs the oldest audio
-        (counted in ``dropped``) rather than memory without bound.
+        (counted in ``dropped``) rather than memory without bound. With the write in flight and the
+        one waiting for it, a track holds at most about three times ``max_backlog``.
         """
         timeline = self._timeline
         busy = self._disk is not None and not self._disk.done()

@@ -79,7 +79,8 @@ def runs(samples: np.ndarray) -> list[tuple[int, int]]:
 
 
 def transcript(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / "transcript.json").read_text())
+    doc: dict[str, Any] = json.loads((folder / "transcript.json").read_text())
+    return doc
 
 
 def test_registered_with_documented_params() -> None:
@@ -126,7 +127,8 @@ async def test_tracks_share_one_timeline_and_the_transcript_has_both_sides(tmp_p
         {"role": "assistant", "content": "Hi there."},
     ]
     start, end = (datetime.fromisoformat(doc[key]) for key in ("start_time", "end_time"))
-    assert start.utcoffset() is not None and start.utcoffset().total_seconds() == 0 and start <= end
+    offset = start.utcoffset()
+    assert offset is not None and offset.total_seconds() == 0 and start <= end
     assert sorted(p.name for p in folder.iterdir()) == ["bot.wav", "mixed.wav", "transcript.json", "user.wav"]
 
 
@@ -277,7 +279,7 @@ async def test_the_transcript_is_replaced_atomically_after_every_message(
         replaced.append(json.loads(Path(source).read_text()))  # complete before it takes the name
         real_replace(source, target)
 
-    monkeypatch.setattr(recorder_module.os, "replace", checked_replace)
+    monkeypatch.setattr(os, "replace", checked_replace)  # the module recorder_module uses
     recorder = Recorder(directory=str(tmp_path), session_id="s")
     await run_processor(recorder, CONVERSATION)
     assert [len(doc["messages"]) for doc in replaced] == [0, 1, 2, 2]  # start, user, assistant, stop
@@ -610,6 +612,26 @@ def test_a_paused_source_is_padded_to_the_end_of_the_reply_it_waited_for() -> No
     padded = timeline.played_out()
     assert padded.user == bytes(5 * FRAME * 2) and padded.bot == bot(rate=24000).pcm * 5
     assert timeline.played_out() == recorder_module.TrackAudio()  # one reply, one pause
+
+
+def test_a_question_that_reaches_the_recorder_before_the_last_reply_is_not_talked_over() -> None:
+    # The caller went on before the reply came (file.turns' reply_timeout): its audio, tapped at the
+    # input, is on the clock first; the reply follows it, and the next question follows the reply.
+    timeline = Timeline()
+    fmt = AudioFormat(RATE, 1)
+    mixed = timeline.add_user(user().pcm * 2, fmt).mixed  # q1
+    mixed += timeline.add_user(user(500).pcm * 2, fmt).mixed  # q2, then the caller waits
+    mixed += timeline.add_bot(bot().pcm * 3, fmt).mixed  # the reply to q1
+    timeline.reply_queued()
+    mixed += timeline.played_out().mixed
+    mixed += timeline.add_user(user(700).pcm, fmt).mixed  # q3
+    mixed += timeline.finish().mixed
+    assert runs(np.frombuffer(mixed, dtype="<i2")) == [
+        (1000, 2 * FRAME),
+        (500, 2 * FRAME),
+        (2000, 3 * FRAME),
+        (700, FRAME),
+    ]
 
 
 async def test_a_reply_cut_before_any_of_it_was_heard_is_not_saved(tmp_path: Path) -> None:
