@@ -359,6 +359,7 @@ class _Reply:
     ended: bool = False  # the LLM finished it
     voiced: bool = False  # TTS spoke (some of) it: the transcript keeps what was heard
     tts_busy: bool = False  # TTS started and has not stopped
+    audio: bool = False  # some of its bot audio passed here
     closed: bool = False  # played out or interrupted: later frames start a new reply
     interrupted: bool = False
     played_out: bool = False  # its audio all played: what was not reported heard was not (TTS failed it)
@@ -375,6 +376,8 @@ class _Reply:
         None when that is nothing (cut before any of it played): nobody heard a reply, the LLM's
         history drops it too, so the transcript does not claim one.
         """
+        if self.voiced and not self.audio and not self.tts_busy and not self.spoken:
+            return None  # TTS finished it without a sound (it failed every sentence)
         heard_only = self.voiced and (self.interrupted or (self.played_out and self.unheard))
         content = (" ".join(self.spoken) if heard_only else "".join(self.chunks)).strip()
         if not content:
@@ -647,7 +650,8 @@ class Recorder(Processor):
         """Update the state and buffers at once (no awaiting, so nothing is half done, whichever task
         calls it); True when audio is due on disk. Transcript changes start their own save."""
         if isinstance(frame, TTSAudioFrame):
-            self._current_reply().voiced = True
+            voicing = self._current_reply()
+            voicing.voiced = voicing.audio = True
             return self._store(
                 self._timeline.add_bot(frame.pcm, AudioFormat(frame.sample_rate, frame.channels))
             )

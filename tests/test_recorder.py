@@ -668,6 +668,12 @@ async def test_a_sentence_the_tts_failed_to_speak_is_not_in_the_transcript(tmp_p
     ]
 
 
+async def test_a_reply_the_tts_failed_to_speak_at_all_is_not_saved(tmp_path: Path) -> None:
+    recorder = Recorder(directory=str(tmp_path), session_id="s", tracks=["transcript"])
+    await run_processor(recorder, [user(), TranscriptFrame(text="count"), *_reply(("One.", 0), ("Two.", 0))])
+    assert transcript(recorder.session_dir)["messages"] == [{"role": "user", "content": "count"}]
+
+
 async def test_a_stalled_disk_costs_the_oldest_tapped_audio_not_unbounded_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
