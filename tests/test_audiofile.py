@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +119,15 @@ def test_a_complete_file_is_not_warned_about(tmp_path: Path, caplog: pytest.LogC
     with caplog.at_level(logging.WARNING, logger="pipeline.audiofile"):
         _, pcm = read_audio(path)
     assert pcm == TONE.tobytes() and caplog.records == []
+
+
+def test_without_soundfile_16_bit_wav_still_reads_and_other_files_say_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "soundfile", None)  # as if the offline extra were not installed
+    plain, deep = encode(tmp_path / "plain.wav", "PCM_16"), encode(tmp_path / "deep.wav", "PCM_24")
+    assert read_audio(plain)[1] == TONE.tobytes()
+    with pytest.raises(AudioFileError) as caught:
+        open_audio(deep)
+    assert "is not 16-bit PCM WAV (24-bit); reading it needs the soundfile package" in str(caught.value)
+    assert caught.value.fix.startswith("pip install soundfile") and SUPPORTED in caught.value.fix
