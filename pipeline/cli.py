@@ -222,6 +222,7 @@ def describe(name: str, cls: type[Processor]) -> dict[str, Any]:
                 "required": s.required,
                 "default": None if s.secret else s.default,
                 "doc": s.doc,
+                "limits": s.limits,
             }
             for s in param_specs(cls.Params)
         ],
@@ -246,6 +247,8 @@ def _format_entry(entry: dict[str, Any]) -> str:
         lines.append("    " + "; ".join(flow))
     for p in entry["params"]:
         default = "required" if p["required"] else f"default {p['default']!r}"
+        if p["limits"]:
+            default += f"; {p['limits']}"
         doc = f" — {p['doc']}" if p["doc"] else ""
         lines.append(f"    {p['name']}: {p['type']} ({default}){doc}")
     return "\n".join(lines)

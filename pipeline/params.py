@@ -11,6 +11,7 @@ import difflib
 import enum
 import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
@@ -24,10 +25,29 @@ class NoParams:
     """Parameters of a processor that takes none."""
 
 
-def param(default: Any = dataclasses.MISSING, *, doc: str = "", secret: bool = False) -> Any:
-    """Declare a param with a one-line ``doc`` (shown by ``list``); ``secret`` values (API keys)
-    never appear in logs, ``repr``, errors or ``list`` output. Mutable defaults are copied."""
-    metadata = {"doc": doc, "secret": secret}
+def param(
+    default: Any = dataclasses.MISSING,
+    *,
+    doc: str = "",
+    secret: bool = False,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: Sequence[Any] | None = None,
+    check: Callable[[Any], bool] | None = None,
+    fix: str = "",
+) -> Any:
+    """Declare a param with a one-line ``doc`` (shown by ``list``) and the values it may take.
+
+    ``ge``/``gt``/``le``/``lt`` bound a number, ``choices`` lists the values allowed, and ``check``
+    is any other rule (``fix`` says how to satisfy it). They are checked in one place
+    (``build_params``), before anything runs, and reported with the config's file and line.
+    ``secret`` values (API keys) never appear in logs, ``repr``, errors or ``list`` output. Mutable
+    defaults are copied.
+    """
+    limits = Limits(ge, gt, le, lt, tuple(choices) if choices is not None else None, check, fix)
+    metadata = {"doc": doc, "secret": secret, "limits": limits}
     if default is dataclasses.MISSING:
         return dataclasses.field(repr=not secret, metadata=metadata)
     if isinstance(default, list | dict | set):
@@ -35,6 +55,60 @@ def param(default: Any = dataclasses.MISSING, *, doc: str = "", secret: bool = F
             default_factory=lambda: type(default)(default), repr=not secret, metadata=metadata
         )
     return dataclasses.field(default=default, repr=not secret, metadata=metadata)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The values a param may take (``param(ge=..., choices=..., check=...)``)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple[Any, ...] | None = None
+    check: Callable[[Any], bool] | None = None
+    fix: str = ""
+
+    def problem(self, key: str, value: Any, written: Any = None) -> tuple[str, str] | None:
+        """(what is wrong, how to fix it) when ``value`` breaks a limit; None when it is fine.
+
+        ``written`` is the value as the config wrote it, for the message (``9``, not ``9.0``).
+        """
+        shown = repr(value if written is None else written)
+        if value is None:
+            return None  # an optional param left unset
+        if self.choices is not None and value not in self.choices:
+            allowed = ", ".join(repr(c) for c in self.choices)
+            return f"{key} {shown} is not one of {allowed}", self.fix or f"use one of {allowed}"
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            broken = (
+                (self.ge is not None and value < self.ge)
+                or (self.gt is not None and value <= self.gt)
+                or (self.le is not None and value > self.le)
+                or (self.lt is not None and value >= self.lt)
+            )
+            if broken:
+                return f"{key} {shown} is out of range", self.fix or f"use {self.describe()}"
+        if self.check is not None and not self.check(value):
+            return (
+                f"{key} {value!r} is not usable",
+                self.fix or "see the param's doc (python -m pipeline list)",
+            )
+        return None
+
+    def describe(self) -> str:
+        """The range in words: ``0 or more``, ``more than 0``, ``0 to 5``."""
+        low = (
+            f"{self.ge:g}" if self.ge is not None else f"more than {self.gt:g}" if self.gt is not None else ""
+        )
+        high = (
+            f"{self.le:g}" if self.le is not None else f"less than {self.lt:g}" if self.lt is not None else ""
+        )
+        if low and high:
+            return f"{low} to {high}" if self.ge is not None and self.le is not None else f"{low} and {high}"
+        if low:
+            return f"{low} or more" if self.ge is not None else low
+        return f"{high} or less" if self.le is not None else high
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +121,8 @@ class ParamSpec:
     default: Any
     secret: bool
     doc: str
+    limits: str = ""
+    """The allowed values in words (``0 to 5``, ``one of 'a'``); empty: any value of its type."""
 
 
 def param_specs(params_cls: type) -> list[ParamSpec]:
@@ -71,9 +147,18 @@ def param_specs(params_cls: type) -> list[ParamSpec]:
                 default=default,
                 secret=bool(f.metadata.get("secret")),
                 doc=docs.get(f.name, ""),
+                limits=_limits_text(f.metadata.get("limits")),
             )
         )
     return specs
+
+
+def _limits_text(limits: Limits | None) -> str:
+    if limits is None:
+        return ""
+    if limits.choices is not None:
+        return "one of " + ", ".join(repr(c) for c in limits.choices)
+    return limits.describe()
 
 
 def build_params(
@@ -98,6 +183,14 @@ def build_params(
                     key=key,
                 )
             )
+            continue
+        limits = fields[key].metadata.get("limits")
+        broken = limits.problem(key, converted, value) if limits is not None else None
+        if broken is not None:
+            message, fix = broken
+            if fields[key].metadata.get("secret"):
+                message = f"{key} is not usable"
+            problems.append(Problem(message, fix=fix, node=node, key=key, code="param-limit"))
         else:
             accepted[key] = converted
     for name, f in fields.items():

@@ -275,6 +275,7 @@ def test_list_one_type_as_json(capsys: pytest.CaptureFixture[str]) -> None:
         "required": False,
         "default": 440.0,
         "doc": params["frequency"]["doc"],
+        "limits": params["frequency"]["limits"],
     }
     assert params["frequency"]["doc"]
     assert params["duration"]["type"] == "float | null"
@@ -302,7 +303,14 @@ def test_list_takes_import_paths(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     [entry] = json.loads(out)
     assert entry["params"] == [
-        {"name": "api_key", "type": "str", "required": True, "default": None, "doc": "credential"}
+        {
+            "name": "api_key",
+            "type": "str",
+            "required": True,
+            "default": None,
+            "doc": "credential",
+            "limits": "",
+        }
     ]
 
 
