@@ -10,7 +10,7 @@ leak). After the churn:
 * asyncio tasks and open file descriptors are exactly back to the baseline;
 * threads too, except idle workers of the event loop's default executor (a bounded pool that
   ``run_in_thread`` reuses, not a per-session thread); native threads (engines' own pools, which
-  ``threading`` does not see) exactly;
+  ``threading`` does not see) exactly, but for those an engine keeps per new executor worker;
 * resident memory grew by less than ``RSS_TOLERANCE``;
 * every session's graph and processors are gone, freed by reference counting alone (the cyclic GC is
   off during the churn): a dead graph kept alive by a cycle holds its engine objects until a full
@@ -42,7 +42,7 @@ import pytest
 from yarl import URL
 
 from pipeline import config
-from pipeline.frames import AudioFrame
+from pipeline.frames import UserAudioFrame
 from pipeline.graph import Graph
 from pipeline.processor import Processor
 from pipeline.testing import Collector, ScriptedSource
@@ -56,6 +56,9 @@ WARM_UP = 3
 WHISPER_CYCLES = 30
 """Each Whisper session costs a full pass (~0.7 s on 2 shared cores); 30 still expose a leak of 1 MB a
 session against ``RSS_TOLERANCE``, and exactly any task, thread, fd or graph left behind."""
+NATIVE_THREADS_PER_WORKER = 2
+"""llama.cpp keeps helper threads per thread that calls it (2 seen): an executor worker that runs its
+first generation during the churn brings them along. They live as long as the (bounded) pool."""
 LEAVER_EVERY = 10
 """After every tenth conversation, a client that leaves at once, while its graph is still starting."""
 TIMEOUT = 15.0  # one session, end to end
@@ -120,7 +123,7 @@ def gc_disabled() -> Iterator[None]:
 
 @pytest.mark.parametrize("how", ["end", "stop", "cancel"])
 async def test_a_finished_graph_is_freed_by_reference_counting(how: str) -> None:
-    source = ScriptedSource([AudioFrame(pcm=bytes(640), sample_rate=RATE)] * 5)
+    source = ScriptedSource([UserAudioFrame(pcm=bytes(640), sample_rate=RATE)] * 5)
     if how != "end":
         source.hold_end = asyncio.Event()  # runs until stopped or cancelled
     graph = Graph({"source": source, "sink": Collector(name="sink")}, [("source", "sink")])
@@ -304,8 +307,12 @@ class Snapshot:
             problems.append(f"asyncio tasks {baseline.tasks} -> {self.tasks}: {_task_names()}")
         if self.fds != baseline.fds:
             problems.append(f"open fds {baseline.fds} -> {self.fds}: {_fd_targets()}")
-        if self.native_threads != baseline.native_threads:
-            problems.append(f"native threads {baseline.native_threads} -> {self.native_threads}")
+        new_workers = max(0, self.executor_threads - baseline.executor_threads)
+        if self.native_threads - baseline.native_threads > NATIVE_THREADS_PER_WORKER * new_workers:
+            problems.append(
+                f"native threads {baseline.native_threads} -> {self.native_threads} "
+                f"({new_workers} new executor workers)"
+            )
         extra = [t.name for t in threading.enumerate() if t.ident in self.threads - baseline.threads]
         if [name for name in extra if not name.startswith("asyncio_")]:
             problems.append(f"threads left running: {extra}")
