@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import soxr
 
-from pipeline.frames import AudioFrame, Direction, Frame, TTSAudioFrame
+from pipeline.frames import AudioFrame, BotAudioFrame, Direction, Frame
 from pipeline.graph import Graph
 from pipeline.observers import Observer
 from pipeline.processor import Processor, Source
@@ -147,7 +147,7 @@ def node_benches(cfg: Config, scratch: Path) -> list[NodeBench]:
     seconds = cfg.frames * FRAME_SECONDS
     at_16k = frames_of(speech(seconds, 16000), 16000)
     at_48k = frames_of(speech(seconds, 48000), 48000)
-    bot = frames_of(speech(seconds, 22050), 22050, TTSAudioFrame)
+    bot = frames_of(speech(seconds, 22050), 22050, BotAudioFrame)
     both = [frame for pair in zip(at_16k, bot, strict=False) for frame in pair]
     counter = itertools.count()
 

@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.frames import AudioFrame, Frame
+from pipeline.frames import AudioFrame, Frame, UserAudioFrame
 from pipeline.graph import Graph
 from pipeline.processor import Processor, Source
 
@@ -92,7 +92,7 @@ class Clock:
 async def burst_frames(count: int) -> AsyncIterator[Frame]:
     """``count`` frames as fast as the chain takes them."""
     for _ in range(count):
-        yield AudioFrame(pcm=PCM)
+        yield UserAudioFrame(pcm=PCM)
 
 
 async def paced_frames(count: int, interval: float, clock: Clock, offset: float) -> AsyncIterator[Frame]:
@@ -103,7 +103,7 @@ async def paced_frames(count: int, interval: float, clock: Clock, offset: float)
     for index in range(count):
         delay = first + index * interval - loop.time()
         await asyncio.sleep(delay if delay > 0 else 0)
-        yield AudioFrame(pcm=PCM)
+        yield UserAudioFrame(pcm=PCM)
 
 
 class Recorder:

@@ -34,6 +34,7 @@ from typing import Any
 
 from pipeline.config import load
 from pipeline.frames import (
+    BotAudioFrame,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     Direction,
@@ -41,7 +42,6 @@ from pipeline.frames import (
     InterruptionFrame,
     LLMTextFrame,
     TranscriptFrame,
-    TTSAudioFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
@@ -117,7 +117,7 @@ class Timeline(Observer):
                 self.turns[-2].interrupted = True
         elif name == "llm" and isinstance(frame, LLMTextFrame) and turn.first_token is None:
             turn.first_token = now if turn.transcript else None
-        elif name == "tts" and isinstance(frame, TTSAudioFrame) and turn.first_audio is None:
+        elif name == "tts" and isinstance(frame, BotAudioFrame) and turn.first_audio is None:
             turn.first_audio = now if turn.first_token else None
         elif name == "speaker" and isinstance(frame, BotStartedSpeakingFrame) and turn.bot_started is None:
             turn.bot_started = now if turn.first_audio else None

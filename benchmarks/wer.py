@@ -133,7 +133,7 @@ def speech_bounds(samples: np.ndarray[Any, Any], threshold_db: float = -35.0) ->
 
 def script_for(clip: Clip, realtime: bool) -> list[Any]:
     """The clip as 20 ms frames plus silence, with speaking frames where a VAD would send them."""
-    from pipeline.frames import AudioFrame, UserStartedSpeakingFrame, UserStoppedSpeakingFrame
+    from pipeline.frames import UserAudioFrame, UserStartedSpeakingFrame, UserStoppedSpeakingFrame
     from pipeline.testing import Gap
 
     first, last = speech_bounds(clip.samples)
@@ -144,7 +144,7 @@ def script_for(clip: Clip, realtime: bool) -> list[Any]:
     ]
     script: list[Any] = []
     for start in range(0, len(audio), FRAME):
-        script.append(AudioFrame(pcm=audio[start : start + FRAME].tobytes()))
+        script.append(UserAudioFrame(pcm=audio[start : start + FRAME].tobytes()))
         if realtime:
             script.append(Gap(FRAME / 16000))
         while marks and marks[0][0] <= (start + FRAME) / 16000:

@@ -17,7 +17,7 @@ Each check drives a fresh processor between a driver source and a ``Collector`` 
   stops the reply in flight (no more of its text) and the next turn is answered; a turn that arrives
   just before the end is answered before the ``EndFrame``.
 * **TTS** — a reply becomes ``TTSStartedFrame``, ``TTSTextFrame``\\ s, non-silent mono
-  ``TTSAudioFrame``\\ s at one rate, ``TTSStoppedFrame``; LLM frames pass through; a plain
+  ``BotAudioFrame``\\ s at one rate, ``TTSStoppedFrame``; LLM frames pass through; a plain
   ``TextFrame`` is spoken; an interruption stops the audio; text left when the stream ends is spoken.
 """
 
@@ -32,6 +32,7 @@ import numpy as np
 from pipeline.errors import VoxgraphError
 from pipeline.frames import (
     AudioFrame,
+    BotAudioFrame,
     EndFrame,
     Frame,
     InterruptionFrame,
@@ -40,10 +41,10 @@ from pipeline.frames import (
     LLMTextFrame,
     TextFrame,
     TranscriptFrame,
-    TTSAudioFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
     TTSTextFrame,
+    UserAudioFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
@@ -116,7 +117,7 @@ def speech_script(pcm: bytes, sample_rate: int, start: float, end: float, frame_
     started = stopped = False
     for offset in range(0, len(pcm), size):
         chunk = pcm[offset : offset + size]
-        frames.append(AudioFrame(pcm=chunk + bytes(size - len(chunk)), sample_rate=sample_rate))
+        frames.append(UserAudioFrame(pcm=chunk + bytes(size - len(chunk)), sample_rate=sample_rate))
         position += frame_ms / 1000
         if not started and position >= start + 0.2:
             frames.append(UserStartedSpeakingFrame(stream_time=start))
@@ -268,9 +269,9 @@ async def check_tts(
     kinds = [type(f) for f in frames]
     cut = kinds.index(InterruptionFrame)
     first = frames[: kinds.index(TTSStoppedFrame) + 1]
-    audio = [f for f in first if isinstance(f, TTSAudioFrame)]
-    _expect(bool(audio), "a reply must give TTSAudioFrames", frames)
-    _expect(kinds.index(TTSStartedFrame) < kinds.index(TTSAudioFrame), "TTSStarted before audio", frames)
+    audio = [f for f in first if isinstance(f, BotAudioFrame)]
+    _expect(bool(audio), "a reply must give BotAudioFrames", frames)
+    _expect(kinds.index(TTSStartedFrame) < kinds.index(BotAudioFrame), "TTSStarted before audio", frames)
     _expect(
         any(isinstance(f, TTSTextFrame) for f in first[: first.index(audio[0])]),
         "a TTSTextFrame must announce the audio that speaks it",
@@ -283,19 +284,19 @@ async def check_tts(
     passed = [f for f in frames if isinstance(f, LLMTextFrame) and not isinstance(f, TTSTextFrame)]
     _expect([f.text for f in passed] == [*reply, "Left unfinished at the end"], "LLM text passes on", frames)
     _expect(
-        TTSAudioFrame in kinds[kinds.index(TTSStoppedFrame) : cut],
+        BotAudioFrame in kinds[kinds.index(TTSStoppedFrame) : cut],
         "a plain TextFrame must be spoken",
         frames,
     )
     tail = frames[cut:]
     restart = next((i for i, f in enumerate(tail) if isinstance(f, TTSStartedFrame)), len(tail))
     _expect(
-        not any(isinstance(f, TTSAudioFrame) for f in tail[:restart]),
+        not any(isinstance(f, BotAudioFrame) for f in tail[:restart]),
         "an interruption must stop the audio of the reply in flight",
         frames,
     )
     _expect(
-        TTSAudioFrame in kinds[cut:] and kinds[-1] is EndFrame,
+        BotAudioFrame in kinds[cut:] and kinds[-1] is EndFrame,
         "text left when the stream ends must be spoken before the EndFrame",
         frames,
     )
@@ -305,6 +306,6 @@ async def check_tts(
 def _second_reply_audio(collector: Collector) -> Callable[[Frame], bool]:
     def second(frame: Frame) -> Any:
         stops = [f for f in collector.frames if isinstance(f, TTSStoppedFrame)]
-        return isinstance(frame, TTSAudioFrame) and stops and frame.created > stops[0].created
+        return isinstance(frame, BotAudioFrame) and stops and frame.created > stops[0].created
 
     return second

@@ -189,10 +189,10 @@ class MetricsFrame(SystemFrame):
 
 @dataclass(slots=True)
 class AudioFrame(DataFrame):
-    """Interleaved PCM, signed 16-bit little-endian: the user's (input) audio.
+    """Interleaved PCM, signed 16-bit little-endian: audio of either side of the call.
 
-    It survives interruptions — a barge-in must not punch holes in the user's audio on its way to a
-    recorder — but as live media a full ``drop_oldest`` inbox may still drop it.
+    The base of ``UserAudioFrame`` and ``BotAudioFrame``. Handle it to take both (a recorder, a
+    resampler, an output); handle one of them to take that side only, and the other passes by.
     """
 
     pcm: bytes = b""
@@ -214,10 +214,21 @@ class AudioFrame(DataFrame):
 
 
 @dataclass(slots=True)
-class TTSAudioFrame(AudioFrame):
+class UserAudioFrame(AudioFrame):
+    """The user's voice as it came in (a microphone, a file, a synthetic source).
+
+    It survives interruptions — a barge-in must not punch holes in the user's audio on its way to a
+    recorder — but as live media a full ``drop_oldest`` inbox may still drop it.
+    """
+
+    kind: ClassVar[str] = "user_audio"
+
+
+@dataclass(slots=True)
+class BotAudioFrame(AudioFrame):
     """Audio synthesised for the bot's voice: an interruption drops and cancels it."""
 
-    kind: ClassVar[str] = "tts_audio"
+    kind: ClassVar[str] = "bot_audio"
     uninterruptible: ClassVar[bool] = False
 
 
@@ -238,7 +249,7 @@ class LLMTextFrame(TextFrame):
 
 @dataclass(slots=True)
 class TTSTextFrame(TextFrame):
-    """The text that the ``TTSAudioFrame``s following it speak (one sentence, usually)."""
+    """The text that the ``BotAudioFrame``s following it speak (one sentence, usually)."""
 
     kind: ClassVar[str] = "tts_text"
 

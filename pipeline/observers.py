@@ -85,12 +85,11 @@ class TapRequest:
     """One kind of frame a processor wants as it is made, ahead of its own edges."""
 
     kind: type[Frame]  # frames of this class (and subclasses)...
-    at: TapPoint = "nearest"  # ...taken where this says...
-    skip: tuple[type[Frame], ...] = ()  # ...except these subclasses, which keep coming along the edges
+    at: TapPoint = "nearest"  # ...taken where this says
 
     def matches(self, cls: type[Frame]) -> bool:
         """True when frames of ``cls`` are tapped."""
-        return issubclass(cls, self.kind) and not issubclass(cls, self.skip)
+        return issubclass(cls, self.kind)
 
 
 @runtime_checkable

@@ -20,7 +20,14 @@ import numpy as np
 from pipeline.audiofile import AudioFileError, probe_audio, read_audio
 from pipeline.errors import Problem, ValidationError
 from pipeline.formats import AudioFormat
-from pipeline.frames import AudioFrame, Frame, InterimTranscriptFrame, TextFrame, TranscriptFrame
+from pipeline.frames import (
+    AudioFrame,
+    Frame,
+    InterimTranscriptFrame,
+    TextFrame,
+    TranscriptFrame,
+    UserAudioFrame,
+)
 from pipeline.params import param
 from pipeline.processor import Source
 
@@ -172,7 +179,7 @@ class _PacedAudioSource(Source):
         rate, channels = fmt.sample_rate, fmt.channels
         for pcm in chunks:
             await pacer.wait()
-            yield AudioFrame(pcm=pcm, sample_rate=rate, channels=channels)
+            yield UserAudioFrame(pcm=pcm, sample_rate=rate, channels=channels)
 
 
 class _GeneratedAudioSource(_PacedAudioSource):

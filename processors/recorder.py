@@ -2,8 +2,8 @@
 
 One folder per conversation, ``{directory}/{session_id}/``:
 
-* ``user.wav`` — the user's audio (``AudioFrame`` that is not ``TTSAudioFrame``), at its own rate;
-* ``bot.wav`` — the bot's voice (``TTSAudioFrame``), on the same timeline, silence between replies;
+* ``user.wav`` — the user's audio (``UserAudioFrame``), at its own rate;
+* ``bot.wav`` — the bot's voice (``BotAudioFrame``), on the same timeline, silence between replies;
 * ``mixed.wav`` — both on one timeline at the user's rate, as a listener on the call heard it;
 * ``transcript.json`` — ``{"session_id", "start_time", "end_time", "messages": [{"role", "content",
   "type"?}]}``, replaced atomically as each message completes: the user's as its final transcript
@@ -60,6 +60,7 @@ from pipeline.formats import AudioFormat
 from pipeline.frames import (
     UPSTREAM,
     AudioFrame,
+    BotAudioFrame,
     BotStoppedSpeakingFrame,
     Frame,
     LLMResponseEndFrame,
@@ -67,9 +68,9 @@ from pipeline.frames import (
     LLMTextFrame,
     SpokenTextFrame,
     TranscriptFrame,
-    TTSAudioFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
+    UserAudioFrame,
 )
 from pipeline.observers import TapRequest
 from pipeline.params import param
@@ -490,7 +491,7 @@ class Recorder(Processor):
     handles_upstream: ClassVar[tuple[type[Frame], ...]] = (SpokenTextFrame, BotStoppedSpeakingFrame)
     produces: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, TranscriptFrame, LLMTextFrame)  # passed on
     taps: ClassVar[tuple[TapRequest, ...]] = (
-        TapRequest(AudioFrame, at="source", skip=(TTSAudioFrame,)),  # the user, from the input node
+        TapRequest(UserAudioFrame, at="source"),  # the user, from the input node
         TapRequest(TranscriptFrame),  # each user turn, from the node that made or handled it last
     )
 
@@ -582,7 +583,7 @@ class Recorder(Processor):
         """Whether ``frame`` reached the recorder by tap already (and only needs passing on)."""
         if isinstance(frame, TranscriptFrame):
             return self._transcripts_tapped
-        return self._user_tapped and type(frame) is not TTSAudioFrame and isinstance(frame, AudioFrame)
+        return self._user_tapped and isinstance(frame, UserAudioFrame)
 
     async def process_upstream(self, frame: SpokenTextFrame | BotStoppedSpeakingFrame) -> None:
         if isinstance(frame, BotStoppedSpeakingFrame):
@@ -649,7 +650,7 @@ class Recorder(Processor):
     def _record(self, frame: Frame) -> bool:
         """Update the state and buffers at once (no awaiting, so nothing is half done, whichever task
         calls it); True when audio is due on disk. Transcript changes start their own save."""
-        if isinstance(frame, TTSAudioFrame):
+        if isinstance(frame, BotAudioFrame):
             voicing = self._current_reply()
             voicing.voiced = voicing.audio = True
             return self._store(

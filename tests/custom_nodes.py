@@ -9,7 +9,15 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pipeline.formats import AudioCaps, AudioFormat
-from pipeline.frames import AudioFrame, Frame, LLMTextFrame, TextFrame, TranscriptFrame, TTSAudioFrame
+from pipeline.frames import (
+    AudioFrame,
+    BotAudioFrame,
+    Frame,
+    LLMTextFrame,
+    TextFrame,
+    TranscriptFrame,
+    UserAudioFrame,
+)
 from pipeline.params import param
 from pipeline.processor import Processor, Source
 
@@ -88,10 +96,10 @@ class Speak(Processor):
     """Stands in for a TTS: text in, bot audio out."""
 
     handles: ClassVar[tuple[type[Frame], ...]] = (LLMTextFrame, TextFrame)
-    produces: ClassVar[tuple[type[Frame], ...]] = (TTSAudioFrame,)
+    produces: ClassVar[tuple[type[Frame], ...]] = (BotAudioFrame,)
 
     async def process(self, frame: TextFrame) -> None:
-        await self.push(TTSAudioFrame(pcm=b"\0\0" * 160, sample_rate=16000))
+        await self.push(BotAudioFrame(pcm=b"\0\0" * 160, sample_rate=16000))
 
     def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
         return AudioFormat(16000)
@@ -123,7 +131,7 @@ class Beeps(Source):
                 value = int(8000 * math.sin(2 * math.pi * 440 * n / rate))
                 samples.extend([value] * channels)
             pcm = b"".join(v.to_bytes(2, "little", signed=True) for v in samples)
-            yield AudioFrame(pcm=pcm, sample_rate=rate, channels=channels)
+            yield UserAudioFrame(pcm=pcm, sample_rate=rate, channels=channels)
 
 
 class Listen16k(Processor):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from pipeline.frames import AudioFrame, Frame
+from pipeline.frames import Frame, UserAudioFrame
 
 TESTDATA = Path("/usr/share/pocketsphinx/test/data")
 _LIBRIVOX = TESTDATA / "librivox"
@@ -100,7 +100,7 @@ def audio_frames(*parts: np.ndarray, frame_ms: int = 20, rate: int = 16000) -> l
     """``parts`` joined and cut into mono ``AudioFrame``s of ``frame_ms`` (the last may be shorter)."""
     pcm = np.concatenate(parts).astype("<i2").tobytes()
     size = rate * 2 * frame_ms // 1000
-    return [AudioFrame(pcm=pcm[i : i + size], sample_rate=rate) for i in range(0, len(pcm), size)]
+    return [UserAudioFrame(pcm=pcm[i : i + size], sample_rate=rate) for i in range(0, len(pcm), size)]
 
 
 def speech_regions(samples: np.ndarray, rate: int, threshold_db: float = -35.0) -> tuple[float, float]:

@@ -322,8 +322,8 @@ def test_the_thresholds_are_server_keys_checked_with_the_config() -> None:
 
 def test_a_sessions_lag_comes_from_its_waiting_audio_turns_and_the_reply_it_awaits() -> None:
     latencies = SimpleNamespace(samples={"voice_to_voice": [1.0, 1.4]})
-    turns = SimpleNamespace(metrics=latencies, reply_wait=lambda: 3.5)
-    other = SimpleNamespace(metrics=SimpleNamespace(samples={}))
+    turns = SimpleNamespace(_timings=latencies, reply_wait=lambda: 3.5)
+    other = SimpleNamespace(_timings=SimpleNamespace(samples={}))
     inbound = SimpleNamespace(audio_bytes=16000)  # half a second of 16 kHz s16le
     graph = SimpleNamespace(processors={"t": turns, "o": other})
     session = SimpleNamespace(connection=SimpleNamespace(inbound=inbound), graph=graph)

@@ -7,7 +7,7 @@ import pytest
 from pipeline.errors import ValidationError
 from pipeline.formats import AudioFormat
 from pipeline.frames import (
-    AudioFrame,
+    BotAudioFrame,
     ErrorFrame,
     Frame,
     InterruptionFrame,
@@ -15,7 +15,7 @@ from pipeline.frames import (
     LLMTextFrame,
     TextFrame,
     TranscriptFrame,
-    TTSAudioFrame,
+    UserAudioFrame,
     UserStartedSpeakingFrame,
 )
 from pipeline.registry import resolve
@@ -24,7 +24,7 @@ from processors.debug import FramePrinter, NullSink, describe
 
 MIXED: list[Frame | Gap] = [
     UserStartedSpeakingFrame(at=1.5),
-    AudioFrame(pcm=bytes(640)),
+    UserAudioFrame(pcm=bytes(640)),
     TranscriptFrame(text="hello world", language="en"),
     LLMResponseStartFrame(),
     LLMTextFrame(text='say "hi"'),
@@ -42,10 +42,10 @@ def test_types_are_registered() -> None:
 
 def test_describe_gives_kind_and_payload() -> None:
     assert describe(TranscriptFrame(text="hello world")) == 'transcript "hello world"'
-    assert describe(AudioFrame(pcm=bytes(640), sample_rate=16000)) == "audio 20.0 ms 16000 Hz mono"
+    assert describe(UserAudioFrame(pcm=bytes(640), sample_rate=16000)) == "audio 20.0 ms 16000 Hz mono"
     assert (
-        describe(TTSAudioFrame(pcm=bytes(960), sample_rate=24000, channels=2))
-        == "tts_audio 10.0 ms 24000 Hz 2 channels"
+        describe(BotAudioFrame(pcm=bytes(960), sample_rate=24000, channels=2))
+        == "bot_audio 10.0 ms 24000 Hz 2 channels"
     )
     assert (
         describe(ErrorFrame(message="boom", processor="stt"))
@@ -67,19 +67,19 @@ async def test_printer_prints_a_line_per_frame_without_audio(capsys: pytest.Capt
 
 async def test_printer_prints_audio_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
     await run_processor(
-        FramePrinter(name="out", audio=True), [AudioFrame(pcm=bytes(640)), TextFrame(text="x")]
+        FramePrinter(name="out", audio=True), [UserAudioFrame(pcm=bytes(640)), TextFrame(text="x")]
     )
     assert lines(capsys) == ["[out] audio 20.0 ms 16000 Hz mono", '[out] text "x"']
 
 
 async def test_printer_filters_by_kind_including_subclasses(capsys: pytest.CaptureFixture[str]) -> None:
     await run_processor(
-        FramePrinter(name="out", kinds=["text", "audio"]), [*MIXED, TTSAudioFrame(pcm=bytes(320))]
+        FramePrinter(name="out", kinds=["text", "audio"]), [*MIXED, BotAudioFrame(pcm=bytes(320))]
     )
     assert lines(capsys) == [
         "[out] audio 20.0 ms 16000 Hz mono",
         '[out] llm_text "say \\"hi\\""',
-        "[out] tts_audio 10.0 ms 16000 Hz mono",
+        "[out] bot_audio 10.0 ms 16000 Hz mono",
     ]
 
 
@@ -102,7 +102,7 @@ def test_printer_passes_audio_format_through() -> None:
 @virtual_time
 async def test_null_sink_swallows_and_counts_per_kind() -> None:
     sink = NullSink()
-    out = await run_processor(sink, [*MIXED, AudioFrame(pcm=bytes(640)), Gap(1.0), InterruptionFrame()])
+    out = await run_processor(sink, [*MIXED, UserAudioFrame(pcm=bytes(640)), Gap(1.0), InterruptionFrame()])
     assert sink.counts == {
         "user_started_speaking": 1,
         "audio": 2,

@@ -16,6 +16,7 @@ from pipeline.errors import ValidationError
 from pipeline.formats import AudioFormat
 from pipeline.frames import (
     AudioFrame,
+    BotAudioFrame,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     Direction,
@@ -23,10 +24,10 @@ from pipeline.frames import (
     InterruptionFrame,
     SpokenTextFrame,
     TextFrame,
-    TTSAudioFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
     TTSTextFrame,
+    UserAudioFrame,
 )
 from pipeline.graph import Graph
 from pipeline.observers import Observer
@@ -237,11 +238,11 @@ def test_stopping_early_ends_the_stream_cleanly(tmp_path: Path) -> None:
 
 
 def user(pcm: bytes, rate: int = 16000) -> AudioFrame:
-    return AudioFrame(pcm=pcm, sample_rate=rate)
+    return UserAudioFrame(pcm=pcm, sample_rate=rate)
 
 
-def bot(pcm: bytes, rate: int = 16000) -> TTSAudioFrame:
-    return TTSAudioFrame(pcm=pcm, sample_rate=rate)
+def bot(pcm: bytes, rate: int = 16000) -> BotAudioFrame:
+    return BotAudioFrame(pcm=pcm, sample_rate=rate)
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import pytest
 
 from pipeline.frames import (
     AudioFrame,
+    BotAudioFrame,
     BotStartedSpeakingFrame,
     CancelFrame,
     ControlFrame,
@@ -23,8 +24,8 @@ from pipeline.frames import (
     SystemFrame,
     TextFrame,
     TranscriptFrame,
-    TTSAudioFrame,
     Uninterruptible,
+    UserAudioFrame,
     UserStartedSpeakingFrame,
     frame_kinds,
 )
@@ -51,7 +52,7 @@ def test_system_frames_overtake_and_survive_interruptions(cls: type[Frame]) -> N
     assert cls.uninterruptible
 
 
-@pytest.mark.parametrize("cls", [TTSAudioFrame, TextFrame, LLMTextFrame, TranscriptFrame])
+@pytest.mark.parametrize("cls", [BotAudioFrame, TextFrame, LLMTextFrame, TranscriptFrame])
 def test_data_frames_are_in_order_and_interruptible(cls: type[Frame]) -> None:
     assert not cls.system
     assert not cls.uninterruptible
@@ -61,7 +62,7 @@ def test_data_frames_are_in_order_and_interruptible(cls: type[Frame]) -> None:
 def test_user_audio_survives_interruptions_but_stays_live_media() -> None:
     assert issubclass(AudioFrame, DataFrame) and not AudioFrame.system
     assert AudioFrame.uninterruptible and AudioFrame.live  # a full drop_oldest inbox may still drop it
-    assert TTSAudioFrame.live and not TTSAudioFrame.uninterruptible  # the bot's voice stops on barge-in
+    assert BotAudioFrame.live and not BotAudioFrame.uninterruptible  # the bot's voice stops on barge-in
 
 
 def test_end_is_an_uninterruptible_control_frame() -> None:
@@ -82,7 +83,7 @@ def test_frame_kinds_maps_every_kind_to_its_class() -> None:
     kinds = frame_kinds()
     assert kinds["start"] is StartFrame
     assert kinds["audio"] is AudioFrame
-    assert kinds["tts_audio"] is TTSAudioFrame
+    assert kinds["bot_audio"] is BotAudioFrame
     assert kinds["transcript"] is TranscriptFrame
     assert kinds["interim_transcript"] is InterimTranscriptFrame
     assert kinds["llm_text"] is LLMTextFrame
@@ -92,7 +93,7 @@ def test_frame_kinds_maps_every_kind_to_its_class() -> None:
 
 
 def test_audio_frame_reports_samples_and_duration() -> None:
-    stereo = AudioFrame(pcm=bytes(4 * 320), sample_rate=16000, channels=2)
+    stereo = UserAudioFrame(pcm=bytes(4 * 320), sample_rate=16000, channels=2)
     assert stereo.num_samples == 320
     assert stereo.duration == pytest.approx(0.02)
 

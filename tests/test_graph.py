@@ -20,6 +20,7 @@ from pipeline.frames import (
     InterruptionFrame,
     StartFrame,
     TextFrame,
+    UserAudioFrame,
     UserStartedSpeakingFrame,
 )
 from pipeline.graph import Graph, GraphFailedError, structure_problems, topological_order
@@ -375,7 +376,7 @@ class SlowSink(Processor):
 
 
 def audio_frames(count: int) -> list[Frame | Gap]:
-    return [AudioFrame(pcm=bytes([i, 0])) for i in range(count)]
+    return [UserAudioFrame(pcm=bytes([i, 0])) for i in range(count)]
 
 
 def test_block_bounds_the_inbox_and_loses_nothing() -> None:
@@ -410,7 +411,7 @@ def test_memory_stays_bounded_with_a_slow_sink() -> None:
 
         async def generate(self) -> AsyncIterator[Frame]:
             for i in range(10_000):
-                yield AudioFrame(pcm=bytes([i % 256]) * 640)
+                yield UserAudioFrame(pcm=bytes([i % 256]) * 640)
 
     async def main() -> tuple[SlowSink, int]:
         sink = SlowSink(queue_size=8, overflow=Overflow.BLOCK)

@@ -9,14 +9,14 @@ import pytest
 
 from pipeline.frames import (
     UPSTREAM,
-    AudioFrame,
+    BotAudioFrame,
     DataFrame,
     EndFrame,
     Frame,
     SpokenTextFrame,
     TextFrame,
-    TTSAudioFrame,
     Uninterruptible,
+    UserAudioFrame,
     UserStartedSpeakingFrame,
 )
 from pipeline.inbox import SYSTEM_LANE_LIMIT, Inbox, InboxOverflowError, Overflow
@@ -92,7 +92,7 @@ async def test_put_nowait_refuses_when_full_under_block() -> None:
 
 async def test_drop_oldest_discards_the_oldest_interruptible_frame() -> None:
     inbox = Inbox(3, Overflow.DROP_OLDEST)
-    frames = [AudioFrame(pcm=bytes([i, 0])) for i in range(5)]
+    frames = [UserAudioFrame(pcm=bytes([i, 0])) for i in range(5)]
     for frame in frames:
         await inbox.put(frame)
     assert await drain(inbox) == frames[2:]
@@ -101,7 +101,7 @@ async def test_drop_oldest_discards_the_oldest_interruptible_frame() -> None:
 
 async def test_an_interruption_keeps_user_audio_and_drops_the_bots() -> None:
     inbox = Inbox(8)
-    user, bot = AudioFrame(pcm=b"\x01\x00"), TTSAudioFrame(pcm=b"\x02\x00")
+    user, bot = UserAudioFrame(pcm=b"\x01\x00"), BotAudioFrame(pcm=b"\x02\x00")
     for frame in (user, bot, text(0), user):
         await inbox.put(frame)
     assert inbox.drop_interruptible() == 2
@@ -115,15 +115,15 @@ async def test_drop_oldest_keeps_the_end_and_other_uninterruptible_frames() -> N
     await inbox.put(kept)
     await inbox.put(end)
     for i in range(4):
-        await inbox.put(AudioFrame(pcm=bytes([i, 0])))
-    assert await drain(inbox) == [kept, end, AudioFrame(pcm=bytes([3, 0]))]
+        await inbox.put(UserAudioFrame(pcm=bytes([i, 0])))
+    assert await drain(inbox) == [kept, end, UserAudioFrame(pcm=bytes([3, 0]))]
     assert inbox.dropped == 3
 
 
 async def test_drop_oldest_blocks_when_only_uninterruptible_frames_are_queued() -> None:
     inbox = Inbox(1, Overflow.DROP_OLDEST)
     await inbox.put(EndFrame())
-    putter = asyncio.ensure_future(inbox.put(AudioFrame()))
+    putter = asyncio.ensure_future(inbox.put(UserAudioFrame()))
     await asyncio.sleep(0)
     assert not putter.done()
     await inbox.get()

@@ -17,6 +17,7 @@ from pipeline.frames import (
     TextFrame,
     TranscriptFrame,
     TTSTextFrame,
+    UserAudioFrame,
 )
 from pipeline.graph import Graph
 from pipeline.testing import Captured, Collector, run_graph, run_processor
@@ -202,7 +203,7 @@ async def test_user_audio_waits_here_not_upstream_while_a_reply_is_generated() -
     # The VAD and recogniser sit upstream: while a slow reply holds this node, they must keep hearing
     # the user live, so the audio passing through queues in this (bounded) inbox instead of theirs.
     llm = ScriptedLLM([["One. ", HOLD]])
-    audio = [AudioFrame(pcm=bytes(640)) for _ in range(500)]  # 10 s, far beyond a default inbox
+    audio = [UserAudioFrame(pcm=bytes(640)) for _ in range(500)]  # 10 s, far beyond a default inbox
     out = await converse(
         llm,
         lambda tap, out: [

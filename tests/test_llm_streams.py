@@ -66,4 +66,4 @@ async def test_a_stream_without_aclose_is_read_and_left_as_it_is() -> None:
     assert stream.chunks == []
     frames = [LLMResponseStartFrame(), LLMTextFrame(text="Hello there."), LLMResponseEndFrame()]
     out = await run_processor(_SdkVoice(name="tts"), frames)
-    assert not out.errors and out.kinds.count("tts_audio") == 1  # 160 samples = one 20 ms frame
+    assert not out.errors and out.kinds.count("bot_audio") == 1  # 160 samples = one 20 ms frame

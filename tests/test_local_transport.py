@@ -25,16 +25,17 @@ import pytest
 from pipeline.errors import ValidationError
 from pipeline.frames import (
     AudioFrame,
+    BotAudioFrame,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     Direction,
     Frame,
     InterruptionFrame,
     SpokenTextFrame,
-    TTSAudioFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
     TTSTextFrame,
+    UserAudioFrame,
 )
 from pipeline.graph import Graph, GraphFailedError
 from pipeline.observers import Observer
@@ -247,7 +248,7 @@ def test_python_m_transports_local_lists_the_devices(open_card: OpenCard) -> Non
 def reply(pcm: bytes, text: str, frame_bytes: int = SPEAKER_BLOCK) -> list[Frame]:
     """What a TTS sends for one sentence: start, text, audio in frames, stop."""
     audio = [
-        TTSAudioFrame(pcm=pcm[i : i + frame_bytes], sample_rate=TTS_RATE)
+        BotAudioFrame(pcm=pcm[i : i + frame_bytes], sample_rate=TTS_RATE)
         for i in range(0, len(pcm), frame_bytes)
     ]
     return [TTSStartedFrame(), TTSTextFrame(text=text), *audio, TTSStoppedFrame()]
@@ -280,7 +281,7 @@ async def test_speaker_plays_bot_audio_and_reports_speaking_upstream(
     text = "Hello there, how can I help?"
     samples, _ = read_wav(espeak(text, tmp_path / "bot.wav", rate=TTS_RATE))
     pcm = samples.astype("<i2").tobytes()
-    user = AudioFrame(pcm=tone(0.2, 16000), sample_rate=16000)
+    user = UserAudioFrame(pcm=tone(0.2, 16000), sample_rate=16000)
     card = open_card()
     speaker = SpeakerOutput(device=card.speaker_name, name="speaker")
     speaking = Speaking(card)
@@ -309,7 +310,7 @@ async def test_speaker_with_audio_user_plays_the_user_and_not_the_bot(open_card:
     card = open_card(speaker_rate=16000)
     speaker = SpeakerOutput(device=card.speaker_name, audio="user")
     bot = tone(0.3)
-    await run_processor(speaker, [*reply(bot, "hi"), AudioFrame(pcm=user, sample_rate=16000)], timeout=20)
+    await run_processor(speaker, [*reply(bot, "hi"), UserAudioFrame(pcm=user, sample_rate=16000)], timeout=20)
     # The device plays out what it holds after the stream closed, as a sound card does.
     await asyncio.to_thread(card.speaker.wait_heard, lambda h: user in h, 10.0, "the user's audio")
     heard = bytes(card.speaker.heard)
@@ -321,7 +322,7 @@ async def test_barge_in_empties_the_buffer_and_the_speaker_falls_silent(open_car
     speaker = SpeakerOutput(device=card.speaker_name, buffer_ms=500)  # half a second it must not play
     pcm = tone(5.0)
     source = ScriptedSource(
-        [TTSStartedFrame(), TTSTextFrame(text="A long answer."), TTSAudioFrame(pcm=pcm, sample_rate=TTS_RATE)]
+        [TTSStartedFrame(), TTSTextFrame(text="A long answer."), BotAudioFrame(pcm=pcm, sample_rate=TTS_RATE)]
     )
     source.hold_end = asyncio.Event()
     sink = Collector()
@@ -353,7 +354,7 @@ async def test_barge_in_empties_the_buffer_and_the_speaker_falls_silent(open_car
 async def test_speaker_stops_when_cancelled_while_waiting_for_the_device(open_card: OpenCard) -> None:
     card = open_card()
     speaker = SpeakerOutput(device=card.speaker_name)
-    source = ScriptedSource([TTSAudioFrame(pcm=tone(10.0), sample_rate=TTS_RATE)])
+    source = ScriptedSource([BotAudioFrame(pcm=tone(10.0), sample_rate=TTS_RATE)])
     source.hold_end = asyncio.Event()
     graph = Graph({"tts": source, "speaker": speaker}, [("tts", "speaker")])
     runner = asyncio.ensure_future(graph.run())

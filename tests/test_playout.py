@@ -8,14 +8,15 @@ from typing import ClassVar
 
 from pipeline.frames import (
     AudioFrame,
+    BotAudioFrame,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     Frame,
     InterruptionFrame,
     SpokenTextFrame,
-    TTSAudioFrame,
     TTSStoppedFrame,
     TTSTextFrame,
+    UserAudioFrame,
 )
 from pipeline.graph import Graph
 from pipeline.processor import Processor
@@ -23,13 +24,13 @@ from pipeline.testing import Collector, Gap, ScriptedSource, run_graph, virtual_
 from transports.file import FileOutput
 from transports.playout import Playout
 
-BOT = TTSAudioFrame(pcm=bytes(882), sample_rate=22050)  # 20 ms
+BOT = BotAudioFrame(pcm=bytes(882), sample_rate=22050)  # 20 ms
 
 
 class Speaker(Processor):
     """A minimal transport: bot audio through a real-time Playout, writes timed on the loop clock."""
 
-    handles: ClassVar[tuple[type[Frame], ...]] = (TTSAudioFrame, TTSTextFrame, TTSStoppedFrame)
+    handles: ClassVar[tuple[type[Frame], ...]] = (BotAudioFrame, TTSTextFrame, TTSStoppedFrame)
 
     def __init__(self) -> None:
         super().__init__(name="speaker")
@@ -39,7 +40,7 @@ class Speaker(Processor):
     async def process(self, frame: Frame) -> None:
         if isinstance(frame, TTSTextFrame):
             await self.playout.text(frame)
-        elif isinstance(frame, TTSAudioFrame):
+        elif isinstance(frame, BotAudioFrame):
             await self.playout.audio(frame, self._write)
         else:
             await self.playout.finished()
@@ -114,7 +115,7 @@ class Arrivals(Collector):
 
 @virtual_time
 async def test_user_audio_never_waits_behind_the_bots(tmp_path: Path) -> None:
-    user = AudioFrame(pcm=bytes(640))
+    user = UserAudioFrame(pcm=bytes(640))
     script: list[Frame | Gap] = [item for _ in range(100) for item in (user, Gap(0.02))]
     out = FileOutput(name="out", path=str(tmp_path / "bot.wav"), audio="bot", realtime=True)
     after = Arrivals()

@@ -24,6 +24,7 @@ from pipeline.frames import (
     TextFrame,
     TranscriptFrame,
     Uninterruptible,
+    UserAudioFrame,
 )
 from pipeline.graph import Graph, GraphFailedError
 from pipeline.inbox import Overflow
@@ -148,7 +149,7 @@ async def test_unhandled_frames_pass_through_in_order_with_handled_ones() -> Non
         TranscriptFrame(text="t"),
         LLMResponseStartFrame(),
         TextFrame(text="b"),
-        AudioFrame(pcm=b"\x01\x00"),
+        UserAudioFrame(pcm=b"\x01\x00"),
     ]
     out = await run_processor(Upper(), script)
     assert out.down == [
@@ -156,7 +157,7 @@ async def test_unhandled_frames_pass_through_in_order_with_handled_ones() -> Non
         TranscriptFrame(text="t"),
         LLMResponseStartFrame(),
         TextFrame(text="B"),
-        AudioFrame(pcm=b"\x01\x00"),
+        UserAudioFrame(pcm=b"\x01\x00"),
     ]
 
 

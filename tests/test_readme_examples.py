@@ -24,7 +24,9 @@ def _block(language: str, starts: str) -> str:
 
 
 def _project(folder: Path, test_code: str) -> None:
-    (folder / "shout.py").write_text(_block("python", "import dataclasses\nfrom dataclasses import dataclass"))
+    (folder / "shout.py").write_text(
+        _block("python", "import dataclasses\nfrom dataclasses import dataclass")
+    )
     (folder / "pyproject.toml").write_text(_block("toml", "[tool.pytest.ini_options]"))
     (folder / "test_shout.py").write_text(test_code)
 

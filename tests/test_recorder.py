@@ -27,6 +27,7 @@ from pipeline.errors import ValidationError
 from pipeline.formats import AudioFormat
 from pipeline.frames import (
     AudioFrame,
+    BotAudioFrame,
     BotStoppedSpeakingFrame,
     Direction,
     Frame,
@@ -36,10 +37,10 @@ from pipeline.frames import (
     LLMTextFrame,
     SpokenTextFrame,
     TranscriptFrame,
-    TTSAudioFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
     TTSTextFrame,
+    UserAudioFrame,
 )
 from pipeline.graph import Graph
 from pipeline.observers import Observer
@@ -57,11 +58,11 @@ FRAME = RATE // 50  # samples in 20 ms
 
 
 def user(value: int = 1000, rate: int = RATE) -> AudioFrame:
-    return AudioFrame(pcm=np.full(rate // 50, value, dtype="<i2").tobytes(), sample_rate=rate)
+    return UserAudioFrame(pcm=np.full(rate // 50, value, dtype="<i2").tobytes(), sample_rate=rate)
 
 
-def bot(value: int = 2000, rate: int = RATE) -> TTSAudioFrame:
-    return TTSAudioFrame(pcm=np.full(rate // 50, value, dtype="<i2").tobytes(), sample_rate=rate)
+def bot(value: int = 2000, rate: int = RATE) -> BotAudioFrame:
+    return BotAudioFrame(pcm=np.full(rate // 50, value, dtype="<i2").tobytes(), sample_rate=rate)
 
 
 def track(folder: Path, name: str) -> tuple[AudioFormat, np.ndarray]:
@@ -635,7 +636,7 @@ def test_a_question_that_reaches_the_recorder_before_the_last_reply_is_not_talke
 
 
 async def test_a_reply_cut_before_any_of_it_was_heard_is_not_saved(tmp_path: Path) -> None:
-    done = Arrived("out", lambda f: isinstance(f, TTSAudioFrame), count=5)  # queued, none played
+    done = Arrived("out", lambda f: isinstance(f, BotAudioFrame), count=5)  # queued, none played
     frames: list[Frame] = [*(user() for _ in range(3)), TranscriptFrame(text="hello")]
     frames += [
         LLMResponseStartFrame(),

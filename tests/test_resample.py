@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.errors import ValidationError
 from pipeline.formats import AudioFormat
-from pipeline.frames import AudioFrame, Direction, Frame, TextFrame, TTSAudioFrame
+from pipeline.frames import AudioFrame, BotAudioFrame, Direction, Frame, TextFrame
 from pipeline.graph import Graph
 from pipeline.processor import Processor, Source
 from pipeline.registry import resolve
@@ -129,9 +129,9 @@ async def test_passes_matching_audio_and_other_frames_through_untouched() -> Non
 
 
 async def test_keeps_the_frame_class() -> None:
-    out = await run_chain(chunks(sine(24000, 0.1), 24000, TTSAudioFrame), Resampler(sample_rate=16000))
+    out = await run_chain(chunks(sine(24000, 0.1), 24000, BotAudioFrame), Resampler(sample_rate=16000))
     assert out
-    assert all(type(f) is TTSAudioFrame and f.sample_rate == 16000 for f in out)
+    assert all(type(f) is BotAudioFrame and f.sample_rate == 16000 for f in out)
 
 
 @pytest.mark.parametrize("interrupted", [False, True])

@@ -18,6 +18,7 @@ from pipeline.frames import (
     Frame,
     InterimTranscriptFrame,
     TranscriptFrame,
+    UserAudioFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
@@ -44,7 +45,7 @@ def utterances(count: int) -> list[Frame]:
     for index in range(count):
         offset = index * len(pcm) / 2 / RATE
         frames.append(UserStartedSpeakingFrame(stream_time=offset))
-        frames += [AudioFrame(pcm=pcm[i : i + FRAME_BYTES]) for i in range(0, len(pcm), FRAME_BYTES)]
+        frames += [UserAudioFrame(pcm=pcm[i : i + FRAME_BYTES]) for i in range(0, len(pcm), FRAME_BYTES)]
         frames.append(UserStoppedSpeakingFrame(stream_time=offset + clip_seconds))
     return frames
 

@@ -9,6 +9,7 @@ from pipeline.frames import (
     Frame,
     InterimTranscriptFrame,
     TranscriptFrame,
+    UserAudioFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
@@ -59,7 +60,7 @@ async def test_audio_and_speaking_frames_pass_through_unchanged() -> None:
 async def test_silence_gives_no_transcript() -> None:
     pcm = silence(1.5).tobytes()
     frames: list[Frame | Gap] = [
-        AudioFrame(pcm=pcm[i : i + 2 * FRAME]) for i in range(0, len(pcm), 2 * FRAME)
+        UserAudioFrame(pcm=pcm[i : i + 2 * FRAME]) for i in range(0, len(pcm), 2 * FRAME)
     ]
     script = [*frames[:40], UserStartedSpeakingFrame(stream_time=0.2), *frames[40:]]
     script.append(UserStoppedSpeakingFrame(stream_time=1.2))
@@ -83,7 +84,7 @@ async def test_audio_in_another_format_is_converted() -> None:
     for item in script:
         if isinstance(item, AudioFrame):
             samples = np.frombuffer(item.pcm, dtype="<i2")
-            stereo.append(AudioFrame(pcm=np.repeat(samples, 2).tobytes(), channels=2))
+            stereo.append(UserAudioFrame(pcm=np.repeat(samples, 2).tobytes(), channels=2))
         else:
             stereo.append(item)
     out = await run_processor(PocketsphinxSTT(), stereo, timeout=60)

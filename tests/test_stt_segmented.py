@@ -14,11 +14,12 @@ from pipeline import negotiate
 from pipeline.formats import AudioFormat
 from pipeline.frames import (
     AudioFrame,
+    BotAudioFrame,
     ErrorFrame,
     Frame,
     InterimTranscriptFrame,
     TranscriptFrame,
-    TTSAudioFrame,
+    UserAudioFrame,
     UserSpeechPausedFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
@@ -36,7 +37,7 @@ def frame(index: int, *, rate: int = 16000, level: int | None = None) -> AudioFr
     """A 20 ms frame whose samples all hold ``index + 100`` (so the audio says where it came from)."""
     value = index + 100 if level is None else level
     samples = rate // 50
-    return AudioFrame(pcm=np.full(samples, value, dtype="<i2").tobytes(), sample_rate=rate)
+    return UserAudioFrame(pcm=np.full(samples, value, dtype="<i2").tobytes(), sample_rate=rate)
 
 
 def frame_ids(pcm: bytes) -> list[int]:
@@ -229,11 +230,11 @@ async def test_an_utterance_open_at_the_end_is_transcribed() -> None:
 
 
 async def test_bot_audio_is_ignored() -> None:
-    bot = TTSAudioFrame(pcm=np.full(320, 7, dtype="<i2").tobytes())
+    bot = BotAudioFrame(pcm=np.full(320, 7, dtype="<i2").tobytes())
     stt = Recorder(pre_roll=0.0, post_roll=0.0)
     out = await run_processor(stt, [started(0), *speech(0, 5), bot, *speech(5, 10), stopped(10), frame(10)])
     assert out.transcripts == ["frames 0-9"]
-    assert out.of(TTSAudioFrame) == [bot]
+    assert out.of(BotAudioFrame) == [bot]
 
 
 class Failing(UtteranceSTT):

@@ -26,6 +26,7 @@ from pipeline.frames import (
     Frame,
     InterimTranscriptFrame,
     TranscriptFrame,
+    UserAudioFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
@@ -76,7 +77,7 @@ def conversation(*clips: str, gap: float = 1.0) -> tuple[list[Frame | Gap], list
     script: list[Frame | Gap] = []
     pending = sorted(marks, key=lambda mark: mark[0])
     for start in range(0, len(audio), FRAME):
-        script.append(AudioFrame(pcm=audio[start : start + FRAME].tobytes()))
+        script.append(UserAudioFrame(pcm=audio[start : start + FRAME].tobytes()))
         while pending and pending[0][0] <= (start + FRAME) / RATE:
             script.append(pending.pop(0)[1])
     script.extend(frame for _, frame in pending)
@@ -115,7 +116,7 @@ async def test_audio_and_speaking_frames_pass_through_unchanged() -> None:
 async def test_silence_between_speaking_frames_gives_no_transcript() -> None:
     pcm = silence(1.5).tobytes()
     frames: list[Frame | Gap] = [
-        AudioFrame(pcm=pcm[i : i + 2 * FRAME]) for i in range(0, len(pcm), 2 * FRAME)
+        UserAudioFrame(pcm=pcm[i : i + 2 * FRAME]) for i in range(0, len(pcm), 2 * FRAME)
     ]
     script = [
         *frames[:40],

@@ -11,6 +11,7 @@ import pytest
 from pipeline.errors import ValidationError
 from pipeline.formats import AudioFormat
 from pipeline.frames import (
+    BotAudioFrame,
     Frame,
     InterruptionFrame,
     LLMResponseEndFrame,
@@ -18,7 +19,6 @@ from pipeline.frames import (
     LLMTextFrame,
     TextFrame,
     TranscriptFrame,
-    TTSAudioFrame,
     TTSTextFrame,
 )
 from pipeline.graph import Graph
@@ -63,8 +63,8 @@ def without_audio(out: Captured) -> list[str]:
     """Kinds in order, runs of audio frames collapsed to one ``audio``."""
     kinds: list[str] = []
     for kind in out.kinds:
-        if not (kind == "tts_audio" and kinds and kinds[-1] == "audio"):
-            kinds.append("audio" if kind == "tts_audio" else kind)
+        if not (kind == "bot_audio" and kinds and kinds[-1] == "audio"):
+            kinds.append("audio" if kind == "bot_audio" else kind)
     return kinds
 
 
@@ -92,7 +92,7 @@ async def test_a_reply_is_spoken_sentence_by_sentence_between_started_and_stoppe
 async def test_audio_frames_are_chunk_ms_long_with_the_last_one_padded() -> None:
     tts = FakeVoice(chunk_ms=20)
     out = await run_processor(tts, [TextFrame(text="Hi!")])  # 3 characters = 30 ms = 1.5 frames
-    audio = out.of(TTSAudioFrame)
+    audio = out.of(BotAudioFrame)
     assert [len(f.pcm) for f in audio] == [FRAME_BYTES, FRAME_BYTES]
     assert {(f.sample_rate, f.channels) for f in audio} == {(RATE, 1)}
     assert audio[-1].pcm[FRAME_BYTES // 2 :] == bytes(FRAME_BYTES // 2)

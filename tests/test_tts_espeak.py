@@ -13,7 +13,7 @@ import pytest
 from pipeline.conformance import check_tts
 from pipeline.errors import ValidationError
 from pipeline.formats import AudioFormat
-from pipeline.frames import TextFrame, TTSAudioFrame, TTSTextFrame
+from pipeline.frames import BotAudioFrame, TextFrame, TTSTextFrame
 from pipeline.graph import GraphFailedError
 from pipeline.testing import run_processor
 from processors.tts import espeak
@@ -48,7 +48,7 @@ def test_rate_is_known_before_start() -> None:
 async def test_a_sentence_becomes_clear_speech_at_22050_hz(whisper: Any) -> None:
     tts = EspeakTTS()
     out = await run_processor(tts, [TextFrame(text=SENTENCE)], timeout=TIMEOUT)
-    audio = out.of(TTSAudioFrame)
+    audio = out.of(BotAudioFrame)
     assert {(f.sample_rate, f.channels, len(f.pcm)) for f in audio} == {(22050, 1, 882)}
     assert [f.text for f in out.of(TTSTextFrame)] == [SENTENCE]
     assert 2.0 < sum(f.duration for f in audio) < 7.0

@@ -12,12 +12,12 @@ from pipeline.conformance import check_tts
 from pipeline.errors import ValidationError
 from pipeline.formats import AudioFormat
 from pipeline.frames import (
+    BotAudioFrame,
     Frame,
     InterruptionFrame,
     LLMResponseEndFrame,
     LLMResponseStartFrame,
     LLMTextFrame,
-    TTSAudioFrame,
     TTSTextFrame,
 )
 from pipeline.graph import GraphFailedError
@@ -39,7 +39,7 @@ def spoken(out: Captured) -> list[tuple[str, bytes]]:
     for frame in out.down:
         if isinstance(frame, TTSTextFrame):
             sentences.append((frame.text, b""))
-        elif isinstance(frame, TTSAudioFrame):
+        elif isinstance(frame, BotAudioFrame):
             text, audio = sentences[-1]
             sentences[-1] = (text, audio + frame.pcm)
     return sentences
@@ -68,10 +68,10 @@ async def test_speaks_each_sentence_as_24khz_frames(fake: FakeOpenAI) -> None:
     assert [text for text, _ in spoken(out)] == ["Hello there.", "How are you today?"]
     for text, audio in spoken(out):
         assert audio == padded(fake.speech_pcm(text))
-    frames = out.of(TTSAudioFrame)
+    frames = out.of(BotAudioFrame)
     assert {(f.sample_rate, f.channels, len(f.pcm)) for f in frames} == {(24000, 1, FRAME_BYTES)}
     assert tts.output_format(None) == AudioFormat(24000, 1)
-    kinds = [k for k in out.kinds if k not in ("llm_text", "tts_audio")]
+    kinds = [k for k in out.kinds if k not in ("llm_text", "bot_audio")]
     assert kinds == [
         "llm_response_start",
         "tts_started",
@@ -164,7 +164,7 @@ async def test_interruption_closes_the_http_stream(fake: FakeOpenAI) -> None:
     fake.faults = [Fault(stall_after=1)]  # the first sentence hangs after one chunk until the client leaves
 
     async def first_audio(out: Collector) -> None:
-        await out.wait_for(TTSAudioFrame)
+        await out.wait_for(BotAudioFrame)
 
     async def stream_closed() -> None:
         first = await fake.request(0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.frames import AudioFrame, UserStartedSpeakingFrame, UserStoppedSpeakingFrame
+from pipeline.frames import AudioFrame, UserAudioFrame, UserStartedSpeakingFrame, UserStoppedSpeakingFrame
 from pipeline.utterances import Utterance, UtteranceCollector
 
 RATE = 1000  # one sample per millisecond: stream positions read straight off the samples
@@ -28,7 +28,7 @@ class Ramp:
         values = np.arange(self.position, self.position + count, dtype=np.int16)
         self.position += count
         pcm = np.repeat(values, self.channels).astype("<i2").tobytes()
-        return AudioFrame(pcm=pcm, sample_rate=self.rate, channels=self.channels)
+        return UserAudioFrame(pcm=pcm, sample_rate=self.rate, channels=self.channels)
 
 
 def feed(collector: UtteranceCollector, ramp: Ramp, seconds: float) -> list[Utterance]:

@@ -23,8 +23,9 @@ from pipeline.errors import ValidationError
 from pipeline.formats import AudioCaps, AudioFormat
 from pipeline.frames import (
     AudioFrame,
+    BotAudioFrame,
     Frame,
-    TTSAudioFrame,
+    UserAudioFrame,
     UserSpeechPausedFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
@@ -71,7 +72,7 @@ def frames(samples: np.ndarray, rate: int = RATE, sizes_ms: tuple[int, ...] = (2
     while position < len(samples):
         size = rate * sizes_ms[len(out) % len(sizes_ms)] // 1000
         pcm = samples[position : position + size].astype("<i2").tobytes()
-        out.append(AudioFrame(pcm=pcm, sample_rate=rate))
+        out.append(UserAudioFrame(pcm=pcm, sample_rate=rate))
         position += size
     return out
 
@@ -203,9 +204,9 @@ async def test_audio_passes_through_unchanged_and_in_order_whatever_the_frame_si
 
 
 async def test_bot_audio_passes_through_and_is_not_judged() -> None:
-    bot = [TTSAudioFrame(pcm=f.pcm, sample_rate=RATE) for f in frames(tone(1.0))]  # type: ignore[attr-defined]
+    bot = [BotAudioFrame(pcm=f.pcm, sample_rate=RATE) for f in frames(tone(1.0))]  # type: ignore[attr-defined]
     out = await run_processor(LoudVad(), bot)
-    assert out.of(TTSAudioFrame) == bot
+    assert out.of(BotAudioFrame) == bot
     assert speaking(out) == []
 
 
@@ -295,7 +296,7 @@ def test_without_auto_resample_the_mismatch_is_reported(tmp_path: Path) -> None:
 
 async def test_audio_in_a_rate_the_engine_cannot_take_ends_the_graph() -> None:
     with pytest.raises(GraphFailedError, match=r"audio\.resample"):
-        await run_processor(WebRTCVad(), [AudioFrame(pcm=bytes(882), sample_rate=44100)])
+        await run_processor(WebRTCVad(), [UserAudioFrame(pcm=bytes(882), sample_rate=44100)])
 
 
 @pytest.mark.parametrize(

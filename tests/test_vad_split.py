@@ -12,8 +12,9 @@ import pytest
 
 from pipeline.frames import (
     AudioFrame,
+    BotAudioFrame,
     Frame,
-    TTSAudioFrame,
+    UserAudioFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
@@ -66,7 +67,9 @@ def test_vad_split_writes_one_file_per_utterance(tmp_path: Path) -> None:
 def ramp_frames(seconds: float) -> list[AudioFrame]:
     """20 ms frames of a 1 kHz ramp: sample i holds i, so a file's samples say where they came from."""
     values = np.arange(round(seconds * 1000), dtype=np.int16)
-    return [AudioFrame(pcm=values[i : i + 20].tobytes(), sample_rate=1000) for i in range(0, len(values), 20)]
+    return [
+        UserAudioFrame(pcm=values[i : i + 20].tobytes(), sample_rate=1000) for i in range(0, len(values), 20)
+    ]
 
 
 def script(events: dict[int, Frame], seconds: float) -> list[Frame]:
@@ -119,7 +122,7 @@ async def test_without_a_vad_nothing_is_written_and_the_failure_says_why(tmp_pat
 
 
 async def test_bot_audio_is_not_cut(tmp_path: Path) -> None:
-    bot = [TTSAudioFrame(pcm=f.pcm, sample_rate=f.sample_rate) for f in ramp_frames(1.0)]
+    bot = [BotAudioFrame(pcm=f.pcm, sample_rate=f.sample_rate) for f in ramp_frames(1.0)]
     frames: list[Frame] = [UserStartedSpeakingFrame(stream_time=0.0), *bot]
     with pytest.raises(GraphFailedError, match=r"no speech found in 0\.00 s of audio"):
         await run_processor(UtteranceFiles(directory=str(tmp_path)), frames)

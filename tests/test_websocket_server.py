@@ -32,6 +32,7 @@ from pipeline.capacity import LoadMeter
 from pipeline.frames import (
     UPSTREAM,
     AudioFrame,
+    BotAudioFrame,
     Frame,
     InterimTranscriptFrame,
     LLMResponseEndFrame,
@@ -40,7 +41,6 @@ from pipeline.frames import (
     SpokenTextFrame,
     TextFrame,
     TranscriptFrame,
-    TTSAudioFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
     TTSTextFrame,
@@ -82,7 +82,7 @@ class Counter(Processor):
         TranscriptFrame,
         LLMTextFrame,
         TTSTextFrame,
-        TTSAudioFrame,
+        BotAudioFrame,
     )
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
@@ -114,7 +114,7 @@ class Counter(Processor):
             LLMResponseEndFrame(),
             TTSStartedFrame(),
             TTSTextFrame(text=f"heard {self.audio_ms:.0f} ms"),
-            TTSAudioFrame(pcm=_tone(reply_ms), sample_rate=BOT_RATE),
+            BotAudioFrame(pcm=_tone(reply_ms), sample_rate=BOT_RATE),
             TTSStoppedFrame(),
         ):
             await self.push(frame_out)
@@ -127,7 +127,7 @@ class Counter(Processor):
             pcm = _tone(ms)
             step = 2 * BOT_RATE * 20 // 1000
             for offset in range(0, len(pcm), step):
-                await self.push(TTSAudioFrame(pcm=pcm[offset : offset + step], sample_rate=BOT_RATE))
+                await self.push(BotAudioFrame(pcm=pcm[offset : offset + step], sample_rate=BOT_RATE))
         await self.push(TTSStoppedFrame())
 
 
@@ -193,7 +193,7 @@ class TranscriptSaver(Processor):
         self.messages: list[dict[str, str]] = []
 
     async def process(self, frame: Frame) -> None:
-        if isinstance(frame, AudioFrame) and not isinstance(frame, TTSAudioFrame):
+        if isinstance(frame, AudioFrame) and not isinstance(frame, BotAudioFrame):
             self.user_audio += frame.pcm
         elif isinstance(frame, TextFrame) and not isinstance(frame, LLMTextFrame | TTSTextFrame):
             self.messages.append({"role": "user", "content": frame.text})

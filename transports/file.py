@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 from pipeline.audiofile import SUPPORTED, AudioFileError, AudioReader, UnknownAudioFormatError, open_audio
 from pipeline.errors import Problem, ValidationError
 from pipeline.formats import AudioFormat
-from pipeline.frames import AudioFrame, Frame, TTSAudioFrame, TTSStoppedFrame, TTSTextFrame
+from pipeline.frames import AudioFrame, BotAudioFrame, Frame, TTSStoppedFrame, TTSTextFrame, UserAudioFrame
 from pipeline.params import param
 from pipeline.processor import Processor, Source
 from pipeline.sources import FramePacer, frame_ms_problem, samples_per_frame
@@ -163,7 +163,7 @@ class FileInput(Source):
         try:
             async for pcm in self._chunks(decoder, samples):
                 await pacer.wait()
-                yield AudioFrame(pcm=pcm, sample_rate=fmt.sample_rate, channels=fmt.channels)
+                yield UserAudioFrame(pcm=pcm, sample_rate=fmt.sample_rate, channels=fmt.channels)
         finally:
             self._close()
 
@@ -272,7 +272,7 @@ class FileOutput(Processor):
         return self.params.audio != "user"
 
     async def process(self, frame: Frame) -> None:
-        if isinstance(frame, TTSAudioFrame):
+        if isinstance(frame, BotAudioFrame):
             if self.plays_bot:
                 await self._playout.audio(frame, self._write)
                 return

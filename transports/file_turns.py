@@ -34,6 +34,7 @@ from pipeline.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     Frame,
+    UserAudioFrame,
 )
 from pipeline.params import param
 from pipeline.processor import Processor, Source
@@ -132,7 +133,7 @@ class FileTurns(Source):
             padded = pcm + silence[: (-len(pcm)) % size] + bytes(size * round(p.pause * 1000 / p.frame_ms))
             for offset in range(0, len(padded), size):
                 await pacer.wait()
-                yield AudioFrame(
+                yield UserAudioFrame(
                     pcm=padded[offset : offset + size], sample_rate=fmt.sample_rate, channels=fmt.channels
                 )
             if not p.wait_for_reply:
@@ -187,7 +188,7 @@ class FileTurns(Source):
                 return
             if p.realtime:
                 await pacer.wait()
-                yield AudioFrame(pcm=silence, sample_rate=fmt.sample_rate, channels=fmt.channels)
+                yield UserAudioFrame(pcm=silence, sample_rate=fmt.sample_rate, channels=fmt.channels)
             elif barge_in and started_at is not None:
                 await asyncio.sleep(started_at + (p.barge_in_after or 0) - loop.time())
             else:

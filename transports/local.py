@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal
 
 from pipeline.errors import FatalProcessorError, Problem, ValidationError, VoxgraphError
 from pipeline.formats import AudioCaps, AudioFormat
-from pipeline.frames import AudioFrame, Frame, TTSAudioFrame, TTSStoppedFrame, TTSTextFrame
+from pipeline.frames import AudioFrame, BotAudioFrame, Frame, TTSStoppedFrame, TTSTextFrame, UserAudioFrame
 from pipeline.params import param
 from pipeline.processor import Processor, Source
 from pipeline.sources import frame_ms_problem, samples_per_frame
@@ -258,7 +258,7 @@ class MicrophoneInput(Source):
                 self._overflows.update(self.device_overflows)
                 block = self.blocks.get()
                 if block is not None:
-                    yield AudioFrame(pcm=block, sample_rate=rate, channels=1)
+                    yield UserAudioFrame(pcm=block, sample_rate=rate, channels=1)
                     continue
                 if self._stream_ended:
                     if self._stream is None:  # we closed it: the graph is stopping
@@ -419,7 +419,7 @@ class SpeakerOutput(Processor):
         elif isinstance(frame, TTSStoppedFrame):
             await self.playout.finished(self._finish_reply)  # runs once the reply's audio is written
         elif isinstance(frame, AudioFrame) and self._plays(frame):
-            if isinstance(frame, TTSAudioFrame):
+            if isinstance(frame, BotAudioFrame):
                 await self.playout.audio(frame, self._write)
             else:
                 await self._write(frame)
@@ -446,7 +446,7 @@ class SpeakerOutput(Processor):
 
     def _plays(self, frame: AudioFrame) -> bool:
         wanted = self.params.audio
-        return wanted == "any" or (wanted == "bot") == isinstance(frame, TTSAudioFrame)
+        return wanted == "any" or (wanted == "bot") == isinstance(frame, BotAudioFrame)
 
     async def _write(self, frame: AudioFrame) -> None:
         """Queue the frame's audio for the device, waiting while the buffer is full."""
@@ -455,7 +455,7 @@ class SpeakerOutput(Processor):
             await self._reopen(fmt)
         buffer = self.buffer
         assert buffer is not None
-        self._playing = self._playing or isinstance(frame, TTSAudioFrame)
+        self._playing = self._playing or isinstance(frame, BotAudioFrame)
         whole = len(frame.pcm) - len(frame.pcm) % buffer.frame_bytes  # a torn last sample is dropped
         pending = memoryview(frame.pcm)[:whole]
         while pending:

@@ -23,7 +23,7 @@ from pipeline.formats import AudioFormat
 from pipeline.frames import (
     AudioFrame,
     Frame,
-    TTSAudioFrame,
+    UserAudioFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
@@ -71,7 +71,7 @@ class UtteranceFiles(Processor):
     type_name = "file.utterances"
     Params: ClassVar[type[Any]] = UtteranceFilesParams
     handles: ClassVar[tuple[type[Frame], ...]] = (
-        AudioFrame,
+        UserAudioFrame,  # the bot's voice passes by
         UserStartedSpeakingFrame,
         UserStoppedSpeakingFrame,
     )
@@ -114,9 +114,7 @@ class UtteranceFiles(Processor):
         await self.run_in_thread(lambda: Path(self.params.directory).mkdir(parents=True, exist_ok=True))
 
     async def process(self, frame: Frame) -> None:
-        if isinstance(frame, TTSAudioFrame):
-            return  # the bot's voice is not the user's speech
-        if isinstance(frame, AudioFrame):
+        if isinstance(frame, AudioFrame):  # the user's: the bot's voice passes by (handles)
             done = self._collector.add_audio(frame)
         elif isinstance(frame, UserStartedSpeakingFrame):
             self._speaking_frames += 1

@@ -32,7 +32,7 @@ from pipeline.frames import (
     InterimTranscriptFrame,
     STTUpdateSettingsFrame,
     TranscriptFrame,
-    TTSAudioFrame,
+    UserAudioFrame,
     UserStoppedSpeakingFrame,
 )
 from pipeline.params import param
@@ -113,7 +113,7 @@ class AssemblyAISTT(StreamingSTT[_Session]):
     Params = AssemblyAIParams
     params: AssemblyAIParams
     handles: ClassVar[tuple[type[Frame], ...]] = (
-        AudioFrame,
+        UserAudioFrame,  # the bot's voice passes by
         UserStoppedSpeakingFrame,
         STTUpdateSettingsFrame,
     )
@@ -171,10 +171,9 @@ class AssemblyAISTT(StreamingSTT[_Session]):
     async def process(self, frame: Frame) -> None:
         if self._fatal is not None:
             raise self._fatal
-        if isinstance(frame, AudioFrame):
+        if isinstance(frame, AudioFrame):  # the user's: the bot's voice passes by (handles)
             await self.push(frame)
-            if not isinstance(frame, TTSAudioFrame):  # the bot's own voice is not the user
-                await self._take_audio(frame)
+            await self._take_audio(frame)
         elif isinstance(frame, UserStoppedSpeakingFrame):
             await self.push(frame)
             await self._vad_stopped(frame, endpoint=self.params.force_endpoint_on_vad_stop)

@@ -43,7 +43,7 @@ from pipeline.frames import (
     Frame,
     InterimTranscriptFrame,
     TranscriptFrame,
-    TTSAudioFrame,
+    UserAudioFrame,
     UserStoppedSpeakingFrame,
 )
 from pipeline.params import param
@@ -115,7 +115,7 @@ class FireworksSTT(StreamingSTT[_Stream]):
 
     Params = FireworksParams
     params: FireworksParams
-    handles: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, UserStoppedSpeakingFrame)
+    handles: ClassVar[tuple[type[Frame], ...]] = (UserAudioFrame, UserStoppedSpeakingFrame)
     produces: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, InterimTranscriptFrame, TranscriptFrame)
     accepts_audio: ClassVar[AudioCaps] = AudioCaps.of(SAMPLE_RATE, 1)
     service = "Fireworks"
@@ -167,8 +167,8 @@ class FireworksSTT(StreamingSTT[_Stream]):
         await self.push(frame)
         if isinstance(frame, UserStoppedSpeakingFrame):
             await self._vad_stopped(frame, endpoint=self.params.checkpoint_on_vad_stop)
-        elif isinstance(frame, AudioFrame) and not isinstance(frame, TTSAudioFrame):
-            await self._take_audio(frame)  # not the bot's own voice: that is not the user
+        elif isinstance(frame, AudioFrame):  # the user's: the bot's voice passes by (handles)
+            await self._take_audio(frame)
 
     # --- audio out -------------------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ from pipeline.frames import (
     Frame,
     InterimTranscriptFrame,
     TranscriptFrame,
-    TTSAudioFrame,
+    UserAudioFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
@@ -113,7 +113,7 @@ class PocketsphinxSTT(Processor):
     Params = PocketsphinxParams
     params: PocketsphinxParams
     handles: ClassVar[tuple[type[Frame], ...]] = (
-        AudioFrame,
+        UserAudioFrame,  # the bot's voice passes by
         UserStartedSpeakingFrame,
         UserStoppedSpeakingFrame,
     )
@@ -195,7 +195,7 @@ class PocketsphinxSTT(Processor):
     # --- stream side (the worker) ----------------------------------------------------------------
 
     async def process(self, frame: Frame) -> None:
-        if isinstance(frame, AudioFrame) and not isinstance(frame, TTSAudioFrame):
+        if isinstance(frame, AudioFrame):  # the user's: the bot's voice passes by (handles)
             await self._audio(self._as_16k_mono(frame))
         elif isinstance(frame, UserStartedSpeakingFrame | UserStoppedSpeakingFrame):
             await self._vad_found()

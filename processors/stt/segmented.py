@@ -53,7 +53,7 @@ from pipeline.frames import (
     Frame,
     InterimTranscriptFrame,
     TranscriptFrame,
-    TTSAudioFrame,
+    UserAudioFrame,
     UserSpeechPausedFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
@@ -127,7 +127,7 @@ class UtteranceSTT(Processor):
     Params: ClassVar[type[Any]] = UtteranceParams
     owned_hooks: ClassVar[dict[str, str]] = {"on_stop": "close"}
     handles: ClassVar[tuple[type[Frame], ...]] = (
-        AudioFrame,
+        UserAudioFrame,  # the bot's voice passes by
         UserStartedSpeakingFrame,
         UserSpeechPausedFrame,
         UserStoppedSpeakingFrame,
@@ -210,10 +210,7 @@ class UtteranceSTT(Processor):
         return incoming  # audio passes through to the recorder and the transports
 
     async def process(self, frame: Frame) -> None:
-        if isinstance(frame, AudioFrame):
-            if isinstance(frame, TTSAudioFrame):  # the bot's voice is not the user's speech
-                await self.push(frame)
-                return
+        if isinstance(frame, AudioFrame):  # the user's: the bot's voice passes by (handles)
             self._rate = frame.sample_rate
             for utterance in self._collector.add_audio(frame):
                 self._submit(utterance)

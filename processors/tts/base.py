@@ -4,7 +4,7 @@ An engine subclasses it, sets ``sample_rate`` and implements ``synthesize(text)`
 of s16le mono PCM in chunks of any size. The base cuts streamed LLM text into sentences
 (``SentenceChunker``) and, per reply, emits::
 
-    TTSStartedFrame, (TTSTextFrame(sentence), TTSAudioFrame x n) per sentence, TTSStoppedFrame
+    TTSStartedFrame, (TTSTextFrame(sentence), BotAudioFrame x n) per sentence, TTSStoppedFrame
 
 Audio frames are exactly ``chunk_ms`` long (the last one of a sentence is padded with silence), so
 transports and recorders get a steady frame size whatever the engine emits. Every input frame is
@@ -43,12 +43,12 @@ from typing import Any, ClassVar
 from pipeline.errors import Problem, ValidationError
 from pipeline.formats import AudioFormat
 from pipeline.frames import (
+    BotAudioFrame,
     Frame,
     LLMResponseEndFrame,
     LLMResponseStartFrame,
     LLMTextFrame,
     TextFrame,
-    TTSAudioFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
     TTSTextFrame,
@@ -89,7 +89,7 @@ class SpeechSynthesizer(Processor):
     produces: ClassVar[tuple[type[Frame], ...]] = (
         TTSStartedFrame,
         TTSTextFrame,
-        TTSAudioFrame,
+        BotAudioFrame,
         TTSStoppedFrame,
         TextFrame,  # the input text is passed on
         LLMTextFrame,
@@ -219,12 +219,12 @@ class SpeechSynthesizer(Processor):
                         self._first_audio()
                     for start in range(0, whole, frame_bytes):
                         chunk = pending[start : start + frame_bytes]
-                        await self.push(TTSAudioFrame(pcm=chunk, sample_rate=rate, channels=1))
+                        await self.push(BotAudioFrame(pcm=chunk, sample_rate=rate, channels=1))
                     pending = pending[whole:]
         if len(pending) >= 2:
             self._first_audio()
             padded = pending[: len(pending) // 2 * 2].ljust(frame_bytes, b"\0")
-            await self.push(TTSAudioFrame(pcm=padded, sample_rate=rate, channels=1))
+            await self.push(BotAudioFrame(pcm=padded, sample_rate=rate, channels=1))
 
     def _first_audio(self) -> None:
         if self._reply_started:

@@ -33,7 +33,7 @@ from pipeline.formats import AudioFormat
 from pipeline.frames import (
     AudioFrame,
     Frame,
-    TTSAudioFrame,
+    UserAudioFrame,
     UserSpeechPausedFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
@@ -68,7 +68,7 @@ class VadProcessor(Processor):
 
     Params: ClassVar[type[Any]] = VadParams
     owned_hooks: ClassVar[dict[str, str]] = {"on_stop": "close"}
-    handles: ClassVar[tuple[type[Frame], ...]] = (AudioFrame,)
+    handles: ClassVar[tuple[type[Frame], ...]] = (UserAudioFrame,)  # the bot's voice passes by
     produces: ClassVar[tuple[type[Frame], ...]] = (
         AudioFrame,
         UserStartedSpeakingFrame,
@@ -154,10 +154,8 @@ class VadProcessor(Processor):
         rate = self._format.sample_rate if self._format else 0
         return self._format_start + (self._received_samples / rate if rate else 0.0)
 
-    async def process(self, frame: AudioFrame) -> None:
+    async def process(self, frame: UserAudioFrame) -> None:
         await self.push(frame)  # first, so the VAD adds no latency to the audio
-        if isinstance(frame, TTSAudioFrame):
-            return  # the bot's voice is not the user's speech
         self._receive(frame)
         for event in self._analyse():
             await self.push(event)

@@ -22,6 +22,7 @@ from pipeline.errors import FatalProcessorError, Problem, ValidationError
 from pipeline.formats import AudioCaps, AudioFormat
 from pipeline.frames import (
     AudioFrame,
+    BotAudioFrame,
     Frame,
     InterimTranscriptFrame,
     LLMResponseEndFrame,
@@ -29,9 +30,9 @@ from pipeline.frames import (
     LLMTextFrame,
     TextFrame,
     TranscriptFrame,
-    TTSAudioFrame,
     TTSStoppedFrame,
     TTSTextFrame,
+    UserAudioFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
@@ -145,14 +146,14 @@ class WebsocketInput(Source):
                     yield frame
             elif isinstance(event, Audio):
                 for pcm in chunker.feed(gate.apply(event.pcm)):
-                    yield AudioFrame(pcm=pcm, sample_rate=protocol.SAMPLE_RATE)
+                    yield UserAudioFrame(pcm=pcm, sample_rate=protocol.SAMPLE_RATE)
             elif isinstance(event, UserText):
                 yield TextFrame(text=event.text)
             elif isinstance(event, Start | PushToTalk):
                 gate.feed(event)
         rest = chunker.flush()
         if rest:
-            yield AudioFrame(pcm=rest, sample_rate=protocol.SAMPLE_RATE)
+            yield UserAudioFrame(pcm=rest, sample_rate=protocol.SAMPLE_RATE)
 
     def _clip(self, pcm: bytes) -> Iterator[Frame]:
         """One clip as one utterance: speaking frames around its audio, then ``clip_gap`` of silence."""
@@ -163,10 +164,10 @@ class WebsocketInput(Source):
         self._clip_samples += (len(audio) + len(gap)) // 2
         yield UserStartedSpeakingFrame(at=time.monotonic(), stream_time=start)
         for offset in range(0, len(audio), size):
-            yield AudioFrame(pcm=audio[offset : offset + size], sample_rate=rate)
+            yield UserAudioFrame(pcm=audio[offset : offset + size], sample_rate=rate)
         yield UserStoppedSpeakingFrame(at=time.monotonic(), stream_time=start + len(pcm) / 2 / rate)
         for offset in range(0, len(gap), size):
-            yield AudioFrame(pcm=gap[offset : offset + size], sample_rate=rate)
+            yield UserAudioFrame(pcm=gap[offset : offset + size], sample_rate=rate)
 
 
 class WebsocketOutput(Processor):
@@ -223,7 +224,7 @@ class WebsocketOutput(Processor):
             raise FatalProcessorError(f"{self.type_name} '{self.name}': {_UNBOUND}; {_UNBOUND_FIX}")
 
     async def process(self, frame: Frame) -> None:
-        if isinstance(frame, TTSAudioFrame) or (isinstance(frame, AudioFrame) and self.params.loopback):
+        if isinstance(frame, BotAudioFrame) or (isinstance(frame, AudioFrame) and self.params.loopback):
             await self._play(frame)
         elif isinstance(frame, TextFrame):
             await self._text(frame)
