@@ -13,7 +13,7 @@ from pipeline.frames import ErrorFrame, Frame
 from pipeline.graph import Graph, GraphFailedError
 from pipeline.params import param
 from pipeline.processor import Processor, Runtime, Source
-from processors.stt.assemblyai import AssemblyAISTT
+from processors.stt.assemblyai import AssemblyAISTT, _Session
 
 KEY = "sk-live-0123456789abcdef"
 TIMEOUT = 10.0
@@ -81,14 +81,16 @@ async def test_an_assemblyai_event_that_fails_with_the_key_is_reported_without_i
         raise ValueError(f"cannot parse {{'token': '{KEY}'}}")
 
     stt._turn = failing_turn  # type: ignore[method-assign]
-    stt._events = asyncio.Queue(maxsize=4)
-    pump = asyncio.create_task(stt._pump_events())
+    session = _Session(client=None)
+    receiving = asyncio.create_task(stt.receive(session))
     try:
         with caplog.at_level(logging.DEBUG):
-            await stt._events.put((object(), object()))  # type: ignore[arg-type]
+            await session.events.put(object())
             await asyncio.wait_for(runtime.arrived.wait(), TIMEOUT)
+            await session.events.put(None)  # Termination: the session ends as asked
+            assert await asyncio.wait_for(receiving, TIMEOUT) is None  # a bad event did not end it
     finally:
-        pump.cancel()
+        receiving.cancel()
     [report] = runtime.left
     assert isinstance(report, ErrorFrame) and "ValueError" in report.message and KEY not in report.message
     assert "***" in report.message

@@ -189,11 +189,13 @@ async def test_an_unknown_model_is_a_clear_fatal_error(fake: FakeFireworks) -> N
         await run_processor(stt(fake, model="whisper-v9"), audio_frames(tone(0.2)), timeout=20)
 
 
-def test_an_empty_key_and_a_bad_url_are_validation_errors() -> None:
+def test_an_empty_key_a_bad_url_and_a_chunk_out_of_range_are_validation_errors() -> None:
     with pytest.raises(ValidationError) as invalid:
-        FireworksSTT(api_key="", base_url="https://example.com", chunk_ms=20)
+        FireworksSTT(api_key="", base_url="https://example.com")
     text = str(invalid.value)
-    assert "FIREWORKS_API_KEY" in text and "base_url" in text and "chunk_ms must be 50-400" in text
+    assert "FIREWORKS_API_KEY" in text and "base_url 'https://example.com' is not a websocket URL" in text
+    with pytest.raises(ValidationError, match=r"(?s)chunk_ms 20 is out of range.*use 50 to 400"):
+        FireworksSTT(api_key="k", chunk_ms=20)  # a declared limit: checked with the other params
 
 
 async def test_a_drop_mid_segment_reconnects_and_loses_no_final(fake: FakeFireworks) -> None:

@@ -38,16 +38,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from pipeline.errors import Problem
 from pipeline.formats import AudioCaps
-from pipeline.frames import (
-    AudioFrame,
-    Frame,
-    InterimTranscriptFrame,
-    TranscriptFrame,
-    UserAudioFrame,
-    UserStoppedSpeakingFrame,
-)
+from pipeline.frames import InterimTranscriptFrame
 from pipeline.params import param
-from processors.stt.streaming import SessionError, StreamingSTT
+from processors.stt.streaming import SessionError, StreamingParams, StreamingSTT, StreamSession
 
 log = logging.getLogger("processors.stt.fireworks")
 
@@ -61,7 +54,7 @@ TRANSIENT_CODES = frozenset({None, 1000, 1001, 1006, 1011, 1012, 1013, 1014, 429
 
 
 @dataclass(slots=True, kw_only=True)
-class FireworksParams:
+class FireworksParams(StreamingParams):
     """Params of ``stt.fireworks``."""
 
     api_key: str = param(doc=f"Fireworks API key, e.g. ${{{KEY_VARIABLE}}}", secret=True)
@@ -73,16 +66,10 @@ class FireworksParams:
     language: str | None = param(None, doc="language code, e.g. en; null = detect")
     prompt: str | None = param(None, doc="text that primes the model: vocabulary, style")
     temperature: float = param(0.0, doc="sampling temperature for decoding")
-    chunk_ms: int = param(50, doc="audio per message in ms (the service takes 50-400)")
-    connect_timeout: float = param(10.0, doc="seconds to wait for the connection to open")
-    final_timeout: float = param(5.0, doc="seconds to wait at the end for the server to finish")
+    chunk_ms: int = param(50, ge=50, le=400, doc="audio per message in ms (the service takes 50-400)")
+    final_timeout: float = param(5.0, gt=0, doc="seconds to wait at the end for the server to finish")
     checkpoint_on_vad_stop: bool = param(
         True, doc="when the VAD reports the end of speech, send a checkpoint; its echo makes the turn final"
-    )
-    reconnect_attempts: int = param(3, doc="reconnects tried after a connection drops, before giving up")
-    reconnect_backoff: float = param(0.5, doc="seconds before the first reconnect; doubles each attempt")
-    max_buffer_seconds: float = param(
-        10.0, doc="unconfirmed audio kept for replay after a drop; older audio is dropped with a warning"
     )
 
 
@@ -94,12 +81,12 @@ class _Emitted:
     words: int = 0  # words of the segment's text emitted
 
 
-class _Stream:
+class _Stream(StreamSession):
     """One websocket connection and the segments it has sent so far."""
 
     def __init__(self, ws: ClientConnection) -> None:
+        super().__init__()
         self.ws = ws
-        self.base = 0.0  # stream seconds at which this connection's audio (its time 0) starts
         self.open_segments: dict[str, dict[str, Any]] = {}  # by normalised id, in arrival order
         self.finished: dict[str, _Emitted] = {}  # ids already emitted as final
         self.checkpoints: dict[str, asyncio.Event] = {}  # checkpoint id -> set on its echo
@@ -107,27 +94,19 @@ class _Stream:
         self.language: str | None = None  # as the server last reported it
         self.last_interim = ""
         self.closing = False  # we are closing it: its end is not a drop
-        self.done = asyncio.Event()  # the reader has stopped
 
 
-class FireworksSTT(StreamingSTT[_Stream]):
+class FireworksSTT(StreamingSTT[_Stream, FireworksParams]):
     """Streams 16 kHz mono audio to Fireworks; emits interim and final transcripts. Audio passes on."""
 
-    Params = FireworksParams
-    params: FireworksParams
-    handles: ClassVar[tuple[type[Frame], ...]] = (UserAudioFrame, UserStoppedSpeakingFrame)
-    produces: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, InterimTranscriptFrame, TranscriptFrame)
     accepts_audio: ClassVar[AudioCaps] = AudioCaps.of(SAMPLE_RATE, 1)
     service = "Fireworks"
     link = "connection"
     key_variable = KEY_VARIABLE
     transient_codes = TRANSIENT_CODES
+    auth_codes = AUTH_CODES
 
-    def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
-        super().__init__(params, **kwargs)
-        self._stream: _Stream | None = None  # the live connection, None while (re)connecting
-        self._live = asyncio.Event()  # set while ``_stream`` is live
-        self._runner: asyncio.Task[None] | None = None
+    def setup(self) -> None:
         self._endpoints = 0  # endpoint checkpoints sent (they number their ids)
 
     @property
@@ -146,46 +125,20 @@ class FireworksSTT(StreamingSTT[_Stream]):
         query["timestamp_granularities"] = "word,segment"
         return f"{base}?{urlencode(query)}"
 
-    # --- lifecycle -------------------------------------------------------------------------------
+    # --- the base's hooks ------------------------------------------------------------------------
 
-    async def on_start(self) -> None:
-        stream = await self._first_session()
-        try:
-            await self._replay(stream)
-        except BaseException:  # a cancel (the graph stopped while starting): nobody else closes it
-            if self._stream is not stream:
-                await _close(stream)
-            raise
-        self._runner = asyncio.get_running_loop().create_task(self._run(stream), name=f"{self.name}:reader")
-
-    def _finishable(self) -> bool:
-        return self._runner is not None
-
-    async def process(self, frame: Frame) -> None:
-        if self._fatal is not None:
-            raise self._fatal
-        await self.push(frame)
-        if isinstance(frame, UserStoppedSpeakingFrame):
-            await self._vad_stopped(frame, endpoint=self.params.checkpoint_on_vad_stop)
-        elif isinstance(frame, AudioFrame):  # the user's: the bot's voice passes by (handles)
-            await self._take_audio(frame)
-
-    # --- audio out -------------------------------------------------------------------------------
-
-    def _stream_rate(self) -> int:
-        return SAMPLE_RATE
-
-    def _param_problems(self) -> list[Problem]:
+    def param_problems(self) -> list[Problem]:
         return _param_problems(self.params)
 
-    def _current_session(self) -> _Stream | None:
-        return self._stream
+    @property
+    def ends_turn_on_vad_stop(self) -> bool:
+        return self.params.checkpoint_on_vad_stop
 
-    async def _stream_audio(self, stream: _Stream, pcm: bytes) -> None:
+    async def send_audio(self, stream: _Stream, pcm: bytes) -> None:
         with contextlib.suppress(ConnectionClosed):  # the reader sees the close and reconnects;
             await stream.ws.send(pcm)  # meanwhile the chunk waits in the replay buffer
 
-    async def _endpoint(self, stream: _Stream, at: float) -> None:
+    async def end_turn(self, stream: _Stream, at: float) -> None:
         """The user stopped at ``at`` and their audio is out: a checkpoint whose echo ends the turn."""
         self._endpoints += 1
         checkpoint = f"endpoint-{self._endpoints}"
@@ -193,21 +146,9 @@ class FireworksSTT(StreamingSTT[_Stream]):
         with contextlib.suppress(ConnectionClosed):  # the reader reconnects; the replay asks again
             await stream.ws.send(json.dumps({"checkpoint_id": checkpoint}))
 
-    async def _replay(self, stream: _Stream) -> None:
-        """Send the unconfirmed audio (the segment in progress, the gap) again, then go live."""
-        stream.base = self._audio.start
-        try:
-            await self._audio.resend(stream.ws.send)
-        except ConnectionClosed:
-            return  # the reader reports the drop
-        self._stream = stream  # no await since the last check: no chunk slips between
-        self._live.set()
-        self._gap_warned = False
-        await self._endpoint_replayed(stream.base)
-
     # --- connections -----------------------------------------------------------------------------
 
-    async def _open(self) -> _Stream:
+    async def open_session(self) -> _Stream:
         p = self.params
         try:
             ws = await connect(
@@ -225,23 +166,7 @@ class FireworksSTT(StreamingSTT[_Stream]):
             raise SessionError(None, f"could not connect: {type(error).__name__}: {error}") from None
         return _Stream(ws)
 
-    async def _run(self, stream: _Stream) -> None:
-        """Read each connection until it ends; reconnect (bounded) and replay when one drops."""
-        while True:
-            failure = await self._read(stream)
-            if failure is None:
-                return
-            if self._stream is stream:
-                self._stream = None
-                self._live.clear()
-            replacement = await self._reconnect(failure)
-            if replacement is None:
-                return
-            await self._replay(replacement)
-            log.info("%s: reconnected; replayed %.2f s of audio", self.name, self._audio.seconds)
-            stream = replacement
-
-    async def _read(self, stream: _Stream) -> SessionError | None:
+    async def receive(self, stream: _Stream) -> SessionError | None:
         """Handle messages until the connection ends; the failure, or None when we closed it."""
         try:
             async for message in stream.ws:
@@ -249,53 +174,39 @@ class FireworksSTT(StreamingSTT[_Stream]):
                     await self._message(stream, message)
         except ConnectionClosed:
             pass  # the close code says what happened
-        finally:
-            stream.done.set()
         if stream.closing:
             return None
         code = stream.ws.close_code or 1006
         return SessionError(code, stream.ws.close_reason or "connection closed")
 
-    async def _finish(self) -> None:
-        """End of stream: send the last audio and the final checkpoint; every segment left is final."""
-        await self._send_tail()
-        finished = False
-        for _ in range(self.params.reconnect_attempts + 1):
-            stream = await self._live_stream()
-            if stream is None:
-                break
-            if await self._checkpoint(stream, "final"):
-                finished = True
-            elif not stream.done.is_set():
-                log.warning("%s: no final checkpoint within %.0f s", self.name, self.params.final_timeout)
-            else:
-                continue  # it dropped while finishing: the replacement got the audio again
-            await self._finalise(stream)
-            break
-        if not finished and len(self._audio):
-            log.warning(
-                "%s: the server did not confirm the end; %.1f s of audio may have no transcript",
-                self.name,
-                self._audio.seconds,
-            )
+    async def finish_session(self, stream: _Stream) -> bool:
+        """The final checkpoint; after its echo (or without it, in time) every segment left is final."""
+        echoed = await self._checkpoint(stream, "final")
+        if not echoed and stream.ended.is_set():
+            return False  # it dropped while finishing: the replacement gets the audio again
+        if not echoed:
+            log.warning("%s: no final checkpoint within %.0f s", self.name, self.params.final_timeout)
+        await self._finalise(stream)
+        return echoed
 
-    async def _live_stream(self) -> _Stream | None:
-        """The live connection, waiting (bounded) while the reader reconnects; None if it gave up."""
-        runner = self._runner
-        if self._stream is not None or runner is None or runner.done():
-            return self._stream
-        live = asyncio.ensure_future(self._live.wait())
+    async def close_session(self, stream: _Stream) -> None:
+        """Close the connection at once (bounded); failures only matter to the debug log."""
+        stream.closing = True
         try:
-            timeout = self.params.connect_timeout + self.params.final_timeout
-            await asyncio.wait({live, runner}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            live.cancel()
-        return self._stream
+            await asyncio.wait_for(stream.ws.close(), 3.0)
+        except (TimeoutError, OSError, WebSocketException) as error:
+            log.debug("closing the Fireworks connection failed: %s", error)
+
+    def describe_error(self, error: SessionError) -> str:
+        code = error.code
+        if code not in AUTH_CODES and code is not None and 400 <= code < 500 and code != 429:
+            return f"Fireworks refused the request ({error.message}): check the node's params"
+        return super().describe_error(error)
 
     async def _checkpoint(self, stream: _Stream, checkpoint: str) -> bool:
         """Send a checkpoint; True once the server echoes it (all audio before it is transcribed)."""
         echoed = stream.checkpoints[checkpoint] = asyncio.Event()
-        waits = {asyncio.ensure_future(echoed.wait()), asyncio.ensure_future(stream.done.wait())}
+        waits = {asyncio.ensure_future(echoed.wait()), asyncio.ensure_future(stream.ended.wait())}
         with contextlib.suppress(ConnectionClosed):  # then the reader is about to see the close
             await stream.ws.send(json.dumps({"checkpoint_id": checkpoint}))
         try:
@@ -310,15 +221,6 @@ class FireworksSTT(StreamingSTT[_Stream]):
         for key, segment in list(stream.open_segments.items()):
             if before is None or stream.base + float(segment.get("start") or 0.0) < before:
                 await self._emit_final(stream, key)
-
-    async def _shutdown(self) -> None:
-        stream, self._stream = self._stream, None
-        runner, self._runner = self._runner, None
-        if stream is not None:
-            await _close(stream)
-        if runner is not None and not runner.done():
-            runner.cancel()
-            await asyncio.wait({runner}, timeout=2.0)
 
     # --- messages -> frames ----------------------------------------------------------------------
 
@@ -383,34 +285,9 @@ class FireworksSTT(StreamingSTT[_Stream]):
             if "start" in w and "end" in w
         ]
         end = segment.get("end")
-        if end is not None:
-            self._audio.confirm(stream.base + float(end))
-        elif words:
-            self._audio.confirm(words[-1]["end"])
-        self._drops = 0
+        heard_until = stream.base + float(end) if end is not None else words[-1]["end"] if words else None
         stream.last_interim = ""
-        text = str(segment["text"]).strip()
-        if text:
-            self._record_final()
-            await self.push(TranscriptFrame(text=text, language=stream.language, words=words or None))
-
-    def _describe(self, error: SessionError) -> str:
-        code = error.code
-        if code in AUTH_CODES:
-            how = f"close {code}" if (code or 0) >= 1000 else f"HTTP {code}"
-            return f"Fireworks rejected the API key ({how}): check {KEY_VARIABLE}"
-        if code is not None and 400 <= code < 500 and code != 429:
-            return f"Fireworks refused the request ({error.message}): check the node's params"
-        return f"{error.message} (code {code})" if code is not None else error.message
-
-
-async def _close(stream: _Stream) -> None:
-    """Close a connection at once (bounded); failures only matter to the debug log."""
-    stream.closing = True
-    try:
-        await asyncio.wait_for(stream.ws.close(), 3.0)
-    except (TimeoutError, OSError, WebSocketException) as error:
-        log.debug("closing the Fireworks connection failed: %s", error)
+        await self.push_final(str(segment["text"]).strip(), stream.language, words or None, heard_until)
 
 
 def _segment_key(segment_id: Any) -> str:
@@ -456,19 +333,12 @@ def _mark_emitted(emitted: _Emitted, segment: dict[str, Any]) -> None:
 
 
 def _param_problems(p: FireworksParams) -> list[Problem]:
-    problems = []
-    if not p.base_url.startswith(("ws://", "wss://")):
-        problems.append(
-            Problem(
-                f"base_url {p.base_url!r} is not a websocket URL",
-                fix="e.g. base_url: wss://audio-streaming.api.fireworks.ai",
-                key="base_url",
-            )
+    if p.base_url.startswith(("ws://", "wss://")):
+        return []
+    return [
+        Problem(
+            f"base_url {p.base_url!r} is not a websocket URL",
+            fix="e.g. base_url: wss://audio-streaming.api.fireworks.ai",
+            key="base_url",
         )
-    checks: list[tuple[bool, str, str, str]] = [
-        (50 <= p.chunk_ms <= 400, "chunk_ms must be 50-400", "e.g. chunk_ms: 50", "chunk_ms"),
-        (p.connect_timeout > 0, "connect_timeout must be positive", "e.g. 10", "connect_timeout"),
-        (p.final_timeout > 0, "final_timeout must be positive", "e.g. 5", "final_timeout"),
     ]
-    problems += [Problem(message, fix=fix, key=key) for ok, message, fix, key in checks if not ok]
-    return problems

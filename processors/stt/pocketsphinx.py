@@ -8,10 +8,13 @@ Audio flows through unchanged. Decoding (~0.33 real-time factor) runs in a threa
 background task through a bounded queue, so audio passes on without waiting for the decoder and the
 decoder sees the audio in order; audio queued while it works is decoded in one batch.
 
-Segmentation: the VAD's speaking frames, aligned on ``stream_time`` (a start frame that comes late
-still gets ``pre_roll`` of earlier audio). Until the first speaking frame arrives, PocketSphinx's own
-endpointer segments the stream, so a graph without a VAD (``source.wav -> stt.pocketsphinx``) still
-gets one transcript per utterance; the first speaking frame hands segmentation to the VAD for good.
+Segmentation: the VAD's speaking frames, aligned on ``stream_time`` by
+``pipeline.utterances.UtteranceCollector`` (as for ``UtteranceSTT``): a start frame that comes late
+still gets ``pre_roll`` of earlier audio, and frames that overtook their audio cut where the VAD meant.
+The utterance in progress is fed to the decoder as its audio arrives. Until the first speaking frame
+arrives, PocketSphinx's own endpointer segments the stream, so a graph without a VAD
+(``source.wav -> stt.pocketsphinx``) still gets one transcript per utterance; the first speaking
+frame hands segmentation to the VAD for good.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pipeline.errors import FatalProcessorError, Problem, ValidationError
+from pipeline.errors import FatalProcessorError, Problem
 from pipeline.formats import AudioCaps, AudioFormat
 from pipeline.frames import (
     AudioFrame,
@@ -41,6 +44,7 @@ from pipeline.frames import (
 )
 from pipeline.params import param
 from pipeline.processor import Processor
+from pipeline.utterances import Utterance, UtteranceCollector
 from processors.models import IdleEngines
 
 __all__ = ["PocketsphinxParams", "PocketsphinxSTT"]
@@ -50,7 +54,6 @@ log = logging.getLogger("processors.stt.pocketsphinx")
 RATE = 16000
 COMMAND_QUEUE = 64
 """Decoder commands (mostly 20 ms audio chunks) waiting; beyond that audio intake waits for the decoder."""
-MAX_EARLY_EVENTS = 64
 _FILLER = re.compile(r"^(<.*>|\[.*\]|\+\+.*\+\+|\(NULL\))$")
 _VARIANT = re.compile(r"\(\d+\)$")  # "was(2)": the second pronunciation of "was"
 _IDLE_DECODERS = IdleEngines(max_idle=2)
@@ -61,9 +64,9 @@ _IDLE_DECODERS = IdleEngines(max_idle=2)
 class PocketsphinxParams:
     """Params of ``stt.pocketsphinx``."""
 
-    pre_roll: float = param(0.3, doc="seconds of audio decoded from before the VAD's speech start")
-    post_roll: float = param(0.15, doc="seconds of audio decoded after the VAD's speech end")
-    max_utterance: float = param(30.0, doc="seconds after which a run-on utterance is finalised")
+    pre_roll: float = param(0.3, ge=0, doc="seconds of audio decoded from before the VAD's speech start")
+    post_roll: float = param(0.15, ge=0, doc="seconds of audio decoded after the VAD's speech end")
+    max_utterance: float = param(30.0, gt=0, doc="seconds after which a run-on utterance is finalised")
     interim: bool = param(True, doc="send an interim transcript whenever the hypothesis changes")
     fwdflat: bool = param(
         False, doc="second decoding pass at the end: off = final ~20x sooner (and here no less accurate)"
@@ -106,12 +109,10 @@ class _DecoderState:
     busy: float = 0.0  # seconds spent decoding this utterance (the "processing" metric)
 
 
-class PocketsphinxSTT(Processor):
+class PocketsphinxSTT(Processor[PocketsphinxParams]):
     """Streams user audio into a PocketSphinx decoder: interims while speaking, a final at the end."""
 
     type_name = "stt.pocketsphinx"
-    Params = PocketsphinxParams
-    params: PocketsphinxParams
     handles: ClassVar[tuple[type[Frame], ...]] = (
         UserAudioFrame,  # the bot's voice passes by
         UserStartedSpeakingFrame,
@@ -120,35 +121,18 @@ class PocketsphinxSTT(Processor):
     produces: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, InterimTranscriptFrame, TranscriptFrame)
     accepts_audio: ClassVar[AudioCaps] = AudioCaps.of(RATE, 1)
 
-    def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
-        super().__init__(params, **kwargs)
+    def setup(self) -> None:
         p = self.params
-        problems = [
-            Problem(message, fix=fix, node=self.name, key=key)
-            for key, ok, message, fix in (
-                ("pre_roll", p.pre_roll >= 0, "pre_roll is negative", "use seconds >= 0, e.g. 0.3"),
-                ("post_roll", p.post_roll >= 0, "post_roll is negative", "use seconds >= 0, e.g. 0.15"),
-                ("max_utterance", p.max_utterance > 0, "max_utterance must be positive", "use e.g. 30"),
-            )
-            if not ok
-        ]
-        if problems:
-            raise ValidationError(problems)
         self._decoder: Any = None
         self._decoder_key: Hashable = ()  # the options it was built with (idle decoders are kept by them)
         self._endpointer: Any = None  # until the first speaking frame; None after
         self._ep_buffer = bytearray()
         self._commands: asyncio.Queue[_Command] = asyncio.Queue(maxsize=COMMAND_QUEUE)
         self._decoding: asyncio.Task[bool] | None = None
-        # Stream side: what has arrived, and the utterance being fed.
-        self._history = bytearray()  # the last seconds of audio, for the pre-roll
-        self._history_start = 0.0
-        self._received = 0.0
-        self._keep = max(2.0, p.pre_roll)
-        self._events: deque[tuple[UserStartedSpeakingFrame | UserStoppedSpeakingFrame, float]] = deque()
-        self._open_since: float | None = None  # stream time the fed utterance began at
-        self._end_at: float | None = None  # stream time after which it ends (stop + post_roll)
-        self._stop_arrival = 0.0
+        # Stream side: the VAD's utterances, and how much of the one in progress the decoder has.
+        self._collector = UtteranceCollector(p.pre_roll, p.post_roll, p.max_utterance)
+        self._fed: int | None = None  # bytes of the collector's open utterance sent; None: not begun
+        self._stop_arrival: float | None = None  # perf_counter of the stop that closes the open one
         self._resampler: Any = None  # only when audio arrives in another format (run without negotiation)
 
     def check(self) -> list[Problem]:
@@ -196,57 +180,48 @@ class PocketsphinxSTT(Processor):
 
     async def process(self, frame: Frame) -> None:
         if isinstance(frame, AudioFrame):  # the user's: the bot's voice passes by (handles)
-            await self._audio(self._as_16k_mono(frame))
-        elif isinstance(frame, UserStartedSpeakingFrame | UserStoppedSpeakingFrame):
+            await self._audio(frame)
+        elif isinstance(frame, UserStartedSpeakingFrame):
             await self._vad_found()
-            self._events.append((frame, time.perf_counter()))
-            await self._apply_due_events()
+            await self._feed_utterances(self._collector.speech_started(frame))
+        elif isinstance(frame, UserStoppedSpeakingFrame):
+            await self._vad_found()
+            if self._collector.in_speech:
+                self._stop_arrival = time.perf_counter()  # ttfb counts from here
+            await self._feed_utterances(self._collector.speech_stopped(frame))
         await self.push(frame)
 
-    async def _audio(self, pcm: bytes) -> None:
-        self._history += pcm
-        self._received += len(pcm) / (2 * RATE)
+    async def _audio(self, frame: AudioFrame) -> None:
+        pcm = self._as_16k_mono(frame)
+        if pcm is not frame.pcm:
+            frame = UserAudioFrame(pcm=pcm, sample_rate=RATE, channels=1)
+        done = self._collector.add_audio(frame)  # also without a VAD: the pre-roll once one speaks
         if self._endpointer is not None:
             await self._endpoint(pcm)
         else:
-            if self._open_since is not None:
-                await self._send(_Audio(pcm))
-            await self._apply_due_events()
-            await self._close_if_due()
-        self._trim_history()
+            await self._feed_utterances(done)
 
-    async def _close_if_due(self) -> None:
-        if self._open_since is None:
+    async def _feed_utterances(self, done: list[Utterance]) -> None:
+        """Finish the utterances the collector completed, then feed the decoder what arrived of the
+        one in progress: the decoder works while the user speaks, so the final comes right after."""
+        for utterance in done:  # the first is the one being fed, if any: the collector keeps order
+            fed, self._fed = self._fed, None
+            if fed is None:
+                await self._send(_Start(utterance.pcm))
+            elif len(utterance.pcm) > fed:
+                await self._send(_Audio(utterance.pcm[fed:]))
+            closed_at, self._stop_arrival = self._stop_arrival or time.perf_counter(), None
+            await self._send(_End(closed_at))
+        if not self._collector.in_speech:
             return
-        if self._end_at is not None and self._received >= self._end_at:
-            await self._close(self._stop_arrival)
-        elif self._received - self._open_since >= self.params.max_utterance:
-            await self._close(time.perf_counter())  # a run-on utterance: finalise, carry on in a new one
-            await self._send(_Start(b""))
-            self._open_since = self._received
-
-    async def _apply_due_events(self, everything: bool = False) -> None:
-        """Act on speaking frames once the audio has reached their ``stream_time`` (they overtake audio)."""
-        events = self._events
-        while events and (
-            everything or len(events) > MAX_EARLY_EVENTS or events[0][0].stream_time <= self._received + 1e-6
-        ):
-            event, arrived = events.popleft()
-            if isinstance(event, UserStartedSpeakingFrame):
-                if self._open_since is not None and self._end_at is not None:
-                    await self._close(self._stop_arrival)  # the next start came before the post-roll ran out
-                if self._open_since is None:
-                    start = max(self._history_start, event.stream_time - self.params.pre_roll)
-                    offset = 2 * round((start - self._history_start) * RATE)
-                    await self._send(_Start(bytes(self._history[offset:])))
-                    self._open_since, self._end_at = start, None
-            elif self._open_since is not None:
-                self._end_at = event.stream_time + self.params.post_roll
-                self._stop_arrival = arrived
-
-    async def _close(self, closed_at: float) -> None:
-        await self._send(_End(closed_at))
-        self._open_since = self._end_at = None
+        pcm = self._collector.open_audio()
+        if self._fed is None:
+            if pcm:
+                await self._send(_Start(pcm))
+                self._fed = len(pcm)
+        elif len(pcm) > self._fed:
+            await self._send(_Audio(pcm[self._fed :]))
+            self._fed = len(pcm)
 
     async def _endpoint(self, pcm: bytes) -> None:
         """No VAD so far: PocketSphinx's endpointer decides where utterances start and end."""
@@ -279,12 +254,6 @@ class PocketsphinxSTT(Processor):
         else:
             await self._commands.put(command)
 
-    def _trim_history(self) -> None:
-        excess = len(self._history) - 2 * round(self._keep * RATE)
-        if excess > 0:
-            del self._history[:excess]
-            self._history_start += excess / (2 * RATE)
-
     def _as_16k_mono(self, frame: AudioFrame) -> bytes:
         if frame.sample_rate == RATE and frame.channels == 1:
             return frame.pcm
@@ -312,7 +281,7 @@ class PocketsphinxSTT(Processor):
             if reusable:
                 _IDLE_DECODERS.give_back(self._decoder_key, self._decoder)
             self._decoding = self._decoder = self._endpointer = self._resampler = None
-            self._history.clear()
+            self._collector.reset()
             self._ep_buffer.clear()
 
     async def _finish_decoding(self) -> bool:
@@ -334,9 +303,7 @@ class PocketsphinxSTT(Processor):
                         await self._send(_Audio(rest))
                     await self._send(_End(time.perf_counter()))
             else:
-                await self._apply_due_events(everything=True)
-                if self._open_since is not None:
-                    await self._close(self._stop_arrival if self._end_at is not None else time.perf_counter())
+                await self._feed_utterances(self._collector.flush())
             await self._send(None)
             return await task
         finally:
