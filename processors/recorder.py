@@ -43,9 +43,7 @@ import json
 import logging
 import os
 import re
-import secrets
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,9 +73,10 @@ from pipeline.frames import (
 from pipeline.observers import TapRequest
 from pipeline.params import param
 from pipeline.processor import Processor
+from pipeline.sessions import new_session_id
 from pipeline.wavfile import FormatConverter, WavWriter, repair_wav
 
-__all__ = ["Recorder", "Timeline", "TrackAudio", "new_session_id"]
+__all__ = ["Recorder", "Timeline", "TrackAudio"]
 
 log = logging.getLogger("processors.recorder")
 
@@ -102,11 +101,6 @@ def _first_start_in(directory: Path) -> bool:
             return False
         _repaired.add(key)
         return True
-
-
-def new_session_id() -> str:
-    """``YYYYmmdd-HHMMSS-xxxx`` in UTC: folders sort by start time, the hex tells same-second calls apart."""
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
 
 
 def _now() -> str:
@@ -506,16 +500,16 @@ class Recorder(Processor):
         if p.max_backlog <= 0:
             fix = "e.g. max_backlog: 30 (seconds of audio held while the disk is slow)"
             raise ValidationError([Problem("max_backlog must be positive", fix, self.name, "max_backlog")])
-        self.session_id = p.session_id or new_session_id()
-        self._dir = Path(p.directory) / self.session_id
         self._tracks = set(p.tracks)
         self._timeline = Timeline(mix="mixed" in self._tracks)
         self._writers: dict[str, WavWriter] = {}
         self._unopened: dict[str, AudioFormat] = {}  # tracks whose file the disk task is to open
         self._backlog: dict[str, bytearray] = {}  # audio that came while the disk task was busy
         self.dropped: dict[str, float] = {}  # seconds of audio dropped per track: the disk fell behind
-        transcript = self._dir / "transcript.json" if "transcript" in self._tracks else None
-        self._transcript = _Transcript(transcript, self.session_id)
+        self.session_id = ""
+        self._dir = Path(p.directory)
+        self._transcript = _Transcript(None, "")
+        self._use_session(p.session_id or new_session_id())
         self._reply: _Reply | None = None
         self._disk: asyncio.Task[None] | None = None  # the one task writing audio
         self._disk_again = False  # more audio became due while it wrote
@@ -528,11 +522,29 @@ class Recorder(Processor):
         """The folder this conversation is written to."""
         return self._dir
 
+    @property
+    def conversations_directory(self) -> Path:
+        """The folder of every conversation's sub-folder (``ConversationKeeper``)."""
+        return Path(self.params.directory)
+
+    def bind_session(self, session_id: str) -> None:
+        """Record conversation ``session_id`` (``ConversationKeeper``: a server calls this before the
+        graph starts). Raises ``ValueError`` for an id that cannot name a folder."""
+        if not _SESSION_ID.fullmatch(session_id):
+            raise ValueError(f"session id {session_id!r} cannot name a folder")
+        self._use_session(session_id)
+
+    def _use_session(self, session_id: str) -> None:
+        self.session_id = session_id
+        self._dir = Path(self.params.directory) / session_id
+        transcript = self._dir / "transcript.json" if "transcript" in self._tracks else None
+        self._transcript = _Transcript(transcript, session_id)
+
     def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
         return incoming  # audio is recorded and passed on unchanged
 
     def tapping(self, request: TapRequest) -> Callable[[Frame], None]:
-        if request.kind is AudioFrame:
+        if request.kind is UserAudioFrame:
             self._user_tapped = True
         else:
             self._transcripts_tapped = True

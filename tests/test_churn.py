@@ -421,8 +421,8 @@ async def churn(family: str, cycles: int | None = None, warm_up: int = WARM_UP) 
     built: list[tuple[str, weakref.ref[Any]]] = []
     real_session_graph = getattr(server_module, "session_graph")  # noqa: B009  # not re-exported
 
-    def session_graph(compiled: Any, values: Any) -> Graph:
-        graph: Graph = real_session_graph(compiled, values)
+    def session_graph(compiled: Any, session_id: Any = None) -> Graph:
+        graph: Graph = real_session_graph(compiled, session_id)
         built.append((repr(graph), weakref.ref(graph)))
         built.extend((repr(p), weakref.ref(p)) for p in graph.processors.values())
         return graph

@@ -108,7 +108,7 @@ class Arrivals(Collector):
         self.arrivals: list[float] = []
 
     def _record(self, frame: Frame, direction: object) -> None:
-        if type(frame) is AudioFrame:
+        if type(frame) is UserAudioFrame:
             self.arrivals.append(asyncio.get_running_loop().time())
         super()._record(frame, direction)  # type: ignore[arg-type]
 

@@ -46,10 +46,11 @@ from pipeline.graph import Graph
 from pipeline.observers import Observer
 from pipeline.processor import Processor, Source
 from pipeline.registry import resolve
+from pipeline.sessions import new_session_id
 from pipeline.testing import Collector, run_graph, run_processor
 from pipeline.wavfile import HEADER_SIZE, WavWriter
 from processors import recorder as recorder_module
-from processors.recorder import Recorder, Timeline, new_session_id
+from processors.recorder import Recorder, Timeline
 from transports.file import FileOutput
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,7 +90,7 @@ def test_registered_with_documented_params() -> None:
 
 
 def test_session_ids_sort_by_start_time_and_name_the_folder(tmp_path: Path) -> None:
-    assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{4}", new_session_id())
+    assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", new_session_id())
     recorder = Recorder(directory=str(tmp_path))
     assert recorder.session_dir == tmp_path / recorder.session_id
     assert Recorder(directory=str(tmp_path), session_id="call-7").session_dir == tmp_path / "call-7"
@@ -205,7 +206,7 @@ class Arrived(Observer):
 
 async def test_a_barge_in_takes_back_unplayed_bot_audio_and_keeps_what_was_heard(tmp_path: Path) -> None:
     heard = Arrived("recorder", lambda f: isinstance(f, SpokenTextFrame))  # upstream from the speaker
-    played = Arrived("speaker", lambda f: type(f) is AudioFrame, count=15)  # the clock reached 300 ms
+    played = Arrived("speaker", lambda f: type(f) is UserAudioFrame, count=15)  # the clock reached 300 ms
     script = Steps(
         [
             (
@@ -420,11 +421,11 @@ def test_the_shipped_assistant_taps_the_microphone_and_the_llm() -> None:
 
     compiled, problems = config.compile_config(REPO / "configs" / "assistant.yaml")
     assert compiled is not None and not problems
-    graph = session_graph(compiled, {"session_id": "s"})
+    graph = session_graph(compiled, "s")
     taps = {
         point: [(t.via.name, t.request.kind) for t in installed] for point, installed in graph._taps.items()
     }
-    assert taps == {"mic": [("vad", AudioFrame)], "llm": [("tts", TranscriptFrame)]}
+    assert taps == {"mic": [("vad", UserAudioFrame)], "llm": [("tts", TranscriptFrame)]}
 
 
 async def test_saves_that_pile_up_during_a_write_are_written_once_by_one_writer(
@@ -478,7 +479,7 @@ from processors.recorder import Recorder
 class Progress(Observer):
     sent = 0.0
     def on_push(self, source, target, frame, direction):
-        if source.name == "mic" and target is not None and frame.kind == "audio":
+        if source.name == "mic" and target is not None and frame.kind == "user_audio":
             self.sent += frame.duration
             print(f"sent {{self.sent:.3f}}", flush=True)
 
@@ -686,7 +687,7 @@ async def test_a_stalled_disk_costs_the_oldest_tapped_audio_not_unbounded_memory
         real_append(self, data, header)
 
     monkeypatch.setattr(WavWriter, "_append", stalled_append)
-    sent = Arrived("llm", lambda f: type(f) is AudioFrame, count=250)  # 5 s, tapped as it was sent
+    sent = Arrived("llm", lambda f: type(f) is UserAudioFrame, count=250)  # 5 s, tapped as it was sent
     release = asyncio.Event()
     recorder = Recorder(directory=str(tmp_path), session_id="s", tracks=["user", "transcript"], max_backlog=1)
     nodes = {"input": Steps([(None, [user() for _ in range(250)])]), "llm": Holding(release)}

@@ -191,6 +191,14 @@ class TranscriptSaver(Processor):
         self.started = time.time()
         self.user_audio = bytearray()
         self.messages: list[dict[str, str]] = []
+        self.session_id = self.params.session_id
+
+    def bind_session(self, session_id: str) -> None:  # a ConversationKeeper, like the recorder
+        self.session_id = session_id
+
+    @property
+    def conversations_directory(self) -> Path:
+        return Path(self.params.directory)
 
     async def process(self, frame: Frame) -> None:
         if isinstance(frame, AudioFrame) and not isinstance(frame, BotAudioFrame):
@@ -200,10 +208,10 @@ class TranscriptSaver(Processor):
         await self.push(frame)
 
     async def on_stop(self) -> None:
-        folder = Path(self.params.directory) / self.params.session_id
+        folder = Path(self.params.directory) / self.session_id
         folder.mkdir(parents=True, exist_ok=True)
         transcript = {
-            "session_id": self.params.session_id,
+            "session_id": self.session_id,
             "start_time": self.started,
             "end_time": time.time(),
             "messages": self.messages,
@@ -479,7 +487,7 @@ async def test_barge_in_stops_bot_audio_at_once_and_says_interrupted() -> None:
 async def test_stop_drains_the_graph_and_saves_the_conversation(tmp_path: Path) -> None:
     graph = SAVER_GRAPH.replace("DIRECTORY", str(tmp_path))
     async with serving(graph) as (server, base), aiohttp.ClientSession() as http:
-        assert server.recordings.directory == tmp_path  # found from the node with a session_id param
+        assert server.recordings.directory == tmp_path  # from the node that keeps conversations
         async with connect(http, base) as client:
             session_id = (await client.wait_for(lambda m: m["type"] == "session", "a session id"))[
                 "session_id"

@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
 
-from pipeline.config.build import Compiled, build
-from pipeline.errors import ValidationError
+from pipeline.config.build import Compiled
 from pipeline.graph import Graph
+from pipeline.sessions import ConversationKeeper
 
 
-def session_graph(compiled: Compiled, values: Mapping[str, Any]) -> Graph:
-    """A new graph from the validated config, for one connection.
+def session_graph(compiled: Compiled, session_id: str | None = None) -> Graph:
+    """A new graph from the validated config, for one connection (processors hold per-call state).
 
-    ``values`` (such as ``session_id``) go to every node whose params have a field of that name.
-    Raises ``ValidationError`` if a node refuses its values.
+    Every node that keeps conversations (``ConversationKeeper``: the recorder) is bound to
+    ``session_id``; without one (the warm-up) they keep their own. Raises ``ValidationError`` if the
+    environment changed since the config was checked.
     """
-    spec = compiled.spec
-    nodes = {}
-    for name, node in spec.nodes.items():
-        fields = {f.name for f in dataclasses.fields(type(compiled.processors[name]).Params)}
-        extra = {key: value for key, value in values.items() if key in fields}
-        nodes[name] = dataclasses.replace(node, params={**node.params, **extra}) if extra else node
-    fresh, problems = build(dataclasses.replace(spec, nodes=nodes))
-    if problems:
-        raise ValidationError(problems)
-    return fresh.graph()
+    graph = compiled.graph()
+    if session_id is not None:
+        for processor in graph.processors.values():
+            if isinstance(processor, ConversationKeeper):
+                processor.bind_session(session_id)
+    return graph
+
+
+def conversations_directory(compiled: Compiled) -> Path | None:
+    """Where the config's conversation keeper (the recorder) saves conversations, if it has one."""
+    for processor in compiled.processors.values():
+        if isinstance(processor, ConversationKeeper):
+            return processor.conversations_directory
+    return None

@@ -35,10 +35,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +46,10 @@ from pipeline import logs, runner
 from pipeline.capacity import LoadMeter
 from pipeline.config import Compiled, ServerSettings, session_graph
 from pipeline.config.server import is_all_interfaces
+from pipeline.config.sessions import conversations_directory
 from pipeline.graph import GraphFailedError
 from pipeline.processor import Processor
+from pipeline.sessions import ConversationKeeper, new_session_id
 from transports.websocket import protocol
 from transports.websocket.admission import Admission, thresholds
 from transports.websocket.api import Recordings, access_middleware, add_auth_routes, add_routes
@@ -69,8 +69,6 @@ log = logging.getLogger("transports.websocket")
 PAGE = Path(__file__).parent / "page"
 HARD_LIMIT_FACTOR = 4
 """Messages up to this many times ``max_message_bytes`` are read and refused; larger ones close."""
-RECORDER_DIRECTORY_PARAMS = ("directory", "dir", "output_dir", "path")
-"""Where a node with a ``session_id`` param (the recorder) may say it saves conversations."""
 
 
 class VoiceServer:
@@ -159,15 +157,15 @@ class VoiceServer:
         """Load models before the first visitor: start one graph's engines and stop them again.
 
         Engines keep loaded models process-wide, so each conversation then starts at once. Nodes
-        that belong to one conversation (connection nodes, the recorder: a ``session_id`` param)
+        that belong to one conversation (connection nodes, conversation keepers: the recorder)
         and nodes whose start would open a billed provider session (``warm_up = False``) are left
         out. Raises ``GraphFailedError`` if an engine cannot start.
         """
-        graph = session_graph(self.compiled, {})
+        graph = session_graph(self.compiled)
         engines = [
             p
             for p in graph.processors.values()
-            if p.warm_up and not getattr(p, "connection_role", "") and not hasattr(p.params, "session_id")
+            if p.warm_up and not getattr(p, "connection_role", "") and not isinstance(p, ConversationKeeper)
         ]
         if not engines:
             return
@@ -251,7 +249,7 @@ class VoiceServer:
             return ws
         session_id = new_session_id()
         try:
-            graph = session_graph(self.compiled, {"session_id": session_id})
+            graph = session_graph(self.compiled, session_id)
             session = Session(session_id, ws, graph, limit, idle_timeout=self.settings.idle_timeout)
         except Exception as error:  # validated at start, so this is a bug or the environment changed
             log.exception("cannot build the graph for session %s", session_id)
@@ -285,30 +283,16 @@ class VoiceServer:
         return None
 
 
-def new_session_id() -> str:
-    """Sortable by start time, unique, and safe as a folder name: ``20250101-120000-3fa2c1``."""
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
-
-
 def _bracketed(host: str) -> str:
     """An IPv6 address as a URL needs it: ``[::1]``."""
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def recordings_directory(compiled: Compiled, settings: ServerSettings) -> Path:
-    """``server.recordings``, else the directory of the node that takes a ``session_id`` (the
-    recorder), else ``recordings``."""
+    """``server.recordings``, else where the config's recorder saves conversations, else ``recordings``."""
     if settings.recordings:
         return Path(settings.recordings)
-    for processor in compiled.processors.values():
-        params = processor.params
-        if not hasattr(params, "session_id"):
-            continue
-        for key in RECORDER_DIRECTORY_PARAMS:
-            value = getattr(params, key, None)
-            if isinstance(value, str | Path) and str(value):
-                return Path(value)
-    return Path("recordings")
+    return conversations_directory(compiled) or Path("recordings")
 
 
 async def serve(compiled: Compiled) -> int:

@@ -1,0 +1,35 @@
+"""Conversations: one id for each, and the interface of nodes that keep one.
+
+A server runs one new graph per connection. A node that keeps something per conversation (the
+recorder's folder) says so by implementing ``ConversationKeeper``: the server binds it to the
+conversation and asks it where saved conversations live — nothing is guessed from param names.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+"""What a conversation id looks like: safe as a folder name and in a URL."""
+
+
+def new_session_id() -> str:
+    """``YYYYmmdd-HHMMSS-xxxxxx`` in UTC: ids (and the folders they name) sort by start time; the hex
+    tells conversations that started in the same second apart."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+@runtime_checkable
+class ConversationKeeper(Protocol):
+    """A node that keeps each conversation it serves (a recorder)."""
+
+    def bind_session(self, session_id: str) -> None:
+        """This graph serves conversation ``session_id`` (called before the graph starts)."""
+
+    @property
+    def conversations_directory(self) -> Path:
+        """The folder that holds one saved conversation per sub-folder (what the API lists)."""
