@@ -184,13 +184,9 @@ def build_params(
                 )
             )
             continue
-        limits = fields[key].metadata.get("limits")
-        broken = limits.problem(key, converted, value) if limits is not None else None
+        broken = _limit_problem(fields[key], converted, value, node)
         if broken is not None:
-            message, fix = broken
-            if fields[key].metadata.get("secret"):
-                message = f"{key} is not usable"
-            problems.append(Problem(message, fix=fix, node=node, key=key, code="param-limit"))
+            problems.append(broken)
         else:
             accepted[key] = converted
     for name, f in fields.items():
@@ -206,6 +202,26 @@ def build_params(
     if problems:
         return None, problems
     return params_cls(**accepted), []
+
+
+def limit_problems(params: Any, node: str | None = None) -> list[Problem]:
+    """The declared limits that a params object built in Python (not from a config) breaks."""
+    if not dataclasses.is_dataclass(params):
+        return []
+    found = (_limit_problem(f, getattr(params, f.name), None, node) for f in dataclasses.fields(params))
+    return [problem for problem in found if problem is not None]
+
+
+def _limit_problem(f: dataclasses.Field[Any], value: Any, written: Any, node: str | None) -> Problem | None:
+    """The problem of ``value`` for field ``f`` if it breaks the field's declared limits."""
+    limits = f.metadata.get("limits")
+    broken = limits.problem(f.name, value, written) if limits is not None else None
+    if broken is None:
+        return None
+    message, fix = broken
+    if f.metadata.get("secret"):
+        message = f"{f.name} is not usable"
+    return Problem(message, fix=fix, node=node, key=f.name, code="param-limit")
 
 
 def convert(value: Any, hint: Any) -> tuple[Any, str]:

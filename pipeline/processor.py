@@ -45,7 +45,7 @@ from pipeline.frames import (
 )
 from pipeline.inbox import Inbox, Overflow
 from pipeline.metrics import ProcessorMetrics
-from pipeline.params import NoParams, build_params, hide_secret_params
+from pipeline.params import NoParams, build_params, hide_secret_params, limit_problems
 
 if TYPE_CHECKING:
     from pipeline.observers import Observer
@@ -148,13 +148,16 @@ class Processor(Generic[ParamsT]):
         overflow: Overflow | None = None,
         **values: Any,
     ) -> None:
-        """Build from a params object, or from keyword values checked against ``Params``."""
+        """Build from a params object or keyword values; either way they are checked against ``Params``
+        (types for keywords, declared limits for both)."""
         if params is None:
             params, problems = build_params(self.Params, values, node=name)
             if problems:
                 raise ValidationError(problems)
         elif values:
             raise TypeError("pass either a params object or keyword params, not both")
+        elif problems := limit_problems(params, name):
+            raise ValidationError(problems)
         self.params = params
         self.name = name or type(self).__name__
         self._timings = ProcessorMetrics(self)  # what the runner reports; not in the user's namespace
@@ -215,8 +218,10 @@ class Processor(Generic[ParamsT]):
         """Runs after in-flight work was cancelled by an interruption: reset per-turn state here."""
 
     def check(self) -> list[Problem]:
-        """Problems found before anything runs, beyond param types: a missing file, a model that is
-        not installed. Cheap and side-effect free; runs at validation. Default: none."""
+        """Problems found before anything runs that a param's declared limits cannot say: a rule
+        between params (``pause_secs`` below ``stop_secs``), a missing file, a model that is not
+        installed. Cheap and side-effect free; runs at validation and when a ``Graph`` is built.
+        Default: none."""
         return []
 
     def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:

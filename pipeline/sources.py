@@ -54,10 +54,10 @@ _REALTIME_DOC = (
 class GeneratedAudioParams:
     """Params shared by the sources that synthesise audio."""
 
-    sample_rate: int = param(16000, doc="samples per second")
-    channels: int = param(1, doc="1 = mono, 2 = stereo")
-    frame_ms: int = param(20, doc=_FRAME_MS_DOC)
-    duration: float | None = param(1.0, doc="seconds of audio; null = until the graph is stopped")
+    sample_rate: int = param(16000, gt=0, doc="samples per second")
+    channels: int = param(1, ge=1, le=8, doc="1 = mono, 2 = stereo")
+    frame_ms: int = param(20, gt=0, doc=_FRAME_MS_DOC)
+    duration: float | None = param(1.0, ge=0, doc="seconds of audio; null = until the graph is stopped")
     realtime: bool = param(False, doc=_REALTIME_DOC)
 
 
@@ -65,15 +65,15 @@ class GeneratedAudioParams:
 class ToneParams(GeneratedAudioParams):
     """Params of ``source.tone``."""
 
-    frequency: float = param(440.0, doc="pitch in Hz (below half the sample rate)")
-    amplitude: float = param(0.5, doc="peak level, 0..1 of full scale")
+    frequency: float = param(440.0, gt=0, doc="pitch in Hz (below half the sample rate)")
+    amplitude: float = param(0.5, ge=0, le=1, doc="peak level, 0..1 of full scale")
 
 
 @dataclass(slots=True, kw_only=True)
 class NoiseParams(GeneratedAudioParams):
     """Params of ``source.noise``."""
 
-    amplitude: float = param(0.1, doc="peak level, 0..1 of full scale")
+    amplitude: float = param(0.1, ge=0, le=1, doc="peak level, 0..1 of full scale")
     seed: int | None = param(
         0, doc="random seed: the same seed gives the same noise; null = different each run"
     )
@@ -84,10 +84,10 @@ class WavParams:
     """Params of ``source.wav``."""
 
     path: str = param(doc="audio file to play (WAV, FLAC, MP3, Ogg…), at its own sample rate and channels")
-    frame_ms: int = param(20, doc=_FRAME_MS_DOC)
+    frame_ms: int = param(20, gt=0, doc=_FRAME_MS_DOC)
     realtime: bool = param(False, doc=_REALTIME_DOC)
     trailing_silence: float = param(
-        0.0, doc="seconds of silence after the file, so the end of speech is seen"
+        0.0, ge=0, doc="seconds of silence after the file, so the end of speech is seen"
     )
 
 
@@ -190,41 +190,13 @@ class _GeneratedAudioSource(_PacedAudioSource):
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
-        p = self.params
-        problems = [
-            Problem(message, fix=fix, node=self.name, key=key)
-            for key, ok, message, fix in self._checks()
-            if not ok
-        ]
-        if p.sample_rate > 0 and samples_per_frame(p.sample_rate, p.frame_ms) is None:
-            problems.append(frame_ms_problem(p.sample_rate, p.frame_ms, self.name))
-        if problems:
-            raise ValidationError(problems)
-        self._samples = samples_per_frame(p.sample_rate, p.frame_ms) or 0
+        self._samples = samples_per_frame(self.params.sample_rate, self.params.frame_ms) or 0
 
-    def _checks(self) -> list[tuple[str, bool, str, str]]:
-        """(param, is it valid, what is wrong, how to fix it) for each value check."""
+    def check(self) -> list[Problem]:
         p = self.params
-        return [
-            (
-                "sample_rate",
-                p.sample_rate > 0,
-                f"sample_rate {p.sample_rate} must be positive",
-                "use e.g. 16000",
-            ),
-            (
-                "channels",
-                1 <= p.channels <= 8,
-                f"channels {p.channels} is out of range",
-                "use 1 (mono) or 2 (stereo)",
-            ),
-            (
-                "duration",
-                p.duration is None or p.duration >= 0,
-                f"duration {p.duration} is negative",
-                "use seconds >= 0, or null for no end",
-            ),
-        ]
+        if samples_per_frame(p.sample_rate, p.frame_ms) is None:
+            return [frame_ms_problem(p.sample_rate, p.frame_ms, self.name)]
+        return []
 
     def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
         return AudioFormat(self.params.sample_rate, self.params.channels)
@@ -265,24 +237,15 @@ class ToneSource(_GeneratedAudioSource):
     Params = ToneParams
     params: ToneParams
 
-    def _checks(self) -> list[tuple[str, bool, str, str]]:
+    def check(self) -> list[Problem]:
         p = self.params
+        problems = super().check()
         nyquist = p.sample_rate / 2
-        return [
-            *super()._checks(),
-            (
-                "amplitude",
-                0.0 <= p.amplitude <= 1.0,
-                f"amplitude {p.amplitude} is outside 0..1",
-                "use e.g. 0.5",
-            ),
-            (
-                "frequency",
-                0.0 < p.frequency < nyquist,
-                f"frequency {p.frequency:g} Hz cannot be represented at {p.sample_rate} Hz",
-                f"use a frequency between 0 and {nyquist:g} Hz (half the sample rate)",
-            ),
-        ]
+        if p.frequency >= nyquist:
+            message = f"frequency {p.frequency:g} Hz cannot be represented at {p.sample_rate} Hz"
+            fix = f"use a frequency between 0 and {nyquist:g} Hz (half the sample rate)"
+            problems.append(Problem(message, fix, self.name, "frequency"))
+        return problems
 
     def _chunks(self) -> Iterator[bytes]:
         p = self.params
@@ -301,18 +264,6 @@ class NoiseSource(_GeneratedAudioSource):
     type_name = "source.noise"
     Params = NoiseParams
     params: NoiseParams
-
-    def _checks(self) -> list[tuple[str, bool, str, str]]:
-        p = self.params
-        return [
-            *super()._checks(),
-            (
-                "amplitude",
-                0.0 <= p.amplitude <= 1.0,
-                f"amplitude {p.amplitude} is outside 0..1",
-                "use e.g. 0.1",
-            ),
-        ]
 
     def _chunks(self) -> Iterator[bytes]:
         p = self.params
@@ -336,11 +287,6 @@ class WavSource(_PacedAudioSource):
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
-        if self.params.trailing_silence < 0:
-            problem = Problem(
-                "trailing_silence is negative", "use seconds >= 0", self.name, "trailing_silence"
-            )
-            raise ValidationError([problem])
         self._pcm = b""
         self._format: AudioFormat | None = None
 

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pipeline.errors import Problem, ValidationError
+from pipeline.errors import Problem
 from pipeline.formats import AudioFormat
 from pipeline.frames import AudioFrame, Frame, InterruptionFrame, frame_kinds
 from pipeline.params import did_you_mean, param
@@ -67,18 +67,18 @@ class FramePrinter(Processor):
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         known = frame_kinds()
+        self._wanted = tuple(known[kind] for kind in self.params.kinds or () if kind in known)
+
+    def check(self) -> list[Problem]:
+        """Every kind named must be a frame kind (plugins may add kinds, so they are looked up now)."""
+        known = frame_kinds()
         problems = []
-        wanted: list[type[Frame]] = []
         for kind in self.params.kinds or ():
-            if kind in known:
-                wanted.append(known[kind])
-                continue
-            guess = did_you_mean(kind, list(known))
-            fix = f"did you mean '{guess}'?" if guess else "known kinds: " + ", ".join(sorted(known))
-            problems.append(Problem(f"unknown frame kind '{kind}'", fix=fix, node=self.name, key="kinds"))
-        if problems:
-            raise ValidationError(problems)
-        self._wanted = tuple(wanted)
+            if kind not in known:
+                guess = did_you_mean(kind, list(known))
+                fix = f"did you mean '{guess}'?" if guess else "known kinds: " + ", ".join(sorted(known))
+                problems.append(Problem(f"unknown frame kind '{kind}'", fix=fix, node=self.name, key="kinds"))
+        return problems
 
     def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
         return incoming

@@ -53,7 +53,6 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from pipeline.errors import Problem, ValidationError
 from pipeline.formats import AudioFormat
 from pipeline.frames import (
     UPSTREAM,
@@ -113,13 +112,17 @@ class RecorderParams:
 
     directory: str = param("recordings", doc="folder that holds one sub-folder per conversation")
     session_id: str | None = param(
-        None, doc="this conversation's folder name; null = YYYYmmdd-HHMMSS-xxxx (UTC, sorts by time)"
+        None,
+        check=lambda session_id: _SESSION_ID.fullmatch(session_id) is not None,
+        fix="use letters, digits, '.', '_' and '-' (it names a folder), or null for a generated one",
+        doc="this conversation's folder name; null = YYYYmmdd-HHMMSS-xxxx (UTC, sorts by time)",
     )
     tracks: list[Track] = param(
         ["user", "bot", "mixed", "transcript"], doc="what to write: user, bot, mixed (WAVs), transcript"
     )
     max_backlog: float = param(
         30.0,
+        gt=0,
         doc="seconds of audio per track held while the disk is busy; beyond it the oldest is dropped "
         "(counted in the transcript's audio_dropped)",
     )
@@ -492,14 +495,6 @@ class Recorder(Processor):
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         p = self.params
-        if p.session_id is not None and not _SESSION_ID.fullmatch(p.session_id):
-            fix = "use letters, digits, '.', '_' and '-' (it names a folder), or null for a generated one"
-            raise ValidationError(
-                [Problem(f"session_id {p.session_id!r} is not a folder name", fix, self.name, "session_id")]
-            )
-        if p.max_backlog <= 0:
-            fix = "e.g. max_backlog: 30 (seconds of audio held while the disk is slow)"
-            raise ValidationError([Problem("max_backlog must be positive", fix, self.name, "max_backlog")])
         self._tracks = set(p.tracks)
         self._timeline = Timeline(mix="mixed" in self._tracks)
         self._writers: dict[str, WavWriter] = {}

@@ -17,7 +17,6 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from pipeline.errors import Problem, ValidationError
 from pipeline.formats import AudioFormat
 from pipeline.frames import AudioFrame, Frame
 from pipeline.params import param
@@ -29,8 +28,8 @@ from pipeline.resampling import Int16Resampler
 class ResampleParams:
     """Target format of an ``audio.resample`` node."""
 
-    sample_rate: int = param(doc="output sample rate in Hz (e.g. 16000)")
-    channels: int | None = param(None, doc="output channels; null keeps the input's")
+    sample_rate: int = param(ge=1, doc="output sample rate in Hz (e.g. 16000)")
+    channels: int | None = param(None, ge=1, doc="output channels; null keeps the input's")
     quality: Literal["VHQ", "HQ", "MQ", "LQ", "QQ"] = param(
         "HQ", doc="HQ: best for recognition, bursty (~37 ms held); QQ: steady, lower quality"
     )
@@ -47,21 +46,6 @@ class Resampler(Processor):
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
-        problems = []
-        if self.params.sample_rate < 1:
-            problems.append(
-                Problem(
-                    "sample_rate must be a positive number of Hz",
-                    fix="e.g. sample_rate: 16000",
-                    key="sample_rate",
-                )
-            )
-        if self.params.channels is not None and self.params.channels < 1:
-            problems.append(Problem("channels must be at least 1", fix="e.g. channels: 1", key="channels"))
-        for problem in problems:
-            problem.node = self.name
-        if problems:
-            raise ValidationError(problems)
         self._stream: Int16Resampler | None = None
         self._stream_input: AudioFormat | None = None  # the format the stream was built for
         self._last: AudioFrame | None = None  # template for the frame carrying the flushed tail

@@ -254,10 +254,11 @@ def test_list_shows_every_builtin_type_with_params_and_defaults(capsys: pytest.C
         block = blocks[name]
         for spec in param_specs(resolve(name).Params):
             shown = "required" if spec.required else f"default {spec.default!r}"
+            shown += f"; {spec.limits}" if spec.limits else ""
             assert f"    {spec.name}: {spec.type_name} ({shown})" in block, (name, spec.name)
     assert blocks["source.tone"].startswith("source.tone  [source]")
-    assert "frequency: float (default 440.0)" in blocks["source.tone"]
-    assert "sample_rate: int (required)" in blocks["audio.resample"]
+    assert "frequency: float (default 440.0; more than 0)" in blocks["source.tone"]
+    assert "sample_rate: int (required; 1 or more)" in blocks["audio.resample"]
 
 
 def test_list_one_type_as_json(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.errors import ValidationError
 from pipeline.formats import AudioFormat
 from pipeline.frames import (
     BotAudioFrame,
@@ -89,10 +88,9 @@ async def test_printer_shows_interruptions(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_printer_rejects_unknown_kinds_with_a_suggestion() -> None:
-    with pytest.raises(
-        ValidationError, match=r"(?s)unknown frame kind 'transcrpt'.*did you mean 'transcript'"
-    ):
-        FramePrinter(name="out", kinds=["transcrpt"])
+    [problem] = FramePrinter(name="out", kinds=["transcrpt"]).check()
+    assert (problem.key, problem.message) == ("kinds", "unknown frame kind 'transcrpt'")
+    assert problem.fix == "did you mean 'transcript'?"
 
 
 def test_printer_passes_audio_format_through() -> None:

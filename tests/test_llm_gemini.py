@@ -10,7 +10,6 @@ from typing import Any, cast
 import pytest
 
 from pipeline.conformance import check_llm
-from pipeline.errors import ValidationError
 from pipeline.frames import InterruptionFrame, LLMTextFrame, LLMToolCallFrame, TranscriptFrame
 from pipeline.graph import GraphFailedError
 from pipeline.testing import Collector, run_processor
@@ -85,9 +84,8 @@ async def test_function_calls_become_tool_calls(fake: FakeGemini) -> None:
 
 
 def test_empty_key_names_the_variable() -> None:
-    with pytest.raises(ValidationError) as caught:
-        GeminiLLM(api_key=" ")
-    assert "GEMINI_API_KEY" in str(caught.value)
+    [problem] = GeminiLLM(api_key=" ").check()
+    assert problem.key == "api_key" and "GEMINI_API_KEY" in problem.message
 
 
 async def test_rejected_key_ends_the_graph_without_showing_the_key(

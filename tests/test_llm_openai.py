@@ -156,14 +156,22 @@ async def test_tool_calls_are_assembled_from_fragments(fake: FakeOpenAI) -> None
 
 
 def test_tools_without_a_name_are_rejected() -> None:
-    with pytest.raises(ValidationError, match=r"tools\[0\] has no function name"):
-        OpenAILLM(api_key="sk-x", tools=[{"description": "nameless"}])
+    [problem] = OpenAILLM(api_key="sk-x", tools=[{"description": "nameless"}]).check()
+    assert (problem.key, problem.message) == ("tools", "tools[0] has no function name")
 
 
 def test_empty_key_names_the_variable() -> None:
+    [problem] = OpenAILLM(api_key="").check()
+    assert problem.key == "api_key" and "OPENAI_API_KEY" in problem.message
+
+
+def test_retries_and_timeout_are_range_checked() -> None:
     with pytest.raises(ValidationError) as caught:
-        OpenAILLM(api_key="")
-    assert "OPENAI_API_KEY" in str(caught.value)
+        OpenAILLM(api_key="sk-x", max_retries=-1, timeout=0)
+    assert [p.message for p in caught.value.problems] == [
+        "max_retries -1 is out of range",
+        "timeout 0 is out of range",
+    ]
 
 
 def test_unset_variable_in_a_config_is_reported() -> None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import pytest
+
 from pipeline import Processor, param
 from pipeline.cli import describe
 from pipeline.config import check_text
+from pipeline.errors import ValidationError
 from pipeline.frames import Frame, TextFrame
 from pipeline.params import build_params
 
@@ -49,6 +52,15 @@ def test_a_secret_value_never_appears_in_its_problem() -> None:
     assert key == "token" and "leaked" not in message
 
 
+def test_a_params_object_built_in_python_is_checked_too() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Limited(LimitedParams(gain=9, mode="slow"), name="limited")
+    assert [(p.node, p.key, p.message) for p in caught.value.problems] == [
+        ("limited", "gain", "gain 9 is out of range"),
+        ("limited", "mode", "mode 'slow' is not one of 'fast', 'exact'"),
+    ]
+
+
 def test_limits_are_reported_at_the_line_of_the_value() -> None:
     problems = check_text(
         """nodes:
@@ -70,3 +82,22 @@ def test_list_shows_the_limits() -> None:
     assert params["gain"]["limits"] == "0 to 4"
     assert params["mode"]["limits"] == "one of 'fast', 'exact'"
     assert params["window"]["limits"] == "more than 0"
+
+
+def test_a_builtin_limit_and_a_rule_between_params_are_reported_at_their_lines() -> None:
+    problems = check_text(
+        """nodes:
+  mic: {type: source.silence, channels: 0}
+  vad:
+    type: vad.silero
+    stop_secs: 0.3
+    pause_secs: 0.4
+  out: {type: debug.null}
+edges: [mic -> vad -> out]
+""",
+        "vad.yaml",
+    )
+    assert [(p.line, p.key, p.message) for p in problems] == [
+        (2, "channels", "channels 0 is out of range"),
+        (6, "pause_secs", "pause_secs 0.4 is not below stop_secs (0.3)"),
+    ]

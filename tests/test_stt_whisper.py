@@ -194,9 +194,9 @@ async def test_an_unknown_model_fails_to_start_with_a_clear_message() -> None:
 
 
 def test_params_and_paths_are_checked_before_running(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="English only"):
-        WhisperSTT(model="tiny.en", language="de")
-    with pytest.raises(ValidationError, match="beam_size"):
+    [problem] = WhisperSTT(model="tiny.en", language="de").check()
+    assert (problem.key, problem.message) == ("language", "tiny.en understands English only")
+    with pytest.raises(ValidationError, match="beam_size 0 is out of range"):
         WhisperSTT(beam_size=0)
     problems = WhisperSTT(model=str(tmp_path)).check()
     assert len(problems) == 1 and "model.bin" in problems[0].message

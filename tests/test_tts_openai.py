@@ -108,9 +108,11 @@ async def test_odd_sized_http_chunks_keep_samples_whole(fake: FakeOpenAI) -> Non
 
 def test_bad_params_are_reported() -> None:
     with pytest.raises(ValidationError) as caught:
-        OpenAITTS(api_key="", voice="", speed=9.0)
+        OpenAITTS(api_key="sk-x", voice="", speed=9.0)
     message = str(caught.value)
-    assert "OPENAI_API_KEY" in message and "voice is empty" in message and "speed must be" in message
+    assert "voice '' is not usable" in message and "speed 9.0 is out of range" in message
+    [problem] = OpenAITTS(api_key="").check()
+    assert problem.key == "api_key" and "OPENAI_API_KEY" in problem.message
 
 
 async def test_rejected_key_ends_the_graph_without_showing_the_key(

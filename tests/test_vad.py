@@ -306,7 +306,6 @@ async def test_audio_in_a_rate_the_engine_cannot_take_ends_the_graph() -> None:
         ("webrtc", {"window_ms": 25}, "window_ms"),
         ("silero", {"threshold": 1.5}, "threshold"),
         ("silero", {"stop_secs": 0, "pause_secs": 0}, "stop_secs"),
-        ("silero", {"stop_secs": 0.3, "pause_secs": 0.4}, "pause_secs"),
         ("webrtc", {"start_secs": -0.1}, "start_secs"),
     ],
 )
@@ -314,3 +313,9 @@ def test_bad_params_are_reported(engine: str, params: dict[str, float], key: str
     with pytest.raises(ValidationError) as caught:
         ENGINES[engine](name="vad", **params)
     assert [p.key for p in caught.value.problems] == [key]
+
+
+def test_a_pause_that_is_not_shorter_than_the_stop_is_reported() -> None:
+    [problem] = SileroVad(name="vad", stop_secs=0.3, pause_secs=0.4).check()
+    assert (problem.key, problem.message) == ("pause_secs", "pause_secs 0.4 is not below stop_secs (0.3)")
+    assert SileroVad(stop_secs=0.3, pause_secs=0).check() == []

@@ -42,18 +42,21 @@ class FileInputParams:
         "auto", doc="raw = headerless s16le PCM (auto: by a .raw/.pcm extension); else read from the file"
     )
     sample_rate: int | None = param(
-        None, doc="raw PCM: samples per second (required); other files: must match the file if set"
+        None, ge=1, doc="raw PCM: samples per second (required); other files: must match the file if set"
     )
     channels: int | None = param(
-        None, doc="raw PCM: interleaved channels (required); other files: must match the file if set"
+        None,
+        ge=1,
+        le=8,
+        doc="raw PCM: interleaved channels (required); other files: must match the file if set",
     )
     frame_ms: int = param(20, doc="audio per frame in milliseconds; must come to a whole number of samples")
     realtime: bool = param(
         False, doc="pace frames like a microphone (wall-clock speed); false = as fast as the graph takes them"
     )
-    leading_silence: float = param(0.0, doc="seconds of silence before the file")
+    leading_silence: float = param(0.0, ge=0, doc="seconds of silence before the file")
     trailing_silence: float = param(
-        0.0, doc="seconds of silence after the file, so the end of speech is seen"
+        0.0, ge=0, doc="seconds of silence after the file, so the end of speech is seen"
     )
 
 
@@ -95,23 +98,8 @@ class FileInput(Source):
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
-        problems = [Problem(message, fix, self.name, key) for key, message, fix in self._param_problems()]
-        if problems:
-            raise ValidationError(problems)
         self._decoder: AudioReader | None = None
         self._reading: asyncio.Future[bytes] | None = None  # the block being decoded in a thread
-
-    def _param_problems(self) -> list[tuple[str, str, str]]:
-        p = self.params
-        found = []
-        for key in ("leading_silence", "trailing_silence"):
-            if getattr(p, key) < 0:
-                found.append((key, f"{key} is negative", "use seconds >= 0"))
-        if p.sample_rate is not None and p.sample_rate < 1:
-            found.append(("sample_rate", f"sample_rate {p.sample_rate} must be positive", "e.g. 16000"))
-        if p.channels is not None and not 1 <= p.channels <= 8:
-            found.append(("channels", f"channels {p.channels} is out of range", "use 1 (mono) or 2 (stereo)"))
-        return found
 
     def check(self) -> list[Problem]:
         """The file must exist and be readable in a format ``frame_ms`` divides, before anything runs."""

@@ -51,7 +51,11 @@ log = logging.getLogger("transports.file_turns")
 class FileTurnsParams:
     """Which files to say and how to wait between them."""
 
-    paths: list[str] = param(doc="audio files (WAV, FLAC, MP3, Ogg…), one user turn each, said in order")
+    paths: list[str] = param(
+        check=bool,
+        fix="list at least one audio file",
+        doc="audio files (WAV, FLAC, MP3, Ogg…), one user turn each, said in order",
+    )
     frame_ms: int = param(20, doc="audio per frame in milliseconds")
     realtime: bool = param(
         False, doc="pace like a microphone (barge-in needs it); false = as fast as it goes"
@@ -86,8 +90,6 @@ class FileTurns(Source):
 
     def check(self) -> list[Problem]:
         problems = []
-        if not self.params.paths:
-            problems.append(Problem("paths is empty", "list at least one audio file", self.name, "paths"))
         for path in self.params.paths:
             try:
                 probe_audio(Path(path))

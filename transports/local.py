@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from pipeline.errors import FatalProcessorError, Problem, ValidationError, VoxgraphError
+from pipeline.errors import FatalProcessorError, Problem, VoxgraphError
 from pipeline.formats import AudioCaps, AudioFormat
 from pipeline.frames import AudioFrame, BotAudioFrame, Frame, TTSStoppedFrame, TTSTextFrame, UserAudioFrame
 from pipeline.params import param
@@ -108,9 +108,8 @@ def _wake(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None
         loop.call_soon_threadsafe(callback)
 
 
-def _check_rate(sample_rate: int, frame_ms: int, node: str) -> list[Problem]:
-    if sample_rate < 1:
-        return [Problem(f"sample_rate {sample_rate} must be positive", "use e.g. 16000", node, "sample_rate")]
+def _frame_problems(sample_rate: int, frame_ms: int, node: str) -> list[Problem]:
+    """A problem when ``frame_ms`` is not a whole number of samples at ``sample_rate``."""
     if samples_per_frame(sample_rate, frame_ms) is None:
         return [frame_ms_problem(sample_rate, frame_ms, node)]
     return []
@@ -176,8 +175,8 @@ class MicrophoneParams:
     """Params of ``local.input``."""
 
     device: str | int | None = param(None, doc=_DEVICE_DOC)
-    sample_rate: int = param(16000, doc="samples per second to capture (PortAudio or the OS converts)")
-    frame_ms: int = param(20, doc="milliseconds of audio per frame (one PortAudio block)")
+    sample_rate: int = param(16000, ge=1, doc="samples per second to capture (PortAudio or the OS converts)")
+    frame_ms: int = param(20, gt=0, doc="milliseconds of audio per frame (one PortAudio block)")
     buffer_ms: int = param(
         1000, doc="audio held while the graph is busy; past it the oldest is dropped (with a warning)"
     )
@@ -199,18 +198,6 @@ class MicrophoneInput(Source):
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         p = self.params
-        problems = _check_rate(p.sample_rate, p.frame_ms, self.name)
-        if p.buffer_ms < p.frame_ms:
-            problems.append(
-                Problem(
-                    f"buffer_ms {p.buffer_ms} holds less than one frame",
-                    f"use at least frame_ms ({p.frame_ms})",
-                    self.name,
-                    "buffer_ms",
-                )
-            )
-        if problems:
-            raise ValidationError(problems)
         self.blocks = BlockQueue(p.buffer_ms // p.frame_ms)
         """Captured blocks not yet sent; ``blocks.dropped`` counts overflow."""
         self.device_overflows = 0
@@ -226,6 +213,14 @@ class MicrophoneInput(Source):
         self._overflows = _Trouble(
             self, "device_overflow", seconds, "%s: the sound card lost input %d times so far"
         )
+
+    def check(self) -> list[Problem]:
+        p = self.params
+        problems = _frame_problems(p.sample_rate, p.frame_ms, self.name)
+        if p.buffer_ms < p.frame_ms:
+            message = f"buffer_ms {p.buffer_ms} holds less than one frame"
+            problems.append(Problem(message, f"use at least frame_ms ({p.frame_ms})", self.name, "buffer_ms"))
+        return problems
 
     def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
         return AudioFormat(self.params.sample_rate, 1)
@@ -341,13 +336,14 @@ class SpeakerParams:
     device: str | int | None = param(None, doc=_DEVICE_DOC)
     sample_rate: int | None = param(
         None,
+        ge=1,
         doc="rate to open the device at; null = the rate of the audio it gets (the OS converts). "
         "Set it to have negotiation put audio.resample in front",
     )
     audio: Literal["bot", "user", "any"] = param(
         "bot", doc="which audio to play: the bot's (TTS), the user's (monitoring) or any (in turn, not mixed)"
     )
-    frame_ms: int = param(20, doc="milliseconds per PortAudio block: how fast a barge-in silences it")
+    frame_ms: int = param(20, gt=0, doc="milliseconds per PortAudio block: how fast a barge-in silences it")
     buffer_ms: int = param(200, doc="audio queued ahead of the device; cleared at once on barge-in")
     latency: Latency = param("low", doc=_LATENCY_DOC)
 
@@ -370,17 +366,6 @@ class SpeakerOutput(Processor):
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         p = self.params
-        problems = [] if p.sample_rate is None else _check_rate(p.sample_rate, p.frame_ms, self.name)
-        if not 0 < p.frame_ms <= p.buffer_ms:
-            problems.append(
-                Problem(
-                    f"frame_ms {p.frame_ms} must be positive and at most buffer_ms {p.buffer_ms}",
-                    "use e.g. frame_ms: 20, buffer_ms: 200",
-                    self.name,
-                )
-            )
-        if problems:
-            raise ValidationError(problems)
         if p.sample_rate is not None:
             self.accepts_audio = AudioCaps.of(p.sample_rate)  # type: ignore[misc]  # negotiation reads the node
         self.playout = Playout(self, realtime=False)  # the device paces; see the class docstring
@@ -402,6 +387,14 @@ class SpeakerOutput(Processor):
         self._underflows = _Trouble(
             self, "device_underflow", seconds, "%s: the sound card ran dry %d times so far"
         )
+
+    def check(self) -> list[Problem]:
+        p = self.params
+        problems = [] if p.sample_rate is None else _frame_problems(p.sample_rate, p.frame_ms, self.name)
+        if p.frame_ms > p.buffer_ms:
+            message = f"frame_ms {p.frame_ms} must be at most buffer_ms {p.buffer_ms}"
+            problems.append(Problem(message, "use e.g. frame_ms: 20, buffer_ms: 200", self.name))
+        return problems
 
     def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
         return incoming

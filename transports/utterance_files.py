@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pipeline.errors import FatalProcessorError, Problem, ValidationError
+from pipeline.errors import FatalProcessorError, Problem
 from pipeline.formats import AudioFormat
 from pipeline.frames import (
     AudioFrame,
@@ -44,13 +44,20 @@ class UtteranceFilesParams:
     """Params of ``file.utterances``."""
 
     directory: str = param("utterances", doc="folder for the WAV files (created if missing)")
-    prefix: str = param("utterance", doc="file names are <prefix>-001.wav, <prefix>-002.wav, …")
-    pre_roll: float = param(
-        0.3, doc="seconds kept before each start of speech, so the first syllable is whole"
+    prefix: str = param(
+        "utterance",
+        check=lambda prefix: bool(prefix) and "/" not in prefix,
+        fix="use a plain file name, e.g. utterance",
+        doc="file names are <prefix>-001.wav, <prefix>-002.wav, …",
     )
-    post_roll: float = param(0.15, doc="seconds kept after each end of speech")
+    pre_roll: float = param(
+        0.3, ge=0, doc="seconds kept before each start of speech, so the first syllable is whole"
+    )
+    post_roll: float = param(0.15, ge=0, doc="seconds kept after each end of speech")
     min_duration: float = param(
-        0.25, doc="utterances with less speech than this (seconds, rolls excluded) are dropped as clicks"
+        0.25,
+        ge=0,
+        doc="utterances with less speech than this (seconds, rolls excluded) are dropped as clicks",
     )
 
 
@@ -81,18 +88,6 @@ class UtteranceFiles(Processor):
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         p = self.params
-        problems = [
-            Problem(message, fix=fix, node=self.name, key=key)
-            for key, ok, message, fix in (
-                ("pre_roll", p.pre_roll >= 0, f"pre_roll {p.pre_roll} is negative", "use e.g. 0.3"),
-                ("post_roll", p.post_roll >= 0, f"post_roll {p.post_roll} is negative", "use e.g. 0.15"),
-                ("min_duration", p.min_duration >= 0, "min_duration is negative", "use e.g. 0.25"),
-                ("prefix", bool(p.prefix) and "/" not in p.prefix, "prefix must be a plain file name", ""),
-            )
-            if not ok
-        ]
-        if problems:
-            raise ValidationError(problems)
         self._collector = UtteranceCollector(pre_roll=p.pre_roll, post_roll=p.post_roll)
         self._spans: list[list[float | None]] = []  # [start, stop or None] of speech, from the VAD
         self._speaking_frames = 0

@@ -64,7 +64,7 @@ class ChatParams:
     max_history_tokens: int = param(
         1500, doc="history budget: the oldest turns are dropped first; the system prompt is always kept"
     )
-    max_tokens: int = param(150, doc="longest reply, in tokens")
+    max_tokens: int = param(150, ge=1, doc="longest reply, in tokens")
     temperature: float = param(0.7, doc="sampling temperature: 0 = most likely token, higher = more varied")
 
 

@@ -26,10 +26,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
-from pipeline.errors import FatalProcessorError, Problem, ValidationError
+from pipeline.errors import FatalProcessorError, Problem
 from pipeline.params import hide_secret_params, param
 from processors.llm.base import ChatLLM, ChatParams, ToolCall
-from processors.llm.openai import connection_problems, key_problems, record_usage, tool_function
+from processors.llm.openai import key_problems, record_usage, tool_function, tool_problems
 
 if TYPE_CHECKING:
     from google import genai
@@ -58,9 +58,9 @@ class GeminiLLMParams(ChatParams):
         0, doc="tokens the model may think before answering; 0 = off (2.5 Pro needs >= 128); null = default"
     )
     max_retries: int = param(
-        2, doc="retries of a failed request (connection errors, 429, 5xx) before it fails"
+        2, ge=0, doc="retries of a failed request (connection errors, 429, 5xx) before it fails"
     )
-    timeout: float = param(30.0, doc="seconds a whole request may take, stream included")
+    timeout: float = param(30.0, gt=0, doc="seconds a whole request may take, stream included")
 
 
 class GeminiLLM(ChatLLM):
@@ -71,15 +71,15 @@ class GeminiLLM(ChatLLM):
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
-        p = self.params
-        problems = key_problems(p.api_key, GEMINI_KEY_VARIABLE, self.name)
-        problems += connection_problems(p.max_retries, p.timeout, self.name)
-        self.functions = [_function(spec, index, problems, self.name) for index, spec in enumerate(p.tools)]
-        if problems:
-            raise ValidationError(problems)
+        functions = (tool_function(spec) for spec in self.params.tools)
+        self.functions = [_declaration(f) for f in functions if f is not None]
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}  # totals over the session
         self._client: genai.Client | None = None
         self._calls = 0  # numbers calls that come without an id
+
+    def check(self) -> list[Problem]:
+        p = self.params
+        return key_problems(p.api_key, GEMINI_KEY_VARIABLE, self.name) + tool_problems(p.tools, self.name)
 
     async def on_start(self) -> None:
         from google import genai
@@ -212,11 +212,8 @@ def _contents(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]
     return system, contents
 
 
-def _function(spec: dict[str, Any], index: int, problems: list[Problem], node: str) -> dict[str, Any]:
-    """``FunctionDeclaration`` fields of a ``tools`` entry; a problem is recorded when it names none."""
-    function = tool_function(spec, index, problems, node)
-    if function is None:
-        return {}
+def _declaration(function: dict[str, Any]) -> dict[str, Any]:
+    """``FunctionDeclaration`` fields of a ``tools`` entry's function."""
     declaration = {"name": function["name"], "description": function.get("description")}
     if function.get("parameters"):
         declaration["parameters_json_schema"] = function["parameters"]

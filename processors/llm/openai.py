@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
-from pipeline.errors import FatalProcessorError, Problem, ValidationError
+from pipeline.errors import FatalProcessorError, Problem
 from pipeline.frames import MetricsFrame
 from pipeline.params import hide_secret_params, param
 from pipeline.processor import Processor, timings_of
@@ -39,13 +39,13 @@ __all__ = [
     "OPENAI_URL",
     "OpenAILLM",
     "OpenAILLMParams",
-    "connection_problems",
     "explain_openai_error",
     "key_problems",
     "make_openai_client",
     "raise_explained",
     "record_usage",
     "tool_function",
+    "tool_problems",
 ]
 
 OPENAI_KEY_VARIABLE = "OPENAI_API_KEY"
@@ -65,9 +65,9 @@ class OpenAILLMParams(ChatParams):
         [], doc="function tools: {name, description, parameters: <JSON schema>} (or the full OpenAI form)"
     )
     max_retries: int = param(
-        2, doc="retries of a failed request (connection errors, 429, 5xx) before it fails"
+        2, ge=0, doc="retries of a failed request (connection errors, 429, 5xx) before it fails"
     )
-    timeout: float = param(30.0, doc="seconds to wait for the server to connect or send the next bytes")
+    timeout: float = param(30.0, gt=0, doc="seconds to wait for the server to connect or send the next bytes")
 
 
 @dataclass(slots=True)
@@ -87,14 +87,14 @@ class OpenAILLM(ChatLLM):
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
-        p = self.params
-        problems = key_problems(p.api_key, OPENAI_KEY_VARIABLE, self.name)
-        problems += connection_problems(p.max_retries, p.timeout, self.name)
-        self.tools = [_tool(spec, index, problems, self.name) for index, spec in enumerate(p.tools)]
-        if problems:
-            raise ValidationError(problems)
+        functions = (tool_function(spec) for spec in self.params.tools)
+        self.tools = [{"type": "function", "function": f} for f in functions if f is not None]
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}  # totals over the session
         self._client: openai.AsyncOpenAI | None = None
+
+    def check(self) -> list[Problem]:
+        p = self.params
+        return key_problems(p.api_key, OPENAI_KEY_VARIABLE, self.name) + tool_problems(p.tools, self.name)
 
     async def on_start(self) -> None:
         p = self.params
@@ -171,32 +171,25 @@ def _finished(calls: dict[int, _PartialCall]) -> list[ToolCall]:
     return done
 
 
-def _tool(spec: dict[str, Any], index: int, problems: list[Problem], node: str) -> dict[str, Any]:
-    """A ``tools`` entry in the OpenAI form; a problem is recorded when it names no function."""
-    function = tool_function(spec, index, problems, node)
-    return {"type": "function", "function": function} if function is not None else {}
-
-
 # --- shared by the OpenAI nodes ------------------------------------------------------------------
 
 
-def tool_function(
-    spec: dict[str, Any], index: int, problems: list[Problem], node: str
-) -> dict[str, Any] | None:
-    """The function of a ``tools`` entry (bare, or in the full OpenAI form); None, and a problem
-    recorded, when it names no function."""
+def tool_function(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The function of a ``tools`` entry (bare, or in the full OpenAI form); None when it names none."""
     function = spec.get("function") if spec.get("type") == "function" else spec
     if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
-        problems.append(
-            Problem(
-                f"tools[{index}] has no function name",
-                fix="write {name: get_weather, description: ..., parameters: {type: object, ...}}",
-                key="tools",
-                node=node,
-            )
-        )
         return None
     return function
+
+
+def tool_problems(tools: list[dict[str, Any]], node: str) -> list[Problem]:
+    """A problem for each ``tools`` entry that names no function."""
+    fix = "write {name: get_weather, description: ..., parameters: {type: object, ...}}"
+    return [
+        Problem(f"tools[{index}] has no function name", fix=fix, key="tools", node=node)
+        for index, spec in enumerate(tools)
+        if tool_function(spec) is None
+    ]
 
 
 def key_problems(api_key: str, variable: str, node: str) -> list[Problem]:
@@ -211,20 +204,6 @@ def key_problems(api_key: str, variable: str, node: str) -> list[Problem]:
             node=node,
         )
     ]
-
-
-def connection_problems(max_retries: int, timeout: float, node: str) -> list[Problem]:
-    """Problems with the retry and timeout params shared by the cloud nodes."""
-    problems = []
-    if max_retries < 0:
-        problems.append(
-            Problem("max_retries cannot be negative", fix="e.g. max_retries: 2", key="max_retries")
-        )
-    if timeout <= 0:
-        problems.append(Problem("timeout must be positive", fix="e.g. timeout: 30", key="timeout"))
-    for problem in problems:
-        problem.node = node
-    return problems
 
 
 def make_openai_client(

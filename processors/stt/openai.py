@@ -22,14 +22,13 @@ import wave
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pipeline.errors import Problem, ValidationError
+from pipeline.errors import Problem
 from pipeline.frames import InterimTranscriptFrame
 from pipeline.params import param
 from pipeline.utterances import Utterance
 from processors.llm.openai import (
     OPENAI_KEY_VARIABLE,
     OPENAI_URL,
-    connection_problems,
     key_problems,
     make_openai_client,
     raise_explained,
@@ -55,9 +54,9 @@ class OpenAISTTParams(UtteranceParams):
     )
     base_url: str | None = param(None, doc="an OpenAI-compatible server; null = OpenAI")
     max_retries: int = param(
-        2, doc="retries of a failed request (connection errors, 429, 5xx) before it fails"
+        2, ge=0, doc="retries of a failed request (connection errors, 429, 5xx) before it fails"
     )
-    timeout: float = param(30.0, doc="seconds to wait for the server to connect or send the next bytes")
+    timeout: float = param(30.0, gt=0, doc="seconds to wait for the server to connect or send the next bytes")
 
 
 def streams(model: str, setting: bool | str) -> bool:
@@ -75,16 +74,16 @@ class OpenAISTT(UtteranceSTT):
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
+        self.stream = streams(self.params.model, self.params.stream)
+        self._client: openai.AsyncOpenAI | None = None
+
+    def check(self) -> list[Problem]:
         p = self.params
         problems = key_problems(p.api_key, OPENAI_KEY_VARIABLE, self.name)
-        problems += connection_problems(p.max_retries, p.timeout, self.name)
         if p.stream is True and p.model == "whisper-1":
             fix = "use stream: false (or auto), or a streaming model such as gpt-4o-mini-transcribe"
             problems.append(Problem("whisper-1 cannot stream", fix=fix, key="stream", node=self.name))
-        if problems:
-            raise ValidationError(problems)
-        self.stream = streams(p.model, p.stream)
-        self._client: openai.AsyncOpenAI | None = None
+        return problems
 
     async def on_start(self) -> None:
         p = self.params

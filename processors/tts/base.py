@@ -40,7 +40,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pipeline.errors import Problem, ValidationError
 from pipeline.formats import AudioFormat
 from pipeline.frames import (
     BotAudioFrame,
@@ -66,9 +65,10 @@ __all__ = ["SpeechParams", "SpeechSynthesizer"]
 class SpeechParams:
     """Params every TTS node takes; engines extend this dataclass."""
 
-    chunk_ms: int = param(20, doc="length of each emitted audio frame in milliseconds")
+    chunk_ms: int = param(20, ge=1, doc="length of each emitted audio frame in milliseconds")
     first_chunk_min_words: int = param(
         6,
+        ge=0,
         doc="the first piece of a reply may end at a comma once it has this many words "
         "(faster first audio); 0 = split at sentence ends only",
     )
@@ -104,21 +104,6 @@ class SpeechSynthesizer(Processor):
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
-        problems = []
-        if self.params.chunk_ms < 1:
-            problems.append(Problem("chunk_ms must be at least 1", fix="e.g. chunk_ms: 20", key="chunk_ms"))
-        if self.params.first_chunk_min_words < 0:
-            problems.append(
-                Problem(
-                    "first_chunk_min_words cannot be negative",
-                    fix="use 0 to disable comma cuts, e.g. first_chunk_min_words: 6",
-                    key="first_chunk_min_words",
-                )
-            )
-        for problem in problems:
-            problem.node = self.name
-        if problems:
-            raise ValidationError(problems)
         self.chunker = SentenceChunker(
             first_chunk_min_words=self.params.first_chunk_min_words,
             first_chunk_max_words=max(0, self.params.first_chunk_max_words),

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-from pipeline.errors import FatalProcessorError, Problem, ValidationError, VoxgraphError
+from pipeline.errors import FatalProcessorError, Problem, VoxgraphError
 from pipeline.params import param
 from processors.tts.base import SpeechParams, SpeechSynthesizer
 
@@ -48,8 +48,8 @@ class EspeakParams(SpeechParams):
     """Params of ``tts.espeak``."""
 
     voice: str = param("en-us", doc="espeak-ng voice (espeak-ng --voices lists them), e.g. en-us, en-gb, de")
-    words_per_minute: int = param(175, doc="speaking rate, 80..450")
-    pitch: int = param(50, doc="pitch, 0..99")
+    words_per_minute: int = param(175, ge=80, le=450, doc="speaking rate")
+    pitch: int = param(50, ge=0, le=99, doc="pitch")
 
 
 class EspeakTTS(SpeechSynthesizer):
@@ -61,21 +61,6 @@ class EspeakTTS(SpeechSynthesizer):
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         p = self.params
-        problems = []
-        if not 80 <= p.words_per_minute <= 450:
-            problems.append(
-                Problem(
-                    "words_per_minute must be 80..450",
-                    fix="e.g. words_per_minute: 175",
-                    key="words_per_minute",
-                )
-            )
-        if not 0 <= p.pitch <= 99:
-            problems.append(Problem("pitch must be 0..99", fix="e.g. pitch: 50", key="pitch"))
-        for problem in problems:
-            problem.node = self.name
-        if problems:
-            raise ValidationError(problems)
         self.sample_rate = MBROLA_RATE if p.voice.startswith("mb-") else 22050
         self.process_in_flight: asyncio.subprocess.Process | None = None
         """The espeak-ng process of the sentence being synthesised, if any."""

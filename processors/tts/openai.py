@@ -22,12 +22,11 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pipeline.errors import Problem, ValidationError
+from pipeline.errors import Problem
 from pipeline.params import param
 from processors.llm.openai import (
     OPENAI_KEY_VARIABLE,
     OPENAI_URL,
-    connection_problems,
     key_problems,
     make_openai_client,
     raise_explained,
@@ -50,15 +49,18 @@ class OpenAITTSParams(SpeechParams):
     api_key: str = param(doc="API key: write ${OPENAI_API_KEY}", secret=True)
     model: str = param("gpt-4o-mini-tts", doc="gpt-4o-mini-tts, tts-1 or tts-1-hd")
     voice: str = param(
-        "alloy", doc="alloy, ash, ballad, coral, echo, fable, nova, onyx, sage, shimmer, verse..."
+        "alloy",
+        check=lambda voice: bool(voice.strip()),
+        fix="name a voice, e.g. voice: alloy",
+        doc="alloy, ash, ballad, coral, echo, fable, nova, onyx, sage, shimmer, verse...",
     )
     instructions: str | None = param(None, doc="how to speak (tone, pace, accent); gpt-4o-mini-tts only")
-    speed: float | None = param(None, doc="0.25 to 4.0; null = the voice's normal pace")
+    speed: float | None = param(None, ge=0.25, le=4.0, doc="pace; null = the voice's normal pace")
     base_url: str | None = param(None, doc="an OpenAI-compatible server; null = OpenAI")
     max_retries: int = param(
-        2, doc="retries of a failed request (connection errors, 429, 5xx) before it fails"
+        2, ge=0, doc="retries of a failed request (connection errors, 429, 5xx) before it fails"
     )
-    timeout: float = param(30.0, doc="seconds to wait for the server to connect or send the next bytes")
+    timeout: float = param(30.0, gt=0, doc="seconds to wait for the server to connect or send the next bytes")
 
 
 class OpenAITTS(SpeechSynthesizer):
@@ -70,18 +72,10 @@ class OpenAITTS(SpeechSynthesizer):
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
-        p = self.params
-        problems = key_problems(p.api_key, OPENAI_KEY_VARIABLE, self.name)
-        problems += connection_problems(p.max_retries, p.timeout, self.name)
-        if not p.voice.strip():
-            problems.append(Problem("voice is empty", fix="e.g. voice: alloy", key="voice", node=self.name))
-        if p.speed is not None and not 0.25 <= p.speed <= 4.0:
-            problems.append(
-                Problem("speed must be 0.25 to 4.0", fix="e.g. speed: 1.1", key="speed", node=self.name)
-            )
-        if problems:
-            raise ValidationError(problems)
         self._client: openai.AsyncOpenAI | None = None
+
+    def check(self) -> list[Problem]:
+        return key_problems(self.params.api_key, OPENAI_KEY_VARIABLE, self.name)
 
     async def on_start(self) -> None:
         p = self.params

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pipeline.errors import FatalProcessorError, Problem, ValidationError
+from pipeline.errors import FatalProcessorError, Problem
 from pipeline.formats import AudioFormat
 from pipeline.frames import (
     AudioFrame,
@@ -50,10 +50,13 @@ _EPSILON = 1e-9  # stream times are sums of window lengths: compare them with a 
 class VadParams:
     """Hysteresis shared by every VAD."""
 
-    start_secs: float = param(0.2, doc="seconds speech must last before the start is announced")
-    stop_secs: float = param(0.6, doc="seconds of silence that end speech (pauses shorter than this do not)")
+    start_secs: float = param(0.2, ge=0, doc="seconds speech must last before the start is announced")
+    stop_secs: float = param(
+        0.6, gt=0, doc="seconds of silence that end speech (pauses shorter than this do not)"
+    )
     pause_secs: float = param(
         0.2,
+        ge=0,
         doc="seconds of silence after which a pause is announced, so recognisers can start "
         "transcribing before the stop is confirmed; 0 = never",
     )
@@ -80,13 +83,6 @@ class VadProcessor(Processor):
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
-        problems = [
-            Problem(message, fix=fix, node=self.name, key=key)
-            for key, ok, message, fix in self.param_checks()
-            if not ok
-        ]
-        if problems:
-            raise ValidationError(problems)
         self._format: AudioFormat | None = None
         self._window_bytes = 0
         self._window_secs = 0.0
@@ -102,21 +98,15 @@ class VadProcessor(Processor):
         self._last_end = 0.0  # where the last window judged ended
         self._paused = False  # a pause was announced for the current silence
 
-    # --- what engines implement ------------------------------------------------------------------
-
-    def param_checks(self) -> list[tuple[str, bool, str, str]]:
-        """(param, is it valid, what is wrong, how to fix it) for each value check; extend in engines."""
+    def check(self) -> list[Problem]:
         p = self.params
-        return [
-            ("start_secs", p.start_secs >= 0, f"start_secs {p.start_secs} is negative", "use e.g. 0.2"),
-            ("stop_secs", p.stop_secs > 0, f"stop_secs {p.stop_secs} must be positive", "use e.g. 0.6"),
-            (
-                "pause_secs",
-                p.pause_secs == 0 or 0 < p.pause_secs < p.stop_secs,
-                f"pause_secs {p.pause_secs} must be >= 0 and below stop_secs ({p.stop_secs})",
-                "use e.g. 0.2, or 0 for no pause announcements",
-            ),
-        ]
+        if 0 < p.stop_secs <= p.pause_secs:
+            message = f"pause_secs {p.pause_secs} is not below stop_secs ({p.stop_secs})"
+            fix = "use e.g. 0.2, or 0 for no pause announcements"
+            return [Problem(message, fix=fix, node=self.name, key="pause_secs")]
+        return []
+
+    # --- what engines implement ------------------------------------------------------------------
 
     def window_samples(self, sample_rate: int) -> int:
         """Samples in one engine window at ``sample_rate`` (a rate ``accepts_audio`` allows)."""

@@ -27,7 +27,9 @@ _RELEASE_MARGIN = 0.15  # Silero's reference value between the start and the end
 class SileroVadParams(VadParams):
     """Params of ``vad.silero``."""
 
-    threshold: float = param(0.5, doc="speech probability (0..1) at which a window counts as speech")
+    threshold: float = param(
+        0.5, gt=0, lt=1, doc="speech probability (0..1) at which a window counts as speech"
+    )
 
 
 class SileroVad(VadProcessor):
@@ -42,13 +44,6 @@ class SileroVad(VadProcessor):
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         self._models: dict[int, Any] = {}  # sample rate -> SileroVAD (the library fixes one rate each)
-
-    def param_checks(self) -> list[tuple[str, bool, str, str]]:
-        t = self.params.threshold
-        return [
-            *super().param_checks(),
-            ("threshold", 0.0 < t < 1.0, f"threshold {t} is outside 0..1", "use e.g. 0.5"),
-        ]
 
     async def on_start(self) -> None:
         # Loading the model takes ~20 ms; 16 kHz is what negotiation normally delivers.

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from pipeline.errors import FatalProcessorError, Problem, ValidationError
+from pipeline.errors import FatalProcessorError
 from pipeline.formats import AudioCaps, AudioFormat
 from pipeline.frames import (
     AudioFrame,
@@ -58,7 +58,12 @@ client sending a file faster than real time) rather than streams a live micropho
 class InputParams:
     """Params of ``websocket.input``."""
 
-    frame_ms: int = param(20, doc="microphone audio is re-cut into frames of this many milliseconds")
+    frame_ms: int = param(
+        20,
+        gt=0,
+        fix="use 10, 20 or 30 (what VADs take)",
+        doc="microphone audio is re-cut into frames of this many milliseconds",
+    )
     protocol: Literal["voxgraph", "whisper-json"] = param(
         "voxgraph", doc="what the client speaks: voxgraph (the page at /) or whisper-json ({type: audio})"
     )
@@ -67,7 +72,11 @@ class InputParams:
         doc="stream: messages continue the microphone (a VAD cuts utterances); clip: each is one utterance",
     )
     clip_gap: float = param(
-        0.5, doc="clip: seconds of silence after each clip (covers the recogniser's post- and pre-roll)"
+        0.5,
+        ge=0,
+        le=10,
+        fix="use seconds from 0 to 10, at least the recogniser's post_roll (e.g. 0.5)",
+        doc="clip: seconds of silence after each clip (covers the recogniser's post- and pre-roll)",
     )
 
 
@@ -75,8 +84,10 @@ class InputParams:
 class OutputParams:
     """Params of ``websocket.output``."""
 
-    lead: float = param(0.1, doc="seconds of bot audio sent ahead of playback (the client's jitter buffer)")
-    chunk_ms: int = param(40, doc="bot audio goes out in pieces of this length, so little is in flight")
+    lead: float = param(
+        0.1, ge=0, doc="seconds of bot audio sent ahead of playback (the client's jitter buffer)"
+    )
+    chunk_ms: int = param(40, gt=0, doc="bot audio goes out in pieces of this length, so little is in flight")
     realtime: bool = param(True, doc="pace bot audio at playback speed; false sends it as it comes (tests)")
     loopback: bool = param(
         False, doc="send the user's own audio and typed text back as the bot's: a microphone check"
@@ -105,16 +116,7 @@ class WebsocketInput(Source):
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
-        samples = protocol.SAMPLE_RATE * self.params.frame_ms // 1000
-        if self.params.frame_ms <= 0 or samples * 1000 != protocol.SAMPLE_RATE * self.params.frame_ms:
-            fix = "use 10, 20 or 30 (what VADs take)"
-            raise ValidationError(
-                [Problem("frame_ms must be a positive whole number", fix, self.name, "frame_ms")]
-            )
-        if not 0 <= self.params.clip_gap <= 10:
-            fix = "use seconds from 0 to 10, at least the recogniser's post_roll (e.g. 0.5)"
-            raise ValidationError([Problem("clip_gap is out of range", fix, self.name, "clip_gap")])
-        self._frame_bytes = 2 * samples
+        self._frame_bytes = 2 * protocol.SAMPLE_RATE * self.params.frame_ms // 1000
         self._connection: Connection | None = None
         self._clip_samples = 0  # clip mode: samples sent so far, the stream clock of the speaking frames
 
@@ -198,13 +200,6 @@ class WebsocketOutput(Processor):
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         p = self.params
-        problems = []
-        if p.lead < 0:
-            problems.append(Problem("lead must be >= 0 seconds", "e.g. lead: 0.1", self.name, "lead"))
-        if p.chunk_ms <= 0:
-            problems.append(Problem("chunk_ms must be positive", "e.g. chunk_ms: 40", self.name, "chunk_ms"))
-        if problems:
-            raise ValidationError(problems)
         self.playout = Playout(self, realtime=p.realtime, lead=p.lead)
         self._connection: Connection | None = None
         self._format: AudioFormat | None = None  # the bot audio format last announced
