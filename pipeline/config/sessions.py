@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.config.build import Compiled
+from pipeline.config.build import Compiled, build
+from pipeline.errors import ValidationError
 from pipeline.graph import Graph
 from pipeline.sessions import ConversationKeeper
 
@@ -16,7 +17,10 @@ def session_graph(compiled: Compiled, session_id: str | None = None) -> Graph:
     ``session_id``; without one (the warm-up) they keep their own. Raises ``ValidationError`` if the
     environment changed since the config was checked.
     """
-    graph = compiled.graph()
+    fresh, problems = build(compiled.spec)  # never ``compiled``'s own processors: they outlive the call
+    if problems:
+        raise ValidationError(problems)
+    graph = fresh.graph()
     if session_id is not None:
         for processor in graph.processors.values():
             if isinstance(processor, ConversationKeeper):
