@@ -17,8 +17,9 @@ Each check drives a fresh processor between a driver source and a ``Collector`` 
   stops the reply in flight (no more of its text) and the next turn is answered; a turn that arrives
   just before the end is answered before the ``EndFrame``.
 * **TTS** — a reply becomes ``TTSStartedFrame``, ``TTSTextFrame``\\ s, non-silent mono
-  ``BotAudioFrame``\\ s at one rate, ``TTSStoppedFrame``; LLM frames pass through; a plain
-  ``TextFrame`` is spoken; an interruption stops the audio; text left when the stream ends is spoken.
+  ``BotAudioFrame``\\ s at one rate, ``TTSStoppedFrame``; LLM frames pass through; a
+  ``BotTextFrame`` outside a response is spoken as a reply of its own; an interruption stops the
+  audio; text left when the stream ends is spoken.
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ from pipeline.errors import VoxgraphError
 from pipeline.frames import (
     AudioFrame,
     BotAudioFrame,
+    BotTextFrame,
     EndFrame,
     Frame,
     InterruptionFrame,
     LLMResponseEndFrame,
     LLMResponseStartFrame,
     LLMTextFrame,
-    TextFrame,
     TranscriptFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
@@ -259,7 +260,7 @@ async def check_tts(
             yield LLMTextFrame(text=chunk)
         yield LLMResponseEndFrame()
         await collector.wait_for(TTSStoppedFrame, timeout=timeout)
-        yield TextFrame(text="This reply is cut short by the user, who has something to say.")
+        yield BotTextFrame(text="This reply is cut short by the user, who has something to say.")
         await collector.wait_for(_second_reply_audio(collector), timeout=timeout)
         yield InterruptionFrame()
         yield LLMResponseStartFrame()
@@ -281,11 +282,11 @@ async def check_tts(
     _expect(len(rates) == 1 and all(f.channels == 1 for f in audio), "audio must be mono at one rate")
     pcm = np.frombuffer(b"".join(f.pcm for f in audio), dtype=np.int16)
     _expect(bool(len(pcm)) and int(np.abs(pcm).max()) > 1000, "speech must not be silent", frames)
-    passed = [f for f in frames if isinstance(f, LLMTextFrame) and not isinstance(f, TTSTextFrame)]
+    passed = [f for f in frames if isinstance(f, LLMTextFrame)]
     _expect([f.text for f in passed] == [*reply, "Left unfinished at the end"], "LLM text passes on", frames)
     _expect(
         BotAudioFrame in kinds[kinds.index(TTSStoppedFrame) : cut],
-        "a plain TextFrame must be spoken",
+        "a BotTextFrame outside a response must be spoken",
         frames,
     )
     tail = frames[cut:]

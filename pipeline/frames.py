@@ -234,22 +234,62 @@ class BotAudioFrame(AudioFrame):
 
 @dataclass(slots=True)
 class TextFrame(DataFrame):
-    """Plain text (for example a typed message, or text to speak)."""
+    """Text of any kind: handle it to see every kind, the user's and the bot's.
+
+    Its subclasses say whose text it is, so a processor takes one side by handling that class:
+    ``UserTextFrame`` (what the user said or typed: the LLM's input), ``InterimTranscriptFrame``
+    (a partial that may still change) and ``BotTextFrame`` (what the bot says: the TTS's input). A
+    plain ``TextFrame`` is nobody's turn: the LLM and the TTS let it pass.
+    """
 
     text: str = ""
     kind: ClassVar[str] = "text"
 
 
 @dataclass(slots=True)
-class LLMTextFrame(TextFrame):
+class UserTextFrame(TextFrame):
+    """What the user said or typed, final: one turn for the LLM (a typed message, a transcript)."""
+
+    kind: ClassVar[str] = "user_text"
+
+
+@dataclass(slots=True)
+class TranscriptFrame(UserTextFrame):
+    """A final transcript of one user utterance."""
+
+    language: str | None = None
+    words: list[dict[str, Any]] | None = None
+    kind: ClassVar[str] = "transcript"
+
+
+@dataclass(slots=True)
+class InterimTranscriptFrame(TextFrame):
+    """A partial transcript that later frames may revise: not a turn, so not ``UserTextFrame``."""
+
+    language: str | None = None
+    kind: ClassVar[str] = "interim_transcript"
+
+
+@dataclass(slots=True)
+class BotTextFrame(TextFrame):
+    """What the bot says: the TTS speaks it. Outside an LLM response, each one is a whole reply."""
+
+    kind: ClassVar[str] = "bot_text"
+
+
+@dataclass(slots=True)
+class LLMTextFrame(BotTextFrame):
     """A chunk of an LLM's streamed reply."""
 
     kind: ClassVar[str] = "llm_text"
 
 
 @dataclass(slots=True)
-class TTSTextFrame(TextFrame):
-    """The text that the ``BotAudioFrame``s following it speak (one sentence, usually)."""
+class TTSTextFrame(BotTextFrame):
+    """The text that the ``BotAudioFrame``s following it speak (one sentence, usually).
+
+    Its audio is made already, so a TTS passes it on unspoken.
+    """
 
     kind: ClassVar[str] = "tts_text"
 
@@ -262,25 +302,6 @@ class LLMToolCallFrame(DataFrame):
     name: str = ""
     arguments: str = ""
     kind: ClassVar[str] = "llm_tool_call"
-
-
-@dataclass(slots=True)
-class InterimTranscriptFrame(DataFrame):
-    """A partial transcript that later frames may revise."""
-
-    text: str = ""
-    language: str | None = None
-    kind: ClassVar[str] = "interim_transcript"
-
-
-@dataclass(slots=True)
-class TranscriptFrame(DataFrame):
-    """A final transcript of one user utterance."""
-
-    text: str = ""
-    language: str | None = None
-    words: list[dict[str, Any]] | None = None
-    kind: ClassVar[str] = "transcript"
 
 
 # --- control frames ------------------------------------------------------------------------------

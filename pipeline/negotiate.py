@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from pipeline.errors import Problem
 from pipeline.formats import AudioFormat
-from pipeline.frames import AudioFrame, DataFrame, Frame, InterimTranscriptFrame, TextFrame, TranscriptFrame
+from pipeline.frames import AudioFrame, DataFrame, Frame, TextFrame
 from pipeline.processor import Processor, Source
 from pipeline.topology import topological_names
 
@@ -31,7 +31,7 @@ Edge = tuple[str, str]
 ResamplerFactory = Callable[[str, AudioFormat], Processor]
 """Builds a resampling node: ``factory(node_name, target_format)``."""
 
-SPECIFIC_KINDS: tuple[type[Frame], ...] = (AudioFrame, TextFrame, InterimTranscriptFrame, TranscriptFrame)
+SPECIFIC_KINDS: tuple[type[Frame], ...] = (AudioFrame, TextFrame)
 """Data kinds a processor handles on purpose; handling one of these and nothing else is checked."""
 
 

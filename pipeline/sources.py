@@ -13,7 +13,7 @@ import math
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -22,11 +22,13 @@ from pipeline.errors import Problem, ValidationError
 from pipeline.formats import AudioFormat
 from pipeline.frames import (
     AudioFrame,
+    BotTextFrame,
     Frame,
     InterimTranscriptFrame,
     TextFrame,
     TranscriptFrame,
     UserAudioFrame,
+    UserTextFrame,
 )
 from pipeline.params import param
 from pipeline.processor import Source
@@ -95,7 +97,10 @@ class WavParams:
 class TextParams:
     """Params of ``source.text``."""
 
-    texts: list[str] = param(doc="messages to send, one TextFrame each")
+    texts: list[str] = param(doc="messages to send, one frame each")
+    role: Literal["user", "bot"] = param(
+        "user", doc="whose text: user = typed turns for an LLM (user_text); bot = replies to speak (bot_text)"
+    )
     interval: float = param(0.0, doc="seconds between messages")
 
 
@@ -338,12 +343,17 @@ class WavSource(_PacedAudioSource):
 
 
 class TextSource(Source):
-    """Sends fixed messages as ``TextFrame``s: a typed user, for driving LLM and TTS nodes."""
+    """Sends fixed messages: a typed user for driving an LLM, or the bot's replies for a TTS (``role``)."""
 
     type_name = "source.text"
     Params = TextParams
     params: TextParams
-    produces = (TextFrame,)
+    produces: ClassVar[tuple[type[Frame], ...]] = (UserTextFrame, BotTextFrame)  # one of them, by role
+
+    def setup(self) -> None:
+        self.frame_class: type[TextFrame] = BotTextFrame if self.params.role == "bot" else UserTextFrame
+        # Per node, so validation checks its edges against the one kind it sends.
+        self.produces = (self.frame_class,)  # type: ignore[misc]
 
     def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
         return None
@@ -352,7 +362,7 @@ class TextSource(Source):
         for index, text in enumerate(self.params.texts):
             if index and self.params.interval > 0:
                 await asyncio.sleep(self.params.interval)
-            yield TextFrame(text=text)
+            yield self.frame_class(text=text)
 
 
 class TranscriptSource(Source):

@@ -282,7 +282,8 @@ class Captured:
 
     @property
     def texts(self) -> list[str]:
-        """The text of each ``TextFrame`` (and ``LLMTextFrame``) that left downstream."""
+        """The text of every ``TextFrame`` that left downstream, whoever's: transcripts and LLM text
+        too (``.of(BotTextFrame)`` takes one side)."""
         return [f.text for f in self.of(TextFrame)]
 
     @property

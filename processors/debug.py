@@ -56,7 +56,7 @@ class FramePrinter(Processor):
     """Prints a line per frame to stdout and passes every frame on, so it also works mid-graph.
 
     Audio is left out unless ``audio: true`` or ``kinds`` names it: at 50 lines a second it
-    buries everything else. A kind includes its subclasses (``text`` also prints ``llm_text``).
+    buries everything else. A kind includes its subclasses (``bot_text`` also prints ``llm_text``).
     """
 
     type_name = "debug.print"

@@ -6,10 +6,11 @@ One folder per conversation, ``{directory}/{session_id}/``:
 * ``bot.wav`` — the bot's voice (``BotAudioFrame``), on the same timeline, silence between replies;
 * ``mixed.wav`` — both on one timeline at the user's rate, as a listener on the call heard it;
 * ``transcript.json`` — ``{"session_id", "start_time", "end_time", "messages": [{"role", "content",
-  "type"?}]}``, replaced atomically as each message completes: the user's as its final transcript
-  leaves the node that made it, the assistant's when its reply ends or is cut short.
+  "type"?}]}``, replaced atomically as each message completes: the user's as its turn (a final
+  transcript or a typed message: ``UserTextFrame``) leaves the node that made it, the assistant's
+  when its reply ends or is cut short.
 
-Wherever the recorder sits, it takes the user's audio as it leaves the input node and transcripts as
+Wherever the recorder sits, it takes the user's audio as it leaves the input node and user turns as
 they leave the node nearest it that makes or handles them (taps: ``pipeline.observers``), so neither
 waits behind the LLM and TTS; the same frames arriving along its edges are only passed on. The bot's
 audio keeps its place in the graph, just before the output: what was generated but never played is
@@ -64,10 +65,10 @@ from pipeline.frames import (
     LLMResponseStartFrame,
     LLMTextFrame,
     SpokenTextFrame,
-    TranscriptFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
     UserAudioFrame,
+    UserTextFrame,
 )
 from pipeline.observers import TapRequest
 from pipeline.params import param
@@ -478,7 +479,7 @@ class Recorder(Processor):
     params: RecorderParams
     handles: ClassVar[tuple[type[Frame], ...]] = (
         AudioFrame,
-        TranscriptFrame,
+        UserTextFrame,
         LLMResponseStartFrame,
         LLMTextFrame,
         LLMResponseEndFrame,
@@ -486,10 +487,10 @@ class Recorder(Processor):
         TTSStoppedFrame,
     )
     handles_upstream: ClassVar[tuple[type[Frame], ...]] = (SpokenTextFrame, BotStoppedSpeakingFrame)
-    produces: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, TranscriptFrame, LLMTextFrame)  # passed on
+    produces: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, UserTextFrame, LLMTextFrame)  # passed on
     taps: ClassVar[tuple[TapRequest, ...]] = (
         TapRequest(UserAudioFrame, at="source"),  # the user, from the input node
-        TapRequest(TranscriptFrame),  # each user turn, from the node that made or handled it last
+        TapRequest(UserTextFrame),  # each user turn, from the node that made or handled it last
     )
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
@@ -588,7 +589,7 @@ class Recorder(Processor):
 
     def _by_tap(self, frame: Frame) -> bool:
         """Whether ``frame`` reached the recorder by tap already (and only needs passing on)."""
-        if isinstance(frame, TranscriptFrame):
+        if isinstance(frame, UserTextFrame):
             return self._transcripts_tapped
         return self._user_tapped and isinstance(frame, UserAudioFrame)
 
@@ -669,7 +670,7 @@ class Recorder(Processor):
             )
         if isinstance(frame, LLMTextFrame):
             self._current_reply().chunks.append(frame.text)
-        elif isinstance(frame, TranscriptFrame):
+        elif isinstance(frame, UserTextFrame):
             if frame.text.strip():
                 self._transcript.set(None, {"role": "user", "content": frame.text.strip()})
                 self._transcript.changed()

@@ -95,7 +95,7 @@ class TurnTaking(Processor):
         BotStoppedSpeakingFrame,
         SpokenTextFrame,
     )
-    produces: ClassVar[tuple[type[Frame], ...]] = (TranscriptFrame,)
+    produces: ClassVar[tuple[type[Frame], ...]] = (InterimTranscriptFrame, TranscriptFrame)
 
     params: TurnTakingParams
 

@@ -12,8 +12,8 @@ from pipeline.formats import AudioCaps, AudioFormat
 from pipeline.frames import (
     AudioFrame,
     BotAudioFrame,
+    BotTextFrame,
     Frame,
-    LLMTextFrame,
     TextFrame,
     TranscriptFrame,
     UserAudioFrame,
@@ -95,10 +95,10 @@ class Forgetful(Processor):
 class Speak(Processor):
     """Stands in for a TTS: text in, bot audio out."""
 
-    handles: ClassVar[tuple[type[Frame], ...]] = (LLMTextFrame, TextFrame)
+    handles: ClassVar[tuple[type[Frame], ...]] = (BotTextFrame,)
     produces: ClassVar[tuple[type[Frame], ...]] = (BotAudioFrame,)
 
-    async def process(self, frame: TextFrame) -> None:
+    async def process(self, frame: BotTextFrame) -> None:
         await self.push(BotAudioFrame(pcm=b"\0\0" * 160, sample_rate=16000))
 
     def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:

@@ -29,8 +29,7 @@ from pipeline.frames import (
     LLMResponseEndFrame,
     LLMResponseStartFrame,
     LLMTextFrame,
-    TextFrame,
-    TranscriptFrame,
+    UserTextFrame,
 )
 from pipeline.processor import Processor
 from tests.speech import espeak, read_wav, silence, write_wav
@@ -46,8 +45,8 @@ WAIT_MS = 40_000  # for each step; the whole test takes ~15 s
 class Parrot(Processor):
     """Answers each user turn (or typed message) with "You said: <it>", streamed like an LLM."""
 
-    handles: ClassVar[tuple[type[Frame], ...]] = (TranscriptFrame, TextFrame)
-    produces: ClassVar[tuple[type[Frame], ...]] = (LLMTextFrame, TranscriptFrame, TextFrame)
+    handles: ClassVar[tuple[type[Frame], ...]] = (UserTextFrame,)
+    produces: ClassVar[tuple[type[Frame], ...]] = (LLMTextFrame, UserTextFrame)
 
     async def process(self, frame: Any) -> None:
         await self.push(frame)  # the user's turn goes on, as an LLM node passes it (transcripts, recorder)

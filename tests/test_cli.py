@@ -321,7 +321,7 @@ def test_list_takes_import_paths(capsys: pytest.CaptureFixture[str]) -> None:
 def test_run_prints_what_flows_and_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = cli(capsys, "run", write(tmp_path, TEXTS))
     assert code == 0
-    assert out.splitlines() == ['[out] text "hello"', '[out] text "world"']
+    assert out.splitlines() == ['[out] user_text "hello"', '[out] user_text "world"']
     assert err == ""
 
 
@@ -329,7 +329,7 @@ def test_run_applies_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[str
     path = write(tmp_path, TEXTS)
     code, out, _ = cli(capsys, "run", path, "--set", "src.texts=[bonjour, 'tout le monde']")
     assert code == 0
-    assert out.splitlines() == ['[out] text "bonjour"', '[out] text "tout le monde"']
+    assert out.splitlines() == ['[out] user_text "bonjour"', '[out] user_text "tout le monde"']
     code, out, _ = cli(capsys, "run", path, "--set", "out.kinds=[audio]")
     assert (code, out) == (0, "")
 

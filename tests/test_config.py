@@ -108,7 +108,7 @@ def test_every_problem_at_once_with_file_line_node_and_fix() -> None:
         (12, "notype", "missing 'type'"),
         (14, "stt", "queue size must be a whole number >= 1, got 0"),
         (14, "stt", "queue overflow must be block or drop_oldest, got 'sometimes'"),
-        (16, "tts", "'tts' handles llm_text, text but receives only transcript"),
+        (16, "tts", "'tts' handles bot_text but receives only transcript"),
         (17, "loner", "nothing feeds 'loner' (it is not a source)"),
         (20, "api", "environment variable API_KEY is not set"),
         (23, "words", "edge words -> shout is declared twice"),

@@ -16,6 +16,8 @@ from pipeline.frames import (
     LLMTextFrame,
     TextFrame,
     TranscriptFrame,
+    TTSTextFrame,
+    UserTextFrame,
 )
 from pipeline.graph import Graph
 from pipeline.registry import resolve
@@ -51,6 +53,14 @@ async def test_piped_output_has_final_lines_only(capsys: pytest.CaptureFixture[s
     out = await run_processor(ConsoleOutput(), [*TURN, TextFrame(text="other")])
     assert capsys.readouterr().out == "you: what's the weather like\nbot: It is sunny.\n"
     assert out.kinds == [f.kind for f in TURN] + ["text"]  # everything passes on
+
+
+async def test_typed_turns_print_like_spoken_ones_and_bot_text_only_from_the_llm(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    frames = [UserTextFrame(text="typed"), TTSTextFrame(text="Spoken."), LLMTextFrame(text="Reply.")]
+    await run_processor(ConsoleOutput(), frames)
+    assert capsys.readouterr().out == "you: typed\nbot: Reply.\n"
 
 
 async def test_a_terminal_sees_interim_words_rewritten_in_place(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -73,7 +73,7 @@ async def test_printer_prints_audio_when_asked(capsys: pytest.CaptureFixture[str
 
 async def test_printer_filters_by_kind_including_subclasses(capsys: pytest.CaptureFixture[str]) -> None:
     await run_processor(
-        FramePrinter(name="out", kinds=["text", "audio"]), [*MIXED, BotAudioFrame(pcm=bytes(320))]
+        FramePrinter(name="out", kinds=["bot_text", "audio"]), [*MIXED, BotAudioFrame(pcm=bytes(320))]
     )
     assert lines(capsys) == [
         "[out] audio 20.0 ms 16000 Hz mono",

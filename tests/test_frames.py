@@ -10,6 +10,7 @@ from pipeline.frames import (
     AudioFrame,
     BotAudioFrame,
     BotStartedSpeakingFrame,
+    BotTextFrame,
     CancelFrame,
     ControlFrame,
     DataFrame,
@@ -24,11 +25,15 @@ from pipeline.frames import (
     SystemFrame,
     TextFrame,
     TranscriptFrame,
+    TTSTextFrame,
     Uninterruptible,
     UserAudioFrame,
     UserStartedSpeakingFrame,
+    UserTextFrame,
     frame_kinds,
 )
+from pipeline.processor import Processor
+from pipeline.testing import run_processor
 
 
 @dataclasses.dataclass(slots=True)
@@ -87,9 +92,50 @@ def test_frame_kinds_maps_every_kind_to_its_class() -> None:
     assert kinds["transcript"] is TranscriptFrame
     assert kinds["interim_transcript"] is InterimTranscriptFrame
     assert kinds["llm_text"] is LLMTextFrame
+    assert kinds["user_text"] is UserTextFrame
+    assert kinds["bot_text"] is BotTextFrame
     assert kinds["end"] is EndFrame
     assert kinds["metrics"] is MetricsFrame
     assert all(cls.kind == kind for kind, cls in kinds.items())
+
+
+TEXTS: list[Frame] = [
+    TranscriptFrame(text="said"),
+    UserTextFrame(text="typed"),
+    InterimTranscriptFrame(text="sa"),
+    LLMTextFrame(text="chunk"),
+    TTSTextFrame(text="sentence"),
+    BotTextFrame(text="greeting"),
+    TextFrame(text="nobody's"),
+]
+
+
+class Seen(Processor):
+    """Records the text frames it is given; ``handles`` is set per test."""
+
+    def setup(self) -> None:
+        self.seen: list[str] = []
+
+    async def process(self, frame: TextFrame) -> None:
+        self.seen.append(frame.text)
+        await self.push(frame)
+
+
+@pytest.mark.parametrize(
+    ("handled", "expected"),
+    [
+        (TextFrame, ["said", "typed", "sa", "chunk", "sentence", "greeting", "nobody's"]),
+        (UserTextFrame, ["said", "typed"]),
+        (BotTextFrame, ["chunk", "sentence", "greeting"]),
+    ],
+)
+async def test_a_text_class_says_whose_text_a_processor_gets(
+    handled: type[TextFrame], expected: list[str]
+) -> None:
+    node = type("Node", (Seen,), {"handles": (handled,), "produces": (handled,)})()
+    out = await run_processor(node, TEXTS)
+    assert node.seen == expected
+    assert out.down == TEXTS  # the rest passed by, in order
 
 
 def test_audio_frame_reports_samples_and_duration() -> None:

@@ -9,6 +9,8 @@ from typing import Any
 from pipeline.frames import (
     UPSTREAM,
     AudioFrame,
+    BotTextFrame,
+    InterimTranscriptFrame,
     InterruptionFrame,
     LLMResponseEndFrame,
     LLMTextFrame,
@@ -18,6 +20,7 @@ from pipeline.frames import (
     TranscriptFrame,
     TTSTextFrame,
     UserAudioFrame,
+    UserTextFrame,
 )
 from pipeline.graph import Graph
 from pipeline.testing import Captured, Collector, run_graph, run_processor
@@ -73,18 +76,25 @@ async def test_a_turn_streams_between_start_and_end_after_the_transcript() -> No
     llm = ScriptedLLM([["Hello", " there."]])
     out = await run_processor(llm, [TranscriptFrame(text="Hi!")])
     assert out.kinds == ["transcript", "llm_response_start", "llm_text", "llm_text", "llm_response_end"]
-    assert out.texts == ["Hello", " there."]
+    assert [f.text for f in out.of(LLMTextFrame)] == ["Hello", " there."]
     assert roles(llm.requests[0])[1:] == [("user", "Hi!")]
     assert llm.metrics.samples["ttfb"]
     assert not out.errors
 
 
-async def test_plain_text_is_a_turn_but_llm_and_tts_text_pass_through() -> None:
+async def test_typed_user_text_is_a_turn_and_other_text_passes_by() -> None:
     llm = ScriptedLLM([["Yes."]])
-    frames = [LLMTextFrame(text="a"), TTSTextFrame(text="b"), TextFrame(text="typed")]
-    out = await run_processor(llm, frames)
-    assert out.kinds == ["llm_text", "tts_text", "text", "llm_response_start", "llm_text", "llm_response_end"]
-    assert len(llm.requests) == 1
+    others = [
+        LLMTextFrame(text="a"),
+        TTSTextFrame(text="b"),
+        BotTextFrame(text="c"),
+        InterimTranscriptFrame(text="partial"),
+        TextFrame(text="nobody's turn"),
+    ]
+    out = await run_processor(llm, [*others, UserTextFrame(text="typed")])
+    assert out.down == [*others, UserTextFrame(text="typed"), *out.down[len(others) + 1 :]]
+    assert out.kinds[len(others) + 1 :] == ["llm_response_start", "llm_text", "llm_response_end"]
+    assert [roles(request)[1:] for request in llm.requests] == [[("user", "typed")]]
 
 
 async def test_blank_transcripts_get_no_reply() -> None:

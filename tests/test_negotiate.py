@@ -131,14 +131,14 @@ def test_frame_kinds_that_cannot_arrive() -> None:
     nodes: dict[str, Processor] = {"t": Transcripts(), "words": Words(), "tts": Speak()}
     [problem] = negotiate.check(nodes, [("t", "tts")])
     assert problem.node == "tts"
-    assert problem.message == "'tts' handles llm_text, text but receives only transcript"
-    assert problem.fix == "feed 'tts' from a node that produces llm_text or text, e.g. an edge 'words -> tts'"
+    assert problem.message == "'tts' handles bot_text but receives only transcript"
+    assert problem.fix == "feed 'tts' from a node that produces bot_text, e.g. an edge 'words -> tts'"
 
 
 def test_consumed_kinds_stop_and_produced_kinds_flow_on() -> None:
     consumed: dict[str, Processor] = {"words": Words(), "stt": Transcriber(), "tts": Speak()}
     assert messages(consumed, [("words", "stt"), ("stt", "tts")]) == [
-        "'tts' handles llm_text, text but receives only transcript"
+        "'tts' handles bot_text but receives only transcript"
     ]
     transformed: dict[str, Processor] = {"words": Words(), "shout": Shout(), "tts": Speak()}
     assert messages(transformed, [("words", "shout"), ("shout", "tts")]) == []
@@ -191,7 +191,7 @@ edges: [words -> shout -> speak]
     (problem,) = problems
     assert problem.node == "shout"
     assert problem.message == (
-        "'shout' produces nothing, so 'speak' (which handles llm_text, text) receives no data frames"
+        "'shout' produces nothing, so 'speak' (which handles bot_text) receives no data frames"
     )
     assert problem.fix == "if Forgetful pushes frames on, declare them: produces = (TextFrame,)"
 

@@ -19,6 +19,7 @@ from pipeline.frames import (
     Frame,
     InterruptionFrame,
     LLMResponseStartFrame,
+    LLMToolCallFrame,
     MetricsFrame,
     StartFrame,
     TextFrame,
@@ -146,7 +147,7 @@ class Upper(Processor):
 async def test_unhandled_frames_pass_through_in_order_with_handled_ones() -> None:
     script: list[Frame | Gap] = [
         TextFrame(text="a"),
-        TranscriptFrame(text="t"),
+        LLMToolCallFrame(name="t"),
         LLMResponseStartFrame(),
         TextFrame(text="b"),
         UserAudioFrame(pcm=b"\x01\x00"),
@@ -154,7 +155,7 @@ async def test_unhandled_frames_pass_through_in_order_with_handled_ones() -> Non
     out = await run_processor(Upper(), script)
     assert out.down == [
         TextFrame(text="A"),
-        TranscriptFrame(text="t"),
+        LLMToolCallFrame(name="t"),
         LLMResponseStartFrame(),
         TextFrame(text="B"),
         UserAudioFrame(pcm=b"\x01\x00"),

@@ -2,7 +2,8 @@
 
 The code blocks are read from README.md itself, so the test breaks as soon as the README stops being
 true: ``shout.py`` and ``test_shout.py`` are written to an empty folder with the documented
-``pyproject.toml`` snippet, and pytest is run there as a user would run it.
+``pyproject.toml`` snippet, and pytest is run there as a user would run it. The same ``Shout`` put
+between an LLM and a TTS must keep the reply one reply, as the README's text table promises.
 """
 
 from __future__ import annotations
@@ -57,3 +58,44 @@ def test_a_bug_in_process_shows_its_traceback(tmp_path: Path) -> None:
     assert "ProcessorFailedError" in done.stdout
     assert "shout.py" in done.stdout and "in process" in done.stdout  # where it broke, not only what
     assert "AttributeError: 'str' object has no attribute 'uper'" in done.stdout
+
+
+ONE_REPLY = """
+from collections.abc import AsyncIterator
+
+from pipeline.frames import LLMResponseEndFrame, LLMResponseStartFrame, LLMTextFrame
+from pipeline.graph import Graph
+from pipeline.testing import ScriptedSource, run_graph
+from processors.tts.base import SpeechSynthesizer
+from shout import Shout
+
+
+class Voice(SpeechSynthesizer):
+    sample_rate = 8000
+
+    def setup(self) -> None:
+        self.spoken: list[str] = []
+
+    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        self.spoken.append(text)
+        yield b"\\x10\\x00" * 160
+
+
+async def test_shout_between_the_llm_and_the_tts_keeps_one_reply() -> None:
+    chunks = [LLMTextFrame(text=t) for t in ("Hello", " there, how", " are you?")]
+    llm = ScriptedSource([LLMResponseStartFrame(), *chunks, LLMResponseEndFrame()], name="llm")
+    shout, tts = Shout(name="shout"), Voice(name="tts")
+    graph = Graph({"llm": llm, "shout": shout, "tts": tts}, [("llm", "shout"), ("shout", "tts")])
+    out = await run_graph(graph)
+    out.raise_errors()
+    assert shout.shouted == 3
+    assert [f.text for f in out.of(LLMTextFrame)] == ["HELLO!", " THERE, HOW!", " ARE YOU?!"]
+    assert " ".join(tts.spoken) == "HELLO! THERE, HOW! ARE YOU?!"
+    assert out.kinds.count("tts_started") == out.kinds.count("tts_stopped") == 1
+"""
+
+
+def test_the_readme_processor_between_an_llm_and_a_tts_keeps_one_reply(tmp_path: Path) -> None:
+    _project(tmp_path, ONE_REPLY)
+    done = _pytest(tmp_path)
+    assert "1 passed" in done.stdout, done.stdout + done.stderr

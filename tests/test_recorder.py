@@ -31,6 +31,7 @@ from pipeline.frames import (
     BotStoppedSpeakingFrame,
     Direction,
     Frame,
+    InterimTranscriptFrame,
     InterruptionFrame,
     LLMResponseEndFrame,
     LLMResponseStartFrame,
@@ -41,6 +42,7 @@ from pipeline.frames import (
     TTSStoppedFrame,
     TTSTextFrame,
     UserAudioFrame,
+    UserTextFrame,
 )
 from pipeline.graph import Graph
 from pipeline.observers import Observer
@@ -425,7 +427,7 @@ def test_the_shipped_assistant_taps_the_microphone_and_the_llm() -> None:
     taps = {
         point: [(t.via.name, t.request.kind) for t in installed] for point, installed in graph._taps.items()
     }
-    assert taps == {"mic": [("vad", UserAudioFrame)], "llm": [("tts", TranscriptFrame)]}
+    assert taps == {"mic": [("vad", UserAudioFrame)], "llm": [("tts", UserTextFrame)]}
 
 
 async def test_saves_that_pile_up_during_a_write_are_written_once_by_one_writer(
@@ -674,6 +676,16 @@ async def test_a_reply_the_tts_failed_to_speak_at_all_is_not_saved(tmp_path: Pat
     recorder = Recorder(directory=str(tmp_path), session_id="s", tracks=["transcript"])
     await run_processor(recorder, [user(), TranscriptFrame(text="count"), *_reply(("One.", 0), ("Two.", 0))])
     assert transcript(recorder.session_dir)["messages"] == [{"role": "user", "content": "count"}]
+
+
+async def test_typed_turns_are_saved_and_partial_transcripts_are_not(tmp_path: Path) -> None:
+    recorder = Recorder(directory=str(tmp_path), session_id="s", tracks=["transcript"])
+    frames = [InterimTranscriptFrame(text="spo"), TranscriptFrame(text="spoken"), UserTextFrame(text="typed")]
+    await run_processor(recorder, frames)
+    assert transcript(recorder.session_dir)["messages"] == [
+        {"role": "user", "content": "spoken"},
+        {"role": "user", "content": "typed"},
+    ]
 
 
 async def test_a_stalled_disk_costs_the_oldest_tapped_audio_not_unbounded_memory(

@@ -10,9 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.config import check_text
 from pipeline.errors import ValidationError
 from pipeline.formats import AudioFormat
-from pipeline.frames import AudioFrame, Direction, Frame, InterimTranscriptFrame, TextFrame, TranscriptFrame
+from pipeline.frames import (
+    AudioFrame,
+    BotTextFrame,
+    Direction,
+    Frame,
+    InterimTranscriptFrame,
+    TranscriptFrame,
+    UserTextFrame,
+)
 from pipeline.graph import Graph, GraphFailedError
 from pipeline.observers import Observer
 from pipeline.params import param_specs
@@ -304,6 +313,25 @@ def test_text_is_sent_at_the_given_interval() -> None:
     assert offsets == pytest.approx([0.0, 2.0, 4.0])
 
 
+async def test_text_is_the_users_unless_the_role_says_bot() -> None:
+    typed = await run_processor(TextSource(texts=["hi"]))
+    spoken = await run_processor(TextSource(texts=["hello"], role="bot"))
+    assert typed.down == [UserTextFrame(text="hi")]
+    assert spoken.down == [BotTextFrame(text="hello")]
+
+
+def test_validation_knows_whose_text_a_text_source_sends() -> None:
+    graph = """
+nodes:
+  say: {type: source.text, texts: [hi]%s}
+  tts: {type: tts.espeak}
+edges: [say -> tts]
+"""
+    [problem] = check_text(graph % "", "say.yaml")
+    assert problem.message == "'tts' handles bot_text but receives only user_text"
+    assert check_text(graph % ", role: bot", "say.yaml") == []
+
+
 async def test_transcripts_are_final_by_default() -> None:
     out = await run_processor(TranscriptSource(transcripts=["hello world", "bye"], language="en"))
     assert out.down == [
@@ -318,4 +346,4 @@ async def test_interim_transcripts_grow_word_by_word_before_the_final() -> None:
     assert interim == ["what", "what time", "what time is", "what time is it"]
     assert isinstance(out.down[-1], TranscriptFrame)
     assert out.transcripts == ["what time is it"]
-    assert not any(isinstance(f, TextFrame) for f in out.down)
+    assert {type(f) for f in out.down} == {InterimTranscriptFrame, TranscriptFrame}

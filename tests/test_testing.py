@@ -122,7 +122,7 @@ async def test_captured_helpers_filter_by_class() -> None:
         ],
         up=[ErrorFrame(message="m")],
     )
-    assert captured.texts == ["a", "c"]
+    assert captured.texts == ["a", "b", "c"]  # text of every kind, the user's and the bot's
     assert captured.transcripts == ["b"]
     assert captured.of(LLMTextFrame) == [LLMTextFrame(text="a")]
     assert captured.kinds == ["llm_text", "transcript", "text"]

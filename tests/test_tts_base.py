@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -12,6 +13,7 @@ from pipeline.errors import ValidationError
 from pipeline.formats import AudioFormat
 from pipeline.frames import (
     BotAudioFrame,
+    BotTextFrame,
     Frame,
     InterruptionFrame,
     LLMResponseEndFrame,
@@ -20,9 +22,11 @@ from pipeline.frames import (
     TextFrame,
     TranscriptFrame,
     TTSTextFrame,
+    UserTextFrame,
 )
 from pipeline.graph import Graph
-from pipeline.testing import Captured, Collector, run_graph, run_processor
+from pipeline.processor import Processor
+from pipeline.testing import Captured, Collector, ScriptedSource, run_graph, run_processor
 from processors.tts.base import SpeechSynthesizer
 from tests.drivers import Driver
 
@@ -91,17 +95,17 @@ async def test_a_reply_is_spoken_sentence_by_sentence_between_started_and_stoppe
 
 async def test_audio_frames_are_chunk_ms_long_with_the_last_one_padded() -> None:
     tts = FakeVoice(chunk_ms=20)
-    out = await run_processor(tts, [TextFrame(text="Hi!")])  # 3 characters = 30 ms = 1.5 frames
+    out = await run_processor(tts, [BotTextFrame(text="Hi!")])  # 3 characters = 30 ms = 1.5 frames
     audio = out.of(BotAudioFrame)
     assert [len(f.pcm) for f in audio] == [FRAME_BYTES, FRAME_BYTES]
     assert {(f.sample_rate, f.channels) for f in audio} == {(RATE, 1)}
     assert audio[-1].pcm[FRAME_BYTES // 2 :] == bytes(FRAME_BYTES // 2)
 
 
-async def test_plain_text_is_spoken_as_one_reply() -> None:
-    out = await run_processor(FakeVoice(), [TextFrame(text="One. Two.")])
+async def test_bot_text_outside_a_response_is_spoken_as_one_reply() -> None:
+    out = await run_processor(FakeVoice(), [BotTextFrame(text="One. Two.")])
     assert without_audio(out) == [
-        "text",
+        "bot_text",
         "tts_started",
         "tts_text",
         "audio",
@@ -112,9 +116,46 @@ async def test_plain_text_is_spoken_as_one_reply() -> None:
 
 
 async def test_other_frames_pass_through_untouched() -> None:
-    frames = [TranscriptFrame(text="user said"), TTSTextFrame(text="not mine")]
-    out = await run_processor(FakeVoice(), frames)
+    frames = [
+        TranscriptFrame(text="user said"),
+        UserTextFrame(text="user typed"),
+        TextFrame(text="nobody's turn"),
+        TTSTextFrame(text="spoken already"),
+    ]
+    tts = FakeVoice()
+    out = await run_processor(tts, frames)
     assert out.down == frames
+    assert tts.spoken == []
+
+
+class Shout(Processor):
+    """Between the LLM and the TTS: re-types each chunk of the reply as new ``BotTextFrame``s."""
+
+    handles: ClassVar[tuple[type[Frame], ...]] = (BotTextFrame,)
+    produces: ClassVar[tuple[type[Frame], ...]] = (BotTextFrame,)
+
+    async def process(self, frame: BotTextFrame) -> None:
+        await self.push(BotTextFrame(text=frame.text.upper()))
+
+
+class ShoutInPlace(Shout):
+    """The same with ``dataclasses.replace``, as the README shows: the chunks stay ``LLMTextFrame``s."""
+
+    async def process(self, frame: BotTextFrame) -> None:
+        await self.push(dataclasses.replace(frame, text=frame.text.upper()))
+
+
+@pytest.mark.parametrize("shout", [Shout, ShoutInPlace])
+async def test_a_reply_re_typed_between_llm_and_tts_stays_one_reply(shout: type[Shout]) -> None:
+    llm = ScriptedSource(reply("Hello", " there, how", " are you?"), name="llm")
+    tts = FakeVoice()
+    nodes = {"llm": llm, "shout": shout(name="shout"), "tts": tts}
+    graph = Graph(nodes, [("llm", "shout"), ("shout", "tts")])
+    out = await run_graph(graph)
+    out.raise_errors()
+    assert tts.spoken == ["HELLO THERE, HOW ARE YOU?"]
+    assert out.kinds.count("tts_started") == out.kinds.count("tts_stopped") == 1
+    assert out.kinds.index("tts_stopped") < out.kinds.index("llm_response_end")
 
 
 async def test_text_without_response_boundaries_is_flushed_at_the_end() -> None:

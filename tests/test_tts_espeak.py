@@ -13,7 +13,7 @@ import pytest
 from pipeline.conformance import check_tts
 from pipeline.errors import ValidationError
 from pipeline.formats import AudioFormat
-from pipeline.frames import BotAudioFrame, TextFrame, TTSTextFrame
+from pipeline.frames import BotAudioFrame, BotTextFrame, TTSTextFrame
 from pipeline.graph import GraphFailedError
 from pipeline.testing import run_processor
 from processors.tts import espeak
@@ -47,7 +47,7 @@ def test_rate_is_known_before_start() -> None:
 
 async def test_a_sentence_becomes_clear_speech_at_22050_hz(whisper: Any) -> None:
     tts = EspeakTTS()
-    out = await run_processor(tts, [TextFrame(text=SENTENCE)], timeout=TIMEOUT)
+    out = await run_processor(tts, [BotTextFrame(text=SENTENCE)], timeout=TIMEOUT)
     audio = out.of(BotAudioFrame)
     assert {(f.sample_rate, f.channels, len(f.pcm)) for f in audio} == {(22050, 1, 882)}
     assert [f.text for f in out.of(TTSTextFrame)] == [SENTENCE]
@@ -58,13 +58,17 @@ async def test_a_sentence_becomes_clear_speech_at_22050_hz(whisper: Any) -> None
 
 
 async def test_words_per_minute_changes_the_pace() -> None:
-    slow = await run_processor(EspeakTTS(words_per_minute=120), [TextFrame(text=SENTENCE)], timeout=TIMEOUT)
-    fast = await run_processor(EspeakTTS(words_per_minute=240), [TextFrame(text=SENTENCE)], timeout=TIMEOUT)
+    slow = await run_processor(
+        EspeakTTS(words_per_minute=120), [BotTextFrame(text=SENTENCE)], timeout=TIMEOUT
+    )
+    fast = await run_processor(
+        EspeakTTS(words_per_minute=240), [BotTextFrame(text=SENTENCE)], timeout=TIMEOUT
+    )
     assert len(slow.audio) > 1.5 * len(fast.audio)
 
 
 async def test_text_starting_with_a_dash_is_spoken_not_taken_as_an_option() -> None:
-    out = await run_processor(EspeakTTS(), [TextFrame(text="-v is a flag.")], timeout=TIMEOUT)
+    out = await run_processor(EspeakTTS(), [BotTextFrame(text="-v is a flag.")], timeout=TIMEOUT)
     assert len(out.audio) > 22050  # more than half a second of speech
 
 

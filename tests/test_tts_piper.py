@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.conformance import check_tts
 from pipeline.formats import AudioFormat
-from pipeline.frames import BotAudioFrame, TextFrame, TTSTextFrame
+from pipeline.frames import BotAudioFrame, BotTextFrame, TTSTextFrame
 from pipeline.graph import GraphFailedError
 from pipeline.testing import run_processor
 from processors.tts.piper import PiperTTS
@@ -37,7 +37,7 @@ def test_missing_voice_files_fail_validation() -> None:
 
 async def test_a_sentence_becomes_clear_speech_at_22050_hz(whisper: Any) -> None:
     tts = PiperTTS()
-    out = await run_processor(tts, [TextFrame(text=SENTENCE)], timeout=TIMEOUT)
+    out = await run_processor(tts, [BotTextFrame(text=SENTENCE)], timeout=TIMEOUT)
     audio = out.of(BotAudioFrame)
     assert {(f.sample_rate, f.channels, len(f.pcm)) for f in audio} == {(22050, 1, 882)}  # 20 ms frames
     assert [f.text for f in out.of(TTSTextFrame)] == [SENTENCE]
@@ -50,8 +50,8 @@ async def test_a_sentence_becomes_clear_speech_at_22050_hz(whisper: Any) -> None
 
 
 async def test_length_scale_slows_the_voice_down() -> None:
-    normal = await run_processor(PiperTTS(), [TextFrame(text=SENTENCE)], timeout=TIMEOUT)
-    slow = await run_processor(PiperTTS(length_scale=1.5), [TextFrame(text=SENTENCE)], timeout=TIMEOUT)
+    normal = await run_processor(PiperTTS(), [BotTextFrame(text=SENTENCE)], timeout=TIMEOUT)
+    slow = await run_processor(PiperTTS(length_scale=1.5), [BotTextFrame(text=SENTENCE)], timeout=TIMEOUT)
     assert len(slow.audio) > 1.3 * len(normal.audio)
 
 

@@ -39,12 +39,12 @@ from pipeline.frames import (
     LLMResponseStartFrame,
     LLMTextFrame,
     SpokenTextFrame,
-    TextFrame,
     TranscriptFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
     TTSTextFrame,
     UserStoppedSpeakingFrame,
+    UserTextFrame,
 )
 from pipeline.params import param
 from pipeline.processor import Processor
@@ -76,7 +76,7 @@ class Counter(Processor):
 
     Params = CounterParams
     params: CounterParams
-    handles: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, TextFrame)
+    handles: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, UserTextFrame)
     produces: ClassVar[tuple[type[Frame], ...]] = (
         InterimTranscriptFrame,
         TranscriptFrame,
@@ -94,7 +94,7 @@ class Counter(Processor):
             self.audio_ms += frame.duration * 1000
             await self.push(frame)  # user audio goes on, as a VAD or STT passes it
             return
-        assert isinstance(frame, TextFrame)
+        assert isinstance(frame, UserTextFrame)
         if frame.text == "barge":
             await self.interrupt()
             return
@@ -183,8 +183,8 @@ class TranscriptSaver(Processor):
 
     Params = SaverParams
     params: SaverParams
-    handles: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, TextFrame)
-    produces: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, TextFrame)
+    handles: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, UserTextFrame)
+    produces: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, UserTextFrame)
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
@@ -203,7 +203,7 @@ class TranscriptSaver(Processor):
     async def process(self, frame: Frame) -> None:
         if isinstance(frame, AudioFrame) and not isinstance(frame, BotAudioFrame):
             self.user_audio += frame.pcm
-        elif isinstance(frame, TextFrame) and not isinstance(frame, LLMTextFrame | TTSTextFrame):
+        elif isinstance(frame, UserTextFrame):
             self.messages.append({"role": "user", "content": frame.text})
         await self.push(frame)
 

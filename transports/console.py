@@ -1,8 +1,9 @@
 """``console.output``: the conversation as a live transcript in the terminal.
 
-On a terminal the user's interim transcript is redrawn in place (carriage return, clear line) until
-the final one replaces it; the bot's reply streams onto one line as the LLM writes it. Piped into a
-file or another program, only final lines are written, with no control characters::
+The user's turns (``UserTextFrame``: final transcripts and typed messages) and the LLM's reply are
+written. On a terminal the user's interim transcript is redrawn in place (carriage return, clear
+line) until the final one replaces it; the bot's reply streams onto one line as the LLM writes it.
+Piped into a file or another program, only final lines are written, with no control characters::
 
     you: what's the weather like
     bot: It is sunny and warm today. [interrupted]
@@ -19,7 +20,7 @@ from pipeline.frames import (
     InterimTranscriptFrame,
     LLMResponseEndFrame,
     LLMTextFrame,
-    TranscriptFrame,
+    UserTextFrame,
 )
 from pipeline.params import param
 from pipeline.processor import Processor
@@ -47,11 +48,11 @@ class ConsoleOutput(Processor):
     params: ConsoleParams
     handles: ClassVar[tuple[type[Frame], ...]] = (
         InterimTranscriptFrame,
-        TranscriptFrame,
+        UserTextFrame,
         LLMTextFrame,
         LLMResponseEndFrame,
     )
-    produces: ClassVar[tuple[type[Frame], ...]] = (InterimTranscriptFrame, TranscriptFrame, LLMTextFrame)
+    produces: ClassVar[tuple[type[Frame], ...]] = (InterimTranscriptFrame, UserTextFrame, LLMTextFrame)
     """Passed on after printing, so nodes after it still get them."""
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
@@ -66,7 +67,7 @@ class ConsoleOutput(Processor):
     async def process(self, frame: Frame) -> None:
         if isinstance(frame, InterimTranscriptFrame):
             self._interim(frame.text)
-        elif isinstance(frame, TranscriptFrame):
+        elif isinstance(frame, UserTextFrame):
             self._final(frame.text)
         elif isinstance(frame, LLMTextFrame):
             self._bot(frame.text)

@@ -1,9 +1,10 @@
 """``ChatLLM``: what every LLM node does the same way — turns, history, streaming frames, barge-in.
 
 An engine subclasses ``ChatLLM`` and implements one async generator, ``stream_reply(messages)``,
-yielding text chunks (and ``ToolCall``s). The base turns each user turn (``TranscriptFrame`` or a plain
-``TextFrame``) into ``LLMResponseStartFrame``, ``LLMTextFrame`` chunks, ``LLMToolCallFrame``s and
-``LLMResponseEndFrame``, and keeps the conversation (``processors.llm.context``).
+yielding text chunks (and ``ToolCall``s). The base turns each user turn (a ``UserTextFrame``: a final
+transcript or a typed message) into ``LLMResponseStartFrame``, ``LLMTextFrame`` chunks,
+``LLMToolCallFrame``s and ``LLMResponseEndFrame``, and keeps the conversation
+(``processors.llm.context``). The bot's text and interim transcripts pass by.
 
 Barge-in: an ``InterruptionFrame`` cancels the in-flight ``process``; the stream is closed at once
 (``aclose``), so an engine stops its generation in the generator's ``finally`` (a stop flag for a
@@ -31,8 +32,7 @@ from pipeline.frames import (
     LLMTextFrame,
     LLMToolCallFrame,
     SpokenTextFrame,
-    TextFrame,
-    TranscriptFrame,
+    UserTextFrame,
 )
 from pipeline.params import param
 from pipeline.processor import Processor
@@ -72,15 +72,14 @@ class ChatLLM(Processor):
     """Replies to each user turn with a streamed answer and remembers what was said and heard."""
 
     Params: ClassVar[type[Any]] = ChatParams
-    handles: ClassVar[tuple[type[Frame], ...]] = (TranscriptFrame, TextFrame)
+    handles: ClassVar[tuple[type[Frame], ...]] = (UserTextFrame,)
     handles_upstream: ClassVar[tuple[type[Frame], ...]] = (SpokenTextFrame, BotStoppedSpeakingFrame)
     produces: ClassVar[tuple[type[Frame], ...]] = (
         LLMResponseStartFrame,
         LLMTextFrame,
         LLMToolCallFrame,
         LLMResponseEndFrame,
-        TranscriptFrame,  # the user's turn is passed on (recorders, transcripts)
-        TextFrame,
+        UserTextFrame,  # the user's turn is passed on (recorders, transcripts)
     )
 
     queue_size: ClassVar[int] = PASS_THROUGH_FRAMES
@@ -103,10 +102,8 @@ class ChatLLM(Processor):
         """Tokens in ``text``, for the history budget; engines with a tokenizer override this."""
         return approximate_tokens(text)
 
-    async def process(self, frame: TextFrame | TranscriptFrame) -> None:
+    async def process(self, frame: UserTextFrame) -> None:
         await self.push(frame)
-        if type(frame) not in (TranscriptFrame, TextFrame):
-            return  # LLM or TTS text from elsewhere: not a user turn
         text = frame.text.strip()
         if text:
             await self.reply(text)

@@ -6,6 +6,12 @@ of s16le mono PCM in chunks of any size. The base cuts streamed LLM text into se
 
     TTSStartedFrame, (TTSTextFrame(sentence), BotAudioFrame x n) per sentence, TTSStoppedFrame
 
+What belongs to one reply: every ``BotTextFrame`` between ``LLMResponseStartFrame`` and
+``LLMResponseEndFrame``, whatever its class, so a processor between the LLM and the TTS may re-type
+chunks without splitting the reply; ``LLMTextFrame``s from a producer that sends no boundaries; and
+any other ``BotTextFrame`` outside a response is a reply of its own (a greeting). ``TTSTextFrame``s
+label audio made already: they pass on unspoken.
+
 Audio frames are exactly ``chunk_ms`` long (the last one of a sentence is padded with silence), so
 transports and recorders get a steady frame size whatever the engine emits. Every input frame is
 passed on too (before the audio it causes), so recorders downstream still see the LLM's text.
@@ -29,7 +35,7 @@ everything downstream.
 The user's audio passes through on its way to the recorder and waits while a sentence is synthesised;
 like the LLM's, the inbox holds ``PASS_THROUGH_FRAMES`` so that wait never backs up into the VAD.
 
-Metrics: ``ttfb`` is reply start (``LLMResponseStartFrame`` or a plain ``TextFrame``) to first audio,
+Metrics: ``ttfb`` is reply start (``LLMResponseStartFrame`` or a reply's first text) to first audio,
 so it includes the LLM's time to the first sentence; ``processing`` is each sentence's synthesis.
 """
 
@@ -43,11 +49,11 @@ from typing import Any, ClassVar
 from pipeline.formats import AudioFormat
 from pipeline.frames import (
     BotAudioFrame,
+    BotTextFrame,
     Frame,
     LLMResponseEndFrame,
     LLMResponseStartFrame,
     LLMTextFrame,
-    TextFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
     TTSTextFrame,
@@ -85,14 +91,13 @@ class SpeechSynthesizer(Processor):
     owned_hooks: ClassVar[dict[str, str]] = {"on_stop": "close", "on_interrupt": "reset"}
 
     Params: ClassVar[type[Any]] = SpeechParams
-    handles: ClassVar[tuple[type[Frame], ...]] = (TextFrame, LLMResponseStartFrame, LLMResponseEndFrame)
+    handles: ClassVar[tuple[type[Frame], ...]] = (BotTextFrame, LLMResponseStartFrame, LLMResponseEndFrame)
     produces: ClassVar[tuple[type[Frame], ...]] = (
         TTSStartedFrame,
         TTSTextFrame,
         BotAudioFrame,
         TTSStoppedFrame,
-        TextFrame,  # the input text is passed on
-        LLMTextFrame,
+        BotTextFrame,  # the input text is passed on
     )
 
     queue_size: ClassVar[int] = PASS_THROUGH_FRAMES
@@ -109,6 +114,7 @@ class SpeechSynthesizer(Processor):
             first_chunk_max_words=max(0, self.params.first_chunk_max_words),
         )
         self._in_reply = False  # a reply started and has not been stopped
+        self._in_response = False  # between LLMResponseStartFrame and its end: all text is that reply
         self._audio_started = False  # TTSStartedFrame was sent for this reply
         self._reply_started = 0.0  # perf_counter() at the reply's start, for ttfb
 
@@ -124,26 +130,26 @@ class SpeechSynthesizer(Processor):
         return AudioFormat(self.sample_rate, 1)
 
     async def process(self, frame: Frame) -> None:
-        if type(frame) is TextFrame:
-            await self._end_reply()  # text typed mid-reply ends that reply first
-            await self.push(frame)
-            self._begin_reply()
-            for sentence in self.chunker.feed(frame.text):
-                await self._speak(sentence)
-            await self._end_reply()
-            return
         if isinstance(frame, LLMResponseStartFrame | LLMResponseEndFrame):
             await self._end_reply()  # a reply's audio and TTSStoppedFrame come before its end frame
             await self.push(frame)
-            if isinstance(frame, LLMResponseStartFrame):
+            self._in_response = isinstance(frame, LLMResponseStartFrame)
+            if self._in_response:
                 self._begin_reply()
             return
+        if not isinstance(frame, BotTextFrame) or isinstance(frame, TTSTextFrame):
+            await self.push(frame)  # a sentence already spoken (its audio follows it)
+            return
+        whole = not self._in_response and not isinstance(frame, LLMTextFrame)
+        if whole:
+            await self._end_reply()  # bot text outside a response is a reply of its own
         await self.push(frame)
-        if isinstance(frame, LLMTextFrame):
-            if not self._in_reply:
-                self._begin_reply()  # a producer that sends no response boundaries
-            for sentence in self.chunker.feed(frame.text):
-                await self._speak(sentence)
+        if not self._in_reply:
+            self._begin_reply()  # a producer that sends no response boundaries
+        for sentence in self.chunker.feed(frame.text):
+            await self._speak(sentence)
+        if whole:
+            await self._end_reply()
 
     async def on_stop(self) -> None:
         try:
@@ -155,7 +161,7 @@ class SpeechSynthesizer(Processor):
 
     async def on_interrupt(self) -> None:
         self.chunker.clear()
-        self._in_reply = False
+        self._in_reply = self._in_response = False
         self._audio_started = False
         await self.reset()
 

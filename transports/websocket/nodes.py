@@ -28,13 +28,13 @@ from pipeline.frames import (
     LLMResponseEndFrame,
     LLMResponseStartFrame,
     LLMTextFrame,
-    TextFrame,
     TranscriptFrame,
     TTSStoppedFrame,
     TTSTextFrame,
     UserAudioFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
+    UserTextFrame,
 )
 from pipeline.params import param
 from pipeline.processor import Processor, Source
@@ -95,7 +95,7 @@ class OutputParams:
 
 
 class WebsocketInput(Source):
-    """The browser's microphone and keyboard: 16 kHz mono audio frames and typed ``TextFrame``s.
+    """The browser's microphone and keyboard: 16 kHz mono audio frames and typed ``UserTextFrame``s.
 
     With ``audio_messages: clip`` each audio message is a whole utterance: its audio goes out between
     a ``UserStartedSpeakingFrame`` and a ``UserStoppedSpeakingFrame`` (the client did the VAD's job,
@@ -109,7 +109,7 @@ class WebsocketInput(Source):
     params: InputParams
     produces: ClassVar[tuple[type[Frame], ...]] = (
         AudioFrame,
-        TextFrame,
+        UserTextFrame,
         UserStartedSpeakingFrame,
         UserStoppedSpeakingFrame,
     )
@@ -150,7 +150,7 @@ class WebsocketInput(Source):
                 for pcm in chunker.feed(gate.apply(event.pcm)):
                     yield UserAudioFrame(pcm=pcm, sample_rate=protocol.SAMPLE_RATE)
             elif isinstance(event, UserText):
-                yield TextFrame(text=event.text)
+                yield UserTextFrame(text=event.text)
             elif isinstance(event, Start | PushToTalk):
                 gate.feed(event)
         rest = chunker.flush()
@@ -186,9 +186,10 @@ class WebsocketOutput(Processor):
     params: OutputParams
     handles: ClassVar[tuple[type[Frame], ...]] = (
         AudioFrame,
-        TextFrame,
+        LLMTextFrame,
+        TTSTextFrame,
         InterimTranscriptFrame,
-        TranscriptFrame,
+        UserTextFrame,
         LLMResponseStartFrame,
         LLMResponseEndFrame,
         TTSStoppedFrame,
@@ -221,10 +222,16 @@ class WebsocketOutput(Processor):
     async def process(self, frame: Frame) -> None:
         if isinstance(frame, BotAudioFrame) or (isinstance(frame, AudioFrame) and self.params.loopback):
             await self._play(frame)
-        elif isinstance(frame, TextFrame):
-            await self._text(frame)
+        elif isinstance(frame, TTSTextFrame):
+            await self.playout.text(frame)
+        elif isinstance(frame, LLMTextFrame):
+            self._reply.append(frame.text)
+            await self._send(self._wire.assistant_text(frame.text, final=False))
         elif isinstance(frame, InterimTranscriptFrame | TranscriptFrame):
             await self._send(self._wire.transcript(frame.text, isinstance(frame, TranscriptFrame)))
+        elif isinstance(frame, UserTextFrame) and self.params.loopback:
+            await self._send(self._wire.assistant_text(frame.text, final=True))
+        # other typed text (UserTextFrame) is the client's own: not sent back
         elif isinstance(frame, LLMResponseStartFrame):
             self._reply = []
             await self._send(self._wire.status("thinking"))
@@ -253,16 +260,6 @@ class WebsocketOutput(Processor):
         self._reply = []
         if self._connection is not None:
             self._connection.send_nowait(self._wire.interrupted(), drop_audio=True)
-
-    async def _text(self, frame: TextFrame) -> None:
-        if isinstance(frame, TTSTextFrame):
-            await self.playout.text(frame)
-        elif isinstance(frame, LLMTextFrame):
-            self._reply.append(frame.text)
-            await self._send(self._wire.assistant_text(frame.text, final=False))
-        elif self.params.loopback:
-            await self._send(self._wire.assistant_text(frame.text, final=True))
-        # other text (a typed message passing through) is the client's own: not sent back
 
     async def _speaking(self, frame: UserStartedSpeakingFrame | UserStoppedSpeakingFrame) -> None:
         if isinstance(frame, UserStoppedSpeakingFrame):
