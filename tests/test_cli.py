@@ -405,7 +405,7 @@ def test_run_end_to_end_as_a_process() -> None:
     lines = result.stdout.splitlines()
     assert '[out] transcript "hello from voxgraph"' in lines
     assert '[out] transcript "hi from the env"' in lines
-    assert any(re.fullmatch(r"\[out\] audio [\d.]+ ms 16000 Hz mono", line) for line in lines)
+    assert any(re.fullmatch(r"\[out\] user_audio [\d.]+ ms 16000 Hz mono", line) for line in lines)
     assert result.stderr == ""
 
 

@@ -41,7 +41,7 @@ def test_types_are_registered() -> None:
 
 def test_describe_gives_kind_and_payload() -> None:
     assert describe(TranscriptFrame(text="hello world")) == 'transcript "hello world"'
-    assert describe(UserAudioFrame(pcm=bytes(640), sample_rate=16000)) == "audio 20.0 ms 16000 Hz mono"
+    assert describe(UserAudioFrame(pcm=bytes(640), sample_rate=16000)) == "user_audio 20.0 ms 16000 Hz mono"
     assert (
         describe(BotAudioFrame(pcm=bytes(960), sample_rate=24000, channels=2))
         == "bot_audio 10.0 ms 24000 Hz 2 channels"
@@ -68,7 +68,7 @@ async def test_printer_prints_audio_when_asked(capsys: pytest.CaptureFixture[str
     await run_processor(
         FramePrinter(name="out", audio=True), [UserAudioFrame(pcm=bytes(640)), TextFrame(text="x")]
     )
-    assert lines(capsys) == ["[out] audio 20.0 ms 16000 Hz mono", '[out] text "x"']
+    assert lines(capsys) == ["[out] user_audio 20.0 ms 16000 Hz mono", '[out] text "x"']
 
 
 async def test_printer_filters_by_kind_including_subclasses(capsys: pytest.CaptureFixture[str]) -> None:
@@ -76,7 +76,7 @@ async def test_printer_filters_by_kind_including_subclasses(capsys: pytest.Captu
         FramePrinter(name="out", kinds=["bot_text", "audio"]), [*MIXED, BotAudioFrame(pcm=bytes(320))]
     )
     assert lines(capsys) == [
-        "[out] audio 20.0 ms 16000 Hz mono",
+        "[out] user_audio 20.0 ms 16000 Hz mono",
         '[out] llm_text "say \\"hi\\""',
         "[out] bot_audio 10.0 ms 16000 Hz mono",
     ]
@@ -103,7 +103,7 @@ async def test_null_sink_swallows_and_counts_per_kind() -> None:
     out = await run_processor(sink, [*MIXED, UserAudioFrame(pcm=bytes(640)), Gap(1.0), InterruptionFrame()])
     assert sink.counts == {
         "user_started_speaking": 1,
-        "audio": 2,
+        "user_audio": 2,
         "transcript": 1,
         "llm_response_start": 1,
         "llm_text": 1,

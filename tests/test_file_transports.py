@@ -231,7 +231,7 @@ def test_stopping_early_ends_the_stream_cleanly(tmp_path: Path) -> None:
         return [f.kind for f in collector.frames]
 
     kinds = run_virtual(scenario())
-    assert kinds[-1] == "end" and 30 <= kinds.count("audio") < 500
+    assert kinds[-1] == "end" and 30 <= kinds.count("user_audio") < 500
 
 
 # --- file.output ---------------------------------------------------------------------------------

@@ -227,7 +227,7 @@ def test_an_endless_source_runs_until_stopped() -> None:
 
     kinds = run_virtual(main())
     assert kinds[0] == "start" and kinds[-1] == "end"
-    assert kinds.count("audio") >= 50
+    assert kinds.count("user_audio") >= 50
 
 
 # --- WAV files -----------------------------------------------------------------------------------
