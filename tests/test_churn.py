@@ -226,10 +226,12 @@ class Family:
     chain: str  # the edge from mic to out
     drive: Callable[[Conversation], Awaitable[None]]
     cycles: int = CYCLES  # sessions after the baseline
+    text_role: str = "user"  # what typed text is to the graph: a turn for an LLM, or a line to speak
 
     def graph(self, name: str) -> str:
         return (
-            f"name: churn-{name}\n{SERVED}nodes:\n  mic: {{type: websocket.input}}\n{self.nodes}"
+            f"name: churn-{name}\n{SERVED}nodes:\n"
+            f"  mic: {{type: websocket.input, text_role: {self.text_role}}}\n{self.nodes}"
             f"  out: {{type: websocket.output, realtime: false}}\nedges:\n  - {self.chain}\n"
         )
 
@@ -257,7 +259,7 @@ FAMILIES = {
         "mic -> llm -> out",
         _chat,
     ),
-    "piper": Family("  tts: {type: tts.piper}\n", "mic -> tts -> out", _speak),
+    "piper": Family("  tts: {type: tts.piper}\n", "mic -> tts -> out", _speak, text_role="bot"),
 }
 
 

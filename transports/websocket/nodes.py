@@ -23,11 +23,13 @@ from pipeline.formats import AudioCaps, AudioFormat
 from pipeline.frames import (
     AudioFrame,
     BotAudioFrame,
+    BotTextFrame,
     Frame,
     InterimTranscriptFrame,
     LLMResponseEndFrame,
     LLMResponseStartFrame,
     LLMTextFrame,
+    TextFrame,
     TranscriptFrame,
     TTSStoppedFrame,
     TTSTextFrame,
@@ -78,6 +80,10 @@ class InputParams:
         fix="use seconds from 0 to 10, at least the recogniser's post_roll (e.g. 0.5)",
         doc="clip: seconds of silence after each clip (covers the recogniser's post- and pre-roll)",
     )
+    text_role: Literal["user", "bot"] = param(
+        "user",
+        doc="whose typed text is: user = turns for an LLM (user_text); bot = lines to speak (bot_text)",
+    )
 
 
 @dataclass(slots=True, kw_only=True)
@@ -110,12 +116,17 @@ class WebsocketInput(Source):
     produces: ClassVar[tuple[type[Frame], ...]] = (
         AudioFrame,
         UserTextFrame,
+        BotTextFrame,
         UserStartedSpeakingFrame,
         UserStoppedSpeakingFrame,
     )
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
+        self._text_class: type[TextFrame] = BotTextFrame if self.params.text_role == "bot" else UserTextFrame
+        # Per node, so validation checks its edges against the one text kind it sends.
+        other_text = UserTextFrame if self._text_class is BotTextFrame else BotTextFrame
+        self.produces = tuple(kind for kind in type(self).produces if kind is not other_text)  # type: ignore[misc]
         self._frame_bytes = 2 * protocol.SAMPLE_RATE * self.params.frame_ms // 1000
         self._connection: Connection | None = None
         self._clip_samples = 0  # clip mode: samples sent so far, the stream clock of the speaking frames
@@ -150,7 +161,7 @@ class WebsocketInput(Source):
                 for pcm in chunker.feed(gate.apply(event.pcm)):
                     yield UserAudioFrame(pcm=pcm, sample_rate=protocol.SAMPLE_RATE)
             elif isinstance(event, UserText):
-                yield UserTextFrame(text=event.text)
+                yield self._text_class(text=event.text)
             elif isinstance(event, Start | PushToTalk):
                 gate.feed(event)
         rest = chunker.flush()
