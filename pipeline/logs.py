@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import time
 from collections import OrderedDict
@@ -12,9 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pipeline import secrets
-from pipeline.secrets import is_secret
-
-SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.IGNORECASE)
+from pipeline.secrets import is_secret, is_secret_name
 
 
 class RedactSecrets(logging.Filter):
@@ -27,7 +24,7 @@ class RedactSecrets(logging.Filter):
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         super().__init__()
         source = os.environ if env is None else env
-        self.environment = [v for k, v in source.items() if SECRET_NAME.search(k) and is_secret(v)]
+        self.environment = [v for k, v in source.items() if is_secret_name(k) and is_secret(v)]
 
     @property
     def secrets(self) -> list[str]:

@@ -9,10 +9,13 @@ environment.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterable, Mapping
 from typing import TypeGuard
 
+SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.IGNORECASE)
+"""Names (of environment variables and config keys) whose values are credentials."""
 SHORTEST_SECRET = 6
 """Values shorter than this are not treated as secrets: they are too likely to be ordinary words."""
 MAX_REGISTERED = 1024
@@ -26,6 +29,11 @@ _lock = threading.Lock()  # log records come from worker threads too
 def is_secret(value: object) -> TypeGuard[str]:
     """Whether ``value`` is long enough to hide (shorter text would hide ordinary words)."""
     return isinstance(value, str) and len(value) >= SHORTEST_SECRET
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a variable or key called ``name`` holds a credential (``OPENAI_API_KEY``, ``token``)."""
+    return SECRET_NAME.search(name) is not None
 
 
 def hide(text: str, secrets: Mapping[str, str] | Iterable[str]) -> str:

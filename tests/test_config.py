@@ -291,6 +291,18 @@ def test_secrets_are_hidden_even_in_errors_raised_by_processors() -> None:
     assert [p.message for p in by_env] == ["creating Leaky failed: RuntimeError: key ${KEY} was refused"]
 
 
+def test_ordinary_variables_stay_readable_in_messages() -> None:
+    """Only credentials are hidden: a path from ${INPUT} is shown, so the user sees which file is missing."""
+    path = "/nowhere/speech-input.wav"
+    text = (
+        "nodes:\n  src: {type: source.wav, path: '${NAME}'}\n  out: {type: debug.null}\nedges: [src -> out]\n"
+    )
+    readable = problems_of(text.replace("NAME", "INPUT"), env={"INPUT": path})
+    assert len(readable) == 1 and path in readable[0].message
+    hidden = problems_of(text.replace("NAME", "SPEECH_TOKEN"), env={"SPEECH_TOKEN": path})
+    assert len(hidden) == 1 and path not in hidden[0].message and "${SPEECH_TOKEN}" in hidden[0].message
+
+
 def test_failing_constructor_is_a_problem() -> None:
     problems = problems_of(
         f"nodes:\n  w: {{type: '{C}:Words'}}\n  k: {{type: '{C}:Exploding'}}\nedges: [w -> k]\n"

@@ -1,8 +1,10 @@
 """Environment variables in config values: ``${VAR}``, ``${VAR:-default}`` and ``$$`` for a literal ``$``.
 
-Configs are shared and committed, credentials are not: they come from the environment. So every value
-substituted here is also recorded as a secret, and ``hide_secrets`` shows ``${VAR}`` in its place in any
-message, including errors raised by third-party processors.
+Configs are shared and committed, credentials are not: they come from the environment. So the value of
+a credential-named variable (``*_KEY``, ``*TOKEN*``, ...) or one given to a credential-named key
+(``api_key: ${ANY}``) is recorded as a secret, and ``hide_secrets`` shows ``${VAR}`` in its place in any
+message, including errors raised by third-party processors. Other values (a path in ``${INPUT}``) stay
+readable in messages; params declared ``secret`` are hidden whatever their variable is called.
 """
 
 from __future__ import annotations
@@ -12,9 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pipeline.errors import Problem
-from pipeline.secrets import hide, is_secret
-
-"""Shorter values (``1``, ``on``) are too common to hide: replacing them would garble messages."""
+from pipeline.secrets import hide, is_secret, is_secret_name
 
 _TOKEN = re.compile(r"\$(?:\$|\{[^}]*\}|\{)")
 """``$$``, a ``${...}`` reference, or a ``${`` nothing closes; any other ``$`` is literal."""
@@ -85,7 +85,7 @@ def _lookup(reference: str, env: Mapping[str, str], key: str, result: Substituti
     result.references.append(shown)
     value = env.get(name)
     if value:
-        if is_secret(value):
+        if is_secret(value) and (is_secret_name(name) or is_secret_name(key)):
             result.secrets[value] = shown
         return value
     if has_default:
