@@ -17,10 +17,16 @@ SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 """What a conversation id looks like: safe as a folder name and in a URL."""
 
 
+RANDOM_BYTES = 6
+"""Random part of an id: 48 bits. Several workers share one recordings folder and none knows the
+others' ids, so the bits alone keep two conversations of the same second apart: at 10 new
+conversations a second across a fleet, two ids meet about once in 10^5 years (24 bits: every 4 days)."""
+
+
 def new_session_id() -> str:
-    """``YYYYmmdd-HHMMSS-xxxxxx`` in UTC: ids (and the folders they name) sort by start time; the hex
-    tells conversations that started in the same second apart."""
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+    """``YYYYmmdd-HHMMSS-xxxxxxxxxxxx`` in UTC: ids (and the folders they name) sort by start time; the
+    hex tells conversations that started in the same second apart, in this process or any other."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(RANDOM_BYTES)
 
 
 @runtime_checkable

@@ -92,7 +92,7 @@ def test_registered_with_documented_params() -> None:
 
 
 def test_session_ids_sort_by_start_time_and_name_the_folder(tmp_path: Path) -> None:
-    assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", new_session_id())
+    assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{12}", new_session_id())
     recorder = Recorder(directory=str(tmp_path))
     assert recorder.session_dir == tmp_path / recorder.session_id
     assert Recorder(directory=str(tmp_path), session_id="call-7").session_dir == tmp_path / "call-7"
