@@ -912,13 +912,15 @@ def test_run_serves_until_ctrl_c_then_exits_cleanly() -> None:
                     await client.ws.send_str('{"type":"text","text":"echo"}')
                     assert await client.reply() == "echo"
                     await client.until(lambda: len(client.audio) == 640 * 5, "the loopback audio")
-                    process.send_signal(signal.SIGINT)  # Ctrl-C with a conversation going on
-                    assert await client.closed() == 1001
+                    process.send_signal(signal.SIGINT)  # Ctrl-C with a conversation going on: it drains
+                    await client.wait_for(lambda m: m.get("state") == "draining", "the draining notice")
+                    await client.ws.send_str('{"type":"stop"}')  # the conversation ends by itself
+                    assert await client.closed() == 1000
                     assert client.of("status")[-1]["state"] == "ended"
 
         asyncio.run(check())
         assert process.wait(timeout=15) == 0
-        assert "stopping: ending 1 conversation(s) cleanly" in (
+        assert "draining: 1 conversation(s), up to 300 s; Ctrl-C again to stop now" in (
             process.stderr.read() if process.stderr else ""
         )
     finally:

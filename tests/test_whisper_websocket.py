@@ -457,7 +457,9 @@ async def test_pipeline_run_serves_the_config_until_ctrl_c(fake: FakeOpenAI) -> 
             transcription = await next_transcription(client, 1)
             assert transcription == {"type": "transcription", "text": TRANSCRIPT, "status": "success"}
             assert (await health(http, base))["active_connections"] == 1
-            process.send_signal(signal.SIGINT)
+            process.send_signal(signal.SIGINT)  # drains: the client is told, the session goes on
+            await client.wait_for(lambda m: m.get("message") == "draining", "the draining status")
+            process.send_signal(signal.SIGINT)  # a second Ctrl-C stops it now
             assert await client.closed() == 1001
             assert client.of("status")[-1]["message"] == "ended"
         assert await asyncio.wait_for(process.wait(), 30) == 0

@@ -102,6 +102,10 @@ _LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_sessions": (lambda v: v >= 1, "use 1 or more"),
     "max_message_bytes": (lambda v: v >= 1024, "use at least 1024 (audio chunks are 640 bytes)"),
     "idle_timeout": (lambda v: v >= 0, "use seconds, e.g. 120 (0: never end an idle conversation)"),
+    "drain_timeout": (
+        lambda v: 0 <= v <= 3600,
+        "use seconds, 0..3600, e.g. 300 (0: stop conversations at once)",
+    ),
     "header_timeout": (lambda v: v >= 0, "use seconds, e.g. 10 (0: no deadline)"),
     "keepalive_timeout": (lambda v: v > 0, "use seconds, e.g. 15"),
     "max_connections": (lambda v: v >= 0, "use a number, e.g. 500 (0: from the open-files limit)"),

@@ -45,6 +45,9 @@ class ServerSettings:
     """Directory of saved conversations for the API; default: the recorder node's directory."""
     idle_timeout: float = 120.0
     """Seconds without a client message before a conversation ends (its slot freed); 0: never."""
+    drain_timeout: float = 300.0
+    """Seconds live conversations may go on after SIGTERM (or a first Ctrl-C) while no new one starts;
+    those still running then are stopped (drained, saved) and closed with 1001. 0: stop them at once."""
     header_timeout: float = 10.0
     """Seconds a new connection has to send its first request line and headers (a websocket upgrade
     too); 0: no deadline."""

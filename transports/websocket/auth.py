@@ -17,7 +17,8 @@ rule here is tested without sockets.
   machine's name or ``allowed_hosts``): a DNS-rebinding page sends its own name. An Origin header must
   be the server's own or listed (``allowed_origins``, ``cors_origins`` for the API): a foreign page
   cannot open a conversation in a visitor's browser. Requests without Origin (non-browser clients)
-  pass. The page, its static files, ``/health`` and ``/api/auth`` are open: they hold no secret.
+  pass. The page, its static files, ``/health``, the probes ``/livez`` and ``/readyz`` and ``/api/auth`` are
+open: they hold no secret.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ MAX_USED_TOKENS = 65536
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 """What a config name or conversation id in a token's scope may look like."""
 LOOPBACK_NAMES = frozenset({"localhost"})
+OPEN_PATHS = frozenset({"/", "/health", "/livez", "/readyz", "/api/auth"})
+"""Routes anyone may GET: the page, counts and probes (Kubernetes and balancers send no credentials;
+``/readyz`` says only whether and why not ready). ``/load`` is not among them: it is for operators."""
 CORS_METHODS = "GET, POST"
 CORS_HEADERS = "Authorization, Content-Type"
 
@@ -200,7 +204,7 @@ def _digest(key: str) -> bytes:
 class Route(enum.Enum):
     """What a request asks for, as far as access goes."""
 
-    OPEN = "open"  # the page, static files, /health, /api/auth
+    OPEN = "open"  # the page, static files, /health, /livez, /readyz, /api/auth
     SOCKET = "socket"  # /ws, or a websocket upgrade of /
     MINT = "mint"  # POST /api/session-token: an API key only
     READ = "read"  # every other route: the conversation API (and unknown paths)
@@ -210,7 +214,7 @@ def classify(method: str, path: str, upgrade: bool) -> Route:
     """The route class of a request; anything not known to be open needs credentials."""
     if path == "/ws" or (path == "/" and upgrade):
         return Route.SOCKET
-    open_path = path in ("/", "/health", "/api/auth") or path.startswith("/static/")
+    open_path = path in OPEN_PATHS or path.startswith("/static/")
     if open_path and method in ("GET", "HEAD") and not upgrade:
         return Route.OPEN
     if path == "/api/session-token":

@@ -27,7 +27,7 @@ MAX_TEXT_CHARS = 4000
 CLIENT_TYPES = ("start", "stop", "ptt", "text")
 
 CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001  # the server is shutting down
+CLOSE_GOING_AWAY = 1001  # the server is shutting down (after a drain's deadline)
 CLOSE_POLICY_VIOLATION = 1008  # the client flooded a busy conversation with control messages
 CLOSE_TOO_BIG = 1009  # a message beyond the transport's hard limit
 CLOSE_INTERNAL_ERROR = 1011  # the graph failed
@@ -164,6 +164,12 @@ def assistant_text(text: str, final: bool) -> str:
 def status(state: str) -> str:
     """starting, listening, hearing, thinking, speaking or ended."""
     return encode("status", state=state)
+
+
+def draining(deadline_s: float) -> str:
+    """The server is shutting down: the conversation goes on for up to ``deadline_s`` seconds, then is
+    stopped (saved) and closed with 1001; a new one should be opened elsewhere."""
+    return encode("status", state="draining", deadline_s=round(deadline_s))
 
 
 def interrupted() -> str:

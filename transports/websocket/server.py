@@ -8,12 +8,17 @@
   node says so); a websocket upgrade of ``/`` is taken the same way, for pages that connect there;
 * ``/health`` ``{"status": "ok", "active_sessions": N, "active_connections": N, "max_sessions": M,
   "admitting": bool, "load": {...}}`` (and ``refusing``: why not, when not admitting);
+* ``/livez`` ``{"status": "alive"}`` while the event loop answers; ``/readyz`` ``{"ready": true}``, or
+  503 ``{"ready": false, "reason": ...}`` while models load, while draining and while full
+  (``transports.websocket.readiness``); ``/load`` the figures behind it (sessions, capacity, CPU, loop
+  lag, full, draining, ready, the admission sample), for a balancer or an operator;
 * ``/api/conversations...`` saved conversations (``transports.websocket.api``);
 * ``/api/auth`` whether a page needs a session token, ``/api/session-token`` mints one.
 
 Access (``transports.websocket.auth``, applied by one middleware before any handler): Host and Origin
-checks on ``/ws`` and the API, and with ``auth: api_key`` an API key or session token on them; the page,
-its files and ``/health`` are open. Without auth the server refuses to listen beyond loopback.
+checks on ``/ws`` and the API (``/load`` too), and with ``auth: api_key`` an API key or session token on
+them; the page, its files, ``/health``, ``/livez`` and ``/readyz`` are open. Without auth the server
+refuses to listen beyond loopback.
 
 Limits: ``max_sessions`` conversations at once (another connection gets an ``error`` message and close
 code 1013, try again later), and fewer while the measured load leaves no headroom for one more
@@ -25,9 +30,14 @@ why, close code 1000), so an open but forgotten tab does not hold a slot (heartb
 count). Every TCP connection goes through ``connections.ConnectionGuard``: its headers (and a TLS
 handshake) within ``header_timeout``, idle keep-alive ends after ``keepalive_timeout``, and open
 connections stay below the open-files limit (the oldest that sent no request makes room).
-Client audio waiting for a busy graph is bounded in bytes (``session.Inbound``). Ctrl-C stops
-every session cleanly (each graph drains, recordings are saved, bounded by its ``end_timeout``); a
-second Ctrl-C cancels them.
+Client audio waiting for a busy graph is bounded in bytes (``session.Inbound``).
+
+Lifecycle: the server listens first, not ready ("loading models": ``/ws`` gets HTTP 503), warms the
+models up, then becomes ready. SIGTERM or a first Ctrl-C drains: readiness turns false at once, new
+``/ws`` connections get HTTP 503 (with ``Retry-After``) before the upgrade, so a balancer retries them
+elsewhere, and every live session is told (``status: draining`` with ``deadline_s``) and goes on for up
+to ``drain_timeout``; those left then stop as ``stop`` stops them (each graph drains, recordings are
+saved, bounded by its ``end_timeout``; close 1001). A second signal cancels them at once.
 """
 
 from __future__ import annotations
@@ -43,7 +53,7 @@ from typing import Any
 from aiohttp import web
 
 from pipeline import logs, runner
-from pipeline.capacity import LoadMeter
+from pipeline.capacity import Decision, LoadMeter, decide
 from pipeline.config import Compiled, ServerSettings, session_graph
 from pipeline.config.server import is_all_interfaces
 from pipeline.config.sessions import conversations_directory
@@ -62,6 +72,7 @@ from transports.websocket.connections import (
     raise_fd_limit,
     tls_context,
 )
+from transports.websocket.readiness import Refusal, refusal
 from transports.websocket.session import Session
 
 log = logging.getLogger("transports.websocket")
@@ -69,6 +80,8 @@ log = logging.getLogger("transports.websocket")
 PAGE = Path(__file__).parent / "page"
 HARD_LIMIT_FACTOR = 4
 """Messages up to this many times ``max_message_bytes`` are read and refused; larger ones close."""
+NO_STORE = {"Cache-Control": "no-store"}
+"""Probes and load figures are about now: no cache may answer them."""
 
 
 class VoiceServer:
@@ -83,6 +96,12 @@ class VoiceServer:
         self.sessions: dict[str, Session] = {}  # session id -> running session
         self.admission = Admission(self.sessions, thresholds(self.settings), meter)  # headroom for one more
         self.closing = False  # set at shutdown: new connections are refused
+        self.loading = False  # models warming up: not ready, /ws refused before the upgrade
+        self.draining = False  # set at the first shutdown signal: not ready, live sessions go on
+        self._drain_deadline = 0.0  # loop time at which a drain stops the sessions left
+        self._shutdown = asyncio.Event()  # the first shutdown signal: ``run`` drains
+        self._hurry = asyncio.Event()  # a further signal: stop every session now
+        self._signals = 0  # shutdown signals received
         self._handlers: set[asyncio.Task[Any]] = set()  # the /ws handler of each session
         self._runner: web.AppRunner | None = None
         self.connections = ConnectionGuard(self.settings.header_timeout, self.settings.max_connections or 1)
@@ -159,8 +178,13 @@ class VoiceServer:
         Engines keep loaded models process-wide, so each conversation then starts at once. Nodes
         that belong to one conversation (connection nodes, conversation keepers: the recorder)
         and nodes whose start would open a billed provider session (``warm_up = False``) are left
-        out. Raises ``GraphFailedError`` if an engine cannot start.
+        out. Raises ``GraphFailedError`` if an engine cannot start. Not ready (``loading``) until done.
         """
+        self.loading = True
+        await self._start_engines()
+        self.loading = False
+
+    async def _start_engines(self) -> None:
         graph = session_graph(self.compiled)
         engines = [
             p
@@ -189,10 +213,97 @@ class VoiceServer:
                 task.cancel()
             await asyncio.gather(*(_stopped(p, graph.cancel_timeout) for p in engines))
 
-    def cancel_sessions(self) -> None:
-        """Cancel every session's graph now (a second Ctrl-C): ``stop`` then finishes at once."""
+    def shutdown(self) -> None:
+        """SIGTERM or Ctrl-C: the first drains (``run`` returns once done), a further one stops now."""
+        self._signals += 1
+        if self._signals > 1:
+            print(f"stopping now: cancelling {len(self.sessions)} conversation(s)", file=sys.stderr)
+            self.cancel_sessions()
+            return
+        if self.loading:
+            print("\nstopping: models were still loading", file=sys.stderr)
+        else:
+            print(
+                f"\ndraining: {len(self.sessions)} conversation(s), up to {self.settings.drain_timeout:g} s; "
+                "Ctrl-C again to stop now",
+                file=sys.stderr,
+            )
+        self.begin_drain()
+        self._shutdown.set()
+
+    def begin_drain(self, timeout: float | None = None) -> None:
+        """Not ready from now on, new connections refused (HTTP 503), live sessions told their deadline:
+        ``timeout`` seconds (default ``drain_timeout``). Idempotent; ``drain`` waits and stops."""
+        if self.draining:
+            return
+        timeout = self.settings.drain_timeout if timeout is None else timeout
+        self.draining = True
+        self._drain_deadline = asyncio.get_running_loop().time() + timeout
         for session in list(self.sessions.values()):
+            session.notify_draining(timeout)
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Let live sessions go on until they end, the deadline passes or ``cancel_sessions`` hurries
+        them; then ``stop`` (those left drain, are saved and closed with 1001)."""
+        self.begin_drain(timeout)
+        left = self._drain_deadline - asyncio.get_running_loop().time()
+        handlers = set(self._handlers)
+        if handlers and left > 0 and not self._hurry.is_set():
+            ended = asyncio.ensure_future(asyncio.wait(handlers))
+            hurried = asyncio.ensure_future(self._hurry.wait())
+            try:
+                await asyncio.wait({ended, hurried}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                ended.cancel()
+                hurried.cancel()
+        await self.stop()
+
+    def cancel_sessions(self) -> None:
+        """Stop every session now (a second signal): a drain stops waiting, each graph is cancelled (its
+        recorder saves what it has) and its socket closed with 1001; ``stop`` then finishes at once."""
+        self._hurry.set()
+        for session in list(self.sessions.values()):
+            session.stop()
             session.graph.in_background(session.graph.cancel(), f"cancel:{session.id}")
+
+    async def run(self, name: str) -> int:
+        """Listen (not ready), warm up, serve until ``shutdown``, drain; returns the exit code."""
+        self.loading = True  # from the first request on, until the warm-up is done
+        try:
+            try:
+                await self.start()
+            except OSError as error:
+                where = f"{self.settings.host}:{self.settings.port}"
+                print(f"error: cannot listen on {where}: {error}", file=sys.stderr)
+                return 1
+            print("loading models…", file=sys.stderr, flush=True)
+            failed = await self._load_models()
+            if failed is not None:
+                return failed
+            print(
+                f"Voxgraph: serving '{name}' {self.listening} — open it in a browser (Ctrl-C stops)",
+                flush=True,
+            )
+            await self._shutdown.wait()
+            await self.drain()
+        finally:
+            await self.stop()
+        return 0
+
+    async def _load_models(self) -> int | None:
+        """Warm up unless a signal comes first: None once ready, else the exit code (0 stopped, 1 failed)."""
+        warm_up = asyncio.create_task(self.warm_up())
+        interrupted = asyncio.create_task(self._shutdown.wait())
+        await asyncio.wait({warm_up, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+        interrupted.cancel()
+        if not warm_up.done():  # a signal while loading
+            warm_up.cancel()
+            await asyncio.wait({warm_up})
+            return 0
+        if warm_up.exception() is not None:
+            print(f"error: {warm_up.exception()}", file=sys.stderr)
+            return 1
+        return None
 
     def _drain_bound(self) -> float:
         graphs = [s.graph for s in self.sessions.values()]
@@ -205,6 +316,9 @@ class VoiceServer:
         app.on_cleanup.append(lambda _: self.admission.stop())
         app.router.add_get("/", self._index)
         app.router.add_get("/health", self._health)
+        app.router.add_get("/livez", self._livez)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/load", self._load)
         app.router.add_get("/ws", self._websocket)
         app.router.add_static("/static/", PAGE, follow_symlinks=False)
         add_routes(app, self.recordings)
@@ -229,23 +343,63 @@ class VoiceServer:
 
     def _admitting(self) -> dict[str, Any]:
         """``admitting``, why not (``refusing``), and the measured ``load`` behind the decision."""
-        refusal = self._refusal()
-        report: dict[str, Any] = {"admitting": refusal is None, "load": self.admission.sample().as_dict()}
-        if refusal is not None:
-            report["refusing"] = refusal[1]
+        refused = self._refusal()
+        report: dict[str, Any] = {"admitting": refused is None, "load": self.admission.sample().as_dict()}
+        if refused is not None:
+            report["refusing"] = refused.message
         return report
 
-    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+    async def _livez(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"}, headers=NO_STORE)
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        refused = self._refusal()
+        if refused is None:
+            return web.json_response({"ready": True}, headers=NO_STORE)
+        return web.json_response({"ready": False, "reason": refused.reason}, status=503, headers=NO_STORE)
+
+    async def _load(self, request: web.Request) -> web.Response:
+        return web.json_response(self.load(), headers=NO_STORE)
+
+    def load(self) -> dict[str, Any]:
+        """What ``/load`` shows: sessions against capacity, CPU (over ``load_window``), loop lag (s), whether
+        full, draining and ready (and why not), and the admission sample and decision."""
+        sample = self.admission.sample()
+        decision = decide(sample, self.admission.limits)
+        refused = self._refusal(decision)
+        figures = sample.as_dict()
+        draining = self.draining or self.closing
+        return {
+            "sessions": len(self.sessions),
+            "capacity": self.settings.max_sessions,
+            "cpu": figures["cpu"],
+            "loop_lag": round(sample.loop_lag, 4),
+            "full": len(self.sessions) >= self.settings.max_sessions or not decision.admit,
+            "loading": self.loading,
+            "draining": draining,
+            "drain_left_s": max(0, round(self._drain_deadline - _now())) if draining else None,
+            "ready": refused is None,
+            "reason": None if refused is None else refused.reason,
+            "admission": {"admit": decision.admit, "reason": decision.reason or None, **figures},
+        }
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        refused = self._refusal()
+        if refused is not None and refused.before_upgrade:  # a balancer may retry it elsewhere
+            self._refused(refused)
+            body = {"error": refused.message, "reason": refused.kind}
+            headers = {"Retry-After": str(refused.retry_after), **NO_STORE}
+            return web.json_response(body, status=503, headers=headers)
         limit = self.settings.max_message_bytes
         ws = web.WebSocketResponse(
             max_msg_size=limit * HARD_LIMIT_FACTOR, heartbeat=20.0, compress=False, timeout=2.0
         )
         await ws.prepare(request)
-        refusal = self._refusal()
-        if refusal is not None:
-            code, message = refusal
-            await ws.send_str(protocol.error(message))
-            await ws.close(code=code, message=message.encode()[:120])
+        refused = self._refusal()  # again: a drain may have begun during the upgrade
+        if refused is not None:
+            self._refused(refused)
+            await ws.send_str(protocol.error(refused.message))
+            await ws.close(code=refused.close_code, message=refused.message.encode()[:120])
             return ws
         session_id = new_session_id()
         try:
@@ -269,18 +423,19 @@ class VoiceServer:
             log.info("session %s ended (%d active)", session_id, len(self.sessions))
         return ws
 
-    def _refusal(self) -> tuple[int, str] | None:
-        """Why a new connection cannot start a session now (close code, message), or None."""
-        if self.closing:
-            return protocol.CLOSE_GOING_AWAY, "the server is shutting down"
-        limit = self.settings.max_sessions
-        if len(self.sessions) >= limit:
-            busy = f"server busy: all {limit} conversation slot{'s' if limit != 1 else ''} are in use"
-            return protocol.CLOSE_TRY_AGAIN_LATER, f"{busy}; try again later"
-        decision = self.admission.decision()
-        if not decision.admit:
-            return protocol.CLOSE_TRY_AGAIN_LATER, f"{decision.reason}; try again later"
-        return None
+    def _refusal(self, decision: Decision | None = None) -> Refusal | None:
+        """Why a new connection cannot start a session now, or None (``decision``: admission's, if known)."""
+        return refusal(
+            loading=self.loading,
+            draining=self.draining or self.closing,
+            sessions=len(self.sessions),
+            max_sessions=self.settings.max_sessions,
+            admission=(lambda: decision) if decision is not None else self.admission.decision,
+        )
+
+    def _refused(self, refused: Refusal) -> None:
+        """Every refused connection passes here (loading and draining before the upgrade, full after)."""
+        log.info("refused a connection: %s", refused.reason)
 
 
 def _bracketed(host: str) -> str:
@@ -296,63 +451,19 @@ def recordings_directory(compiled: Compiled, settings: ServerSettings) -> Path:
 
 
 async def serve(compiled: Compiled) -> int:
-    """Serve until Ctrl-C (or SIGTERM); returns the exit code. Once: sessions drain; twice: cancel."""
+    """Serve until SIGTERM or Ctrl-C, then drain; returns the exit code. A second signal stops at once."""
     try:
         server = VoiceServer(compiled)
     except AuthConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    stopping = asyncio.Event()
-    signals = 0
-
-    def on_signal() -> None:
-        nonlocal signals
-        signals += 1
-        if signals == 1:
-            active = len(server.sessions)
-            print(
-                f"\nstopping: ending {active} conversation(s) cleanly (Ctrl-C again to cancel)",
-                file=sys.stderr,
-            )
-            stopping.set()
-        else:
-            server.cancel_sessions()
-
     loop = asyncio.get_running_loop()
-    installed = runner.install_signal_handlers(loop, on_signal)
+    installed = runner.install_signal_handlers(loop, server.shutdown)
     try:
-        return await _serve(server, compiled.spec.name, stopping)
+        return await server.run(compiled.spec.name)
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
-
-
-async def _serve(server: VoiceServer, name: str, stopping: asyncio.Event) -> int:
-    print("loading models…", file=sys.stderr, flush=True)
-    warm_up = asyncio.create_task(server.warm_up())
-    interrupted = asyncio.create_task(stopping.wait())
-    await asyncio.wait({warm_up, interrupted}, return_when=asyncio.FIRST_COMPLETED)
-    interrupted.cancel()
-    if not warm_up.done():  # Ctrl-C while loading
-        warm_up.cancel()
-        await asyncio.wait({warm_up})
-        return 0
-    if warm_up.exception() is not None:
-        print(f"error: {warm_up.exception()}", file=sys.stderr)
-        return 1
-    try:
-        await server.start()
-    except OSError as error:
-        print(
-            f"error: cannot listen on {server.settings.host}:{server.settings.port}: {error}", file=sys.stderr
-        )
-        return 1
-    print(f"Voxgraph: serving '{name}' {server.listening} — open it in a browser (Ctrl-C stops)", flush=True)
-    try:
-        await stopping.wait()
-    finally:
-        await server.stop()
-    return 0
 
 
 async def _started(admission: Admission) -> None:
@@ -365,3 +476,7 @@ async def _stopped(processor: Processor, timeout: float) -> None:
         await asyncio.wait_for(processor.cancel(), timeout)
     except TimeoutError:
         log.warning("%s did not stop within %.1fs", processor.name, timeout)
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()

@@ -4,7 +4,9 @@
 falls behind, so the socket is always read) and server messages out (bounded, written by one task,
 queued bot audio dropped at a barge-in). ``Session`` runs the graph for as long as the client is
 there: a ``stop`` message, a vanished client or a server shutdown all end the input, let the graph
-drain (``end_timeout``, then cancel; recorders flush either way) and close the socket.
+drain (``end_timeout``, then cancel; recorders flush either way) and close the socket. A draining
+server first only tells the client (``notify_draining``): the conversation goes on until it ends or the
+server's deadline stops it.
 
 The messages themselves are the connection's ``wire``: the default ``protocol`` module, or another
 module with the same functions (``whisper_protocol``) when the input node says its client speaks it.
@@ -43,6 +45,7 @@ class Wire(TypingProtocol):
     def parse_text(self, text: str, max_bytes: int) -> ClientEvent | ProtocolError: ...
     def session(self, session_id: str) -> str | None: ...
     def status(self, state: str) -> str | None: ...
+    def draining(self, deadline_s: float) -> str | None: ...
     def error(self, message: str) -> str: ...
     def transcript(self, text: str, final: bool) -> str | None: ...
     def assistant_text(self, text: str, final: bool) -> str | None: ...
@@ -301,6 +304,10 @@ class Session:
                     inbound.dropped,
                     inbound.dropped_bytes,
                 )
+
+    def notify_draining(self, deadline_s: float) -> None:
+        """The server is draining: tell the client, who may go on for ``deadline_s`` seconds."""
+        self.connection.send_nowait(self.connection.wire.draining(deadline_s))
 
     def stop(self) -> None:
         """Server shutdown: end the input as if the client had left; ``run`` drains and closes."""

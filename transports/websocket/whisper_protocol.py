@@ -274,6 +274,11 @@ def status(state: str) -> str | None:
     return None if message is None else encode("status", message=message)
 
 
+def draining(deadline_s: float) -> str | None:
+    """The server is shutting down: a ``draining`` status (the deadline is not in this protocol)."""
+    return status("draining")
+
+
 def transcript(text: str, final: bool) -> str | None:
     """A final transcript is a ``transcription``; interim ones are not sent."""
     return encode("transcription", text=text, status="success") if final else None
