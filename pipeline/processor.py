@@ -42,6 +42,7 @@ from pipeline.frames import (
     Frame,
     InterruptionFrame,
     StartFrame,
+    TextFrame,
 )
 from pipeline.inbox import Inbox, Overflow
 from pipeline.metrics import ProcessorMetrics
@@ -51,6 +52,9 @@ if TYPE_CHECKING:
     from pipeline.observers import Observer
 
 log = logging.getLogger("pipeline.processor")
+
+NEAR_MISS_BASES: tuple[type[Frame], ...] = (AudioFrame, TextFrame)
+"""Data classes that say what a frame is but not whose: built plainly, they are nobody's audio or text."""
 
 T = TypeVar("T")
 ParamsT = TypeVar("ParamsT", default=Any)
@@ -413,7 +417,27 @@ class Processor(Generic[ParamsT]):
             return _SYSTEM
         if issubclass(cls, EndFrame):
             return _END
-        return _PROCESS if self._handles(cls, direction) else _FORWARD
+        if self._handles(cls, direction):
+            return _PROCESS
+        self._warn_near_miss(cls, direction)
+        return _FORWARD
+
+    def _warn_near_miss(self, cls: type[Frame], direction: Direction) -> None:
+        """Once per frame class: a frame of a base of what this node handles (a plain ``TextFrame``
+        reaching a TTS that speaks ``BotTextFrame``) passes by unhandled — most likely a processor
+        upstream built the base class where it meant the specific one."""
+        wanted = self.handles if direction is DOWNSTREAM else self.handles_upstream
+        near = [w.__name__ for w in wanted if issubclass(w, cls) and w is not cls and cls in NEAR_MISS_BASES]
+        if near:
+            log.warning(
+                "%s '%s' handles %s and lets a plain %s pass unhandled; push %s (or change the frame you "
+                "got with dataclasses.replace, which keeps its class)",
+                type(self).__name__,
+                self.name,
+                " and ".join(near),
+                cls.__name__,
+                " or ".join(near),
+            )
 
     def _handles(self, cls: type[Frame], direction: Direction) -> bool:
         wanted = self.handles if direction is DOWNSTREAM else self.handles_upstream

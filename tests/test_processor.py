@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import threading
 from collections.abc import AsyncIterator
 
@@ -14,6 +15,7 @@ from pipeline.formats import AudioFormat
 from pipeline.frames import (
     UPSTREAM,
     AudioFrame,
+    BotTextFrame,
     DataFrame,
     EndFrame,
     Frame,
@@ -26,6 +28,7 @@ from pipeline.frames import (
     TranscriptFrame,
     Uninterruptible,
     UserAudioFrame,
+    UserTextFrame,
 )
 from pipeline.graph import Graph, GraphFailedError
 from pipeline.inbox import Overflow
@@ -469,3 +472,38 @@ async def test_a_source_sends_start_first_and_end_last() -> None:
     assert isinstance(out.all_down[0], StartFrame)
     assert isinstance(out.all_down[-1], EndFrame)
     assert out.texts == ["a", "b"]
+
+
+class Speaker(Processor):
+    """Takes the bot's text only, as a TTS does."""
+
+    handles = (BotTextFrame,)
+    produces = (BotTextFrame,)
+
+    def setup(self) -> None:
+        self.spoken: list[str] = []
+
+    async def process(self, frame: BotTextFrame) -> None:
+        self.spoken.append(frame.text)
+        await self.push(frame)
+
+
+async def test_a_plain_text_frame_passing_a_node_that_wants_bot_text_is_warned_about_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    speaker = Speaker()
+    with caplog.at_level(logging.WARNING, logger="pipeline.processor"):
+        out = await run_processor(speaker, [TextFrame("lost"), BotTextFrame("said"), TextFrame("lost too")])
+    assert speaker.spoken == ["said"]
+    assert [f.text for f in out.of(TextFrame)] == ["lost", "said", "lost too"]  # nothing is dropped
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "plain TextFrame" in warnings[0] and "push BotTextFrame" in warnings[0]
+
+
+async def test_specific_frames_a_node_does_not_handle_pass_without_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="pipeline.processor"):
+        await run_processor(Speaker(), [UserTextFrame("a user's turn"), UserAudioFrame(pcm=b"\0\0" * 160)])
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
