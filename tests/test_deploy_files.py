@@ -1,0 +1,430 @@
+"""deploy/ checked offline: Kubernetes manifests against the API schemas (strict), the nginx config by
+nginx itself, the systemd unit by systemd-analyze, the Dockerfile by hadolint; and the facts that tie
+them to the server — probe paths it answers, the metric the autoscaler reads, stop timeouts longer
+than its drain, ports and names that agree — plus what a shared recordings folder relies on: session
+ids unique across worker processes and a listing that never shows a half-written conversation."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import logging
+import re
+import shutil
+import subprocess
+import sys
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+
+from pipeline import config
+from tests import nginx_proxy
+from transports.websocket.api import Recordings
+from transports.websocket.server import VoiceServer
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+KUBERNETES = DEPLOY / "kubernetes"
+WORKER_CONFIG = DEPLOY / "voxgraph.yaml"
+K8S_VERSION = "1.34.0"
+NOT_KUBERNETES_OBJECTS = {"kustomization.yaml"}  # read by kubectl's kustomize
+CUSTOM_RESOURCES = {"servicemonitor.yaml"}  # a CRD: no schema in kubernetes-validate
+STOP_MARGIN = 10  # seconds beyond preStop + drain for the last recorders to flush and sockets to close
+API_KEY = "deploy-test-key-0123456789abcdef"
+TIMEOUT = 30.0
+
+
+def manifest(name: str) -> dict[str, Any]:
+    document = yaml.safe_load((KUBERNETES / name).read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+def manifests() -> list[str]:
+    return sorted(p.name for p in KUBERNETES.glob("*.yaml"))
+
+
+def pod_spec() -> dict[str, Any]:
+    spec: dict[str, Any] = manifest("deployment.yaml")["spec"]["template"]["spec"]
+    return spec
+
+
+def container() -> dict[str, Any]:
+    (only,) = pod_spec()["containers"]
+    assert isinstance(only, dict)
+    return only
+
+
+def env_of(item: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in item["env"]}
+
+
+@pytest.fixture
+def worker_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """The environment the worker config reads, as a deployment provides it."""
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    monkeypatch.setenv("VOXGRAPH_API_KEYS", API_KEY)
+    monkeypatch.setenv("VOXGRAPH_TOKEN_SECRET", "s" * 40)
+    monkeypatch.setenv("PUBLIC_HOST", "voice.example.com")
+    monkeypatch.setenv("RECORDINGS", str(recordings))
+    return recordings
+
+
+def compiled_worker(*overrides: str) -> config.Compiled:
+    compiled, problems = config.compile_config(WORKER_CONFIG, list(overrides))
+    assert compiled is not None and not problems, [str(p) for p in problems]
+    return compiled
+
+
+# --- Kubernetes ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in manifests() if n not in NOT_KUBERNETES_OBJECTS | CUSTOM_RESOURCES]
+)
+def test_manifest_validates_against_the_api_schema(name: str) -> None:
+    for document in yaml.safe_load_all((KUBERNETES / name).read_text()):
+        kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+
+
+def test_strict_validation_refuses_a_misspelt_field() -> None:
+    deployment = manifest("deployment.yaml")
+    deployment["spec"]["template"]["spec"]["terminationGracePeriod"] = 330
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+
+
+def test_only_the_named_files_lack_a_schema() -> None:
+    """A new manifest of a custom kind must be listed (and checked by hand), never skipped silently."""
+    unchecked = set()
+    for name in manifests():
+        document = manifest(name)
+        try:
+            kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+        except kubernetes_validate.SchemaNotFoundError:
+            unchecked.add(name)
+    assert unchecked == NOT_KUBERNETES_OBJECTS | CUSTOM_RESOURCES
+
+
+def test_kustomization_applies_every_manifest_of_the_app() -> None:
+    kustomization = manifest("kustomization.yaml")
+    others = set(manifests()) - {"kustomization.yaml", "prometheus-adapter.yaml"}  # the adapter's own
+    assert set(kustomization["resources"]) == others
+    (image,) = kustomization["images"]
+    assert container()["image"].rpartition(":")[0] == image["name"]
+    assert manifest("namespace.yaml")["metadata"]["name"] == kustomization["namespace"]
+
+
+def test_the_configmap_holds_the_worker_config_verbatim() -> None:
+    assert manifest("configmap.yaml")["data"]["voxgraph.yaml"] == WORKER_CONFIG.read_text()
+    mount = next(m for m in container()["volumeMounts"] if m["name"] == "config")
+    config_volume = next(v for v in pod_spec()["volumes"] if v["name"] == "config")
+    assert config_volume["configMap"]["name"] == manifest("configmap.yaml")["metadata"]["name"]
+    assert container()["args"][-1] == f"{mount['mountPath']}/voxgraph.yaml"
+
+
+def test_the_worker_config_is_valid(worker_env: Path) -> None:
+    assert config.check(WORKER_CONFIG, []) == []
+
+
+def test_every_stop_timeout_outlasts_preStop_and_the_drain(worker_env: Path) -> None:
+    settings = compiled_worker().server
+    assert settings is not None and settings.drain_timeout > 0
+    pre_stop = container()["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    grace = pod_spec()["terminationGracePeriodSeconds"]
+    assert grace >= int(pre_stop[1]) + settings.drain_timeout + STOP_MARGIN
+    unit = systemd_unit()
+    assert int(unit["TimeoutStopSec"]) >= settings.drain_timeout + STOP_MARGIN
+    assert unit["KillSignal"] == "SIGTERM"
+    assert "STOPSIGNAL SIGTERM" in (DEPLOY / "Dockerfile").read_text()
+
+
+def test_selectors_names_and_ports_agree() -> None:
+    labels = manifest("deployment.yaml")["spec"]["template"]["metadata"]["labels"]
+    annotations = manifest("deployment.yaml")["spec"]["template"]["metadata"]["annotations"]
+    service = manifest("service.yaml")
+    for selector in (
+        service["spec"]["selector"],
+        manifest("pdb.yaml")["spec"]["selector"]["matchLabels"],
+        manifest("deployment.yaml")["spec"]["selector"]["matchLabels"],
+        manifest("servicemonitor.yaml")["spec"]["selector"]["matchLabels"],
+    ):
+        assert selector.items() <= labels.items()
+    assert manifest("servicemonitor.yaml")["spec"]["selector"]["matchLabels"].items() <= (
+        service["metadata"]["labels"].items()
+    )
+    (port,) = container()["ports"]
+    env = env_of(container())
+    assert int(env["PORT"]) == port["containerPort"] == int(annotations["prometheus.io/port"])
+    probes = [container()[p]["httpGet"]["port"] for p in ("startupProbe", "livenessProbe", "readinessProbe")]
+    assert set(probes) == {port["name"]}
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["targetPort"] == port["name"]
+    for path in manifest("ingress.yaml")["spec"]["rules"][0]["http"]["paths"]:
+        assert path["backend"]["service"] == {"name": "voxgraph", "port": {"name": service_port["name"]}}
+    (endpoint,) = manifest("servicemonitor.yaml")["spec"]["endpoints"]
+    assert endpoint["port"] == service_port["name"]
+    assert endpoint["path"] == annotations["prometheus.io/path"] == "/metrics"
+    target = manifest("hpa.yaml")["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", manifest("deployment.yaml")["metadata"]["name"])
+    claim = next(v for v in pod_spec()["volumes"] if v["name"] == "recordings")["persistentVolumeClaim"]
+    assert claim["claimName"] == manifest("pvc.yaml")["metadata"]["name"]
+    assert manifest("pvc.yaml")["spec"]["accessModes"] == ["ReadWriteMany"]
+    recordings_mount = next(m for m in container()["volumeMounts"] if m["name"] == "recordings")
+    assert env["RECORDINGS"] == recordings_mount["mountPath"]
+    assert env["HOST"] == "0.0.0.0"
+
+
+def test_secrets_come_from_one_secret_that_the_scrape_also_uses() -> None:
+    env = env_of(container())
+    for variable in ("VOXGRAPH_API_KEYS", "VOXGRAPH_TOKEN_SECRET"):
+        assert env[variable]["secretKeyRef"]["name"] == "voxgraph-secrets"
+    (endpoint,) = manifest("servicemonitor.yaml")["spec"]["endpoints"]
+    assert endpoint["authorization"]["credentials"]["name"] == "voxgraph-secrets"
+
+
+def test_the_autoscaler_reads_the_metric_the_adapter_serves() -> None:
+    hpa_metrics = manifest("hpa.yaml")["spec"]["metrics"]
+    pods = [m["pods"]["metric"]["name"] for m in hpa_metrics if m["type"] == "Pods"]
+    resources = [m["resource"]["name"] for m in hpa_metrics if m["type"] == "Resource"]
+    assert pods == ["voxgraph_sessions_active"] and resources == ["cpu"]
+    rules = yaml.safe_load(manifest("prometheus-adapter.yaml")["data"]["config.yaml"])["rules"]
+    served = {rule["name"]["as"] for rule in rules}
+    assert set(pods) <= served
+    assert all(rule["seriesQuery"].startswith(rule["name"]["as"] + "{") for rule in rules)
+
+
+async def test_probes_answer_without_credentials_and_metrics_export_the_hpa_metric(worker_env: Path) -> None:
+    """The kubelet sends no key: /livez and /readyz must be open. Prometheus sends the metrics key."""
+    server = VoiceServer(compiled_worker("server.port=0", "server.host=127.0.0.1"))
+    await server.start()  # no warm-up: the probes must answer while models would still be loading
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        timeout = aiohttp.ClientTimeout(total=TIMEOUT)
+        async with aiohttp.ClientSession(timeout=timeout) as client:
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                async with client.get(base + container()[probe]["httpGet"]["path"]) as response:
+                    assert response.status in (200, 503), probe  # 503: loading, never 401 or 404
+            async with client.get(base + "/livez") as response:
+                assert response.status == 200
+            async with client.get(base + "/metrics") as response:
+                assert response.status == 401  # with auth: api_key the figures need a key
+            bearer = {"Authorization": f"Bearer {API_KEY}"}
+            async with client.get(base + "/metrics", headers=bearer) as response:
+                assert response.status == 200
+                exported = await response.text()
+    finally:
+        await server.stop()
+    hpa_metric = manifest("hpa.yaml")["spec"]["metrics"][0]["pods"]["metric"]["name"]
+    assert re.search(rf"^{hpa_metric} \d", exported, re.MULTILINE)
+
+
+# --- nginx -------------------------------------------------------------------------------------------
+
+
+def test_nginx_accepts_the_config(tmp_path: Path) -> None:
+    conf = nginx_proxy.write_config(tmp_path, [18001, 18002, 18003], 18080)
+    result = nginx_proxy.check(tmp_path, conf)
+    assert result.returncode == 0, result.stderr
+    assert "[warn]" not in result.stderr and "[emerg]" not in result.stderr
+
+
+def test_nginx_config_routes_the_workers_it_is_given(tmp_path: Path) -> None:
+    site = nginx_proxy.render_site([18001, 18002, 18003, 18004], 18080)
+    upstream = site[site.index("upstream voxgraph") : site.index("}", site.index("upstream voxgraph"))]
+    assert re.findall(r"server 127\.0\.0\.1:(\d+) max_fails=\d+ fail_timeout=\d+s;", upstream) == [
+        "18001",
+        "18002",
+        "18003",
+        "18004",
+    ]
+    assert "least_conn;" in upstream and "listen 127.0.0.1:18080;" in site
+    shipped = nginx_proxy.SHIPPED.read_text()
+    assert re.search(r"proxy_next_upstream [^;]*\bhttp_503\b", shipped)
+    assert re.search(r"proxy_set_header Upgrade \$http_upgrade;", shipped)
+    ws = shipped[shipped.index("location = /ws") :]
+    ws = ws[: ws.index("}")]
+    assert "proxy_buffering off;" in ws and "proxy_read_timeout 1h;" in ws and "proxy_send_timeout 1h;" in ws
+
+
+def test_nginx_upstream_ports_are_the_systemd_instances() -> None:
+    ports = re.findall(r"server 127\.0\.0\.1:(\d+)", nginx_proxy.SHIPPED.read_text())
+    target = (DEPLOY / "systemd" / "voxgraph.target").read_text()
+    assert re.findall(r"voxgraph@(\d+)\.service", target) == ports
+
+
+# --- systemd ------------------------------------------------------------------------------------------
+
+
+def systemd_unit() -> dict[str, str]:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string((DEPLOY / "systemd" / "voxgraph@.service").read_text())
+    return dict(parser["Service"])
+
+
+def test_systemd_unit_takes_its_port_from_the_instance_name() -> None:
+    text = (DEPLOY / "systemd" / "voxgraph@.service").read_text()
+    assert "Environment=PORT=%i" in text and "Environment=HOST=127.0.0.1" in text
+    unit = systemd_unit()
+    assert unit["Restart"] == "on-failure"
+    assert unit["ExecStart"].endswith("-m pipeline run /etc/voxgraph/voxgraph.yaml")
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
+    for name in ("voxgraph@.service", "voxgraph.target"):
+        text = (DEPLOY / "systemd" / name).read_text()
+        (tmp_path / name).write_text(text.replace("/opt/voxgraph/.venv/bin/python", sys.executable))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", "./voxgraph@8001.service"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0 and "voxgraph" not in result.stdout + result.stderr, result.stderr
+
+
+# --- Dockerfile ---------------------------------------------------------------------------------------
+
+
+def test_hadolint_finds_nothing_in_the_dockerfile() -> None:
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run(
+        [str(hadolint), "--format", "json", str(DEPLOY / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    findings = json.loads(result.stdout or "[]")
+    assert findings == [], findings
+    assert result.returncode == 0
+
+
+def test_dockerfile_agrees_with_the_project_and_the_pod() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    version = re.search(r'^version = "([^"]+)"', pyproject, re.MULTILINE)
+    assert version is not None and f"ARG VOXGRAPH_VERSION={version.group(1)}" in text
+    assert re.search(rf"^EXPOSE {container()['ports'][0]['containerPort']}$", text, re.MULTILINE)
+    uid = pod_spec()["securityContext"]["runAsUser"]
+    assert re.search(rf"^USER {uid}:{uid}$", text, re.MULTILINE)
+    assert "HEALTHCHECK" in text and "/livez" in text
+    for source in re.findall(r"^COPY (?!--from)(\S+)", text, re.MULTILINE):
+        assert (ROOT / source).exists(), source
+    stages = re.findall(r"^FROM \S+ AS (\w+)", text, re.MULTILINE)
+    assert stages == ["build", "runtime"]
+
+
+# --- a recordings folder shared by several workers ----------------------------------------------------
+
+IDS_PER_PROCESS = 20000
+
+
+def test_session_ids_are_unique_across_worker_processes() -> None:
+    """Four processes make ids in the same seconds, as workers would; none may meet another's."""
+    script = (
+        "from pipeline.sessions import new_session_id\n"
+        f"print('\\n'.join(new_session_id() for _ in range({IDS_PER_PROCESS})))"
+    )
+    workers = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        for _ in range(4)
+    ]
+    ids = [line for worker in workers for line in worker.communicate(timeout=TIMEOUT)[0].split()]
+    assert all(worker.returncode == 0 for worker in workers)
+    assert len(ids) == 4 * IDS_PER_PROCESS
+    assert len(set(ids)) == len(ids)
+
+
+WRITER_CONFIG = """
+nodes:
+  src: {type: source.tone, duration: 0.6, realtime: true}
+  recorder: {type: recorder, directory: "%s"}
+  sink: {type: debug.null}
+edges:
+  - src -> recorder -> sink
+"""
+WRITER = """
+import asyncio, sys
+from pipeline import config, runner
+
+async def main() -> None:
+    for _ in range(int(sys.argv[2])):
+        report = await runner.run(config.load(sys.argv[1]))
+        assert report.outcome != "failed", report.outcome
+
+asyncio.run(main())
+"""
+SESSIONS_PER_WRITER = 4
+WAV_HEADER_BYTES = 44
+
+
+@pytest.fixture
+def api_warnings(caplog: pytest.LogCaptureFixture) -> Iterator[list[logging.LogRecord]]:
+    with caplog.at_level(logging.WARNING, logger="transports.websocket.api"):
+        yield caplog.records
+
+
+def test_listing_a_folder_that_several_workers_write(
+    tmp_path: Path, api_warnings: list[logging.LogRecord]
+) -> None:
+    """Two writer processes record conversations into one folder while it is listed again and again:
+    every listed conversation reads whole, none is listed twice, and at the end every conversation is
+    listed with whole WAVs."""
+    shared = tmp_path / "recordings"
+    writer_config = tmp_path / "writer.yaml"
+    writer_config.write_text(WRITER_CONFIG % shared)
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(writer_config), str(SESSIONS_PER_WRITER)],
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    recordings = Recordings(shared)
+    listings = 0
+    try:
+        while any(w.poll() is None for w in writers):
+            check_listing(recordings)
+            listings += 1
+    finally:
+        for writer in writers:
+            _, stderr = writer.communicate(timeout=TIMEOUT)
+            assert writer.returncode == 0, stderr.decode()
+    final = check_listing(recordings, finished=True)
+    assert len(final) == 2 * SESSIONS_PER_WRITER
+    assert all(set(entry["audio"]) == {"user.wav", "mixed.wav"} for entry in final)
+    assert listings > 10  # the listing really ran while they wrote
+    assert api_warnings == []
+
+
+def check_listing(recordings: Recordings, finished: bool = False) -> list[dict[str, Any]]:
+    """Every listed conversation reads whole: its transcript names it, its WAVs parse and never claim
+    more audio than they hold (the header lags a live recording); once ``finished``, exactly that."""
+    entries = recordings.conversations()
+    ids = [entry["id"] for entry in entries]
+    assert len(set(ids)) == len(ids)
+    for entry in entries:
+        transcript = recordings.transcript(entry["id"])
+        assert transcript is not None and transcript["session_id"] == entry["id"]
+        for name in entry["audio"]:
+            path = recordings.path(entry["id"], name)
+            assert path is not None
+            held = path.stat().st_size - WAV_HEADER_BYTES
+            if held < 0:
+                continue  # created this instant, header not written yet
+            with wave.open(str(path)) as audio:
+                declared = audio.getnframes() * audio.getsampwidth() * audio.getnchannels()
+            assert declared == held if finished else declared <= held
+    return entries
