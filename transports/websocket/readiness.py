@@ -60,7 +60,9 @@ def refusal(
     if draining:
         return Refusal("draining", "draining", "the server is shutting down; try again")
     if sessions >= max_sessions:
-        slots = f"all {max_sessions} conversation slot{'s' if max_sessions != 1 else ''} are in use"
+        slots = "the one conversation slot is in use"
+        if max_sessions != 1:
+            slots = f"all {max_sessions} conversation slots are in use"
         return Refusal("full", f"full: {slots}", f"server busy: {slots}; try again later")
     decision = admission()
     if not decision.admit:

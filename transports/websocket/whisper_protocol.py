@@ -47,6 +47,7 @@ __all__ = [
     "assistant_text",
     "audio_format",
     "decode_audio",
+    "draining",
     "error",
     "interrupted",
     "metrics",
