@@ -8,7 +8,9 @@ Inside ``process``::
             await self.push(LLMTextFrame(token))
 
 Samples are kept in bounded windows and summarised (count, mean, p50, p95, p99, max) by
-``summary()``; the runner saves them all as JSON with ``run --metrics FILE``.
+``summary()``; the runner saves them all as JSON with ``run --metrics FILE``. A ``listener`` is also
+told of each sample as it is recorded, for figures that must not wait for the window (a server's
+Prometheus histograms).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import math
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +30,9 @@ if TYPE_CHECKING:
 
 WINDOW = 10_000  # samples kept per metric; older ones fall out
 
+SampleListener = Callable[[str, float], None]
+"""Told ``(metric, seconds)`` of each sample as it is recorded; runs on the hot path: keep it cheap."""
+
 
 class ProcessorMetrics:
     """Timing samples of one processor, in seconds."""
@@ -36,6 +41,7 @@ class ProcessorMetrics:
         self._owner = weakref.ref(owner)  # weak: the owner holds us, and a cycle would outlive its graph
         self.emit_frames = False  # also send a MetricsFrame downstream per sample (set by Graph)
         self.samples: dict[str, deque[float]] = {}
+        self.listener: SampleListener | None = None  # sees every sample live (the window forgets old ones)
         self._started_at: float | None = None
         self._first_byte_seen = False
 
@@ -70,6 +76,8 @@ class ProcessorMetrics:
         if window is None:
             window = self.samples[metric] = deque(maxlen=WINDOW)
         window.append(seconds)
+        if self.listener is not None:
+            self.listener(metric, seconds)
         if self.emit_frames:
             self.owner.push_system(MetricsFrame(processor=self.owner.name, metric=metric, value=seconds))
 
