@@ -189,7 +189,7 @@ class SessionWatch(Observer):
         self._audio = metrics.client_audio
         self._last_error: ErrorFrame | None = None  # one report pushed to several neighbours counts once
         for node, processor in processors.items():
-            timings_of(processor).listener = _sample_feed(metrics, node, metrics.node_type(node, processor))
+            timings_of(processor).listener = _SampleFeed(metrics, node, metrics.node_type(node, processor))
 
     def on_push(
         self, source: Processor, target: Processor | None, frame: Frame, direction: Direction
@@ -250,20 +250,34 @@ class _DropCollector(Collector):
         )
 
 
-def _sample_feed(metrics: ServerMetrics, node: str, node_type: str) -> Callable[[str, float], None]:
-    """What a processor's ``ProcessorMetrics.listener`` becomes: samples into the server's histograms."""
-    feeds = {
-        "processing": metrics.processing.labels(node, node_type).observe,
-        "ttfb": metrics.ttfb.labels(node, node_type).observe,
-        "voice_to_voice": metrics.voice_to_voice.observe,
-    }
+class _SampleFeed:
+    """A processor's ``ProcessorMetrics.listener``: its samples into the server's histograms.
 
-    def feed(metric: str, seconds: float) -> None:
-        observe = feeds.get(metric)
+    A node's series appear with its first sample, so nodes that time nothing add none to a scrape.
+    """
+
+    def __init__(self, metrics: ServerMetrics, node: str, node_type: str) -> None:
+        self._metrics = metrics
+        self._labels = (node, node_type)
+        self._observe: dict[str, Callable[[float], None]] = {}  # metric -> its histogram's observe
+
+    def __call__(self, metric: str, seconds: float) -> None:
+        observe = self._observe.get(metric) or self._observer(metric)
         if observe is not None:
             observe(max(0.0, seconds))
 
-    return feed
+    def _observer(self, metric: str) -> Callable[[float], None] | None:
+        metrics = self._metrics
+        if metric == "processing":
+            observe = metrics.processing.labels(*self._labels).observe
+        elif metric == "ttfb":
+            observe = metrics.ttfb.labels(*self._labels).observe
+        elif metric == "voice_to_voice":
+            observe = metrics.voice_to_voice.observe
+        else:
+            return None  # other timings (stt_final, barge_in_decision...) stay in the runner's summary
+        self._observe[metric] = observe
+        return observe
 
 
 def _by_role(processors: Iterable[Processor], role: str) -> Processor | None:
