@@ -72,6 +72,7 @@ from transports.websocket.connections import (
     raise_fd_limit,
     tls_context,
 )
+from transports.websocket.prometheus import ServerMetrics
 from transports.websocket.readiness import Refusal, refusal
 from transports.websocket.session import Session
 
@@ -95,6 +96,7 @@ class VoiceServer:
         self.recordings = Recordings(recordings_directory(compiled, self.settings))
         self.sessions: dict[str, Session] = {}  # session id -> running session
         self.admission = Admission(self.sessions, thresholds(self.settings), meter)  # headroom for one more
+        self.metrics = ServerMetrics(compiled)  # Prometheus figures, at /metrics
         self.closing = False  # set at shutdown: new connections are refused
         self.loading = False  # models warming up: not ready, /ws refused before the upgrade
         self.draining = False  # set at the first shutdown signal: not ready, live sessions go on
@@ -316,6 +318,7 @@ class VoiceServer:
         app.on_cleanup.append(lambda _: self.admission.stop())
         app.router.add_get("/", self._index)
         app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self.metrics.handle)
         app.router.add_get("/livez", self._livez)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/load", self._load)
@@ -411,6 +414,7 @@ class VoiceServer:
             await ws.close(code=protocol.CLOSE_INTERNAL_ERROR)
             return ws
         self.sessions[session_id] = session
+        self.metrics.session_started(session)
         handler = asyncio.current_task()
         if handler is not None:
             self._handlers.add(handler)
@@ -419,6 +423,7 @@ class VoiceServer:
             await session.run()
         finally:
             del self.sessions[session_id]
+            self.metrics.session_ended(session)
             self._handlers.discard(handler)
             log.info("session %s ended (%d active)", session_id, len(self.sessions))
         return ws
@@ -436,6 +441,7 @@ class VoiceServer:
     def _refused(self, refused: Refusal) -> None:
         """Every refused connection passes here (loading and draining before the upgrade, full after)."""
         log.info("refused a connection: %s", refused.reason)
+        self.metrics.refused(refused.kind)
 
 
 def _bracketed(host: str) -> str:
