@@ -24,7 +24,9 @@ from pipeline import config
 from pipeline.capacity import LoadMeter
 from pipeline.errors import FatalProcessorError
 from pipeline.frames import (
+    UPSTREAM,
     AudioFrame,
+    ErrorFrame,
     Frame,
     LLMResponseEndFrame,
     LLMResponseStartFrame,
@@ -32,8 +34,10 @@ from pipeline.frames import (
     TranscriptFrame,
     UserTextFrame,
 )
-from pipeline.processor import Processor
+from pipeline.processor import Processor, timings_of
+from transports.websocket.prometheus import ServerMetrics, SessionWatch
 from transports.websocket.server import VoiceServer
+from transports.websocket.session import Inbound
 
 TIMEOUT = 10.0
 KEY = "metrics-key-0123456789abcdef"
@@ -259,15 +263,26 @@ async def test_errors_by_node_and_kind_and_a_failed_session() -> None:
         assert value(families, "voxgraph_sessions_total", outcome="normal") == 0
 
 
-async def test_a_connection_refused_when_full_is_counted() -> None:
-    async with serving(GRAPH, "server.max_sessions=1") as (_, url), aiohttp.ClientSession() as http:
+async def test_refused_connections_are_counted_by_reason() -> None:
+    async with serving(GRAPH, "server.max_sessions=1") as (server, url), aiohttp.ClientSession() as http:
         async with http.ws_connect(url / "ws") as first:
             await receive_until(first, lambda m: m.get("state") == "listening")
             async with http.ws_connect(url / "ws") as second:
                 assert await until_closed(second) == 1013
             families = await scrape(http, url)
         assert value(families, "voxgraph_connections_refused_total", reason="full") == 1
-        assert value(families, "voxgraph_connections_refused_total", reason="load") == 0
+        server.loading = True  # as while models warm up: refused before the upgrade
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await http.ws_connect(url / "ws")
+        server.loading = False
+        server.begin_drain()
+        for _ in range(2):
+            with pytest.raises(aiohttp.WSServerHandshakeError):
+                await http.ws_connect(url / "ws")
+        families = await scrape(http, url)
+        refused = "voxgraph_connections_refused_total"
+        expected = {"full": 1, "loading": 1, "draining": 2, "load": 0}
+        assert {reason: value(families, refused, reason=reason) for reason in expected} == expected
 
 
 async def test_inbox_drops_count_live_and_once_after_the_end() -> None:
@@ -304,3 +319,22 @@ async def test_metrics_need_the_api_key_when_auth_is_on(monkeypatch: pytest.Monk
                 assert "voxgraph_" not in await response.text()
         families = await scrape(http, url, {"Authorization": f"Bearer {KEY}"})
         assert value(families, "voxgraph_sessions_active") == 0
+
+
+def test_one_error_report_pushed_to_two_neighbours_counts_once() -> None:
+    compiled, problems = config.compile_text(GRAPH, "<test>", ())
+    assert compiled is not None and not problems, problems
+    metrics = ServerMetrics(compiled)
+    graph = compiled.graph()
+    watch = SessionWatch(metrics, graph.processors, Inbound())
+    worker, mic, out = (graph.processors[name] for name in ("worker", "mic", "out"))
+    report = ErrorFrame(message="KeyError: 'x'", processor="worker")
+    for neighbour in (mic, out):  # as a node with two upstream neighbours reports it
+        watch.on_push(worker, neighbour, report, UPSTREAM)
+    watch.on_push(mic, None, report, UPSTREAM)  # passing by on its way out: not the failing node
+    watch.on_push(worker, mic, ErrorFrame(message="not a class: x", processor="worker"), UPSTREAM)
+    for kind in ("KeyError", "other"):
+        labels = {"node": "worker", "kind": kind, "fatal": "false"}
+        assert metrics.registry.get_sample_value("voxgraph_processor_errors_total", labels) == 1
+    watch.close()
+    assert all(timings_of(p).listener is None for p in graph.processors.values())
