@@ -29,6 +29,7 @@ const voxgraph = (window.voxgraph = {
   replies: [],
   metrics: [],
   errors: [],
+  draining: null, // seconds the conversation may go on, once the server said it is draining
 });
 
 const $ = (id) => document.getElementById(id);
@@ -277,6 +278,10 @@ function onMessage(event) {
       ui.session.textContent = `Session ${message.session_id}`;
       break;
     case "status":
+      if (message.state === "draining") {
+        onDraining(message.deadline_s);
+        break;
+      }
       setStatus(message.state);
       if (message.state !== "starting") ready();
       break;
@@ -305,6 +310,13 @@ function onMessage(event) {
       systemNote(message.message, "error");
       break;
   }
+}
+
+// The server is restarting: this conversation goes on until the deadline; the next one goes elsewhere.
+function onDraining(seconds) {
+  voxgraph.draining = seconds;
+  const left = typeof seconds === "number" ? ` for up to ${seconds} s` : "";
+  systemNote(`The server is restarting; this conversation can go on${left}.`, "draining");
 }
 
 // --- connection and microphone --------------------------------------------------------------------
