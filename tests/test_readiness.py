@@ -66,8 +66,8 @@ class Clocks:
         self.cpu = 0.0
         self.wall = 0.0
 
-    def meter(self) -> LoadMeter:
-        return LoadMeter(10.0, cores=2, cpu_clock=lambda: self.cpu, wall_clock=lambda: self.wall)
+    def meter(self, window: float = 10.0) -> LoadMeter:
+        return LoadMeter(window, cores=2, cpu_clock=lambda: self.cpu, wall_clock=lambda: self.wall)
 
 
 def _compiled(text: str, *overrides: str) -> config.Compiled:
@@ -90,10 +90,13 @@ async def serving(
 
 
 @contextlib.asynccontextmanager
-async def running(text: str) -> AsyncIterator[tuple[VoiceServer, URL, asyncio.Task[int]]]:
+async def running(
+    text: str, meter: LoadMeter | None = None
+) -> AsyncIterator[tuple[VoiceServer, URL, asyncio.Task[int]]]:
     """``VoiceServer.run`` (listen, warm up, serve) with the engine's gate shut."""
     GatedEngine.entered, GatedEngine.gate, GatedEngine.fail = asyncio.Event(), asyncio.Event(), False
-    server = VoiceServer(_compiled(text), meter=LoadMeter(cpu_clock=lambda: 0.0, machine_clock=lambda: None))
+    quiet = meter or LoadMeter(cpu_clock=lambda: 0.0, machine_clock=lambda: None)
+    server = VoiceServer(_compiled(text), meter=quiet)
     task = asyncio.create_task(server.run("gated"))
     try:
         await asyncio.wait_for(GatedEngine.entered.wait(), TIMEOUT)  # run listens before warming up
@@ -138,6 +141,21 @@ async def test_not_ready_while_models_load_and_ws_is_refused_before_the_upgrade(
             await client.ws.send_str('{"type":"stop"}')
             assert await client.closed() == 1000
         assert not task.done()
+
+
+async def test_the_warm_ups_cpu_does_not_count_as_load() -> None:
+    clocks = Clocks()
+    meter = clocks.meter(window=30.0)
+    async with running(GATED_GRAPH, meter) as (server, base, _), aiohttp.ClientSession() as http:
+        clocks.wall, clocks.cpu = 10.0, 19.0  # loading models kept 95% of 2 cores busy for 10 s
+        GatedEngine.gate.set()
+        await _until(lambda: not server.loading, "the warm-up to finish")
+        _, load = await _get(http, base / "load")
+        assert load["cpu"] is None  # one reading: measured from the end of the warm-up on
+        clocks.wall = 20.0  # then 10 s idle
+        meter.tick()
+        _, load = await _get(http, base / "load")
+        assert load["cpu"] == 0.0 and load["admission"]["window_s"] == 10.0
 
 
 async def test_a_failed_warm_up_exits_1_and_stops_listening() -> None:

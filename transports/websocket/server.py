@@ -185,6 +185,8 @@ class VoiceServer:
         self.loading = True
         await self._start_engines()
         self.loading = False
+        if self._runner is not None:
+            await self._metering()
 
     async def _start_engines(self) -> None:
         graph = session_graph(self.compiled)
@@ -314,7 +316,7 @@ class VoiceServer:
 
     def _application(self) -> web.Application:
         app = web.Application(middlewares=[access_middleware(self.guard)])
-        app.on_startup.append(lambda _: _started(self.admission))
+        app.on_startup.append(lambda _: self._metering())
         app.on_cleanup.append(lambda _: self.admission.stop())
         app.router.add_get("/", self._index)
         app.router.add_get("/health", self._health)
@@ -438,6 +440,12 @@ class VoiceServer:
             admission=(lambda: decision) if decision is not None else self.admission.decision,
         )
 
+    async def _metering(self) -> None:
+        """Measure load once ready: the warm-up's CPU and loop stalls must not count against the first
+        conversations (admission looks ``load_window`` seconds back)."""
+        if not self.loading:
+            self.admission.start()
+
     def _refused(self, refused: Refusal) -> None:
         """Every refused connection passes here (loading and draining before the upgrade, full after)."""
         log.info("refused a connection: %s", refused.reason)
@@ -470,10 +478,6 @@ async def serve(compiled: Compiled) -> int:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
-
-
-async def _started(admission: Admission) -> None:
-    admission.start()
 
 
 async def _stopped(processor: Processor, timeout: float) -> None:
