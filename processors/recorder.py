@@ -60,6 +60,7 @@ from pipeline.frames import (
     AudioFrame,
     BotAudioFrame,
     BotStoppedSpeakingFrame,
+    BotTextFrame,
     Frame,
     LLMResponseEndFrame,
     LLMResponseStartFrame,
@@ -67,6 +68,7 @@ from pipeline.frames import (
     SpokenTextFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
+    TTSTextFrame,
     UserAudioFrame,
     UserTextFrame,
 )
@@ -481,13 +483,13 @@ class Recorder(Processor):
         AudioFrame,
         UserTextFrame,
         LLMResponseStartFrame,
-        LLMTextFrame,
+        BotTextFrame,
         LLMResponseEndFrame,
         TTSStartedFrame,
         TTSStoppedFrame,
     )
     handles_upstream: ClassVar[tuple[type[Frame], ...]] = (SpokenTextFrame, BotStoppedSpeakingFrame)
-    produces: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, UserTextFrame, LLMTextFrame)  # passed on
+    produces: ClassVar[tuple[type[Frame], ...]] = (AudioFrame, UserTextFrame, BotTextFrame)  # passed on
     taps: ClassVar[tuple[TapRequest, ...]] = (
         TapRequest(UserAudioFrame, at="source"),  # the user, from the input node
         TapRequest(UserTextFrame),  # each user turn, from the node that made or handled it last
@@ -507,6 +509,7 @@ class Recorder(Processor):
         self._transcript = _Transcript(None, "")
         self._use_session(p.session_id or new_session_id())
         self._reply: _Reply | None = None
+        self._in_response = False  # between LLMResponseStartFrame and its end: all bot text is that reply
         self._disk: asyncio.Task[None] | None = None  # the one task writing audio
         self._disk_again = False  # more audio became due while it wrote
         self._user_tapped = False  # user audio comes by tap; along the edges it is only passed on
@@ -624,6 +627,7 @@ class Recorder(Processor):
             self._transcript.changed()
 
     async def on_interrupt(self) -> None:
+        self._in_response = False  # the LLM's cut response sends no end
         await self._idle()
         reply = self._reply
         if reply is not None and not reply.closed:
@@ -668,15 +672,23 @@ class Recorder(Processor):
             return self._store(
                 self._timeline.add_user(frame.pcm, AudioFormat(frame.sample_rate, frame.channels))
             )
-        if isinstance(frame, LLMTextFrame):
-            self._current_reply().chunks.append(frame.text)
+        if isinstance(frame, TTSTextFrame):
+            pass  # a sentence of a reply whose text came already
+        elif isinstance(frame, BotTextFrame) and (self._in_response or isinstance(frame, LLMTextFrame)):
+            self._current_reply().chunks.append(frame.text)  # a chunk of the reply, whatever its class
+        elif isinstance(frame, BotTextFrame):
+            greeting = self._reply = _Reply(chunks=[frame.text], ended=True)  # bot text of its own
+            greeting.index = self._transcript.set(None, greeting.message())
+            self._transcript.changed()
         elif isinstance(frame, UserTextFrame):
             if frame.text.strip():
                 self._transcript.set(None, {"role": "user", "content": frame.text.strip()})
                 self._transcript.changed()
         elif isinstance(frame, LLMResponseStartFrame):
             self._reply = _Reply()
+            self._in_response = True
         elif isinstance(frame, LLMResponseEndFrame):
+            self._in_response = False
             reply = self._reply
             if reply is not None and not reply.ended and not reply.interrupted:  # else: cut short already
                 reply.ended = True

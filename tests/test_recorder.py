@@ -15,6 +15,7 @@ import threading
 import time
 import wave
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from textwrap import dedent
@@ -29,6 +30,7 @@ from pipeline.frames import (
     AudioFrame,
     BotAudioFrame,
     BotStoppedSpeakingFrame,
+    BotTextFrame,
     Direction,
     Frame,
     InterimTranscriptFrame,
@@ -685,6 +687,31 @@ async def test_typed_turns_are_saved_and_partial_transcripts_are_not(tmp_path: P
     assert transcript(recorder.session_dir)["messages"] == [
         {"role": "user", "content": "spoken"},
         {"role": "user", "content": "typed"},
+    ]
+
+
+@dataclass
+class PoliteTextFrame(BotTextFrame):
+    """A chunk a processor between the LLM and the TTS re-typed (it is still the bot's)."""
+
+
+async def test_reply_chunks_of_any_bot_text_class_and_a_greeting_are_saved(tmp_path: Path) -> None:
+    recorder = Recorder(directory=str(tmp_path), session_id="s", tracks=["transcript"])
+    frames = [
+        BotTextFrame(text="Welcome!"),  # outside a response: a reply of its own
+        TranscriptFrame(text="hello"),
+        LLMResponseStartFrame(),
+        PoliteTextFrame(text="Hi"),
+        LLMTextFrame(text=" there,"),
+        PoliteTextFrame(text=" friend."),
+        LLMResponseEndFrame(),
+        TTSTextFrame(text="Hi there, friend."),  # the TTS's sentence: said already, not again
+    ]
+    await run_processor(recorder, frames)
+    assert transcript(recorder.session_dir)["messages"] == [
+        {"role": "assistant", "content": "Welcome!"},
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "Hi there, friend."},
     ]
 
 
