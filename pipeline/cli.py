@@ -60,7 +60,10 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        help="run a graph until it ends, or serve it if it has a server: section (Ctrl-C stops it cleanly)",
+        help=(
+            "run a graph until it ends (Ctrl-C stops it cleanly), or serve it if it has a server: "
+            "section (Ctrl-C or SIGTERM drains: live conversations go on up to drain_timeout)"
+        ),
     )
     _add_config_args(run)
     run.add_argument(

@@ -12,6 +12,7 @@
   503 ``{"ready": false, "reason": ...}`` while models load, while draining and while full
   (``transports.websocket.readiness``); ``/load`` the figures behind it (sessions, capacity, CPU, loop
   lag, full, draining, ready, the admission sample), for a balancer or an operator;
+* ``/metrics`` Prometheus metrics (``transports.websocket.prometheus``), protected like the API;
 * ``/api/conversations...`` saved conversations (``transports.websocket.api``);
 * ``/api/auth`` whether a page needs a session token, ``/api/session-token`` mints one.
 
