@@ -37,8 +37,9 @@ from pipeline.frames import (
     UserAudioFrame,
 )
 from pipeline.params import param
-from pipeline.processor import Processor, Source
+from pipeline.processor import Source
 from pipeline.sources import FramePacer
+from pipeline.topology import nearest_of
 from processors.vad.base import VadProcessor
 from transports.utterance_files import NoSpeechError
 
@@ -110,7 +111,7 @@ class FileTurns(Source):
             if self._format is None:
                 self._format = fmt
             self._turns.append(await self.run_in_thread(_convert, pcm, fmt, self._format))
-        vad = _first_downstream(self, VadProcessor) if self.params.wait_for_reply else None
+        vad = nearest_of(VadProcessor, self._downstream, "downstream") if self.params.wait_for_reply else None
         if vad is not None and self._format is not None:
             self._vad_name = f"{vad.name} ({vad.type_name or type(vad).__name__})"
             self.speech = await _speech_in_turns(vad, self._turns, self._format)
@@ -206,20 +207,6 @@ class FileTurns(Source):
 
 class NoAnswerError(FatalProcessorError):
     """The caller said its turns and the bot answered none of them."""
-
-
-def _first_downstream(start: Processor, kind: type[VadProcessor]) -> VadProcessor | None:
-    """The nearest ``kind`` node downstream of ``start`` (breadth first), if any."""
-    seen = {id(start)}
-    queue = list(start._downstream)
-    while queue:
-        node = queue.pop(0)
-        if isinstance(node, kind):
-            return node
-        if id(node) not in seen:
-            seen.add(id(node))
-            queue.extend(node._downstream)
-    return None
 
 
 async def _speech_in_turns(vad: VadProcessor, turns: list[bytes], fmt: AudioFormat) -> list[bool]:

@@ -29,6 +29,7 @@ from pipeline.frames import (
 )
 from pipeline.params import param
 from pipeline.processor import Processor
+from pipeline.topology import nearest_of
 from pipeline.utterances import Utterance, UtteranceCollector
 from processors.vad.base import VadProcessor
 
@@ -177,7 +178,7 @@ class UtteranceFiles(Processor):
                 f"nothing written: the {self.dropped} utterance(s) found in {seconds} were all shorter "
                 f"than min_duration ({self.params.min_duration} s); lower min_duration to keep them"
             )
-        if not self._speaking_frames and not _feeds_from(self._upstream, VadProcessor):
+        if not self._speaking_frames and nearest_of(VadProcessor, self._upstream, "upstream") is None:
             return (
                 f"nothing written: no speaking frames arrived with the {seconds}; "
                 "put a vad.silero or vad.webrtc node in front of this one"
@@ -186,20 +187,6 @@ class UtteranceFiles(Processor):
             f"no speech found in {seconds}: nothing written. If the input does hold speech, "
             "lower the VAD's threshold (or start_secs)"
         )
-
-
-def _feeds_from(upstream: tuple[Processor, ...], kind: type[Processor]) -> bool:
-    """Whether a ``kind`` node is among ``upstream`` or anywhere before them."""
-    seen: set[int] = set()
-    todo = list(upstream)
-    while todo:
-        node = todo.pop()
-        if isinstance(node, kind):
-            return True
-        if id(node) not in seen:
-            seen.add(id(node))
-            todo.extend(node._upstream)
-    return False
 
 
 def _write_wav(path: Path, utterance: Utterance) -> None:
