@@ -36,7 +36,6 @@ from urllib.parse import urlencode
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from pipeline.errors import Problem
 from pipeline.formats import AudioCaps
 from pipeline.frames import InterimTranscriptFrame
 from pipeline.params import param
@@ -60,6 +59,8 @@ class FireworksParams(StreamingParams):
     api_key: str = param(doc=f"Fireworks API key, e.g. ${{{KEY_VARIABLE}}}", secret=True)
     base_url: str = param(
         "wss://audio-streaming.api.fireworks.ai",
+        check=lambda url: url.startswith(("ws://", "wss://")),
+        fix="use a websocket URL, e.g. base_url: wss://audio-streaming.api.fireworks.ai",
         doc=f"service URL ({STREAMING_PATH} is added); ws://host:port for a local server",
     )
     model: str = param("whisper-v3", doc="whisper-v3 or whisper-v3-turbo")
@@ -126,9 +127,6 @@ class FireworksSTT(StreamingSTT[_Stream, FireworksParams]):
         return f"{base}?{urlencode(query)}"
 
     # --- the base's hooks ------------------------------------------------------------------------
-
-    def param_problems(self) -> list[Problem]:
-        return _param_problems(self.params)
 
     @property
     def ends_turn_on_vad_stop(self) -> bool:
@@ -330,15 +328,3 @@ def _mark_emitted(emitted: _Emitted, segment: dict[str, Any]) -> None:
     if end is not None:
         emitted.end = max(emitted.end or 0.0, float(end))
     emitted.words += len(str(segment["text"]).split())
-
-
-def _param_problems(p: FireworksParams) -> list[Problem]:
-    if p.base_url.startswith(("ws://", "wss://")):
-        return []
-    return [
-        Problem(
-            f"base_url {p.base_url!r} is not a websocket URL",
-            fix="e.g. base_url: wss://audio-streaming.api.fireworks.ai",
-            key="base_url",
-        )
-    ]

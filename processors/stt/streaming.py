@@ -118,7 +118,7 @@ class StreamingSTT(Processor[P], Generic[S, P]):
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
-        problems = [*_key_problems(self.params.api_key, self.key_variable), *self.param_problems()]
+        problems = _key_problems(self.params.api_key, self.key_variable)
         for problem in problems:
             problem.node = self.name
         if problems:
@@ -191,10 +191,6 @@ class StreamingSTT(Processor[P], Generic[S, P]):
     async def update_settings(self, settings: dict[str, Any]) -> None:
         """Apply an ``STTUpdateSettingsFrame`` (kept for the sessions to come); ValueError if invalid."""
         raise NotImplementedError
-
-    def param_problems(self) -> list[Problem]:
-        """Problems between params that their declared limits cannot see (the key is checked here)."""
-        return []
 
     async def close(self) -> None:
         """Release what the subclass holds beyond the session: runs at the end, after the last
