@@ -2,7 +2,8 @@
 
 The server listens before its models are warm: an engine here blocks its start on an event the test
 sets, so "loading" is observed without sleeping. Full is max_sessions reached or admission refusing
-(a load meter on hand-moved clocks). The auth matrix: probes are open, /load needs the API key.
+(a load meter on hand-moved clocks), refused after the upgrade or, with ``full_refusal: http``, before.
+The auth matrix: probes are open, /load needs the API key.
 """
 
 from __future__ import annotations
@@ -225,6 +226,66 @@ async def test_not_ready_while_admission_refuses_and_load_shows_its_figures() ->
         await _until(lambda: not server.sessions, "the session to end")
         _, load = await _get(http, base / "load")
         assert (load["sessions"], load["full"], load["ready"], load["reason"]) == (0, False, True, None)
+
+
+async def test_with_full_refusal_http_a_full_server_refuses_before_the_upgrade_like_draining() -> None:
+    async with (
+        serving(GRAPH, "server.max_sessions=1", "server.full_refusal=http") as (server, base),
+        aiohttp.ClientSession() as http,
+    ):
+        async with connect(http, base) as client:
+            held = await client.wait_for(lambda m: m["type"] == "session", "a session")
+            async with http.get(base / "ws", headers=UPGRADE) as refused:
+                assert refused.status == 503 and refused.headers["Retry-After"] == "5"
+                assert await refused.json() == {
+                    "error": "server busy: the one conversation slot is in use; try again later",
+                    "reason": "full",
+                }
+            with pytest.raises(aiohttp.WSServerHandshakeError) as upgrade_of_root:
+                await http.ws_connect(base)
+            assert upgrade_of_root.value.status == 503
+            assert list(server.sessions) == [held["session_id"]]  # nothing started for them
+            assert _refusals(server, "full") == 2
+            await client.ws.send_str('{"type":"stop"}')
+            await client.closed()
+        await _until(lambda: not server.sessions, "the slot to free up")
+        async with connect(http, base) as again:
+            await again.wait_for(lambda m: m["type"] == "session", "a session once a slot is free")
+
+
+async def test_with_full_refusal_http_no_headroom_is_refused_before_the_upgrade_too() -> None:
+    clocks = Clocks()
+    meter = clocks.meter()
+    async with (
+        serving(GRAPH, "server.full_refusal=http", meter=meter) as (server, base),
+        aiohttp.ClientSession() as http,
+    ):
+        meter.tick()
+        clocks.wall, clocks.cpu = 10.0, 19.0  # 95% of 2 cores over 10 s
+        meter.tick()
+        async with connect(http, base) as client:
+            await client.wait_for(lambda m: m["type"] == "session", "a session")
+            async with http.get(base / "ws", headers=UPGRADE) as refused:
+                assert refused.status == 503 and refused.headers["Retry-After"] == "5"
+                body = await refused.json()
+            assert body["reason"] == "load" and body["error"].startswith("server at capacity: CPU 95%")
+            assert len(server.sessions) == 1 and _refusals(server, "load") == 1
+
+
+def test_full_refusal_is_a_server_key_message_or_http() -> None:
+    text = "server: {type: websocket}\nnodes:\n  mic: {type: websocket.input}\n"
+    text += "  out: {type: websocket.output}\nedges: [mic -> out]\n"
+    assert config.ServerSettings().full_refusal == "message"
+    for good in ("message", "http"):
+        assert config.check_text(text, overrides=[f"server.full_refusal={good}"]) == []
+    [problem] = config.check_text(text, overrides=["server.full_refusal=close"])
+    assert "full_refusal" in problem.message and "out of range" in problem.message
+    assert "message" in (problem.fix or "") and "http" in (problem.fix or "")
+
+
+def _refusals(server: VoiceServer, kind: str) -> float:
+    counted = server.metrics.registry.get_sample_value("voxgraph_connections_refused_total", {"reason": kind})
+    return counted or 0.0
 
 
 # --- draining ------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ def _located(problem: Problem, spec: GraphSpec, path: str) -> Problem:
 
 
 AUTH_MODES = ("none", "api_key")
+FULL_REFUSALS = ("message", "http")
 ALL_INTERFACES = frozenset({"0.0.0.0", "::", ""})
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 HOST_ENTRY = re.compile(r"\.?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
@@ -100,6 +101,10 @@ _LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "type": (lambda v: v in SERVERS, "use one of: " + ", ".join(SERVERS)),
     "port": (lambda v: 0 <= v <= 65535, "use 0..65535 (0: any free port)"),
     "max_sessions": (lambda v: v >= 1, "use 1 or more"),
+    "full_refusal": (
+        lambda v: v in FULL_REFUSALS,
+        "use message (an error message, close 1013) or http (HTTP 503 before the upgrade, for a balancer)",
+    ),
     "max_message_bytes": (lambda v: v >= 1024, "use at least 1024 (audio chunks are 640 bytes)"),
     "idle_timeout": (lambda v: v >= 0, "use seconds, e.g. 120 (0: never end an idle conversation)"),
     "drain_timeout": (

@@ -39,6 +39,10 @@ class ServerSettings:
     """TCP port; 0 picks a free one (the URL printed at start names it)."""
     max_sessions: int = 4
     """Conversations at once (each runs its own graph); more connections are refused."""
+    full_refusal: str = "message"
+    """How a full server refuses a conversation: ``message`` (upgrade, then an ``error`` message and close
+    1013, which a page shows) or ``http`` (HTTP 503 with ``Retry-After`` before the upgrade, as while
+    draining, so a load balancer retries it on another worker)."""
     max_message_bytes: int = 1048576
     """Largest client message taken; a larger one gets an error reply."""
     recordings: str | None = None

@@ -22,16 +22,17 @@ them; the page, its files, ``/health``, ``/livez`` and ``/readyz`` are open. Wit
 refuses to listen beyond loopback.
 
 Limits: ``max_sessions`` conversations at once (another connection gets an ``error`` message and close
-code 1013, try again later), and fewer while the measured load leaves no headroom for one more
-(``transports.websocket.admission``: CPU, event-loop lag, sessions falling behind); client messages over
-``max_message_bytes`` get an ``error`` reply and the session goes on, while those over four times that
-close the connection with 1009 (the socket layer refuses to buffer them). A conversation with no client
-message for ``idle_timeout`` seconds ends as a ``stop`` would (drained, saved; an ``error`` message says
-why, close code 1000), so an open but forgotten tab does not hold a slot (heartbeats alone do not
-count). Every TCP connection goes through ``connections.ConnectionGuard``: its headers (and a TLS
-handshake) within ``header_timeout``, idle keep-alive ends after ``keepalive_timeout``, and open
-connections stay below the open-files limit (the oldest that sent no request makes room).
-Client audio waiting for a busy graph is bounded in bytes (``session.Inbound``).
+code 1013, try again later; with ``full_refusal: http`` HTTP 503 before the upgrade instead, as while
+draining, so a balancer retries another worker), and fewer while the measured load leaves no headroom
+for one more (``transports.websocket.admission``: CPU, event-loop lag, sessions falling behind); client
+messages over ``max_message_bytes`` get an ``error`` reply and the session goes on, while those over
+four times that close the connection with 1009 (the socket layer refuses to buffer them). A conversation
+with no client message for ``idle_timeout`` seconds ends as a ``stop`` would (drained, saved; an
+``error`` message says why, close code 1000), so an open but forgotten tab does not hold a slot
+(heartbeats alone do not count). Every TCP connection goes through ``connections.ConnectionGuard``: its
+headers (and a TLS handshake) within ``header_timeout``, idle keep-alive ends after
+``keepalive_timeout``, and open connections stay below the open-files limit (the oldest that sent no
+request makes room). Client audio waiting for a busy graph is bounded in bytes (``session.Inbound``).
 
 Lifecycle: the server listens first, not ready ("loading models": ``/ws`` gets HTTP 503), warms the
 models up, then becomes ready. SIGTERM or a first Ctrl-C drains: readiness turns false at once, new
@@ -439,6 +440,7 @@ class VoiceServer:
             sessions=len(self.sessions),
             max_sessions=self.settings.max_sessions,
             admission=(lambda: decision) if decision is not None else self.admission.decision,
+            full_over_http=self.settings.full_refusal == "http",
         )
 
     async def _metering(self) -> None:
@@ -448,7 +450,8 @@ class VoiceServer:
             self.admission.start()
 
     def _refused(self, refused: Refusal) -> None:
-        """Every refused connection passes here (loading and draining before the upgrade, full after)."""
+        """Every refused connection passes here (loading and draining before the upgrade, full after
+        unless ``full_refusal: http``)."""
         log.info("refused a connection: %s", refused.reason)
         self.metrics.refused(refused.kind)
 
