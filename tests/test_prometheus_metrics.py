@@ -36,6 +36,7 @@ from pipeline.frames import (
 )
 from pipeline.processor import Processor, timings_of
 from transports.websocket.prometheus import ServerMetrics, SessionWatch
+from transports.websocket.protocol import Audio
 from transports.websocket.server import VoiceServer
 from transports.websocket.session import Inbound
 
@@ -285,28 +286,48 @@ async def test_refused_connections_are_counted_by_reason() -> None:
         assert {reason: value(families, refused, reason=reason) for reason in expected} == expected
 
 
-async def test_inbox_drops_count_live_and_once_after_the_end() -> None:
+async def test_inbox_drops_and_received_audio_count_live_and_once_after_the_end() -> None:
     Gate.opened = asyncio.Event()
     frames = 40
+    overflowed = frames - 3  # at least: one held by the gate, two queued, the rest overflow its inbox
+    dropped = "voxgraph_inbox_dropped_frames_total"
     async with serving(GATED_GRAPH) as (server, url), aiohttp.ClientSession() as http:
         async with http.ws_connect(url / "ws") as ws:
             await ws.send_bytes(bytes(FRAME_BYTES * frames))
             live = await scrape_until(
-                http,
-                url,
-                lambda f: value(f, "voxgraph_client_audio_bytes_total") == FRAME_BYTES * frames,
-                "all audio in the graph",
+                http, url, lambda f: value(f, dropped, node="slow") >= overflowed, "all audio in the graph"
             )
             (session,) = server.sessions.values()
             slow = session.graph.processors["slow"]
-            assert slow.inbox.dropped >= frames - 3  # one held, two queued: the rest overflowed
-            assert value(live, "voxgraph_inbox_dropped_frames_total", node="slow") == slow.inbox.dropped
+            assert value(live, dropped, node="slow") == slow.inbox.dropped
+            assert value(live, "voxgraph_client_audio_bytes_total") == FRAME_BYTES * frames
+            await ws.send_bytes(bytes(FRAME_BYTES))  # received while the graph is stuck: counted at once
+            await scrape_until(
+                http,
+                url,
+                lambda f: value(f, "voxgraph_client_audio_bytes_total") == FRAME_BYTES * (frames + 1),
+                "the second message counted",
+            )
             Gate.opened.set()
             await ws.send_str(json.dumps({"type": "stop"}))
             assert await until_closed(ws) == 1000
         ended = await scrape_until(http, url, ended_sessions(1), "the end")
-        assert value(ended, "voxgraph_inbox_dropped_frames_total", node="slow") == slow.inbox.dropped
+        assert value(ended, dropped, node="slow") == slow.inbox.dropped
+        assert value(ended, "voxgraph_client_audio_bytes_total") == FRAME_BYTES * (frames + 1)
+        assert value(ended, "voxgraph_client_audio_dropped_bytes_total") == 0
         assert value(ended, "voxgraph_sessions_active") == 0
+
+
+def test_received_audio_counts_every_byte_taken_including_those_dropped_later() -> None:
+    inbound = Inbound("s", max_audio_bytes=FRAME_BYTES * 2)
+    sizes = (FRAME_BYTES, FRAME_BYTES * 3, 2, FRAME_BYTES)
+    for size in sizes:
+        assert inbound.put(Audio(bytes(size)))
+    assert inbound.received_audio_bytes == sum(sizes)
+    assert inbound.dropped_bytes == FRAME_BYTES * 4  # the oldest two, once over the bound
+    inbound.end()
+    assert inbound.put(Audio(bytes(FRAME_BYTES)))  # after the end: ignored, not received
+    assert inbound.received_audio_bytes == sum(sizes)
 
 
 async def test_metrics_need_the_api_key_when_auth_is_on(monkeypatch: pytest.MonkeyPatch) -> None:

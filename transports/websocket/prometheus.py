@@ -1,11 +1,12 @@
 """The websocket server's Prometheus metrics: one registry per server, fed by its sessions, at ``/metrics``.
 
 ``ServerMetrics`` is told when a session starts and ends and when a connection is refused; while a
-session runs it watches the session's graph (a ``SessionWatch`` observer: turns, client audio,
-errors) and its processors' timing samples (``ProcessorMetrics.listener``: processing time, time to
-first byte, voice-to-voice), so histograms move as things happen, across all sessions. Inbox drops
-are read at scrape time from the live sessions and added to what ended sessions left behind, so
-every counter only goes up and nothing is counted twice. Per-session state goes with the session.
+session runs it watches the session's graph (a ``SessionWatch`` observer: turns, errors) and its
+processors' timing samples (``ProcessorMetrics.listener``: processing time, time to first byte,
+voice-to-voice), so histograms move as things happen, across all sessions. Inbox drops and the client
+audio each connection received (and dropped) are read at scrape time from the live sessions and added
+to what ended sessions left behind, so every counter only goes up and nothing is counted twice.
+Per-session state goes with the session.
 
 Labels are bounded: node names and types come from the config, error kinds are exception class
 names (at most ``MAX_ERROR_KINDS``), refusal reasons and session outcomes are fixed sets; never a
@@ -25,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from pipeline.frames import DOWNSTREAM, Direction, ErrorFrame, Frame, UserAudioFrame, UserTextFrame
+from pipeline.frames import DOWNSTREAM, Direction, ErrorFrame, Frame, UserTextFrame
 from pipeline.observers import Observer
 from pipeline.processor import Processor, timings_of
 from transports.websocket import protocol
@@ -63,6 +64,7 @@ class ServerMetrics:
         self._live: dict[str, SessionWatch] = {}  # session id -> its watch, while it runs
         self._ended_drops: Tally[str] = Tally()  # node -> inbox drops of sessions that ended
         self._ended_audio_drops = 0  # client audio bytes dropped by sessions that ended
+        self._ended_audio_received = 0  # client audio bytes received by sessions that ended
         self._error_kinds: set[str] = set()
         registry = self.registry
         self.active = Gauge(f"{PREFIX}_sessions_active", "Conversations running now.", registry=registry)
@@ -110,12 +112,7 @@ class ServerMetrics:
             ["node", "kind", "fatal"],
             registry=registry,
         )
-        self.client_audio = Counter(
-            f"{PREFIX}_client_audio_bytes",
-            "Client audio passed into conversations by their input node (16 kHz 16-bit PCM).",
-            registry=registry,
-        )
-        registry.register(_DropCollector(self))
+        registry.register(_SessionTotalsCollector(self))
         ProcessCollector(registry=registry)
         for reason in REFUSALS:
             self.refusals.labels(reason)
@@ -134,6 +131,7 @@ class ServerMetrics:
         if watch is not None:
             self._ended_drops.update(watch.inbox_drops())
             self._ended_audio_drops += watch.client_audio_dropped()
+            self._ended_audio_received += watch.client_audio_received()
             watch.close()
         failed = session.graph.failed is not None
         self.sessions.labels("error" if failed else OUTCOMES.get(session.close_code, "other")).inc()
@@ -166,6 +164,11 @@ class ServerMetrics:
             audio += watch.client_audio_dropped()
         return nodes, audio
 
+    def client_audio_received(self) -> int:
+        """Client audio bytes the connections received: ended sessions plus live ones, now."""
+        live = sum(watch.client_audio_received() for watch in self._live.values())
+        return self._ended_audio_received + live
+
     async def handle(self, request: web.Request) -> web.Response:
         """``GET /metrics``: the registry in the format the scraper asks for (text or OpenMetrics)."""
         encode, content_type = choose_encoder(request.headers.get("Accept", ""))
@@ -175,18 +178,16 @@ class ServerMetrics:
 class SessionWatch(Observer):
     """One session's feed: its graph's pushes and its processors' timing samples.
 
-    ``on_push`` runs on every push of the session's graph: it looks at three kinds of frame and
-    returns at once for the rest.
+    ``on_push`` runs on every push of the session's graph: it looks at two kinds of frame and returns
+    at once for the rest.
     """
 
     def __init__(self, metrics: ServerMetrics, processors: Mapping[str, Processor], inbound: Inbound) -> None:
         self.processors = dict(processors)  # node name -> processor, until the session ends
-        self.inbound = inbound  # client events waiting for the graph: its audio drops
-        self.input = _by_role(processors.values(), "input")
+        self.inbound = inbound  # client events waiting for the graph: audio received and dropped
         self.output = _by_role(processors.values(), "output")
         self._metrics = metrics
         self._turns = metrics.turns
-        self._audio = metrics.client_audio
         self._last_error: ErrorFrame | None = None  # one report pushed to several neighbours counts once
         for node, processor in processors.items():
             timings_of(processor).listener = _SampleFeed(metrics, node, metrics.node_type(node, processor))
@@ -194,9 +195,7 @@ class SessionWatch(Observer):
     def on_push(
         self, source: Processor, target: Processor | None, frame: Frame, direction: Direction
     ) -> None:
-        if source is self.input and direction is DOWNSTREAM and isinstance(frame, UserAudioFrame):
-            self._audio.inc(len(frame.pcm))
-        elif target is not None and target is self.output and direction is DOWNSTREAM:
+        if target is not None and target is self.output and direction is DOWNSTREAM:
             if isinstance(frame, UserTextFrame):
                 self._turns.inc()
         elif isinstance(frame, ErrorFrame) and frame.processor == source.name:
@@ -218,23 +217,32 @@ class SessionWatch(Observer):
         """Client audio bytes dropped so far because the graph fell behind."""
         return self.inbound.dropped_bytes
 
+    def client_audio_received(self) -> int:
+        """Client audio bytes the connection has received so far (16 kHz 16-bit PCM), dropped or not."""
+        return self.inbound.received_audio_bytes
+
     def close(self) -> None:
         """Stop feeding: the session ended (its drops were read first)."""
         for processor in self.processors.values():
             timings_of(processor).listener = None
-        self.input = self.output = None
+        self.output = None
         self._last_error = None
         self.processors.clear()
 
 
-class _DropCollector(Collector):
-    """Drop counters read at scrape time, so a live session's drops show before it ends."""
+class _SessionTotalsCollector(Collector):
+    """Counters read from the sessions at scrape time, so a live session's figures show before it ends."""
 
     def __init__(self, metrics: ServerMetrics) -> None:
         self._metrics = metrics
 
     def collect(self) -> Iterable[Metric]:
         nodes, audio = self._metrics.drops()
+        yield CounterMetricFamily(
+            f"{PREFIX}_client_audio_bytes",
+            "Client audio received by conversations' connections (16 kHz 16-bit PCM), dropped later or not.",
+            value=self._metrics.client_audio_received(),
+        )
         frames = CounterMetricFamily(
             f"{PREFIX}_inbox_dropped_frames",
             "Frames dropped by processor inboxes (drop-oldest overflow, interruptions, closing).",

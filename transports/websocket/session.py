@@ -68,7 +68,8 @@ class Inbound:
     is over the bound (a clip: one utterance), so the bound is ``max_audio_bytes`` plus one message.
     Control events are never dropped: ``put`` refuses one beyond ``max_controls`` and the session ends.
     A ``start`` or ``ptt`` that would leave the microphone as it is changes nothing, so it is not
-    queued: a client repeating one is not flooding.
+    queued: a client repeating one is not flooding. ``received_audio_bytes`` counts all client audio
+    taken, dropped later or not: what the client sent (as 16 kHz 16-bit PCM), for the server's metrics.
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class Inbound:
         self.max_controls = max_controls
         self.dropped = 0  # audio messages dropped because the graph fell behind
         self.dropped_bytes = 0
+        self.received_audio_bytes = 0  # client audio taken before the end, dropped later or not
         self._items: deque[ClientEvent] = deque()
         self._audio_bytes = 0  # audio held now
         self._controls = 0  # control events held now
@@ -99,6 +101,7 @@ class Inbound:
         if self._ended:
             return True
         if isinstance(event, Audio):
+            self.received_audio_bytes += len(event.pcm)
             self._audio_bytes += len(event.pcm)
             self._items.append(event)
             self._drop_old_audio()
