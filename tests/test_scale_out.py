@@ -1,8 +1,10 @@
-"""Three workers behind the shipped nginx config, one restarted in the middle of live calls.
+"""Workers behind the shipped nginx config: one restarted in the middle of live calls, one full.
 
-Real processes on loopback: three ``python -m pipeline run tests/scale_out.yaml`` workers (typed lines
-spoken by espeak-ng, every conversation recorded into one shared folder) and nginx running
-deploy/nginx/voxgraph.conf with its upstream pointed at them. 30 conversations go through nginx:
+Real processes on loopback: ``python -m pipeline run tests/scale_out.yaml`` workers (typed lines
+spoken by espeak-ng, every conversation recorded into one shared folder, ``full_refusal: http``) and
+nginx running deploy/nginx/voxgraph.conf with its upstream pointed at them.
+
+A restart, with three workers. 30 conversations go through nginx:
 
 1. 12 conversations, four at a time;
 2. three held calls, one turn each; then SIGTERM to a worker that holds one of them;
@@ -14,11 +16,16 @@ deploy/nginx/voxgraph.conf with its upstream pointed at them. 30 conversations g
 Checked: no conversation cut, none started on the draining worker after the signal (its sessions
 count stands still; nginx's log shows where every upgrade went), the workers' ``/metrics`` sessions
 add up to 30, and the shared folder holds 30 complete recordings, one per session id.
+
+A full worker, with two: one with ``max_sessions: 1`` holds a live call (made to it directly), and
+conversations through nginx all start at the first attempt on the other: the full one refuses their
+upgrades with HTTP 503 and nginx retries them there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -44,6 +51,7 @@ CONFIG = Path(__file__).resolve().parent / "scale_out.yaml"
 WORKERS = 3
 DRAIN_TIMEOUT = 20
 BEFORE, HELD, DURING = 12, 3, 15
+PAST_FULL = 6  # conversations through nginx while one worker is full
 CONCURRENCY = 4
 START_TIMEOUT = 30.0  # a worker loading and listening
 TURN_TIMEOUT = 15.0  # one spoken reply
@@ -89,15 +97,17 @@ def shared(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.fixture
-def workers(tmp_path: Path, shared: Path) -> Iterator[list[Worker]]:
+@contextlib.contextmanager
+def launched(tmp_path: Path, shared: Path, overrides: list[list[str]]) -> Iterator[list[Worker]]:
+    """One worker per entry of ``overrides`` (its ``--set`` values), killed at the end if still running."""
     started: list[Worker] = []
     try:
-        for index in range(WORKERS):
+        for index, sets in enumerate(overrides):
             port = free_port()
             env = {**os.environ, "PORT": str(port), "RECORDINGS": str(shared)}
             command = [sys.executable, "-m", "pipeline", "run", str(CONFIG)]
-            command += ["--set", f"server.drain_timeout={DRAIN_TIMEOUT}"]
+            for value in sets:
+                command += ["--set", value]
             with (tmp_path / f"worker{index}.log").open("wb") as log:
                 process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
             started.append(Worker(port, process))
@@ -109,8 +119,9 @@ def workers(tmp_path: Path, shared: Path) -> Iterator[list[Worker]]:
             worker.process.wait(timeout=10)
 
 
-@pytest.fixture
-def proxy(tmp_path: Path, workers: list[Worker]) -> Iterator[str]:
+@contextlib.contextmanager
+def proxied(tmp_path: Path, workers: list[Worker]) -> Iterator[str]:
+    """nginx with the shipped config in front of ``workers``; yields its base URL."""
     prefix = tmp_path / "nginx"
     port = free_port()
     conf = nginx_proxy.write_config(prefix, [w.port for w in workers], port)
@@ -120,6 +131,18 @@ def proxy(tmp_path: Path, workers: list[Worker]) -> Iterator[str]:
     finally:
         nginx.terminate()
         nginx.wait(timeout=10)
+
+
+@pytest.fixture
+def workers(tmp_path: Path, shared: Path) -> Iterator[list[Worker]]:
+    with launched(tmp_path, shared, [[f"server.drain_timeout={DRAIN_TIMEOUT}"]] * WORKERS) as started:
+        yield started
+
+
+@pytest.fixture
+def proxy(tmp_path: Path, workers: list[Worker]) -> Iterator[str]:
+    with proxied(tmp_path, workers) as base:
+        yield base
 
 
 async def poll(client: aiohttp.ClientSession, url: str, timeout: float) -> None:
@@ -317,3 +340,45 @@ async def active(client: aiohttp.ClientSession, worker: Worker) -> int:
         text = await response.text()
     (value,) = re.findall(r"^voxgraph_sessions_active (\S+)$", text, re.MULTILINE)
     return round(float(value))
+
+
+async def test_a_full_worker_passes_new_conversations_to_another(tmp_path: Path, shared: Path) -> None:
+    access_log = tmp_path / "nginx" / "access.log"
+    timeout = aiohttp.ClientTimeout(total=TURN_TIMEOUT * 4)
+    with (
+        launched(tmp_path, shared, [["server.max_sessions=1"], []]) as (full, free),
+        proxied(tmp_path, [full, free]) as proxy,
+    ):
+        async with aiohttp.ClientSession(timeout=timeout) as client:
+            for worker in (full, free):
+                await poll(client, worker.base + "/readyz", START_TIMEOUT)
+            await poll(client, proxy + "/health", START_TIMEOUT)
+
+            gate, held = asyncio.Event(), Call()
+            holding = asyncio.create_task(converse(client, full.base, PAST_FULL, held, gate))  # direct
+            await asyncio.wait_for(held.answered.wait(), TURN_TIMEOUT)
+            async with client.get(full.base + "/readyz") as ready:
+                assert ready.status == 503  # full
+
+            calls = [await converse(client, proxy, number, Call()) for number in range(PAST_FULL)]
+            assert await sessions_started(client, full) == 1  # only the held call
+
+            gate.set()
+            await asyncio.wait_for(holding, TURN_TIMEOUT * 2)
+            async with asyncio.timeout(5):  # nginx logs a websocket once both sides have closed
+                while len(upgrades(access_log)) < PAST_FULL:
+                    await asyncio.sleep(0.05)
+
+    refused = [c for c in calls if c.attempts != 1 or c.close_code != 1000 or c.turns != 1]
+    assert refused == [], [(c.attempts, c.close_code, c.turns, c.statuses) for c in refused]
+    assert held.close_code == 1000 and held.turns == 2
+    routed = upgrades(access_log)
+    assert sorted(routed) == list(range(PAST_FULL))
+    at_full, at_free = f"127.0.0.1:{full.port}", f"127.0.0.1:{free.port}"
+    retried = 0
+    for tried, answers in routed.values():
+        assert tried[-1] == at_free and answers[-1] == "101"
+        assert set(tried[:-1]) <= {at_full} and set(answers[:-1]) <= {"503"}
+        retried += len(answers) - 1
+    assert retried >= 1  # nginx did try the full worker first, and its 503 sent the call on
+    print(f"upgrades refused by the full worker and retried by nginx: {retried} of {PAST_FULL}")
