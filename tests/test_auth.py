@@ -28,6 +28,7 @@ from transports.websocket.auth import (
 )
 
 KEY = "k" * 24
+SCRAPE_KEY = "m" * 24
 SECRET = "s" * 40
 NOW = 1_800_000_000.0
 HOST = "127.0.0.1:8000"
@@ -44,7 +45,11 @@ class Clock:
 
 
 def locked(clock: Clock | None = None, **settings: object) -> Guard:
-    env = {"VOXGRAPH_API_KEYS": f"{KEY}, {'o' * 20}", "VOXGRAPH_TOKEN_SECRET": SECRET}
+    env = {
+        "VOXGRAPH_API_KEYS": f"{KEY}, {'o' * 20}",
+        "VOXGRAPH_METRICS_KEYS": SCRAPE_KEY,
+        "VOXGRAPH_TOKEN_SECRET": SECRET,
+    }
     return guard_for(ServerSettings(auth="api_key", **settings), "demo", env, clock or Clock())  # type: ignore[arg-type]
 
 
@@ -159,6 +164,9 @@ def test_routes_are_open_only_when_known_to_hold_no_secret() -> None:
     assert classify("GET", "/", True) is Route.SOCKET
     assert classify("GET", "/ws", False) is Route.SOCKET
     assert classify("POST", "/api/session-token", False) is Route.MINT
+    assert classify("GET", "/metrics", False) is Route.OPERATOR
+    assert classify("HEAD", "/load", False) is Route.OPERATOR
+    assert classify("POST", "/metrics", False) is Route.READ
     assert classify("GET", "/api/conversations", False) is Route.READ
     assert classify("POST", "/health", False) is Route.READ
     assert classify("GET", "/elsewhere", False) is Route.READ
@@ -285,10 +293,85 @@ def test_a_full_used_token_memory_refuses_new_conversations_with_503() -> None:
 
 
 def test_without_auth_only_host_and_origin_are_checked() -> None:
-    guard = guard_for(ServerSettings(), "demo", {})
+    guard = guard_for(ServerSettings(), "demo", {"VOXGRAPH_METRICS_KEYS": "short"})  # not even read
     assert not guard.enabled
     assert guard.check(ws()).allowed and guard.check(read("/api/conversations")).allowed
+    assert guard.check(read("/metrics")).allowed and guard.check(read("/load")).allowed
     assert guard.check(ws(host="evil.example")).status == 403
+
+
+# --- who opens what: every credential against every kind of route ---------------------------------
+
+CREDENTIALS = ["none", "api key", "scrape key", "session token", "wrong key"]
+MATRIX_ROUTES = ["/metrics", "/load", "/api/conversations", "/ws", "POST /api/session-token"]
+OPENS = {
+    "none": set(),
+    "api key": set(MATRIX_ROUTES),
+    "scrape key": {"/metrics", "/load"},
+    "session token": {"/api/conversations", "/ws"},
+    "wrong key": set(),
+}
+"""What each credential opens; a refusal is a 401."""
+
+
+def attempt_with(guard: Guard, credential: str, route: str) -> Attempt:
+    """A request for ``route`` carrying ``credential`` as a client would send it."""
+    sent = {
+        "none": None,
+        "api key": KEY,
+        "scrape key": SCRAPE_KEY,
+        "session token": guard.mint()["token"],
+        "wrong key": "w" * 24,
+    }[credential]
+    authorization = f"Bearer {sent}" if sent is not None else None
+    if route == "/ws":  # a browser's token travels in the URL; keys never do
+        if credential == "session token":
+            return ws(sent)
+        return ws(authorization=authorization)
+    method, _, path = route.rpartition(" ")
+    return Attempt(method or "GET", path, host=HOST, authorization=authorization)
+
+
+@pytest.mark.parametrize("route", MATRIX_ROUTES)
+@pytest.mark.parametrize("credential", CREDENTIALS)
+def test_each_credential_opens_only_its_routes(credential: str, route: str) -> None:
+    guard = locked()
+    verdict = guard.check(attempt_with(guard, credential, route))
+    if route in OPENS[credential]:
+        assert verdict.allowed, verdict.reason
+    else:
+        assert verdict.status == 401 and verdict.headers["WWW-Authenticate"] == "Bearer"
+        assert SCRAPE_KEY not in verdict.reason and KEY not in verdict.reason
+
+
+def test_a_session_token_never_opens_operator_routes_however_sent() -> None:
+    guard = locked()
+    token = guard.mint()["token"]
+    for path in ("/metrics", "/load"):
+        for attempt in (read(path, token), read(path, authorization=f"Bearer {token}")):
+            assert guard.check(attempt).reason == "API key or scrape key required"
+
+
+def test_a_scrape_key_elsewhere_is_refused_as_not_valid_here_and_never_in_a_url() -> None:
+    guard = locked()
+    refused = guard.check(read("/api/conversations", authorization=f"Bearer {SCRAPE_KEY}"))
+    assert refused.reason == "key not valid here"
+    assert guard.check(read("/metrics", SCRAPE_KEY)).reason == "API key or scrape key required"
+    assert guard.check(read("/metrics")).reason == "credentials required"
+    assert SCRAPE_KEY not in repr(guard.scrape_keys)
+
+
+def test_scrape_keys_are_optional() -> None:
+    guard = guard_for(ServerSettings(auth="api_key"), "demo", {"VOXGRAPH_API_KEYS": KEY})
+    assert not guard.scrape_keys
+    assert guard.check(read("/metrics", authorization=f"Bearer {KEY}")).allowed
+    assert guard.check(read("/metrics", authorization=f"Bearer {SCRAPE_KEY}")).reason == "invalid API key"
+    other = guard_for(
+        ServerSettings(auth="api_key", metrics_keys_env="SCRAPE"),
+        "demo",
+        {"VOXGRAPH_API_KEYS": KEY, "SCRAPE": f" {SCRAPE_KEY} ,", "VOXGRAPH_METRICS_KEYS": "ignored"},
+    )
+    assert other.check(read("/load", authorization=f"Bearer {SCRAPE_KEY}")).allowed
 
 
 # --- configuration ----------------------------------------------------------------------------------
@@ -303,6 +386,16 @@ def test_without_auth_only_host_and_origin_are_checked() -> None:
         ({"auth": "api_key", "api_keys_env": "MY_KEYS"}, {"VOXGRAPH_API_KEYS": KEY}, "MY_KEYS is unset"),
         ({"auth": "api_key"}, {"VOXGRAPH_API_KEYS": f"{KEY},tiny7"}, "API key #2 in VOXGRAPH_API_KEYS"),
         ({"auth": "api_key"}, {"VOXGRAPH_API_KEYS": KEY, "VOXGRAPH_TOKEN_SECRET": "x"}, "shorter than 32"),
+        (
+            {"auth": "api_key"},
+            {"VOXGRAPH_API_KEYS": KEY, "VOXGRAPH_METRICS_KEYS": f"{SCRAPE_KEY},tiny7"},
+            "scrape key #2 in VOXGRAPH_METRICS_KEYS is too short",
+        ),
+        (
+            {"auth": "api_key"},
+            {"VOXGRAPH_API_KEYS": KEY, "VOXGRAPH_METRICS_KEYS": f"{SCRAPE_KEY},{KEY}"},
+            "a key in VOXGRAPH_METRICS_KEYS is also in VOXGRAPH_API_KEYS",
+        ),
     ],
 )
 def test_unusable_settings_refuse_to_start(
@@ -310,7 +403,8 @@ def test_unusable_settings_refuse_to_start(
 ) -> None:
     with pytest.raises(AuthConfigError, match=message) as raised:
         guard_for(ServerSettings(**settings), "demo", env)  # type: ignore[arg-type]
-    assert "tiny7" not in str(raised.value) and KEY not in str(raised.value)  # a key is never quoted
+    for key in ("tiny7", KEY, SCRAPE_KEY):
+        assert key not in str(raised.value)  # a key is never quoted
 
 
 def test_allow_unauthenticated_serves_exposed_but_warns_every_time(caplog: pytest.LogCaptureFixture) -> None:

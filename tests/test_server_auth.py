@@ -30,6 +30,7 @@ from transports.websocket.server import VoiceServer
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 10.0
 KEY = "test-key-0123456789abcdef"
+SCRAPE_KEY = "scrape-key-0123456789abcdef"
 CONVERSATION = "20250101-120000-abcdef"
 OTHER = "20250101-130000-abcdef"
 GRAPH = """
@@ -66,7 +67,7 @@ def recordings(tmp_path: Path) -> Path:
 
 @contextlib.asynccontextmanager
 async def serving(
-    recordings: Path, *overrides: str, keys: str | None = KEY
+    recordings: Path, *overrides: str, keys: str | None = KEY, scrape_keys: str | None = None
 ) -> AsyncIterator[tuple[VoiceServer, URL, Clock]]:
     compiled, problems = config.compile_text(
         GRAPH.replace("RECORDINGS", str(recordings)), "<test>", overrides
@@ -77,6 +78,10 @@ async def serving(
             patch.delenv("VOXGRAPH_API_KEYS", raising=False)
         else:
             patch.setenv("VOXGRAPH_API_KEYS", keys)
+        if scrape_keys is None:
+            patch.delenv("VOXGRAPH_METRICS_KEYS", raising=False)
+        else:
+            patch.setenv("VOXGRAPH_METRICS_KEYS", scrape_keys)
         patch.delenv("VOXGRAPH_TOKEN_SECRET", raising=False)
         server = VoiceServer(compiled)
     clock = Clock()
@@ -212,6 +217,67 @@ async def test_a_key_opens_everything_but_never_travels_in_a_url(
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "refused GET /api/conversations: 401 invalid API key" in logged
     assert KEY not in logged and "wrong" * 5 not in logged
+
+
+OPERATOR_MATRIX = {  # credential -> the routes it opens; every other route answers 401
+    "none": set(),
+    "api key": {"metrics", "load", "listing", "ws", "mint"},
+    "scrape key": {"metrics", "load"},
+    "session token": {"listing", "ws"},
+    "wrong key": set(),
+}
+
+
+async def test_scrape_keys_open_only_metrics_and_load_and_tokens_never_do(
+    recordings: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    routes = sorted(OPERATOR_MATRIX["api key"])
+    seen: dict[tuple[str, str], int] = {}
+    with caplog.at_level(logging.DEBUG):
+        async with (
+            serving(recordings, scrape_keys=SCRAPE_KEY) as (_, base, _),
+            aiohttp.ClientSession() as http,
+        ):
+            for credential_name in OPERATOR_MATRIX:
+                for route in routes:
+                    seen[credential_name, route] = await operator_attempt(http, base, credential_name, route)
+    for (credential_name, route), status in seen.items():
+        opened = route in OPERATOR_MATRIX[credential_name]
+        assert status == ((101 if route == "ws" else 200) if opened else 401), (credential_name, route)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "refused GET /api/conversations: 401 key not valid here" in logged
+    assert "refused GET /metrics: 401 API key or scrape key required" in logged
+    assert SCRAPE_KEY not in logged and KEY not in logged
+
+
+async def operator_attempt(http: aiohttp.ClientSession, base: URL, credential_name: str, route: str) -> int:
+    """The status of one request for ``route`` with the credential a client of that kind sends."""
+    sent = {
+        "none": None,
+        "api key": KEY,
+        "scrape key": SCRAPE_KEY,
+        "session token": await mint(http, base),
+        "wrong key": "wrong-key-0123456789abcdef",
+    }[credential_name]
+    headers = bearer(sent) if sent is not None else {}
+    if route == "ws":
+        in_url = credential_name == "session token"  # a browser's token travels in the URL
+        url = (base / "ws").with_query({"token": sent} if in_url and sent else {})
+        try:
+            async with http.ws_connect(url, headers={} if in_url else headers) as ws:
+                assert (await ws.receive_json(timeout=TIMEOUT))["type"] == "session"
+                return 101
+        except aiohttp.WSServerHandshakeError as error:
+            return error.status
+    if route == "mint":
+        async with http.post(base / "api/session-token", headers=headers) as response:
+            return response.status
+    path = {"metrics": "metrics", "load": "load", "listing": "api/conversations"}[route]
+    async with http.get(base / path, headers=headers) as response:
+        body = await response.text()
+        if response.status == 200 and route == "metrics":
+            assert "voxgraph_sessions_active" in body
+        return response.status
 
 
 async def test_open_routes_stay_open_and_say_whether_a_token_is_needed(recordings: Path) -> None:

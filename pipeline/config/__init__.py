@@ -20,6 +20,7 @@ Reference::
       auth: none                   #   none (loopback hosts only) or api_key (README: Access)
       allow_unauthenticated: false #   true: serve a non-loopback host with auth none anyway (warns)
       api_keys_env: VOXGRAPH_API_KEYS        # API keys, comma-separated (Authorization: Bearer KEY)
+      metrics_keys_env: VOXGRAPH_METRICS_KEYS  # scrape keys: only /metrics and /load; unset: none
       token_secret_env: VOXGRAPH_TOKEN_SECRET  # token signing secret; unset: random per process
       token_ttl: 300               #   seconds a session token lives at most (10..3600)
       allowed_hosts: []            #   Host names besides IPs, localhost, this machine's (.x.com: subdomains)

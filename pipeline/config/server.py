@@ -118,6 +118,7 @@ _LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "auth": (lambda v: v in AUTH_MODES, "use none (loopback hosts only) or api_key"),
     "token_ttl": (lambda v: 10 <= v <= 3600, "use seconds, 10..3600, e.g. 300"),
     "api_keys_env": (lambda v: bool(ENV_NAME.fullmatch(v)), "use an environment variable name"),
+    "metrics_keys_env": (lambda v: bool(ENV_NAME.fullmatch(v)), "use an environment variable name"),
     "token_secret_env": (lambda v: bool(ENV_NAME.fullmatch(v)), "use an environment variable name"),
     "allowed_hosts": (
         lambda v: all(HOST_ENTRY.fullmatch(h) for h in v),

@@ -74,6 +74,9 @@ class ServerSettings:
     """Serve a non-loopback host with ``auth: none`` anyway (something in front authenticates)."""
     api_keys_env: str = "VOXGRAPH_API_KEYS"
     """Environment variable holding the API keys, comma-separated."""
+    metrics_keys_env: str = "VOXGRAPH_METRICS_KEYS"
+    """Environment variable holding scrape keys, comma-separated: they open only ``/metrics`` and ``/load``
+    (for Prometheus); unset or empty: none."""
     token_secret_env: str = "VOXGRAPH_TOKEN_SECRET"
     """Environment variable holding the token signing secret; unset: random per process."""
     token_ttl: int = 300

@@ -7,6 +7,10 @@ rule here is tested without sockets.
 * **API keys** (``server.auth: api_key``) come from an environment variable (``VOXGRAPH_API_KEYS``,
   comma-separated), are sent as ``Authorization: Bearer KEY`` and compared in constant time against
   every key. They are for backends, never for pages: a key is never accepted in a URL.
+* **Scrape keys** (``VOXGRAPH_METRICS_KEYS``, optional, same format) open only the operator routes
+  ``/metrics`` and ``/load``: a Prometheus server holds one without being able to mint tokens, hold
+  conversations or read saved ones. API keys open the operator routes too; session tokens do not (a
+  browser has no business there).
 * **Session tokens** are minted with a key (``POST /api/session-token``) for a browser or phone:
   ``vxt1.<payload>.<signature>``, the payload compact JSON (id, expiry, optional scope), signed with
   HMAC-SHA256. The secret comes from an environment variable (``VOXGRAPH_TOKEN_SECRET``) so several
@@ -59,6 +63,8 @@ LOOPBACK_NAMES = frozenset({"localhost"})
 OPEN_PATHS = frozenset({"/", "/health", "/livez", "/readyz", "/api/auth"})
 """Routes anyone may GET: the page, counts and probes (Kubernetes and balancers send no credentials;
 ``/readyz`` says only whether and why not ready). ``/load`` is not among them: it is for operators."""
+OPERATOR_PATHS = frozenset({"/metrics", "/load"})
+"""Routes for monitoring: an API key or a scrape key opens them, a session token does not."""
 CORS_METHODS = "GET, POST"
 CORS_HEADERS = "Authorization, Content-Type"
 
@@ -177,7 +183,7 @@ class UsedTokens:
 
 
 class Keys:
-    """The API keys; ``matches`` compares against every key in constant time."""
+    """API keys (or scrape keys); ``matches`` compares against every key in constant time."""
 
     def __init__(self, keys: Sequence[str]) -> None:
         self._digests = [_digest(key) for key in keys]  # equal lengths: not even a key's length leaks
@@ -196,6 +202,10 @@ class Keys:
             found |= hmac.compare_digest(digest, given)
         return found
 
+    def shares_a_key(self, other: Keys) -> bool:
+        """Whether a key is in both (a configuration check: not constant-time)."""
+        return not set(self._digests).isdisjoint(other._digests)
+
 
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
@@ -207,6 +217,7 @@ class Route(enum.Enum):
     OPEN = "open"  # the page, static files, /health, /livez, /readyz, /api/auth
     SOCKET = "socket"  # /ws, or a websocket upgrade of /
     MINT = "mint"  # POST /api/session-token: an API key only
+    OPERATOR = "operator"  # GET /metrics, /load: an API key or a scrape key, never a session token
     READ = "read"  # every other route: the conversation API (and unknown paths)
 
 
@@ -214,9 +225,11 @@ def classify(method: str, path: str, upgrade: bool) -> Route:
     """The route class of a request; anything not known to be open needs credentials."""
     if path == "/ws" or (path == "/" and upgrade):
         return Route.SOCKET
-    open_path = path in OPEN_PATHS or path.startswith("/static/")
-    if open_path and method in ("GET", "HEAD") and not upgrade:
+    get = method in ("GET", "HEAD") and not upgrade
+    if get and (path in OPEN_PATHS or path.startswith("/static/")):
         return Route.OPEN
+    if get and path in OPERATOR_PATHS:
+        return Route.OPERATOR
     if path == "/api/session-token":
         return Route.MINT
     return Route.READ
@@ -287,6 +300,7 @@ class Guard:
         policy: Policy,
         *,
         keys: Keys | None = None,
+        scrape_keys: Keys | None = None,
         signer: Signer | None = None,
         config_name: str | None = None,
         token_ttl: int = 300,
@@ -294,6 +308,7 @@ class Guard:
     ) -> None:
         self.policy = policy
         self.keys = keys  # None: auth is off, only Host and Origin are checked
+        self.scrape_keys = scrape_keys or Keys([])  # open the operator routes only
         self.signer = signer or Signer(secrets.token_bytes(32))
         self.config_name = config_name  # the served config: tokens scoped to another are refused
         self.token_ttl = token_ttl  # the longest lifetime a minted token may ask for
@@ -350,12 +365,14 @@ class Guard:
         assert self.keys is not None
         sent = _bearer(attempt.authorization)
         if sent is not None and not sent.startswith(TOKEN_PREFIX):
-            return None if self.keys.matches(sent) else "invalid API key"
+            return self._key(route, sent)
         if route is Route.MINT:
             return "API key required"
         text = sent if sent is not None else attempt.query_token
         if text is None:
             return "credentials required"
+        if route is Route.OPERATOR:
+            return "API key or scrape key required"  # a session token: a browser has no business here
         now = self.clock()
         try:
             token = self.signer.verify(text, now)
@@ -376,6 +393,14 @@ class Guard:
         if scope.conversation is not None and scope.conversation != attempt.conversation:
             return "token not valid here"
         return None
+
+    def _key(self, route: Route, sent: str) -> str | None:
+        """None if the key sent opens the route. Both lists are compared in full, whatever matches."""
+        assert self.keys is not None
+        api, scrape = self.keys.matches(sent), self.scrape_keys.matches(sent)
+        if api or (scrape and route is Route.OPERATOR):
+            return None
+        return "key not valid here" if scrape else "invalid API key"
 
     def _cors(self, origin: str | None) -> dict[str, str]:
         normal = normal_origin(origin) if origin is not None else None
@@ -481,7 +506,8 @@ def guard_for(
     """The guard for ``settings``: keys and secret read from ``env``.
 
     Raises ``AuthConfigError`` when the server must not start: exposed without auth (and without
-    ``allow_unauthenticated``), or ``api_key`` without usable keys or with a short shared secret.
+    ``allow_unauthenticated``), or ``api_key`` without usable API keys, with a malformed scrape key or
+    one that is also an API key, or with a short shared secret.
     """
     policy = policy_for(settings)
     ttl = int(settings.token_ttl)
@@ -497,6 +523,12 @@ def guard_for(
             )
         return Guard(policy, config_name=config_name, token_ttl=ttl, clock=clock)
     keys = read_keys(settings.api_keys_env, env)
+    scrape_keys = read_keys(settings.metrics_keys_env, env, kind="scrape key", required=False)
+    if keys.shares_a_key(scrape_keys):
+        raise AuthConfigError(
+            f"a key in {settings.metrics_keys_env} is also in {settings.api_keys_env}: a scrape key must "
+            "open only /metrics and /load, so give Prometheus its own key"
+        )
     secret = env.get(settings.token_secret_env, "")
     if secret and len(secret) < MIN_SECRET_CHARS:
         raise AuthConfigError(
@@ -505,22 +537,35 @@ def guard_for(
             "per-process secret"
         )
     signer = Signer(secret.encode() if secret else secrets.token_bytes(32))
-    return Guard(policy, keys=keys, signer=signer, config_name=config_name, token_ttl=ttl, clock=clock)
+    return Guard(
+        policy,
+        keys=keys,
+        scrape_keys=scrape_keys,
+        signer=signer,
+        config_name=config_name,
+        token_ttl=ttl,
+        clock=clock,
+    )
 
 
-def read_keys(variable: str, env: Mapping[str, str]) -> Keys:
-    """The comma-separated keys in ``env[variable]``. Raises ``AuthConfigError`` (never quoting a key)."""
+def read_keys(variable: str, env: Mapping[str, str], *, kind: str = "API key", required: bool = True) -> Keys:
+    """The comma-separated keys in ``env[variable]``. Raises ``AuthConfigError`` (never quoting a key).
+
+    Args:
+        kind: what the keys are, for messages.
+        required: whether an unset or empty variable is an error (else: no keys).
+    """
     keys = [key.strip() for key in env.get(variable, "").split(",") if key.strip()]
     make = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
-    if not keys:
+    if not keys and required:
         raise AuthConfigError(
             f"server.auth is api_key but {variable} is unset or empty: set it to one or more "
-            f"comma-separated API keys (make one with {make})"
+            f"comma-separated {kind}s (make one with {make})"
         )
     for number, key in enumerate(keys, 1):
         if len(key) < MIN_KEY_CHARS or key.startswith(TOKEN_PREFIX) or not key.isprintable():
             raise AuthConfigError(
-                f"API key #{number} in {variable} is too short or malformed: use at least {MIN_KEY_CHARS} "
+                f"{kind} #{number} in {variable} is too short or malformed: use at least {MIN_KEY_CHARS} "
                 f"printable characters, not starting with '{TOKEN_PREFIX}' (make one with {make})"
             )
     return Keys(keys)
