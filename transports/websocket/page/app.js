@@ -15,6 +15,7 @@ const params = new URLSearchParams(location.search);
 const RAW_MIC = params.get("raw") === "1"; // tests: no echo cancellation, noise suppression or AGC
 const NEED_TOKEN =
   "This server needs a session token: open the page with #token=… or define window.voxgraphSessionToken()";
+const CANNOT_CONNECT = "Cannot reach the server (or it refused the connection)";
 
 // Counters and the conversation as seen by the page, for tests and debugging.
 const voxgraph = (window.voxgraph = {
@@ -331,12 +332,32 @@ async function connect() {
   if (await authRequired()) url.searchParams.set("token", await socketToken());
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url);
+    let opened = false;
     ws.binaryType = "arraybuffer";
-    ws.onopen = () => resolve(ws);
-    ws.onerror = () => reject(new Error("Cannot reach the server (or it refused the connection)"));
+    ws.onopen = () => {
+      opened = true;
+      resolve(ws);
+    };
     ws.onmessage = onMessage;
-    ws.onclose = (event) => onClosed(ws, event);
+    ws.onclose = (event) => {
+      if (opened) onClosed(ws, event);
+      else whyRefused().then((reason) => reject(new Error(reason || CANNOT_CONNECT)));
+    };
   });
+}
+
+// A handshake that fails (close 1006, no session) tells the page nothing: a server that refused it
+// with HTTP 503 (loading, draining, full) says why on /readyz. A proxy may hide /readyz: then null.
+async function whyRefused() {
+  try {
+    const response = await fetch("/readyz", { cache: "no-store" });
+    const body = await response.json();
+    const reason = response.status === 503 && body.reason ? body.reason.replace(/^full: /, "") : "";
+    if (reason) return `Server busy: ${reason}; try again shortly`;
+  } catch (_) {
+    // unreachable, or not a Voxgraph answer
+  }
+  return null;
 }
 
 async function openMicrophone() {
@@ -385,7 +406,8 @@ async function start() {
       state.ws = await connect();
     } catch (error) {
       setStatus("error");
-      systemNote(error.message === NEED_TOKEN ? NEED_TOKEN : `${error.message}. Is the server running?`, "error");
+      const hint = error.message === CANNOT_CONNECT ? ". Is the server running?" : "";
+      systemNote(`${error.message}${hint}`, "error");
       teardown();
       return;
     }
