@@ -37,6 +37,7 @@ NOT_KUBERNETES_OBJECTS = {"kustomization.yaml"}  # read by kubectl's kustomize
 CUSTOM_RESOURCES = {"servicemonitor.yaml"}  # a CRD: no schema in kubernetes-validate
 STOP_MARGIN = 10  # seconds beyond preStop + drain for the last recorders to flush and sockets to close
 API_KEY = "deploy-test-key-0123456789abcdef"
+SCRAPE_KEY = "deploy-scrape-key-0123456789abcdef"
 TIMEOUT = 30.0
 
 
@@ -71,6 +72,7 @@ def worker_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     recordings = tmp_path / "recordings"
     recordings.mkdir()
     monkeypatch.setenv("VOXGRAPH_API_KEYS", API_KEY)
+    monkeypatch.setenv("VOXGRAPH_METRICS_KEYS", SCRAPE_KEY)
     monkeypatch.setenv("VOXGRAPH_TOKEN_SECRET", "s" * 40)
     monkeypatch.setenv("PUBLIC_HOST", "voice.example.com")
     monkeypatch.setenv("RECORDINGS", str(recordings))
@@ -185,10 +187,22 @@ def test_selectors_names_and_ports_agree() -> None:
 
 def test_secrets_come_from_one_secret_that_the_scrape_also_uses() -> None:
     env = env_of(container())
-    for variable in ("VOXGRAPH_API_KEYS", "VOXGRAPH_TOKEN_SECRET"):
+    for variable in ("VOXGRAPH_API_KEYS", "VOXGRAPH_METRICS_KEYS", "VOXGRAPH_TOKEN_SECRET"):
         assert env[variable]["secretKeyRef"]["name"] == "voxgraph-secrets"
     (endpoint,) = manifest("servicemonitor.yaml")["spec"]["endpoints"]
     assert endpoint["authorization"]["credentials"]["name"] == "voxgraph-secrets"
+
+
+def test_prometheus_scrapes_with_the_pods_scrape_key_not_an_api_key(worker_env: Path) -> None:
+    """The ServiceMonitor's credential is what the pods read as scrape keys, so it opens only /metrics
+    and /load; the API keys come from another key of the Secret."""
+    env = env_of(container())
+    settings = compiled_worker().server
+    assert settings is not None
+    (endpoint,) = manifest("servicemonitor.yaml")["spec"]["endpoints"]
+    scrape_credential = endpoint["authorization"]["credentials"]["key"]
+    assert env[settings.metrics_keys_env]["secretKeyRef"]["key"] == scrape_credential
+    assert env[settings.api_keys_env]["secretKeyRef"]["key"] != scrape_credential
 
 
 def test_the_autoscaler_reads_the_metric_the_adapter_serves() -> None:
@@ -203,7 +217,7 @@ def test_the_autoscaler_reads_the_metric_the_adapter_serves() -> None:
 
 
 async def test_probes_answer_without_credentials_and_metrics_export_the_hpa_metric(worker_env: Path) -> None:
-    """The kubelet sends no key: /livez and /readyz must be open. Prometheus sends the metrics key."""
+    """The kubelet sends no key: /livez and /readyz must be open. Prometheus sends the scrape key."""
     server = VoiceServer(compiled_worker("server.port=0", "server.host=127.0.0.1"))
     await server.start()  # no warm-up: the probes must answer while models would still be loading
     try:
@@ -220,7 +234,12 @@ async def test_probes_answer_without_credentials_and_metrics_export_the_hpa_metr
             bearer = {"Authorization": f"Bearer {API_KEY}"}
             async with client.get(base + "/metrics", headers=bearer) as response:
                 assert response.status == 200
+            scrape = {"Authorization": f"Bearer {SCRAPE_KEY}"}
+            async with client.get(base + "/metrics", headers=scrape) as response:
+                assert response.status == 200
                 exported = await response.text()
+            async with client.get(base + "/api/conversations", headers=scrape) as response:
+                assert response.status == 401  # the scrape key opens nothing else
     finally:
         await server.stop()
     hpa_metric = manifest("hpa.yaml")["spec"]["metrics"][0]["pods"]["metric"]["name"]
