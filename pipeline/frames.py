@@ -304,6 +304,18 @@ class LLMToolCallFrame(DataFrame):
     kind: ClassVar[str] = "llm_tool_call"
 
 
+@dataclass(slots=True)
+class DTMFFrame(Uninterruptible, DataFrame):
+    """The user pressed a telephone key: ``0``-``9``, ``*``, ``#`` (or ``A``-``D``).
+
+    It flows in order with the caller's audio, so a ``#`` that ends a turn comes after the words
+    before it. A keypress is the user's input like their voice: an interruption does not drop it.
+    """
+
+    digit: str = ""
+    kind: ClassVar[str] = "dtmf"
+
+
 # --- control frames ------------------------------------------------------------------------------
 
 
