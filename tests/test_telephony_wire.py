@@ -13,6 +13,7 @@ import pytest
 from pipeline import g711
 from transports.telephony import wire
 from transports.telephony.events import (
+    CarrierError,
     Connected,
     Dtmf,
     Mark,
@@ -21,6 +22,7 @@ from transports.telephony.events import (
     Started,
     Stopped,
 )
+from transports.telephony.telnyx_wire import TelnyxWire
 from transports.telephony.twilio_wire import TwilioWire
 
 STREAM = "MZ" + "1" * 32
@@ -34,6 +36,10 @@ def tone(samples: int = 160, rate: int = 8000) -> bytes:
     """A 440 Hz tone, s16le."""
     t = np.arange(samples) / rate
     return (np.sin(2 * np.pi * 440 * t) * 8000).astype("<i2").tobytes()
+
+
+def big_endian(pcm: bytes) -> bytes:
+    return np.frombuffer(pcm, "<i2").astype(">i2").tobytes()
 
 
 def b64(data: bytes) -> str:
@@ -326,3 +332,249 @@ def test_twilio_outbound_needs_a_started_stream_and_whole_samples() -> None:
             twilio.media(bad)
     with pytest.raises(ValueError, match="non-empty name"):
         twilio.mark("")
+
+
+# --- Telnyx: messages in -------------------------------------------------------------------------
+
+TELNYX_STREAM = "32DE0DEA-53CB-4B21-89A4-9E1819C043BC"
+TELNYX_CALL = "v2:T02llQxIyaRkhfRKxgAP8nY511EhFLizdvdUKJiSw8d6A9BborherQ"
+TELNYX_CONNECTED = {"event": "connected", "version": "1.0.0"}
+
+
+def telnyx_start(encoding: Any = "PCMU", rate: Any = 8000, **extra: Any) -> dict[str, Any]:
+    start = {
+        "user_id": "3E6F995F-85F7-4705-9741-53B116D28237",
+        "call_control_id": TELNYX_CALL,
+        "call_session_id": "ff55a038-4f6d-11ef-9ac2-02420aef0d1f",
+        "from": "+13122010094",
+        "to": "+13122123456",
+        "tags": ["TAG1"],
+        "client_state": "aGF2ZSBhIG5pY2UgZGF5ID1d",
+        "media_format": {"encoding": encoding, "sample_rate": rate, "channels": 1},
+        **extra,
+    }
+    return {"event": "start", "sequence_number": "1", "stream_id": TELNYX_STREAM, "start": start}
+
+
+def telnyx_media(sequence: int, chunk: int, payload: bytes = ULAW_20MS) -> dict[str, Any]:
+    media = {"track": "inbound", "chunk": str(chunk), "timestamp": str(20 * chunk), "payload": b64(payload)}
+    return {"event": "media", "sequence_number": str(sequence), "stream_id": TELNYX_STREAM, "media": media}
+
+
+def telnyx_event(event: str, sequence: int, **body: Any) -> dict[str, Any]:
+    return {"event": event, "stream_id": TELNYX_STREAM, "sequence_number": str(sequence), **body}
+
+
+def started_telnyx(**options: Any) -> TelnyxWire:
+    telnyx = TelnyxWire(**options)
+    assert isinstance(telnyx.parse(dumps(telnyx_start())), Started)
+    return telnyx
+
+
+def test_a_whole_telnyx_call_parses_into_events() -> None:
+    telnyx = TelnyxWire()
+    dtmf = telnyx_event("dtmf", 3, occurred_at="2025-06-05T08:54:19.698408Z", dtmf={"digit": "#"})
+    stop = telnyx_event("stop", 6, stop={"user_id": "u", "call_control_id": TELNYX_CALL})
+    events = [
+        telnyx.parse(dumps(m))
+        for m in (
+            TELNYX_CONNECTED,
+            telnyx_start(custom_parameters={"token": "t0k3n"}),
+            telnyx_media(2, 1),
+            dtmf,
+            telnyx_media(4, 2),
+            telnyx_event("mark", 5, mark={"name": "some_mark_name"}),
+            stop,
+        )
+    ]
+    pcm = g711.ulaw_decode(ULAW_20MS)
+    assert events == [
+        Connected("1.0.0"),
+        Started(
+            stream_id=TELNYX_STREAM,
+            call_id=TELNYX_CALL,
+            account_id="3E6F995F-85F7-4705-9741-53B116D28237",
+            caller="+13122010094",
+            called="+13122123456",
+            custom_parameters={"token": "t0k3n"},
+            encoding="PCMU",
+            sample_rate=8000,
+        ),
+        Media(pcm, timestamp_ms=20, chunk=1),
+        Dtmf("#"),
+        Media(pcm, timestamp_ms=40, chunk=2),
+        Mark("some_mark_name"),
+        Stopped(),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("encoding", "rate", "coded", "pcm"),
+    [
+        ("PCMU", 8000, g711.ulaw_encode(tone()), g711.ulaw_decode(g711.ulaw_encode(tone()))),
+        ("PCMA", 8000, g711.alaw_encode(tone()), g711.alaw_decode(g711.alaw_encode(tone()))),
+        ("pcma", "8000", g711.alaw_encode(tone()), g711.alaw_decode(g711.alaw_encode(tone()))),
+        ("L16", 8000, big_endian(tone()), tone()),
+        ("L16", 16000, big_endian(tone(320, 16000)), tone(320, 16000)),
+        ("L16", "24000", big_endian(tone(480, 24000)), tone(480, 24000)),
+    ],
+)
+def test_telnyx_decodes_each_codec_it_takes(encoding: str, rate: Any, coded: bytes, pcm: bytes) -> None:
+    telnyx = TelnyxWire()
+    started = telnyx.parse(dumps(telnyx_start(encoding, rate)))
+    assert isinstance(started, Started)
+    assert (started.encoding, started.sample_rate) == (encoding.upper(), int(rate))
+    assert telnyx.parse(dumps(telnyx_media(2, 1, coded))) == Media(pcm, timestamp_ms=20, chunk=1)
+
+
+def test_telnyx_l16_byte_order_is_a_choice() -> None:
+    telnyx = TelnyxWire(l16_byteorder="little", send_codec="L16", send_rate=16000)
+    assert isinstance(telnyx.parse(dumps(telnyx_start("L16", 16000))), Started)
+    assert telnyx.parse(dumps(telnyx_media(2, 1, tone(320, 16000)))) == Media(tone(320, 16000), 20, 1)
+    sent = json.loads(telnyx.media(tone(320, 16000)))
+    assert base64.b64decode(sent["media"]["payload"]) == tone(320, 16000)
+    big = TelnyxWire(send_codec="L16", send_rate=16000)
+    sent = json.loads(big.media(tone(320, 16000)))
+    assert base64.b64decode(sent["media"]["payload"]) == big_endian(tone(320, 16000))
+
+
+def test_telnyx_start_tolerates_missing_optional_fields() -> None:
+    minimal = {"event": "start", "stream_id": TELNYX_STREAM, "start": {"call_control_id": TELNYX_CALL}}
+    assert TelnyxWire().parse(dumps(minimal)) == Started(stream_id=TELNYX_STREAM, call_id=TELNYX_CALL)
+    inner = {"event": "start", "start": {"call_control_id": TELNYX_CALL, "stream_id": TELNYX_STREAM}}
+    assert TelnyxWire().parse(dumps(inner)) == Started(stream_id=TELNYX_STREAM, call_id=TELNYX_CALL)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "rate", "reason"),
+    [
+        ("OPUS", 8000, "codec 'OPUS': use PCMU, PCMA or L16"),
+        ("G722", 16000, "codec 'G722'"),
+        ("AMR-WB", 16000, "codec 'AMR-WB'"),
+        (None, 8000, "codec None"),
+        ("PCMU", 16000, "PCMU at 16000 Hz: PCMU runs at 8000 Hz"),
+        ("L16", 44100, "L16 at 44100 Hz"),
+        ("L16", "fast", '"sample_rate" must be a count'),
+    ],
+)
+def test_telnyx_refuses_codecs_it_cannot_decode(encoding: Any, rate: Any, reason: str) -> None:
+    telnyx = TelnyxWire()
+    result = telnyx.parse(dumps(telnyx_start(encoding, rate)))
+    assert isinstance(result, ProtocolError) and reason in result.message, result
+    assert telnyx.started is None
+
+
+def test_telnyx_refuses_stereo_and_a_start_without_ids() -> None:
+    stereo = telnyx_start()
+    stereo["start"]["media_format"]["channels"] = 2
+    result = TelnyxWire().parse(dumps(stereo))
+    assert isinstance(result, ProtocolError) and "2 channels; only mono" in result.message
+    no_call = telnyx_start()
+    del no_call["start"]["call_control_id"]
+    result = TelnyxWire().parse(dumps(no_call))
+    assert isinstance(result, ProtocolError) and "needs a stream_id and a call_control_id" in result.message
+
+
+def test_telnyx_errors_become_carrier_errors_even_before_start() -> None:
+    error = {"code": 100003, "title": "malformed_frame", "detail": "The frame is malformed."}
+    message = {"event": "error", "payload": error, "stream_id": TELNYX_STREAM}
+    expected = CarrierError(100003, "malformed_frame", "The frame is malformed.")
+    assert TelnyxWire().parse(dumps(message)) == expected
+    assert started_telnyx().parse(dumps(message)) == expected
+    odd = {"event": "error", "payload": {"code": "100004", "title": "invalid_media"}}
+    assert TelnyxWire().parse(dumps(odd)) == CarrierError(100004, "invalid_media")
+    assert TelnyxWire().parse(dumps({"event": "error"})) == CarrierError(None, "")
+
+
+def test_telnyx_out_of_order_messages_are_taken_and_counted() -> None:
+    telnyx = started_telnyx()
+    chunks = []
+    for sequence, chunk in ((2, 1), (4, 3), (3, 2), (5, 4)):
+        event = telnyx.parse(dumps(telnyx_media(sequence, chunk)))
+        assert isinstance(event, Media)
+        chunks.append(event.chunk)
+    assert chunks == [1, 3, 2, 4]
+    assert (telnyx.sequence.last, telnyx.sequence.gaps, telnyx.sequence.out_of_order) == (5, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (telnyx_media(2, 1) | {"stream_id": "another"}, "not this one"),
+        (telnyx_event("dtmf", 2, dtmf={"digit": "1"}) | {"stream_id": 7}, "not this one"),
+        (telnyx_event("media", 2, media={"payload": "@@=="}), "not valid base64"),
+        (telnyx_event("media", 2, media={"payload": "AAAA", "track": "outbound"}), "only the caller's"),
+        (telnyx_event("dtmf", 2, dtmf={"digit": "**"}), 'needs a "digit"'),
+        (telnyx_event("mark", 2, mark={"name": None}), 'non-empty "name"'),
+        (telnyx_event("media", -1, media={"payload": "AAAA"}) | {"sequence_number": "-1"}, "sequence_number"),
+        (telnyx_event("clear", 2), "unknown telnyx event 'clear'"),
+        (telnyx_event("streamSid", 2), "unknown telnyx event"),
+        (telnyx_start(), "second telnyx start"),
+    ],
+)
+def test_malformed_telnyx_messages_are_errors(message: dict[str, Any], reason: str) -> None:
+    telnyx = started_telnyx()
+    result = telnyx.parse(dumps(message))
+    assert isinstance(result, ProtocolError) and reason in result.message, result
+    assert isinstance(telnyx.parse(dumps(telnyx_media(9, 8))), Media)
+
+
+def test_telnyx_l16_payload_must_be_whole_samples() -> None:
+    telnyx = TelnyxWire()
+    assert isinstance(telnyx.parse(dumps(telnyx_start("L16", 8000))), Started)
+    result = telnyx.parse(dumps(telnyx_media(2, 1, bytes(3))))
+    assert isinstance(result, ProtocolError) and "not whole 16-bit samples" in result.message
+
+
+def test_telnyx_before_start_after_stop_and_binary() -> None:
+    telnyx = TelnyxWire()
+    result = telnyx.parse(dumps(telnyx_media(2, 1)))
+    assert isinstance(result, ProtocolError) and "telnyx media before start" in result.message
+    telnyx = started_telnyx()
+    assert telnyx.parse(dumps(telnyx_event("stop", 2))) == Stopped()
+    result = telnyx.parse(dumps(telnyx_media(3, 2)))
+    assert isinstance(result, ProtocolError) and "after stop" in result.message
+    result = telnyx.parse_binary(bytes(10))
+    assert isinstance(result, ProtocolError) and "telnyx sends JSON text" in result.message
+
+
+# --- Telnyx: messages out ------------------------------------------------------------------------
+
+
+def test_telnyx_outbound_messages_have_exactly_the_documented_keys() -> None:
+    telnyx = started_telnyx()
+    media = json.loads(telnyx.media(tone()))
+    assert media == {"event": "media", "media": {"payload": b64(g711.ulaw_encode(tone()))}}
+    assert json.loads(telnyx.mark("reply-3")) == {"event": "mark", "mark": {"name": "reply-3"}}
+    assert json.loads(telnyx.clear()) == {"event": "clear"}
+
+
+def test_telnyx_sends_its_bidirectional_codec_not_the_one_it_receives() -> None:
+    telnyx = TelnyxWire(send_codec="PCMA")
+    assert isinstance(telnyx.parse(dumps(telnyx_start("L16", 16000))), Started)
+    assert telnyx.send_rate == 8000
+    sent = json.loads(telnyx.media(tone()))
+    assert base64.b64decode(sent["media"]["payload"]) == g711.alaw_encode(tone())
+
+
+@pytest.mark.parametrize(
+    ("codec", "rate", "reason"),
+    [("OPUS", 8000, "codec 'OPUS'"), ("PCMU", 16000, "PCMU at 16000 Hz"), ("L16", 11025, "L16 at 11025 Hz")],
+)
+def test_telnyx_send_codec_must_be_one_it_can_encode(codec: str, rate: int, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        TelnyxWire(send_codec=codec, send_rate=rate)
+
+
+def test_telnyx_outbound_needs_whole_samples() -> None:
+    telnyx = TelnyxWire()
+    with pytest.raises(ValueError, match="whole 16-bit samples"):
+        telnyx.media(b"\x00\x01\x02")
+    with pytest.raises(ValueError, match="non-empty name"):
+        telnyx.mark("")
+
+
+def test_both_wires_are_carrier_wires() -> None:
+    wires: list[wire.CarrierWire] = [TwilioWire(), TelnyxWire()]
+    assert [w.carrier for w in wires] == ["twilio", "telnyx"]
+    assert all(w.send_rate == 8000 and w.started is None for w in wires)

@@ -13,81 +13,33 @@ numbers), turns each message into an event or a ``ProtocolError``, and never rai
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Any, ClassVar
 
 from transports.telephony import wire
-from transports.telephony.events import (
-    CarrierEvent,
-    Connected,
-    Dtmf,
-    Mark,
-    Media,
-    ProtocolError,
-    Started,
-    Stopped,
-)
+from transports.telephony.events import Started
+from transports.telephony.stream_wire import StreamWire
 
-__all__ = ["ENCODING", "EVENTS", "SAMPLE_RATE", "TwilioWire"]
+__all__ = ["ENCODING", "SAMPLE_RATE", "TwilioWire"]
 
 SAMPLE_RATE = 8000
 """Twilio streams μ-law at 8 kHz, both ways, always."""
 ENCODING = "audio/x-mulaw"
-EVENTS = ("connected", "start", "media", "dtmf", "mark", "stop")
-INBOUND_TRACKS = ("inbound", "inbound_track")
-"""Track names of the caller's side (media says ``inbound``, dtmf ``inbound_track``)."""
 
 
-class TwilioWire:
-    """One Twilio media stream: parse what Twilio sends, encode what we send back."""
+class TwilioWire(StreamWire):
+    """One Twilio media stream: parse what Twilio sends, encode what we send back.
+
+    Twilio's stream does not say who calls: ``Started.caller``/``called`` come from custom parameters
+    of those names, which the TwiML that connects the stream should set.
+    """
 
     carrier = "twilio"
+    events: ClassVar[tuple[str, ...]] = ("connected", "start", "media", "dtmf", "mark", "stop")
+    stream_key = "streamSid"
+    sequence_key = "sequenceNumber"
     send_rate = SAMPLE_RATE
 
-    def __init__(self, max_bytes: int = wire.MAX_MESSAGE_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self.started: Started | None = None  # the stream's start, once it came
-        self.stopped = False  # a stop came: nothing more is taken
-        self.sequence = wire.SequenceTracker()
-        self._codec = wire.codec("PCMU")
-
-    # --- Twilio -> us ------------------------------------------------------------------------------
-
-    def parse_binary(self, data: bytes) -> ProtocolError:
-        """Twilio sends only text: a binary frame is not one of its messages."""
-        return ProtocolError(f"twilio sends JSON text; got a binary frame of {len(data)} bytes")
-
-    def parse(self, text: str) -> CarrierEvent | ProtocolError:
-        """One text message from Twilio: an event, or what was wrong with it (unknown fields ignored)."""
-        try:
-            return self._parse(wire.load(text, self.max_bytes, self.carrier))
-        except wire.Malformed as problem:
-            return ProtocolError(str(problem))
-
-    def _parse(self, message: dict[str, Any]) -> CarrierEvent:
-        event = message["event"]
-        if event == "connected":
-            version = message.get("version")
-            return Connected(version if isinstance(version, str) else "")
-        if event not in EVENTS:
-            raise wire.Malformed(f"unknown twilio event {wire.shown(event)}; events are {', '.join(EVENTS)}")
-        if self.stopped:
-            raise wire.Malformed(f"twilio {event} after stop")
-        number = wire.counter(message, "sequenceNumber")
-        if event == "start":
-            result: CarrierEvent = self._start(message)
-        elif self.started is None and event == "stop":
-            result = Stopped()  # the call ended before its stream began
-        elif self.started is None:
-            raise wire.Malformed(f"twilio {event} before start")
-        else:
-            result = self._in_stream(event, message, self.started.stream_id)
-        self.sequence.see(number)
-        self.stopped = isinstance(result, Stopped)
-        return result
-
     def _start(self, message: dict[str, Any]) -> Started:
-        if self.started is not None:
-            raise wire.Malformed("a second twilio start on one stream")
         start = wire.section(message, "start")
         outer = wire.text(message, "streamSid")
         stream_id = wire.text(start, "streamSid") or outer
@@ -98,7 +50,7 @@ class TwilioWire:
             raise wire.Malformed("twilio start names two different streamSids")
         _check_media_format(start.get("mediaFormat"))
         parameters = wire.custom_parameters(start.get("customParameters"))
-        self.started = Started(
+        return Started(
             stream_id=stream_id,
             call_id=call_id,
             account_id=wire.text(start, "accountSid"),
@@ -108,24 +60,6 @@ class TwilioWire:
             encoding="PCMU",
             sample_rate=SAMPLE_RATE,
         )
-        return self.started
-
-    def _in_stream(self, event: str, message: dict[str, Any], stream_id: str) -> CarrierEvent:
-        if message.get("streamSid", stream_id) != stream_id:
-            other = wire.shown(message["streamSid"])
-            raise wire.Malformed(f"twilio {event} for stream {other}, not this one")
-        if event == "stop":
-            return Stopped()
-        body = wire.section(message, event)
-        if event == "mark":
-            return Mark(wire.mark_name(body))
-        track = body.get("track")
-        if track is not None and track not in INBOUND_TRACKS:
-            raise wire.Malformed(f"twilio {event} on track {wire.shown(track)}: only the caller's is taken")
-        if event == "dtmf":
-            return Dtmf(wire.digit(body))
-        timestamp, chunk = wire.counter(body, "timestamp"), wire.counter(body, "chunk")
-        return Media(self._codec.decode(wire.payload(body)), timestamp_ms=timestamp, chunk=chunk)
 
     # --- us -> Twilio ------------------------------------------------------------------------------
 

@@ -59,10 +59,13 @@ class StreamNotStarted(VoxgraphError):
 class CarrierWire(Protocol):
     """One call's media stream, Sans-I/O: carrier text in -> events, our audio and marks out -> text."""
 
-    carrier: str
-    """Short name of the carrier ("twilio", "telnyx"), for logs and metrics."""
     started: Started | None
     """The stream's ``start``, once it came."""
+
+    @property
+    def carrier(self) -> str:
+        """Short name of the carrier ("twilio", "telnyx"), for logs and metrics."""
+        ...
 
     @property
     def send_rate(self) -> int:
