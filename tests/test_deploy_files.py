@@ -440,10 +440,11 @@ def check_listing(recordings: Recordings, finished: bool = False) -> list[dict[s
         for name in entry["audio"]:
             path = recordings.path(entry["id"], name)
             assert path is not None
-            held = path.stat().st_size - WAV_HEADER_BYTES
-            if held < 0:
+            if path.stat().st_size < WAV_HEADER_BYTES:
                 continue  # created this instant, header not written yet
             with wave.open(str(path)) as audio:
                 declared = audio.getnframes() * audio.getsampwidth() * audio.getnchannels()
+            # Measured after the header is read: a writer appends audio before it rewrites the sizes.
+            held = path.stat().st_size - WAV_HEADER_BYTES
             assert declared == held if finished else declared <= held
     return entries
