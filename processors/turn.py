@@ -11,6 +11,11 @@ It sits between the recogniser and the LLM:
   downstream: the LLM and TTS drop their work and the transport falls silent.
 * **Not a barge-in**: short sounds, filler words ("mhm", "uh-huh") and the bot's own echo (words that
   repeat what the bot is saying) are dropped: they neither interrupt nor start a turn.
+* **A key ends the turn** (phone calls): the ``end_turn_digit`` key (``#`` by default) ends the turn
+  in progress without waiting for the VAD, which a noisy line may keep open. If the recogniser still
+  has words in flight (an interim newer than the last final, or no final yet), the next final ends the
+  turn; otherwise it ends at once. A recogniser that transcribes only when the VAD stops gains nothing.
+  Pressed with nothing said, or over the bot, the key does nothing. Every ``DTMFFrame`` is passed on.
 * **Stale turns** (with a VAD): when a turn ends while the previous one is still unanswered (queued
   for the LLM, or generating, but not yet heard) — a recogniser that fell behind delivers finals late —
   the older reply would only come late: an ``InterruptionFrame`` drops it before the new turn is handed
@@ -31,6 +36,7 @@ from pipeline.frames import (
     UPSTREAM,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
+    DTMFFrame,
     Frame,
     InterimTranscriptFrame,
     InterruptionFrame,
@@ -50,6 +56,9 @@ silent reply), not late: ``reply_wait`` then reports 0 instead of a wait that gr
 BACKCHANNEL_FINAL_WAIT = 3.0
 """Seconds after a backchannel (speech over the bot that did not interrupt) within which a final
 transcript is taken to be its own and dropped; a cough or a breath may bring none at all."""
+
+DTMF_KEYS = tuple("0123456789*#ABCD")
+"""The keys of a telephone keypad (A-D on some)."""
 
 _FILLERS = ["mhm", "mm", "hmm", "uh", "um", "uh-huh", "huh", "ah", "oh", "yeah", "ok", "okay", "right"]
 _WORD = re.compile(r"[a-z0-9']+(?:-[a-z0-9']+)*")
@@ -73,6 +82,11 @@ class TurnTakingParams:
         True, doc="words the bot is saying right now do not count (its own voice leaking into the mic)"
     )
     interruptions: bool = param(True, doc="false = the bot always finishes its reply")
+    end_turn_digit: str | None = param(
+        "#",
+        choices=DTMF_KEYS,
+        doc="a phone key (DTMF) that ends the user's turn without waiting for the VAD; null = no key does",
+    )
 
 
 def words_of(text: str) -> list[str]:
@@ -89,6 +103,7 @@ class TurnTaking(Processor):
         UserStoppedSpeakingFrame,
         InterimTranscriptFrame,
         TranscriptFrame,
+        DTMFFrame,
     )
     handles_upstream: ClassVar[tuple[type[Frame], ...]] = (
         BotStartedSpeakingFrame,
@@ -113,6 +128,8 @@ class TurnTaking(Processor):
         self._drop_until = 0.0  # ...if they come before this loop time (a cough may give none)
         self._bot_words: set[str] = set()  # words of the reply being spoken (echo detection)
         self._timer: asyncio.TimerHandle | None = None
+        self._end_requested = False  # the end-of-turn key was pressed: the next final ends the turn
+        self._words_in_flight = False  # an interim came after the last final: more final text is due
         self.stale_turns = 0  # turns dropped unanswered because a newer one ended first
 
     # --- downstream: the user's side ---------------------------------------------------------------
@@ -126,13 +143,19 @@ class TurnTaking(Processor):
             await self._user_stopped(frame)
         elif isinstance(frame, InterimTranscriptFrame):
             await self.push(frame)
+            self._words_in_flight = bool(frame.text.strip())
             if self._overlap and self._qualifies_by_words(frame.text):
                 self._barge_in()
         elif isinstance(frame, TranscriptFrame):
             await self._final(frame)
+        elif isinstance(frame, DTMFFrame):
+            await self.push(frame)
+            if frame.digit == self.params.end_turn_digit:
+                await self._end_turn_by_key()
 
     async def _user_started(self, frame: UserStartedSpeakingFrame) -> None:
         loop = asyncio.get_running_loop()
+        self._end_requested = False  # a key pressed before this speech began ended nothing
         self._user_speaking = True
         self._speech_started_at = frame.at or loop.time()
         self._overlap = self.params.interruptions and (self._answering or self._bot_speaking)
@@ -165,6 +188,7 @@ class TurnTaking(Processor):
         await self._end_turn_if_ready()
 
     async def _final(self, frame: TranscriptFrame) -> None:
+        self._words_in_flight = False
         if self._overlap:
             if self._qualifies_by_words(frame.text):
                 self._barge_in()
@@ -179,9 +203,19 @@ class TurnTaking(Processor):
         self._finals.append(frame)
         await self._end_turn_if_ready()
 
+    async def _end_turn_by_key(self) -> None:
+        if self._overlap or not (self._user_speaking or self._finals):
+            return  # over the bot it is not a barge-in; with nothing said there is no turn to end
+        self._end_requested = True
+        if self._user_speaking:  # the VAD still hears speech (or noise): the key says it is over
+            self._speech_stopped_at = asyncio.get_running_loop().time()
+        if not self._words_in_flight:
+            await self._end_turn_if_ready()
+
     async def _end_turn_if_ready(self) -> None:
-        if self._user_speaking or not self._finals:
+        if (self._user_speaking and not self._end_requested) or not self._finals:
             return
+        self._end_requested = False
         finals, self._finals = self._finals, []
         text = " ".join(f.text.strip() for f in finals if f.text.strip())
         words = [w for f in finals for w in (f.words or [])] or None

@@ -6,9 +6,12 @@ import asyncio
 
 import pytest
 
+from pipeline.errors import ValidationError
 from pipeline.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
+    DTMFFrame,
+    Frame,
     InterimTranscriptFrame,
     InterruptionFrame,
     SpokenTextFrame,
@@ -227,3 +230,104 @@ async def test_reply_wait_counts_from_the_end_of_the_turn_until_the_bot_speaks()
     await run_processor(turn_taking, down, upstream=[Gap(2.0), BotStartedSpeakingFrame()])
     await watcher
     assert waits[0] == 0.0 and waits[1] == pytest.approx(0.8, abs=0.05) and waits[2] == 0.0
+
+
+# --- the end-of-turn key (phone calls) -----------------------------------------------------------
+
+
+def ended_before_the_vad(out: Captured) -> bool:
+    """The turn went on before the VAD's stop (the key ended it)."""
+    kinds = [f.kind for f in out.down]
+    return kinds.index("transcript") < kinds.index("user_stopped_speaking")
+
+
+@virtual_time
+async def test_the_hash_key_ends_the_turn_while_the_vad_still_hears_speech() -> None:
+    # A noisy line keeps the VAD open: the caller's # hands the finals on without its stop.
+    script: list[Frame | Gap] = [STARTED(), Gap(0.1), TranscriptFrame(text="my account number"), Gap(0.1)]
+    script += [TranscriptFrame(text="is one two three"), Gap(0.2), DTMFFrame(digit="#"), Gap(5.0), STOPPED()]
+    out = await run_processor(TurnTaking(), script)
+    assert turns(out) == ["my account number is one two three"]
+    assert ended_before_the_vad(out)  # not waiting for the VAD
+    assert [f.digit for f in out.of(DTMFFrame)] == ["#"]  # the key goes on too
+
+
+@virtual_time
+async def test_words_still_in_flight_when_the_key_is_pressed_join_the_turn() -> None:
+    script: list[Frame | Gap] = [
+        STARTED(),
+        Gap(0.1),
+        TranscriptFrame(text="book a table"),
+        InterimTranscriptFrame(text="for"),
+    ]
+    script += [Gap(0.1), DTMFFrame(digit="#"), Gap(0.3), TranscriptFrame(text="for two"), Gap(5.0), STOPPED()]
+    out = await run_processor(TurnTaking(), script)
+    assert turns(out) == ["book a table for two"]
+    assert ended_before_the_vad(out)
+
+
+@virtual_time
+async def test_the_key_before_the_first_final_ends_the_turn_at_that_final() -> None:
+    script: list[Frame | Gap] = [
+        STARTED(),
+        Gap(0.5),
+        DTMFFrame(digit="#"),
+        Gap(0.3),
+        TranscriptFrame(text="yes please"),
+    ]
+    out = await run_processor(TurnTaking(), [*script, Gap(5.0), STOPPED()])
+    assert turns(out) == ["yes please"]
+    assert ended_before_the_vad(out)
+
+
+@virtual_time
+async def test_the_key_with_nothing_said_ends_nothing_later() -> None:
+    script: list[Frame | Gap] = [
+        DTMFFrame(digit="#"),
+        Gap(0.5),
+        STARTED(),
+        Gap(0.1),
+        TranscriptFrame(text="what is"),
+    ]
+    script += [Gap(0.1), TranscriptFrame(text="the time"), Gap(0.1), STOPPED()]
+    out = await run_processor(TurnTaking(), script)
+    assert turns(out) == ["what is the time"]  # one turn, not one cut short by the earlier key
+
+
+@virtual_time
+async def test_the_key_over_the_bot_is_not_a_barge_in() -> None:
+    down: list[Frame | Gap] = [
+        STARTED(),
+        TranscriptFrame(text="tell me a story"),
+        STOPPED(),
+        Gap(2.0),
+        DTMFFrame(digit="#"),
+    ]
+    out = await run_processor(TurnTaking(), [*down, Gap(1.0)], upstream=[Gap(1.0), BotStartedSpeakingFrame()])
+    assert interruptions(out) == 0
+    assert turns(out) == ["tell me a story"]
+
+
+@virtual_time
+async def test_the_end_turn_digit_is_a_choice_and_may_be_none() -> None:
+    script: list[Frame | Gap] = [
+        STARTED(),
+        Gap(0.1),
+        TranscriptFrame(text="cancel my order"),
+        Gap(0.1),
+        DTMFFrame(digit="#"),
+    ]
+    script += [Gap(0.1), DTMFFrame(digit="*"), Gap(5.0), STOPPED()]
+    star = await run_processor(TurnTaking(end_turn_digit="*"), script)
+    kinds = [f.kind for f in star.down]
+    assert turns(star) == ["cancel my order"] and kinds.index("transcript") < kinds.index(
+        "user_stopped_speaking"
+    )
+    assert [f.digit for f in star.of(DTMFFrame)] == ["#", "*"]
+    off = await run_processor(TurnTaking(end_turn_digit=None), script)
+    kinds = [f.kind for f in off.down]
+    assert turns(off) == ["cancel my order"] and kinds.index("transcript") > kinds.index(
+        "user_stopped_speaking"
+    )
+    with pytest.raises(ValidationError, match="end_turn_digit 'x' is not one of"):
+        TurnTaking(end_turn_digit="x")
