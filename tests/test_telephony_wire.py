@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 from typing import Any
 
 import numpy as np
@@ -578,3 +579,129 @@ def test_both_wires_are_carrier_wires() -> None:
     wires: list[wire.CarrierWire] = [TwilioWire(), TelnyxWire()]
     assert [w.carrier for w in wires] == ["twilio", "telnyx"]
     assert all(w.send_rate == 8000 and w.started is None for w in wires)
+
+
+# --- fuzz ----------------------------------------------------------------------------------------
+
+FUZZ_SEED = 20261203
+FUZZ_COUNT = 4000  # per carrier and kind of fuzz
+ODD_VALUES: tuple[Any, ...] = (
+    None,
+    0,
+    -1,
+    1.5,
+    True,
+    "",
+    " ",
+    "x" * 60,
+    [],
+    {},
+    [1],
+    {"a": 1},
+    "\u0000",
+    "-3",
+)
+
+
+def _mutated(rng: random.Random, message: dict[str, Any]) -> str:
+    """A valid message made wrong in one way (or, by chance, still valid)."""
+    message = json.loads(json.dumps(message))
+    body_key = next((k for k in message if isinstance(message[k], dict)), None)
+    choice = rng.randrange(8)
+    if choice == 0 and body_key:  # a field of the body becomes something else, or goes
+        body = message[body_key]
+        key = rng.choice([*body, "payload", "digit", "name"])
+        if rng.random() < 0.3:
+            body.pop(key, None)
+        else:
+            body[key] = rng.choice(ODD_VALUES)
+    elif choice == 1:  # a top-level field becomes something else
+        message[rng.choice([*message])] = rng.choice(ODD_VALUES)
+    elif choice == 2 and body_key:  # the body is not an object
+        message[body_key] = rng.choice(ODD_VALUES[:10])
+    elif choice == 3 and body_key == "media":  # base64 that is not
+        message["media"]["payload"] = rng.choice(
+            ["!!!!", "QUJD*", "a" * 5, "=AAA", "AA=A", "\u00e9\u00e9==", " AAAA"]
+        )
+    elif choice == 4:  # the JSON text cut short
+        text = json.dumps(message)
+        return text[: rng.randrange(1, len(text))]
+    elif choice == 5:  # deep nesting inside a valid message
+        depth = rng.choice([10, 1000, 5000])
+        message["extra"] = json.loads("[" * min(depth, 500) + "]" * min(depth, 500))
+        if depth > 500:
+            return json.dumps(message)[:-1] + ',"deep":' + "[" * depth + "]" * depth + "}"
+    elif choice == 6:  # random printable noise
+        return "".join(rng.choice('{}[]":,0123456789 abcdeventmdia') for _ in range(rng.randrange(1, 120)))
+    else:  # an event name that is not one
+        message["event"] = rng.choice(
+            ["Media", "MEDIA", "clear", "playAudio", "", "start ", "medi", "x" * 80]
+        )
+    return json.dumps(message)
+
+
+def _noisy(rng: random.Random, message: dict[str, Any]) -> str:
+    """A valid message with fields a carrier may add, and its counters as numbers or strings."""
+    message = json.loads(json.dumps(message))
+    for obj in [message, *(v for v in message.values() if isinstance(v, dict))]:
+        for key in list(obj):
+            if key in ("sequenceNumber", "sequence_number", "chunk", "timestamp") and rng.random() < 0.5:
+                obj[key] = int(obj[key])
+        if rng.random() < 0.5:
+            obj[f"added_{rng.randrange(100)}"] = rng.choice(ODD_VALUES)
+    return json.dumps(message)
+
+
+CARRIERS = {
+    "twilio": (
+        TwilioWire,
+        TWILIO_START,
+        [twilio_media(2, 1), twilio_dtmf(3), twilio_mark(4), twilio_stop(5)],
+    ),
+    "telnyx": (
+        TelnyxWire,
+        telnyx_start(),
+        [
+            telnyx_media(2, 1),
+            telnyx_event("dtmf", 3, dtmf={"digit": "5"}),
+            telnyx_event("mark", 4, mark={"name": "m"}),
+            telnyx_event("stop", 5),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("carrier", list(CARRIERS))
+def test_fuzzed_messages_are_events_or_short_errors_and_the_stream_goes_on(carrier: str) -> None:
+    make, start, messages = CARRIERS[carrier]
+    rng = random.Random(FUZZ_SEED)
+    reasons: set[str] = set()
+    stream = make()
+    assert isinstance(stream.parse(dumps(start)), Started)
+    for _ in range(FUZZ_COUNT):
+        template = rng.choice(messages[:3])  # not stop: the stream must stay open
+        result = stream.parse(_mutated(rng, template))
+        if isinstance(result, ProtocolError):
+            assert 0 < len(result.message) <= 300, result.message
+            reasons.add(result.message[:24])
+        else:
+            assert isinstance(result, Media | Dtmf | Mark | Connected | CarrierError), result
+        assert isinstance(stream.parse(dumps(messages[0])), Media)  # still taking the caller's audio
+    assert len(reasons) >= 12, reasons  # the mutations reach many different refusals
+    fresh = make()  # and before start: a fuzzed start is either a start or an error
+    for _ in range(FUZZ_COUNT // 4):
+        result = fresh.parse(_mutated(rng, start))
+        assert isinstance(result, ProtocolError | Started | Connected | Stopped | CarrierError), result
+        fresh = make() if isinstance(result, Started | Stopped) else fresh
+
+
+@pytest.mark.parametrize("carrier", list(CARRIERS))
+def test_valid_messages_with_added_fields_parse_the_same(carrier: str) -> None:
+    make, start, messages = CARRIERS[carrier]
+    rng = random.Random(FUZZ_SEED + 1)
+    plain = make()
+    expected = [plain.parse(dumps(start))] + [plain.parse(dumps(m)) for m in messages]
+    for _ in range(FUZZ_COUNT // 8):
+        stream = make()
+        got = [stream.parse(_noisy(rng, start))] + [stream.parse(_noisy(rng, m)) for m in messages]
+        assert got == expected
