@@ -12,13 +12,13 @@
   503 ``{"ready": false, "reason": ...}`` while models load, while draining and while full
   (``transports.websocket.readiness``); ``/load`` the figures behind it (sessions, capacity, CPU, loop
   lag, full, draining, ready, the admission sample), for a balancer or an operator;
-* ``/metrics`` Prometheus metrics (``transports.websocket.prometheus``), protected like the API;
+* ``/metrics`` Prometheus metrics (``transports.websocket.prometheus``), for an API key or a scrape key;
 * ``/api/conversations...`` saved conversations (``transports.websocket.api``);
 * ``/api/auth`` whether a page needs a session token, ``/api/session-token`` mints one.
 
 Access (``transports.websocket.auth``, applied by one middleware before any handler): Host and Origin
-checks on ``/ws`` and the API (``/load`` too), and with ``auth: api_key`` an API key or session token on
-them; the page, its files, ``/health``, ``/livez`` and ``/readyz`` are open. Without auth the server
+checks on ``/ws`` and the API (``/load`` and ``/metrics`` too), and with ``auth: api_key`` an API key or
+session token on them (on ``/load`` and ``/metrics`` an API key or a scrape key only); the page, its files, ``/health``, ``/livez`` and ``/readyz`` are open. Without auth the server
 refuses to listen beyond loopback.
 
 Limits: ``max_sessions`` conversations at once (another connection gets an ``error`` message and close
