@@ -29,6 +29,8 @@ __all__ = [
     "Malformed",
     "SequenceTracker",
     "StreamNotStarted",
+    "check_mark_name",
+    "check_pcm",
     "codec",
     "counter",
     "custom_parameters",
@@ -37,6 +39,8 @@ __all__ = [
     "load",
     "mark_name",
     "payload",
+    "section",
+    "shown",
     "text",
 ]
 
