@@ -304,9 +304,13 @@ class LLMToolCallFrame(DataFrame):
     kind: ClassVar[str] = "llm_tool_call"
 
 
+DTMF_DIGITS = "0123456789*#ABCD"
+"""The keys a ``DTMFFrame`` may carry: a telephone keypad's, and the A-D column some have."""
+
+
 @dataclass(slots=True)
 class DTMFFrame(Uninterruptible, DataFrame):
-    """The user pressed a telephone key: ``0``-``9``, ``*``, ``#`` (or ``A``-``D``).
+    """The user pressed a telephone key: one of ``DTMF_DIGITS``.
 
     It flows in order with the caller's audio, so a ``#`` that ends a turn comes after the words
     before it. A keypress is the user's input like their voice: an interruption does not drop it.

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pipeline.frames import (
+    DTMF_DIGITS,
     UPSTREAM,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
@@ -56,9 +57,6 @@ silent reply), not late: ``reply_wait`` then reports 0 instead of a wait that gr
 BACKCHANNEL_FINAL_WAIT = 3.0
 """Seconds after a backchannel (speech over the bot that did not interrupt) within which a final
 transcript is taken to be its own and dropped; a cough or a breath may bring none at all."""
-
-DTMF_KEYS = tuple("0123456789*#ABCD")
-"""The keys of a telephone keypad (A-D on some)."""
 
 _FILLERS = ["mhm", "mm", "hmm", "uh", "um", "uh-huh", "huh", "ah", "oh", "yeah", "ok", "okay", "right"]
 _WORD = re.compile(r"[a-z0-9']+(?:-[a-z0-9']+)*")
@@ -84,7 +82,7 @@ class TurnTakingParams:
     interruptions: bool = param(True, doc="false = the bot always finishes its reply")
     end_turn_digit: str | None = param(
         "#",
-        choices=DTMF_KEYS,
+        choices=tuple(DTMF_DIGITS),
         doc="a phone key (DTMF) that ends the user's turn without waiting for the VAD; null = no key does",
     )
 

@@ -1,5 +1,5 @@
-"""What every carrier wire shares: the interface the server uses, field readers that never raise, and
-the codecs of the audio inside the messages.
+"""What every carrier wire shares: the interface the server uses, readers for the fields of carrier
+messages, and the codecs of the audio inside them.
 
 Carriers send JSON text with counters as strings ("1") or numbers (1); readers take both. A reader
 raises ``Malformed`` saying what was wrong; a wire's ``parse`` turns that into the ``ProtocolError`` it
@@ -19,10 +19,10 @@ import numpy as np
 
 from pipeline import g711
 from pipeline.errors import VoxgraphError
+from pipeline.frames import DTMF_DIGITS
 from transports.telephony.events import CarrierEvent, ProtocolError, Started
 
 __all__ = [
-    "DTMF_DIGITS",
     "MAX_MESSAGE_BYTES",
     "CarrierWire",
     "Codec",
@@ -45,11 +45,10 @@ __all__ = [
 ]
 
 MAX_MESSAGE_BYTES = 65536
-"""Largest carrier message taken: 20 ms of 24 kHz L16 is under 1.3 KB of JSON; a message this size
-is already 30 s of μ-law. Anything larger is refused before it is parsed."""
+"""Largest carrier message taken: 20 ms of 24 kHz L16 is under 1.5 KB of JSON; a message this size
+holds 6 s of μ-law. Anything larger is refused before it is parsed."""
 MAX_SHOWN = 40
 """Characters of a carrier's value quoted back in an error."""
-DTMF_DIGITS = frozenset("0123456789*#ABCD")
 
 
 class Malformed(Exception):
@@ -218,6 +217,7 @@ def check_pcm(pcm16: bytes) -> None:
 
 
 def check_mark_name(name: str) -> None:
+    """A mark we send needs a name to be told apart when it is echoed."""
     if not name:
         raise ValueError("a mark needs a non-empty name")
 
