@@ -3,6 +3,8 @@
 A server runs one new graph per connection. A node that keeps something per conversation (the
 recorder's folder) says so by implementing ``ConversationKeeper``: the server binds it to the
 conversation and asks it where saved conversations live — nothing is guessed from param names.
+What the server learns about a conversation once it runs (a phone call's caller and call id) reaches
+the keepers that take notes (``annotate``) through ``annotate_conversation``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -39,3 +42,18 @@ class ConversationKeeper(Protocol):
     @property
     def conversations_directory(self) -> Path:
         """The folder that holds one saved conversation per sub-folder (what the API lists)."""
+
+
+@runtime_checkable
+class ConversationNotes(Protocol):
+    """A node that keeps facts about its conversation (the recorder: in ``transcript.json``)."""
+
+    def annotate(self, metadata: Mapping[str, str]) -> None:
+        """Keep ``metadata`` with the conversation (later keys replace earlier ones)."""
+
+
+def annotate_conversation(processors: Iterable[object], metadata: Mapping[str, str]) -> None:
+    """Tell every node of a conversation's graph that takes notes about ``metadata``."""
+    for processor in processors:
+        if isinstance(processor, ConversationNotes):
+            processor.annotate(metadata)

@@ -5,8 +5,8 @@ One folder per conversation, ``{directory}/{session_id}/``:
 * ``user.wav`` — the user's audio (``UserAudioFrame``), at its own rate;
 * ``bot.wav`` — the bot's voice (``BotAudioFrame``), on the same timeline, silence between replies;
 * ``mixed.wav`` — both on one timeline at the user's rate, as a listener on the call heard it;
-* ``transcript.json`` — ``{"session_id", "start_time", "end_time", "messages": [{"role", "content",
-  "type"?}]}``, replaced atomically as each message completes: the user's as its turn (a final
+* ``transcript.json`` — ``{"session_id", "start_time", "end_time", "metadata"?, "messages": [{"role",
+  "content", "type"?}]}``, replaced atomically as each message completes: the user's as its turn (a final
   transcript or a typed message: ``UserTextFrame``) leaves the node that made it, the assistant's
   when its reply ends or is cut short.
 
@@ -46,7 +46,7 @@ import os
 import re
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -532,6 +532,13 @@ class Recorder(Processor):
         if not _SESSION_ID.fullmatch(session_id):
             raise ValueError(f"session id {session_id!r} cannot name a folder")
         self._use_session(session_id)
+
+    def annotate(self, metadata: Mapping[str, str]) -> None:
+        """Keep facts about the conversation (a phone call's caller and call id) in ``transcript.json``
+        under ``metadata`` (``ConversationNotes``: the server calls this once it knows them); saved with
+        the transcript's next change (every conversation's end is one)."""
+        notes = self._transcript.doc.setdefault("metadata", {})
+        notes.update({str(key): str(value) for key, value in metadata.items()})
 
     def _use_session(self, session_id: str) -> None:
         self.session_id = session_id

@@ -63,6 +63,9 @@ LOOPBACK_NAMES = frozenset({"localhost"})
 OPEN_PATHS = frozenset({"/", "/health", "/livez", "/readyz", "/api/auth"})
 """Routes anyone may GET: the page, counts and probes (Kubernetes and balancers send no credentials;
 ``/readyz`` says only whether and why not ready). ``/load`` is not among them: it is for operators."""
+CARRIER_PATHS = frozenset({"/twilio/voice", "/twilio", "/telnyx"})
+"""Phone carrier routes: they check the carrier's own credentials (a signature, a stream token), since
+a carrier sends no API key (``transports.telephony.routes``)."""
 OPERATOR_PATHS = frozenset({"/metrics", "/load"})
 """Routes for monitoring: an API key or a scrape key opens them, a session token does not."""
 CORS_METHODS = "GET, POST"
@@ -218,6 +221,7 @@ class Route(enum.Enum):
     SOCKET = "socket"  # /ws, or a websocket upgrade of /
     MINT = "mint"  # POST /api/session-token: an API key only
     OPERATOR = "operator"  # GET /metrics, /load: an API key or a scrape key, never a session token
+    CARRIER = "carrier"  # /twilio/voice, /twilio, /telnyx: the route checks the carrier's credentials
     READ = "read"  # every other route: the conversation API (and unknown paths)
 
 
@@ -225,6 +229,8 @@ def classify(method: str, path: str, upgrade: bool) -> Route:
     """The route class of a request; anything not known to be open needs credentials."""
     if path == "/ws" or (path == "/" and upgrade):
         return Route.SOCKET
+    if path in CARRIER_PATHS:
+        return Route.CARRIER
     get = method in ("GET", "HEAD") and not upgrade
     if get and (path in OPEN_PATHS or path.startswith("/static/")):
         return Route.OPEN
@@ -323,7 +329,7 @@ class Guard:
     def check(self, attempt: Attempt) -> Verdict:
         """Whether the request may go on. A ``/ws`` token is used up by a successful check."""
         route = classify(attempt.method, attempt.path, attempt.upgrade)
-        if route is Route.OPEN:
+        if route in (Route.OPEN, Route.CARRIER):
             return Verdict(200)
         if not self.policy.host_allowed(attempt.host):
             return Verdict(403, "host not allowed")

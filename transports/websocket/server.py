@@ -62,6 +62,7 @@ from pipeline.config.sessions import conversations_directory
 from pipeline.graph import GraphFailedError
 from pipeline.processor import Processor
 from pipeline.sessions import ConversationKeeper, new_session_id
+from transports.telephony.routes import add_phone_routes
 from transports.websocket import protocol
 from transports.websocket.admission import Admission, thresholds
 from transports.websocket.api import Recordings, access_middleware, add_auth_routes, add_routes
@@ -330,6 +331,7 @@ class VoiceServer:
         app.router.add_static("/static/", PAGE, follow_symlinks=False)
         add_routes(app, self.recordings)
         add_auth_routes(app, self.guard)
+        add_phone_routes(app, self)  # /twilio/voice, /twilio, /telnyx when the graph answers calls
         return app
 
     async def _index(self, request: web.Request) -> web.StreamResponse:
