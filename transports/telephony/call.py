@@ -32,7 +32,7 @@ from transports.telephony.events import (
     Started,
     Stopped,
 )
-from transports.telephony.nodes import CallLink
+from transports.telephony.nodes import SAMPLE_RATE, CallLink
 from transports.telephony.wire import MAX_MESSAGE_BYTES, CarrierWire
 from transports.websocket import protocol
 from transports.websocket.protocol import Audio, ClientEvent
@@ -177,6 +177,8 @@ class PhoneCall(Session):
 
     def _start(self, started: Started) -> bool:
         refused = self.admit(started)
+        if refused is None and started.sample_rate != SAMPLE_RATE:
+            refused = f"the caller's audio is {started.sample_rate} Hz; phone.input takes {SAMPLE_RATE} Hz"
         if refused is not None:
             log.warning("call %s: refused the stream of call %s: %s", self.id, started.call_id, refused)
             self.close_code = protocol.CLOSE_POLICY_VIOLATION
