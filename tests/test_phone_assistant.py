@@ -68,7 +68,7 @@ async def assistant(tmp_path: Path, phone: bool, rest_url: str = "") -> AsyncIte
 
 def clip(rate: int) -> bytes:
     samples, source = read_wav(librivox("0880"))
-    return soxr.resample(samples, source, rate).astype("<i2").tobytes()
+    return bytes(soxr.resample(samples, source, rate).astype("<i2").tobytes())
 
 
 @pytest.mark.slow
