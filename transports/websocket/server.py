@@ -18,8 +18,9 @@
 
 Access (``transports.websocket.auth``, applied by one middleware before any handler): Host and Origin
 checks on ``/ws`` and the API (``/load`` and ``/metrics`` too), and with ``auth: api_key`` an API key or
-session token on them (on ``/load`` and ``/metrics`` an API key or a scrape key only); the page, its files, ``/health``, ``/livez`` and ``/readyz`` are open. Without auth the server
-refuses to listen beyond loopback.
+session token on them (on ``/load`` and ``/metrics`` an API key or a scrape key only); the page, its
+files, ``/health``, ``/livez`` and ``/readyz`` are open. The phone routes check the carrier's own
+credentials (``transports.telephony.routes``). Without auth the server refuses to listen beyond loopback.
 
 Limits: ``max_sessions`` conversations at once (another connection gets an ``error`` message and close
 code 1013, try again later; with ``full_refusal: http`` HTTP 503 before the upgrade instead, as while
