@@ -296,6 +296,11 @@ async def test_a_draining_server_refuses_new_calls_and_live_ones_go_on(tmp_path:
         await live.stop()
         await ended(server)
     assert live.violations == []
+    # the server's one session path: counted and refused exactly as browser conversations are
+    sample = server.metrics.registry.get_sample_value
+    assert sample("voxgraph_connections_refused_total", {"reason": "draining"}) == 2  # webhook, upgrade
+    assert sample("voxgraph_sessions_total", {"outcome": "normal"}) == 1
+    assert sample("voxgraph_sessions_active") == 0
 
 
 @pytest.mark.slow

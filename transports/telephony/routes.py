@@ -19,7 +19,6 @@ from the environment (``phone.input``'s ``twilio_auth_token_env``); without it `
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import os
@@ -28,8 +27,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
-from pipeline.config import Compiled, session_graph
-from pipeline.sessions import new_session_id
+from pipeline.config import Compiled
+from pipeline.graph import Graph
 from transports.telephony import twilio_signature
 from transports.telephony.call import Admit, HangUp, PhoneCall
 from transports.telephony.events import Started
@@ -37,7 +36,6 @@ from transports.telephony.hangup import twilio_hang_up
 from transports.telephony.nodes import PhoneInput, PhoneInputParams
 from transports.telephony.twilio_wire import TwilioWire
 from transports.telephony.wire import CarrierWire
-from transports.websocket import protocol
 from transports.websocket.api import attempt_of
 from transports.websocket.auth import Guard, Scope, TokenError
 
@@ -104,10 +102,9 @@ class PhoneRoutes:
         if not twilio_signature.validate(self._auth_token, url, fields, signature):
             log.info("refused %s: no valid Twilio signature", TWILIO_VOICE)
             return _refuse(403, "invalid signature")
-        refused = self.server._refusal()
-        if refused is not None:
-            self.server._refused(refused)
-            return _refuse(503, refused.message, {"Retry-After": str(refused.retry_after)})
+        unavailable = self.server.unavailable()
+        if unavailable is not None:
+            return unavailable
         call_sid = _first(fields, "CallSid")
         if not _call_sid_ok(call_sid):
             return _refuse(400, "CallSid missing or malformed")
@@ -191,44 +188,16 @@ class PhoneRoutes:
     async def _serve(
         self, request: web.Request, carrier: CarrierWire, admit: Admit, hang_up: HangUp | None
     ) -> web.StreamResponse:
-        """Run one call on this upgrade, as the server runs a browser conversation on ``/ws``."""
-        server = self.server
-        refused = server._refusal()
-        if refused is not None:  # a carrier cannot read our error messages: refuse before the upgrade
-            server._refused(refused)
-            return _refuse(503, refused.message, {"Retry-After": str(refused.retry_after)})
-        ws = web.WebSocketResponse(heartbeat=20.0, compress=False, timeout=2.0, max_msg_size=4 * 65536)
-        await ws.prepare(request)
-        session_id = new_session_id()
-        try:
-            graph = session_graph(server.compiled, session_id)
-            call = PhoneCall(
-                session_id,
-                ws,
-                graph,
-                carrier,
-                admit=admit,
-                hang_up=hang_up,
-                idle_timeout=server.settings.idle_timeout,
+        """Run one call on this upgrade through the server's one session path (as ``/ws`` runs its)."""
+        idle_timeout = self.server.settings.idle_timeout
+
+        def call(session_id: str, ws: web.WebSocketResponse, graph: Graph) -> PhoneCall:
+            return PhoneCall(
+                session_id, ws, graph, carrier, admit=admit, hang_up=hang_up, idle_timeout=idle_timeout
             )
-        except Exception:  # validated at start, so this is a bug or the environment changed
-            log.exception("cannot build the graph for call %s", session_id)
-            await ws.close(code=protocol.CLOSE_INTERNAL_ERROR)
-            return ws
-        server.sessions[session_id] = call
-        server.metrics.session_started(call)
-        handler = asyncio.current_task()
-        if handler is not None:
-            server._handlers.add(handler)
-        log.info("call %s connected (%s, %d active)", session_id, carrier.carrier, len(server.sessions))
-        try:
-            await call.run()
-        finally:
-            del server.sessions[session_id]
-            server.metrics.session_ended(call)
-            server._handlers.discard(handler)
-            log.info("call %s ended (%d active)", session_id, len(server.sessions))
-        return ws
+
+        ws = web.WebSocketResponse(heartbeat=20.0, compress=False, timeout=2.0, max_msg_size=4 * 65536)
+        return await self.server.serve_session(request, ws, call, tell=None, kind=f"{carrier.carrier} call")
 
 
 def stream_twiml(url: str, parameters: dict[str, str]) -> str:

@@ -20,7 +20,9 @@ Access (``transports.websocket.auth``, applied by one middleware before any hand
 checks on ``/ws`` and the API (``/load`` and ``/metrics`` too), and with ``auth: api_key`` an API key or
 session token on them (on ``/load`` and ``/metrics`` an API key or a scrape key only); the page, its
 files, ``/health``, ``/livez`` and ``/readyz`` are open. The phone routes check the carrier's own
-credentials (``transports.telephony.routes``). Without auth the server refuses to listen beyond loopback.
+credentials (``transports.telephony.routes``) and run each call through ``serve_session`` as ``/ws``
+runs a conversation: calls are admitted, counted, measured, logged and drained alike. Without auth the
+server refuses to listen beyond loopback.
 
 Limits: ``max_sessions`` conversations at once (another connection gets an ``error`` message and close
 code 1013, try again later; with ``full_refusal: http`` HTTP 503 before the upgrade instead, as while
@@ -50,6 +52,7 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +63,7 @@ from pipeline.capacity import Decision, LoadMeter, decide
 from pipeline.config import Compiled, ServerSettings, session_graph
 from pipeline.config.server import is_all_interfaces
 from pipeline.config.sessions import conversations_directory
-from pipeline.graph import GraphFailedError
+from pipeline.graph import Graph, GraphFailedError
 from pipeline.processor import Processor
 from pipeline.sessions import ConversationKeeper, new_session_id
 from transports.telephony.routes import add_phone_routes
@@ -87,6 +90,8 @@ HARD_LIMIT_FACTOR = 4
 """Messages up to this many times ``max_message_bytes`` are read and refused; larger ones close."""
 NO_STORE = {"Cache-Control": "no-store"}
 """Probes and load figures are about now: no cache may answer them."""
+SessionFactory = Callable[[str, web.WebSocketResponse, Graph], Session]
+"""Binds a new graph to a route's connection: (session id, websocket, graph) -> the session to run."""
 
 
 class VoiceServer:
@@ -108,7 +113,7 @@ class VoiceServer:
         self._shutdown = asyncio.Event()  # the first shutdown signal: ``run`` drains
         self._hurry = asyncio.Event()  # a further signal: stop every session now
         self._signals = 0  # shutdown signals received
-        self._handlers: set[asyncio.Task[Any]] = set()  # the /ws handler of each session
+        self._handlers: set[asyncio.Task[Any]] = set()  # the route handler of each session
         self._runner: web.AppRunner | None = None
         self.connections = ConnectionGuard(self.settings.header_timeout, self.settings.max_connections or 1)
         self.guard = guard_for(self.settings, compiled.spec.name, os.environ)  # or AuthConfigError
@@ -394,30 +399,55 @@ class VoiceServer:
         }
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
-        refused = self._refusal()
-        if refused is not None and refused.before_upgrade:  # a balancer may retry it elsewhere
-            self._refused(refused)
-            body = {"error": refused.message, "reason": refused.kind}
-            headers = {"Retry-After": str(refused.retry_after), **NO_STORE}
-            return web.json_response(body, status=503, headers=headers)
         limit = self.settings.max_message_bytes
         ws = web.WebSocketResponse(
             max_msg_size=limit * HARD_LIMIT_FACTOR, heartbeat=20.0, compress=False, timeout=2.0
         )
+
+        def conversation(session_id: str, ws: web.WebSocketResponse, graph: Graph) -> Session:
+            return Session(session_id, ws, graph, limit, idle_timeout=self.settings.idle_timeout)
+
+        return await self.serve_session(request, ws, conversation, tell=protocol.error)
+
+    async def serve_session(
+        self,
+        request: web.Request,
+        ws: web.WebSocketResponse,
+        new_session: SessionFactory,
+        *,
+        tell: Callable[[str], str] | None,
+        kind: str = "conversation",
+    ) -> web.StreamResponse:
+        """Run one session on ``request``'s websocket upgrade: the one path every route's sessions take.
+
+        Refused while loading or draining (HTTP 503 before the upgrade, so a balancer or a carrier
+        retries elsewhere), or full (after the upgrade, an error message and close code 1013, unless
+        ``full_refusal: http``). Otherwise ``ws`` is prepared, a graph is built from the config and
+        ``new_session(session_id, ws, graph)`` binds it to the connection; the session is then counted
+        (``sessions``, admission, metrics), its handler awaited by a drain and by ``stop``, and logged
+        as it starts and ends. ``tell`` encodes a message the client can read (``protocol.error``);
+        None for a client that reads none (a carrier): it is refused before the upgrade whatever the
+        reason, and closed without a word. ``kind`` names the session in the log.
+        """
+        refused = self._refusal()
+        if refused is not None and (refused.before_upgrade or tell is None):
+            self._refused(refused)
+            return refusal_response(refused)
         await ws.prepare(request)
         refused = self._refusal()  # again: a drain may have begun during the upgrade
         if refused is not None:
             self._refused(refused)
-            await ws.send_str(protocol.error(refused.message))
+            if tell is not None:
+                await ws.send_str(tell(refused.message))
             await ws.close(code=refused.close_code, message=refused.message.encode()[:120])
             return ws
         session_id = new_session_id()
         try:
-            graph = session_graph(self.compiled, session_id)
-            session = Session(session_id, ws, graph, limit, idle_timeout=self.settings.idle_timeout)
+            session = new_session(session_id, ws, session_graph(self.compiled, session_id))
         except Exception as error:  # validated at start, so this is a bug or the environment changed
-            log.exception("cannot build the graph for session %s", session_id)
-            await ws.send_str(protocol.error(f"cannot start a conversation: {error}"))
+            log.exception("cannot build the graph for %s %s", kind, session_id)
+            if tell is not None:
+                await ws.send_str(tell(f"cannot start a conversation: {error}"))
             await ws.close(code=protocol.CLOSE_INTERNAL_ERROR)
             return ws
         self.sessions[session_id] = session
@@ -425,7 +455,7 @@ class VoiceServer:
         handler = asyncio.current_task()
         if handler is not None:
             self._handlers.add(handler)
-        log.info("session %s started (%d active)", session_id, len(self.sessions))
+        log.info("session %s started: %s (%d active)", session_id, kind, len(self.sessions))
         try:
             await session.run()
         finally:
@@ -434,6 +464,15 @@ class VoiceServer:
             self._handlers.discard(handler)
             log.info("session %s ended (%d active)", session_id, len(self.sessions))
         return ws
+
+    def unavailable(self) -> web.Response | None:
+        """HTTP 503 (logged and counted as a refusal) if a new session cannot start now, else None: for a
+        route that promises a session before any upgrade, as a carrier's voice webhook does."""
+        refused = self._refusal()
+        if refused is None:
+            return None
+        self._refused(refused)
+        return refusal_response(refused)
 
     def _refusal(self, decision: Decision | None = None) -> Refusal | None:
         """Why a new connection cannot start a session now, or None (``decision``: admission's, if known)."""
@@ -457,6 +496,13 @@ class VoiceServer:
         unless ``full_refusal: http``)."""
         log.info("refused a connection: %s", refused.reason)
         self.metrics.refused(refused.kind)
+
+
+def refusal_response(refused: Refusal) -> web.Response:
+    """HTTP 503 for a refused session: why (``error``, ``reason``) and when to try again."""
+    body = {"error": refused.message, "reason": refused.kind}
+    headers = {"Retry-After": str(refused.retry_after), **NO_STORE}
+    return web.json_response(body, status=503, headers=headers)
 
 
 def _bracketed(host: str) -> str:
