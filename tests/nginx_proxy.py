@@ -1,4 +1,4 @@
-"""The shipped nginx config (deploy/nginx/voxgraph.conf) made runnable in a test: its upstream pointed
+"""The shipped nginx config (deploy/nginx/voxgraph.conf) made runnable in a test: its upstreams pointed
 at the test's workers, its listen at a free loopback port, inside a main config whose every path
 (pid, logs, temporary files) is under one prefix folder, so nginx runs without root and leaves nothing
 behind."""
@@ -13,6 +13,7 @@ from pathlib import Path
 
 SHIPPED = Path(__file__).resolve().parent.parent / "deploy" / "nginx" / "voxgraph.conf"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+UPSTREAM = re.compile(r"^upstream (\w+) \{\n.*?^\}\n", re.MULTILINE | re.DOTALL)
 UPSTREAM_SERVER = re.compile(r"^(\s*)server 127\.0\.0\.1:\d+( [^;\n]*)?;\n", re.MULTILINE)
 LISTEN = re.compile(r"^(\s*)listen 80;$", re.MULTILINE)
 ACCESS_FORMAT = "$request_uri $status upstream=[$upstream_addr] upstream_status=[$upstream_status]"
@@ -20,17 +21,32 @@ ACCESS_FORMAT = "$request_uri $status upstream=[$upstream_addr] upstream_status=
 
 
 def render_site(worker_ports: list[int], listen_port: int, shipped: str | None = None) -> str:
-    """The shipped site config with one upstream line per worker port (each keeping the shipped
-    line's parameters) and ``listen`` on 127.0.0.1:``listen_port``. Raises ``ValueError`` if the
-    shipped file no longer has the lines this replaces."""
+    """The shipped site config with, in every upstream block, one line per worker port (each keeping
+    the parameters of that block's first shipped line) and ``listen`` on 127.0.0.1:``listen_port``.
+    Raises ``ValueError`` if the shipped file no longer has the lines this replaces."""
     text = SHIPPED.read_text() if shipped is None else shipped
-    servers = list(UPSTREAM_SERVER.finditer(text))
-    if not servers or not LISTEN.search(text):
-        raise ValueError(f"{SHIPPED}: no 'server 127.0.0.1:PORT ...;' upstream lines or no 'listen 80;'")
+    blocks = list(UPSTREAM.finditer(text))
+    if not blocks or not LISTEN.search(text):
+        raise ValueError(f"{SHIPPED}: no 'upstream NAME {{ ... }}' block or no 'listen 80;'")
+    for block in reversed(blocks):  # from the end, so earlier offsets stay valid
+        rewritten = _point_upstream(block.group(0), worker_ports)
+        text = text[: block.start()] + rewritten + text[block.end() :]
+    return LISTEN.sub(lambda m: f"{m.group(1)}listen 127.0.0.1:{listen_port};", text)
+
+
+def _point_upstream(block: str, worker_ports: list[int]) -> str:
+    """One upstream block with its ``server`` lines replaced by one per port, in their place."""
+    servers = list(UPSTREAM_SERVER.finditer(block))
+    if not servers:
+        raise ValueError(f"{SHIPPED}: an upstream block has no 'server 127.0.0.1:PORT ...;' line")
     indent, parameters = servers[0].group(1), servers[0].group(2) or ""
     lines = "".join(f"{indent}server 127.0.0.1:{port}{parameters};\n" for port in worker_ports)
-    text = text[: servers[0].start()] + lines + UPSTREAM_SERVER.sub("", text[servers[0].end() :])
-    return LISTEN.sub(lambda m: f"{m.group(1)}listen 127.0.0.1:{listen_port};", text)
+    return block[: servers[0].start()] + lines + UPSTREAM_SERVER.sub("", block[servers[0].end() :])
+
+
+def upstream_blocks(site: str) -> dict[str, str]:
+    """Each ``upstream`` block of a site config by name, its text from ``upstream`` to ``}``."""
+    return {block.group(1): block.group(0) for block in UPSTREAM.finditer(site)}
 
 
 def main_config(prefix: Path, site: Path) -> str:

@@ -25,6 +25,7 @@ import yaml
 
 from pipeline import config
 from tests import nginx_proxy
+from transports.telephony.routes import PHONE_PATHS, TELNYX_STREAM, TWILIO_STREAM, TWILIO_VOICE
 from transports.websocket.api import Recordings
 from transports.websocket.server import VoiceServer
 
@@ -258,26 +259,112 @@ def test_nginx_accepts_the_config(tmp_path: Path) -> None:
 
 def test_nginx_config_routes_the_workers_it_is_given(tmp_path: Path) -> None:
     site = nginx_proxy.render_site([18001, 18002, 18003, 18004], 18080)
-    upstream = site[site.index("upstream voxgraph") : site.index("}", site.index("upstream voxgraph"))]
-    assert re.findall(r"server 127\.0\.0\.1:(\d+) max_fails=\d+ fail_timeout=\d+s;", upstream) == [
-        "18001",
-        "18002",
-        "18003",
-        "18004",
-    ]
-    assert "least_conn;" in upstream and "listen 127.0.0.1:18080;" in site
+    upstreams = nginx_proxy.upstream_blocks(site)
+    assert set(upstreams) == {CALLS_UPSTREAM, PAGE_UPSTREAM}
+    server_line = r"server 127\.0\.0\.1:(\d+) max_fails=(\d+)[^;]*;"
+    for block in upstreams.values():
+        assert [port for port, _ in re.findall(server_line, block)] == ["18001", "18002", "18003", "18004"]
+    # A refusal (503) is not a failure: conversations never take a worker out of rotation, so a full
+    # fleet keeps serving the page; the page's upstream keeps passive failure detection.
+    assert {fails for _, fails in re.findall(server_line, upstreams[CALLS_UPSTREAM])} == {"0"}
+    assert {fails for _, fails in re.findall(server_line, upstreams[PAGE_UPSTREAM])} == {"3"}
+    assert "least_conn;" in upstreams[CALLS_UPSTREAM] and "listen 127.0.0.1:18080;" in site
     shipped = nginx_proxy.SHIPPED.read_text()
-    assert re.search(r"proxy_next_upstream [^;]*\bhttp_503\b", shipped)
     assert re.search(r"proxy_set_header Upgrade \$http_upgrade;", shipped)
-    ws = shipped[shipped.index("location = /ws") :]
-    ws = ws[: ws.index("}")]
-    assert "proxy_buffering off;" in ws and "proxy_read_timeout 1h;" in ws and "proxy_send_timeout 1h;" in ws
 
 
 def test_nginx_upstream_ports_are_the_systemd_instances() -> None:
-    ports = re.findall(r"server 127\.0\.0\.1:(\d+)", nginx_proxy.SHIPPED.read_text())
     target = (DEPLOY / "systemd" / "voxgraph.target").read_text()
-    assert re.findall(r"voxgraph@(\d+)\.service", target) == ports
+    instances = re.findall(r"voxgraph@(\d+)\.service", target)
+    for block in nginx_proxy.upstream_blocks(nginx_proxy.SHIPPED.read_text()).values():
+        assert re.findall(r"server 127\.0\.0\.1:(\d+)", block) == instances
+
+
+CALLS_UPSTREAM, PAGE_UPSTREAM = "voxgraph_calls", "voxgraph_page"
+LOCATION = re.compile(r"^    location (=|~|) ?(\S+) \{\n(.*?)^    \}", re.MULTILINE | re.DOTALL)
+WEBSOCKET_ROUTES = ("/ws", "/", TWILIO_STREAM, TELNYX_STREAM)  # every route a worker upgrades
+
+
+def nginx_location(path: str) -> str:
+    """The body of the shipped location that nginx picks for ``path``: an exact match, else the first
+    matching regex, else the longest prefix."""
+    locations: list[tuple[str, str, str]] = LOCATION.findall(nginx_proxy.SHIPPED.read_text())
+    for kind, pattern, body in locations:
+        if kind == "=" and pattern == path:
+            return body
+    for kind, pattern, body in locations:
+        if kind == "~" and re.search(pattern, path):
+            return body
+    prefixes = [(prefix, body) for kind, prefix, body in locations if kind == "" and path.startswith(prefix)]
+    return max(prefixes, key=lambda item: len(item[0]))[1]
+
+
+def directive(body: str, name: str) -> str:
+    """A directive's arguments in a location, or in the server block when the location sets none."""
+    for text in (body, nginx_proxy.SHIPPED.read_text()):
+        found = re.search(rf"^\s*{name} ([^;]*);", text, re.MULTILINE)
+        if found:
+            return found.group(1)
+    return ""
+
+
+@pytest.mark.parametrize("path", WEBSOCKET_ROUTES)
+def test_nginx_sends_every_conversation_route_to_the_calls_upstream(path: str) -> None:
+    body = nginx_location(path)
+    upstream = directive(body, "proxy_pass").removeprefix("http://")
+    if upstream.startswith("$"):  # / is the page unless it asks for an upgrade
+        shipped = nginx_proxy.SHIPPED.read_text()
+        mapping = re.search(rf"map \$http_upgrade {re.escape(upstream)} \{{(.*?)\}}", shipped, re.DOTALL)
+        assert mapping is not None
+        assert dict(re.findall(r"^\s*(\S+)\s+(\S+);", mapping.group(1), re.MULTILINE)) == {
+            "default": CALLS_UPSTREAM,
+            '""': PAGE_UPSTREAM,
+        }
+    else:
+        assert upstream == CALLS_UPSTREAM
+    assert "http_503" in directive(body, "proxy_next_upstream").split()
+    assert directive(body, "proxy_buffering") == "off" and directive(body, "proxy_request_buffering") == "off"
+    assert directive(body, "proxy_read_timeout") == directive(body, "proxy_send_timeout") == "1h"
+
+
+def test_nginx_retries_the_phone_webhook_on_another_worker() -> None:
+    """Twilio's webhook is a POST: nginx repeats it elsewhere only with non_idempotent."""
+    body = nginx_location(TWILIO_VOICE)
+    assert directive(body, "proxy_pass") == f"http://{CALLS_UPSTREAM}"
+    assert {"http_503", "non_idempotent"} <= set(directive(body, "proxy_next_upstream").split())
+    assert directive(body, "proxy_read_timeout") == "10s"  # Twilio waits 15 s for the answer
+
+
+@pytest.mark.parametrize("path", ["/health", "/api/auth", "/api/conversations", "/static/app.js"])
+def test_nginx_sends_the_page_and_the_api_to_the_page_upstream(path: str) -> None:
+    body = nginx_location(path)
+    assert directive(body, "proxy_pass") == f"http://{PAGE_UPSTREAM}"
+    assert "http_503" not in directive(body, "proxy_next_upstream").split()  # workers never say it here
+
+
+@pytest.mark.parametrize("path", ["/livez", "/readyz", "/load", "/metrics"])
+def test_nginx_keeps_the_per_worker_routes_inside(path: str) -> None:
+    assert directive(nginx_location(path), "return") == "404"
+
+
+def test_the_ingress_routes_the_browser_and_phone_routes_only() -> None:
+    ingress = manifest("ingress.yaml")
+    paths = {p["path"]: p["pathType"] for p in ingress["spec"]["rules"][0]["http"]["paths"]}
+    assert {path: paths.get(path) for path in PHONE_PATHS} == dict.fromkeys(PHONE_PATHS, "Exact")
+    assert not {"/livez", "/readyz", "/load", "/metrics"} & set(paths)
+    retried = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-next-upstream"].split()
+    assert {"http_503", "non_idempotent"} <= set(retried)
+
+
+REPEATABLE_POSTS = {"/api/session-token", TWILIO_VOICE}
+"""POST routes that only mint a token: a proxy may send one again to another worker."""
+
+
+def test_every_post_route_a_worker_takes_is_safe_to_repeat(worker_env: Path) -> None:
+    """The proxies retry POSTs (non_idempotent): a new POST route must be checked and listed above."""
+    app = VoiceServer(compiled_worker("server.port=0", "server.host=127.0.0.1"))._application()
+    posts = {r.resource.canonical for r in app.router.routes() if r.method == "POST" and r.resource}
+    assert posts | {TWILIO_VOICE} == REPEATABLE_POSTS  # the phone routes join when a graph answers calls
 
 
 # --- systemd ------------------------------------------------------------------------------------------

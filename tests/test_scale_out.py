@@ -43,6 +43,7 @@ import pytest
 
 from tests import nginx_proxy
 from transports.websocket.api import Recordings
+from transports.websocket.readiness import RETRY_AFTER_FULL
 
 pytestmark = pytest.mark.slow
 
@@ -382,3 +383,62 @@ async def test_a_full_worker_passes_new_conversations_to_another(tmp_path: Path,
         retried += len(answers) - 1
     assert retried >= 1  # nginx did try the full worker first, and its 503 sent the call on
     print(f"upgrades refused by the full worker and retried by nginx: {retried} of {PAST_FULL}")
+
+
+REFUSED_CALLS = 8  # more than nginx would forgive if each refusal counted as a failed attempt
+PAGE_ROUTES = ("/", "/health", "/api/auth")
+
+
+async def test_a_full_fleet_refuses_new_calls_and_still_serves_the_page(tmp_path: Path, shared: Path) -> None:
+    """Every worker holds as many calls as it may. New conversations through nginx get the workers' 503
+    with its Retry-After (never nginx's 502: a refusal takes no worker out of rotation), the page,
+    /health and the API still answer, and once a call ends the next conversation starts at once."""
+    access_log = tmp_path / "nginx" / "access.log"
+    timeout = aiohttp.ClientTimeout(total=TURN_TIMEOUT * 4)
+    with (
+        launched(tmp_path, shared, [["server.max_sessions=1"]] * WORKERS) as fleet,
+        proxied(tmp_path, fleet) as proxy,
+    ):
+        async with aiohttp.ClientSession(timeout=timeout) as client:
+            for worker in fleet:
+                await poll(client, worker.base + "/readyz", START_TIMEOUT)
+            await poll(client, proxy + "/health", START_TIMEOUT)
+
+            gate, held = asyncio.Event(), [Call() for _ in fleet]
+            holding = [
+                asyncio.create_task(converse(client, worker.base, 100 + i, call, gate))  # direct
+                for i, (worker, call) in enumerate(zip(fleet, held, strict=True))
+            ]
+            await asyncio.wait_for(asyncio.gather(*(c.answered.wait() for c in held)), TURN_TIMEOUT)
+
+            refusals: list[tuple[int, str | None]] = []
+            pages: list[tuple[str, int]] = []
+            for number in range(REFUSED_CALLS):
+                for path in (f"/ws?call={number}", f"/?call={number}"):  # /: a client upgrading the page
+                    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                        await client.ws_connect(proxy + path)
+                    headers = refused.value.headers
+                    retry_after = None if headers is None else headers.get("Retry-After")
+                    refusals.append((refused.value.status, retry_after))
+                for route in PAGE_ROUTES:
+                    async with client.get(proxy + route) as response:
+                        pages.append((route, response.status))
+
+            gate.set()
+            await asyncio.wait_for(asyncio.gather(*holding), TURN_TIMEOUT * 2)
+            after = await converse(client, proxy, REFUSED_CALLS, Call())
+
+    assert [status for status, _ in refusals] == [503] * 2 * REFUSED_CALLS
+    assert {retry_after for _, retry_after in refusals} == {str(RETRY_AFTER_FULL)}  # the worker's own
+    assert [status for _, status in pages] == [200] * len(PAGE_ROUTES) * REFUSED_CALLS, pages
+    assert after.attempts == 1 and after.close_code == 1000 and after.turns == 1
+    tried_per_refusal = []
+    for line in access_log.read_text().splitlines():
+        match = re.match(r"/(?:ws)?\?call=\d+ 503 upstream=\[(.*)\] upstream_status=\[(.*)\]$", line)
+        if match:
+            answers = re.split(r", | : ", match.group(2))
+            assert set(answers) == {"503"}, line  # every worker tried said 503 itself
+            tried_per_refusal.append(len(answers))
+    assert len(tried_per_refusal) == 2 * REFUSED_CALLS
+    assert min(tried_per_refusal) == WORKERS  # nginx asked every worker each time: none was skipped
+    print(f"refused upgrades through nginx: {len(refusals)}, workers asked per refusal: {tried_per_refusal}")
