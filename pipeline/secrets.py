@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import TypeGuard
 
-SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.IGNORECASE)
+SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASS|PWD|CREDENTIAL|AUTH|BEARER|PRIVATE)", re.IGNORECASE)
 """Names (of environment variables and config keys) whose values are credentials."""
 SHORTEST_SECRET = 6
 """Values shorter than this are not treated as secrets: they are too likely to be ordinary words."""

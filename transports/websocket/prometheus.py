@@ -218,7 +218,8 @@ class SessionWatch(Observer):
         return self.inbound.dropped_bytes
 
     def client_audio_received(self) -> int:
-        """Client audio bytes the connection has received so far (16 kHz 16-bit PCM), dropped or not."""
+        """Client audio bytes the connection has received so far (16-bit PCM at the input's rate: 16 kHz
+        from a browser, 8 kHz from a phone), dropped or not."""
         return self.inbound.received_audio_bytes
 
     def close(self) -> None:
@@ -240,7 +241,8 @@ class _SessionTotalsCollector(Collector):
         nodes, audio = self._metrics.drops()
         yield CounterMetricFamily(
             f"{PREFIX}_client_audio_bytes",
-            "Client audio received by conversations' connections (16 kHz 16-bit PCM), dropped later or not.",
+            "Client audio received by conversations' connections (16-bit PCM at the input's rate), "
+            "dropped later or not.",
             value=self._metrics.client_audio_received(),
         )
         frames = CounterMetricFamily(

@@ -352,8 +352,9 @@ async function whyRefused() {
   try {
     const response = await fetch("/readyz", { cache: "no-store" });
     const body = await response.json();
-    const reason = response.status === 503 && body.reason ? body.reason.replace(/^full: /, "") : "";
-    if (reason) return `Server busy: ${reason}; try again shortly`;
+    const reason = response.status === 503 && body.reason ? body.reason : "";
+    if (reason.startsWith("full: ")) return `Server busy: ${reason.slice(6)}; try again shortly`;
+    if (reason) return `Server not ready (${reason}); try again shortly`;
   } catch (_) {
     // unreachable, or not a Voxgraph answer
   }
