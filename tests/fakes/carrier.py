@@ -53,6 +53,7 @@ class Played:
 
     pcm: bytearray = field(default_factory=bytearray)
     marks: list[str] = field(default_factory=list)  # echoed because played
+    marks_at: list[int] = field(default_factory=list)  # bytes of ``pcm`` played when each was reached
     cleared_marks: list[str] = field(default_factory=list)  # echoed by a clear
 
 
@@ -69,6 +70,7 @@ class FakeTwilio:
         self.session: aiohttp.ClientSession | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.received: list[tuple[float, dict[str, Any]]] = []  # (monotonic time, message) in order
+        self.media_sent: list[float] = []  # monotonic time each caller media message went out
         self.played = Played()
         self.violations: list[str] = []
         self.cleared_at: list[float] = []
@@ -181,6 +183,24 @@ class FakeTwilio:
     async def silence(self, seconds: float) -> None:
         await self.speak(bytes(2 * round(seconds * RATE)))
 
+    async def silence_until(self, condition: Any, what: str, timeout: float = 15.0) -> None:
+        """Send 20 ms of silence at a time, in real time (a line is never quiet on the wire), until
+        ``condition()`` holds."""
+        silent = bytes([g711.ULAW_SILENCE]) * FRAME_BYTES
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        n = 0
+        while not condition():
+            if loop.time() - t0 > timeout:
+                raise AssertionError(
+                    f"no {what} within {timeout}s; got {[m['event'] for _, m in self.received]}"
+                )
+            deadline = t0 + n * FRAME_S
+            if deadline > loop.time():
+                await asyncio.sleep(deadline - loop.time())
+            await self.media(silent)
+            n += 1
+
     async def media(self, ulaw: bytes) -> None:
         self._chunk += 1
         timestamp = round((self._chunk - 1) * FRAME_S * 1000)
@@ -197,6 +217,7 @@ class FakeTwilio:
                 "streamSid": self.stream_sid,
             }
         )
+        self.media_sent.append(time.monotonic())
 
     async def dtmf(self, digit: str) -> None:
         await self._send(
@@ -364,6 +385,7 @@ class FakeTwilio:
             item = self._queue.popleft()
             if isinstance(item, str):
                 self.played.marks.append(item)
+                self.played.marks_at.append(len(self.played.pcm))
                 await self._echo(item)
                 continue
             self.played.pcm += item
