@@ -127,7 +127,7 @@ async def converse(url: str, speech_wav: Path, tmp_path: Path, screenshot: str) 
             page = browser.pages[0] if browser.pages else await browser.new_page()
             problems: list[str] = []
             page.on("pageerror", lambda error: problems.append(str(error)))
-            await page.goto(url + "?raw=1")  # raw: the fake microphone's audio unprocessed
+            await page.goto(url + "?raw=1&transport=websocket")  # raw: the fake mic unprocessed; over /ws
             await page.click("#start")
             await _until(page, "window.voxgraph.transcripts.length > 0")
             heard = await page.evaluate("window.voxgraph.transcripts[0]")

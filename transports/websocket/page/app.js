@@ -1,5 +1,11 @@
-// Voxgraph browser client: microphone -> /ws (16 kHz PCM), server messages -> transcript, reply,
-// status and gapless playback of bot audio. Plain JS, no build step. Protocol: protocol.py.
+// Voxgraph browser client: microphone -> server, server messages -> transcript, reply, status, and the
+// bot's voice played. Plain JS, no build step. Protocol: protocol.py.
+//
+// Transport: WebRTC by default (webrtc.js: the microphone as an Opus track with the browser's echo
+// cancellation, noise suppression and gain control; the bot's voice as the server's track; the same JSON
+// messages on a data channel). The websocket (/ws: 16 kHz PCM up, bot PCM down, played gaplessly here)
+// is used when WebRTC is missing or does not connect, or when chosen: the Connection toggle (kept in
+// this browser) or ?transport=websocket|webrtc in the address.
 //
 // Access: GET /api/auth says whether the server needs a session token (server.auth: api_key). If so, a
 // page that embeds this script may define window.voxgraphSessionToken() — returning a token, or a
@@ -13,6 +19,11 @@ const CHUNK_SAMPLES = 320; // 20 ms
 const PLAY_AHEAD = 0.05; // seconds of jitter buffer before the first bot chunk plays
 const params = new URLSearchParams(location.search);
 const RAW_MIC = params.get("raw") === "1"; // tests: no echo cancellation, noise suppression or AGC
+const TRANSPORTS = ["webrtc", "websocket"];
+const TRANSPORT_KEY = "voxgraph.transport";
+const STATS_MS = 1000; // how often the WebRTC link's round-trip time, jitter and loss are read
+const DUCK_S = 0.3; // after an interruption, WebRTC audio already in the browser's buffer stays muted
+const METER_HISTORY = 6000; // level reports kept per meter (~64 s)
 const NEED_TOKEN =
   "This server needs a session token: open the page with #token=… or define window.voxgraphSessionToken()";
 const CANNOT_CONNECT = "Cannot reach the server (or it refused the connection)";
@@ -31,6 +42,18 @@ const voxgraph = (window.voxgraph = {
   metrics: [],
   errors: [],
   draining: null, // seconds the conversation may go on, once the server said it is draining
+  transport: null, // "webrtc" or "websocket", once connected
+  fallback: null, // why WebRTC was not used, when the websocket was used instead of it
+  link: null, // the WebRTC link's latest stats: rtt_ms, jitter_ms, loss_pct, jitter_buffer_ms ...
+  linkHistory: [],
+  serverLink: null, // the link as the server measured it (fields of its metrics message)
+  marks: {}, // set-up times (page clock, ms): start, offered, answered, open, ready, microphone
+  events: [], // server messages as they arrived: {type, at}
+  // Meters of the microphone (as captured) and of the bot's voice (as played): levels [time, rms, peak]
+  // and onsets, in audio-clock seconds; wallTime() turns those into page-clock ms.
+  meters: { mic: { levels: [], onsets: [] }, bot: { levels: [], onsets: [] } },
+  clockOffsetMs: null,
+  wallTime: (seconds) => seconds * 1000 + voxgraph.clockOffsetMs,
 });
 
 const $ = (id) => document.getElementById(id);
@@ -50,6 +73,10 @@ const ui = {
   conversations: $("conversations"),
   refresh: $("refresh"),
   session: $("session"),
+  transportFree: $("transport-webrtc"),
+  transportSocket: $("transport-websocket"),
+  linkLabel: $("link-label"),
+  link: $("link"),
 };
 
 const STATUS_TEXT = {
@@ -65,10 +92,16 @@ const STATUS_TEXT = {
 };
 
 const state = {
-  ws: null,
+  link: null, // the connection: webrtc.js's Link or the websocket's (same send/close/isOpen)
+  transport: chosenTransport(),
   ctx: null,
   stream: null,
   capture: null,
+  micMeter: null,
+  bus: null, // every bot sound goes through this gain, metered, to the speakers
+  botMeter: null,
+  remote: null, // WebRTC: the <audio> element holding the bot's track (Chrome feeds WebAudio only then)
+  statsTimer: null,
   running: false,
   starting: null, // the promise of a start in progress
   onReady: null, // resolves the start's wait for the conversation to be ready
@@ -227,11 +260,47 @@ function onMetrics(ms) {
 
 // --- bot audio ------------------------------------------------------------------------------------
 
+// Every bot sound (websocket PCM, or the WebRTC track) goes through one gain node, metered, to the
+// speakers: an interruption silences both the same way, and the meter hears what the user hears.
+async function setUpAudio(ctx) {
+  await ctx.audioWorklet.addModule("/static/meter-worklet.js");
+  state.bus = ctx.createGain();
+  state.bus.connect(ctx.destination);
+  state.botMeter = meter(ctx, "bot");
+  state.bus.connect(state.botMeter);
+}
+
+// A level meter feeding voxgraph.meters[name]; its silent output keeps the audio graph pulling it.
+function meter(ctx, name) {
+  const node = new AudioWorkletNode(ctx, "meter", { numberOfInputs: 1, numberOfOutputs: 1 });
+  const mute = ctx.createGain();
+  mute.gain.value = 0;
+  node.connect(mute).connect(ctx.destination);
+  const into = voxgraph.meters[name];
+  node.port.onmessage = ({ data }) => {
+    if (typeof data.onset === "number") {
+      into.onsets.push(data.onset);
+      return;
+    }
+    // The audio clock -> page clock: the smallest offset seen is the one with the least message delay.
+    const offset = now() - data.time * 1000;
+    if (voxgraph.clockOffsetMs === null || offset < voxgraph.clockOffsetMs) voxgraph.clockOffsetMs = offset;
+    into.levels.push([data.time, data.rms, data.peak]);
+    if (into.levels.length > 2 * METER_HISTORY) into.levels.splice(0, METER_HISTORY);
+    if (name === "mic") ui.level.style.width = `${Math.min(100, Math.round(Math.sqrt(data.rms) * 160))}%`;
+  };
+  return node;
+}
+
+function now() {
+  return performance.timeOrigin + performance.now();
+}
+
 function playPcm(buffer) {
   voxgraph.botAudioBytes += buffer.byteLength;
   voxgraph.botAudioChunks += 1;
   const ctx = state.ctx;
-  if (!ctx || buffer.byteLength < 2) return;
+  if (!ctx || !state.bus || buffer.byteLength < 2) return;
   const ints = new Int16Array(buffer, 0, buffer.byteLength >> 1);
   const floats = new Float32Array(ints.length);
   for (let i = 0; i < ints.length; i++) floats[i] = ints[i] / 32768;
@@ -239,13 +308,26 @@ function playPcm(buffer) {
   audio.copyToChannel(floats, 0);
   const source = ctx.createBufferSource();
   source.buffer = audio;
-  source.connect(ctx.destination);
+  source.connect(state.bus);
   const now = ctx.currentTime;
   if (state.nextTime < now + 0.01) state.nextTime = now + PLAY_AHEAD; // (re)start after a gap
   source.start(state.nextTime);
   state.nextTime += audio.duration;
   state.playing.add(source);
   source.onended = () => state.playing.delete(source);
+}
+
+// WebRTC: the server's track plays through the bus. Chrome gives WebAudio silence from a remote track
+// that no media element holds, so a muted <audio> element holds it too.
+function playTrack(stream) {
+  const ctx = state.ctx;
+  if (!ctx || !state.bus) return;
+  const element = new Audio();
+  element.muted = true;
+  element.srcObject = stream;
+  element.play().catch(() => {});
+  state.remote = element;
+  ctx.createMediaStreamSource(stream).connect(state.bus);
 }
 
 function stopPlayback() {
@@ -258,6 +340,13 @@ function stopPlayback() {
   }
   state.playing.clear();
   state.nextTime = 0;
+  // WebRTC: the server has dropped what it had not sent; what already reached this browser is muted.
+  if (state.bus && state.link && state.link.kind === "webrtc") {
+    const t = state.ctx.currentTime;
+    state.bus.gain.cancelScheduledValues(t);
+    state.bus.gain.setValueAtTime(0, t);
+    state.bus.gain.setValueAtTime(1, t + DUCK_S);
+  }
 }
 
 // --- server messages ------------------------------------------------------------------------------
@@ -267,12 +356,17 @@ function onMessage(event) {
     playPcm(event.data);
     return;
   }
+  onText(event.data);
+}
+
+function onText(text) {
   let message;
   try {
-    message = JSON.parse(event.data);
+    message = JSON.parse(text);
   } catch (_) {
     return;
   }
+  if (voxgraph.events.length < 2000) voxgraph.events.push({ type: message.type, at: now() });
   switch (message.type) {
     case "session":
       voxgraph.sessionId = message.session_id;
@@ -305,6 +399,7 @@ function onMessage(event) {
       break;
     case "metrics":
       if (typeof message.voice_to_voice_ms === "number") onMetrics(message.voice_to_voice_ms);
+      onServerLink(message);
       break;
     case "error":
       voxgraph.errors.push(message.message);
@@ -320,30 +415,136 @@ function onDraining(seconds) {
   systemNote(`The server is restarting; this conversation can go on${left}.`, "draining");
 }
 
-// --- connection and microphone --------------------------------------------------------------------
+// --- link quality (WebRTC) ------------------------------------------------------------------------
 
-function send(message) {
-  if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(message));
+const LINK_FIELDS = ["rtt_ms", "jitter_ms", "loss", "packets_lost"];
+
+// The server's view of the link, when its metrics message carries one.
+function onServerLink(message) {
+  const seen = {};
+  for (const name of LINK_FIELDS) if (typeof message[name] === "number") seen[name] = message[name];
+  if (Object.keys(seen).length) voxgraph.serverLink = seen;
 }
 
-async function connect() {
+async function readStats() {
+  const link = state.link;
+  if (!link || link.kind !== "webrtc" || !link.isOpen()) return;
+  const sample = await link.stats();
+  voxgraph.link = sample;
+  voxgraph.linkHistory.push(sample);
+  if (voxgraph.linkHistory.length > 600) voxgraph.linkHistory.splice(0, 300);
+  showLink(sample);
+}
+
+function showLink(sample) {
+  const parts = [];
+  const round = (value, digits = 0) => Number(value).toFixed(digits);
+  if (sample.rtt_ms !== null) parts.push(`RTT ${round(sample.rtt_ms)} ms`);
+  if (sample.jitter_ms !== null) parts.push(`jitter ${round(sample.jitter_ms)} ms`);
+  if (sample.loss_pct !== null) parts.push(`loss ${round(sample.loss_pct, 1)}%`);
+  ui.link.textContent = parts.length ? parts.join(" · ") : "—";
+}
+
+function showTransport(kind) {
+  voxgraph.transport = kind;
+  ui.linkLabel.textContent = kind === "webrtc" ? "WebRTC" : kind === "websocket" ? "WebSocket" : "Link";
+  if (kind !== "webrtc") ui.link.textContent = kind ? "" : "—";
+}
+
+// --- connection and microphone --------------------------------------------------------------------
+
+function chosenTransport() {
+  const asked = params.get("transport") === "ws" ? "websocket" : params.get("transport");
+  if (TRANSPORTS.includes(asked)) return asked;
+  try {
+    const kept = localStorage.getItem(TRANSPORT_KEY);
+    if (TRANSPORTS.includes(kept)) return kept;
+  } catch (_) {
+    // storage blocked
+  }
+  return "webrtc";
+}
+
+function setTransport(kind) {
+  if (state.running || state.starting) return;
+  state.transport = kind;
+  try {
+    localStorage.setItem(TRANSPORT_KEY, kind);
+  } catch (_) {
+    // storage blocked: the choice lasts for this page
+  }
+  updateControls();
+}
+
+function send(message) {
+  if (state.link && state.link.isOpen()) state.link.send(message);
+}
+
+// The websocket as a link: the same send/close/isOpen as WebRTC's, plus the microphone's PCM.
+function socketLink(ws) {
+  return {
+    kind: "websocket",
+    ws,
+    isOpen: () => ws.readyState === WebSocket.OPEN,
+    send: (message) => ws.readyState === WebSocket.OPEN && ws.send(JSON.stringify(message)),
+    close: () => ws.close(),
+  };
+}
+
+async function connectSocket() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const url = new URL(`${scheme}://${location.host}/ws`);
   if (await authRequired()) url.searchParams.set("token", await socketToken());
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url);
+    const link = socketLink(ws);
     let opened = false;
     ws.binaryType = "arraybuffer";
     ws.onopen = () => {
       opened = true;
-      resolve(ws);
+      voxgraph.marks.open = now();
+      resolve(link);
     };
     ws.onmessage = onMessage;
     ws.onclose = (event) => {
-      if (opened) onClosed(ws, event);
+      if (opened) onClosed(link, event.code === 1013 || event.code === 1001 || event.code === 1011 || event.code === 1009);
       else whyRefused().then((reason) => reject(new Error(reason || CANNOT_CONNECT)));
     };
   });
+}
+
+async function connectWebRTC() {
+  const token = (await authRequired()) ? await socketToken() : null;
+  const iceServers = typeof window.voxgraphIceServers === "function" ? await window.voxgraphIceServers() : [];
+  const rtc = window.VoxgraphWebRTC;
+  const handlers = {
+    onMessage: onText,
+    onTrack: playTrack,
+    onClose: (reason, link) => onClosed(link, reason === "failed"),
+  };
+  const link = await rtc.open({ token, iceServers, handlers });
+  Object.assign(voxgraph.marks, link.marks);
+  state.statsTimer = setInterval(() => readStats().catch(() => {}), STATS_MS);
+  return link;
+}
+
+// WebRTC first unless the websocket was chosen; the websocket when WebRTC cannot be had. A server that
+// refuses the call (busy, draining, loading, no token) is not asked again over the websocket.
+async function connect() {
+  const rtc = window.VoxgraphWebRTC;
+  if (state.transport === "webrtc" && rtc) {
+    try {
+      return await connectWebRTC();
+    } catch (error) {
+      if (!(error instanceof rtc.FallBack)) {
+        const reason = error.status === 503 ? await whyRefused() : null;
+        throw new Error(reason || error.message);
+      }
+      voxgraph.fallback = error.message;
+      systemNote(`WebRTC unavailable (${error.message}): using the websocket.`, "fallback");
+    }
+  }
+  return connectSocket();
 }
 
 // A handshake that fails (close 1006, no session) tells the page nothing: a server that refused it
@@ -363,8 +564,9 @@ async function whyRefused() {
 
 async function openMicrophone() {
   const ctx = state.ctx;
+  const link = state.link;
   // Load the worklet first so the capture chain is connected the moment the microphone opens.
-  await ctx.audioWorklet.addModule("/static/capture-worklet.js");
+  if (link.kind === "websocket") await ctx.audioWorklet.addModule("/static/capture-worklet.js");
   const processing = !RAW_MIC;
   const stream = await navigator.mediaDevices.getUserMedia({
     audio: {
@@ -374,26 +576,43 @@ async function openMicrophone() {
       autoGainControl: processing,
     },
   });
+  voxgraph.marks.microphone = now();
+  const source = ctx.createMediaStreamSource(stream);
+  state.micMeter = meter(ctx, "mic");
+  source.connect(state.micMeter);
+  state.stream = stream;
+  if (link.kind === "webrtc") {
+    gateMicrophone();
+    await link.setMicrophone(stream.getAudioTracks()[0]);
+    return;
+  }
   const capture = new AudioWorkletNode(ctx, "capture", {
     numberOfInputs: 1,
     numberOfOutputs: 0,
     processorOptions: { targetRate: SAMPLE_RATE, chunkSamples: CHUNK_SAMPLES },
   });
-  ctx.createMediaStreamSource(stream).connect(capture);
+  source.connect(capture);
   capture.port.onmessage = (event) => onMicChunk(event.data);
-  state.stream = stream;
   state.capture = capture;
 }
 
-function onMicChunk({ pcm, samples, level }) {
-  ui.level.style.width = `${Math.min(100, Math.round(Math.sqrt(level) * 160))}%`;
-  const ws = state.ws;
-  if (!ws || ws.readyState !== WebSocket.OPEN) return;
-  const gated = state.mode === "ptt" && !state.held;
+function onMicChunk({ pcm, samples }) {
+  const link = state.link;
+  if (!link || link.kind !== "websocket" || !link.isOpen()) return;
   // Gated audio is sent as silence so the server's clock (and its VAD) keeps running.
-  const chunk = gated ? new ArrayBuffer(samples * 2) : pcm;
-  ws.send(chunk);
+  const chunk = gated() ? new ArrayBuffer(samples * 2) : pcm;
+  link.ws.send(chunk);
   voxgraph.micBytesSent += chunk.byteLength;
+}
+
+function gated() {
+  return state.mode === "ptt" && !state.held;
+}
+
+// WebRTC: a disabled track sends silence, as the websocket sends zeros while hold-to-talk is released.
+function gateMicrophone() {
+  const track = state.stream && state.link && state.link.kind === "webrtc" && state.stream.getAudioTracks()[0];
+  if (track) track.enabled = !gated();
 }
 
 async function start() {
@@ -401,10 +620,13 @@ async function start() {
   if (state.starting) return state.starting;
   state.starting = (async () => {
     setStatus("connecting");
+    voxgraph.marks = { start: now() };
+    voxgraph.fallback = null;
     state.ctx = new AudioContext();
     await state.ctx.resume();
     try {
-      state.ws = await connect();
+      await setUpAudio(state.ctx);
+      state.link = await connect();
     } catch (error) {
       setStatus("error");
       const hint = error.message === CANNOT_CONNECT ? ". Is the server running?" : "";
@@ -412,12 +634,14 @@ async function start() {
       teardown();
       return;
     }
+    showTransport(state.link.kind);
     state.running = true;
     updateControls();
     sendMode();
     // Open the microphone once the conversation is ready (models loaded): nothing said is lost.
     await new Promise((resolve) => (state.onReady = resolve));
     if (!state.running) return;
+    voxgraph.marks.ready = now();
     try {
       await openMicrophone();
     } catch (error) {
@@ -439,10 +663,12 @@ function stop() {
   ui.start.disabled = true;
 }
 
-function onClosed(ws, event) {
-  if (ws !== state.ws) return;
-  if (event.code === 1013 || event.code === 1001 || event.code === 1011 || event.code === 1009) {
+// The server closed the conversation (after a stop, an idle timeout or a drain), or the link failed.
+function onClosed(link, failed) {
+  if (!link || link !== state.link) return;
+  if (failed) {
     if (voxgraph.status !== "ended") setStatus("error");
+    if (link.kind === "webrtc") systemNote("The connection was lost.", "error");
   } else if (voxgraph.status !== "error") {
     setStatus("ended");
   }
@@ -453,8 +679,10 @@ function onClosed(ws, event) {
 function releaseMicrophone() {
   if (state.stream) state.stream.getTracks().forEach((track) => track.stop());
   if (state.capture) state.capture.port.onmessage = null;
+  if (state.micMeter) state.micMeter.port.onmessage = null;
   state.stream = null;
   state.capture = null;
+  state.micMeter = null;
   ui.level.style.width = "0%";
 }
 
@@ -469,9 +697,16 @@ function teardown() {
   ready(); // a start still waiting for the conversation gives up
   releaseMicrophone();
   stopPlayback();
+  clearInterval(state.statsTimer);
+  state.statsTimer = null;
+  if (state.link) state.link.close();
+  if (state.remote) state.remote.srcObject = null;
   if (state.ctx) state.ctx.close().catch(() => {});
   state.ctx = null;
-  state.ws = null;
+  state.bus = null;
+  state.botMeter = null;
+  state.remote = null;
+  state.link = null;
   state.held = false;
   state.userBubble = null;
   state.botBubble = null;
@@ -489,6 +724,7 @@ function setMode(mode) {
 }
 
 function sendMode() {
+  gateMicrophone();
   if (state.mode === "free") send({ type: "start" });
   else send({ type: "ptt", pressed: state.held });
 }
@@ -497,6 +733,7 @@ async function press() {
   if (state.held) return;
   if (state.mode !== "ptt") setMode("ptt");
   state.held = true;
+  gateMicrophone();
   ui.ptt.setAttribute("aria-pressed", "true");
   stopPlayback(); // talking over the bot: silence it here at once
   if (!state.running) await start();
@@ -506,6 +743,7 @@ async function press() {
 function release() {
   if (!state.held) return;
   state.held = false;
+  gateMicrophone();
   ui.ptt.setAttribute("aria-pressed", "false");
   send({ type: "ptt", pressed: false });
 }
@@ -515,6 +753,11 @@ function updateControls() {
   ui.start.textContent = state.running ? "Stop" : "Start";
   ui.start.classList.toggle("danger", state.running);
   ui.ptt.classList.toggle("active-mode", state.mode === "ptt");
+  const busy = state.running || Boolean(state.starting);
+  ui.transportFree.setAttribute("aria-checked", String(state.transport === "webrtc"));
+  ui.transportSocket.setAttribute("aria-checked", String(state.transport === "websocket"));
+  ui.transportFree.disabled = busy;
+  ui.transportSocket.disabled = busy;
 }
 
 // --- past conversations ---------------------------------------------------------------------------
@@ -617,7 +860,12 @@ ui.composer.addEventListener("submit", async (event) => {
   send({ type: "text", text });
 });
 ui.refresh.addEventListener("click", loadConversations);
+ui.transportFree.addEventListener("click", () => setTransport("webrtc"));
+ui.transportSocket.addEventListener("click", () => setTransport("websocket"));
+// Leaving the page ends a WebRTC call at once (the server would otherwise wait for the heartbeat).
+window.addEventListener("pagehide", () => state.link && state.link.kind === "webrtc" && state.link.close());
 
 setStatus("idle");
+showTransport(null);
 updateControls();
 loadConversations();
