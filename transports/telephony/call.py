@@ -167,7 +167,7 @@ class PhoneCall(Session):
         elif isinstance(event, Started):
             return self._start(event)
         elif isinstance(event, Stopped):
-            self.carrier_stopped = True
+            self.carrier_stopped = connection.call.caller_hung_up = True
             return False
         elif isinstance(event, ProtocolError | CarrierError):
             self._problem(event)

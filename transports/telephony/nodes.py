@@ -7,7 +7,8 @@ an engine wants another rate) and keypresses as ``DTMFFrame``s. The output sends
 media messages paced in real time through ``Playout`` (a barge-in silences it and sends ``clear`` at
 once), and before each sentence's audio a ``mark``: the carrier echoes it when the caller starts
 hearing that sentence, which becomes the ``SpokenTextFrame`` the LLM and the recorder keep as heard.
-A mark echoed after a ``clear`` was dropped, not played: nothing of it is reported.
+A mark echoed after a ``clear`` was dropped, not played: nothing of it is reported. A caller who hangs
+up mid-reply cuts it as a barge-in would (``phone.input`` interrupts as the call's input ends).
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ class CallLink:
         self.started = asyncio.Event()  # the carrier's start came and the call was admitted
         self.echoes: asyncio.Queue[str] = asyncio.Queue(maxsize=1024)  # mark names, as echoed
         self.cleared_at: float | None = None  # monotonic time the last clear was queued
+        self.caller_hung_up = False  # the carrier said stop: nothing in flight will be heard
 
     def echo(self, name: str) -> None:
         """The carrier echoed mark ``name`` (dropped if ``phone.output`` fell 1024 marks behind)."""
@@ -152,6 +154,11 @@ class PhoneInput(Source):
         rest = chunker.flush()
         if rest:
             yield UserAudioFrame(pcm=rest, sample_rate=SAMPLE_RATE)
+        link = bound_call(connection)
+        if link is not None and link.caller_hung_up:
+            # Like a barge-in: the reply in flight stops, and the LLM's history and the recording keep
+            # only what the caller heard before hanging up, not what was generated after.
+            await self.interrupt()
 
 
 class PhoneOutput(Processor):
@@ -203,7 +210,7 @@ class PhoneOutput(Processor):
         self._sentence = None
         self._pending.clear()  # their echoes now mean "cleared", not "heard"
         link, connection = bound_call(self._connection), self._connection
-        if link is not None and connection is not None and link.started.is_set():
+        if link is not None and connection is not None and link.started.is_set() and not connection.hung_up:
             link.cleared_at = time.monotonic()
             connection.send_nowait(link.carrier.clear(), drop_audio=True)
 
