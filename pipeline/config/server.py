@@ -60,6 +60,7 @@ FULL_REFUSALS = ("message", "http")
 ALL_INTERFACES = frozenset({"0.0.0.0", "::", ""})
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 HOST_ENTRY = re.compile(r"\.?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
+PORT_RANGE = re.compile(r"[0-9]{4,5}-[0-9]{4,5}")
 ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*)(:[0-9]{1,5})?/?")
 
 
@@ -136,6 +137,22 @@ _LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_loop_lag": (lambda v: v > 0, "use seconds, e.g. 0.25"),
     "max_session_lag": (lambda v: v > 0, "use seconds, e.g. 2"),
     "load_window": (lambda v: v >= 1, "use seconds, e.g. 10"),
+    "ice_servers": (
+        lambda v: all(re.fullmatch(r"(stun|turns?):[^\s]+", u) for u in v),
+        "use STUN/TURN URLs, e.g. [stun:stun.example.com:3478, turn:turn.example.com:3478]",
+    ),
+    "ice_username_env": (lambda v: bool(ENV_NAME.fullmatch(v)), "use an environment variable name"),
+    "ice_credential_env": (lambda v: bool(ENV_NAME.fullmatch(v)), "use an environment variable name"),
+    "rtc_ports": (
+        lambda v: (
+            v == ""
+            or (
+                bool(PORT_RANGE.fullmatch(v))
+                and 1024 <= int(v.split("-")[0]) <= int(v.split("-")[1]) <= 65535
+            )
+        ),
+        "use a UDP port range first-last, e.g. 50000-50199 (empty: any port)",
+    ),
 }
 """Server key -> (is the converted value usable, how to fix it)."""
 

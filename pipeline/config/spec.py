@@ -97,6 +97,16 @@ class ServerSettings:
     before new ones are refused."""
     load_window: float = 10.0
     """Seconds of history behind the CPU and loop-lag figures."""
+    ice_servers: list[str] = field(default_factory=list)
+    """WebRTC: STUN/TURN URLs for peer connections (``stun:host:3478``, ``turn:host:3478?transport=udp``);
+    none by default, so nothing is asked of a third party. aiortc uses the first of each kind."""
+    ice_username_env: str = "VOXGRAPH_TURN_USERNAME"
+    """WebRTC: environment variable holding the TURN username."""
+    ice_credential_env: str = "VOXGRAPH_TURN_CREDENTIAL"
+    """WebRTC: environment variable holding the TURN password."""
+    rtc_ports: str = ""
+    """WebRTC: UDP ports for peer connections, ``first-last`` (e.g. ``50000-50199``, one per session);
+    empty: any ephemeral port."""
 
 
 @dataclass(slots=True)

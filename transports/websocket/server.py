@@ -67,6 +67,7 @@ from pipeline.graph import Graph, GraphFailedError
 from pipeline.processor import Processor
 from pipeline.sessions import ConversationKeeper, new_session_id
 from transports.telephony.routes import add_phone_routes
+from transports.webrtc.signalling import add_webrtc_routes
 from transports.websocket import protocol
 from transports.websocket.admission import Admission, thresholds
 from transports.websocket.api import Recordings, access_middleware, add_auth_routes, add_routes
@@ -338,6 +339,7 @@ class VoiceServer:
         add_routes(app, self.recordings)
         add_auth_routes(app, self.guard)
         add_phone_routes(app, self)  # /twilio/voice, /twilio, /telnyx when the graph answers calls
+        add_webrtc_routes(app, self)  # POST /api/offer when the graph talks to the page (webrtc extra)
         return app
 
     async def _index(self, request: web.Request) -> web.StreamResponse:
