@@ -1,4 +1,5 @@
-"""The offline assistant answers the phone: real speech as μ-law 8 kHz from a fake Twilio, a spoken reply.
+"""The offline assistant answers the phone: real speech as μ-law 8 kHz from a fake Twilio, a spoken reply
+that, decoded from the μ-law the carrier received and transcribed by Whisper, says the bot's words.
 
 Also measured (printed, never asserted): voice-to-voice on the phone call against the browser's
 ``/ws`` with the same graph and the same clip — from the end of the caller's speech to the first bot
@@ -21,6 +22,7 @@ import soxr
 from pipeline import config
 from pipeline.capacity import LoadMeter
 from tests.fakes.carrier import FakeTwilio, FakeTwilioRest
+from tests.hearing import load_whisper_tiny, transcribe, wer
 from tests.speech import librivox, read_wav
 from tests.test_phone_twilio import (
     _fresh,  # noqa: F401  (autouse: the auth token)
@@ -71,6 +73,17 @@ def clip(rate: int) -> bytes:
     return bytes(soxr.resample(samples, source, rate).astype("<i2").tobytes())
 
 
+def replied(directory: Path) -> bool:
+    """The recorder saved the assistant's reply (the LLM finished it)."""
+    return any(m["role"] == "assistant" for t in transcripts(directory) for m in t["messages"])
+
+
+def quiet(carrier: FakeTwilio, seconds: float = 0.6) -> bool:
+    """All bot audio received has played and none came for ``seconds``."""
+    media = carrier.times_of("media")
+    return bool(media) and carrier.queued_seconds == 0 and time.monotonic() - media[-1] > seconds
+
+
 @pytest.mark.slow
 async def test_the_offline_assistant_answers_a_phone_call(tmp_path: Path) -> None:
     rest = FakeTwilioRest()
@@ -84,9 +97,7 @@ async def test_the_offline_assistant_answers_a_phone_call(tmp_path: Path) -> Non
             silence = asyncio.create_task(carrier.silence(20))
             await carrier.until(lambda: bool(carrier.of("media")), "the bot's voice", 40)
             first_audio = carrier.times_of("media")[0]
-            await carrier.until(
-                lambda: bool(carrier.played.marks) and carrier.queued_seconds == 0, "the reply", 40
-            )
+            await carrier.until(lambda: replied(tmp_path) and quiet(carrier), "the whole reply played", 60)
             silence.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await silence
@@ -100,8 +111,13 @@ async def test_the_offline_assistant_answers_a_phone_call(tmp_path: Path) -> Non
     [transcript] = transcripts(tmp_path)
     user = [m["content"].lower() for m in transcript["messages"] if m["role"] == "user"]
     assert user and "young man" in user[0], user  # whisper tiny.en through μ-law 8 kHz
-    assert any(m["role"] == "assistant" for m in transcript["messages"])
+    [reply] = [m["content"] for m in transcript["messages"] if m["role"] == "assistant"]
     assert transcript["metadata"]["call_id"] == carrier.call_sid
+    # what the caller heard, decoded from the μ-law the carrier got, says the bot's words
+    heard = transcribe(load_whisper_tiny(), bytes(carrier.played.pcm), 8000)
+    error = wer(reply, heard)
+    print(f"reply {reply!r}, heard on the line {heard!r}: WER {error:.2f}")
+    assert error <= 0.3
 
 
 @pytest.mark.slow
