@@ -40,6 +40,9 @@ STATS_INTERVAL = 2.0
 """Seconds between ``metrics`` messages with the peer connection's figures."""
 EARLY_MESSAGES = 64
 """Data-channel messages held while the session is not yet reading (the oldest go first)."""
+CLOSED_CHECK = 0.25
+"""Seconds between looks at the data channel's state: aiortc may leave a channel the page closed in
+"closing" without an event."""
 MIC_RATE = protocol.SAMPLE_RATE
 """The microphone reaches the graph as ``/ws`` audio does: 16 kHz mono."""
 
@@ -76,9 +79,20 @@ class Peer:
     def _track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio" and self.microphone is None:
             self.microphone = track
+            for transceiver in self.pc.getTransceivers():  # a page that closes says so over DTLS
+                transceiver.receiver.transport.on("statechange", self._state)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is gone, or the data channel is closing or closed."""
+        channel = self.channel
+        return self.gone.is_set() or (channel is not None and channel.readyState in ("closing", "closed"))
 
     def _state(self) -> None:
-        if self.pc.connectionState in ("failed", "closed"):
+        transports = [t.receiver.transport for t in self.pc.getTransceivers()]
+        if self.pc.connectionState in ("failed", "closed") or any(
+            t.state in ("failed", "closed") for t in transports
+        ):
             self.gone.set()
 
     def _message(self, data: str | bytes) -> None:
@@ -220,7 +234,7 @@ class PeerSession(Session):
         ended = asyncio.ensure_future(self._done.wait())
         gone = asyncio.ensure_future(self.peer.gone.wait())
         try:
-            while not (ended.done() or gone.done()):
+            while not (ended.done() or gone.done() or self.peer.closed):
                 heartbeat = self._heard_at + (HEARTBEAT_TIMEOUT if self._heard else CONNECT_TIMEOUT)
                 idle = self._active_at + self.idle_timeout if self.idle_timeout > 0 else float("inf")
                 now = loop.time()
@@ -234,8 +248,8 @@ class PeerSession(Session):
                     message = f"no message for {self.idle_timeout:g} s: the conversation ended"
                     self.connection.send_nowait(self.connection.wire.error(message))
                     return
-                await asyncio.wait({ended, gone}, timeout=min(heartbeat, idle) - now)
-            if gone.done() and not ended.done():
+                await asyncio.wait({ended, gone}, timeout=min(heartbeat, idle, now + CLOSED_CHECK) - now)
+            if not ended.done():
                 log.info("session %s: the peer connection closed", self.id)
         finally:
             self.peer.listener = None
