@@ -27,7 +27,9 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """ICE candidates on 127.0.0.1 only (for the test's peers and the server's): no traffic leaves."""
     from aioice import ice
 
-    monkeypatch.setattr(ice, "get_host_addresses", lambda ipv4, ipv6: ["127.0.0.1"] if ipv4 else [])
+    monkeypatch.setattr(
+        ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"] if use_ipv4 else []
+    )
 
 
 @contextlib.asynccontextmanager
