@@ -24,6 +24,7 @@ from pipeline.formats import AudioCaps, AudioFormat
 from pipeline.frames import (
     AudioFrame,
     BotAudioFrame,
+    DTMFFrame,
     Frame,
     UserAudioFrame,
     UserSpeechPausedFrame,
@@ -319,3 +320,24 @@ def test_a_pause_that_is_not_shorter_than_the_stop_is_reported() -> None:
     [problem] = SileroVad(name="vad", stop_secs=0.3, pause_secs=0.4).check()
     assert (problem.key, problem.message) == ("pause_secs", "pause_secs 0.4 is not below stop_secs (0.3)")
     assert SileroVad(stop_secs=0.3, pause_secs=0).check() == []
+
+
+# --- phone keys ----------------------------------------------------------------------------------
+
+
+async def test_the_end_key_stops_speech_at_once_and_in_order_with_the_audio() -> None:
+    speech = frames(np.concatenate([silence(0.5), tone(1.0)]))
+    out = await run_processor(LoudVad(), [*speech, DTMFFrame(digit="#"), *frames(tone(0.5))])
+    events = [f for f in out.down if isinstance(f, UserStartedSpeakingFrame | UserStoppedSpeakingFrame)]
+    assert kinds(events) == ["start", "stop", "start", "stop"]  # the key ended the first, speech went on
+    assert events[1].stream_time == pytest.approx(1.5)  # where the audio before the key ended
+    assert [f.digit for f in out.of(DTMFFrame)] == ["#"]  # the key passes on
+
+
+async def test_other_keys_and_a_key_in_silence_change_nothing() -> None:
+    samples = np.concatenate([silence(0.5), tone(0.5), silence(1.0)])
+    keyed = [*frames(samples[:8000]), DTMFFrame(digit="1"), *frames(samples[8000:]), DTMFFrame(digit="#")]
+    assert kinds(speaking(await run_processor(LoudVad(), keyed))) == ["start", "stop"]
+    off = [*frames(np.concatenate([silence(0.5), tone(1.0)])), DTMFFrame(digit="#"), *frames(silence(1.0))]
+    events = speaking(await run_processor(LoudVad(end_speech_digit=None), off))
+    assert kinds(events) == ["start", "stop"] and events[1].stream_time == pytest.approx(1.5)

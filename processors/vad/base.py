@@ -20,6 +20,10 @@ engine windows. Speaking frames are system frames and overtake audio queued down
 consumer that cuts audio per utterance must align on ``stream_time``, not on arrival: use
 ``pipeline.utterances.UtteranceCollector``, which keeps a short history of audio and adds a
 ``pre_roll`` before each start so the first syllable is never lost.
+
+On a phone, the caller's key ``end_speech_digit`` (``#``) ends speech in progress at once: a noisy line
+can hold the hysteresis open, and every recogniser and turn-taker after the VAD already knows what a
+stop means. The key (a ``DTMFFrame``) comes in order with the audio, so the stop lands after the words.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from typing import Any, ClassVar
 from pipeline.errors import FatalProcessorError, Problem
 from pipeline.formats import AudioFormat
 from pipeline.frames import (
+    DTMF_DIGITS,
     AudioFrame,
+    DTMFFrame,
     Frame,
     UserAudioFrame,
     UserSpeechPausedFrame,
@@ -60,6 +66,11 @@ class VadParams:
         doc="seconds of silence after which a pause is announced, so recognisers can start "
         "transcribing before the stop is confirmed; 0 = never",
     )
+    end_speech_digit: str | None = param(
+        "#",
+        choices=(None, *DTMF_DIGITS),
+        doc="phone key that ends speech in progress at once (null: keys are ignored)",
+    )
 
 
 class VadProcessor(Processor):
@@ -71,9 +82,10 @@ class VadProcessor(Processor):
 
     Params: ClassVar[type[Any]] = VadParams
     owned_hooks: ClassVar[dict[str, str]] = {"on_stop": "close"}
-    handles: ClassVar[tuple[type[Frame], ...]] = (UserAudioFrame,)  # the bot's voice passes by
+    handles: ClassVar[tuple[type[Frame], ...]] = (UserAudioFrame, DTMFFrame)  # the bot's voice passes by
     produces: ClassVar[tuple[type[Frame], ...]] = (
         AudioFrame,
+        DTMFFrame,
         UserStartedSpeakingFrame,
         UserSpeechPausedFrame,
         UserStoppedSpeakingFrame,
@@ -144,8 +156,12 @@ class VadProcessor(Processor):
         rate = self._format.sample_rate if self._format else 0
         return self._format_start + (self._received_samples / rate if rate else 0.0)
 
-    async def process(self, frame: UserAudioFrame) -> None:
+    async def process(self, frame: UserAudioFrame | DTMFFrame) -> None:
         await self.push(frame)  # first, so the VAD adds no latency to the audio
+        if isinstance(frame, DTMFFrame):
+            if frame.digit == self.params.end_speech_digit and self.speaking:
+                await self.push(self._key_stop())
+            return
         self._receive(frame)
         for event in self._analyse():
             await self.push(event)
@@ -237,6 +253,13 @@ class VadProcessor(Processor):
     def _true_end(self, end: float) -> float:
         """Where speech ended if the run of speech windows ending at ``end`` ends here."""
         return max(end - self.end_lag(end - self._run_start), self._run_start + self._window_secs)
+
+    def _key_stop(self) -> UserStoppedSpeakingFrame:
+        """Speech ended by a key: at the last speech judged, and any speech after it starts anew."""
+        if self._in_run:
+            self._speech_end = self._last_end
+            self._in_run = False
+        return self._stop_frame()
 
     def _stop_frame(self) -> UserStoppedSpeakingFrame:
         self.speaking = False
