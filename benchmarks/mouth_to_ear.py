@@ -18,6 +18,8 @@ of ms (Chromium's capture buffers), which neither leg includes. Also reported pe
 no netem; ``--stock-jitter-buffer`` puts aiortc's own receive buffer back (holds each packet until 4
 newer arrive, then ~280 ms behind after one loss) for a before/after.
 
+``--cpu 1 5``: CPU of the server and of Chromium at 1 and 5 sessions instead (the file loops).
+
 Run from the repo root: ``python benchmarks/mouth_to_ear.py`` (both transports, 10 clicks each, ~40 s).
 JSON lines on stdout (one per run), a summary on stderr.
 """
@@ -28,6 +30,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import os
 import random
 import statistics
 import sys
@@ -251,6 +254,76 @@ async def converse(url: str, transport: str, wav: Path, count: int, every: float
     return seen
 
 
+async def cpu(transport: str, wav: Path, sessions: int, seconds: float) -> dict[str, Any]:
+    """CPU of the server (this process: the server and the idle Playwright client) and of Chromium
+    while ``sessions`` pages each hold a conversation whose microphone clicks twice a second."""
+    compiled, problems = config.compile_text(GRAPH.replace("max_sessions: 4", "max_sessions: 8"), "<cpu>")
+    assert compiled is not None and not problems, problems
+    voice = VoiceServer(compiled)
+    await voice.start()
+    flags = [*FLAGS, f"--use-file-for-fake-audio-capture={wav}"]  # looping: steady load
+    try:
+        async with async_playwright() as playwright:
+            launcher = playwright.chromium
+            browser = await launcher.launch(executable_path=str(CHROMIUM), headless=True, args=flags)
+            try:
+                pages = [await browser.new_page() for _ in range(sessions)]
+                for page in pages:
+                    await page.goto(f"{voice.url}?raw=1&transport={transport}")
+                    await page.click("#start")
+                for page in pages:
+                    await page.wait_for_function("window.voxgraph.marks.microphone", timeout=30_000)
+                    assert await page.evaluate("window.voxgraph.transport") == transport
+                await asyncio.sleep(2.0)  # past the set-up
+                own, chrome, wall = time.process_time(), chromium_cpu(), time.monotonic()
+                await asyncio.sleep(seconds)
+                elapsed = time.monotonic() - wall
+                own, chrome = time.process_time() - own, chromium_cpu() - chrome
+                threads = len(list(Path("/proc/self/task").iterdir()))
+                live = int(voice.load()["sessions"])
+            finally:
+                await browser.close()
+    finally:
+        await voice.stop()
+    return {
+        "transport": transport,
+        "sessions": sessions,
+        "seconds": round(elapsed, 1),
+        "server_cpu_pct": round(100 * own / elapsed, 1),
+        "server_cpu_pct_per_session": round(100 * own / elapsed / sessions, 1),
+        "chromium_cpu_pct": round(100 * chrome / elapsed, 1),
+        "server_threads": threads,
+        "server_sessions": live,
+    }
+
+
+def chromium_cpu() -> float:
+    """CPU seconds of the Chromium processes below this one."""
+    tick = float(os.sysconf("SC_CLK_TCK"))
+    parents: dict[int, int] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                comm = (entry / "comm").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(fields[1])
+            if "chrom" in comm:
+                stats[int(entry.name)] = fields
+    me = os.getpid()
+
+    def below(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == me:
+                return True
+        return False
+
+    return sum((int(f[11]) + int(f[12])) / tick for pid, f in stats.items() if below(pid))
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -260,11 +333,22 @@ async def main() -> None:
     parser.add_argument("--every", type=float, default=1.0, help="seconds between clicks")
     parser.add_argument("--loss", type=float, default=0.0, help="share of the browser's RTP packets dropped")
     parser.add_argument("--stock-jitter-buffer", action="store_true", help="aiortc's own receive buffer")
+    parser.add_argument("--cpu", type=int, nargs="*", metavar="N", help="CPU at N sessions (e.g. 1 5)")
+    parser.add_argument("--cpu-seconds", type=float, default=20.0)
     args = parser.parse_args()
     transports = ["webrtc", "websocket"] if args.transport == "both" else [args.transport]
     with tempfile.TemporaryDirectory() as tmp:
         wav = clicks_file(Path(tmp) / "clicks.wav", args.clicks, args.every)
-        for transport in transports:
+        for transport in transports if args.cpu else ():
+            for sessions in args.cpu:
+                usage = await cpu(transport, wav, sessions, args.cpu_seconds)
+                print(json.dumps(usage), flush=True)
+                print(
+                    f"{transport:>9} {sessions} session(s): server {usage['server_cpu_pct']}% of a core "
+                    f"({usage['server_cpu_pct_per_session']}% each), Chromium {usage['chromium_cpu_pct']}%",
+                    file=sys.stderr,
+                )
+        for transport in transports if not args.cpu else ():
             result = await run(transport, wav, args.clicks, args.every, args.loss, args.stock_jitter_buffer)
             print(json.dumps(result), flush=True)
             up, down = result["browser_to_server_ms"], result["server_to_browser_ms"]
