@@ -38,6 +38,8 @@ from pipeline.frames import (
 )
 from pipeline.processor import Processor
 from tests.fakes.carrier import AUTH_TOKEN, FakeTwilio, FakeTwilioRest, decoded_rms
+from transports.telephony import call as call_module
+from transports.telephony import twilio_signature
 from transports.websocket.server import VoiceServer
 
 BOT_RATE = 8000
@@ -199,7 +201,6 @@ async def test_forged_unsigned_and_replayed_requests_are_refused(tmp_path: Path)
         assert (await carrier.ring(signature=None)).status == 403  # unsigned
         assert (await carrier.ring(signature="Aq3J4ARZrNrpTIMITgDjappXE/k=")).status == 403  # forged
         signed = carrier.webhook_form()
-        from transports.telephony import twilio_signature
 
         sig = twilio_signature.compute(AUTH_TOKEN, f"{carrier.server_url}/twilio/voice", signed)
         replayed = {**signed, "From": "+15550000000"}
@@ -228,6 +229,27 @@ async def test_forged_unsigned_and_replayed_requests_are_refused(tmp_path: Path)
         await carrier.stop()
         await ended(server)
     assert carrier.violations == []
+
+
+async def test_a_signed_upgrade_that_never_starts_is_ended_and_counted_as_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upgrade's signature is the same for every call: without an admitted start it holds no slot."""
+    monkeypatch.setattr(call_module, "START_TIMEOUT", 0.5)
+    async with serving(tmp_path) as (server, _):
+        carrier = FakeTwilio(server.url)
+        url, _parameters = await carrier.answer()
+        headers = {twilio_signature.HEADER: twilio_signature.compute(AUTH_TOKEN, url, None)}
+        async with aiohttp.ClientSession() as http, http.ws_connect(url, headers=headers) as ws:
+            await ws.send_str(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+            closed = await ws.receive(timeout=10.0)  # no start: the server ends the stream
+            assert closed.type is aiohttp.WSMsgType.CLOSE and ws.close_code == 1008
+        await ended(server)
+        async with aiohttp.ClientSession() as http, http.get(server.url + "metrics") as response:
+            text = await response.text()
+        assert 'voxgraph_sessions_total{outcome="refused"} 1.0' in text
+        assert 'voxgraph_sessions_total{outcome="flood"} 0.0' in text
+        await carrier.close()
 
 
 async def test_barge_in_clears_at_once_and_only_heard_text_is_kept(tmp_path: Path) -> None:

@@ -46,6 +46,9 @@ Admit = Callable[[Started], str | None]
 """Checks a call's ``start``: None admits it, else the reason it is refused (logged, socket closed)."""
 HangUp = Callable[[Started], Awaitable[None]]
 HANG_UP_TIMEOUT = 10.0
+START_TIMEOUT = 10.0
+"""Seconds from the upgrade to an admitted ``start``: the upgrade's signature is the same for every call
+(it covers only the stream URL), so a signed upgrade alone must not hold a slot."""
 MAX_LOGGED_PROBLEMS = 5
 """Unreadable carrier messages logged per call; the rest are only counted."""
 
@@ -131,6 +134,27 @@ class PhoneCall(Session):
             if started is not None and not self.carrier_stopped and self.hang_up is not None:
                 await self._hang_up(self.hang_up, started)
 
+    async def _read(self) -> None:
+        """Read the carrier's messages; end the call if no ``start`` is admitted within ``START_TIMEOUT``."""
+        reader = asyncio.create_task(super()._read(), name=f"call-reader:{self.id}")
+        admitted = asyncio.create_task(cast(CallConnection, self.connection).call.started.wait())
+        try:
+            await asyncio.wait({reader, admitted}, timeout=START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+            if not admitted.done() and not reader.done():
+                log.warning("call %s: no admitted start within %g s; ending it", self.id, START_TIMEOUT)
+                self._refuse()
+                return
+            await reader
+        finally:
+            for task in (reader, admitted):
+                task.cancel()
+            await asyncio.gather(reader, admitted, return_exceptions=True)
+
+    def _refuse(self) -> None:
+        """End a stream that was not admitted: a policy close, counted as refused (not as a flood)."""
+        self.close_code = protocol.CLOSE_POLICY_VIOLATION
+        self.outcome = "refused"
+
     async def _hang_up(self, hang_up: HangUp, started: Started) -> None:
         try:
             async with asyncio.timeout(HANG_UP_TIMEOUT):
@@ -181,7 +205,7 @@ class PhoneCall(Session):
             refused = f"the caller's audio is {started.sample_rate} Hz; phone.input takes {SAMPLE_RATE} Hz"
         if refused is not None:
             log.warning("call %s: refused the stream of call %s: %s", self.id, started.call_id, refused)
-            self.close_code = protocol.CLOSE_POLICY_VIOLATION
+            self._refuse()
             return False
         self.started = started
         annotate_conversation(self.graph.processors.values(), call_metadata(self.carrier.carrier, started))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -67,7 +66,9 @@ class PhoneInputParams:
     twilio_api_url: str = param(
         "https://api.twilio.com", doc="Twilio's REST API, used to hang up when the graph ends the call"
     )
-    hang_up: bool = param(True, doc="hang the call up through the carrier's API when the graph ends first")
+    hang_up: bool = param(
+        True, doc="Twilio: hang the call up through its API when the graph ends first (Telnyx: not yet)"
+    )
     max_call_seconds: float = param(0.0, ge=0, doc="end the call after this long (0: no limit)")
 
 
@@ -92,7 +93,6 @@ class CallLink:
         self.carrier = carrier  # a ``transports.telephony.wire.CarrierWire``
         self.started = asyncio.Event()  # the carrier's start came and the call was admitted
         self.echoes: asyncio.Queue[str] = asyncio.Queue(maxsize=1024)  # mark names, as echoed
-        self.cleared_at: float | None = None  # monotonic time the last clear was queued
         self.caller_hung_up = False  # the carrier said stop: nothing in flight will be heard
 
     def echo(self, name: str) -> None:
@@ -211,7 +211,6 @@ class PhoneOutput(Processor):
         self._pending.clear()  # their echoes now mean "cleared", not "heard"
         link, connection = bound_call(self._connection), self._connection
         if link is not None and connection is not None and link.started.is_set() and not connection.hung_up:
-            link.cleared_at = time.monotonic()
             connection.send_nowait(link.carrier.clear(), drop_audio=True)
 
     async def on_stop(self) -> None:

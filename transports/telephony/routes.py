@@ -93,7 +93,9 @@ class PhoneRoutes:
 
     async def twilio_voice(self, request: web.Request) -> web.StreamResponse:
         """The voice webhook: signed form in, TwiML out."""
-        if request.content_length is not None and request.content_length > MAX_WEBHOOK_BYTES:
+        if request.content_length is None:  # chunked: its size is known only once read
+            return _refuse(411, "the webhook body needs a Content-Length")
+        if request.content_length > MAX_WEBHOOK_BYTES:
             return _refuse(413, "the webhook body is too large")
         form = await request.post()
         fields = {name: [str(v) for v in form.getall(name)] for name in form}

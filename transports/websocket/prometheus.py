@@ -46,7 +46,10 @@ OUTCOMES: Mapping[int, str] = {
     protocol.CLOSE_POLICY_VIOLATION: "flood",
     protocol.CLOSE_INTERNAL_ERROR: "error",
 }
-"""How a session ended, by its close code; any other code is ``other``."""
+"""How a session ended, by its close code; any other code is ``other``. A session may say instead
+(``Session.outcome``): a phone stream refused at its ``start`` is ``refused``, not a flood."""
+SESSION_OUTCOMES = ("refused",)
+"""Outcomes a session sets itself."""
 VOICE_TO_VOICE_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0)
 TIMING_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Processing time and time to first byte: from a fast filter's milliseconds to a slow model's seconds."""
@@ -116,7 +119,7 @@ class ServerMetrics:
         ProcessCollector(registry=registry)
         for reason in REFUSALS:
             self.refusals.labels(reason)
-        for outcome in (*OUTCOMES.values(), "other"):
+        for outcome in (*OUTCOMES.values(), *SESSION_OUTCOMES, "other"):
             self.sessions.labels(outcome)
 
     def session_started(self, session: Session) -> None:
@@ -134,7 +137,8 @@ class ServerMetrics:
             self._ended_audio_received += watch.client_audio_received()
             watch.close()
         failed = session.graph.failed is not None
-        self.sessions.labels("error" if failed else OUTCOMES.get(session.close_code, "other")).inc()
+        outcome = session.outcome or OUTCOMES.get(session.close_code, "other")
+        self.sessions.labels("error" if failed else outcome).inc()
 
     def refused(self, reason: str) -> None:
         """A connection was refused a conversation; ``reason`` is one of ``REFUSALS``."""

@@ -66,6 +66,7 @@ from pipeline.config.sessions import conversations_directory
 from pipeline.graph import Graph, GraphFailedError
 from pipeline.processor import Processor
 from pipeline.sessions import ConversationKeeper, new_session_id
+from transports.telephony.call import HANG_UP_TIMEOUT
 from transports.telephony.routes import add_phone_routes
 from transports.webrtc.signalling import add_webrtc_routes
 from transports.websocket import protocol
@@ -322,7 +323,8 @@ class VoiceServer:
     def _drain_bound(self) -> float:
         graphs = [s.graph for s in self.sessions.values()]
         slowest = max((g.end_timeout + 2 * g.cancel_timeout for g in graphs), default=0.0)
-        return slowest + 8.0  # + the last messages to the client (5 s) and closing the socket
+        # + the last messages to the client (5 s), closing the socket, and a phone call's hang-up
+        return slowest + 8.0 + HANG_UP_TIMEOUT
 
     def _application(self) -> web.Application:
         app = web.Application(middlewares=[access_middleware(self.guard)])

@@ -262,6 +262,7 @@ class Session:
         self.idle_timeout = idle_timeout  # seconds without a client message that end it; 0: never
         self.connection = Connection(session_id)
         self.close_code = protocol.CLOSE_NORMAL
+        self.outcome: str | None = None  # how it ended, when the close code cannot say (metrics)
         self._reader: asyncio.Task[None] | None = None
         nodes = [cast(ConnectionNode, p) for p in graph.processors.values() if _is_connection_node(p)]
         for node in nodes:
