@@ -22,7 +22,7 @@ import asyncio
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,21 +225,32 @@ class LoadMeter:
             self.tick(loop.time() - due)
 
 
-def machine_cpu_times() -> CpuTimes | None:
-    """(busy, total) jiffies of every CPU from ``/proc/stat`` (Linux); None elsewhere."""
+def machine_cpu_times(cores: Iterable[int] | None = None) -> CpuTimes | None:
+    """(busy, total) jiffies from ``/proc/stat`` (Linux; None elsewhere) of the CPUs this process may
+    run on (``cores``: by default its affinity): a server pinned to one core competes only there."""
+    allowed = set(_affinity() if cores is None else cores)
+    busy = total = 0.0
     try:
         with open("/proc/stat", encoding="ascii") as stat:
-            fields = [float(v) for v in stat.readline().split()[1:]]
-    except (OSError, ValueError):
+            for line in stat:
+                name, _, rest = line.partition(" ")
+                if not (name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in allowed):
+                    continue
+                fields = [float(v) for v in rest.split()]
+                idle = fields[3] + fields[4]  # idle + iowait
+                busy += sum(fields[:8]) - idle  # guest time is already in user
+                total += sum(fields[:8])
+    except (OSError, ValueError, IndexError):
         return None
-    if len(fields) < 5:
-        return None
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields[:8]) - idle, sum(fields[:8])  # guest time is already in user
+    return (busy, total) if total else None
+
+
+def _affinity() -> set[int]:
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return set(range(os.cpu_count() or 1))
 
 
 def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return len(_affinity()) or 1

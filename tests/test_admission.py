@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import ClassVar, cast
@@ -172,6 +173,14 @@ def test_the_real_machine_clock_reads_proc_stat() -> None:
     if times is not None:  # Linux
         busy, total = times
         assert 0 <= busy <= total
+
+
+def test_the_machine_clock_counts_only_the_cores_the_process_may_run_on() -> None:
+    cores = sorted(os.sched_getaffinity(0))
+    every, first = machine_cpu_times(cores), machine_cpu_times(cores[:1])
+    assert every is not None and first is not None  # this suite runs on Linux
+    assert first[1] < every[1] or len(cores) == 1  # one core's jiffies are a part of all of them
+    assert machine_cpu_times([max(cores) + 1000]) is None  # a core that is not there: not measured
 
 
 def test_the_window_slides_so_load_that_stopped_is_forgotten() -> None:
