@@ -356,8 +356,9 @@ def test_the_ingress_routes_the_browser_and_phone_routes_only() -> None:
     assert {"http_503", "non_idempotent"} <= set(retried)
 
 
-REPEATABLE_POSTS = {"/api/session-token", TWILIO_VOICE}
-"""POST routes that only mint a token: a proxy may send one again to another worker."""
+REPEATABLE_POSTS = {"/api/session-token", TWILIO_VOICE, "/api/offer"}
+"""POST routes that only mint a token, or (``/api/offer``) refuse with 503 before making a peer: a proxy
+may send one again to another worker."""
 
 
 def test_every_post_route_a_worker_takes_is_safe_to_repeat(worker_env: Path) -> None:
