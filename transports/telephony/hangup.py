@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 
+from pipeline.errors import VoxgraphError
+
 log = logging.getLogger("transports.telephony")
 
 __all__ = ["ALREADY_ENDED", "MissingSDKError", "twilio_hang_up"]
@@ -17,7 +19,7 @@ ALREADY_ENDED = 20404
 """Twilio's code for a call that is no longer there."""
 
 
-class MissingSDKError(RuntimeError):
+class MissingSDKError(VoxgraphError, RuntimeError):
     """The carrier's SDK is not installed; the message says which extra brings it."""
 
 

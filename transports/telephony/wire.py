@@ -51,7 +51,7 @@ MAX_SHOWN = 40
 """Characters of a carrier's value quoted back in an error."""
 
 
-class Malformed(Exception):
+class Malformed(VoxgraphError, ValueError):
     """A message a carrier should not have sent; ``parse`` returns it as ``ProtocolError(str(e))``."""
 
 
