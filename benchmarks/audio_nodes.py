@@ -9,6 +9,9 @@ core carries. Measured on real speech (the LibriVox clips of ``tests/speech.py``
   interleaved with their baselines. Nodes: ``audio.resample`` 48k->16k (HQ and QQ), ``vad.webrtc``,
   ``vad.silero``, ``recorder`` (user audio only, and with a 22.05 kHz bot frame beside every user
   frame), ``file.output``.
+* ``vad.silero`` with 1 and 50 streams: microseconds per 32 ms window when that many nodes (one per
+  session) judge speech windows in turn, called directly, and the resident memory each added node
+  costs. Many sessions' engines thrash the CPU caches unless they share one model.
 * real-time factor of ``file.input -> audio.resample -> vad -> file.output`` on a ~60 s 48 kHz file,
   read as fast as possible: wall seconds per second of audio (lower is faster; 0.01 = 100x real time).
 
@@ -36,7 +39,7 @@ from typing import Any
 import numpy as np
 import soxr
 
-from pipeline.frames import AudioFrame, BotAudioFrame, Direction, Frame
+from pipeline.frames import AudioFrame, BotAudioFrame, Direction, Frame, UserAudioFrame
 from pipeline.graph import Graph
 from pipeline.observers import Observer
 from pipeline.processor import Processor, Source
@@ -57,6 +60,8 @@ class Config:
     frames: int = 3000  # 20 ms frames per node run (60 s of audio)
     repeat: int = 3
     pipeline_seconds: float = 60.0  # length of the file the pipeline reads
+    streams: tuple[int, ...] = (1, 50)  # concurrent vad.silero nodes
+    stream_windows: int = 3000  # 32 ms windows judged per streams run, across all streams
 
 
 # --- audio -------------------------------------------------------------------------------------------
@@ -71,7 +76,8 @@ def speech(seconds: float, rate: int) -> np.ndarray:
     joined = np.concatenate(clips * (total // sum(map(len, clips)) + 1))[:total]
     if rate == SPEECH_RATE:
         return joined
-    return soxr.resample(joined, SPEECH_RATE, rate).astype(np.int16)
+    resampled: np.ndarray = soxr.resample(joined, SPEECH_RATE, rate)
+    return resampled.astype(np.int16)
 
 
 def frames_of(samples: np.ndarray, rate: int, cls: type[AudioFrame] = AudioFrame) -> list[Frame]:
@@ -145,7 +151,7 @@ def node_benches(cfg: Config, scratch: Path) -> list[NodeBench]:
     from processors.vad.webrtc import WebRTCVad
 
     seconds = cfg.frames * FRAME_SECONDS
-    at_16k = frames_of(speech(seconds, 16000), 16000)
+    at_16k = frames_of(speech(seconds, 16000), 16000, UserAudioFrame)  # what VADs and the recorder judge
     at_48k = frames_of(speech(seconds, 48000), 48000)
     bot = frames_of(speech(seconds, 22050), 22050, BotAudioFrame)
     both = [frame for pair in zip(at_16k, bot, strict=False) for frame in pair]
@@ -193,6 +199,56 @@ async def measure_node(bench: NodeBench, cfg: Config, scratch: Path) -> dict[str
         "frames": counted,
         "runs_us": [round(u, 2) for u in node_us],
         "runs_baseline_us": [round(u, 2) for u in base_us],
+    }
+
+
+# --- many silero streams -----------------------------------------------------------------------------
+
+
+def resident_mb() -> float:
+    """This process's resident memory in MB (Linux)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * 4096 / 1e6
+
+
+async def measure_silero_streams(streams: int, cfg: Config) -> dict[str, Any]:
+    """Median microseconds per 32 ms window with ``streams`` vad.silero nodes judging windows in turn
+    (each its own place in the speech), and the resident memory the started nodes added, per node."""
+    from processors.vad.silero import SileroVad
+
+    window = 512
+    per_stream = max(cfg.stream_windows // streams, 20)
+    samples = speech((per_stream + 40) * window / SPEECH_RATE + streams * 0.5, SPEECH_RATE)
+    offsets = [round(i * 0.5 * SPEECH_RATE) for i in range(streams)]  # 0.5 s apart
+    gc.collect()
+    before = resident_mb()
+    nodes = [SileroVad() for _ in range(streams)]
+    for node in nodes:
+        await node.on_start()
+    added = resident_mb() - before
+    windows = [
+        [samples[o + i * window : o + (i + 1) * window].tobytes() for i in range(per_stream + 10)]
+        for o in offsets
+    ]
+    for i in range(10):  # first runs allocate: not counted
+        for node, own in zip(nodes, windows, strict=True):
+            node.speech_probability(own[i], SPEECH_RATE)
+    runs_us: list[float] = []
+    for _ in range(cfg.repeat):
+        began = time.perf_counter()
+        for i in range(10, per_stream + 10):
+            for node, own in zip(nodes, windows, strict=True):
+                node.speech_probability(own[i], SPEECH_RATE)
+        runs_us.append((time.perf_counter() - began) * 1e6 / (per_stream * streams))
+    return {
+        "bench": "silero_streams",
+        "node": "vad.silero",
+        "streams": streams,
+        "us_per_window": round(statistics.median(runs_us), 2),
+        "unit": "microseconds per 32 ms window at 16 kHz, streams judged in turn",
+        "windows_per_stream": per_stream,
+        "runs_us": [round(u, 2) for u in runs_us],
+        "rss_mb_per_node": round(added / streams, 3),
     }
 
 
@@ -263,6 +319,7 @@ async def main_async(cfg: Config) -> None:
     began = time.perf_counter()
     nodes: list[dict[str, Any]] = []
     pipelines: list[dict[str, Any]] = []
+    streams: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="voxgraph-bench-") as tmp:
         scratch = Path(tmp)
         progress(f"nodes: {cfg.frames} frames of real speech per run, medians of {cfg.repeat}")
@@ -271,6 +328,15 @@ async def main_async(cfg: Config) -> None:
             progress(f"  {bench.node:<15} {bench.variant:<22} {result['us_per_frame']:>8.1f} us/frame")
             emit(result)
             nodes.append(result)
+        progress(f"vad.silero streams: {cfg.stream_windows} windows judged in turn, medians of {cfg.repeat}")
+        for count in cfg.streams:
+            result = await measure_silero_streams(count, cfg)
+            progress(
+                f"  {count:>3} streams {result['us_per_window']:>8.1f} us/window"
+                f" {result['rss_mb_per_node']:>7.2f} MB/node"
+            )
+            emit(result)
+            streams.append(result)
         from tests.speech import write_wav
 
         source = write_wav(scratch / "speech-48k.wav", speech(cfg.pipeline_seconds, 48000), 48000)
@@ -280,11 +346,15 @@ async def main_async(cfg: Config) -> None:
             progress(f"  {vad}: {result['wall_s']:.2f} s wall, RTF {result['rtf']:.4f}")
             emit(result)
             pipelines.append(result)
-    print_table(nodes, pipelines, time.perf_counter() - began, cfg)
+    print_table(nodes, pipelines, streams, time.perf_counter() - began, cfg)
 
 
 def print_table(
-    nodes: list[dict[str, Any]], pipelines: list[dict[str, Any]], seconds: float, cfg: Config
+    nodes: list[dict[str, Any]],
+    pipelines: list[dict[str, Any]],
+    streams: list[dict[str, Any]],
+    seconds: float,
+    cfg: Config,
 ) -> None:
     out = sys.stderr
     print(f"\n{'node':<16}{'variant':<24}{'us/frame':>10}{'gross':>10}{'baseline':>10}", file=out)
@@ -294,6 +364,9 @@ def print_table(
             f"{r['gross_us_per_frame']:>10.1f}{r['baseline_us_per_frame']:>10.1f}",
             file=out,
         )
+    print(f"\n{'vad.silero streams':<20}{'us/window':>10}{'MB/node':>10}", file=out)
+    for r in streams:
+        print(f"{r['streams']:<20}{r['us_per_window']:>10.1f}{r['rss_mb_per_node']:>10.2f}", file=out)
     print(f"\n{'pipeline':<60}{'RTF':>8}{'x real time':>13}", file=out)
     for r in pipelines:
         print(f"{r['pipeline']:<60}{r['rtf']:>8.4f}{1 / r['rtf']:>12.0f}x", file=out)
@@ -320,6 +393,7 @@ def parse_args(argv: list[str] | None) -> Config:
         cfg.frames = 500
         cfg.pipeline_seconds = 20.0
         cfg.repeat = 1
+        cfg.stream_windows = 500
     if args.repeat is not None:
         if args.repeat < 1:
             parser.error("--repeat must be at least 1")
