@@ -6,11 +6,15 @@ ids unique across worker processes and a listing that never shows a half-written
 
 from __future__ import annotations
 
+import asyncio
 import configparser
 import json
 import logging
 import re
+import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import wave
@@ -25,7 +29,10 @@ import yaml
 
 from pipeline import config
 from tests import nginx_proxy
+from tests.webrtc_peers import loopback_only, serving
 from transports.telephony.routes import PHONE_PATHS, TELNYX_STREAM, TWILIO_STREAM, TWILIO_VOICE
+from transports.webrtc.client import PeerClient
+from transports.webrtc.signalling import OFFER_PATH
 from transports.websocket.api import Recordings
 from transports.websocket.server import VoiceServer
 
@@ -194,6 +201,21 @@ def test_secrets_come_from_one_secret_that_the_scrape_also_uses() -> None:
     assert endpoint["authorization"]["credentials"]["name"] == "voxgraph-secrets"
 
 
+def test_pods_relay_webrtc_media_through_a_turn_server_with_the_secrets_credentials(worker_env: Path) -> None:
+    """No UDP reaches a pod through the Service or the Ingress: the pods' peers take relayed addresses on
+    a TURN server, named by an override on the command line (the ConfigMap stays the worker config)."""
+    args = container()["args"]
+    override = args[args.index("--set") + 1]
+    env = env_of(container())
+    turn_url = env["VOXGRAPH_TURN_URL"]
+    settings = compiled_worker(override.replace("$(VOXGRAPH_TURN_URL)", turn_url)).server
+    assert settings is not None
+    assert settings.ice_servers == [turn_url] and turn_url.startswith("turn:")
+    for variable in (settings.ice_username_env, settings.ice_credential_env):
+        assert env[variable]["secretKeyRef"]["name"] == "voxgraph-secrets"
+    assert all(port["protocol"] == "TCP" for port in container()["ports"])
+
+
 def test_prometheus_scrapes_with_the_pods_scrape_key_not_an_api_key(worker_env: Path) -> None:
     """The ServiceMonitor's credential is what the pods read as scrape keys, so it opens only /metrics
     and /load; the API keys come from another key of the Secret."""
@@ -335,6 +357,79 @@ def test_nginx_retries_the_phone_webhook_on_another_worker() -> None:
     assert directive(body, "proxy_read_timeout") == "10s"  # Twilio waits 15 s for the answer
 
 
+def test_nginx_sends_the_webrtc_offer_to_the_calls_upstream_and_retries_a_refusal() -> None:
+    """An offer starts a conversation: a 503 (a pod refuses before it makes a peer) goes to the next
+    worker, POST or not; the body stays buffered so nginx still holds it for that retry."""
+    body = nginx_location(OFFER_PATH)
+    assert directive(body, "proxy_pass") == f"http://{CALLS_UPSTREAM}"
+    retried = set(directive(body, "proxy_next_upstream").split())
+    assert {"error", "timeout", "http_503", "non_idempotent"} <= retried
+    assert directive(body, "proxy_buffering") == "off"
+    assert "proxy_request_buffering" not in body  # nginx's default: buffered
+    # The answer ends the HTTP exchange (the call goes on over UDP), so no conversation-long timeout.
+    assert directive(body, "proxy_read_timeout") == "30s"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def access_log_lines(log: Path, count: int) -> list[str]:
+    """The first ``count`` lines nginx logged (a request is logged once its exchange is over)."""
+    async with asyncio.timeout(TIMEOUT):
+        while len(lines := log.read_text().splitlines() if log.exists() else []) < count:
+            await asyncio.sleep(0.05)
+    return lines[:count]
+
+
+@pytest.mark.slow
+async def test_offers_through_nginx_reach_a_ready_worker_and_end_their_exchange(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipped config in front of a loading worker and a ready one: each offer that meets the
+    loading worker's 503 is sent on to the ready one, and nginx logs every offer as finished while its
+    conversation runs, so the offer's timeout need not last a conversation."""
+    loopback_only(monkeypatch)
+    async with serving() as loading, serving() as ready:
+        loading.loading = True  # answers every new conversation with 503, as while loading models
+        ready_addr, loading_addr = f"127.0.0.1:{ready.port}", f"127.0.0.1:{loading.port}"
+        prefix = tmp_path / "nginx"
+        listen = free_port()
+        conf = nginx_proxy.write_config(prefix, [loading.port, ready.port], listen)
+        nginx = nginx_proxy.start(prefix, conf)
+        clients: list[PeerClient] = []
+        try:
+            for _ in range(2):  # least_conn takes the two idle workers in turn: one offer meets the 503
+                clients.append(PeerClient(f"http://127.0.0.1:{listen}/"))
+                await connect_when_listening(clients[-1])
+            lines = await access_log_lines(prefix / "access.log", 2)
+            assert len(ready.sessions) == 2 and not loading.sessions  # both conversations still run
+        finally:
+            for client in clients:
+                await client.close()
+            nginx.send_signal(signal.SIGTERM)
+            nginx.wait(timeout=TIMEOUT)
+    tried = [re.search(r"upstream=\[(.*)\] upstream_status=\[(.*)\]", line) for line in lines]
+    assert all(line.startswith(f"{OFFER_PATH} 200 ") for line in lines), lines
+    attempts = [(found.group(1).split(", "), found.group(2).split(", ")) for found in tried if found]
+    expected = [([loading_addr, ready_addr], ["503", "200"]), ([ready_addr], ["200"])]
+    assert sorted(attempts) == sorted(expected)
+
+
+async def connect_when_listening(client: PeerClient) -> None:
+    """``client.connect()``, once nginx (just started) accepts connections."""
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            try:
+                await client.connect()
+                return
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+
+
 @pytest.mark.parametrize("path", ["/health", "/api/auth", "/api/conversations", "/static/app.js"])
 def test_nginx_sends_the_page_and_the_api_to_the_page_upstream(path: str) -> None:
     body = nginx_location(path)
@@ -351,6 +446,7 @@ def test_the_ingress_routes_the_browser_and_phone_routes_only() -> None:
     ingress = manifest("ingress.yaml")
     paths = {p["path"]: p["pathType"] for p in ingress["spec"]["rules"][0]["http"]["paths"]}
     assert {path: paths.get(path) for path in PHONE_PATHS} == dict.fromkeys(PHONE_PATHS, "Exact")
+    assert paths.get(OFFER_PATH) == "Exact"
     assert not {"/livez", "/readyz", "/load", "/metrics"} & set(paths)
     retried = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-next-upstream"].split()
     assert {"http_503", "non_idempotent"} <= set(retried)
@@ -384,6 +480,37 @@ def test_systemd_unit_takes_its_port_from_the_instance_name() -> None:
     unit = systemd_unit()
     assert unit["Restart"] == "on-failure"
     assert unit["ExecStart"].endswith("-m pipeline run /etc/voxgraph/voxgraph.yaml")
+
+
+def rtc_ports_of_instance(port: int) -> str:
+    """The RTC_PORTS an instance's ExecStart gives the worker: its shell run for real, the worker
+    replaced by a Python that prints the variable."""
+    command = systemd_unit()["ExecStart"].replace("$$", "$").replace("%i", str(port))
+    shell, flag, script, *_ = shlex.split(command)
+    printer = [sys.executable, "-c", "import os; print(os.environ['RTC_PORTS'])"]
+    result = subprocess.run([shell, flag, script, *printer], capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_each_systemd_instance_gets_its_own_webrtc_port_range(
+    worker_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers on one machine share its addresses: their UDP ranges must not overlap, and each must be
+    one the worker config takes."""
+    target = (DEPLOY / "systemd" / "voxgraph.target").read_text()
+    instances = [int(port) for port in re.findall(r"voxgraph@(\d+)\.service", target)]
+    taken: set[int] = set()
+    for port in instances:
+        ranges = rtc_ports_of_instance(port)
+        monkeypatch.setenv("RTC_PORTS", ranges)
+        settings = compiled_worker().server
+        assert settings is not None and settings.rtc_ports == ranges
+        first, last = (int(n) for n in ranges.split("-"))
+        assert last - first + 1 >= 10 * settings.max_sessions
+        assert not taken & set(range(first, last + 1)), ranges
+        taken |= set(range(first, last + 1))
+    assert rtc_ports_of_instance(8001) == "40100-40199"  # as the unit and deploy/README.md say
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
