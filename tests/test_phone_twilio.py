@@ -25,12 +25,10 @@ import pytest
 from pipeline import config
 from pipeline.capacity import LoadMeter
 from pipeline.frames import (
-    UPSTREAM,
     AudioFrame,
     BotAudioFrame,
     DTMFFrame,
     Frame,
-    SpokenTextFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
     TTSTextFrame,
@@ -38,6 +36,7 @@ from pipeline.frames import (
 )
 from pipeline.processor import Processor
 from tests.fakes.carrier import AUTH_TOKEN, FakeTwilio, FakeTwilioRest, decoded_rms
+from tests.spoken_replies import HeardTap, sentences
 from transports.telephony import call as call_module
 from transports.telephony import twilio_signature
 from transports.websocket.server import VoiceServer
@@ -76,31 +75,8 @@ class Answerer(Processor):
             await self._reply(1500 if frame.digit == "2" else 300)
 
     async def _reply(self, ms: int) -> None:
-        await self.push(TTSStartedFrame())
-        for index in range(3):
-            await self.push(TTSTextFrame(text=f"Sentence {index}."))
-            pcm = _tone(ms)
-            step = 2 * BOT_RATE * 20 // 1000
-            for offset in range(0, len(pcm), step):
-                await self.push(BotAudioFrame(pcm=pcm[offset : offset + step], sample_rate=BOT_RATE))
-        await self.push(TTSStoppedFrame())
-
-
-class Heard(Processor):
-    """Passes everything; keeps what the output reported heard (``SpokenTextFrame``, upstream)."""
-
-    handles: ClassVar[tuple[type[Frame], ...]] = ()
-    handles_upstream: ClassVar[tuple[type[Frame], ...]] = (SpokenTextFrame,)
-    spoken: ClassVar[list[str]] = []
-
-    async def process_upstream(self, frame: SpokenTextFrame) -> None:
-        Heard.spoken.append(frame.text)
-        await self.push(frame, UPSTREAM)
-
-
-def _tone(ms: int, rate: int = BOT_RATE) -> bytes:
-    t = np.arange(rate * ms // 1000) / rate
-    return (np.sin(2 * math.pi * 330 * t) * 8000).astype("<i2").tobytes()
+        for frame in sentences(3, ms, BOT_RATE):
+            await self.push(frame)
 
 
 def graph(recordings: Path, rest_url: str, extra: str = "") -> str:
@@ -111,7 +87,7 @@ settings: {{end_timeout: 3.0, cancel_timeout: 2.0, auto_resample: true}}
 nodes:
   mic: {{type: phone.input, twilio_api_url: "{rest_url}"{extra}}}
   answer: {{type: "{HERE}:Answerer"}}
-  heard: {{type: "{HERE}:Heard"}}
+  heard: {{type: "tests.spoken_replies:HeardTap"}}
   recorder: {{type: recorder, directory: "{recordings}"}}
   speaker: {{type: phone.output}}
 edges:
@@ -126,7 +102,7 @@ def _fresh(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     Answerer.caller_audio.clear()
     Answerer.digits.clear()
-    Heard.spoken.clear()
+    HeardTap.spoken.clear()
 
 
 @contextlib.asynccontextmanager
@@ -183,7 +159,7 @@ async def test_a_call_end_to_end(tmp_path: Path) -> None:
     assert decoded_rms(bytes(carrier.played.pcm)) > 3000
     # a mark before each sentence, each echoed as played: the caller heard all three
     assert [m["mark"]["name"] for m in carrier.of("mark")] == carrier.played.marks
-    assert Heard.spoken == ["Sentence 0.", "Sentence 1.", "Sentence 2."]
+    assert HeardTap.spoken == ["Sentence 0.", "Sentence 1.", "Sentence 2."]
     assert rest.requests == []  # the caller hung up: nothing to hang up
     [transcript] = transcripts(tmp_path)
     assert transcript["metadata"] == {
@@ -273,7 +249,7 @@ async def test_barge_in_clears_at_once_and_only_heard_text_is_kept(tmp_path: Pat
     assert not [t for t in carrier.times_of("media") if t > clear_at]
     assert len(carrier.played.pcm) / 2 / 8000 < 3.0
     # the second sentence was playing: heard; the third was cleared before it began
-    assert Heard.spoken == ["Sentence 0.", "Sentence 1."]
+    assert HeardTap.spoken == ["Sentence 0.", "Sentence 1."]
     [transcript] = transcripts(tmp_path)
     assert transcript["metadata"]["caller"] == carrier.caller
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import os
 import signal
 import subprocess
@@ -30,7 +29,6 @@ from yarl import URL
 from pipeline import config
 from pipeline.capacity import LoadMeter
 from pipeline.frames import (
-    UPSTREAM,
     AudioFrame,
     BotAudioFrame,
     Frame,
@@ -38,7 +36,6 @@ from pipeline.frames import (
     LLMResponseEndFrame,
     LLMResponseStartFrame,
     LLMTextFrame,
-    SpokenTextFrame,
     TranscriptFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
@@ -49,6 +46,7 @@ from pipeline.frames import (
 from pipeline.params import param
 from pipeline.processor import Processor
 from tests.speech import read_wav
+from tests.spoken_replies import HeardTap, sentences, tone
 from transports.websocket.api import Recordings
 from transports.websocket.nodes import WebsocketInput
 from transports.websocket.protocol import Audio, PushToTalk, Start, UserText
@@ -114,33 +112,14 @@ class Counter(Processor):
             LLMResponseEndFrame(),
             TTSStartedFrame(),
             TTSTextFrame(text=f"heard {self.audio_ms:.0f} ms"),
-            BotAudioFrame(pcm=_tone(reply_ms), sample_rate=BOT_RATE),
+            BotAudioFrame(pcm=tone(reply_ms, BOT_RATE), sample_rate=BOT_RATE),
             TTSStoppedFrame(),
         ):
             await self.push(frame_out)
 
     async def _sentences(self, count: int, ms: int) -> None:
-        """A reply the way TTS sends it: per sentence its text, then 20 ms audio frames."""
-        await self.push(TTSStartedFrame())
-        for index in range(count):
-            await self.push(TTSTextFrame(text=f"Sentence {index}."))
-            pcm = _tone(ms)
-            step = 2 * BOT_RATE * 20 // 1000
-            for offset in range(0, len(pcm), step):
-                await self.push(BotAudioFrame(pcm=pcm[offset : offset + step], sample_rate=BOT_RATE))
-        await self.push(TTSStoppedFrame())
-
-
-class Tap(Processor):
-    """Passes everything on and counts what the output sends upstream (the text it has played)."""
-
-    handles: ClassVar[tuple[type[Frame], ...]] = ()
-    handles_upstream: ClassVar[tuple[type[Frame], ...]] = (SpokenTextFrame,)
-    spoken: ClassVar[list[str]] = []
-
-    async def process_upstream(self, frame: SpokenTextFrame) -> None:
-        Tap.spoken.append(frame.text)
-        await self.push(frame, UPSTREAM)
+        for frame in sentences(count, ms, BOT_RATE):
+            await self.push(frame)
 
 
 class Engine(Processor):
@@ -225,11 +204,6 @@ class TranscriptSaver(Processor):
             wav.setsampwidth(2)
             wav.setframerate(16000)
             wav.writeframes(bytes(self.user_audio))
-
-
-def _tone(ms: int, rate: int = BOT_RATE) -> bytes:
-    t = np.arange(rate * ms // 1000) / rate
-    return (np.sin(2 * math.pi * 330 * t) * 8000).astype("<i2").tobytes()
 
 
 HERE = "tests.test_websocket_server"
@@ -517,7 +491,7 @@ async def test_a_vanished_client_ends_its_graph_cleanly_mid_utterance(tmp_path: 
                 "session_id"
             ]
             await client.wait_for(lambda m: m.get("state") == "listening", "listening")
-            await client.ws.send_bytes(_tone(300, 16000))  # speech in progress...
+            await client.ws.send_bytes(tone(300, 16000))  # speech in progress...
             await client.ws.send_str('{"type":"text","text":"half a sent"}')
             client.vanish()
         await _until(lambda: not server.sessions, "the session to end")
@@ -655,10 +629,10 @@ async def test_the_recorder_saves_a_vanished_clients_conversation_under_its_sess
                 "session_id"
             ]
             await client.wait_for(lambda m: m.get("state") == "listening", "listening")
-            await client.ws.send_bytes(_tone(500, 16000))
+            await client.ws.send_bytes(tone(500, 16000))
             await client.ws.send_str('{"type":"text","text":"are you recording?"}')
             assert await client.reply() == "heard 500 ms"
-            await client.ws.send_bytes(_tone(300, 16000))  # mid-utterance...
+            await client.ws.send_bytes(tone(300, 16000))  # mid-utterance...
             client.vanish()
         await _until(lambda: not server.sessions, "the session to end")
         folder = tmp_path / session_id
@@ -682,15 +656,15 @@ async def test_hold_to_talk_passes_audio_only_while_held(tmp_path: Path) -> None
         connect(http, base) as client,
     ):
         session_id = (await client.wait_for(lambda m: m["type"] == "session", "a session id"))["session_id"]
-        tone = _tone(100, 16000)
+        speech = tone(100, 16000)
         await client.ws.send_str('{"type":"ptt","pressed":false}')
-        await client.ws.send_bytes(tone)  # not held: silence
+        await client.ws.send_bytes(speech)  # not held: silence
         await client.ws.send_str('{"type":"ptt","pressed":true}')
-        await client.ws.send_bytes(tone)  # held: heard
+        await client.ws.send_bytes(speech)  # held: heard
         await client.ws.send_str('{"type":"ptt","pressed":false}')
-        await client.ws.send_bytes(tone)
+        await client.ws.send_bytes(speech)
         await client.ws.send_str('{"type":"start"}')  # hands-free again
-        await client.ws.send_bytes(tone)
+        await client.ws.send_bytes(speech)
         await client.ws.send_str('{"type":"stop"}')
         assert await client.closed() == 1000
     user, _ = read_wav(tmp_path / session_id / "user.wav")
@@ -706,12 +680,12 @@ server: {{type: websocket, port: 0}}
 nodes:
   mic: {{type: websocket.input}}
   counter: {{type: "{HERE}:Counter"}}
-  tap: {{type: "{HERE}:Tap", queue: {{size: 2}}}}
+  tap: {{type: "tests.spoken_replies:HeardTap", queue: {{size: 2}}}}
   out: {{type: websocket.output, queue: {{size: 2}}}}
 edges:
   - mic -> counter -> tap -> out
 """
-    Tap.spoken.clear()
+    HeardTap.spoken.clear()
     async with serving(graph) as (_, base), aiohttp.ClientSession() as http, connect(http, base) as client:
         await client.ws.send_str('{"type":"text","text":"sentences"}')
         await client.wait_for(lambda m: m.get("state") == "speaking", "speaking")
@@ -720,7 +694,7 @@ edges:
             lambda: len(client.audio) == expected and client.of("status")[-1]["state"] == "listening",
             "the whole reply played",
         )
-        assert Tap.spoken == ["Sentence 0.", "Sentence 1.", "Sentence 2."]
+        assert HeardTap.spoken == ["Sentence 0.", "Sentence 1.", "Sentence 2."]
 
 
 async def test_warm_up_starts_and_stops_the_engines_but_not_the_per_conversation_nodes(
