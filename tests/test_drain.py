@@ -24,7 +24,8 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from tests.test_websocket_server import BOT_RATE, Client, _tone
+from tests.spoken_replies import tone
+from tests.test_websocket_server import BOT_RATE, Client
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +102,7 @@ async def conversation(http: aiohttp.ClientSession, base: URL) -> AsyncIterator[
 
 async def _long_turn_under_way(client: Client) -> None:
     """Ask for a 3 s reply and wait for its first audio: the turn is mid-way."""
-    await client.ws.send_bytes(_tone(500, 16000))
+    await client.ws.send_bytes(tone(500, 16000))
     await client.ws.send_str('{"type":"text","text":"long"}')
     await client.until(lambda: 0 < len(client.audio) < LONG_REPLY_BYTES, "the reply's first audio")
 
@@ -154,7 +155,7 @@ async def test_sigterm_mid_turn_lets_the_conversation_finish_and_refuses_new_one
 async def test_a_session_still_open_at_the_deadline_is_saved_then_closed_with_1001(tmp_path: Path) -> None:
     async with worker(tmp_path, 2) as server, aiohttp.ClientSession() as http:
         async with conversation(http, server.url) as (client, session_id):
-            await client.ws.send_bytes(_tone(300, 16000))
+            await client.ws.send_bytes(tone(300, 16000))
             await client.ws.send_str('{"type":"text","text":"hello"}')
             assert await client.reply() == "heard 300 ms"
             await client.until(lambda: client.of("status")[-1]["state"] == "listening", "the reply played")

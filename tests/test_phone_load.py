@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from tests.fakes.carrier import FakeTwilio
+from tests.spoken_replies import HeardTap
 from tests.test_phone_twilio import (
-    Heard,
     _fresh,  # noqa: F401  (autouse: the auth token, counters reset)
     ended,
     serving,
@@ -40,7 +40,7 @@ async def test_twenty_calls_at_once_stay_real_time(tmp_path: Path) -> None:
         assert len(carrier.played.pcm) / 2 / 8000 == pytest.approx(0.9, abs=0.03)
         times = np.array(carrier.times_of("media"))
         lateness.append(times[-1] - times[0])
-    assert len(Heard.spoken) == 3 * CALLS
+    assert len(HeardTap.spoken) == 3 * CALLS
     # each reply's 0.9 s went out over about its own duration (less the lead): no call fell behind
     print(f"{CALLS} calls: reply send spans {min(lateness):.3f}..{max(lateness):.3f} s for 0.9 s of audio")
     assert max(lateness) < 1.2

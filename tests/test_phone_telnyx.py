@@ -18,9 +18,9 @@ from typing import Any
 import aiohttp
 
 from pipeline import g711
+from tests.spoken_replies import HeardTap
 from tests.test_phone_twilio import (
     Answerer,
-    Heard,
     _fresh,  # noqa: F401  (autouse: the auth token, counters reset)
     ended,
     serving,
@@ -96,7 +96,7 @@ async def test_a_telnyx_call_end_to_end(tmp_path: Path) -> None:
     assert all(set(m) == EXPECTED_KEYS[m["event"]] for m in got), [
         m for m in got if set(m) != EXPECTED_KEYS.get(m["event"])
     ]
-    assert Heard.spoken == ["Sentence 0.", "Sentence 1.", "Sentence 2."]
+    assert HeardTap.spoken == ["Sentence 0.", "Sentence 1.", "Sentence 2."]
     [transcript] = transcripts(tmp_path)
     assert transcript["metadata"]["carrier"] == "telnyx"
     assert transcript["metadata"]["call_id"] == "v2:call-1"
