@@ -21,6 +21,15 @@ It sits between the recogniser and the LLM:
   the older reply would only come late: an ``InterruptionFrame`` drops it before the new turn is handed
   on, so a session that fell behind answers its latest turn instead of working through a backlog.
 
+* **Preemptive reply** (``preemptive_reply``): at the VAD's pause (``UserSpeechPausedFrame``), with a
+  transcript in hand (finals, or an interim newer than them), a ``TentativeTurnFrame`` lets the LLM
+  start the reply and hold it back. If the turn ends with the same text, the reply is already under
+  way; if the user goes on, the tentative turn is withdrawn and its reply discarded unheard.
+* **False interruptions** (``false_interruption``): when a barge-in is followed by no words within
+  ``false_interruption_secs`` of the user falling silent (a cough, a door), a ``ResumeReplyFrame``
+  asks the LLM to speak the interrupted reply again (``resume``: from the cut sentence; ``repeat``:
+  whole) instead of leaving the user in silence.
+
 The speaking-state frames arrive from both sides: the VAD's ``User*SpeakingFrame`` downstream, the
 transport's ``Bot*SpeakingFrame`` and ``SpokenTextFrame`` upstream.
 """
@@ -43,11 +52,13 @@ from pipeline.frames import (
     InterruptionFrame,
     SpokenTextFrame,
     TranscriptFrame,
+    UserSpeechPausedFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
 from pipeline.params import param
 from pipeline.processor import Processor
+from processors.llm.base import ResumeReplyFrame, TentativeTurnFrame
 
 __all__ = ["TurnTaking", "TurnTakingParams"]
 
@@ -85,6 +96,18 @@ class TurnTakingParams:
         choices=tuple(DTMF_DIGITS),
         doc="a phone key (DTMF) that ends the user's turn without waiting for the VAD; null = no key does",
     )
+    preemptive_reply: bool = param(
+        False,
+        doc="start the LLM on the transcript at the VAD's pause, held back until the turn ends with it",
+    )
+    false_interruption: str = param(
+        "resume",
+        choices=("off", "resume", "repeat"),
+        doc="a barge-in with no words after it: speak the cut reply on from its cut sentence, whole, or not",
+    )
+    false_interruption_secs: float = param(
+        1.0, gt=0.0, doc="seconds of silence after a barge-in, with no words, that make it a false one"
+    )
 
 
 def words_of(text: str) -> list[str]:
@@ -102,13 +125,19 @@ class TurnTaking(Processor):
         InterimTranscriptFrame,
         TranscriptFrame,
         DTMFFrame,
+        UserSpeechPausedFrame,
     )
     handles_upstream: ClassVar[tuple[type[Frame], ...]] = (
         BotStartedSpeakingFrame,
         BotStoppedSpeakingFrame,
         SpokenTextFrame,
     )
-    produces: ClassVar[tuple[type[Frame], ...]] = (InterimTranscriptFrame, TranscriptFrame)
+    produces: ClassVar[tuple[type[Frame], ...]] = (
+        InterimTranscriptFrame,
+        TranscriptFrame,
+        TentativeTurnFrame,
+        ResumeReplyFrame,
+    )
 
     params: TurnTakingParams
 
@@ -129,6 +158,12 @@ class TurnTaking(Processor):
         self._end_requested = False  # the end-of-turn key was pressed: the next final ends the turn
         self._words_in_flight = False  # an interim came after the last final: more final text is due
         self.stale_turns = 0  # turns dropped unanswered because a newer one ended first
+        self._paused = False  # the VAD heard a pause in the current speech (it may be the end)
+        self._interim = ""  # the newest interim, if it came after the last final
+        self._tentative = ""  # the text of the tentative turn the LLM is preparing a reply to
+        self._barged_in = False  # a barge-in has had no words after it yet
+        self._false_timer: asyncio.TimerHandle | None = None
+        self.false_interruptions = 0  # barge-ins with no words after them; the reply was resumed
 
     # --- downstream: the user's side ---------------------------------------------------------------
 
@@ -142,8 +177,14 @@ class TurnTaking(Processor):
         elif isinstance(frame, InterimTranscriptFrame):
             await self.push(frame)
             self._words_in_flight = bool(frame.text.strip())
+            self._interim = frame.text.strip()
             if self._overlap and self._qualifies_by_words(frame.text):
                 self._barge_in()
+            await self._preempt()
+        elif isinstance(frame, UserSpeechPausedFrame):
+            await self.push(frame)
+            self._paused = self._user_speaking and not self._overlap
+            await self._preempt()
         elif isinstance(frame, TranscriptFrame):
             await self._final(frame)
         elif isinstance(frame, DTMFFrame):
@@ -155,6 +196,9 @@ class TurnTaking(Processor):
         loop = asyncio.get_running_loop()
         self._end_requested = False  # a key pressed before this speech began ended nothing
         self._user_speaking = True
+        self._paused = False
+        self._cancel_false_timer()
+        await self._withdraw()
         self._speech_started_at = frame.at or loop.time()
         self._overlap = self.params.interruptions and (self._answering or self._bot_speaking)
         if not self._overlap:
@@ -175,7 +219,12 @@ class TurnTaking(Processor):
     async def _user_stopped(self, frame: UserStoppedSpeakingFrame) -> None:
         self._cancel_timer()
         self._user_speaking = False
+        self._paused = False
         self._speech_stopped_at = frame.at or asyncio.get_running_loop().time()
+        if self._barged_in and self.params.false_interruption != "off" and not self._finals:
+            self._false_timer = asyncio.get_running_loop().call_later(
+                self.params.false_interruption_secs, self._on_false_interruption
+            )
         if self._overlap:
             # Speech over the bot that never qualified: a backchannel or echo, not a turn.
             self._overlap = False
@@ -187,6 +236,7 @@ class TurnTaking(Processor):
 
     async def _final(self, frame: TranscriptFrame) -> None:
         self._words_in_flight = False
+        self._interim = ""
         if self._overlap:
             if self._qualifies_by_words(frame.text):
                 self._barge_in()
@@ -198,8 +248,11 @@ class TurnTaking(Processor):
                 return
         if not self._meaningful(frame.text):
             return
+        self._barged_in = False  # words came: the barge-in was real
+        self._cancel_false_timer()
         self._finals.append(frame)
         await self._end_turn_if_ready()
+        await self._preempt()
 
     async def _end_turn_by_key(self) -> None:
         if self._overlap or not (self._user_speaking or self._finals):
@@ -214,6 +267,8 @@ class TurnTaking(Processor):
         if (self._user_speaking and not self._end_requested) or not self._finals:
             return
         self._end_requested = False
+        self._tentative = ""  # the turn itself follows: the LLM matches it against the tentative one
+        self._interim = ""
         finals, self._finals = self._finals, []
         text = " ".join(f.text.strip() for f in finals if f.text.strip())
         words = [w for f in finals for w in (f.words or [])] or None
@@ -236,6 +291,24 @@ class TurnTaking(Processor):
             return 0.0
         waited = asyncio.get_running_loop().time() - self._speech_stopped_at
         return waited if 0.0 < waited < REPLY_WAIT_LIMIT else 0.0
+
+    # --- preemptive reply ------------------------------------------------------------------------
+
+    async def _preempt(self) -> None:
+        """In a pause, hand the transcript so far to the LLM as a tentative turn (once per text)."""
+        if not (self.params.preemptive_reply and self._paused and self._user_speaking) or self._overlap:
+            return
+        text = " ".join(f.text.strip() for f in self._finals if f.text.strip())
+        text = f"{text} {self._interim}".strip()
+        if text and text != self._tentative and self._meaningful(text):
+            self._tentative = text
+            await self.push(TentativeTurnFrame(text=text))
+
+    async def _withdraw(self) -> None:
+        """The user went on: the reply prepared for the tentative turn will not be wanted."""
+        if self._tentative:
+            self._tentative = ""
+            await self.push(TentativeTurnFrame(text=""))
 
     # --- barge-in ----------------------------------------------------------------------------------
 
@@ -261,7 +334,22 @@ class TurnTaking(Processor):
         self.metrics.record("barge_in_decision", latency)
         self._answering = False
         self._bot_words.clear()
+        self._barged_in = True
         self.push_system(InterruptionFrame())
+
+    def _on_false_interruption(self) -> None:
+        self._false_timer = None
+        if not self._barged_in or self._user_speaking or self._finals or self._answering:
+            return
+        self._barged_in = False
+        self.false_interruptions += 1
+        self._answering = True
+        self.push_system(ResumeReplyFrame(repeat=self.params.false_interruption == "repeat"))
+
+    def _cancel_false_timer(self) -> None:
+        if self._false_timer is not None:
+            self._false_timer.cancel()
+            self._false_timer = None
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -292,6 +380,7 @@ class TurnTaking(Processor):
 
     async def on_stop(self) -> None:
         self._cancel_timer()
+        self._cancel_false_timer()
         if self.ended and self._finals:
             self._user_speaking = False
             await self._end_turn_if_ready()

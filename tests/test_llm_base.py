@@ -24,7 +24,13 @@ from pipeline.frames import (
 )
 from pipeline.graph import Graph
 from pipeline.testing import Captured, Collector, run_graph, run_processor
-from processors.llm.base import PASS_THROUGH_FRAMES, ChatLLM, ToolCall
+from processors.llm.base import (
+    PASS_THROUGH_FRAMES,
+    ChatLLM,
+    ResumeReplyFrame,
+    TentativeTurnFrame,
+    ToolCall,
+)
 from tests.drivers import Driver, Step
 
 HOLD = object()
@@ -225,3 +231,115 @@ async def test_user_audio_waits_here_not_upstream_while_a_reply_is_generated() -
     )
     assert len(out.of(AudioFrame)) == 500  # none lost, and the driver never waited for the reply
     assert llm.inbox.maxsize == PASS_THROUGH_FRAMES
+
+
+async def test_a_preemptive_reply_is_sent_on_when_the_turn_ends_with_its_text() -> None:
+    llm = ScriptedLLM([["Seven ", "o'clock."], ["Okay."]])
+
+    def steps(tap: Collector, out: Collector) -> list[Step]:
+        async def prepared() -> None:
+            await asyncio.wait_for(_until(lambda: llm.finished == 1), 5.0)
+            assert not any(isinstance(f, LLMTextFrame) for f in out.frames)  # held back until the turn ends
+
+        return [
+            TentativeTurnFrame(text="What time is it?"),
+            prepared,
+            TranscriptFrame(text="What time is it?"),
+        ]
+
+    out = await converse(llm, steps)
+    assert len(llm.requests) == 1 and llm.preemptive_used == 1
+    assert roles(llm.requests[0])[-1] == ("user", "What time is it?")
+    assert out.kinds[-4:] == ["llm_response_start", "llm_text", "llm_text", "llm_response_end"]
+    assert roles(llm.context.messages())[1:] == [
+        ("user", "What time is it?"),
+        ("assistant", "Seven o'clock."),
+    ]
+
+
+async def test_a_preemptive_reply_is_discarded_unheard_when_the_user_goes_on() -> None:
+    llm = ScriptedLLM([["Which ", HOLD, "restaurant?"], ["For two, done."]])
+    out = await converse(
+        llm,
+        lambda tap, out: [
+            TentativeTurnFrame(text="Book a table"),
+            llm.holding.wait,
+            TentativeTurnFrame(text=""),  # the user went on
+            TranscriptFrame(text="Book a table for two"),
+        ],
+    )
+    assert llm.closed == 2 and llm.finished == 1 and llm.preemptive_dropped == 1
+    assert "Which " not in out.texts and "restaurant?" not in out.texts
+    assert out.kinds.count("llm_response_start") == 1
+    assert roles(llm.requests[1])[1:] == [("user", "Book a table for two")]
+    assert roles(llm.context.messages())[1:] == [
+        ("user", "Book a table for two"),
+        ("assistant", "For two, done."),
+    ]
+
+
+async def test_a_preemptive_reply_for_other_words_is_dropped_at_the_turn() -> None:
+    llm = ScriptedLLM([["Hello!"], ["Bye!"]])
+
+    def steps(tap: Collector, out: Collector) -> list[Step]:
+        async def prepared() -> None:
+            await asyncio.wait_for(_until(lambda: llm.finished == 1), 5.0)
+
+        return [TentativeTurnFrame(text="Hi"), prepared, TranscriptFrame(text="Hi and goodbye")]
+
+    out = await converse(llm, steps)
+    assert "Hello!" not in out.texts and "Bye!" in out.texts
+    assert "Hello!" not in str(llm.context.messages())
+
+
+async def test_a_false_interruption_resumes_the_reply_from_the_cut_sentence() -> None:
+    llm = ScriptedLLM([["One. ", "Two. ", "Three."]])
+
+    def steps(tap: Collector, out: Collector) -> list[Step]:
+        async def play_two_sentences() -> None:
+            await out.wait_for(LLMResponseEndFrame)
+            await out.send_upstream([SpokenTextFrame(text="One."), SpokenTextFrame(text="Two.")])
+            await tap.wait_for(
+                lambda f: isinstance(f, SpokenTextFrame) and f.text == "Two.", direction=UPSTREAM
+            )
+
+        async def play_the_rest() -> None:
+            await asyncio.wait_for(
+                _until(lambda: sum(isinstance(f, LLMResponseEndFrame) for f in out.frames) == 2), 5.0
+            )
+            await out.send_upstream([SpokenTextFrame(text="Two."), SpokenTextFrame(text="Three.")])
+            await tap.wait_for(
+                lambda f: isinstance(f, SpokenTextFrame) and f.text == "Three.", direction=UPSTREAM
+            )
+
+        return [
+            TranscriptFrame(text="Count"),
+            play_two_sentences,
+            InterruptionFrame(),
+            ResumeReplyFrame(),
+            play_the_rest,
+        ]
+
+    out = await converse(llm, steps)
+    assert out.texts[-1] == "Two. Three."  # the sentence that was cut, and what was never heard
+    assert roles(llm.context.messages())[1:] == [("user", "Count"), ("assistant", "One. Two. Three.")]
+
+
+async def test_nothing_to_resume_leaves_no_empty_reply() -> None:
+    llm = ScriptedLLM([[HOLD]])
+    out = await converse(
+        llm,
+        lambda tap, out: [
+            TranscriptFrame(text="Hello"),
+            llm.holding.wait,
+            InterruptionFrame(),
+            ResumeReplyFrame(),
+        ],
+    )
+    assert out.kinds.count("llm_response_start") == 1
+    assert roles(llm.context.messages())[1:] == [("user", "Hello")]
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.001)

@@ -16,10 +16,12 @@ from pipeline.frames import (
     InterruptionFrame,
     SpokenTextFrame,
     TranscriptFrame,
+    UserSpeechPausedFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
 from pipeline.testing import Captured, Gap, run_processor, virtual_time
+from processors.llm.base import ResumeReplyFrame, TentativeTurnFrame
 from processors.turn import TurnTaking, words_of
 
 STARTED, STOPPED = UserStartedSpeakingFrame, UserStoppedSpeakingFrame
@@ -71,7 +73,7 @@ async def test_filler_alone_is_not_a_turn_and_interims_pass_through() -> None:
 async def test_user_speech_over_the_bot_interrupts_at_once_by_default() -> None:
     down = [STARTED(), TranscriptFrame(text="tell me a story"), STOPPED(), Gap(2.0), STARTED()]
     down += [TranscriptFrame(text="stop please"), STOPPED()]
-    out = await run_processor(TurnTaking(), down, upstream=[Gap(1.0), BotStartedSpeakingFrame()])
+    out = await run_processor(TurnTaking(), down, upstream=BOT_CUT)
     assert interruptions(out) == 1
     assert turns(out) == ["tell me a story", "stop please"]  # the barge-in speech is the next turn
     kinds = [f.kind for f in out.down]
@@ -303,7 +305,7 @@ async def test_the_key_over_the_bot_is_not_a_barge_in() -> None:
         Gap(2.0),
         DTMFFrame(digit="#"),
     ]
-    out = await run_processor(TurnTaking(), [*down, Gap(1.0)], upstream=[Gap(1.0), BotStartedSpeakingFrame()])
+    out = await run_processor(TurnTaking(), [*down, Gap(1.0)], upstream=BOT_CUT)
     assert interruptions(out) == 0
     assert turns(out) == ["tell me a story"]
 
@@ -331,3 +333,120 @@ async def test_the_end_turn_digit_is_a_choice_and_may_be_none() -> None:
     )
     with pytest.raises(ValidationError, match="end_turn_digit 'x' is not one of"):
         TurnTaking(end_turn_digit="x")
+
+
+def tentative(out: Captured) -> list[str]:
+    return [f.text for f in out.of(TentativeTurnFrame)]
+
+
+@virtual_time
+async def test_a_pause_with_a_transcript_hands_the_llm_a_tentative_turn() -> None:
+    script: list[Frame | Gap] = [
+        STARTED(),
+        Gap(0.5),
+        UserSpeechPausedFrame(),
+        Gap(0.1),
+        TranscriptFrame(text="What time is it?"),
+    ]
+    out = await run_processor(TurnTaking(preemptive_reply=True), [*script, Gap(0.25), STOPPED()])
+    assert tentative(out) == ["What time is it?"]
+    assert turns(out) == ["What time is it?"]  # the turn itself confirms it
+    kinds = [f.kind for f in out.down]
+    assert kinds.index("tentative_turn") < kinds.index("transcript")
+
+
+@virtual_time
+async def test_a_tentative_turn_is_withdrawn_when_the_user_goes_on() -> None:
+    script: list[Frame | Gap] = [
+        STARTED(),
+        Gap(0.5),
+        InterimTranscriptFrame(text="Book a table"),
+        UserSpeechPausedFrame(),
+    ]
+    script += [
+        Gap(0.2),
+        STARTED(),
+        Gap(0.5),
+        TranscriptFrame(text="Book a table for two"),
+        Gap(0.2),
+        STOPPED(),
+    ]
+    out = await run_processor(TurnTaking(preemptive_reply=True), script)
+    assert tentative(out) == ["Book a table", ""]  # the empty one withdraws it
+    assert turns(out) == ["Book a table for two"]
+
+
+@virtual_time
+async def test_no_tentative_turn_by_default_or_without_words() -> None:
+    script: list[Frame | Gap] = [
+        STARTED(),
+        Gap(0.5),
+        UserSpeechPausedFrame(),
+        Gap(0.1),
+        TranscriptFrame(text="Hello"),
+    ]
+    out = await run_processor(TurnTaking(), [*script, Gap(0.25), STOPPED()])
+    assert tentative(out) == [] and turns(out) == ["Hello"]
+    script = [
+        STARTED(),
+        Gap(0.5),
+        InterimTranscriptFrame(text="um"),
+        UserSpeechPausedFrame(),
+        Gap(0.3),
+        STOPPED(),
+    ]
+    assert tentative(await run_processor(TurnTaking(preemptive_reply=True), script)) == []
+
+
+BOT_CUT: list[Frame | Gap] = [Gap(1.0), BotStartedSpeakingFrame(), Gap(1.1), BotStoppedSpeakingFrame()]
+"""The bot answers the first turn and falls silent when the barge-in (at 2.0 s) cuts it."""
+
+
+def barge_in_then(after: list[Frame | Gap]) -> list[Frame | Gap]:
+    return [
+        STARTED(),
+        TranscriptFrame(text="tell me a story"),
+        STOPPED(),
+        Gap(2.0),
+        STARTED(),
+        Gap(0.3),
+        STOPPED(),
+        *after,
+    ]
+
+
+@virtual_time
+async def test_a_barge_in_without_words_resumes_the_reply() -> None:
+    turn = TurnTaking()
+    out = await run_processor(turn, barge_in_then([Gap(1.5)]), upstream=BOT_CUT)
+    assert interruptions(out) == 1
+    assert [f.repeat for f in out.of(ResumeReplyFrame)] == [False]
+    assert turn.false_interruptions == 1
+    repeat = await run_processor(
+        TurnTaking(false_interruption="repeat"),
+        barge_in_then([Gap(1.5)]),
+        upstream=BOT_CUT,
+    )
+    assert [f.repeat for f in repeat.of(ResumeReplyFrame)] == [True]
+
+
+@virtual_time
+async def test_a_barge_in_with_words_or_with_resuming_off_resumes_nothing() -> None:
+    words = barge_in_then([Gap(0.3), TranscriptFrame(text="stop please"), Gap(1.5)])
+    out = await run_processor(TurnTaking(), words, upstream=BOT_CUT)
+    assert out.of(ResumeReplyFrame) == [] and turns(out)[-1] == "stop please"
+    off = await run_processor(
+        TurnTaking(false_interruption="off"),
+        barge_in_then([Gap(1.5)]),
+        upstream=BOT_CUT,
+    )
+    assert off.of(ResumeReplyFrame) == []
+
+
+@virtual_time
+async def test_speech_within_the_window_restarts_the_wait() -> None:
+    script = barge_in_then([Gap(0.6), STARTED(), Gap(0.3), STOPPED(), Gap(0.6)])
+    out = await run_processor(TurnTaking(), script, upstream=BOT_CUT)
+    assert out.of(ResumeReplyFrame) == []  # 0.6 s since the last speech: not yet
+    later = await run_processor(TurnTaking(), [*script, Gap(0.6)], upstream=BOT_CUT)
+    assert len(later.of(ResumeReplyFrame)) == 1

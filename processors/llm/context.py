@@ -38,6 +38,17 @@ def approximate_tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
+def _position(text: str, letters: int) -> int:
+    """Index in ``text`` of its ``letters``-th letter or digit (as ``_compact`` counts them)."""
+    count = 0
+    for index, char in enumerate(text):
+        if _compact(char):
+            if count == letters:
+                return index
+            count += 1
+    return len(text)
+
+
 def _compact(text: str) -> str:
     """Lower-case letters and digits only: what survives any TTS's text clean-up."""
     return _NOT_WORD.sub("", text.lower())
@@ -54,6 +65,7 @@ class Message:
     interrupted: bool = False  # a barge-in cut this reply; it keeps only what was heard
     played: bool = False  # played out, yet not all heard (TTS failed a sentence); keeps what was heard
     heard_to: int = 0  # letters of ``generated`` up to the end of the last text heard
+    last_heard: tuple[int, str] = (0, "")  # where the last text heard begins, and ``heard`` before it
 
     def heard_all(self) -> bool:
         """Whether every word of the reply has started playing."""
@@ -121,6 +133,7 @@ class Conversation:
             for message in self._pending:
                 end = message.continues(text, gap)
                 if end is not None:
+                    message.last_heard = (end - len(_compact(text)), message.heard)
                     message.heard = f"{message.heard} {text}".strip()
                     message.heard_to = end
                     if message.heard_all():
@@ -140,6 +153,23 @@ class Conversation:
         """Barge-in: every reply not yet heard in full keeps only what was (or is later) reported heard."""
         for message in self._pending:
             message.interrupted = True
+
+    def resume_interrupted(self, repeat: bool = False) -> str:
+        """A barge-in brought no words: reopen the last reply if a barge-in cut it and no turn came
+        since, and return the text to speak again — from the start of the piece that was playing when
+        it was cut (the whole reply with ``repeat``). Empty when there is nothing to resume."""
+        last = self.history[-1] if self.history else None
+        if last is None or last.role != "assistant" or not last.interrupted or last.generating:
+            return ""
+        start, heard_before = (0, "") if repeat else last.last_heard
+        text = last.generated[_position(last.generated, start) :].strip()
+        if not text:
+            return ""
+        last.interrupted = last.played = False
+        last.heard, last.heard_to, last.last_heard = heard_before, start, (start, heard_before)
+        if last not in self._pending:
+            self._pending.append(last)
+        return text
 
     def content(self, message: Message) -> str:
         """The text a message contributes to the history."""
