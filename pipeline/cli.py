@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline import bundled, config, logs, negotiate, render, runner
+from pipeline import bench, bundled, config, logs, negotiate, render, runner
 from pipeline.errors import Problem, UnknownTypeError, ValidationError
 from pipeline.formats import ANY_AUDIO
 from pipeline.params import param_specs
@@ -29,6 +29,7 @@ EPILOG = """examples:
   python -m pipeline list audio.resample
   python -m pipeline run assistant                     # a shipped config by name (no checkout needed)
   python -m pipeline init                              # copy the shipped configs into ./configs
+  python -m pipeline bench configs/assistant.yaml --turns 10 --barge-ins 5   # latency report
 """
 
 
@@ -87,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
     _add_imports(listing)
     _add_verbose(listing)
     listing.set_defaults(handler=_list)
+
+    bench_command = commands.add_parser(
+        "bench", help="voice-to-voice latency of a conversation graph on real speech, stage by stage"
+    )
+    _add_config_args(bench_command)
+    bench.add_arguments(bench_command)
+    bench_command.set_defaults(handler=bench.command)
 
     init = commands.add_parser(
         "init", help="copy the shipped configs into ./configs (existing files are kept), to edit and run"

@@ -1,0 +1,107 @@
+"""The benchmark's results as numbers: per-stage p50/p95, the JSON document and the text table."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pipeline.bench.machine import Quietness
+from pipeline.bench.timeline import STAGES, Turn
+from pipeline.metrics import percentile
+
+__all__ = ["Results", "summary", "table"]
+
+LABELS = {
+    "vad_hangover": "VAD hangover",
+    "stt": "STT final",
+    "llm_first_token": "LLM first token",
+    "tts_first_audio": "TTS first audio",
+    "playout": "playout",
+    "voice_to_voice": "voice to voice",
+    "barge_in": "barge-in",
+}
+
+
+@dataclass
+class Results:
+    """One benchmark run: the config, every turn's marks, the barge-ins and the machine's state."""
+
+    config: str
+    clips: list[str]
+    turns: list[Turn]
+    barge_ins: list[float]
+    barge_ins_tried: int
+    machine: Quietness
+
+    def answered(self) -> list[dict[str, float]]:
+        return [s for t in self.turns if (s := t.stages())]
+
+    def stages(self) -> dict[str, dict[str, Any]]:
+        """Per stage (and ``barge_in``): count, p50, p95 and max in ms; stages nobody reached are left out."""
+        rows = self.answered()
+        out = {stage: summary([r[stage] for r in rows]) for stage in STAGES if rows}
+        if self.barge_ins:
+            out["barge_in"] = summary(self.barge_ins)
+        return out
+
+    def document(self) -> dict[str, Any]:
+        """The JSON report: summary first, then each turn (ms since its end of speech), then the machine."""
+        turns = []
+        for index, turn in enumerate(self.turns):
+            stages = turn.stages()
+            turns.append(
+                {
+                    "turn": index + 1,
+                    "text": turn.text,
+                    "answered": stages is not None,
+                    "interrupted": turn.interrupted,
+                    **({f"{k}_ms": round(1000 * v, 1) for k, v in stages.items()} if stages else {}),
+                }
+            )
+        answered = self.answered()
+        return {
+            "benchmark": "voice_to_voice",
+            "config": self.config,
+            "turns": len(self.turns),
+            "answered": len(answered),
+            "barge_ins_tried": self.barge_ins_tried,
+            "barge_ins_measured": len(self.barge_ins),
+            "first_turn_voice_to_voice_ms": (
+                round(1000 * answered[0]["voice_to_voice"], 1) if answered else None
+            ),
+            "stages": self.stages(),
+            "per_turn": turns,
+            "clips": self.clips,
+            "machine": {**asdict(self.machine), "quiet": self.machine.quiet},
+        }
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    """count, p50, p95 and max of ``values`` (seconds) in ms."""
+    ordered = sorted(values)
+    return {
+        "count": len(ordered),
+        "p50_ms": round(1000 * statistics.median(ordered), 1),
+        "p95_ms": round(1000 * percentile(ordered, 95), 1),
+        "max_ms": round(1000 * ordered[-1], 1),
+    }
+
+
+def table(results: Results) -> str:
+    """The stage table as text, with the machine's warnings under it."""
+    lines = [f"{'stage':<18}{'n':>4}{'p50 ms':>10}{'p95 ms':>10}{'max ms':>10}"]
+    for stage, stats in results.stages().items():
+        lines.append(
+            f"{LABELS[stage]:<18}{stats['count']:>4}{stats['p50_ms']:>10}{stats['p95_ms']:>10}{stats['max_ms']:>10}"
+        )
+    answered = len(results.answered())
+    barge_ins = len(results.barge_ins)
+    lines.append(f"{answered}/{len(results.turns)} turns answered, {barge_ins} barge-ins measured")
+    m = results.machine
+    lines.append(
+        f"machine: {m.cpus} CPUs, load {m.load_before[0]:.2f} -> {m.load_after[0]:.2f}, "
+        f"steal {m.steal:.1%}, other processes {m.others:.0%}"
+    )
+    lines.extend(f"warning: {w}; these numbers are not a quiet machine's" for w in m.warnings)
+    return "\n".join(lines)
