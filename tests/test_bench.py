@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from playwright.async_api import async_playwright
 
+from pipeline import cli
 from pipeline.bench.machine import MachineSample, quietness
 from pipeline.bench.rewire import BenchGraphError, endpoints, rewire
 from pipeline.bench.timeline import Timeline
@@ -267,3 +268,19 @@ async def show(page: Path) -> None:
         finally:
             await browser.close()
     assert requests == [page.as_uri()]
+
+
+def test_a_graph_with_nothing_to_time_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "vad-only.yaml"
+    config.write_text(
+        "name: vad-only\nnodes:\n  mic: {type: file.input, path: x.wav}\n  vad: {type: vad.webrtc}\n"
+        f"  out: {{type: file.output, path: {tmp_path / 'out.wav'}}}\nedges:\n  - mic -> vad -> out\n"
+    )
+    assert cli.main(["bench", str(config), "--speech", str(librivox(CLIP)), "--turns", "1"]) == 2
+    assert "nothing to time: it has no LLM (llm.*) and no TTS (tts.*)" in capsys.readouterr().err
+
+
+def test_missing_speech_files_are_named(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    missing = tmp_path / "nothing.wav"
+    assert cli.main(["bench", str(ASSISTANT), "--speech", str(missing)]) == 2
+    assert f"no speech file {missing}" in capsys.readouterr().err

@@ -10,13 +10,21 @@ directly) and recorders write into the benchmark's scratch folder, not the user'
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pipeline.config.spec import GraphSpec, NodeSpec
+from pipeline.frames import BotAudioFrame, Frame, LLMTextFrame, UserStoppedSpeakingFrame
+from pipeline.processor import Processor
 
-__all__ = ["BenchGraphError", "endpoints", "rewire"]
+__all__ = ["BenchGraphError", "check_conversation", "endpoints", "rewire"]
 
+NEEDED: dict[type[Frame], str] = {
+    UserStoppedSpeakingFrame: "VAD (vad.*)",
+    LLMTextFrame: "LLM (llm.*)",
+    BotAudioFrame: "TTS (tts.*)",
+}
+"""What a graph must produce to be timed, and the node that produces it."""
 PAUSE_SECS = 1.0
 """Silence after each spoken file: longer than any VAD's stop hangover, so each file ends a turn."""
 
@@ -60,3 +68,13 @@ def rewire(spec: GraphSpec, clips: Sequence[Path], scratch: Path, barge_in_after
     spec.server = None
     spec.settings.setdefault("auto_resample", True)  # the speech files are 16 kHz; any mic rate may be set
     return spec
+
+
+def check_conversation(processors: Mapping[str, Processor], file: str) -> None:
+    """``BenchGraphError`` unless some node ends the user's speech, one writes a reply and one speaks it."""
+    made = {kind for p in processors.values() for kind in p.produces}
+    missing = [what for kind, what in NEEDED.items() if not any(issubclass(m, kind) for m in made)]
+    if missing:
+        raise BenchGraphError(
+            f"{file}: not a voice conversation, nothing to time: it has no {' and no '.join(missing)}"
+        )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pipeline.bench.machine import quietness, sample
 from pipeline.bench.report import Results
-from pipeline.bench.rewire import rewire
+from pipeline.bench.rewire import check_conversation, rewire
 from pipeline.bench.timeline import Timeline, Turn
 from pipeline.config import parse
 from pipeline.config.build import build
@@ -85,6 +85,7 @@ async def _conversation(
     hide_secrets(problems, spec.secrets)
     if problems:
         raise ValidationError(sorted(problems, key=lambda p: (p.line is None, p.line or 0)))
+    check_conversation(compiled.processors, spec.file)
     graph = compiled.graph()
     graph.add_observer(timeline)
     await graph.run()
