@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pipeline.config.spec import GraphSpec, NodeSpec
+from pipeline.errors import VoxgraphError
 from pipeline.frames import BotAudioFrame, Frame, LLMTextFrame, UserStoppedSpeakingFrame
 from pipeline.processor import Processor
 
@@ -29,7 +30,7 @@ PAUSE_SECS = 1.0
 """Silence after each spoken file: longer than any VAD's stop hangover, so each file ends a turn."""
 
 
-class BenchGraphError(Exception):
+class BenchGraphError(VoxgraphError, ValueError):
     """The config is not shaped like a conversation the benchmark can drive."""
 
 
