@@ -108,6 +108,7 @@ def test_the_connection_cap_leaves_descriptors_for_the_rest_of_the_server() -> N
     assert connection_cap(1024) == 1024 - 128 - BACKLOG
     assert connection_cap(256, 50) == 50
     assert connection_cap(256, 10_000) == connection_cap(256)  # never past the open-files limit
+    assert connection_cap(256, 0, 40) == connection_cap(256) - 40  # what the process holds already
 
 
 async def test_at_the_cap_the_oldest_connections_without_a_request_make_room() -> None:

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import resource
 import socket
 import ssl
@@ -63,10 +64,21 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def connection_cap(fd_limit: int, configured: int = 0) -> int:
-    """Connections held open at most: ``configured`` (0: automatic), never so many that fds run out."""
-    automatic = max(8, fd_limit - max(MIN_RESERVED_FDS, fd_limit // 8) - BACKLOG)
+def connection_cap(fd_limit: int, configured: int = 0, in_use: int = 0) -> int:
+    """Connections held open at most: ``configured`` (0: automatic), never so many that fds run out.
+
+    ``in_use``: descriptors the process holds already (loaded libraries, models, the listening socket),
+    which the reserve for everything else comes on top of."""
+    automatic = max(8, fd_limit - in_use - max(MIN_RESERVED_FDS, fd_limit // 8) - BACKLOG)
     return min(configured, automatic) if configured > 0 else automatic
+
+
+def open_descriptors() -> int:
+    """File descriptors this process has open now (Linux; 0 where it cannot tell)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
 
 
 class ConnectionGuard:

@@ -78,6 +78,7 @@ from transports.websocket.connections import (
     GuardedSite,
     QuietClientErrors,
     connection_cap,
+    open_descriptors,
     raise_fd_limit,
     tls_context,
 )
@@ -161,7 +162,9 @@ class VoiceServer:
         quiet = logging.getLogger("aiohttp.server")
         if not any(isinstance(f, QuietClientErrors) for f in quiet.filters):
             quiet.addFilter(QuietClientErrors())
-        self.connections.max_connections = connection_cap(raise_fd_limit(), settings.max_connections)
+        self.connections.max_connections = connection_cap(
+            raise_fd_limit(), settings.max_connections, open_descriptors()
+        )
         self.connections.send_timeout = settings.send_timeout
         tls = await asyncio.to_thread(tls_context, settings.tls_cert, settings.tls_key)
         self.app.middlewares.insert(0, self.connections.middleware)  # first: it marks the headers' arrival
