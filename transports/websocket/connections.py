@@ -46,7 +46,8 @@ CLIENT_ERRNOS = frozenset({errno.ETIMEDOUT, errno.ECONNRESET, errno.EPIPE})
 """Socket errors that mean the client stopped reading, vanished or hung up."""
 BACKLOG = 64
 """Listen backlog; asyncio also accepts up to this many connections at once before the guard sees
-them, so the cap leaves that many descriptors free."""
+them, and as many connections shed to make room for them close only on the next loop turn, so the cap
+leaves twice that many descriptors free."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -69,7 +70,7 @@ def connection_cap(fd_limit: int, configured: int = 0, in_use: int = 0) -> int:
 
     ``in_use``: descriptors the process holds already (loaded libraries, models, the listening socket),
     which the reserve for everything else comes on top of."""
-    automatic = max(8, fd_limit - in_use - max(MIN_RESERVED_FDS, fd_limit // 8) - BACKLOG)
+    automatic = max(8, fd_limit - in_use - max(MIN_RESERVED_FDS, fd_limit // 8) - 2 * BACKLOG)
     return min(configured, automatic) if configured > 0 else automatic
 
 
