@@ -66,6 +66,8 @@ from pipeline.config.sessions import conversations_directory
 from pipeline.graph import Graph, GraphFailedError
 from pipeline.processor import Processor
 from pipeline.sessions import ConversationKeeper, new_session_id
+from transports.dropin.assemblyai import add_assemblyai_routes
+from transports.dropin.openai import add_openai_routes
 from transports.telephony.call import HANG_UP_TIMEOUT
 from transports.telephony.routes import add_phone_routes
 from transports.webrtc.signalling import add_webrtc_routes
@@ -345,6 +347,8 @@ class VoiceServer:
         add_auth_routes(app, self.guard)
         add_phone_routes(app, self)  # /twilio/voice, /twilio, /telnyx when the graph answers calls
         add_webrtc_routes(app, self)  # POST /api/offer when the graph talks to the page (webrtc extra)
+        add_assemblyai_routes(app, self)  # /v3/ws when the config serves AssemblyAI's streaming protocol
+        add_openai_routes(app, self)  # /v1/... when the config serves OpenAI's audio and chat endpoints
         return app
 
     async def _index(self, request: web.Request) -> web.StreamResponse:
