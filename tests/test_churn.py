@@ -64,8 +64,8 @@ WHISPER_CYCLES = 60
 """Each Whisper session costs a full pass (~0.7 s on 2 shared cores): fewer than the others'."""
 WHISPER_RSS_TOLERANCE = 25 * 2**20
 """CTranslate2's allocator swings by ~18 MB from one session to the next, either way (measured: 208.8 →
-226.8 MB after 30 sessions, 225.9 → 209.6 MB after 60); a leak of 1 MB a session still passes this over
-the second half's 30 sessions, and any task, thread, fd or graph left behind is caught exactly."""
+226.8 MB after 30 sessions, 225.9 → 209.6 MB after 60); a leak of 1 MB a session (30 MB over the second
+half's 30 sessions) still fails it, and any task, thread, fd or graph left behind is caught exactly."""
 NATIVE_THREADS_PER_WORKER = 2
 """llama.cpp keeps helper threads per thread that calls it (2 seen): an executor worker that runs its
 first generation during the churn brings them along. They live as long as the (bounded) pool."""
@@ -74,8 +74,8 @@ LEAVER_EVERY = 10
 TIMEOUT = 15.0  # one session, end to end
 SETTLE = 5.0  # for the last connection's tasks and sockets to wind down after its handler returned
 RSS_TOLERANCE = 10 * 2**20
-"""Allowed growth of resident memory over the second half of the churn (15 to 50 sessions): a leak of
-1 MB a session shows, while allocator arenas and caches, warmed by the first sessions, have settled."""
+"""Allowed growth of resident memory over the second half of the churn (sessions 50 to 100): a leak of
+0.2 MB a session shows, while allocator arenas and caches, warmed by the first sessions, have settled."""
 RSS_CEILING = 60 * 2**20
 """Allowed growth over the whole churn, warm-up of arenas and caches included."""
 CHILD_TIMEOUT = 900.0  # one family's churn in its own process, models loaded included
