@@ -13,7 +13,15 @@ from typing import Any
 import openai
 import pytest
 
-from tests.fakes.openai import FakeOpenAI, FakeToolCall, Fault, to_wav, wav_format
+from tests.fakes.openai import (
+    FakeOpenAI,
+    FakeToolCall,
+    Fault,
+    to_wav,
+    tool_results,
+    wav_format,
+    when_asked,
+)
 
 MESSAGES: Any = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
 WEATHER_TOOL: Any = {
@@ -84,10 +92,112 @@ async def test_streamed_tool_call_fragments_assemble(fake: FakeOpenAI, client: o
                 names.append(call.function.name)
             arguments += (call.function.arguments or "") if call.function else ""
 
-    assert names == ["get_weather"] and ids == ["call_fake0"]
+    assert names == ["get_weather"] and ids == ["call_fake1_0"]
     assert json.loads(arguments) == {"city": "Paris, France"}
     assert finish == "tool_calls"
     assert fake.requests[0].body["tools"] == [WEATHER_TOOL]
+
+
+async def collect_calls(stream: Any) -> tuple[dict[int, dict[str, str]], str | None]:
+    """Tool calls of a chat stream assembled per index as the reference says: id and name assigned,
+    arguments appended; the usage chunk (no choices) skipped."""
+    calls: dict[int, dict[str, str]] = {}
+    finish = None
+    async for chunk in stream:
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            for fragment in choice.delta.tool_calls or []:
+                call = calls.setdefault(fragment.index, {"id": "", "name": "", "arguments": ""})
+                call["id"] = fragment.id or call["id"]
+                if fragment.function is not None:
+                    call["name"] = fragment.function.name or call["name"]
+                    call["arguments"] += fragment.function.arguments or ""
+    return calls, finish
+
+
+@pytest.mark.parametrize("repeat_call_heads", [False, True])
+async def test_parallel_calls_then_the_follow_up_the_sdk_sends(
+    fake: FakeOpenAI, client: openai.AsyncOpenAI, repeat_call_heads: bool
+) -> None:
+    fake.reply = lambda body: f"Results: {', '.join(tool_results(body))}" if tool_results(body) else ""
+    fake.tool_calls = when_asked(
+        FakeToolCall("get_weather", '{"city": "Paris"}', "call_abc"),
+        FakeToolCall("get_weather", '{"city": "Rome"}', "call_def"),
+    )
+    fake.repeat_call_heads = repeat_call_heads  # llama.cpp's server repeats id and name in every chunk
+    messages: Any = [{"role": "user", "content": "Weather in Paris and Rome?"}]
+    stream = await client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=messages,
+        tools=[WEATHER_TOOL],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    calls, finish = await collect_calls(stream)
+
+    assert finish == "tool_calls"
+    assert [(c["id"], c["name"], json.loads(c["arguments"])) for _, c in sorted(calls.items())] == [
+        ("call_abc", "get_weather", {"city": "Paris"}),
+        ("call_def", "get_weather", {"city": "Rome"}),
+    ]
+    follow_up = [
+        *messages,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": c["id"],
+                    "type": "function",
+                    "function": {"name": c["name"], "arguments": c["arguments"]},
+                }
+                for _, c in sorted(calls.items())
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_abc", "content": '{"temp_c": 21}'},
+        {"role": "tool", "tool_call_id": "call_def", "content": '{"temp_c": 25}'},
+    ]
+    stream = await client.chat.completions.create(
+        model="gpt-4o-mini", messages=follow_up, tools=[WEATHER_TOOL], stream=True
+    )
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+    assert text == 'Results: {"temp_c": 21}, {"temp_c": 25}'
+    body = fake.requests[1].body
+    assert body["messages"] == follow_up and body["tools"] == [WEATHER_TOOL]
+
+
+@pytest.mark.parametrize(
+    ("history", "said"),
+    [
+        (  # a call whose result is missing
+            [
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+                        {"id": "c2", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "c1", "content": "1"},
+                {"role": "user", "content": "and?"},
+            ],
+            "did not have response messages: c2",
+        ),
+        (  # a result with no call before it
+            [{"role": "tool", "tool_call_id": "c9", "content": "1"}, {"role": "user", "content": "and?"}],
+            "must be a response to a preceeding message with 'tool_calls'",
+        ),
+    ],
+)
+async def test_an_invalid_tool_history_is_refused_as_the_api_does(
+    client: openai.AsyncOpenAI, history: Any, said: str
+) -> None:
+    with pytest.raises(openai.BadRequestError, match=said):
+        await client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}, *history], stream=True
+        )
 
 
 async def test_wrong_key_is_an_authentication_error(fake: FakeOpenAI) -> None:

@@ -5,6 +5,11 @@ processors are tested through the same client, parser and error classes they use
 wire format follows ``shared/reference/providers.md``; ``tests/test_fake_openai.py`` proves it with
 the SDK.
 
+The chat model can call tools: ``tool_calls`` (fixed, or computed from each request, e.g.
+``when_asked(...)``: call when the user asks, answer once the results are back) stream as the real API
+streams them, and a follow-up whose history is invalid (a call without its result, a result without
+its call) is refused with the real API's 400, so a test sees exactly what a provider would reject.
+
 Responses misbehave on request: ``Fault`` delays the first byte or every chunk, drops the connection,
 breaks a chunk's JSON, stalls, or answers with an HTTP error. ``HttpFake`` (the server lifecycle,
 request log and faulty streaming) is shared with the Gemini fake.
@@ -220,6 +225,84 @@ class FakeToolCall:
     call_id: str = ""
 
 
+ToolCalls = Iterable[FakeToolCall] | Callable[[dict[str, Any]], Iterable[FakeToolCall]]
+"""Calls made in every reply, or computed from the request body (see ``when_asked``)."""
+
+
+def when_asked(*calls: FakeToolCall) -> Callable[[dict[str, Any]], list[FakeToolCall]]:
+    """A model that makes ``calls`` when the last message is the user's, and answers (no calls) once
+    the results have come back: one tool round per user turn, as a real model mostly does."""
+
+    def decide(body: dict[str, Any]) -> list[FakeToolCall]:
+        messages = body.get("messages") or [{}]
+        return list(calls) if messages[-1].get("role") == "user" else []
+
+    return decide
+
+
+def tool_results(body: dict[str, Any]) -> list[str]:
+    """The tool results at the end of a chat request (those the model is answering now)."""
+    results: list[str] = []
+    for message in reversed(body.get("messages") or []):
+        if message.get("role") != "tool":
+            break
+        results.insert(0, str(message.get("content")))
+    return results
+
+
+def history_problem(messages: list[Any]) -> tuple[str, str] | None:
+    """(message, param) of the 400 the real API answers to an invalid tool-call history, or None.
+
+    Every assistant message with ``tool_calls`` must be followed by one ``tool`` message per call id,
+    and a ``tool`` message must answer a call of the assistant message before it.
+    """
+    open_calls: list[str] = []
+    answered: set[str] = set()
+    for index, message in enumerate([*messages, None]):  # None: the end also closes the last calls
+        role = message.get("role") if isinstance(message, dict) else None
+        if isinstance(message, dict) and role == "tool":
+            call_id = message.get("tool_call_id")
+            if call_id not in open_calls or call_id in answered:
+                return (
+                    "Invalid parameter: messages with role 'tool' must be a response to a preceeding "
+                    "message with 'tool_calls'.",
+                    f"messages.[{index}].role",
+                )
+            if not isinstance(message.get("content"), (str, list)):
+                return ("Invalid type for 'content': expected a string.", f"messages.[{index}].content")
+            answered.add(call_id)
+            continue
+        missing = [c for c in open_calls if c not in answered]
+        if missing:
+            return (
+                "An assistant message with 'tool_calls' must be followed by tool messages responding to "
+                "each 'tool_call_id'. The following tool_call_ids did not have response messages: "
+                + ", ".join(missing),
+                "messages",
+            )
+        open_calls, answered = [], set()
+        if isinstance(message, dict) and role == "assistant":
+            calls = message.get("tool_calls") or []
+            if message.get("content") is None and not calls:
+                return (
+                    "Invalid value for 'content': expected a string, got null.",
+                    f"messages.[{index}].content",
+                )
+            for call in calls:
+                function = call.get("function") or {}
+                if (
+                    not call.get("id")
+                    or not function.get("name")
+                    or not isinstance(function.get("arguments"), str)
+                ):
+                    return (
+                        "Missing required parameter: 'tool_calls.id/function'.",
+                        f"messages.[{index}].tool_calls",
+                    )
+                open_calls.append(call["id"])
+    return None
+
+
 class FakeOpenAI(HttpFake):
     """``/v1/chat/completions``, ``/v1/audio/speech`` and ``/v1/audio/transcriptions``.
 
@@ -233,7 +316,8 @@ class FakeOpenAI(HttpFake):
         *,
         api_key: str = "sk-fake-0123456789",
         reply: Reply = "Hello! How can I help you today?",
-        tool_calls: Iterable[FakeToolCall] = (),
+        tool_calls: ToolCalls = (),
+        repeat_call_heads: bool = False,
         transcript: Reply = "hello world",
         seconds_per_char: float = 0.05,
         speech_chunk_bytes: int = 4801,
@@ -244,7 +328,8 @@ class FakeOpenAI(HttpFake):
         super().__init__(fault=fault)
         self.api_key = api_key  # the only key accepted
         self.reply = reply
-        self.tool_calls = list(tool_calls)
+        self.tool_calls = tool_calls if callable(tool_calls) else list(tool_calls)
+        self.repeat_call_heads = repeat_call_heads  # id and name in every fragment, as llama.cpp's server
         self.transcript = transcript  # what any audio "says"; a callable gets the form fields
         self.seconds_per_char = seconds_per_char
         self.speech_chunk_bytes = speech_chunk_bytes  # odd by default: a sample straddles two chunks
@@ -274,6 +359,12 @@ class FakeOpenAI(HttpFake):
         if not body.get("model") or not isinstance(body.get("messages"), list) or not body["messages"]:
             message = "you must provide a model parameter and a non-empty messages array"
             return self.reject(exchange, 400, openai_error(400, message, "invalid_request_error", None))
+        invalid = history_problem(body["messages"])
+        if invalid is not None:
+            message, param = invalid
+            return self.reject(
+                exchange, 400, openai_error(400, message, "invalid_request_error", None, param)
+            )
         unknown = self._unknown_model(exchange, body["model"])
         if unknown is not None:
             return unknown
@@ -281,9 +372,10 @@ class FakeOpenAI(HttpFake):
         if fault.status:
             return self._status_error(exchange, fault.status)
         reply = self.reply(body) if callable(self.reply) else self.reply
+        calls = self._tool_calls(body)
         pieces = split_words(reply)
         prompt_tokens = max(1, sum(len(json.dumps(m.get("content"))) for m in body["messages"]) // 4)
-        completion_tokens = len(pieces) + sum(max(1, len(c.arguments) // 4) for c in self.tool_calls)
+        completion_tokens = len(pieces) + sum(max(1, len(c.arguments) // 4) for c in calls)
         exchange.usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
@@ -292,12 +384,12 @@ class FakeOpenAI(HttpFake):
         ident, model, created = f"chatcmpl-fake{len(self.requests)}", body["model"], int(time.time())
         if not body.get("stream"):
             return self.finish(
-                exchange, web.json_response(self._completion(ident, model, created, reply, exchange))
+                exchange, web.json_response(self._completion(ident, model, created, reply, calls, exchange))
             )
         usage = bool((body.get("stream_options") or {}).get("include_usage"))
         chunks = [
             _sse(chunk)
-            for chunk in self._chunks(ident, model, created, pieces, exchange.usage if usage else None)
+            for chunk in self._chunks(ident, model, created, pieces, calls, exchange.usage if usage else None)
         ]
         chunks.append(b"data: [DONE]\n\n")
         broken = (
@@ -305,14 +397,17 @@ class FakeOpenAI(HttpFake):
         )
         return await self.stream(request, exchange, chunks, fault, "text/event-stream; charset=utf-8", broken)
 
-    def _tool_calls(self) -> list[FakeToolCall]:
+    def _tool_calls(self, body: dict[str, Any]) -> list[FakeToolCall]:
+        """This reply's calls; those without an id get one unique in this fake's life."""
+        calls = self.tool_calls(body) if callable(self.tool_calls) else self.tool_calls
         return [
-            replace(call, call_id=call.call_id or f"call_fake{index}")
-            for index, call in enumerate(self.tool_calls)
+            replace(call, call_id=call.call_id or f"call_fake{len(self.requests)}_{index}")
+            for index, call in enumerate(calls)
         ]
 
-    def _completion(self, ident: str, model: str, created: int, reply: str, exchange: Exchange) -> Any:
-        calls = self._tool_calls()
+    def _completion(
+        self, ident: str, model: str, created: int, reply: str, calls: list[FakeToolCall], exchange: Exchange
+    ) -> Any:
         message: dict[str, Any] = {"role": "assistant", "content": reply or None, "refusal": None}
         if calls:
             message["tool_calls"] = [
@@ -337,7 +432,13 @@ class FakeOpenAI(HttpFake):
         }
 
     def _chunks(
-        self, ident: str, model: str, created: int, pieces: list[str], usage: dict[str, int] | None
+        self,
+        ident: str,
+        model: str,
+        created: int,
+        pieces: list[str],
+        calls: list[FakeToolCall],
+        usage: dict[str, int] | None,
     ) -> list[Any]:
         """The stream: role, content pieces, tool-call fragments, finish reason, then usage."""
 
@@ -359,15 +460,23 @@ class FakeOpenAI(HttpFake):
                 out["usage"] = None
             return out
 
-        calls = self._tool_calls()
-        chunks = [chunk({"role": "assistant", "content": "", "refusal": None})]
+        # A reply that only calls tools opens with content null, as the real API's does.
+        chunks = [
+            chunk({"role": "assistant", "content": None if calls and not pieces else "", "refusal": None})
+        ]
         chunks += [chunk({"content": piece}) for piece in pieces]
         for index, call in enumerate(calls):
             head = {"index": index, "id": call.call_id, "type": "function"}
             head["function"] = {"name": call.name, "arguments": ""}
             chunks.append(chunk({"tool_calls": [head]}))
             for start in range(0, len(call.arguments), 7):
-                fragment = {"index": index, "function": {"arguments": call.arguments[start : start + 7]}}
+                fragment: dict[str, Any] = {"index": index}
+                if self.repeat_call_heads:
+                    fragment |= {"id": call.call_id, "type": "function"}
+                    fragment["function"] = {"name": call.name}
+                fragment["function"] = fragment.get("function", {}) | {
+                    "arguments": call.arguments[start : start + 7]
+                }
                 chunks.append(chunk({"tool_calls": [fragment]}))
         chunks.append(chunk({}, "tool_calls" if calls else "stop"))
         if usage is not None:
