@@ -14,7 +14,15 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
-from tests.fakes.gemini import FakeFunctionCall, FakeGemini, Fault, contents_text, pick
+from tests.fakes.gemini import (
+    FakeFunctionCall,
+    FakeGemini,
+    Fault,
+    contents_text,
+    function_responses,
+    pick,
+    when_asked,
+)
 
 CONTENTS: Any = [
     types.Content(role="user", parts=[types.Part(text="Hi!")]),
@@ -59,8 +67,8 @@ async def test_stream_with_system_instruction(fake: FakeGemini, client: genai.Cl
     responses = [response async for response in stream]
 
     assert len(responses) > 1
-    assert "".join(part.text or "" for r in responses for part in r.candidates[0].content.parts) == fake.reply
-    assert responses[-1].candidates[0].finish_reason == types.FinishReason.STOP
+    assert "".join(r.text or "" for r in responses) == fake.reply
+    assert (responses[-1].candidates or [])[0].finish_reason == types.FinishReason.STOP
     usage = responses[-1].usage_metadata
     assert (
         usage is not None and usage.candidates_token_count == fake.requests[0].usage["candidatesTokenCount"]
@@ -90,6 +98,77 @@ async def test_function_call(fake: FakeGemini, client: genai.Client) -> None:
     assert [(c.name, c.args) for c in calls] == [("get_weather", {"city": "Paris"})]
     (tool,) = fake.requests[0].body["tools"]
     assert pick(tool, "functionDeclarations")[0]["name"] == "get_weather"
+
+
+WEATHER = types.FunctionDeclaration(
+    name="get_weather",
+    description="Current weather in a city.",
+    parameters_json_schema={"type": "object", "properties": {"city": {"type": "string"}}},
+)
+
+
+async def test_parallel_calls_and_the_follow_up_with_the_models_own_parts(
+    fake: FakeGemini, client: genai.Client
+) -> None:
+    fake.require_signatures = True
+    fake.function_calls = when_asked(
+        FakeFunctionCall("get_weather", {"city": "Paris"}, thought_signature="c2lnLTE="),
+        FakeFunctionCall("get_weather", {"city": "Rome"}, call_id="fc-2"),
+    )
+    fake.reply = lambda body: f"{len(function_responses(body))} answers" if function_responses(body) else ""
+    config = types.GenerateContentConfig(
+        tools=[types.Tool(function_declarations=[WEATHER])],
+        automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
+    )
+    question = types.Content(role="user", parts=[types.Part(text="Weather in Paris and Rome?")])
+    stream = await client.aio.models.generate_content_stream(
+        model="gemini-2.5-flash", contents=[question], config=config
+    )
+    responses = [r async for r in stream]
+    calls = [c for r in responses for c in r.function_calls or []]
+    assert [(c.id, c.name, c.args) for c in calls] == [
+        (None, "get_weather", {"city": "Paris"}),
+        ("fc-2", "get_weather", {"city": "Rome"}),
+    ]
+    # Both calls came in one event; its parts are what the follow-up echoes (the signature with them).
+    (event,) = [r for r in responses if r.function_calls]
+    own_parts = (event.candidates or [])[0].content.parts  # type: ignore[union-attr]
+    assert own_parts is not None and own_parts[0].thought_signature == b"sig-1"
+    answers = types.Content(
+        role="user",
+        parts=[
+            types.Part.from_function_response(name="get_weather", response={"result": {"temp_c": 21}}),
+            types.Part(
+                function_response=types.FunctionResponse(
+                    id="fc-2", name="get_weather", response={"temp_c": 25}
+                )
+            ),
+        ],
+    )
+    follow_up = [question, types.Content(role="model", parts=own_parts), answers]
+    stream = await client.aio.models.generate_content_stream(
+        model="gemini-2.5-flash", contents=follow_up, config=config
+    )
+    assert "".join([r.text or "" async for r in stream]) == "2 answers"
+    model_turn = fake.requests[1].body["contents"][1]
+    assert pick(model_turn["parts"][0], "thoughtSignature") == "c2lnLTE="
+    assert [pick(r, "id") for r in function_responses(fake.requests[1].body)] == [None, "fc-2"]
+
+    # Rebuilt from the calls instead of echoed, the parts lose the signature: the API refuses them.
+    rebuilt = types.Content(role="model", parts=[types.Part(function_call=c) for c in calls])
+    with pytest.raises(errors.ClientError, match="thought_signature"):
+        await drain_with(client, [question, rebuilt, answers], config)
+    # And a call left without its response is refused too.
+    with pytest.raises(errors.ClientError, match="number of function response parts"):
+        await drain_with(client, [question, types.Content(role="model", parts=own_parts)], config)
+
+
+async def drain_with(client: genai.Client, contents: Any, config: types.GenerateContentConfig) -> None:
+    stream = await client.aio.models.generate_content_stream(
+        model="gemini-2.5-flash", contents=contents, config=config
+    )
+    async for _ in stream:
+        pass
 
 
 async def test_non_streamed_and_v1beta(fake: FakeGemini) -> None:

@@ -5,13 +5,19 @@ base_url=fake.base_url))``. Bodies arrive camelCase with some nested keys snake_
 reads both. Streams are SSE events ``data: <GenerateContentResponse>\\r\\n\\r\\n`` with no ``[DONE]``;
 the last event carries ``finishReason`` and the full ``usageMetadata``. ``Fault`` knobs and the
 request log come from ``HttpFake``.
+
+Function calls arrive whole, several parts in one event (``args`` an object, ``id`` and a
+``thoughtSignature`` only when the call sets them); ``function_calls`` may be computed from each
+request (``when_asked``). A follow-up whose function-call turn is not answered by as many
+``functionResponse`` parts, or (``require_signatures``) that drops a call's signature, gets the real
+API's 400.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +25,16 @@ from aiohttp import web
 
 from tests.fakes.openai import Exchange, Fault, HttpFake, Reply, split_words
 
-__all__ = ["Exchange", "FakeFunctionCall", "FakeGemini", "Fault", "contents_text", "pick"]
+__all__ = [
+    "Exchange",
+    "FakeFunctionCall",
+    "FakeGemini",
+    "Fault",
+    "contents_text",
+    "function_responses",
+    "pick",
+    "when_asked",
+]
 
 _STATUS_NAMES = {
     400: "INVALID_ARGUMENT",
@@ -38,10 +53,17 @@ _STATUS_MESSAGES = {
 
 @dataclass(frozen=True, slots=True)
 class FakeFunctionCall:
-    """A function call the fake's model makes (Gemini sends each whole, in one part)."""
+    """A function call the fake's model makes (Gemini sends each whole, in one part). ``call_id`` and
+    ``thought_signature`` (base64 text, as thinking models send it) are left out when empty."""
 
     name: str
     args: dict[str, Any] = field(default_factory=dict)
+    call_id: str = ""
+    thought_signature: str = ""
+
+
+FunctionCalls = Iterable[FakeFunctionCall] | Callable[[dict[str, Any]], Iterable[FakeFunctionCall]]
+"""Calls made in every reply, or computed from the request body."""
 
 
 def pick(mapping: Any, camel: str) -> Any:
@@ -60,6 +82,56 @@ def contents_text(content: Any) -> str:
     return "".join(str(p.get("text", "")) for p in parts if isinstance(p, dict))
 
 
+def function_responses(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``functionResponse`` parts of the request's last turn (those the model answers now)."""
+    contents = pick(body, "contents") or [{}]
+    parts = pick(contents[-1], "parts") or []
+    return [pick(p, "functionResponse") for p in parts if pick(p, "functionResponse") is not None]
+
+
+def when_asked(*calls: FakeFunctionCall) -> Callable[[dict[str, Any]], list[FakeFunctionCall]]:
+    """A model that makes ``calls`` when the last turn is the user's words, and answers (no calls)
+    once the function responses have come back."""
+
+    def decide(body: dict[str, Any]) -> list[FakeFunctionCall]:
+        return [] if function_responses(body) else list(calls)
+
+    return decide
+
+
+def history_problem(contents: list[Any], signatures: dict[str, str]) -> str:
+    """The 400 message the real API gives an invalid function-calling history, or "".
+
+    A model turn with ``functionCall`` parts must be followed by a user turn with as many
+    ``functionResponse`` parts; those must follow such a turn; a call sent with a thought signature
+    (``signatures``: signature by call name and arguments) must be echoed with it.
+    """
+    expected = 0
+    for content in [*contents, None]:
+        parts = [p for p in (pick(content, "parts") or []) if isinstance(p, dict)]
+        responses = [p for p in parts if pick(p, "functionResponse") is not None]
+        if len(responses) != expected:
+            return (
+                "Please ensure that the number of function response parts is equal to the number of "
+                "function call parts of the function call turn."
+            )
+        calls = [p for p in parts if pick(p, "functionCall") is not None]
+        for part in calls:
+            signature = signatures.get(_call_key(pick(part, "functionCall")))
+            if signature and pick(part, "thoughtSignature") != signature:
+                name = pick(part, "functionCall").get("name")
+                return (
+                    f"Function call is missing a thought_signature in functionCall parts. This is required "
+                    f"for tools to work correctly. Additional data, function call `default_api:{name}`."
+                )
+        expected = len(calls)
+    return ""
+
+
+def _call_key(call: Any) -> str:
+    return json.dumps([pick(call, "name"), pick(call, "args") or {}], sort_keys=True)
+
+
 class FakeGemini(HttpFake):
     """``POST /{v1,v1beta}/models/{model}:streamGenerateContent`` and ``:generateContent``.
 
@@ -71,7 +143,8 @@ class FakeGemini(HttpFake):
         *,
         api_key: str = "AIza-fake-0123456789",
         reply: Reply = "Hello! How can I help you today?",
-        function_calls: Iterable[FakeFunctionCall] = (),
+        function_calls: FunctionCalls = (),
+        require_signatures: bool = False,
         words_per_chunk: int = 3,
         models: Iterable[str] | None = None,
         fault: Fault | None = None,
@@ -79,7 +152,9 @@ class FakeGemini(HttpFake):
         super().__init__(fault=fault)
         self.api_key = api_key  # the only key accepted
         self.reply = reply  # a callable gets the request body
-        self.function_calls = list(function_calls)
+        self.function_calls = function_calls if callable(function_calls) else list(function_calls)
+        self.require_signatures = require_signatures  # a thinking model: signatures must come back
+        self.signatures: dict[str, str] = {}  # signature of each call sent, by name and arguments
         self.words_per_chunk = words_per_chunk
         self.models = set(models) if models is not None else None  # None: every model name exists
 
@@ -118,6 +193,9 @@ class FakeGemini(HttpFake):
             return self._error(
                 exchange, 400, "* GenerateContentRequest.contents: contents is not specified\n"
             )
+        invalid = history_problem(pick(body, "contents"), self.signatures if self.require_signatures else {})
+        if invalid:
+            return self._error(exchange, 400, invalid)
         fault = self.next_fault()
         if fault.status:
             return self._error(exchange, fault.status, _STATUS_MESSAGES.get(fault.status, "Error."))
@@ -139,13 +217,15 @@ class FakeGemini(HttpFake):
         step = max(1, self.words_per_chunk)
         pieces = ["".join(words[i : i + step]) for i in range(0, len(words), step)]
         parts: list[list[dict[str, Any]]] = [[{"text": piece}] for piece in pieces]
-        parts += [[{"functionCall": {"name": c.name, "args": c.args}}] for c in self.function_calls]
+        calls = list(self.function_calls(body) if callable(self.function_calls) else self.function_calls)
+        if calls:  # every call of the reply in one event, as the real API sends them
+            parts.append([self._call_part(call) for call in calls])
         if not parts:
             parts = [[{"text": ""}]]
         prompt = sum(len(contents_text(c)) for c in pick(body, "contents") or []) // 4 + 1
         system = pick(body, "systemInstruction")
         prompt += len(contents_text(system)) // 4 if system else 0
-        candidates = max(1, len(words)) + 5 * len(self.function_calls)
+        candidates = max(1, len(words)) + 5 * len(calls)
         exchange.usage = {
             "promptTokenCount": prompt,
             "candidatesTokenCount": candidates,
@@ -168,6 +248,16 @@ class FakeGemini(HttpFake):
                 }
             )
         return responses
+
+    def _call_part(self, call: FakeFunctionCall) -> dict[str, Any]:
+        function: dict[str, Any] = {"name": call.name, "args": call.args}
+        if call.call_id:
+            function["id"] = call.call_id
+        part: dict[str, Any] = {"functionCall": function}
+        if call.thought_signature:
+            part["thoughtSignature"] = call.thought_signature
+            self.signatures[_call_key(function)] = call.thought_signature
+        return part
 
     def _refusal(self, request: web.Request, exchange: Exchange) -> web.Response | None:
         key = request.headers.get("x-goog-api-key") or request.query.get("key")
