@@ -29,6 +29,7 @@ import numpy as np
 from pipeline.errors import FatalProcessorError, Problem
 from pipeline.frames import (
     Frame,
+    TranscriptFrame,
     UserAudioFrame,
     UserSpeechPausedFrame,
     UserStartedSpeakingFrame,
@@ -120,6 +121,7 @@ class SmartTurnTaking(TurnTaking):
         self._judged_at: float | None = None  # stream time of the pause it judges
         self._hold: asyncio.TimerHandle | None = None  # ends an unfinished turn after max_wait_secs
         self._released = False  # the wait ran out: end the turn whatever the verdict
+        self._awaiting_final = False  # speech resumed in a held turn: its final is due before the end
         self.decisions: list[tuple[float, float]] = []
         """(probability, seconds the model took) of each verdict, for benchmarks and tests."""
 
@@ -155,6 +157,8 @@ class SmartTurnTaking(TurnTaking):
             return
         if isinstance(frame, UserStartedSpeakingFrame):
             self._speech_resumed(frame)
+        elif isinstance(frame, TranscriptFrame) and not self._overlap:
+            self._awaiting_final = False
         elif isinstance(frame, UserSpeechPausedFrame):
             self._judge(frame.stream_time)
             if UserSpeechPausedFrame not in TurnTaking.handles:
@@ -166,7 +170,15 @@ class SmartTurnTaking(TurnTaking):
             elif self._verdict is None or self._judged_at != frame.stream_time:
                 self._judge(frame.stream_time)
         await super().process(frame)
-        if isinstance(frame, UserStoppedSpeakingFrame) and self._judged_unfinished():
+        if isinstance(frame, UserStartedSpeakingFrame):
+            # A held turn already has finals: at the next stop it must not end on them alone before the
+            # recogniser's final for the resumed speech arrives (a verdict faster than that final would
+            # hand on the first words, and the rest would leave as a turn of its own). ``max_wait_secs``
+            # after that stop bounds the wait for a final that never comes (a cough).
+            self._awaiting_final = bool(self._finals) and not self._overlap
+        elif isinstance(frame, UserStoppedSpeakingFrame) and (
+            self._judged_unfinished() or self._awaiting_final
+        ):
             self._hold_open()
 
     def _speech_resumed(self, frame: UserStartedSpeakingFrame) -> None:
@@ -260,6 +272,8 @@ class SmartTurnTaking(TurnTaking):
         """True while the end of the turn waits for the model, or for more speech it expects."""
         if self._released or self._end_requested or self.ended or self._user_speaking:
             return False
+        if self._awaiting_final:
+            return True  # the resumed speech's words are still on their way
         if self._verdict is None:
             return False  # no judgement was asked for (no VAD, or speech over the bot)
         return not self._verdict.done() or self._judged_unfinished()
@@ -271,6 +285,7 @@ class SmartTurnTaking(TurnTaking):
         await super()._end_turn_if_ready()
         if had_turn and not self._finals and not self._user_speaking:
             self._turn_start = None  # handed on: the next speech starts a new turn
+            self._awaiting_final = False
             self._forget_verdict()
 
     async def on_stop(self) -> None:

@@ -55,15 +55,19 @@ def speech(cut: float = 1.0) -> tuple[np.ndarray, float]:
     return samples, speech_regions(samples, rate)[1]
 
 
-def spoken(samples: np.ndarray, end: float, text: str, start: float = 0.0) -> list[Frame | Gap]:
-    """What the recogniser passes on for one stretch of speech: audio, pause, stop, then the final."""
+def spoken(
+    samples: np.ndarray, end: float, text: str | None, start: float = 0.0, settle: float = 0.05
+) -> list[Frame | Gap]:
+    """What the recogniser passes on for one stretch of speech: audio, pause, ``settle`` s later the
+    stop, then the final (none if ``text`` is None: a cough the recogniser found no words in)."""
+    final = [] if text is None else [TranscriptFrame(text=text)]
     return [
         UserStartedSpeakingFrame(stream_time=start),
         *audio_frames(samples),
         UserSpeechPausedFrame(stream_time=start + end),
-        Gap(0.05),
+        Gap(settle),
         UserStoppedSpeakingFrame(stream_time=start + end),
-        TranscriptFrame(text=text),
+        *final,
     ]
 
 
@@ -94,22 +98,41 @@ async def test_an_unfinished_sentence_waits_then_ends_after_max_wait() -> None:
     assert MAX_WAIT - 0.1 <= waited <= MAX_WAIT + 0.5, f"an unfinished turn waited {waited:.2f}s"
 
 
-@pytest.mark.xfail(
-    reason="known defect: the two finals of a turn resumed within the wait sometimes leave as two "
-    "transcripts at the second stop instead of one merged turn (order-dependent; under investigation)",
-    strict=False,
-)
-@virtual_time
-async def test_speech_that_resumes_within_the_wait_joins_the_same_turn() -> None:
+def resumed_turn(settle: float, rest_text: str | None) -> list[Frame | Gap]:
+    """An unfinished thought, 0.6 s of silence, then the rest of the sentence (or a cough)."""
     first, first_end = speech(cut=0.6)
     whole, whole_end = speech()
-    rest = whole[first.size :]
     resumed_at = first.size / 16000
     script = [*spoken(first, first_end, "and mister john dashwood had then"), Gap(0.6)]
-    script += spoken(rest, whole_end - resumed_at, "leisure to consider", start=resumed_at)
+    rest = whole[first.size :]
+    return script + spoken(rest, whole_end - resumed_at, rest_text, start=resumed_at, settle=settle)
+
+
+@pytest.mark.parametrize(
+    "settle",
+    [0.0, 2.0],
+    ids=["verdict-after-the-stop", "verdict-before-the-stop"],
+)
+@virtual_time
+async def test_speech_that_resumes_within_the_wait_joins_the_same_turn(settle: float) -> None:
+    """Whichever comes first at the second stop, the verdict or the recogniser's final for the resumed
+    speech, the turn ends once, with both finals merged, after that final."""
     times, node = TurnTimes(), SmartTurnTaking(max_wait_secs=MAX_WAIT)
-    await run_processor(node, [*script, Gap(3.0)], observers=[times])
+    await run_processor(node, [*resumed_turn(settle, "leisure to consider"), Gap(3.0)], observers=[times])
     assert [text for _, text in times.turns] == ["and mister john dashwood had then leisure to consider"]
+    assert [p >= 0.5 for p, _ in node.decisions] == [False, True]
+    waited = times.turns[0][0] - times.stops[1]
+    assert waited < MAX_WAIT - 0.5, f"a finished turn waited {waited:.2f}s after its last stop"
+
+
+@virtual_time
+async def test_resumed_speech_without_words_ends_the_held_turn_after_max_wait() -> None:
+    """A cough in the wait brings no final: the turn keeps its first words and ends after the wait."""
+    times, node = TurnTimes(), SmartTurnTaking(max_wait_secs=MAX_WAIT)
+    await run_processor(node, [*resumed_turn(2.0, None), Gap(3.0)], observers=[times])
+    assert [text for _, text in times.turns] == ["and mister john dashwood had then"]
+    waited = times.turns[0][0] - times.stops[1]
+    assert MAX_WAIT - 0.1 <= waited <= MAX_WAIT + 0.5, f"the held turn waited {waited:.2f}s"
 
 
 def test_a_missing_model_package_is_a_problem_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
