@@ -6,11 +6,16 @@ import asyncio
 import datetime
 import enum
 import json
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any, Literal, Optional
 
 import pytest
 
-from pipeline.frames import Frame
+from pipeline.config import check_text
+from pipeline.frames import Frame, InterruptionFrame, LLMResponseEndFrame, LLMTextFrame, TranscriptFrame
+from pipeline.graph import Graph
+from pipeline.testing import Captured, Collector, run_graph, run_processor
+from processors.llm.base import ChatLLM
 from processors.llm.tools import (
     BUILTIN_TOOLS,
     Tool,
@@ -24,6 +29,7 @@ from processors.llm.tools import (
     tool_from_function,
 )
 from tests import tools_example
+from tests.drivers import Driver, Step
 
 
 class Host:
@@ -319,6 +325,10 @@ def test_every_entry_form() -> None:
     assert tools.tools["weather"].description == "The current weather in a city."
     assert tools.tools["lookup"].function is None and not tools.runs("lookup") and tools.runs("weather")
     assert tools.tools["current_time"].timeout == 1.0
+    bare, _ = ToolSet.from_config([{"name": "ping"}])
+    assert bare.schemas() == [
+        {"type": "function", "function": {"name": "ping", "parameters": {"type": "object", "properties": {}}}}
+    ]
     assert [s["function"]["name"] for s in tools.schemas()] == list(tools.tools)
 
 
@@ -335,7 +345,7 @@ def test_every_entry_form() -> None:
         ({"weather": "tests.tools_example:WEATHER"}, "is not callable"),
         ({"name": "x", "parameters": {"type": "string"}}, "parameters must be a JSON schema of an object"),
         ({"name": "x", "parameters": {"type": "object", "required": ["a"]}}, "parameters.required must list"),
-        ({"name": "x"}, "names no function and gives no parameters"),
+        ({"description": "nameless"}, "has no function name"),
         ({"name": "bad name!", "parameters": {"type": "object"}}, "tool name 'bad name!' is not usable"),
         ({"weather": "tests.tools_example:get_weather", "timeout": 0}, "unknown key 'weather'"),
         (
@@ -349,7 +359,7 @@ def test_every_entry_form() -> None:
 def test_unusable_entries_are_problems_by_index(entry: Any, message: str) -> None:
     tools, problems = ToolSet.from_config(["end_call", entry], node="llm")
     assert len(problems) == 1, problems
-    assert problems[0].message.startswith("tools[1]: ")
+    assert problems[0].message.startswith("tools[1]")
     assert message in problems[0].message
     assert (problems[0].node, problems[0].key) == ("llm", "tools")
     assert list(tools.tools) == ["end_call"]
@@ -364,3 +374,409 @@ def test_a_schema_only_tool_is_not_run() -> None:
     tool = Tool(name="lookup", description="", parameters={"type": "object", "properties": {}})
     result = asyncio.run(ToolSet([tool]).run(call("lookup")))
     assert "not run here" in json.loads(result)["error"]
+
+
+# --- the reply loop in ChatLLM -----------------------------------------------------------------
+
+HOLD = object()
+"""In a scripted round: wait here until cancelled."""
+
+Round = list[object] | Callable[[list[dict[str, Any]]], list[object]]
+
+
+class ToolLLM(ChatLLM):
+    """Replies with scripted rounds (a list, or a function of the request) and records each request."""
+
+    def __init__(self, rounds: Sequence[Round] = (), **params: Any) -> None:
+        super().__init__(name="llm", **params)
+        self.rounds = list(rounds)
+        self.requests: list[list[dict[str, Any]]] = []
+        self.asked = asyncio.Event()  # set at each request
+        self.holding = asyncio.Event()
+
+    async def stream_reply(self, messages: list[dict[str, Any]]) -> AsyncIterator[str | ToolCall]:
+        self.requests.append(json.loads(json.dumps(messages)))
+        self.asked.set()
+        script = self.rounds.pop(0) if self.rounds else ["(no more script)"]
+        items = script(messages) if callable(script) else script
+        for item in items:
+            if item is HOLD:
+                self.holding.set()
+                await asyncio.Event().wait()
+            assert isinstance(item, str | ToolCall)
+            yield item
+
+
+class QuietLLM(ChatLLM):
+    """A ChatLLM a config can name by import path (it says one word)."""
+
+    async def stream_reply(self, messages: list[dict[str, Any]]) -> AsyncIterator[str | ToolCall]:
+        yield "Hm."
+
+
+def bot(out: Captured) -> list[str]:
+    """The bot's text that left the LLM."""
+    return [f.text for f in out.of(LLMTextFrame)]
+
+
+def tc(name: str, arguments: Any = None, call_id: str = "", raw: str | None = None) -> ToolCall:
+    text = raw if raw is not None else json.dumps(arguments or {})
+    return ToolCall(call_id=call_id or f"call_{name}", name=name, arguments=text)
+
+
+def assert_valid_history(messages: list[dict[str, Any]]) -> None:
+    """What providers demand: each assistant message with tool_calls is followed by exactly one tool
+    message per call, in order; no tool message stands anywhere else."""
+    index = 0
+    while index < len(messages):
+        message = messages[index]
+        assert message["role"] != "tool", f"a tool result without its call at {index}: {messages}"
+        index += 1
+        if message["role"] == "assistant" and message.get("tool_calls"):
+            ids = [call["id"] for call in message["tool_calls"]]
+            results = [m.get("tool_call_id") for m in messages[index : index + len(ids)]]
+            assert results == ids, f"calls {ids} are followed by results {results}: {messages}"
+            index += len(ids)
+
+
+def last_turn(request: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The request from its last user message on."""
+    start = max(i for i, m in enumerate(request) if m["role"] == "user")
+    return request[start:]
+
+
+async def test_one_call_runs_and_the_reply_goes_on_in_the_same_response() -> None:
+    llm = ToolLLM(
+        [["Let me check.", tc("weather", {"city": "Paris"})], ["It is 21 degrees", " in Paris."]],
+        tools=[{"weather": "tests.tools_example:get_weather"}],
+    )
+    out = await run_processor(llm, [TranscriptFrame(text="Weather in Paris?")])
+    assert not out.errors
+    assert out.kinds == [
+        "transcript",
+        "llm_response_start",
+        "llm_text",
+        "llm_tool_call",
+        "llm_text",
+        "llm_text",
+        "llm_response_end",
+    ]
+    assert bot(out) == ["Let me check.", " It is 21 degrees", " in Paris."]
+    result = json.dumps({"city": "Paris", "temperature": 21, "unit": "celsius", "sky": "sunny"})
+    assert last_turn(llm.requests[1]) == [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": "Let me check.",
+            "tool_calls": [
+                {
+                    "id": "call_weather",
+                    "type": "function",
+                    "function": {"name": "weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_weather", "content": result},
+    ]
+    assert llm.tool_schemas[0]["function"]["name"] == "weather"
+    history = llm.context.messages()
+    assert_valid_history(history)
+    assert history[-1] == {"role": "assistant", "content": "It is 21 degrees in Paris."}
+
+
+async def test_two_calls_of_one_round_run_in_parallel_and_answer_in_call_order() -> None:
+    started = {"a": asyncio.Event(), "b": asyncio.Event()}
+
+    async def meet(me: str, other: str) -> str:
+        """Returns once the other call has started too: proof they run at the same time."""
+        started[me].set()
+        await asyncio.wait_for(started[other].wait(), 5)
+        return me
+
+    llm = ToolLLM(
+        [
+            [tc("meet", {"me": "a", "other": "b"}, "c1"), tc("meet", {"me": "b", "other": "a"}, "c2")],
+            ["Both."],
+        ]
+    )
+    llm.toolset = ToolSet([tool_from_function(meet)])
+    out = await run_processor(llm, [TranscriptFrame(text="Go")])
+    assert not out.errors
+    assert last_turn(llm.requests[1])[1:] == [
+        {"role": "assistant", "content": None, "tool_calls": ANY_CALLS},
+        {"role": "tool", "tool_call_id": "c1", "content": '"a"'},
+        {"role": "tool", "tool_call_id": "c2", "content": '"b"'},
+    ]
+    assert out.kinds.count("llm_response_start") == 1 and bot(out) == ["Both."]
+
+
+class _AnyCalls:
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, list) and all(isinstance(c, dict) and "id" in c for c in other)
+
+
+ANY_CALLS = _AnyCalls()
+
+
+async def test_faults_are_results_the_model_reads_and_the_reply_goes_on() -> None:
+    llm = ToolLLM(
+        [
+            [
+                tc("book", {"day": "Friday"}, "c1"),
+                tc("weathr", {"city": "Paris"}, "c2"),
+                tc("weather", raw='{"city": "Par', call_id="c3"),
+            ],
+            ["Sorry, I could not do that."],
+        ],
+        tools=[
+            {"book": "tests.tools_example:failing_booking"},
+            {"weather": "tests.tools_example:get_weather"},
+        ],
+    )
+    out = await run_processor(llm, [TranscriptFrame(text="Book Friday")])
+    assert not out.errors
+    results = [json.loads(m["content"])["error"] for m in llm.requests[1] if m["role"] == "tool"]
+    assert results[0] == "tool 'book' failed: ConnectionError: booking system unreachable for Friday"
+    assert results[1].startswith("unknown tool 'weathr'")
+    assert "not valid JSON" in results[2]
+    assert bot(out) == ["Sorry, I could not do that."]
+    assert_valid_history(llm.context.messages())
+
+
+async def test_a_tool_that_runs_too_long_times_out_and_the_reply_goes_on() -> None:
+    llm = ToolLLM(
+        [[tc("search", {"query": "x", "seconds": 60})], ["It took too long."]],
+        tools=[{"name": "search", "function": "tests.tools_example:slow_search", "timeout": 0.05}],
+        filler_after=None,
+    )
+    out = await run_processor(llm, [TranscriptFrame(text="Search")])
+    assert [m["content"] for m in llm.requests[1] if m["role"] == "tool"] == [
+        '{"error": "tool \'search\' timed out after 0.05 s"}'
+    ]
+    assert bot(out) == ["It took too long."]
+
+
+async def test_calls_with_no_tools_declared_or_to_schema_only_tools_are_passed_on() -> None:
+    llm = ToolLLM(
+        [["One moment.", tc("lookup", {"q": 1})]],
+        tools=[{"name": "lookup", "description": "Look something up (handled by the application)."}],
+    )
+    out = await run_processor(llm, [TranscriptFrame(text="Look")])
+    assert len(llm.requests) == 1
+    assert out.kinds[-2:] == ["llm_tool_call", "llm_response_end"]
+    assert llm.context.messages()[-1] == {"role": "assistant", "content": "One moment."}
+
+
+async def test_an_interruption_cancels_the_running_tool_and_the_history_stays_valid() -> None:
+    running, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def book(day: str) -> str:
+        """Book a table."""
+        running.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.set()
+        return "never"
+
+    llm = ToolLLM(
+        [["Booking.", tc("book", {"day": "Friday"}, "c1")], ["Okay, what instead?"]], filler_after=None
+    )
+    llm.toolset = ToolSet([tool_from_function(book)])
+    out = await converse(
+        llm,
+        lambda tap, out: [
+            TranscriptFrame(text="Book Friday"),
+            running.wait,
+            InterruptionFrame(),
+            TranscriptFrame(text="No, Saturday"),
+        ],
+    )
+    assert cancelled.is_set()
+    assert "llm_response_end" not in out.kinds[: out.kinds.index("interruption")]
+    follow_up = llm.requests[1]
+    assert_valid_history(follow_up)
+    assert follow_up[-3:] == [
+        {"role": "assistant", "content": "Booking.", "tool_calls": ANY_CALLS},
+        {"role": "tool", "tool_call_id": "c1", "content": '{"error": "cancelled: the user interrupted"}'},
+        {"role": "user", "content": "No, Saturday"},
+    ]
+
+
+async def test_a_background_tool_finishes_after_an_interruption_and_its_result_is_read_next_turn() -> None:
+    running, release = asyncio.Event(), asyncio.Event()
+
+    async def order(item: str) -> dict[str, str]:
+        """Place an order (slow)."""
+        running.set()
+        await release.wait()
+        return {"ordered": item, "number": "A7"}
+
+    llm = ToolLLM(
+        [[tc("order", {"item": "pizza"}, "c1")], ["Anything else?"], ["Your order number is A7."]],
+        filler_after=None,
+    )
+    llm.toolset = ToolSet([tool_from_function(order, background=True)])
+
+    def steps(tap: Collector, out: Collector) -> list[Step]:
+        async def finish_in_background() -> None:
+            release.set()
+            await asyncio.wait_for(_until(lambda: not llm._background), 5)
+
+        return [
+            TranscriptFrame(text="A pizza"),
+            running.wait,
+            InterruptionFrame(),
+            TranscriptFrame(text="And?"),
+            finish_in_background,
+            TranscriptFrame(text="My number?"),
+        ]
+
+    await converse(llm, steps)
+    second, third = llm.requests[1], llm.requests[2]
+    assert_valid_history(second)
+    assert_valid_history(third)
+    tool_in = [m["content"] for m in second if m["role"] == "tool"]
+    assert tool_in == ['{"status": "still running in the background after the user interrupted"}']
+    assert [m["content"] for m in third if m["role"] == "tool"] == ['{"ordered": "pizza", "number": "A7"}']
+
+
+async def test_the_filler_is_said_only_while_a_slow_tool_runs() -> None:
+    release = asyncio.Event()
+
+    async def slow(query: str) -> str:
+        """A lookup that waits for the test."""
+        await release.wait()
+        return "found"
+
+    async def fast(query: str) -> str:
+        """A lookup that returns at once."""
+        return "found"
+
+    llm = ToolLLM(
+        [["Let me see", tc("slow", {"query": "a"})], ["Found it."], [tc("fast", {"query": "b"})], ["Here."]],
+        filler_after=0.01,
+    )
+    llm.toolset = ToolSet([tool_from_function(slow), tool_from_function(fast, filler="Never said.")])
+
+    def steps(tap: Collector, out: Collector) -> list[Step]:
+        async def filler_then_release() -> None:
+            await out.wait_for(lambda f: isinstance(f, LLMTextFrame) and "One moment." in f.text)
+            release.set()
+            await out.wait_for(LLMResponseEndFrame)
+
+        return [TranscriptFrame(text="Find a"), filler_then_release, TranscriptFrame(text="Find b")]
+
+    slow_llm_out = await converse(llm, steps)
+    assert bot(slow_llm_out) == ["Let me see", " One moment.", " Found it.", "Here."]
+    # The filler is bot text like any other: it is in the history of the call's message.
+    assert llm.requests[1][-2]["content"] == "Let me see One moment."
+    assert_valid_history(llm.context.messages())
+
+
+async def test_a_tool_s_own_filler_and_said_text_are_part_of_the_reply() -> None:
+    release = asyncio.Event()
+
+    async def search(query: str, context: ToolContext) -> str:
+        """Search, saying what it does."""
+        await context.say("Searching the notes.")
+        await release.wait()
+        return "nothing"
+
+    llm = ToolLLM([[tc("search", {"query": "x"})], ["Nothing there."]], filler_after=0.01)
+    llm.toolset = ToolSet([tool_from_function(search, filler="Still looking.")])
+
+    def steps(tap: Collector, out: Collector) -> list[Step]:
+        async def filler_then_release() -> None:
+            await out.wait_for(lambda f: isinstance(f, LLMTextFrame) and "Still looking." in f.text)
+            release.set()
+
+        return [TranscriptFrame(text="Search"), filler_then_release]
+
+    out = await converse(llm, steps)
+    assert bot(out) == ["Searching the notes.", " Still looking.", " Nothing there."]
+    assert llm.context.messages()[-3]["content"] == "Searching the notes. Still looking."
+
+
+async def test_rounds_are_capped_with_a_clear_error_and_the_history_stays_valid() -> None:
+    forever = [[f"Round {n}.", tc("current_time", call_id=f"c{n}")] for n in range(4)]
+    llm = ToolLLM(forever, tools=["current_time"], max_tool_rounds=3)
+    out = await run_processor(llm, [TranscriptFrame(text="Time?")])
+    assert len(llm.requests) == 4
+    assert out.kinds.count("llm_response_start") == out.kinds.count("llm_response_end") == 1
+    [error] = out.errors
+    assert "the model asked for tools 4 times in one reply (max_tool_rounds: 3)" in error.message
+    history = llm.context.messages()
+    assert_valid_history(history)
+    assert history[-1] == {"role": "assistant", "content": "Round 3."}
+
+
+async def test_end_call_ends_the_graph_after_the_goodbye() -> None:
+    llm = ToolLLM([[tc("end_call")], ["Goodbye!"], ["Never said."]], tools=["end_call"])
+    driver = Driver([])
+    never = asyncio.Event()
+    driver.steps = [TranscriptFrame(text="That's all, bye"), never.wait]  # the input would go on
+    out = Collector(name="out")
+    graph = Graph({"driver": driver, "llm": llm, "out": out}, [("driver", "llm"), ("llm", "out")])
+    captured = await run_graph(graph, timeout=10)
+    assert captured.ended
+    assert bot(captured) == ["Goodbye!"]
+    kinds = [f.kind for f in captured.all_down]
+    assert kinds[-3:] == ["llm_text", "llm_response_end", "end"]
+    assert_valid_history(llm.context.messages())
+
+
+async def test_after_end_call_no_turn_is_answered_and_an_interruption_withdraws_it() -> None:
+    llm = ToolLLM([[tc("end_call")], ["Bye!"]], tools=["end_call"])
+    out = await run_processor(llm, [TranscriptFrame(text="Bye"), TranscriptFrame(text="Wait, one more")])
+    assert bot(out) == ["Bye!"] and len(llm.requests) == 2
+
+    llm = ToolLLM([[tc("end_call")], ["Bye!", HOLD], ["Sure, go on."]], tools=["end_call"])
+    out = await converse(
+        llm,
+        lambda tap, o: [
+            TranscriptFrame(text="Bye"),
+            llm.holding.wait,
+            InterruptionFrame(),
+            TranscriptFrame(text="Wait"),
+        ],
+    )
+    assert bot(out)[-1] == "Sure, go on."
+
+
+def test_tools_in_yaml_are_checked_by_node_and_key() -> None:
+    config = """
+nodes:
+  llm:
+    type: tests.test_llm_tools:QuietLLM
+    tools:
+      - end_call
+      - weather: tests.tools_example:get_wether
+      - {name: search, function: tests.tools_example:slow_search, timeout: -1}
+  out: {type: debug.null}
+edges: [llm -> out]
+"""
+    problems = [p for p in check_text(config, env={}) if p.node == "llm" and p.key is not None]
+    assert [(p.node, p.key, p.message) for p in problems] == [
+        ("llm", "tools", "tools[1]: module 'tests.tools_example' has no 'get_wether'"),
+        ("llm", "tools", "tools[2]: timeout -1 is not usable"),
+    ]
+    good = config.replace("get_wether", "get_weather").replace("timeout: -1", "timeout: 5")
+    assert [p for p in check_text(good, env={}) if p.key is not None] == []
+
+
+async def converse(llm: ChatLLM, steps: Callable[[Collector, Collector], Sequence[Step]]) -> Captured:
+    """driver -> tap -> llm -> out; ``steps`` may use the tap (upstream) and out (downstream)."""
+    tap, out = Collector(name="tap"), Collector(name="out")
+    driver = Driver([])
+    driver.steps = steps(tap, out)
+    graph = Graph(
+        {"driver": driver, "tap": tap, "llm": llm, "out": out},
+        [("driver", "tap"), ("tap", "llm"), ("llm", "out")],
+    )
+    return await run_graph(graph)
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.001)

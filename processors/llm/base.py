@@ -16,6 +16,17 @@ reply in a background task whose output is held here. If the turn then ends with
 held reply is sent on at once and the rest streams as usual; any other turn, a withdrawal (a tentative
 turn with no text) or a barge-in cancels it, and nothing of it reaches the TTS or the history.
 
+Tools (``processors.llm.tools``): the ``tools:`` param declares them and ``tool_schemas`` is what an
+engine sends its provider. A stream that ends with ``ToolCall``s has them run (in parallel), the call
+and its results go into the history, and ``stream_reply`` is asked again: the same reply, one
+``LLMResponseStartFrame``/``LLMResponseEndFrame`` pair, at most ``max_tool_rounds`` rounds. A tool
+slower than ``filler_after`` gets a filler said for it ("One moment."). A barge-in cancels the tools
+still running and their calls get a "cancelled" result; a ``background`` tool runs on and its result
+replaces the placeholder in the history when it comes. ``end_call`` ends the session once the reply
+has been spoken: the graph's sources are asked to stop, so the end drains behind the goodbye and
+every node stops as it would at the input's end. Calls to schema-only tools (no function) and every
+call of a node without tools are only passed on as ``LLMToolCallFrame``s, and the reply ends there.
+
 False interruption: a ``ResumeReplyFrame`` (a barge-in that brought no words) speaks the interrupted
 reply again from the sentence that was cut (or whole, ``repeat``); the history keeps it as one reply.
 
@@ -28,11 +39,13 @@ hearing the user live, so a session that is slow to answer does not also fall be
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from pipeline.errors import Problem, VoxgraphError
 from pipeline.frames import (
     UPSTREAM,
     BotStoppedSpeakingFrame,
@@ -48,10 +61,19 @@ from pipeline.frames import (
 )
 from pipeline.params import param
 from pipeline.processor import Processor
-from processors.llm.context import Conversation, approximate_tokens
+from pipeline.sessions import ConversationKeeper
+from processors.llm.context import Conversation, Message, approximate_tokens
 from processors.llm.streams import closing_stream
+from processors.llm.tools import ToolCall, ToolContext, ToolSet, error_result
 
-__all__ = ["ChatLLM", "ChatParams", "ResumeReplyFrame", "TentativeTurnFrame", "ToolCall"]
+__all__ = [
+    "ChatLLM",
+    "ChatParams",
+    "ResumeReplyFrame",
+    "TentativeTurnFrame",
+    "ToolCall",
+    "ToolRoundsError",
+]
 
 log = logging.getLogger("processors.llm")
 
@@ -61,13 +83,17 @@ PASS_THROUGH_FRAMES = 1500
 """Inbox bound of LLM and TTS nodes: 30 s of 20 ms user audio waiting behind a reply (~1 MB)."""
 
 
-@dataclass(slots=True, frozen=True)
-class ToolCall:
-    """A tool call the model asked for; ``arguments`` is the JSON text it produced."""
+CANCELLED_RESULT = error_result("cancelled: the user interrupted")
+BACKGROUND_RESULT = '{"status": "still running in the background after the user interrupted"}'
+PASSED_ON_RESULT = '{"status": "passed on to the application"}'
+TOOL_CANCEL_TIMEOUT = 2.0
+"""Seconds a cancelled tool gets to stop (a thread cannot be stopped: it is left to finish)."""
+MAX_BACKGROUND_TOOLS = 8
+"""Background tools still running at once; beyond this an interruption cancels them like the rest."""
 
-    call_id: str
-    name: str
-    arguments: str
+
+class ToolRoundsError(VoxgraphError, RuntimeError):
+    """The model went on calling tools past ``max_tool_rounds`` in one reply."""
 
 
 @dataclass(slots=True)
@@ -140,6 +166,18 @@ class ChatParams:
     )
     max_tokens: int = param(150, ge=1, doc="longest reply, in tokens")
     temperature: float = param(0.7, doc="sampling temperature: 0 = most likely token, higher = more varied")
+    tools: list[Any] = param(
+        [],
+        doc="tools the model may call: a built-in (end_call, transfer, current_time), "
+        "{name: module:function}, or {name, function, description, parameters, timeout, background, filler}",
+    )
+    max_tool_rounds: int = param(
+        5, ge=1, doc="rounds of tool calls in one reply before it ends with an error"
+    )
+    filler: str = param("One moment.", doc="said when a tool runs longer than filler_after (empty: never)")
+    filler_after: float | None = param(
+        1.5, gt=0, doc="seconds a tool may run before the filler is said; null = no filler"
+    )
 
 
 class ChatLLM(Processor):
@@ -162,10 +200,17 @@ class ChatLLM(Processor):
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
+        self.toolset, self.tool_problems = ToolSet.from_config(self.params.tools, self.name)
+        self.tool_schemas: list[dict[str, Any]] = self.toolset.schemas()  # what engines send the provider
         self.context = Conversation(self.params.system_prompt)
         self._prepared: _PreparedReply | None = None  # the reply to a tentative turn, held back
         self.preemptive_used = 0  # replies that were under way when their turn ended
         self.preemptive_dropped = 0  # replies prepared for a turn that went on
+        self._replying = False  # a reply is being generated: a tool's text joins it
+        self._tail = ""  # the last character of the reply's text so far (to space its pieces)
+        self._end_requested = False  # end_call ran in the reply under way
+        self._ending = False  # the session is ending: no further turn is answered
+        self._background: set[asyncio.Task[str]] = set()  # tools running on after an interruption
 
     async def stream_reply(self, messages: list[dict[str, Any]]) -> AsyncIterator[str | ToolCall]:
         """Yield the reply to ``messages`` (OpenAI chat form) as text chunks and tool calls.
@@ -175,19 +220,26 @@ class ChatLLM(Processor):
         raise NotImplementedError
         yield  # pragma: no cover
 
+    def check(self) -> list[Problem]:
+        """The ``tools:`` entries that cannot be used (an engine's ``check`` adds to ``super().check()``)."""
+        return list(self.tool_problems)
+
     def count_tokens(self, text: str) -> int:
         """Tokens in ``text``, for the history budget; engines with a tokenizer override this."""
         return approximate_tokens(text)
 
     async def process(self, frame: UserTextFrame | TentativeTurnFrame | ResumeReplyFrame) -> None:
         if isinstance(frame, TentativeTurnFrame):
-            await self._prepare(frame.text.strip())
+            if not self._ending:
+                await self._prepare(frame.text.strip())
             return
         if isinstance(frame, ResumeReplyFrame):
             await self._resume(frame.repeat)
             return
         await self.push(frame)
         text = frame.text.strip()
+        if self._ending:
+            return  # the call is ending: the goodbye was said
         prepared, self._prepared = self._prepared, None
         if prepared is not None and prepared.text == text:
             self.preemptive_used += 1
@@ -229,29 +281,179 @@ class ChatLLM(Processor):
         messages = self.context.messages()
         self.context.begin_assistant()
         await self.push(LLMResponseStartFrame())
+        self._replying, self._tail, self._end_requested = True, "", False
         try:
             with self.metrics.measure():
                 source = prepared.drain() if prepared is not None else self.stream_reply(messages)
-                async with closing_stream(source) as stream:
-                    async for item in stream:
-                        await self._emit(item)
+                rounds = 0
+                while True:
+                    calls = await self._stream(source)
+                    if not self._runs_any(calls):
+                        break
+                    if rounds == self.params.max_tool_rounds:
+                        raise ToolRoundsError(
+                            f"the model asked for tools {rounds + 1} times in one reply (max_tool_rounds: "
+                            f"{rounds}): the reply ends here"
+                        )
+                    rounds += 1
+                    await self._run_tools(calls)
+                    messages = self.context.messages()
+                    self.context.begin_assistant()
+                    source = self.stream_reply(messages)
         except Exception:
             await self.push(LLMResponseEndFrame())  # downstream speaks what came; the error goes up
             raise
         finally:
+            self._replying = False
             self.context.finish()
             if prepared is not None and not prepared.done:
                 await prepared.cancel()  # a barge-in cancelled the adopted reply: stop its generation
         await self.push(LLMResponseEndFrame())
+        if self._end_requested:
+            self._end_session()
 
-    async def _emit(self, item: str | ToolCall) -> None:
-        if isinstance(item, ToolCall):
-            self.metrics.first_byte()
-            await self.push(LLMToolCallFrame(call_id=item.call_id, name=item.name, arguments=item.arguments))
-        elif item:
-            self.metrics.first_byte()
-            self.context.append(item)
-            await self.push(LLMTextFrame(text=item))
+    async def _stream(self, source: AsyncIterator[str | ToolCall]) -> list[ToolCall]:
+        """Send one stream's text on; the tool calls it ends with."""
+        calls: list[ToolCall] = []
+        piece = True  # the next text starts a new piece (a round after tool results)
+        async with closing_stream(source) as stream:
+            async for item in stream:
+                if isinstance(item, ToolCall):
+                    self.metrics.first_byte()
+                    calls.append(item)
+                    frame = LLMToolCallFrame(call_id=item.call_id, name=item.name, arguments=item.arguments)
+                    await self.push(frame)
+                elif item:
+                    self.metrics.first_byte()
+                    await self._say(item, piece)
+                    piece = False
+        return calls
+
+    async def _say(self, text: str, piece: bool = False) -> None:
+        """Text of the reply: downstream and into the history. A new ``piece`` (a round's first words,
+        a filler) is spaced from the text before it, which may have ended without a space."""
+        if piece and self._tail and not self._tail.isspace() and not text[:1].isspace():
+            text = " " + text
+        self._tail = text[-1:]
+        self.context.append(text)
+        await self.push(LLMTextFrame(text=text))
+
+    def _runs_any(self, calls: list[ToolCall]) -> bool:
+        """Whether any of ``calls`` runs here; otherwise they were only passed on and the reply ends."""
+        return bool(self.toolset) and any(self.toolset.runs(call.name) for call in calls)
+
+    async def _run_tools(self, calls: list[ToolCall]) -> None:
+        """Run one round's calls in parallel; the calls and their results go into the history, also
+        when a barge-in cancels them (a call without its result is rejected by providers)."""
+        self.context.add_tool_calls([_openai_call(call) for call in calls])
+        runs = self.toolset.runs
+        tasks = [
+            asyncio.get_running_loop().create_task(
+                self.toolset.run(c, ToolContext(self, c)), name=f"tool:{c.name}"
+            )
+            if runs(c.name)
+            else None
+            for c in calls
+        ]
+        try:
+            await self._wait_for_tools(calls, tasks)
+        finally:
+            self.context.finish()  # the call message is complete; its results follow it
+            await self._record_results(calls, tasks)
+
+    async def _wait_for_tools(self, calls: list[ToolCall], tasks: list[asyncio.Task[str] | None]) -> None:
+        pending = {task for task in tasks if task is not None}
+        after = self.params.filler_after
+        if after is not None and pending:
+            _, pending = await asyncio.wait(pending, timeout=after)
+            if pending:
+                await self._say_filler(calls, tasks)
+        if pending:
+            await asyncio.wait(pending)
+
+    async def _say_filler(self, calls: list[ToolCall], tasks: list[asyncio.Task[str] | None]) -> None:
+        """Say the filler of the first tool still running, else the node's."""
+        for call, task in zip(calls, tasks, strict=True):
+            tool = self.toolset.get(call.name)
+            if task is not None and not task.done() and tool is not None and tool.filler:
+                await self._say(tool.filler, piece=True)
+                return
+        if self.params.filler:
+            await self._say(self.params.filler, piece=True)
+
+    async def _record_results(self, calls: list[ToolCall], tasks: list[asyncio.Task[str] | None]) -> None:
+        cancelled: list[asyncio.Task[str]] = []
+        for call, task in zip(calls, tasks, strict=True):
+            if task is None:
+                self.context.add_tool_result(call.call_id, PASSED_ON_RESULT)
+            elif task.done():
+                self.context.add_tool_result(call.call_id, _result_of(task))
+            elif self._keeps_running(call):
+                message = self.context.add_tool_result(call.call_id, BACKGROUND_RESULT)
+                self._background.add(task)
+                task.add_done_callback(functools.partial(self._background_done, message))
+            else:
+                task.cancel()
+                cancelled.append(task)
+                self.context.add_tool_result(call.call_id, CANCELLED_RESULT)
+        if cancelled:
+            await asyncio.wait(cancelled, timeout=TOOL_CANCEL_TIMEOUT)
+
+    def _keeps_running(self, call: ToolCall) -> bool:
+        tool = self.toolset.get(call.name)
+        return tool is not None and tool.background and len(self._background) < MAX_BACKGROUND_TOOLS
+
+    def _background_done(self, message: Message, task: asyncio.Task[str]) -> None:
+        """A tool that ran on after an interruption finished: its result replaces the placeholder."""
+        self._background.discard(task)
+        if not task.cancelled():
+            self.context.set_tool_result(message, _result_of(task))
+
+    # --- ToolHost: what a tool's ToolContext reaches ---------------------------------------------
+
+    @property
+    def session_id(self) -> str:
+        """The conversation's id, as the graph's recorder keeps it; empty when nothing names it."""
+        for processor in getattr(self._runtime, "processors", {}).values():
+            if isinstance(processor, ConversationKeeper):
+                session_id: object = getattr(processor, "session_id", "")
+                if isinstance(session_id, str) and session_id:
+                    return session_id
+        return ""
+
+    async def push_from_tool(self, frame: Frame) -> None:
+        """A frame a tool sends: downstream, in order with the reply."""
+        await self.push(frame)
+
+    async def say_from_tool(self, text: str) -> None:
+        """Text a tool says: part of the reply under way (spoken and kept in the history)."""
+        if not text.strip():
+            return
+        if self._replying:
+            await self._say(text, piece=True)
+        else:  # a background tool after the reply: said, but no reply of the history holds it
+            await self.push(LLMTextFrame(text=text))
+
+    def request_end(self) -> None:
+        """``end_call``: end the session once this reply has been sent on."""
+        self._end_requested = True
+
+    def can_transfer(self) -> bool:
+        """Whether a node of this graph hands calls over (handles ``TransferCallFrame``)."""
+        nodes = getattr(self._runtime, "processors", {}).values()
+        return any(getattr(node, "handles_transfer", False) for node in nodes)
+
+    def _end_session(self) -> None:
+        """Ask the graph's sources to stop: their end flows behind the goodbye, which is spoken and
+        played out before the output ends (a phone call is then hung up)."""
+        self._ending = True
+        sources = getattr(self._runtime, "sources", None)
+        if not sources:
+            log.warning("%s: end_call ran but this node is in no running graph; nothing to end", self.name)
+            return
+        log.info("%s: end_call: the session ends after the goodbye", self.name)
+        for source in sources:
+            source.request_stop()
 
     async def process_upstream(self, frame: SpokenTextFrame | BotStoppedSpeakingFrame) -> None:
         if isinstance(frame, BotStoppedSpeakingFrame):
@@ -262,12 +464,37 @@ class ChatLLM(Processor):
 
     async def on_interrupt(self) -> None:
         self.context.truncate_to_spoken()
+        self._end_requested = False  # the user spoke up during the goodbye: the call goes on
         await self._withdraw()
 
     async def on_stop(self) -> None:
         await self._withdraw()
+        background, self._background = set(self._background), set()
+        for task in background:
+            task.cancel()
+        if background:
+            await asyncio.wait(background, timeout=TOOL_CANCEL_TIMEOUT)
 
     async def _withdraw(self) -> None:
         prepared, self._prepared = self._prepared, None
         if prepared is not None:
             await self._drop(prepared)
+
+
+def _openai_call(call: ToolCall) -> dict[str, Any]:
+    """A call as the history keeps it (OpenAI's assistant ``tool_calls`` entry)."""
+    return {
+        "id": call.call_id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }
+
+
+def _result_of(task: asyncio.Task[str]) -> str:
+    """A finished tool task's result text; a fault of the runner itself reads as an error."""
+    if task.cancelled():
+        return CANCELLED_RESULT
+    error = task.exception()
+    if error is not None:
+        return error_result(f"the tool could not run: {type(error).__name__}: {error}")
+    return task.result()

@@ -14,6 +14,11 @@ Pure bookkeeping, no I/O, so every ordering question is a unit test. The tricky 
   gap; once the transport has played the reply out (``played_out``), it too keeps only what was heard.
 * A session where no ``SpokenTextFrame`` was ever seen has no playing transport: replies are kept as
   generated, since nobody can say what was heard.
+
+Tool calls: a reply that calls tools is kept as the assistant message that asked for them (its text
+and ``tool_calls``), one ``tool`` message per call with its result, then the reply's continuation as
+a further assistant message. A call message is never dropped for being unheard and trimming never
+starts the history between a call and its results: providers reject a call without its result.
 """
 
 from __future__ import annotations
@@ -58,14 +63,16 @@ def _compact(text: str) -> str:
 class Message:
     """One turn. An assistant reply also tracks what of it was heard."""
 
-    role: str  # "user" or "assistant"
-    generated: str = ""  # the full text (for an assistant reply: as generated so far)
+    role: str  # "user", "assistant" or "tool"
+    generated: str = ""  # the full text (an assistant reply: as generated so far; a tool: its result)
     heard: str = ""  # assistant replies: the text reported spoken, in order
     generating: bool = False  # assistant replies: tokens may still arrive
     interrupted: bool = False  # a barge-in cut this reply; it keeps only what was heard
     played: bool = False  # played out, yet not all heard (TTS failed a sentence); keeps what was heard
     heard_to: int = 0  # letters of ``generated`` up to the end of the last text heard
     last_heard: tuple[int, str] = (0, "")  # where the last text heard begins, and ``heard`` before it
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # assistant: calls, in OpenAI form
+    call_id: str = ""  # tool: the call this is the result of
 
     def heard_all(self) -> bool:
         """Whether every word of the reply has started playing."""
@@ -115,13 +122,34 @@ class Conversation:
         if self._current is not None:
             self._current.generated += chunk
 
+    def add_tool_calls(self, calls: list[dict[str, Any]]) -> None:
+        """The reply in progress asks for ``calls`` (OpenAI form: ``{"id", "type": "function",
+        "function": {"name", "arguments"}}``); each needs its ``add_tool_result`` after ``finish``."""
+        if self._current is None:
+            self.begin_assistant()
+        assert self._current is not None
+        self._current.tool_calls.extend(calls)
+
+    def add_tool_result(self, call_id: str, result: str) -> Message:
+        """The result of call ``call_id``; kept in order after the message that made the call. The
+        message returned may be given its final result later (``set_tool_result``)."""
+        message = Message("tool", result, call_id=call_id)
+        self.history.append(message)
+        return message
+
+    def set_tool_result(self, message: Message, result: str) -> bool:
+        """Replace a result given before (a tool that went on in the background has finished);
+        False when the history has dropped it since."""
+        message.generated = result
+        return any(m is message for m in self.history)
+
     def finish(self) -> None:
         """The reply in progress is complete (or was cancelled); an empty one is dropped."""
         current, self._current = self._current, None
         if current is None:
             return
         current.generating = False
-        if not current.generated.strip():
+        if not current.generated.strip() and not current.tool_calls:
             self._forget(current)
         elif current.heard_all():
             self._pending.remove(current)
@@ -183,7 +211,9 @@ class Conversation:
         counted and always kept). The newest user turn is always kept; the history never starts
         with an assistant turn, as some chat templates require."""
         self._drop_unheard()
-        sizes = [count_tokens(self.content(m)) + MESSAGE_OVERHEAD_TOKENS for m in self.history]
+        sizes = [
+            count_tokens(self.content(m) + _calls_text(m)) + MESSAGE_OVERHEAD_TOKENS for m in self.history
+        ]
         total = sum(sizes)
         start = 0
         while start < len(self.history) - 1 and total > budget:
@@ -200,13 +230,27 @@ class Conversation:
         chat: list[dict[str, Any]] = []
         if self.system_prompt:
             chat.append({"role": "system", "content": self.system_prompt})
-        chat.extend({"role": m.role, "content": self.content(m)} for m in self.history)
+        chat.extend(self._chat_message(m) for m in self.history)
         return chat
 
+    def _chat_message(self, message: Message) -> dict[str, Any]:
+        if message.role == "tool":
+            return {"role": "tool", "tool_call_id": message.call_id, "content": message.generated}
+        if message.tool_calls:
+            text = self.content(message)
+            return {"role": "assistant", "content": text or None, "tool_calls": list(message.tool_calls)}
+        return {"role": message.role, "content": self.content(message)}
+
     def _drop_unheard(self) -> None:
-        """Interrupted replies of which nothing was heard leave the history (not while generating)."""
+        """Interrupted replies of which nothing was heard leave the history (not while generating, and
+        never one that called tools: its results would be left without their call)."""
         for message in list(self.history):
-            if message.role == "assistant" and not message.generating and not self.content(message).strip():
+            if (
+                message.role == "assistant"
+                and not message.generating
+                and not message.tool_calls
+                and not self.content(message).strip()
+            ):
                 self._forget(message)
 
     def _forget(self, message: Message) -> None:
@@ -215,3 +259,8 @@ class Conversation:
             self._pending.remove(message)
         if message is self._current:
             self._current = None
+
+
+def _calls_text(message: Message) -> str:
+    """The tool calls of a message as the text a provider is sent (for the token budget)."""
+    return "".join(f"{c['function']['name']}{c['function']['arguments']}" for c in message.tool_calls)

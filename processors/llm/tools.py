@@ -144,7 +144,10 @@ class Tool:
 
     def schema(self) -> dict[str, Any]:
         """The tool in OpenAI's function form."""
-        function = {"name": self.name, "description": self.description, "parameters": self.parameters}
+        function: dict[str, Any] = {"name": self.name}
+        if self.description:
+            function["description"] = self.description
+        function["parameters"] = self.parameters
         return {"type": "function", "function": function}
 
 
@@ -371,7 +374,7 @@ class ToolSet:
             try:
                 tool = tool_from_entry(entry)
             except _EntryError as error:
-                problems.append(Problem(f"tools[{index}]: {error}", fix=error.fix, node=node, key="tools"))
+                problems.append(Problem(error.about(index), fix=error.fix, node=node, key="tools"))
                 continue
             if tool.name in seen:
                 fix = "give each tool its own name ({name: other_name, function: ...})"
@@ -523,9 +526,13 @@ def _mismatch(value: Any, schema: Any) -> str:
 
 
 class _EntryError(Exception):
-    def __init__(self, message: str, fix: str = "") -> None:
+    def __init__(self, message: str, fix: str = "", *, predicate: bool = False) -> None:
         super().__init__(message)
         self.fix = fix
+        self.predicate = predicate  # reads on from the entry's index: "tools[1] has no function name"
+
+    def about(self, index: int) -> str:
+        return f"tools[{index}] {self}" if self.predicate else f"tools[{index}]: {self}"
 
 
 def tool_from_entry(entry: Any) -> Tool:
@@ -555,6 +562,12 @@ def tool_from_entry(entry: Any) -> Tool:
     target = entry.get("function")
     if target is None and name in BUILTIN_TOOLS and "parameters" not in entry:
         return dataclasses.replace(BUILTIN_TOOLS[name], **_options(entry, BUILTIN_TOOLS[name]))
+    if name is None:
+        raise _EntryError(
+            "has no function name",
+            fix="write {name: get_weather, function: mytools:get_weather}",
+            predicate=True,
+        )
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise _EntryError(
             f"tool name {name!r} is not usable",
@@ -563,12 +576,9 @@ def tool_from_entry(entry: Any) -> Tool:
     parameters = entry.get("parameters")
     if parameters is not None:
         _check_schema(parameters)
-    if target is None:
+    if target is None:  # schema only: the call is passed on, nothing runs here
         if parameters is None:
-            raise _EntryError(
-                f"tool '{name}' names no function and gives no parameters",
-                fix="add 'function: module:callable', or 'parameters: {type: object, properties: ...}'",
-            )
+            parameters = {"type": "object", "properties": {}}
         return Tool(
             name=name,
             description=str(entry.get("description", "")),
