@@ -21,10 +21,13 @@ It sits between the recogniser and the LLM:
   the older reply would only come late: an ``InterruptionFrame`` drops it before the new turn is handed
   on, so a session that fell behind answers its latest turn instead of working through a backlog.
 
-* **Preemptive reply** (``preemptive_reply``): at the VAD's pause (``UserSpeechPausedFrame``), with a
-  transcript in hand (finals, or an interim newer than them), a ``TentativeTurnFrame`` lets the LLM
-  start the reply and hold it back. If the turn ends with the same text, the reply is already under
-  way; if the user goes on, the tentative turn is withdrawn and its reply discarded unheard.
+* **Preemptive reply** (``preemptive_reply``): in the VAD's pause (``UserSpeechPausedFrame``), with a
+  transcript of everything said up to it in hand, a ``TentativeTurnFrame`` lets the LLM start the
+  reply and hold it back. Finals count at once; an interim only if it came during the pause: one
+  from before it may lack the last words, and a reply to it would be thrown away (a recogniser that
+  transcribes at the pause, such as ``stt.whisper``, sends its interim then). If the turn ends with
+  the same text, the reply is already under way; if the user goes on, the tentative turn is
+  withdrawn and its reply discarded unheard.
 * **False interruptions** (``false_interruption``): when a barge-in is followed by no words within
   ``false_interruption_secs`` of the user falling silent (a cough, a door), a ``ResumeReplyFrame``
   asks the LLM to speak the interrupted reply again (``resume``: from the cut sentence; ``repeat``:
@@ -160,6 +163,7 @@ class TurnTaking(Processor):
         self.stale_turns = 0  # turns dropped unanswered because a newer one ended first
         self._paused = False  # the VAD heard a pause in the current speech (it may be the end)
         self._interim = ""  # the newest interim, if it came after the last final
+        self._interim_in_pause = False  # that interim came during the current pause: it heard it all
         self._tentative = ""  # the text of the tentative turn the LLM is preparing a reply to
         self._barged_in = False  # a barge-in has had no words after it yet
         self._false_timer: asyncio.TimerHandle | None = None
@@ -178,12 +182,14 @@ class TurnTaking(Processor):
             await self.push(frame)
             self._words_in_flight = bool(frame.text.strip())
             self._interim = frame.text.strip()
+            self._interim_in_pause = self._paused
             if self._overlap and self._qualifies_by_words(frame.text):
                 self._barge_in()
             await self._preempt()
         elif isinstance(frame, UserSpeechPausedFrame):
             await self.push(frame)
             self._paused = self._user_speaking and not self._overlap
+            self._interim_in_pause = False
             await self._preempt()
         elif isinstance(frame, TranscriptFrame):
             await self._final(frame)
@@ -298,6 +304,8 @@ class TurnTaking(Processor):
         """In a pause, hand the transcript so far to the LLM as a tentative turn (once per text)."""
         if not (self.params.preemptive_reply and self._paused and self._user_speaking) or self._overlap:
             return
+        if self._interim and not self._interim_in_pause:
+            return  # words still in flight: the interim or final that covers the pause is due
         text = " ".join(f.text.strip() for f in self._finals if f.text.strip())
         text = f"{text} {self._interim}".strip()
         if text and text != self._tentative and self._meaningful(text):

@@ -449,3 +449,57 @@ async def test_no_interim_starts_while_an_early_pass_is_in_flight() -> None:
     gate.set()
     out = await runner
     assert out.transcripts == ["frames 0-59"]
+
+
+@virtual_time
+async def test_the_early_pass_is_an_interim_at_the_pause_and_the_final_reuses_it() -> None:
+    stt = Recorder(early_transcription=True, pre_roll=0.0, post_roll=0.0)
+    script: list[Frame | Gap] = [started(10), *speech(0, 30), paused(30), *speech(30, 40), Gap(0.1)]
+    script += [stopped(30), *speech(40, 45), Gap(0.1)]
+    out = await run_processor(stt, script, timeout=30)
+    kinds = [k for k in out.kinds if k in ("interim_transcript", "transcript")]
+    assert kinds == ["interim_transcript", "transcript"]
+    assert out.of(InterimTranscriptFrame)[0].text == out.transcripts[0] == "frames 10-29"
+    assert len(stt.utterances) == 1  # one Whisper pass: the final is the early pass's result
+
+
+@virtual_time
+async def test_no_early_interim_once_the_stop_has_taken_the_pass_as_the_final() -> None:
+    gate = asyncio.Event()
+    stt = Recorder(gate=gate, early_transcription=True, pre_roll=0.0, post_roll=0.0)
+    script: list[Frame | Gap] = [started(10), *speech(0, 30), paused(30), *speech(30, 40)]
+    script += [Gap(0.05), stopped(30), *speech(40, 45), Gap(0.05)]
+    runner = asyncio.ensure_future(run_processor(stt, script, timeout=30))
+    await asyncio.sleep(0.2)  # the stop came while the pass was still running
+    gate.set()
+    out = await runner
+    assert out.of(InterimTranscriptFrame) == [] and out.transcripts == ["frames 10-29"]
+
+
+class SlowPartials(Recorder):
+    """Partials that take ``delay`` seconds; early and final passes are instant."""
+
+    def __init__(self, delay: float, **kwargs: object) -> None:
+        super().__init__(None, True, **kwargs)
+        self.delay = delay
+
+    async def transcribe_partial(self, pcm: bytes, sample_rate: int) -> str | None:
+        text = await super().transcribe_partial(pcm, sample_rate)
+        await asyncio.sleep(self.delay)  # the engine's time (virtual clock)
+        return text
+
+
+@virtual_time
+async def test_a_partial_begun_before_the_pause_is_dropped_and_none_runs_in_the_pause() -> None:
+    stt = SlowPartials(0.3, early_transcription=True, interim_interval_ms=200, pre_roll=0.0, post_roll=0.0)
+    script: list[Frame | Gap] = [started(0)]
+    script += [f for i in range(0, 30) for f in (frame(i), Gap(FRAME_S))]  # real time: partials start
+    script += [paused(30)]
+    script += [f for i in range(30, 38) for f in (frame(i, level=0), Gap(FRAME_S))]  # the pause
+    script += [stopped(30), Gap(0.5)]
+    out = await run_processor(stt, script, timeout=30)
+    # The partial of frames 0-24 ends in the pause, older than the early pass: dropped, and no
+    # partial starts in the pause; the early pass's interim holds every word up to it.
+    assert [f.text for f in out.of(InterimTranscriptFrame)] == ["so far 0-9", "frames 0-29"]
+    assert stt.partial_calls == 2
+    assert out.transcripts == ["frames 0-29"]

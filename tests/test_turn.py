@@ -360,8 +360,9 @@ async def test_a_tentative_turn_is_withdrawn_when_the_user_goes_on() -> None:
     script: list[Frame | Gap] = [
         STARTED(),
         Gap(0.5),
-        InterimTranscriptFrame(text="Book a table"),
         UserSpeechPausedFrame(),
+        Gap(0.05),
+        InterimTranscriptFrame(text="Book a table"),
     ]
     script += [
         Gap(0.2),
@@ -374,6 +375,26 @@ async def test_a_tentative_turn_is_withdrawn_when_the_user_goes_on() -> None:
     out = await run_processor(TurnTaking(preemptive_reply=True), script)
     assert tentative(out) == ["Book a table", ""]  # the empty one withdraws it
     assert turns(out) == ["Book a table for two"]
+
+
+@virtual_time
+async def test_an_interim_from_before_the_pause_waits_for_the_one_that_covers_the_pause() -> None:
+    # A partial made before the pause may lack the last words: a reply to it would be thrown away.
+    script: list[Frame | Gap] = [
+        STARTED(),
+        Gap(0.5),
+        InterimTranscriptFrame(text="What time"),
+        Gap(0.1),
+        UserSpeechPausedFrame(),
+        Gap(0.1),
+    ]
+    out = await run_processor(TurnTaking(preemptive_reply=True), script)
+    assert tentative(out) == []
+    script += [InterimTranscriptFrame(text="What time is it?"), Gap(0.2), STOPPED(), Gap(0.05)]
+    script += [TranscriptFrame(text="What time is it?")]
+    out = await run_processor(TurnTaking(preemptive_reply=True), script)
+    assert tentative(out) == ["What time is it?"]
+    assert turns(out) == ["What time is it?"]
 
 
 @virtual_time

@@ -24,7 +24,11 @@ stream. ``UtteranceSTT`` does everything around that call, so a subclass only im
   transcription. After ``UNSEGMENTED_HOLD_LIMIT`` seconds without a speaking frame, chunks are
   transcribed as they are cut instead, so memory stays bounded. A speaking frame switches to VAD mode.
 * Early transcription (``early_transcription``): at the VAD's pause the open utterance is transcribed
-  so the final is ready when the stop confirms the pause. At most one early pass is in flight: a pass
+  so the final is ready when the stop confirms the pause: the final is then that pass's result, with
+  no second pass. The pass's text also goes out at once as an ``InterimTranscriptFrame`` if the
+  utterance is still open (the stop has not come), so a turn-taker can start a reply at the pause
+  (``turn.taking``'s ``preemptive_reply``); partials that began before the pause are dropped then, and
+  none starts during the pause, since they would be older than it. At most one early pass is in flight: a pass
   that speech made stale is left to finish (its result unused) rather than cancelled, because a
   cancelled task does not stop an inference already running in a thread; while it runs, no new early
   pass starts, so orphaned passes never pile up in front of the real final on the engine's lock.
@@ -163,6 +167,7 @@ class UtteranceSTT(Processor):
         self._events: deque[tuple[VadEvent, float]] = deque()
         self._early: tuple[float, asyncio.Task[Transcription]] | None = None  # (cut end, its transcription)
         self._stale_early: asyncio.Task[Transcription] | None = None  # superseded pass left to finish
+        self._early_passes = 0  # early passes started so far: a partial begun before one is older than it
 
     # --- what subclasses implement ---------------------------------------------------------------
 
@@ -277,9 +282,11 @@ class UtteranceSTT(Processor):
         """The user paused: transcribe what they said so far; the stop will most likely confirm it."""
         collector = self._collector
         if not collector.in_speech or self._jobs:
+            log.debug("%s: no early pass: %s", self.name, "busy" if self._jobs else "nothing open")
             return  # nothing open, or the recogniser is busy: the early pass would only queue up
         self._drop_early()  # a pass from an earlier pause no longer matches this cut
         if self._stale_early is not None:
+            log.debug("%s: no early pass: a stale one still runs", self.name)
             return  # one early pass is still running: another would only queue behind it on the engine
         end = pause.stream_time + self.params.post_roll
         frame_bytes = 2 * max(1, collector.channels)
@@ -290,8 +297,22 @@ class UtteranceSTT(Processor):
             return
         start = end - len(pcm) / (frame_bytes * self._rate)
         utterance = Utterance(pcm, self._rate, max(1, collector.channels), start, end)
-        task = asyncio.create_task(self.transcribe(utterance), name=f"stt-early:{self.name}")
+        task = asyncio.create_task(self._early_pass(utterance), name=f"stt-early:{self.name}")
         self._early = (end, task)
+        self._early_passes += 1
+
+    async def _early_pass(self, utterance: Utterance) -> Transcription:
+        """Transcribe the utterance up to the pause; while it is still open, say so as an interim."""
+        result = await self.transcribe(utterance)
+        early = self._early
+        text = result.text.strip()
+        if early is not None and early[1] is asyncio.current_task() and text:
+            # Still the open utterance's pass (no stop took it as the final yet, no speech superseded
+            # it): what the user said up to the pause, for a reply that may start now. Sent even when
+            # a partial said the same: this one is known to hold every word up to the pause.
+            self._last_interim = text
+            await self.push(InterimTranscriptFrame(text=text, language=result.language))
+        return result
 
     def _drop_early(self) -> None:
         """Speech went on (or a new utterance began): the early pass no longer matches any cut."""
@@ -322,8 +343,10 @@ class UtteranceSTT(Processor):
             self._early = None
             if abs(end - utterance.end) < 1e-3:
                 early = task  # the stop confirmed the pause: this transcription is already under way
+                log.debug("%s: the stop confirmed the pause (early pass done: %s)", self.name, task.done())
             else:
                 self._let_finish(task)  # the normal pass runs; no new early pass until this one ends
+                log.debug("%s: the stop (%.3f) is not the pause (%.3f)", self.name, utterance.end, end)
         if _is_silent(utterance.pcm):
             if early is not None:
                 early.cancel()
@@ -382,17 +405,19 @@ class UtteranceSTT(Processor):
             return
         if self._early_in_flight() or self.engine_busy():
             return  # finals and early passes first; the interim is due again on the next frame
+        if self._early is not None and now < self._early[0] + interval:
+            return  # in a pause the early pass has the newest words; a partial would only cost CPU
         self._next_partial_at = now + interval
         pcm = self._collector.open_audio()
         if pcm:
-            task = self._run_partial(pcm, self._rate, self._closed_utterances)
+            task = self._run_partial(pcm, self._rate, self._closed_utterances, self._early_passes)
             self._partial = asyncio.create_task(task, name=f"stt-partial:{self.name}")
 
     def _early_in_flight(self) -> bool:
         early = self._early
         return self._stale_early is not None or (early is not None and not early[1].done())
 
-    async def _run_partial(self, pcm: bytes, sample_rate: int, utterance: int) -> None:
+    async def _run_partial(self, pcm: bytes, sample_rate: int, utterance: int, early_passes: int) -> None:
         started = time.perf_counter()
         try:
             text = await self.transcribe_partial(pcm, sample_rate)
@@ -406,6 +431,8 @@ class UtteranceSTT(Processor):
         text = (text or "").strip()
         if not text or text == self._last_interim or utterance != self._closed_utterances:
             return
+        if early_passes != self._early_passes:
+            return  # an early pass began since: it heard more, and its interim comes (or came) too
         self._last_interim = text
         await self.push(InterimTranscriptFrame(text=text))
 
