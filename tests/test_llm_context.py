@@ -206,3 +206,71 @@ def test_falling_silent_changes_nothing_without_a_playing_transport() -> None:
     reply(conversation, "Hi", "One. ", "Two.")
     conversation.played_out()
     assert contents(conversation)[-1] == ("assistant", "One. Two.")
+
+
+def call(call_id: str, name: str = "lookup") -> dict[str, object]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": "{}"}}
+
+
+def tool_turn(conversation: Conversation, user: str, text: str, ids: list[str], after: str) -> None:
+    """A reply that calls tools: its text and calls, one result per call, then its continuation."""
+    conversation.add_user(user)
+    conversation.begin_assistant()
+    conversation.append(text)
+    conversation.add_tool_calls([call(i) for i in ids])
+    conversation.finish()
+    for call_id in ids:
+        conversation.add_tool_result(call_id, f'{{"id": "{call_id}"}}')
+    conversation.begin_assistant()
+    conversation.append(after)
+    conversation.finish()
+
+
+def test_a_reply_with_tool_calls_is_kept_in_openai_form() -> None:
+    conversation = Conversation("s")
+    tool_turn(conversation, "Look up a and b", "", ["a", "b"], "Done.")
+    assert conversation.messages()[1:] == [
+        {"role": "user", "content": "Look up a and b"},
+        {"role": "assistant", "content": None, "tool_calls": [call("a"), call("b")]},
+        {"role": "tool", "tool_call_id": "a", "content": '{"id": "a"}'},
+        {"role": "tool", "tool_call_id": "b", "content": '{"id": "b"}'},
+        {"role": "assistant", "content": "Done."},
+    ]
+
+
+def test_a_call_message_nobody_heard_stays_with_its_results() -> None:
+    conversation = Conversation("s")
+    conversation.append_spoken("Earlier text.")  # a playing transport: unheard replies are cut
+    conversation.add_user("Look it up")
+    conversation.begin_assistant()
+    conversation.append("Let me check.")
+    conversation.add_tool_calls([call("a")])
+    conversation.truncate_to_spoken()  # a barge-in before anything was heard
+    conversation.finish()
+    conversation.add_tool_result("a", '{"error": "cancelled: the user interrupted"}')
+    conversation.add_user("Never mind")
+    assert [m["role"] for m in conversation.messages()] == ["system", "user", "assistant", "tool", "user"]
+    assert conversation.messages()[2]["content"] is None  # its words were not heard
+
+
+def test_trimming_never_leaves_a_result_without_its_call() -> None:
+    conversation = Conversation("s")
+    tool_turn(conversation, "first " * 40, "Checking.", ["a"], "Found " * 40)
+    tool_turn(conversation, "second", "Checking.", ["b"], "Found.")
+    conversation.trim(60)
+    roles = [m["role"] for m in conversation.messages()]
+    assert roles == ["system", "user", "assistant", "tool", "assistant"]
+    assert conversation.messages()[1]["content"] == "second"
+
+
+def test_a_result_given_later_replaces_the_placeholder_while_it_is_kept() -> None:
+    conversation = Conversation("s")
+    conversation.add_user("Order")
+    conversation.begin_assistant()
+    conversation.add_tool_calls([call("a")])
+    conversation.finish()
+    kept = conversation.add_tool_result("a", '{"status": "running"}')
+    assert conversation.set_tool_result(kept, '{"ordered": true}')
+    assert conversation.messages()[-1]["content"] == '{"ordered": true}'
+    conversation.history.clear()
+    assert not conversation.set_tool_result(kept, "{}")
