@@ -132,6 +132,12 @@ def test_a_barge_in_runs_from_the_user_speaking_to_the_bot_silent(monkeypatch: p
     script.push(5.18, "speaker", BotStoppedSpeakingFrame(), "tts")
     assert len(timeline.turns) == 2 and timeline.turns[0].interrupted
     assert [round(b, 3) for b in timeline.barge_ins()] == [0.18]
+    (stages,) = timeline.barge_in_stages()  # where the time went
+    assert {k: round(v, 3) for k, v in stages.items()} == {
+        "vad_start": 0.15,
+        "interruption": 0.01,
+        "bot_silent": 0.02,
+    }
 
 
 def test_the_input_and_output_transports_become_files(tmp_path: Path) -> None:
@@ -214,8 +220,13 @@ async def test_bench_reports_json_and_a_waterfall_that_chromium_shows(
     doc = json.loads(report.read_text())
     assert doc["turns"] == 2 and doc["answered"] == 2 and doc["barge_ins_measured"] == 1
     assert set(doc["stages"]) == {
-        "vad_hangover", "stt", "llm_first_token", "tts_first_audio", "playout", "voice_to_voice", "barge_in"
+        "vad_hangover", "stt", "llm_first_token", "tts_first_audio", "playout", "voice_to_voice", "barge_in",
+        "vad_start", "interruption", "bot_silent",
     }  # fmt: skip
+    barge_in = doc["stages"]["barge_in"]["p50_ms"]  # one barge-in: its parts add up to it
+    parts = sum(doc["stages"][s]["p50_ms"] for s in ("vad_start", "interruption", "bot_silent"))
+    assert abs(parts - barge_in) < 0.5
+    assert doc["later_turns_voice_to_voice"]["count"] == 1 and doc["first_turn_voice_to_voice_ms"] > 0
     for turn in doc["per_turn"]:
         parts = sum(turn[f"{s}_ms"] for s in ("vad_hangover", "stt", "llm_first_token", "tts_first_audio"))
         assert abs(parts + turn["playout_ms"] - turn["voice_to_voice_ms"]) < 0.5

@@ -45,6 +45,7 @@ def render(results: Results) -> str:
         f"<p>{doc['answered']} of {doc['turns']} turns answered; {doc['barge_ins_measured']} of "
         f"{doc['barge_ins_tried']} barge-ins measured. Times run from the end of the user's speech.</p>",
         _machine(doc["machine"]),
+        _first_turn(doc),
         _stage_table(doc["stages"]),
         "<h2>Per turn</h2>",
         _legend(),
@@ -52,6 +53,17 @@ def render(results: Results) -> str:
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
+
+
+def _first_turn(doc: dict[str, Any]) -> str:
+    """The first turn against the later ones: a cold engine shows here."""
+    later = doc.get("later_turns_voice_to_voice")
+    if doc.get("first_turn_voice_to_voice_ms") is None or not later:
+        return ""
+    return (
+        f"<p>First turn: {doc['first_turn_voice_to_voice_ms']:.0f} ms voice to voice; "
+        f"later turns p50 {later['p50_ms']:.0f} ms.</p>"
+    )
 
 
 def _machine(machine: dict[str, Any]) -> str:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipeline.bench.machine import Quietness
-from pipeline.bench.timeline import STAGES, Turn
+from pipeline.bench.timeline import BARGE_IN_STAGES, STAGES, Turn
 from pipeline.metrics import percentile
 
 __all__ = ["Results", "summary", "table"]
@@ -20,6 +20,9 @@ LABELS = {
     "playout": "playout",
     "voice_to_voice": "voice to voice",
     "barge_in": "barge-in",
+    "vad_start": "  VAD start",
+    "interruption": "  interruption",
+    "bot_silent": "  bot silent",
 }
 
 
@@ -33,6 +36,8 @@ class Results:
     barge_ins: list[float]
     barge_ins_tried: int
     machine: Quietness
+    barge_in_stages: list[dict[str, float]] = field(default_factory=list)
+    """Where each barge-in's time went (``timeline.BARGE_IN_STAGES``), when its marks were seen."""
 
     def answered(self) -> list[dict[str, float]]:
         return [s for t in self.turns if (s := t.stages())]
@@ -43,7 +48,14 @@ class Results:
         out = {stage: summary([r[stage] for r in rows]) for stage in STAGES if rows}
         if self.barge_ins:
             out["barge_in"] = summary(self.barge_ins)
+        for stage in BARGE_IN_STAGES if self.barge_in_stages else ():
+            out[stage] = summary([b[stage] for b in self.barge_in_stages])
         return out
+
+    def later_turns(self) -> dict[str, Any] | None:
+        """Voice to voice of every answered turn but the first: what a warm first turn should match."""
+        later = [r["voice_to_voice"] for r in self.answered()[1:]]
+        return summary(later) if later else None
 
     def document(self) -> dict[str, Any]:
         """The JSON report: summary first, then each turn (ms since its end of speech), then the machine."""
@@ -70,6 +82,7 @@ class Results:
             "first_turn_voice_to_voice_ms": (
                 round(1000 * answered[0]["voice_to_voice"], 1) if answered else None
             ),
+            "later_turns_voice_to_voice": self.later_turns(),
             "stages": self.stages(),
             "per_turn": turns,
             "clips": self.clips,
@@ -98,6 +111,10 @@ def table(results: Results) -> str:
     answered = len(results.answered())
     barge_ins = len(results.barge_ins)
     lines.append(f"{answered}/{len(results.turns)} turns answered, {barge_ins} barge-ins measured")
+    later = results.later_turns()
+    if answered and later:
+        first = 1000 * results.answered()[0]["voice_to_voice"]
+        lines.append(f"first turn {first:.0f} ms voice to voice; later turns p50 {later['p50_ms']:.0f} ms")
     m = results.machine
     lines.append(
         f"machine: {m.cpus} CPUs, load {m.load_before[0]:.2f} -> {m.load_after[0]:.2f}, "

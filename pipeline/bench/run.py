@@ -69,6 +69,7 @@ async def measure(plan: BenchPlan, progress: bool = True) -> Results:
         clips=[str(c) for c in plan.clips(max(plan.turns, plan.barge_ins + 1))],
         turns=timeline.turns,
         barge_ins=barge.barge_ins(),
+        barge_in_stages=barge.barge_in_stages(),
         barge_ins_tried=plan.barge_ins,
         machine=quietness(before, sample()),
     )

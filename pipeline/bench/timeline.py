@@ -29,10 +29,14 @@ from pipeline.frames import (
 from pipeline.observers import Observer
 from pipeline.processor import Processor
 
-__all__ = ["STAGES", "Timeline", "Turn"]
+__all__ = ["BARGE_IN_STAGES", "STAGES", "Timeline", "Turn"]
 
 STAGES = ("vad_hangover", "stt", "llm_first_token", "tts_first_audio", "playout", "voice_to_voice")
 """The stages of one answer, in order; the first five add up to ``voice_to_voice``."""
+
+BARGE_IN_STAGES = ("vad_start", "interruption", "bot_silent")
+"""The stages of one barge-in, in order: user speech to the VAD's start, to the turn taker's
+``InterruptionFrame``, to the bot falling silent."""
 
 _ORIGINATED = (
     UserStartedSpeakingFrame,
@@ -50,6 +54,10 @@ class Turn:
     """``time.monotonic`` marks of one user turn (one or more stretches of speech) and its answer."""
 
     speech_start: float | None = None
+    vad_start: float | None = None
+    """When the VAD announced the speech (``speech_start`` is when it truly began)."""
+    interruption: float | None = None
+    """When this turn's speech interrupted the bot's answer to the one before (a barge-in)."""
     speech_end: float | None = None
     vad_stop: float | None = None
     transcripts: list[float] = field(default_factory=list)
@@ -107,7 +115,7 @@ class Timeline(Observer):
         if kind not in _ORIGINATED or self.originators.setdefault(kind, source.name) != source.name:
             return
         if isinstance(frame, UserStartedSpeakingFrame):
-            self._user_started(frame.at)
+            self._user_started(frame.at, now)
         elif not self.turns:
             return
         elif isinstance(frame, UserStoppedSpeakingFrame):
@@ -115,10 +123,10 @@ class Timeline(Observer):
         else:
             self._bot(frame, now)
 
-    def _user_started(self, at: float) -> None:
+    def _user_started(self, at: float, now: float) -> None:
         """A new turn, unless the current one has no spoken answer yet (the user only paused)."""
         if not self.turns or self.turns[-1].first_audio is not None:
-            self.turns.append(Turn(speech_start=at))
+            self.turns.append(Turn(speech_start=at, vad_start=now))
             return
         turn = self.turns[-1]  # any reply begun at the pause was dropped: it starts again
         turn.transcripts.clear()
@@ -150,6 +158,22 @@ class Timeline(Observer):
             for earlier in self.turns[:-1]:
                 if earlier.bot_started is not None and earlier.bot_stopped is None:
                     earlier.interrupted = True
+                    if turn.interruption is None:
+                        turn.interruption = now
+
+    def barge_in_stages(self) -> list[dict[str, float]]:
+        """Where each barge-in's time went (``BARGE_IN_STAGES``): the VAD's start hysteresis, the turn
+        taker's decision, and the output falling silent (audio already queued or playing)."""
+        parts = []
+        for prev, nxt in zip(self.turns, self.turns[1:], strict=False):
+            marks = (nxt.speech_start, nxt.vad_start, nxt.interruption, prev.bot_stopped)
+            if prev.interrupted and all(m is not None for m in marks):
+                start, vad, cut, silent = (float(m or 0.0) for m in marks)
+                vad = max(vad, start)
+                cut = max(cut, vad)
+                spans = (vad - start, cut - vad, max(silent, cut) - cut)
+                parts.append(dict(zip(BARGE_IN_STAGES, spans, strict=True)))
+        return parts
 
     def barge_ins(self) -> list[float]:
         """Seconds from the start of each barging user's speech to the interrupted bot falling silent."""
