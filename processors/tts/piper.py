@@ -3,8 +3,10 @@
 Piper synthesises a sentence at a time at RTF ~0.07 on 2 cores (a 2 s sentence in ~140 ms), so the
 base class's sentence-by-sentence flow keeps ahead of playback without overlapping work. Voices are
 loaded once per process (2-3 s) and shared; synthesis runs in worker threads, one at a time, because
-Piper's espeak-ng phonemizer is process-global state. A barge-in abandons the sentence in flight: the
-thread finishes it (a few hundred ms at most) and its audio is dropped.
+Piper's espeak-ng phonemizer is process-global state. A loaded voice says one short sentence
+unheard (``WARM_UP_TEXT``), so the first reply is synthesised as fast as later ones. A barge-in
+abandons the sentence in flight: the thread finishes it (a few hundred ms at most) and its audio is
+dropped.
 """
 
 from __future__ import annotations
@@ -51,17 +53,29 @@ def default_voice_paths() -> tuple[Path, Path] | None:
 
 
 _SYNTH_LOCK = threading.Lock()  # one synthesis step at a time, process-wide (global phonemizer)
+WARM_UP_TEXT = "Hello there, how are you?"
+"""Said once, unheard, when a voice is loaded: a comma and a question, like a reply's first piece."""
 
 
 def _load_voice(model: Path, config: Path) -> Any:
-    """The process-wide ``PiperVoice`` for these files, loading it the first time (blocking)."""
+    """The process-wide ``PiperVoice`` for these files, loading and warming it the first time (blocking).
+
+    The warm-up synthesis starts espeak-ng (its phoneme data) and runs the ONNX session once, costs
+    the first reply would otherwise pay.
+    """
 
     def load() -> Any:
         from piper import PiperVoice
 
         return PiperVoice.load(model, config)
 
-    return shared_model(("piper", str(model.resolve()), str(config.resolve())), load).model
+    shared = shared_model(("piper", str(model.resolve()), str(config.resolve())), load)
+    with _SYNTH_LOCK:
+        if not shared.warmed:
+            for _ in shared.model.synthesize(WARM_UP_TEXT):
+                pass
+            shared.warmed = True
+    return shared.model
 
 
 class PiperTTS(SpeechSynthesizer):
