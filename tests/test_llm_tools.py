@@ -7,8 +7,10 @@ import datetime
 import enum
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
+import aiohttp
 import pytest
 
 from pipeline.config import check_text
@@ -780,3 +782,56 @@ async def converse(llm: ChatLLM, steps: Callable[[Collector, Collector], Sequenc
 async def _until(condition: Callable[[], bool]) -> None:
     while not condition():
         await asyncio.sleep(0.001)
+
+
+# --- end_call in a served conversation ---------------------------------------------------------
+
+SESSIONS: list[str] = []
+"""Session ids the note_session tool saw."""
+
+
+def note_session(context: ToolContext) -> str:
+    """Note the conversation's id."""
+    SESSIONS.append(context.session_id)
+    return context.session_id
+
+
+class GoodbyeLLM(ChatLLM):
+    """Notes the session and ends the call at the first turn, then says goodbye."""
+
+    async def stream_reply(self, messages: list[dict[str, Any]]) -> AsyncIterator[str | ToolCall]:
+        if messages[-1]["role"] == "user":
+            yield ToolCall("c1", "note_session", "{}")
+            yield ToolCall("c2", "end_call", "{}")
+        else:
+            yield "Goodbye!"
+
+
+async def test_end_call_ends_a_served_conversation_after_the_goodbye(tmp_path: Path) -> None:
+    from tests.test_websocket_server import connect, serving
+
+    served = f"""
+name: goodbye
+server: {{type: websocket, port: 0, max_sessions: 1}}
+settings: {{end_timeout: 3.0, cancel_timeout: 2.0}}
+nodes:
+  mic: {{type: websocket.input}}
+  llm:
+    type: tests.test_llm_tools:GoodbyeLLM
+    tools: [end_call, {{note_session: "tests.test_llm_tools:note_session"}}]
+  recorder: {{type: recorder, directory: "{tmp_path}"}}
+  out: {{type: websocket.output, realtime: false}}
+edges:
+  - mic -> llm -> recorder -> out
+"""
+    SESSIONS.clear()
+    async with serving(served) as (_, base), aiohttp.ClientSession() as http, connect(http, base) as client:
+        session = await client.wait_for(lambda m: m["type"] == "session", "a session id")
+        await client.ws.send_str('{"type": "text", "text": "That is all, bye"}')
+        assert await client.closed() == 1000  # the client never said stop: the graph ended it
+        assert await client.reply() == "Goodbye!"
+        assert client.of("status")[-1]["state"] == "ended"
+    assert [session["session_id"]] == SESSIONS  # the tool knew which conversation it served
+    saved = json.loads((tmp_path / session["session_id"] / "transcript.json").read_text())
+    assert saved["end_time"] is not None  # the recorder was stopped, not cancelled
+    assert [m["content"] for m in saved["messages"]] == ["That is all, bye", "Goodbye!"]
