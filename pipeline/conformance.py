@@ -16,6 +16,11 @@ Each check drives a fresh processor between a driver source and a ``Collector`` 
   ``LLMTextFrame``, ``LLMResponseEndFrame``; turns are answered one after another; an interruption
   stops the reply in flight (no more of its text) and the next turn is answered; a turn that arrives
   just before the end is answered before the ``EndFrame``.
+* **Tools** (``check_tools``) — an LLM node given ``CHECK_TOOLS`` and a model that calls the tool
+  ``scripted_tool_call`` names for a user turn (and answers with the results it reads): the call is
+  passed on as an ``LLMToolCallFrame``, run, and the same reply (one start, one end) goes on to say
+  its result; an interruption while a tool runs stops that reply, the next turn is answered, and the
+  history the node keeps has a result for every call (providers refuse a call without one).
 * **TTS** — a reply becomes ``TTSStartedFrame``, ``TTSTextFrame``\\ s, non-silent mono
   ``BotAudioFrame``\\ s at one rate, ``TTSStoppedFrame``; LLM frames pass through; a
   ``BotTextFrame`` outside a response is spoken as a reply of its own; an interruption stops the
@@ -24,7 +29,9 @@ Each check drives a fresh processor between a driver source and a ``Collector`` 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -41,6 +48,7 @@ from pipeline.frames import (
     LLMResponseEndFrame,
     LLMResponseStartFrame,
     LLMTextFrame,
+    LLMToolCallFrame,
     TranscriptFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
@@ -53,7 +61,16 @@ from pipeline.graph import Graph
 from pipeline.processor import Processor, Source
 from pipeline.testing import Collector, run_graph
 
-__all__ = ["ConformanceError", "check_llm", "check_stt", "check_tts", "speech_script"]
+__all__ = [
+    "CHECK_TOOLS",
+    "ConformanceError",
+    "check_llm",
+    "check_stt",
+    "check_tools",
+    "check_tts",
+    "scripted_tool_call",
+    "speech_script",
+]
 
 Steps = Callable[[Collector], AsyncIterator[Frame]]
 
@@ -240,6 +257,118 @@ def _replies(frames: Sequence[Frame]) -> list[tuple[str, list[str]]]:
         elif isinstance(frame, InterruptionFrame):
             open_reply = None  # the interrupted reply need not send its end
     return replies
+
+
+# --- tools ---------------------------------------------------------------------------------------
+
+
+async def lookup_word(topic: str) -> dict[str, str]:
+    """The code word for a topic (a conformance tool: fixed data, answers at once).
+
+    Args:
+        topic: what the word is for, e.g. sky
+    """
+    return {"topic": topic, "word": _WORDS.get(topic, "unknown")}
+
+
+async def wait_for_word(topic: str) -> str:
+    """The code word for a topic, from a lookup that never finishes (the check interrupts it).
+
+    Args:
+        topic: what the word is for
+    """
+    await asyncio.Event().wait()
+    return topic  # never reached
+
+
+_WORDS = {"sky": "azure"}
+CHECK_TOOLS: list[Any] = [
+    {"lookup_word": "pipeline.conformance:lookup_word"},
+    {"wait_for_word": "pipeline.conformance:wait_for_word"},
+]
+"""The ``tools:`` entries ``check_tools`` gives the node under test."""
+_TOOL_TURNS = {
+    "What is the code word for sky?": ("lookup_word", {"topic": "sky"}),
+    "What is the code word for rain?": ("wait_for_word", {"topic": "rain"}),
+}
+
+
+def scripted_tool_call(user_text: str) -> tuple[str, dict[str, Any]] | None:
+    """(tool name, arguments) the model a ``check_tools`` fake plays calls for this user turn; None:
+    it answers in words. It should answer a turn of tool results with words that repeat them."""
+    return _TOOL_TURNS.get(user_text.strip())
+
+
+async def check_tools(make: Callable[[list[Any]], Processor], *, timeout: float = 30.0) -> list[str]:
+    """Check an LLM node's tool loop; ``make(tools)`` builds it with ``tools`` (``CHECK_TOOLS``) against
+    a model that plays ``scripted_tool_call``. Returns the text of each complete reply."""
+    unit = make(CHECK_TOOLS)
+    first, second = _TOOL_TURNS
+    third = "Say hello."
+
+    async def conversation(collector: Collector) -> AsyncIterator[Frame]:
+        yield TranscriptFrame(text=first)
+        await collector.wait_for(LLMResponseEndFrame, timeout=timeout)
+        yield TranscriptFrame(text=second)
+        await collector.wait_for(
+            lambda f: isinstance(f, LLMToolCallFrame) and f.name == "wait_for_word", timeout=timeout
+        )
+        yield InterruptionFrame()
+        yield TranscriptFrame(text=third)
+
+    frames = await _drive(unit, conversation, timeout)
+    replies = _replies(frames)
+    _expect(len(replies) == 3, f"three turns must give three replies, got {len(replies)}", frames)
+    end = next(i for i, f in enumerate(frames) if isinstance(f, LLMResponseEndFrame))
+    calls = [f for f in frames[:end] if isinstance(f, LLMToolCallFrame)]
+    _expect(
+        [(c.name, _json_or_none(c.arguments)) for c in calls] == [("lookup_word", {"topic": "sky"})],
+        "the tool call must be passed on as one LLMToolCallFrame with its arguments",
+        frames,
+    )
+    answer = "".join(replies[0][1])
+    _expect("azure" in answer, f"the reply must go on to say the tool's result, got {answer!r}", frames)
+    cut = next(i for i, f in enumerate(frames) if isinstance(f, InterruptionFrame))
+    resumed = next(i for i, f in enumerate(frames) if isinstance(f, TranscriptFrame) and f.text == third)
+    _expect(
+        not any(isinstance(f, LLMTextFrame) for f in frames[cut:resumed]),
+        "an interruption during a tool must stop that reply",
+        frames,
+    )
+    _expect(bool(replies[2][1]), "the turn after an interrupted tool must be answered", frames)
+    context = getattr(unit, "context", None)
+    if context is not None:
+        dangling = _unanswered_calls(context.messages())
+        _expect(not dangling, f"every tool call in the history must have its result, not {dangling}")
+    return ["".join(texts) for _, texts in replies if texts]
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _unanswered_calls(messages: Sequence[dict[str, Any]]) -> list[str]:
+    """Ids of assistant tool calls not answered by the ``tool`` messages right after them, and of
+    results that answer no call (OpenAI chat form)."""
+    wrong: list[str] = []
+    for index, message in enumerate(messages):
+        if message.get("role") == "assistant" and message.get("tool_calls"):
+            answered = set()
+            for after in messages[index + 1 :]:
+                if after.get("role") != "tool":
+                    break
+                answered.add(after.get("tool_call_id"))
+            wrong += [c["id"] for c in message["tool_calls"] if c["id"] not in answered]
+        elif message.get("role") == "tool":
+            before: dict[str, Any] = next(
+                (m for m in reversed(messages[:index]) if m.get("role") != "tool"), {}
+            )
+            if message.get("tool_call_id") not in {c["id"] for c in before.get("tool_calls") or []}:
+                wrong.append(str(message.get("tool_call_id")))
+    return wrong
 
 
 # --- text-to-speech ------------------------------------------------------------------------------
