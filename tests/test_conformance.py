@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 
-from pipeline.conformance import ConformanceError, check_llm, check_stt, check_tts, speech_script
+from pipeline.conformance import (
+    ConformanceError,
+    check_llm,
+    check_stt,
+    check_tools,
+    check_tts,
+    scripted_tool_call,
+    speech_script,
+)
 from pipeline.frames import Frame, LLMResponseStartFrame, LLMTextFrame, TranscriptFrame
 from pipeline.processor import Processor
 from pipeline.utterances import Utterance
-from processors.llm.base import ChatLLM
+from processors.llm.base import ChatLLM, ToolCall
 from processors.stt.segmented import Transcription, UtteranceSTT
 from processors.tts.base import SpeechSynthesizer
 
@@ -97,3 +106,39 @@ async def test_a_recogniser_that_hears_nothing_fails() -> None:
 async def test_an_llm_that_never_ends_its_replies_fails() -> None:
     with pytest.raises(ConformanceError, match="LLMResponseEndFrame"):
         await check_llm(lambda: EndlessLLM(name="llm"), timeout=2)
+
+
+class ToolUsingLLM(ChatLLM):
+    """Plays the model ``check_tools`` expects: calls the scripted tool, then repeats its results."""
+
+    async def stream_reply(self, messages: list[dict[str, Any]]) -> AsyncIterator[str | ToolCall]:
+        last = messages[-1]
+        if last["role"] == "tool":
+            results = [m["content"] for m in messages if m["role"] == "tool"]
+            yield f"I found {results[-1]}."
+            return
+        call = scripted_tool_call(str(last["content"]))
+        if call is None:
+            yield "Hello!"
+            return
+        name, arguments = call
+        yield ToolCall(f"call_{len(messages)}", name, json.dumps(arguments))
+
+
+class ToolLoopingLLM(ToolUsingLLM):
+    """Calls the tool again whatever the results say: a reply that never goes on."""
+
+    async def stream_reply(self, messages: list[dict[str, Any]]) -> AsyncIterator[str | ToolCall]:
+        asked = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+        name, arguments = scripted_tool_call(asked) or ("lookup_word", {"topic": "sky"})
+        yield ToolCall(f"call_{len(messages)}", name, json.dumps(arguments))
+
+
+async def test_a_tool_calling_llm_conforms() -> None:
+    replies = await check_tools(lambda tools: ToolUsingLLM(name="llm", tools=tools), timeout=10)
+    assert "azure" in replies[0] and replies[-1] == "Hello!"
+
+
+async def test_an_llm_whose_reply_never_goes_on_after_a_tool_fails() -> None:
+    with pytest.raises(ConformanceError, match="reported errors"):
+        await check_tools(lambda tools: ToolLoopingLLM(name="llm", tools=tools), timeout=5)

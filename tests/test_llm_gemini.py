@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, cast
 
 import pytest
 
-from pipeline.conformance import check_llm
+from pipeline.conformance import check_llm, check_tools, scripted_tool_call
 from pipeline.frames import InterruptionFrame, LLMTextFrame, LLMToolCallFrame, TranscriptFrame
 from pipeline.graph import GraphFailedError
 from pipeline.testing import Collector, run_processor
 from processors.llm.gemini import GeminiLLM
-from tests.fakes.gemini import FakeFunctionCall, FakeGemini, Fault, contents_text, pick
+from tests.fakes.gemini import (
+    FakeFunctionCall,
+    FakeGemini,
+    Fault,
+    contents_text,
+    function_responses,
+    pick,
+    when_asked,
+)
 from tests.test_llm_openai import ErrorTap, converse, replies
 
 
@@ -198,3 +207,190 @@ async def test_conforms(fake: FakeGemini) -> None:
     fake.reply = lambda body: "You said: " + contents_text(body["contents"][-1]) + " Anything else?"
     replies = await check_llm(lambda: make_llm(fake), timeout=10)
     assert replies[0] == "You said: Say hello. Anything else?"
+
+
+# --- tools: the calls are run and the reply goes on ---------------------------------------------
+
+WEATHER = {"weather": "tests.tools_example:get_weather"}
+
+
+def answer_with_results(body: dict[str, Any]) -> str:
+    """The fake model's words once function responses are back (none while it calls)."""
+    responses = function_responses(body)
+    return "Here is what I found: " + " | ".join(json.dumps(pick(r, "response")) for r in responses)
+
+
+def calls_then_answers() -> Callable[[dict[str, Any]], str]:
+    """``answer_with_results`` that says nothing in the turn that calls."""
+    return lambda body: answer_with_results(body) if function_responses(body) else ""
+
+
+async def test_a_tool_call_is_run_and_answered_with_the_models_own_part(fake: FakeGemini) -> None:
+    fake.require_signatures = True  # a thinking model: the signature must come back with the call
+    fake.function_calls = when_asked(
+        FakeFunctionCall("weather", {"city": "Paris"}, thought_signature="c2lnLTE=")
+    )
+    fake.reply = calls_then_answers()
+    out = await run_processor(make_llm(fake, tools=[WEATHER]), [TranscriptFrame(text="Weather in Paris?")])
+
+    assert not out.errors
+    assert out.kinds.count("llm_response_start") == out.kinds.count("llm_response_end") == 1
+    assert '"temperature": 21' in replies(out)[0]
+    first, follow_up = (r.body for r in fake.requests)
+    assert follow_up["tools"] == first["tools"]
+    assert [d["name"] for d in pick(first["tools"][0], "functionDeclarations")] == ["weather"]
+    _, model, answers = follow_up["contents"]
+    assert model["role"] == "model"
+    (part,) = model["parts"]
+    assert pick(part, "functionCall") == {"name": "weather", "args": {"city": "Paris"}}  # no id: none came
+    assert pick(part, "thoughtSignature") == "c2lnLTE="
+    assert answers["role"] == "user"
+    (response,) = function_responses(follow_up)
+    assert response["name"] == "weather" and "id" not in response
+    assert response["response"]["temperature"] == 21  # the result object as it is
+
+
+async def test_two_calls_in_one_event_are_answered_in_one_turn(fake: FakeGemini) -> None:
+    fake.function_calls = when_asked(
+        FakeFunctionCall("weather", {"city": "Paris"}, call_id="fc-1"),
+        FakeFunctionCall("weather", {"city": "Rome"}, call_id="fc-2"),
+    )
+    fake.reply = calls_then_answers()
+    out = await run_processor(make_llm(fake, tools=[WEATHER]), [TranscriptFrame(text="Paris and Rome?")])
+
+    assert not out.errors
+    assert [f.call_id for f in out.of(LLMToolCallFrame)] == ["fc-1", "fc-2"]
+    responses = function_responses(fake.requests[1].body)
+    assert [(r["id"], r["response"]["temperature"]) for r in responses] == [("fc-1", 21), ("fc-2", 24)]
+    assert "21" in replies(out)[0] and "24" in replies(out)[0]
+
+
+async def test_a_failing_tool_answers_with_an_error_object(fake: FakeGemini) -> None:
+    fake.function_calls = when_asked(FakeFunctionCall("weather", {"city": "Atlantis"}))
+    fake.reply = calls_then_answers()
+    out = await run_processor(make_llm(fake, tools=[WEATHER]), [TranscriptFrame(text="Atlantis?")])
+
+    assert not out.errors
+    (response,) = function_responses(fake.requests[1].body)
+    assert "no weather for Atlantis" in response["response"]["error"]
+    assert "no weather for Atlantis" in replies(out)[0]
+
+
+async def test_a_tool_that_times_out_answers_with_an_error_object(fake: FakeGemini) -> None:
+    search = {"name": "search", "function": "tests.tools_example:slow_search", "timeout": 0.2}
+    fake.function_calls = when_asked(FakeFunctionCall("search", {"query": "news", "seconds": 30}))
+    fake.reply = calls_then_answers()
+    out = await run_processor(make_llm(fake, tools=[search]), [TranscriptFrame(text="Any news?")])
+
+    assert not out.errors
+    (response,) = function_responses(fake.requests[1].body)
+    assert "timed out" in response["response"]["error"]
+
+
+async def test_a_result_that_is_no_object_is_wrapped(fake: FakeGemini) -> None:
+    letters = {"letters": "tests.tools_example:count_letters"}
+    fake.function_calls = when_asked(FakeFunctionCall("letters", {"word": "voice"}))
+    fake.reply = calls_then_answers()
+    out = await run_processor(make_llm(fake, tools=[letters]), [TranscriptFrame(text="Letters in voice?")])
+
+    assert not out.errors
+    (response,) = function_responses(fake.requests[1].body)
+    assert response["response"] == {"output": 5}
+
+
+async def test_a_barge_in_during_a_tool_leaves_a_history_the_api_accepts(fake: FakeGemini) -> None:
+    search = {"name": "search", "function": "tests.tools_example:slow_search"}
+    fake.function_calls = lambda body: (
+        [FakeFunctionCall("search", {"query": "news", "seconds": 60})]
+        if contents_text(body["contents"][-1]) == "Any news?"
+        else []
+    )
+    fake.reply = lambda body: "" if contents_text(body["contents"][-1]) == "Any news?" else "Sure, what then?"
+
+    out = await converse(
+        make_llm(fake, tools=[search]),
+        lambda out: [
+            TranscriptFrame(text="Any news?"),
+            lambda: out.wait_for(LLMToolCallFrame),
+            InterruptionFrame(),
+            TranscriptFrame(text="Never mind."),
+        ],
+    )
+
+    assert not out.errors  # the fake refuses (400) a call left without its response
+    assert replies(out)[-1] == "Sure, what then?"
+    contents = fake.requests[-1].body["contents"]
+    assert contents_text(contents[-1]) == "Never mind."
+    calls = [p for c in contents for p in c["parts"] if pick(p, "functionCall")]
+    responses = [
+        pick(p, "functionResponse") for c in contents for p in c["parts"] if pick(p, "functionResponse")
+    ]
+    assert len(calls) == len(responses)
+    assert all("cancel" in json.dumps(r["response"]) for r in responses)
+
+
+async def test_end_call_ends_the_session_after_the_goodbye(fake: FakeGemini) -> None:
+    fake.function_calls = when_asked(FakeFunctionCall("end_call"))
+    fake.reply = lambda body: "Goodbye!" if function_responses(body) else ""
+
+    async def never() -> None:  # only the end of the session stops this driver
+        await asyncio.Event().wait()
+
+    out = await converse(
+        make_llm(fake, tools=["end_call"]), lambda out: [TranscriptFrame(text="That's all."), never]
+    )
+
+    assert not out.errors
+    assert replies(out) == ["Goodbye!"]
+    assert len(fake.requests) == 2
+
+
+async def test_calls_from_before_the_kept_parts_are_rebuilt(fake: FakeGemini) -> None:
+    llm = make_llm(fake, tools=[WEATHER])
+    await llm.on_start()
+    try:
+        history: list[dict[str, Any]] = [
+            {"role": "user", "content": "Paris?"},
+            {
+                "role": "assistant",
+                "content": "Let me see.",
+                "tool_calls": [
+                    {
+                        "id": "fc-old",
+                        "type": "function",
+                        "function": {"name": "weather", "arguments": '{"city": "Paris"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "fc-old", "content": '"sunny"'},
+            {"role": "assistant", "content": "Sunny."},
+            {"role": "user", "content": "Thanks."},
+        ]
+        assert "".join([str(item) async for item in llm.stream_reply(history)]) == fake.reply
+    finally:
+        await llm.on_stop()
+
+    roles = [c["role"] for c in fake.requests[0].body["contents"]]
+    assert roles == ["user", "model", "user", "model", "user"]
+    model = fake.requests[0].body["contents"][1]
+    assert pick(model["parts"][0], "text") == "Let me see."
+    assert pick(model["parts"][1], "functionCall") == {
+        "id": "fc-old",
+        "name": "weather",
+        "args": {"city": "Paris"},
+    }
+    (response,) = function_responses({"contents": fake.requests[0].body["contents"][:3]})
+    assert (response["id"], response["response"]) == ("fc-old", {"output": "sunny"})
+
+
+async def test_tools_conform(fake: FakeGemini) -> None:
+    def calls(body: dict[str, Any]) -> list[FakeFunctionCall]:
+        call = None if function_responses(body) else scripted_tool_call(contents_text(body["contents"][-1]))
+        return [FakeFunctionCall(call[0], call[1])] if call else []
+
+    fake.function_calls = calls
+    fake.reply = lambda body: (
+        answer_with_results(body) if function_responses(body) else "" if calls(body) else "Hello!"
+    )
+    replies = await check_tools(lambda tools: make_llm(fake, tools=tools), timeout=10)
+    assert "azure" in replies[0]

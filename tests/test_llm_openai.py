@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any, cast
@@ -9,7 +11,7 @@ from typing import Any, cast
 import pytest
 
 from pipeline.config import check_text
-from pipeline.conformance import check_llm
+from pipeline.conformance import check_llm, check_tools, scripted_tool_call
 from pipeline.errors import ValidationError
 from pipeline.frames import (
     Direction,
@@ -28,7 +30,7 @@ from pipeline.processor import Processor
 from pipeline.testing import Captured, Collector, run_graph, run_processor
 from processors.llm.openai import OpenAILLM
 from tests.drivers import Driver, Step
-from tests.fakes.openai import FakeOpenAI, FakeToolCall, Fault
+from tests.fakes.openai import FakeOpenAI, FakeToolCall, Fault, tool_results, when_asked
 
 
 class ErrorTap(Observer):
@@ -310,3 +312,151 @@ async def test_openai_itself_gets_max_completion_tokens(
     assert replies(out) == [fake.reply]
     body = fake.requests[0].body
     assert body["max_completion_tokens"] == 60 and "max_tokens" not in body
+
+
+# --- tools: the calls are run and the reply goes on ---------------------------------------------
+
+WEATHER = {"weather": "tests.tools_example:get_weather"}
+
+
+def answer_with_results(body: dict[str, Any]) -> str:
+    """The fake model's words once tool results are back (none while it calls)."""
+    results = tool_results(body)
+    return f"Here is what I found: {' | '.join(results)}" if results else ""
+
+
+def tool_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return [m for m in body["messages"] if m["role"] == "tool"]
+
+
+async def test_a_tool_call_is_run_and_the_reply_goes_on(fake: FakeOpenAI) -> None:
+    fake.tool_calls = when_asked(FakeToolCall("weather", '{"city": "Paris"}', "call_1"))
+    fake.reply = answer_with_results
+    out = await run_processor(make_llm(fake, tools=[WEATHER]), [TranscriptFrame(text="Weather in Paris?")])
+
+    assert not out.errors
+    assert out.kinds[:3] == ["transcript", "llm_response_start", "llm_tool_call"]
+    assert out.kinds.count("llm_response_start") == out.kinds.count("llm_response_end") == 1
+    (reply,) = replies(out)
+    assert '"temperature": 21' in reply
+    first, follow_up = (r.body for r in fake.requests)
+    assert (
+        follow_up["tools"]
+        == first["tools"]
+        == [{"type": "function", "function": first["tools"][0]["function"]}]
+    )
+    assert first["tools"][0]["function"]["name"] == "weather"
+    assistant, result = follow_up["messages"][-2:]
+    assert assistant["role"] == "assistant" and not assistant.get("content")
+    assert assistant["tool_calls"] == [
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "weather", "arguments": '{"city": "Paris"}'},
+        }
+    ]
+    assert result["role"] == "tool" and result["tool_call_id"] == "call_1"
+    assert json.loads(result["content"])["temperature"] == 21
+
+
+async def test_two_calls_in_one_turn_run_and_answer_in_order(fake: FakeOpenAI) -> None:
+    fake.tool_calls = when_asked(
+        FakeToolCall("weather", '{"city": "Paris"}', "call_p"),
+        FakeToolCall("weather", '{"city": "Rome"}', "call_r"),
+    )
+    fake.reply = answer_with_results
+    out = await run_processor(make_llm(fake, tools=[WEATHER]), [TranscriptFrame(text="Paris and Rome?")])
+
+    assert not out.errors and len(out.of(LLMToolCallFrame)) == 2
+    results = tool_messages(fake.requests[1].body)
+    assert [m["tool_call_id"] for m in results] == ["call_p", "call_r"]
+    assert [json.loads(m["content"])["temperature"] for m in results] == [21, 24]
+    assert "21" in replies(out)[0] and "24" in replies(out)[0]
+
+
+async def test_a_failing_tool_gives_the_model_an_error_to_read(fake: FakeOpenAI) -> None:
+    fake.tool_calls = when_asked(FakeToolCall("weather", '{"city": "Atlantis"}'))
+    fake.reply = answer_with_results
+    out = await run_processor(make_llm(fake, tools=[WEATHER]), [TranscriptFrame(text="Atlantis?")])
+
+    assert not out.errors
+    (result,) = tool_messages(fake.requests[1].body)
+    assert "no weather for Atlantis" in json.loads(result["content"])["error"]
+    assert "no weather for Atlantis" in replies(out)[0]
+
+
+async def test_a_tool_that_times_out_gives_an_error_result(fake: FakeOpenAI) -> None:
+    search = {"name": "search", "function": "tests.tools_example:slow_search", "timeout": 0.2}
+    fake.tool_calls = when_asked(FakeToolCall("search", '{"query": "news", "seconds": 30}'))
+    fake.reply = answer_with_results
+    out = await run_processor(make_llm(fake, tools=[search]), [TranscriptFrame(text="Any news?")])
+
+    assert not out.errors
+    (result,) = tool_messages(fake.requests[1].body)
+    assert "timed out" in json.loads(result["content"])["error"]
+    assert len(replies(out)) == 1 and "timed out" in replies(out)[0]
+
+
+async def test_a_barge_in_during_a_tool_leaves_a_history_the_api_accepts(fake: FakeOpenAI) -> None:
+    search = {"name": "search", "function": "tests.tools_example:slow_search"}
+    fake.tool_calls = lambda body: (
+        [FakeToolCall("search", '{"query": "news", "seconds": 60}', "call_s")]
+        if body["messages"][-1] == {"role": "user", "content": "Any news?"}
+        else []
+    )
+    fake.reply = lambda body: "" if body["messages"][-1]["content"] == "Any news?" else "Sure, what then?"
+
+    out = await converse(
+        make_llm(fake, tools=[search]),
+        lambda out: [
+            TranscriptFrame(text="Any news?"),
+            lambda: out.wait_for(LLMToolCallFrame),
+            InterruptionFrame(),
+            TranscriptFrame(text="Never mind."),
+        ],
+    )
+
+    assert not out.errors  # the fake refuses (400) a call left without its result
+    assert replies(out)[-1] == "Sure, what then?"
+    next_turn = fake.requests[-1].body["messages"]
+    assert next_turn[-1] == {"role": "user", "content": "Never mind."}
+    calls = [m for m in next_turn if m.get("tool_calls")]
+    results = tool_messages(fake.requests[-1].body)
+    assert [c["id"] for m in calls for c in m["tool_calls"]] == [r["tool_call_id"] for r in results]
+    assert all("cancel" in r["content"] for r in results)
+
+
+async def test_end_call_ends_the_session_after_the_goodbye(fake: FakeOpenAI) -> None:
+    fake.tool_calls = when_asked(FakeToolCall("end_call", "{}"))
+    fake.reply = lambda body: "Goodbye!" if tool_results(body) else ""
+
+    async def never() -> None:  # only the end of the session stops this driver
+        await asyncio.Event().wait()
+
+    out = await converse(
+        make_llm(fake, tools=["end_call"]),
+        lambda out: [TranscriptFrame(text="That's all, thanks."), never],
+    )
+
+    assert not out.errors
+    assert replies(out) == ["Goodbye!"]
+    assert out.kinds[-1] == "llm_response_end"
+    assert len(fake.requests) == 2
+
+
+def plays_the_tool_check(fake: FakeOpenAI) -> None:
+    """Script ``fake`` as the model ``check_tools`` expects."""
+
+    def calls(body: dict[str, Any]) -> list[FakeToolCall]:
+        last = body["messages"][-1]
+        call = scripted_tool_call(str(last["content"])) if last["role"] == "user" else None
+        return [FakeToolCall(call[0], json.dumps(call[1]))] if call else []
+
+    fake.tool_calls = calls
+    fake.reply = lambda body: answer_with_results(body) or ("" if calls(body) else "Hello!")
+
+
+async def test_tools_conform(fake: FakeOpenAI) -> None:
+    plays_the_tool_check(fake)
+    replies = await check_tools(lambda tools: make_llm(fake, tools=tools), timeout=10)
+    assert "azure" in replies[0]

@@ -8,10 +8,17 @@
       model: gemini-2.5-flash
 
 The history maps onto Gemini's form: the system prompt becomes the ``system_instruction``, user turns
-stay ``user`` and assistant turns become ``model``. Replies stream (``generate_content_stream``);
-``tools`` (JSON function schemas) are declared as functions, and each ``functionCall`` part leaves as
-an ``LLMToolCallFrame`` (Gemini sends every call whole). Thinking is off by default
-(``thinking_budget: 0``): it delays the first word, which a voice conversation cannot afford.
+stay ``user`` and assistant turns become ``model``. Replies stream (``generate_content_stream``).
+Thinking is off by default (``thinking_budget: 0``): it delays the first word, which a voice
+conversation cannot afford.
+
+Tools (see ``processors.llm.tools``) are declared as ``FunctionDeclaration`` objects (JSON schemas, never
+Python callables: those would make the SDK run functions itself). Gemini sends each call whole, with
+``args`` an object and often no id (one is made up then, and never sent back). The calls of a reply
+are collected over all its events and handed to the base at the end. In a follow-up the assistant's
+calls go back as the model's *own* parts, kept per call id (a bounded map), so a thinking model gets
+its ``thoughtSignature`` back; the results follow as one ``user`` turn of ``functionResponse`` parts
+in call order, each response a JSON object (other values are wrapped as ``{"output": value}``).
 
 A rejected key or unknown model ends the graph; a dropped or garbled stream fails that turn only.
 The stream is read by a task a few chunks ahead: the SDK closes its HTTP connection only when a read
@@ -22,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
@@ -29,7 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 from pipeline.errors import FatalProcessorError, Problem
 from pipeline.params import hide_secret_params, param
 from processors.llm.base import ChatLLM, ChatParams, ToolCall
-from processors.llm.openai import key_problems, record_usage, tool_function, tool_problems
+from processors.llm.openai import key_problems, record_usage
 
 if TYPE_CHECKING:
     from google import genai
@@ -41,19 +50,20 @@ GEMINI_KEY_VARIABLE = "GEMINI_API_KEY"
 GEMINI_URL = "https://generativelanguage.googleapis.com"
 READ_AHEAD = 32
 """Chunks the reader task may get ahead of the consumer (a few sentences)."""
+REMEMBERED_CALLS = 64
+"""Function-call parts kept to echo in follow-ups (a few turns' worth; older calls are rebuilt)."""
+MADE_UP_ID = "gemini-local-"
+"""Prefix of the ids given to calls Gemini sent without one; those are never sent back."""
 
 
 @dataclass(slots=True, kw_only=True)
 class GeminiLLMParams(ChatParams):
-    """Model, server and tools of an ``llm.gemini`` node."""
+    """Model and server of an ``llm.gemini`` node."""
 
     api_key: str = param(doc="API key: write ${GEMINI_API_KEY}", secret=True)
     model: str = param("gemini-2.5-flash", doc="Gemini model name")
     base_url: str | None = param(None, doc="API endpoint; null = Google's")
     api_version: str | None = param(None, doc="API version (v1, v1beta); null = the SDK's default")
-    tools: list[dict[str, Any]] = param(
-        [], doc="function tools: {name, description, parameters: <JSON schema>} (or the OpenAI form)"
-    )
     thinking_budget: int | None = param(
         0, doc="tokens the model may think before answering; 0 = off (2.5 Pro needs >= 128); null = default"
     )
@@ -71,15 +81,12 @@ class GeminiLLM(ChatLLM):
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
-        functions = (tool_function(spec) for spec in self.params.tools)
-        self.functions = [_declaration(f) for f in functions if f is not None]
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}  # totals over the session
         self._client: genai.Client | None = None
-        self._calls = 0  # numbers calls that come without an id
+        self._call_parts: OrderedDict[str, types.Part] = OrderedDict()  # the model's own, by call id
 
     def check(self) -> list[Problem]:
-        p = self.params
-        return key_problems(p.api_key, GEMINI_KEY_VARIABLE, self.name) + tool_problems(p.tools, self.name)
+        return [*super().check(), *key_problems(self.params.api_key, GEMINI_KEY_VARIABLE, self.name)]
 
     async def on_start(self) -> None:
         from google import genai
@@ -102,7 +109,7 @@ class GeminiLLM(ChatLLM):
 
     async def stream_reply(self, messages: list[dict[str, Any]]) -> AsyncIterator[str | ToolCall]:
         assert self._client is not None, "on_start has not run"
-        system, contents = _contents(messages)
+        system, contents = _contents(messages, self._call_parts)
         items: asyncio.Queue[str | ToolCall | _Finished] = asyncio.Queue(maxsize=READ_AHEAD)
         # The SDK's stream only lets go of its connection when cancelled mid-read (closing it leaves
         # an inner generator holding it), so a task reads and this generator cancels it when closed.
@@ -119,17 +126,24 @@ class GeminiLLM(ChatLLM):
             await asyncio.wait({reader})
 
     async def _read(
-        self, contents: list[dict[str, Any]], config: types.GenerateContentConfig, items: asyncio.Queue[Any]
+        self, contents: list[types.Content], config: types.GenerateContentConfig, items: asyncio.Queue[Any]
     ) -> None:
-        """Put the reply's text chunks and tool calls on ``items``, then how the stream ended."""
+        """Put the reply's text chunks on ``items``, its tool calls once it has ended, then how the
+        stream ended."""
         assert self._client is not None
+        calls: list[ToolCall] = []
         try:
             stream = await self._client.aio.models.generate_content_stream(
                 model=self.params.model, contents=contents, config=config
             )
             async for response in stream:  # the request goes out on the first iteration
                 for item in self._items(response):
-                    await items.put(item)
+                    if isinstance(item, ToolCall):
+                        calls.append(item)
+                    else:
+                        await items.put(item)
+            for call in calls:
+                await items.put(call)
         except Exception as error:
             await items.put(_Finished(error))
         else:
@@ -144,10 +158,10 @@ class GeminiLLM(ChatLLM):
             temperature=p.temperature,
             max_output_tokens=p.max_tokens,
         )
-        if self.functions:
-            config.tools = [
-                types.Tool(function_declarations=[types.FunctionDeclaration(**f) for f in self.functions])
-            ]
+        if self.tool_schemas:
+            declarations = [_declaration(schema["function"]) for schema in self.tool_schemas]
+            config.tools = [types.Tool(function_declarations=declarations)]
+            config.automatic_function_calling = types.AutomaticFunctionCallingConfig(disable=True)
         if p.thinking_budget is not None:
             config.thinking_config = types.ThinkingConfig(thinking_budget=p.thinking_budget)
         return config
@@ -158,16 +172,21 @@ class GeminiLLM(ChatLLM):
         for candidate in (response.candidates or [])[:1]:
             for part in (candidate.content.parts if candidate.content else None) or []:
                 if part.function_call is not None:
-                    call = part.function_call
-                    self._calls += 1
-                    arguments = json.dumps(call.args or {}, ensure_ascii=False)
-                    items.append(ToolCall(call.id or f"call_{self._calls}", call.name or "", arguments))
+                    items.append(self._remember(part, part.function_call))
                 elif part.text and not part.thought:
                     items.append(part.text)
         usage = response.usage_metadata
         if usage is not None and response.candidates and response.candidates[0].finish_reason is not None:
             record_usage(self, usage.prompt_token_count, usage.candidates_token_count)
         return items
+
+    def _remember(self, part: types.Part, call: types.FunctionCall) -> ToolCall:
+        """The tool call of a ``functionCall`` part; the part is kept to be echoed in the follow-up."""
+        call_id = call.id or f"{MADE_UP_ID}{uuid.uuid4().hex[:16]}"
+        self._call_parts[call_id] = part
+        while len(self._call_parts) > REMEMBERED_CALLS:
+            self._call_parts.popitem(last=False)
+        return ToolCall(call_id, call.name or "", json.dumps(call.args or {}, ensure_ascii=False))
 
     def _raise_explained(self, error: Exception) -> NoReturn:
         """Raise ``error`` in the words of this node: configuration mistakes end the graph with a clear
@@ -201,20 +220,79 @@ class _Finished:
     error: Exception | None = None
 
 
-def _contents(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
-    """(system instruction, Gemini contents) of an OpenAI-form chat."""
+def _contents(
+    messages: list[dict[str, Any]], call_parts: dict[str, types.Part]
+) -> tuple[str, list[types.Content]]:
+    """(system instruction, Gemini contents) of an OpenAI-form chat. Assistant tool calls become the
+    model's own parts (``call_parts``, by call id) or, when no longer kept, parts rebuilt from the
+    call; the ``tool`` messages after them become one user turn of function responses."""
+    from google.genai import types
+
     system = "\n\n".join(m["content"] for m in messages if m["role"] == "system" and m["content"])
-    contents = [
-        {"role": "model" if m["role"] == "assistant" else "user", "parts": [{"text": m["content"]}]}
-        for m in messages
-        if m["role"] in ("user", "assistant") and m["content"]
-    ]
+    contents: list[types.Content] = []
+    names: dict[str, str] = {}  # call id -> function name, for the responses
+    answering = False  # the last content is a user turn of function responses
+    for message in messages:
+        role, text = message["role"], message.get("content")
+        if role == "tool":
+            call_id = str(message.get("tool_call_id"))
+            part = types.Part.from_function_response(
+                name=names.get(call_id, ""), response=_response_object(str(text or ""))
+            )
+            if part.function_response is not None and not call_id.startswith(MADE_UP_ID):
+                part.function_response.id = call_id  # echo the provider's own id
+            if answering and contents[-1].parts is not None:
+                contents[-1].parts.append(part)
+            else:
+                contents.append(types.Content(role="user", parts=[part]))
+                answering = True
+            continue
+        answering = False
+        if role == "user" and text:
+            contents.append(types.Content(role="user", parts=[types.Part(text=text)]))
+        elif role == "assistant":
+            parts = [types.Part(text=text)] if text else []
+            for call in message.get("tool_calls") or []:
+                function = call.get("function") or {}
+                names[call["id"]] = function.get("name", "")
+                parts.append(call_parts.get(call["id"]) or _rebuilt_call(call["id"], function))
+            if parts:
+                contents.append(types.Content(role="model", parts=parts))
     return system, contents
 
 
-def _declaration(function: dict[str, Any]) -> dict[str, Any]:
-    """``FunctionDeclaration`` fields of a ``tools`` entry's function."""
-    declaration = {"name": function["name"], "description": function.get("description")}
+def _rebuilt_call(call_id: str, function: dict[str, Any]) -> types.Part:
+    """A ``functionCall`` part from an OpenAI-form call (its original part is no longer kept)."""
+    from google.genai import types
+
+    try:
+        args = json.loads(function.get("arguments") or "{}")
+    except ValueError:
+        args = {}
+    made_up = call_id.startswith(MADE_UP_ID)
+    call = types.FunctionCall(
+        id=None if made_up else call_id,
+        name=function.get("name", ""),
+        args=args if isinstance(args, dict) else {},
+    )
+    return types.Part(function_call=call)
+
+
+def _response_object(result: str) -> dict[str, Any]:
+    """A tool's result text as the JSON object Gemini requires: an object as it is (an ``error`` key
+    reads as the failure), anything else as ``{"output": value}``."""
+    try:
+        value = json.loads(result)
+    except ValueError:
+        return {"output": result}
+    return value if isinstance(value, dict) else {"output": value}
+
+
+def _declaration(function: dict[str, Any]) -> types.FunctionDeclaration:
+    """The ``FunctionDeclaration`` of a tool schema's function (its parameters as JSON schema)."""
+    from google.genai import types
+
+    declaration = types.FunctionDeclaration(name=function["name"], description=function.get("description"))
     if function.get("parameters"):
-        declaration["parameters_json_schema"] = function["parameters"]
+        declaration.parameters_json_schema = function["parameters"]
     return declaration

@@ -10,10 +10,13 @@
       # base_url: http://localhost:8080/v1    llama.cpp's llama-server
       # base_url: http://localhost:8000/v1    vLLM
 
-Replies stream (``stream=True``); ``tools`` (JSON function schemas) let the model ask for calls, which
-arrive as fragments and leave as one ``LLMToolCallFrame`` each. Token usage is asked for
-(``stream_options.include_usage``) and counted in ``usage``. A rejected key or an unknown model ends
-the graph (nothing can work); a dropped or garbled stream fails that turn only.
+Replies stream (``stream=True``). With ``tools`` (see ``processors.llm.tools``) every request, follow-ups
+included, carries their schemas; a call streams as fragments per index (the first names it, the rest
+extend its JSON arguments; servers that repeat the id and name in every fragment are read alike) and is
+handed to the base whole at the end of the stream, which runs it and asks again with the assistant's
+``tool_calls`` message and one ``tool`` message per call (already this API's own shape). Token usage
+is asked for (``stream_options.include_usage``) and counted in ``usage``. A rejected key or an
+unknown model ends the graph (nothing can work); a dropped or garbled stream fails that turn only.
 
 The helpers here (key check, client, error translation) are shared with ``stt.openai`` and
 ``tts.openai``; the SDK is imported only when a node starts, so ``list`` stays fast.
@@ -21,6 +24,7 @@ The helpers here (key check, client, error translation) are shared with ``stt.op
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
@@ -44,8 +48,6 @@ __all__ = [
     "make_openai_client",
     "raise_explained",
     "record_usage",
-    "tool_function",
-    "tool_problems",
 ]
 
 OPENAI_KEY_VARIABLE = "OPENAI_API_KEY"
@@ -54,15 +56,12 @@ OPENAI_URL = "https://api.openai.com/v1"
 
 @dataclass(slots=True, kw_only=True)
 class OpenAILLMParams(ChatParams):
-    """Model, server and tools of an ``llm.openai`` node."""
+    """Model and server of an ``llm.openai`` node."""
 
     api_key: str = param(doc="API key: write ${OPENAI_API_KEY}; local servers take any value", secret=True)
     model: str = param("gpt-4o-mini", doc="chat model name (for a local server: the model it serves)")
     base_url: str | None = param(
         None, doc="an OpenAI-compatible server, e.g. http://localhost:11434/v1 (Ollama); null = OpenAI"
-    )
-    tools: list[dict[str, Any]] = param(
-        [], doc="function tools: {name, description, parameters: <JSON schema>} (or the full OpenAI form)"
     )
     max_retries: int = param(
         2, ge=0, doc="retries of a failed request (connection errors, 429, 5xx) before it fails"
@@ -87,14 +86,11 @@ class OpenAILLM(ChatLLM):
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
-        functions = (tool_function(spec) for spec in self.params.tools)
-        self.tools = [{"type": "function", "function": f} for f in functions if f is not None]
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}  # totals over the session
         self._client: openai.AsyncOpenAI | None = None
 
     def check(self) -> list[Problem]:
-        p = self.params
-        return key_problems(p.api_key, OPENAI_KEY_VARIABLE, self.name) + tool_problems(p.tools, self.name)
+        return [*super().check(), *key_problems(self.params.api_key, OPENAI_KEY_VARIABLE, self.name)]
 
     async def on_start(self) -> None:
         p = self.params
@@ -120,8 +116,8 @@ class OpenAILLM(ChatLLM):
         # OpenAI's own models (the reasoning ones) want max_completion_tokens; compatible servers
         # know max_tokens, which OpenAI deprecated.
         request["max_tokens" if p.base_url else "max_completion_tokens"] = p.max_tokens
-        if self.tools:
-            request["tools"] = self.tools
+        if self.tool_schemas:  # on follow-ups too: the model may call again
+            request["tools"] = self.tool_schemas
         calls: dict[int, _PartialCall] = {}
         try:
             stream = await self._client.chat.completions.create(**request)
@@ -131,15 +127,12 @@ class OpenAILLM(ChatLLM):
             async for chunk in stream:
                 if chunk.usage is not None:
                     record_usage(self, chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-                for choice in chunk.choices:
+                for choice in chunk.choices[:1]:  # the usage chunk has none
                     if choice.delta.content:
                         yield choice.delta.content
                     for fragment in choice.delta.tool_calls or ():
                         _add_fragment(calls, fragment)
-                    if choice.finish_reason and calls:
-                        for call in _finished(calls):
-                            yield call
-            for call in _finished(calls):  # servers that never send a finish reason
+            for call in _finished(calls):  # whole, once the stream has ended
                 yield call
         except openai.APIError as error:
             raise_explained(error, p)
@@ -152,44 +145,34 @@ class OpenAILLM(ChatLLM):
 
 
 def _add_fragment(calls: dict[int, _PartialCall], fragment: Any) -> None:
-    """Merge one streamed tool-call fragment: the first names the call, the rest extend its arguments."""
-    call = calls.setdefault(fragment.index, _PartialCall())
-    call.call_id = call.call_id or fragment.id or ""
+    """Merge one streamed tool-call fragment: an id or name is assigned (some servers repeat them in
+    every fragment), argument text is appended. A server that numbers no fragment starts a new call
+    at each new id."""
+    index = fragment.index
+    if index is None:
+        last = max(calls, default=-1)
+        index = last + 1 if last < 0 or (fragment.id and fragment.id != calls[last].call_id) else last
+    call = calls.setdefault(index, _PartialCall())
+    call.call_id = fragment.id or call.call_id
     if fragment.function is not None:
-        call.name = call.name or fragment.function.name or ""
+        call.name = fragment.function.name or call.name
         if fragment.function.arguments:
             call.arguments.append(fragment.function.arguments)
 
 
 def _finished(calls: dict[int, _PartialCall]) -> list[ToolCall]:
-    """The assembled calls in index order; ``calls`` is emptied."""
-    done = [
-        ToolCall(call_id=c.call_id or f"call_{index}", name=c.name, arguments="".join(c.arguments) or "{}")
-        for index, c in sorted(calls.items())
+    """The assembled calls in index order; a call the server gave no id gets a unique one."""
+    return [
+        ToolCall(
+            call_id=c.call_id or f"call_{uuid.uuid4().hex[:24]}",
+            name=c.name,
+            arguments="".join(c.arguments) or "{}",
+        )
+        for _, c in sorted(calls.items())
     ]
-    calls.clear()
-    return done
 
 
 # --- shared by the OpenAI nodes ------------------------------------------------------------------
-
-
-def tool_function(spec: dict[str, Any]) -> dict[str, Any] | None:
-    """The function of a ``tools`` entry (bare, or in the full OpenAI form); None when it names none."""
-    function = spec.get("function") if spec.get("type") == "function" else spec
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
-        return None
-    return function
-
-
-def tool_problems(tools: list[dict[str, Any]], node: str) -> list[Problem]:
-    """A problem for each ``tools`` entry that names no function."""
-    fix = "write {name: get_weather, description: ..., parameters: {type: object, ...}}"
-    return [
-        Problem(f"tools[{index}] has no function name", fix=fix, key="tools", node=node)
-        for index, spec in enumerate(tools)
-        if tool_function(spec) is None
-    ]
 
 
 def key_problems(api_key: str, variable: str, node: str) -> list[Problem]:
