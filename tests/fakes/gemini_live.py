@@ -52,7 +52,7 @@ class LiveTurn:
     """What the fake's model hears in one user turn and how it answers."""
 
     heard: str = "Hello there."  # sent as the input transcription
-    reply: str = "Hi! How can I help?"  # spoken (audio) and sent as the output transcription
+    reply: str = "Hi! How can I help?"  # spoken and transcribed; "{tool}" = the calls' responses as JSON
     calls: Sequence[FakeFunctionCall] = ()  # asked for before the reply when setup declared tools
 
 
@@ -347,18 +347,20 @@ class _Conversation:
         await asyncio.sleep(self.fake.response_delay)
         self.session.user_turns.append(turn.heard)
         await self._send({"serverContent": {"inputTranscription": {"text": turn.heard}}})
+        reply = turn.reply
         if turn.calls and pick(self.session.setup, "tools"):
-            await self._call_tools(turn.calls)
+            answered = await self._call_tools(turn.calls)
+            reply = reply.replace("{tool}", json.dumps([pick(a, "response") for a in answered]))
         self.session.replies.append("")
-        await self._speak(turn.reply)
+        await self._speak(reply)
         await self._send({"serverContent": {"generationComplete": True}})
         await self._send({"serverContent": {"turnComplete": True}})
         words = len(turn.reply.split())
         usage = {"promptTokenCount": 20, "responseTokenCount": words, "totalTokenCount": 20 + words}
         await self._send({"usageMetadata": usage})
 
-    async def _call_tools(self, calls: Sequence[FakeFunctionCall]) -> None:
-        """Send the calls and wait until every one has its response."""
+    async def _call_tools(self, calls: Sequence[FakeFunctionCall]) -> list[dict[str, Any]]:
+        """Send the calls and wait until every one has its response; the responses."""
         start = len(self.session.tool_responses)
         functions = []
         for index, call in enumerate(calls):
@@ -371,6 +373,7 @@ class _Conversation:
             await asyncio.wait_for(self.responded.wait(), self.fake.tool_response_timeout)
         except TimeoutError:
             await self.ws.close(code=1011, message=b"Deadline expired before operation could complete.")
+        return self.session.tool_responses[start:]
 
     def _tool_response(self, response: dict[str, Any]) -> None:
         for answer in pick(response, "functionResponses") or []:

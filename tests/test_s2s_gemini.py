@@ -1,0 +1,339 @@
+"""``s2s.gemini`` against the Gemini Live fake, through ``google-genai``: real speech in, the bot's audio
+played in real time by ``file.output``, the conversation kept by ``recorder``.
+
+The graph is a live call's: driver (the user) -> live -> recorder -> speaker. The driver sends real
+speech (LibriVox, 16 kHz) and waits for what the fake or the speaker did before going on. The fake
+serves TLS with its own certificate: ``SSL_CERT_FILE`` makes the SDK trust it, as it would a proxy's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import wave
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.errors import FatalProcessorError
+from pipeline.frames import (
+    Frame,
+    InterruptionFrame,
+    LLMResponseEndFrame,
+    LLMToolCallFrame,
+    TranscriptFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from pipeline.graph import Graph
+from pipeline.processor import Source
+from pipeline.testing import Captured, run_graph
+from processors.recorder import Recorder
+from processors.s2s.gemini import GeminiLive, function_response
+from tests.fakes.gemini_live import FakeFunctionCall, FakeGeminiLive, LiveSession, LiveTurn, pick
+from tests.speech import audio_frames, librivox, read_wav, silence, tone
+
+QUESTION = "What is the weather in Paris?"
+REPLY = "It is sunny in Paris today, with a light breeze."
+STORY = "Once upon a time there was a little voice assistant who talked and talked."
+
+Steps = Callable[[], AsyncIterator[Frame]]
+
+
+class Driver(Source):
+    """The user: yields frames from ``steps``, which may wait for the fake or the speaker."""
+
+    def __init__(self, steps: Steps) -> None:
+        super().__init__(name="user")
+        self._steps = steps
+
+    async def generate(self) -> AsyncIterator[Frame]:
+        async for frame in self._steps():
+            yield frame
+
+
+def speech() -> list[Frame]:
+    """A real spoken sentence at 16 kHz (2.3 s), then 0.8 s of silence that ends the turn."""
+    samples, rate = read_wav(librivox("0880"))
+    assert rate == 16000
+    return audio_frames(samples, silence(0.8))
+
+
+def talking_over() -> list[Frame]:
+    """The user talks over the bot (no silence after it: no second turn)."""
+    return audio_frames(tone(0.3))
+
+
+async def poll(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for ``condition`` (playback and sockets progress in real time), bounded by ``timeout``."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeGeminiLive]:
+    async with FakeGeminiLive(silence_ms=600, chunk_delay=0.005) as server:
+        monkeypatch.setenv("SSL_CERT_FILE", str(server.cert_file))
+        yield server
+
+
+def live(fake: FakeGeminiLive, **params: Any) -> GeminiLive:
+    return GeminiLive(api_key=fake.api_key, base_url=fake.base_url, name="live", **params)
+
+
+async def converse(
+    fake: FakeGeminiLive,
+    tmp_path: Path,
+    steps: Callable[[Any], Steps],
+    node: GeminiLive | None = None,
+    **params: Any,
+) -> tuple[Captured, Any]:
+    from transports.file import FileOutput
+
+    speaker = FileOutput(path=str(tmp_path / "heard.wav"), audio="bot", realtime=True, name="speaker")
+    recorder = Recorder(directory=str(tmp_path / "recordings"), session_id="call", name="recorder")
+    graph = Graph(
+        {
+            "user": Driver(steps(speaker)),
+            "live": node or live(fake, **params),
+            "recorder": recorder,
+            "speaker": speaker,
+        },
+        [("user", "live"), ("live", "recorder"), ("recorder", "speaker")],
+        name="s2s",
+    )
+    return await run_graph(graph, timeout=30.0), speaker
+
+
+def transcript(tmp_path: Path) -> list[dict[str, str]]:
+    document = json.loads((tmp_path / "recordings" / "call" / "transcript.json").read_text())
+    messages: list[dict[str, str]] = document["messages"]
+    return messages
+
+
+def seconds(path: Path) -> float:
+    with wave.open(str(path), "rb") as file:
+        return file.getnframes() / file.getframerate()
+
+
+def played(speaker: Any) -> float:
+    """Seconds of bot audio the speaker has played."""
+    return float(speaker._playout.played)
+
+
+def answered(session: LiveSession, turns: int = 1) -> bool:
+    """The fake finished ``turns`` model turns (``usageMetadata`` follows each ``turnComplete``)."""
+    return session.kinds_sent().count("usageMetadata") >= turns
+
+
+async def test_a_spoken_turn_is_answered_aloud_and_recorded(fake: FakeGeminiLive, tmp_path: Path) -> None:
+    fake.turns = [LiveTurn(heard=QUESTION, reply=REPLY)]
+
+    def steps(speaker: Any) -> Steps:
+        async def user() -> AsyncIterator[Frame]:
+            for frame in speech():
+                yield frame
+            await fake.wait_until(lambda: answered(fake.sessions[0]), timeout=10.0)
+            await poll(lambda: played(speaker) * 1000 >= fake.sessions[0].audio_out_ms - 1)
+
+        return user
+
+    captured, _ = await converse(fake, tmp_path, steps, voice="Kore", system_prompt="Be brief.")
+    captured.raise_errors()
+    [session] = fake.sessions
+    assert session.version == "v1beta" and session.input_rates == {16000}
+    setup = session.setup
+    assert pick(pick(setup, "generationConfig"), "responseModalities") == ["AUDIO"]
+    voice = pick(pick(pick(setup, "generationConfig"), "speechConfig"), "voiceConfig")
+    assert pick(pick(voice, "prebuiltVoiceConfig"), "voiceName") == "Kore"
+    assert pick(setup, "systemInstruction")["parts"] == [{"text": "Be brief."}]
+    assert pick(setup, "inputAudioTranscription") == {} and pick(setup, "outputAudioTranscription") == {}
+    assert pick(setup, "realtimeInputConfig") is None  # the server's VAD finds the turns
+    assert transcript(tmp_path) == [
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": REPLY},
+    ]
+    assert seconds(tmp_path / "heard.wav") == pytest.approx(session.audio_out_ms / 1000, abs=0.03)
+    user_seconds = sum(f.duration for f in speech())  # type: ignore[attr-defined]
+    assert seconds(tmp_path / "recordings" / "call" / "user.wav") == pytest.approx(user_seconds, abs=0.03)
+    assert session.audio_in_ms == pytest.approx(1000 * user_seconds, abs=30)
+    assert [t.text for t in captured.of(TranscriptFrame)] == [QUESTION]
+
+
+async def test_a_barge_in_clears_the_output_and_keeps_what_was_heard(
+    fake: FakeGeminiLive, tmp_path: Path
+) -> None:
+    fake.turns = [LiveTurn(heard=QUESTION, reply=STORY)]
+    fake.chunk_delay = 0.02  # 40 ms of audio every 20 ms: twice real time, as the real service streams
+
+    def steps(speaker: Any) -> Steps:
+        async def user() -> AsyncIterator[Frame]:
+            for frame in speech():
+                yield frame
+            await poll(lambda: played(speaker) >= 1.0)  # the user hears a second of the answer
+            for frame in talking_over():
+                yield frame
+            await fake.wait_until(lambda: fake.sessions[0].interrupted, timeout=5.0)
+            await poll(lambda: not speaker._playout.speaking, timeout=5.0)
+
+        return user
+
+    captured, _ = await converse(fake, tmp_path, steps)
+    captured.raise_errors()
+    [session] = fake.sessions
+    assert session.interrupted == 1 and len(captured.of(InterruptionFrame)) == 1
+    heard = seconds(tmp_path / "heard.wav")
+    assert 1.0 <= heard < 1.6, heard  # the output fell silent at the barge-in
+    assert session.audio_out_ms / 1000 > heard + 0.5  # what was generated but never played is gone
+    [user, bot] = transcript(tmp_path)
+    assert user == {"role": "user", "content": QUESTION} and bot["type"] == "interrupted"
+    assert STORY.startswith(bot["content"].rstrip()) and len(bot["content"]) < len(session.replies[0])
+
+
+async def test_a_tool_call_is_answered_with_its_id_and_the_reply_speaks_the_result(
+    fake: FakeGeminiLive, tmp_path: Path
+) -> None:
+    call = FakeFunctionCall("get_weather", {"city": "Paris"})
+    fake.turns = [LiveTurn(heard=QUESTION, reply="Here you go: {tool}", calls=[call])]
+
+    def steps(speaker: Any) -> Steps:
+        async def user() -> AsyncIterator[Frame]:
+            for frame in speech():
+                yield frame
+            await fake.wait_until(lambda: answered(fake.sessions[0]), timeout=10.0)
+            await poll(lambda: played(speaker) * 1000 >= fake.sessions[0].audio_out_ms - 1)
+
+        return user
+
+    tools = [{"get_weather": "tests.tools_example:get_weather"}]
+    captured, _ = await converse(fake, tmp_path, steps, tools=tools)
+    captured.raise_errors()
+    [session] = fake.sessions
+    [declarations] = [pick(tool, "functionDeclarations") for tool in pick(session.setup, "tools")]
+    assert [d["name"] for d in declarations] == ["get_weather"]
+    assert declarations[0]["parameters_json_schema"]["required"] == ["city"]
+    [response] = session.tool_responses
+    assert response["id"] == "function-call-1" and response["name"] == "get_weather"
+    assert response["response"]["output"]["city"] == "Paris"
+    [frame] = captured.of(LLMToolCallFrame)
+    assert (frame.call_id, frame.name, json.loads(frame.arguments)) == call_as_sent()
+    assert len(captured.of(LLMResponseEndFrame)) == 1  # the call and the answer are one reply
+    [_, bot] = transcript(tmp_path)
+    assert bot["content"].startswith("Here you go:") and '"temperature": 21' in bot["content"]
+
+
+def call_as_sent() -> tuple[str, str, dict[str, str]]:
+    return ("function-call-1", "get_weather", {"city": "Paris"})
+
+
+async def test_a_cancelled_tool_call_is_never_answered(fake: FakeGeminiLive, tmp_path: Path) -> None:
+    slow = FakeFunctionCall("slow_search", {"query": "opening hours", "seconds": 0.3})
+    fake.turns = [
+        LiveTurn(heard="Search it.", reply="Found it.", calls=[slow]),
+        LiveTurn(heard="Never mind.", reply="Okay."),
+    ]
+    # Marked background, the tool would outlive a barge-in: only the server's cancellation stops it.
+    tools = [{"name": "slow_search", "function": "tests.tools_example:slow_search", "background": True}]
+    node = live(fake, tools=tools)
+
+    def steps(speaker: Any) -> Steps:
+        async def user() -> AsyncIterator[Frame]:
+            for frame in speech():
+                yield frame
+            await fake.wait_until(lambda: "toolCall" in fake.sessions[0].kinds_sent(), timeout=10.0)
+            for frame in talking_over():  # the user speaks over the pending call
+                yield frame
+            await fake.wait_until(lambda: fake.sessions[0].cancelled_calls, timeout=5.0)
+            await poll(lambda: not node._answers, timeout=5.0)  # no result is on its way
+            for frame in audio_frames(silence(0.8)):  # the interrupting turn ends: answered on
+                yield frame
+            await fake.wait_until(lambda: answered(fake.sessions[0]), timeout=10.0)
+
+        return user
+
+    captured, _ = await converse(fake, tmp_path, steps, node=node)
+    captured.raise_errors()
+    [session] = fake.sessions
+    assert session.cancelled_calls == ["function-call-1"] and session.tool_responses == []
+    assert session.close_code is None  # a response for a cancelled id would have been refused
+    assert [m["content"] for m in transcript(tmp_path)] == ["Search it.", "Never mind.", "Okay."]
+
+
+async def test_local_turn_detection_marks_activity(fake: FakeGeminiLive, tmp_path: Path) -> None:
+    fake.turns = [LiveTurn(heard=QUESTION, reply=REPLY)]
+
+    def steps(speaker: Any) -> Steps:
+        async def user() -> AsyncIterator[Frame]:
+            frames = speech()
+            yield UserStartedSpeakingFrame(stream_time=0.0)
+            for frame in frames[:-30]:
+                yield frame
+            yield UserStoppedSpeakingFrame(stream_time=2.3)  # overtakes audio: the end waits for it
+            for frame in frames[-30:]:
+                yield frame
+            await fake.wait_until(lambda: answered(fake.sessions[0]), timeout=10.0)
+
+        return user
+
+    captured, _ = await converse(fake, tmp_path, steps, turn_detection="local")
+    captured.raise_errors()
+    [session] = fake.sessions
+    detection = pick(pick(session.setup, "realtimeInputConfig"), "automaticActivityDetection")
+    assert detection == {"disabled": True}
+    marks = [next(iter(pick(m, "realtimeInput"))) for m in session.received if pick(m, "realtimeInput")]
+    marks = [m for m in marks if m != "audio"]
+    assert marks == ["activityStart", "activityEnd"]
+    assert [m["role"] for m in transcript(tmp_path)] == ["user", "assistant"]
+
+
+async def test_a_dropped_connection_is_a_clear_error_and_the_recording_is_intact(
+    fake: FakeGeminiLive, tmp_path: Path
+) -> None:
+    fake.turns = [LiveTurn(heard=QUESTION, reply=REPLY)]
+
+    def steps(speaker: Any) -> Steps:
+        async def user() -> AsyncIterator[Frame]:
+            for frame in speech():
+                yield frame
+            await fake.wait_until(lambda: answered(fake.sessions[0]), timeout=10.0)
+            await poll(lambda: played(speaker) * 1000 >= fake.sessions[0].audio_out_ms - 1)
+            await fake.close_sessions(1011, "Internal error encountered.")
+            await fake.wait_until(lambda: not fake.sessions[0].open, timeout=5.0)
+            for frame in speech():  # the user goes on talking: recorded, not answered
+                yield frame
+
+        return user
+
+    captured, _ = await converse(fake, tmp_path, steps)
+    [error] = captured.errors
+    assert "closed (close 1011: Internal error encountered.)" in error.message
+    assert "recorded but not answered" in error.message and not error.fatal
+    assert transcript(tmp_path) == [
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": REPLY},
+    ]
+    user_seconds = 2 * sum(f.duration for f in speech())  # type: ignore[attr-defined]
+    assert seconds(tmp_path / "recordings" / "call" / "user.wav") == pytest.approx(user_seconds, abs=0.03)
+
+
+async def test_a_rejected_key_ends_the_graph_naming_the_variable(fake: FakeGeminiLive) -> None:
+    node = GeminiLive(api_key="AIza-wrong-key", base_url=fake.base_url, name="live")
+    with pytest.raises(FatalProcessorError) as failed:
+        await node.on_start()
+    await node.close_session()
+    message = str(failed.value)
+    assert "close 1008" in message and "GEMINI_API_KEY" in message and "AIza-wrong-key" not in message
+
+
+def test_an_empty_key_is_a_validation_problem() -> None:
+    node = GeminiLive(api_key="", name="live")
+    assert any("GEMINI_API_KEY" in p.message for p in node.check())
+
+
+def test_tool_results_map_onto_gemini_responses() -> None:
+    assert function_response('{"error": "tool failed"}') == {"error": "tool failed"}
+    assert function_response('{"temp": 21}') == {"output": {"temp": 21}}
+    assert function_response("plain words") == {"output": "plain words"}
