@@ -5,8 +5,9 @@ aiohttp middleware (``transports.websocket.api.access_middleware``) is a thin la
 rule here is tested without sockets.
 
 * **API keys** (``server.auth: api_key``) come from an environment variable (``VOXGRAPH_API_KEYS``,
-  comma-separated), are sent as ``Authorization: Bearer KEY`` and compared in constant time against
-  every key. They are for backends, never for pages: a key is never accepted in a URL.
+  comma-separated), are sent as ``Authorization: Bearer KEY`` (on AssemblyAI's routes, ``/v3/ws`` and
+  ``/v3/token``, raw as ``Authorization: KEY``, as its SDK sends them) and compared in constant time
+  against every key. They are for backends, never for pages: a key is never accepted in a URL.
 * **Scrape keys** (``VOXGRAPH_METRICS_KEYS``, optional, same format) open only the operator routes
   ``/metrics`` and ``/load``: a Prometheus server holds one without being able to mint tokens, hold
   conversations or read saved ones. API keys open the operator routes too; session tokens do not (a
@@ -66,6 +67,12 @@ OPEN_PATHS = frozenset({"/", "/health", "/livez", "/readyz", "/api/auth"})
 CARRIER_PATHS = frozenset({"/twilio/voice", "/twilio", "/telnyx"})
 """Phone carrier routes: they check the carrier's own credentials (a signature, a stream token), since
 a carrier sends no API key (``transports.telephony.routes``)."""
+RAW_KEY_PATHS = frozenset({"/v3/ws", "/v3/token"})
+"""AssemblyAI's streaming routes (``transports.dropin.assemblyai``): its clients send the key, or a
+temporary token, raw in ``Authorization: <key>`` (no scheme); browsers send the token in ``?token=``."""
+SELF_CHECKED_SOCKETS = frozenset({"/v3/ws"})
+"""Sockets whose route asks ``Guard.check_socket`` itself, to refuse credentials its protocol's way
+(AssemblyAI's: an ``Error`` message and close code 1008 after the upgrade) rather than with HTTP 401."""
 OPERATOR_PATHS = frozenset({"/metrics", "/load"})
 """Routes for monitoring: an API key or a scrape key opens them, a session token does not."""
 CORS_METHODS = "GET, POST"
@@ -222,6 +229,7 @@ class Route(enum.Enum):
     MINT = "mint"  # POST /api/session-token: an API key only
     OPERATOR = "operator"  # GET /metrics, /load: an API key or a scrape key, never a session token
     CARRIER = "carrier"  # /twilio/voice, /twilio, /telnyx: the route checks the carrier's credentials
+    SELF_CHECKED = "self_checked"  # /v3/ws: the route calls ``Guard.check_socket`` and answers refusals
     READ = "read"  # every other route: the conversation API (and unknown paths)
 
 
@@ -231,12 +239,14 @@ def classify(method: str, path: str, upgrade: bool) -> Route:
         return Route.SOCKET
     if path in CARRIER_PATHS:
         return Route.CARRIER
+    if path in SELF_CHECKED_SOCKETS:
+        return Route.SELF_CHECKED
     get = method in ("GET", "HEAD") and not upgrade
     if get and (path in OPEN_PATHS or path.startswith("/static/")):
         return Route.OPEN
     if get and path in OPERATOR_PATHS:
         return Route.OPERATOR
-    if path == "/api/session-token":
+    if path in ("/api/session-token", "/v3/token"):
         return Route.MINT
     return Route.READ
 
@@ -329,8 +339,16 @@ class Guard:
     def check(self, attempt: Attempt) -> Verdict:
         """Whether the request may go on. A ``/ws`` token is used up by a successful check."""
         route = classify(attempt.method, attempt.path, attempt.upgrade)
-        if route in (Route.OPEN, Route.CARRIER):
+        if route in (Route.OPEN, Route.CARRIER, Route.SELF_CHECKED):
             return Verdict(200)
+        return self._decide(route, attempt)
+
+    def check_socket(self, attempt: Attempt) -> Verdict:
+        """``check`` for a socket route that answers refusals itself (``SELF_CHECKED_SOCKETS``): Host,
+        Origin and credentials as for ``/ws``. A token is used up by a successful check."""
+        return self._decide(Route.SOCKET, attempt)
+
+    def _decide(self, route: Route, attempt: Attempt) -> Verdict:
         if not self.policy.host_allowed(attempt.host):
             return Verdict(403, "host not allowed")
         api = route is not Route.SOCKET
@@ -369,7 +387,7 @@ class Guard:
     def _credentials(self, route: Route, attempt: Attempt) -> str | None:
         """None if the credentials sent allow the route, else the short reason for the 401."""
         assert self.keys is not None
-        sent = _bearer(attempt.authorization)
+        sent = _sent(attempt)
         if sent is not None and not sent.startswith(TOKEN_PREFIX):
             return self._key(route, sent)
         if route is Route.MINT:
@@ -424,6 +442,14 @@ class Guard:
             "Access-Control-Max-Age": "600",
         }
         return Verdict(204, headers=headers)
+
+
+def _sent(attempt: Attempt) -> str | None:
+    """The credential in ``Authorization``: a Bearer one, or on ``RAW_KEY_PATHS`` the header as sent."""
+    header = attempt.authorization
+    if header is not None and attempt.path in RAW_KEY_PATHS and not header.lower().startswith("bearer "):
+        return header.strip()
+    return _bearer(header)
 
 
 def _bearer(header: str | None) -> str | None:
