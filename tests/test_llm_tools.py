@@ -8,14 +8,25 @@ import enum
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, ClassVar, Literal, Optional
 
 import aiohttp
 import pytest
 
+from pipeline import config
+from pipeline.capacity import LoadMeter
 from pipeline.config import check_text
-from pipeline.frames import Frame, InterruptionFrame, LLMResponseEndFrame, LLMTextFrame, TranscriptFrame
+from pipeline.frames import (
+    DTMFFrame,
+    Frame,
+    InterruptionFrame,
+    LLMResponseEndFrame,
+    LLMTextFrame,
+    TranscriptFrame,
+    UserTextFrame,
+)
 from pipeline.graph import Graph
+from pipeline.processor import Processor
 from pipeline.testing import Captured, Collector, run_graph, run_processor
 from processors.llm.base import ChatLLM
 from processors.llm.tools import (
@@ -835,3 +846,65 @@ edges:
     saved = json.loads((tmp_path / session["session_id"] / "transcript.json").read_text())
     assert saved["end_time"] is not None  # the recorder was stopped, not cancelled
     assert [m["content"] for m in saved["messages"]] == ["That is all, bye", "Goodbye!"]
+
+
+class KeypadTurns(Processor):
+    """A caller's key ``#`` is the turn "That is all, bye" (a phone graph without speech recognition)."""
+
+    handles: ClassVar[tuple[type[Frame], ...]] = (DTMFFrame,)
+    produces: ClassVar[tuple[type[Frame], ...]] = (UserTextFrame,)
+
+    async def process(self, frame: DTMFFrame) -> None:
+        if frame.digit == "#":
+            await self.push(UserTextFrame(text="That is all, bye"))
+
+
+@pytest.mark.slow
+async def test_end_call_on_a_phone_call_speaks_the_goodbye_then_hangs_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.fakes.carrier import AUTH_TOKEN, FakeTwilio, FakeTwilioRest
+    from tests.spoken_replies import HeardTap
+    from tests.test_phone_twilio import ended
+    from transports.websocket.server import VoiceServer
+
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
+    HeardTap.spoken.clear()
+    rest = FakeTwilioRest()
+    await rest.start()
+    phone = f"""
+name: phone-goodbye
+server: {{type: websocket, port: 0, max_sessions: 1}}
+settings: {{end_timeout: 5.0, cancel_timeout: 2.0, auto_resample: true}}
+nodes:
+  mic: {{type: phone.input, twilio_api_url: "{rest.url}"}}
+  keys: {{type: "tests.test_llm_tools:KeypadTurns"}}
+  llm:
+    type: tests.test_llm_tools:GoodbyeLLM
+    tools: [end_call, {{note_session: "tests.test_llm_tools:note_session"}}]
+  tts: {{type: tts.espeak, first_chunk_min_words: 0}}
+  heard: {{type: "tests.spoken_replies:HeardTap"}}
+  speaker: {{type: phone.output}}
+edges:
+  - mic -> keys -> llm -> tts -> heard -> speaker
+"""
+    compiled, problems = config.compile_text(phone, "<test>")
+    assert compiled is not None and not problems, problems
+    server = VoiceServer(compiled, meter=LoadMeter(cpu_clock=lambda: 0.0, machine_clock=lambda: None))
+    await server.start()
+    try:
+        carrier = FakeTwilio(server.url)
+        await carrier.call()
+        await carrier.silence(0.2)
+        await carrier.dtmf("#")
+        await carrier.silence_until(carrier.closed.is_set, "the server ending the call", 20)
+        await asyncio.wait_for(rest.hung_up.wait(), 10)
+        await carrier.close()
+        await ended(server)
+    finally:
+        await asyncio.wait_for(server.stop(), 30)
+        await rest.stop()
+    assert carrier.violations == []
+    assert HeardTap.spoken == ["Goodbye!"]  # the goodbye started playing before the call ended
+    assert carrier.played.marks and len(carrier.played.pcm) / 2 / 8000 > 0.3  # and the caller heard it
+    assert len(rest.requests) == 1  # hung up once, through the carrier's API
