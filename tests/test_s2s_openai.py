@@ -1,0 +1,282 @@
+"""``s2s.openai`` against the OpenAI Realtime fake, through the official SDK: real speech in, the bot's
+audio played in real time by ``file.output``, the conversation kept by ``recorder``.
+
+The graph is a live call's: driver (the user) -> agent -> recorder -> speaker. The driver sends real
+speech (LibriVox, resampled to 24 kHz) and waits for what the fake or the speaker did before going on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import wave
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soxr
+
+from pipeline.errors import FatalProcessorError
+from pipeline.frames import (
+    AudioFrame,
+    Frame,
+    InterruptionFrame,
+    LLMResponseEndFrame,
+    LLMToolCallFrame,
+    TranscriptFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from pipeline.graph import Graph
+from pipeline.processor import Source
+from pipeline.testing import Captured, run_graph
+from processors.recorder import Recorder
+from processors.s2s.openai import OpenAIRealtime
+from tests.fakes.openai_realtime import FakeOpenAIRealtime
+from tests.speech import audio_frames, librivox, read_wav, silence, tone
+from transports.file import FileOutput
+
+RATE = 24000
+QUESTION = "what is the weather in paris"
+REPLY = "It is sunny in Paris today, with a light breeze."
+
+Steps = Callable[[], AsyncIterator[Frame]]
+
+
+class Driver(Source):
+    """The user: yields frames from ``steps``, which may wait for the fake or the speaker."""
+
+    def __init__(self, steps: Steps) -> None:
+        super().__init__(name="user")
+        self._steps = steps
+
+    async def generate(self) -> AsyncIterator[Frame]:
+        async for frame in self._steps():
+            yield frame
+
+
+def speech() -> list[Frame]:
+    """A real spoken sentence at 24 kHz (2.3 s), then 0.8 s of silence that ends the turn."""
+    samples, rate = read_wav(librivox("0880"))
+    voice = soxr.resample(samples, rate, RATE).astype(np.int16)
+    return audio_frames(voice, silence(0.8, RATE), rate=RATE)
+
+
+def barge_in_speech() -> list[Frame]:
+    """The user talks over the bot (no silence after it: no second turn)."""
+    return audio_frames(tone(0.3, rate=RATE), rate=RATE)
+
+
+async def poll(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for ``condition`` (playback and sockets progress in real time), bounded by ``timeout``."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def agent(fake: FakeOpenAIRealtime, **params: Any) -> OpenAIRealtime:
+    return OpenAIRealtime(api_key="sk-test", base_url=fake.base_url, name="agent", **params)
+
+
+async def converse(
+    fake: FakeOpenAIRealtime, tmp_path: Path, steps: Callable[[FileOutput], Steps], **params: Any
+) -> tuple[Captured, FileOutput]:
+    speaker = FileOutput(path=str(tmp_path / "heard.wav"), audio="bot", realtime=True, name="speaker")
+    recorder = Recorder(directory=str(tmp_path / "recordings"), session_id="call", name="recorder")
+    graph = Graph(
+        {
+            "user": Driver(steps(speaker)),
+            "agent": agent(fake, **params),
+            "recorder": recorder,
+            "speaker": speaker,
+        },
+        [("user", "agent"), ("agent", "recorder"), ("recorder", "speaker")],
+        name="s2s",
+    )
+    return await run_graph(graph, timeout=30.0), speaker
+
+
+def transcript(tmp_path: Path) -> list[dict[str, str]]:
+    document = json.loads((tmp_path / "recordings" / "call" / "transcript.json").read_text())
+    messages: list[dict[str, str]] = document["messages"]
+    return messages
+
+
+def seconds(path: Path) -> float:
+    with wave.open(str(path), "rb") as file:
+        return file.getnframes() / file.getframerate()
+
+
+def played(speaker: FileOutput) -> float:
+    """Seconds of bot audio the speaker has played."""
+    return float(speaker._playout.played)
+
+
+async def test_a_spoken_turn_is_answered_aloud_and_recorded(tmp_path: Path) -> None:
+    fake = FakeOpenAIRealtime(transcripts=[QUESTION], replies=[REPLY], reply_ms=1200, speed=4)
+
+    def steps(speaker: FileOutput) -> Steps:
+        async def user() -> AsyncIterator[Frame]:
+            for frame in speech():
+                yield frame
+            await fake.wait_until(lambda: fake.sessions[0].responses, timeout=10.0)
+
+        return user
+
+    async with fake:
+        captured, _ = await converse(fake, tmp_path, steps)
+    captured.raise_errors()
+    session = fake.sessions[0]
+    update = next(m for m in session.received if m["type"] == "session.update")["session"]
+    assert update["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+    assert update["audio"]["output"]["voice"] == "marin"
+    assert session.types_received().count("response.create") == 0  # the server answers by itself
+    assert transcript(tmp_path) == [
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": REPLY},
+    ]
+    assert seconds(tmp_path / "heard.wav") == pytest.approx(1.2, abs=0.03)
+    assert seconds(tmp_path / "recordings" / "call" / "bot.wav") >= 1.2
+    user_seconds = sum(f.duration for f in speech() if isinstance(f, AudioFrame))
+    assert seconds(tmp_path / "recordings" / "call" / "user.wav") == pytest.approx(user_seconds, abs=0.03)
+    turns = captured.of(TranscriptFrame)
+    assert [t.text for t in turns] == [QUESTION]
+
+
+async def test_a_barge_in_cancels_and_truncates_at_what_was_heard(tmp_path: Path) -> None:
+    fake = FakeOpenAIRealtime(replies=[REPLY], reply_ms=6000, speed=2)  # streams for 3 s
+
+    def steps(speaker: FileOutput) -> Steps:
+        async def user() -> AsyncIterator[Frame]:
+            for frame in speech():
+                yield frame
+            await poll(lambda: played(speaker) >= 1.0)  # the user hears a second of the answer
+            for frame in barge_in_speech():
+                yield frame
+            await fake.wait_until(lambda: fake.sessions[0].truncates, timeout=5.0)
+
+        return user
+
+    async with fake:
+        captured, _ = await converse(fake, tmp_path, steps)
+    captured.raise_errors()
+    session = fake.sessions[0]
+    assert len(captured.of(InterruptionFrame)) == 1
+    assert session.cancels, "the response was still streaming: the node cancels it"
+    [truncate] = session.truncates
+    heard_ms = 1000 * seconds(tmp_path / "heard.wav")
+    assert truncate["content_index"] == 0 and truncate["item_id"] in session.items
+    assert session.items[truncate["item_id"]]["role"] == "assistant"
+    assert abs(truncate["audio_end_ms"] - heard_ms) < 150, (truncate, heard_ms)
+    errors = [m["error"] for m in session.sent if m["type"] == "error"]
+    assert all(e["code"] == "response_cancel_not_active" for e in errors)  # crossed the server's own
+    [user, bot] = transcript(tmp_path)
+    assert user["role"] == "user" and bot["type"] == "interrupted"
+    assert REPLY.startswith(bot["content"].rstrip()) and len(bot["content"]) < len(REPLY)
+
+
+async def test_a_tool_call_runs_and_the_answer_speaks_its_result(tmp_path: Path) -> None:
+    fake = FakeOpenAIRealtime(
+        replies=["Here you go."], reply_ms=600, speed=8, tool_arguments='{"city": "Paris"}'
+    )
+
+    def steps(speaker: FileOutput) -> Steps:
+        async def user() -> AsyncIterator[Frame]:
+            for frame in speech():
+                yield frame
+            await fake.wait_until(lambda: len(fake.sessions[0].responses) >= 2, timeout=10.0)
+
+        return user
+
+    async with fake:
+        captured, _ = await converse(
+            fake, tmp_path, steps, tools=[{"get_weather": "tests.tools_example:get_weather"}]
+        )
+    captured.raise_errors()
+    session = fake.sessions[0]
+    update = next(m for m in session.received if m["type"] == "session.update")["session"]
+    assert [t["name"] for t in update["tools"]] == ["get_weather"] and "function" not in update["tools"][0]
+    [output] = session.tool_outputs
+    assert json.loads(output["output"])["city"] == "Paris"
+    kinds = session.types_received()
+    assert kinds.index("conversation.item.create") < kinds.index("response.create")
+    [call] = captured.of(LLMToolCallFrame)
+    assert call.name == "get_weather"
+    assert len(captured.of(LLMResponseEndFrame)) == 1  # the call and the answer are one reply
+    [_, bot] = transcript(tmp_path)
+    assert bot["content"].startswith("Here you go. The tool said:") and "Paris" in bot["content"]
+
+
+async def test_local_turn_detection_commits_on_our_vad(tmp_path: Path) -> None:
+    fake = FakeOpenAIRealtime(replies=[REPLY], reply_ms=400, speed=8)
+
+    def steps(speaker: FileOutput) -> Steps:
+        async def user() -> AsyncIterator[Frame]:
+            frames = speech()
+            yield UserStartedSpeakingFrame(stream_time=0.0)
+            for frame in frames[:-30]:
+                yield frame
+            yield UserStoppedSpeakingFrame(stream_time=2.3)  # overtakes audio: the commit waits for it
+            for frame in frames[-30:]:
+                yield frame
+            await fake.wait_until(lambda: fake.sessions[0].responses, timeout=10.0)
+
+        return user
+
+    async with fake:
+        captured, _ = await converse(fake, tmp_path, steps, turn_detection="local")
+    captured.raise_errors()
+    session = fake.sessions[0]
+    update = next(m for m in session.received if m["type"] == "session.update")["session"]
+    assert update["audio"]["input"]["turn_detection"] is None
+    kinds = session.types_received()
+    assert kinds.count("input_audio_buffer.commit") == 1 and kinds.count("response.create") == 1
+    appended_before_commit = kinds[: kinds.index("input_audio_buffer.commit")].count(
+        "input_audio_buffer.append"
+    )
+    assert appended_before_commit * 0.02 >= 2.3
+    assert [m["role"] for m in transcript(tmp_path)] == ["user", "assistant"]
+
+
+async def test_a_dropped_connection_is_a_clear_error_and_the_recording_is_intact(tmp_path: Path) -> None:
+    fake = FakeOpenAIRealtime(replies=[REPLY], reply_ms=600, speed=8, close_after_responses=1)
+
+    def steps(speaker: FileOutput) -> Steps:
+        async def user() -> AsyncIterator[Frame]:
+            for frame in speech():
+                yield frame
+            await fake.wait_until(lambda: not fake.sessions[0].open, timeout=10.0)
+            for frame in speech():  # the user goes on talking: recorded, not answered
+                yield frame
+
+        return user
+
+    async with fake:
+        captured, _ = await converse(fake, tmp_path, steps)
+    [error] = captured.errors
+    assert "closed" in error.message and "code 1011 (internal error)" in error.message
+    assert "recorded but not answered" in error.message and not error.fatal
+    assert transcript(tmp_path) == [
+        {"role": "user", "content": "what is the weather in paris"},
+        {"role": "assistant", "content": REPLY},
+    ]
+    user_seconds = 2 * sum(f.duration for f in speech() if isinstance(f, AudioFrame))
+    assert seconds(tmp_path / "recordings" / "call" / "user.wav") == pytest.approx(user_seconds, abs=0.03)
+
+
+@pytest.mark.parametrize(("key", "said"), [("sk-wrong", "HTTP 401"), ("sk-bad", "invalid_api_key")])
+async def test_a_rejected_key_ends_the_graph_naming_the_variable(key: str, said: str) -> None:
+    async with FakeOpenAIRealtime() as fake:
+        node = OpenAIRealtime(api_key=key, base_url=fake.base_url, name="agent")
+        with pytest.raises(FatalProcessorError) as failed:
+            await node.on_start()
+        await node.close_session()
+    message = str(failed.value)
+    assert said in message and "OPENAI_API_KEY" in message and key not in message
+
+
+def test_an_empty_key_is_a_validation_problem() -> None:
+    node = OpenAIRealtime(api_key="", name="agent")
+    assert any("OPENAI_API_KEY" in p.message for p in node.check())
