@@ -76,6 +76,7 @@ def build(
     server, server_problems = read_server(spec)
     for node in spec.nodes.values():
         builder.node(node)
+    builder.node_references()
     processors, edges, problems = wire(spec, builder.classes, builder.processors, settings.auto_resample)
     problems += server_problems + connection_problems(spec, builder.classes, spec.server is not None)
     return Compiled(spec, settings, processors, edges, server), builder.problems + problems
@@ -156,6 +157,14 @@ class _Builder:
             if isinstance(error, TypeError) and "__init__" in vars(cls):
                 fix = f"drop {cls.__name__}.__init__; set up per-instance state in setup() (no super())"
             self.report(Problem(message, fix=fix, key="type"), node)
+
+    def node_references(self) -> None:
+        """Nodes whose params name other nodes check them (``check_nodes``) once every node is built."""
+        for name, processor in list(self.processors.items()):
+            check = getattr(processor, "check_nodes", None)
+            if callable(check) and name not in self.unchecked_nodes:
+                for problem in check(self.processors):
+                    self.report(problem, self.spec.nodes[name])
 
     def resolve(self, node: NodeSpec) -> type[Processor] | None:
         if node.type is None:

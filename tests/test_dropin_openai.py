@@ -1,0 +1,330 @@
+"""OpenAI's audio and chat endpoints served from the offline engines, driven by the official ``openai`` SDK.
+
+One server (``configs/serve-openai.yaml``: Whisper tiny.en, Piper, SmolLM2) answers every test of
+the module; auth and drain get their own servers, which reuse the process's loaded models. Real
+speech in (LibriVox), real speech out (Piper, heard again by the served Whisper).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import openai
+import pytest
+import pytest_asyncio
+from openai import AsyncOpenAI
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipeline import config
+from pipeline.capacity import LoadMeter
+from tests.hearing import wer
+from tests.speech import LIBRIVOX, librivox, read_wav, write_wav
+from transports.websocket.server import VoiceServer
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "serve-openai.yaml"
+TIMEOUT = 60.0
+CLIP = "0870"
+SPEECH_TEXT = "The quick brown fox jumps over the lazy dog. Then it runs far away into the green forest."
+SHARED = ("server.port=0", "openai.max_waiting=0", "openai.max_upload_bytes=2000000")
+"""No waiting line (a second request on a busy engine is refused at once) and a 2 MB upload limit."""
+API_KEY = "sk-voxgraph-test-0123456789abcdef"
+
+
+@contextlib.asynccontextmanager
+async def serving(*overrides: str) -> AsyncIterator[VoiceServer]:
+    compiled, problems = config.compile_config(CONFIG, overrides)
+    assert compiled is not None and not problems, problems
+    quiet = LoadMeter(cpu_clock=lambda: 0.0, machine_clock=lambda: None)  # the CPU never refuses here
+    server = VoiceServer(compiled, meter=quiet)
+    await server.start()
+    try:
+        await asyncio.wait_for(server.warm_up(), TIMEOUT)
+        yield server
+    finally:
+        await asyncio.wait_for(server.stop(), TIMEOUT)
+
+
+def client_of(server: VoiceServer, api_key: str = "anything") -> AsyncOpenAI:
+    return AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{server.port}/v1", api_key=api_key, max_retries=0, timeout=TIMEOUT
+    )
+
+
+async def ready(client: AsyncOpenAI) -> None:
+    """Wait (bounded) until the routes' engines have started: 503 ``loading`` until then."""
+    for _ in range(int(TIMEOUT / 0.1)):
+        try:
+            await client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "Hi"}], max_tokens=1
+            )
+            return
+        except openai.InternalServerError as error:
+            assert error.status_code == 503 and "loading" in str(error)
+            await asyncio.sleep(0.1)
+    raise AssertionError("the engines never started")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def server() -> AsyncIterator[VoiceServer]:
+    async with serving(*SHARED) as served:
+        await ready(client_of(served))
+        yield served
+
+
+@pytest.fixture
+def client(server: VoiceServer) -> AsyncOpenAI:
+    return client_of(server)
+
+
+def as_wav(pcm: bytes, rate: int) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as file:
+        file.setnchannels(1)
+        file.setsampwidth(2)
+        file.setframerate(rate)
+        file.writeframes(pcm)
+    return out.getvalue()
+
+
+# --- transcriptions ----------------------------------------------------------------------------------
+
+
+async def test_transcriptions_as_json_text_and_verbose_json_get_the_right_words(client: AsyncOpenAI) -> None:
+    reference = LIBRIVOX[librivox(CLIP).name]
+    plain = await client.audio.transcriptions.create(model="whisper-1", file=librivox(CLIP))
+    assert wer(reference, plain.text) <= 0.1, plain.text
+    text = await client.audio.transcriptions.create(
+        model="whisper-1", file=librivox(CLIP), response_format="text"
+    )
+    assert isinstance(text, str) and wer(reference, text) <= 0.1, text
+    verbose = await client.audio.transcriptions.create(
+        model="whisper-1",
+        file=librivox(CLIP),
+        response_format="verbose_json",
+        timestamp_granularities=["word"],
+    )
+    samples, rate = read_wav(librivox(CLIP))
+    assert verbose.duration == pytest.approx(len(samples) / rate, abs=0.01)
+    assert verbose.language == "english" and wer(reference, verbose.text) <= 0.1
+    assert verbose.segments and " ".join(s.text.strip() for s in verbose.segments) == verbose.text
+    assert all(0 <= s.start < s.end <= verbose.duration + 0.05 for s in verbose.segments)
+    assert verbose.words is not None and len(verbose.words) == len(verbose.text.split())
+    starts = [w.start for w in verbose.words]
+    assert starts == sorted(starts) and verbose.words[-1].end <= verbose.duration + 0.05
+
+
+async def test_srt_subtitles_number_their_cues(client: AsyncOpenAI) -> None:
+    srt = await client.audio.transcriptions.create(
+        model="whisper-1", file=librivox(CLIP), response_format="srt"
+    )
+    assert isinstance(srt, str) and srt.startswith("1\n00:00:00,")
+    assert " --> 00:00:0" in srt and "Dashwood" in srt
+
+
+async def test_a_streamed_transcription_sends_a_delta_per_piece_then_the_whole_text(
+    client: AsyncOpenAI, tmp_path: Path
+) -> None:
+    clips = [read_wav(librivox(name))[0] for name in LIBRIVOX] * 2  # ~55 s: two pieces of at most 28 s
+    long = write_wav(tmp_path / "long.wav", np.concatenate(clips), 16000)
+    stream = await client.audio.transcriptions.create(model="gpt-4o-transcribe", file=long, stream=True)
+    events = [event async for event in stream]
+    deltas = [e.delta for e in events if e.type == "transcript.text.delta"]
+    (done,) = [e for e in events if e.type == "transcript.text.done"]
+    assert events[-1] is done and len(deltas) >= 2
+    assert "".join(deltas) == done.text
+    reference = " ".join(LIBRIVOX.values()) * 1
+    assert wer(reference + " " + reference, done.text) <= 0.15, done.text
+
+
+async def test_whisper_1_answers_a_stream_request_in_one_piece_as_openai_does(server: VoiceServer) -> None:
+    form = aiohttp.FormData({"model": "whisper-1", "stream": "true"})
+    form.add_field("file", librivox(CLIP).read_bytes(), filename="clip.wav", content_type="audio/wav")
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{server.url}v1/audio/transcriptions", data=form) as response,
+    ):
+        assert response.status == 200 and response.content_type == "application/json"
+        assert "Dashwood" in (await response.json())["text"]
+
+
+async def test_a_non_audio_upload_is_a_400_in_openais_shape(client: AsyncOpenAI, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("these are not the sounds you are looking for\n" * 20)
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.audio.transcriptions.create(model="whisper-1", file=notes)
+    body: Any = refused.value.body
+    assert body["type"] == "invalid_request_error" and body["param"] == "file"
+    assert body["message"].startswith("Invalid file format")
+
+
+async def test_an_upload_over_the_limit_is_a_413(client: AsyncOpenAI) -> None:
+    big = ("big.wav", as_wav(bytes(3_000_000), 16000), "audio/wav")
+    with pytest.raises(openai.APIStatusError) as refused:
+        await client.audio.transcriptions.create(model="whisper-1", file=big)
+    assert refused.value.status_code == 413
+
+
+# --- speech ------------------------------------------------------------------------------------------
+
+
+async def test_speech_streams_pcm_and_wav_that_whisper_hears_as_the_input(client: AsyncOpenAI) -> None:
+    async with client.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="alloy", input=SPEECH_TEXT, response_format="pcm"
+    ) as response:
+        assert response.headers["content-type"] == "audio/pcm"
+        assert response.headers.get("transfer-encoding") == "chunked"
+        chunks = [chunk async for chunk in response.iter_bytes()]
+    pcm = b"".join(chunks)
+    assert len(pcm) % 2 == 0 and 3.0 < len(pcm) / 48000 < 12.0  # 24 kHz 16-bit: 48,000 bytes a second
+    heard = await client.audio.transcriptions.create(model="whisper-1", file=("pcm.wav", as_wav(pcm, 24000)))
+    assert wer(SPEECH_TEXT, heard.text) <= 0.2, heard.text
+
+    async with client.audio.speech.with_streaming_response.create(
+        model="gpt-4o-mini-tts", voice="nova", input=SPEECH_TEXT, response_format="wav"
+    ) as response:
+        assert response.headers["content-type"] == "audio/wav"
+        wav = await response.read()
+    assert wav[:4] == b"RIFF" and wav[8:16] == b"WAVEfmt "
+    heard = await client.audio.transcriptions.create(model="whisper-1", file=("speech.wav", wav))
+    assert wer(SPEECH_TEXT, heard.text) <= 0.2, heard.text
+
+
+@pytest.mark.parametrize(
+    ("voice", "kind", "param"),
+    [("robot", "pcm", "voice"), ("alloy", "mp3", "response_format"), ("alloy", "opus", "response_format")],
+)
+async def test_speech_refuses_an_unknown_voice_or_format(
+    client: AsyncOpenAI, voice: str, kind: Any, param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.audio.speech.create(model="tts-1", voice=voice, input="Hello.", response_format=kind)
+    body: Any = refused.value.body
+    assert body["param"] == param and body["type"] == "invalid_request_error"
+
+
+# --- chat and models -----------------------------------------------------------------------------------
+
+
+MESSAGES: Any = [
+    {"role": "system", "content": "You are a helpful assistant. Answer briefly."},
+    {"role": "user", "content": "What is the capital of France?"},
+]
+
+
+async def test_chat_streams_chunks_with_usage_and_answers_whole(client: AsyncOpenAI) -> None:
+    stream = await client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=MESSAGES,
+        stream=True,
+        stream_options={"include_usage": True},
+        max_tokens=40,
+    )
+    chunks = [chunk async for chunk in stream]
+    first, *middle, finish, usage = chunks
+    assert first.choices[0].delta.role == "assistant" and first.model == "gpt-4o-mini"
+    text = "".join(c.choices[0].delta.content or "" for c in middle)
+    assert text.strip() and finish.choices[0].finish_reason in ("stop", "length")
+    assert usage.choices == [] and usage.usage is not None
+    assert usage.usage.completion_tokens == len(middle) <= 40 and usage.usage.prompt_tokens > 10
+
+    whole = await client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, max_tokens=40, temperature=0
+    )
+    assert whole.choices[0].message.content and whole.usage is not None
+    cut = await client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, max_completion_tokens=3
+    )
+    assert cut.choices[0].finish_reason == "length" and cut.usage is not None
+    assert cut.usage.completion_tokens == 3
+
+
+async def test_chat_refuses_what_it_cannot_serve(client: AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "Hi"}], temperature=3
+        )
+    assert refused.value.body["param"] == "temperature"  # type: ignore[index]
+    huge: Any = [{"role": "user", "content": "word " * 3000}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.chat.completions.create(model="m", messages=huge)
+    assert refused.value.code == "context_length_exceeded"
+
+
+async def test_models_lists_the_served_engines(client: AsyncOpenAI) -> None:
+    models = {model.id: model.owned_by async for model in client.models.list()}
+    assert models == {"stt": "voxgraph:transcriptions", "tts": "voxgraph:speech", "llm": "voxgraph:chat"}
+
+
+async def test_a_busy_engine_with_a_full_waiting_line_answers_429(client: AsyncOpenAI) -> None:
+    long: Any = [{"role": "user", "content": "Tell me a long story about a dragon."}]
+    stream = await client.chat.completions.create(model="m", messages=long, stream=True, max_tokens=150)
+    await anext(aiter(stream))  # the engine is this request's now
+    with pytest.raises(openai.RateLimitError) as refused:
+        await client.chat.completions.create(model="m", messages=long, max_tokens=1)
+    assert refused.value.response.headers["retry-after"] == "1"
+    assert refused.value.code == "rate_limit_exceeded"
+    await stream.close()
+    for _ in range(int(TIMEOUT / 0.1)):  # the engine is free again once the first reply stops
+        with contextlib.suppress(openai.RateLimitError):
+            await client.chat.completions.create(model="m", messages=long, max_tokens=1)
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the engine stayed busy after the client hung up")
+
+
+async def test_the_routes_count_in_the_servers_metrics(server: VoiceServer, client: AsyncOpenAI) -> None:
+    await client.models.list()
+    async with aiohttp.ClientSession() as http, http.get(f"{server.url}metrics") as response:
+        text = await response.text()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("voxgraph_openai_requests_total", (("endpoint", "models"), ("status", "200")))] >= 1
+    assert samples[("voxgraph_openai_requests_total", (("endpoint", "chat"), ("status", "429")))] >= 1
+    assert (
+        samples[("voxgraph_openai_requests_total", (("endpoint", "transcriptions"), ("status", "400")))] >= 1
+    )
+    assert samples[("voxgraph_openai_first_byte_seconds_count", (("endpoint", "speech"),))] >= 2
+
+
+# --- auth and drain ------------------------------------------------------------------------------------
+
+
+async def test_a_bad_key_is_refused_with_401(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOXGRAPH_API_KEYS", API_KEY)
+    async with serving("server.port=0", "server.auth=api_key") as served:
+        with pytest.raises(openai.AuthenticationError):
+            await client_of(served, "sk-wrong-key-0123456789").models.list()
+        assert [m.id async for m in client_of(served, API_KEY).models.list()] == ["stt", "tts", "llm"]
+
+
+async def test_draining_refuses_new_requests_with_503_and_lets_those_in_flight_finish() -> None:
+    async with serving("server.port=0") as served:
+        client = client_of(served)
+        await ready(client)
+        stream = await client.chat.completions.create(
+            model="m", messages=MESSAGES, stream=True, max_tokens=30
+        )
+        first = await anext(aiter(stream))
+        served.begin_drain(TIMEOUT)
+        with pytest.raises(openai.InternalServerError) as refused:
+            await client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=1)
+        assert refused.value.status_code == 503 and refused.value.code == "draining"
+        assert refused.value.response.headers["retry-after"] == "1"
+        drained = asyncio.create_task(served.drain())  # no conversation: it stops listening at once
+        rest = [chunk async for chunk in stream]  # while the request in flight runs to its end
+        assert first.choices[0].delta.role == "assistant" and rest[-1].choices[0].finish_reason
+        await asyncio.wait_for(drained, TIMEOUT)

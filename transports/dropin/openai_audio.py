@@ -1,0 +1,153 @@
+"""Audio for the served OpenAI routes: uploads decoded for a recogniser, long files cut at pauses, and
+the streamed WAV header of the speech endpoint. Blocking: call from a thread.
+
+Uploads are decoded by libsndfile (``soundfile``: WAV, FLAC, MP3, Ogg) or else by FFmpeg through PyAV
+(installed with faster-whisper: M4A, MP4, WebM, MPEG), to 16 kHz mono 16-bit, and no further than
+the longest audio taken, so a small compressed file cannot expand into hours of samples.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["AudioUploadError", "Piece", "decode_upload", "pieces", "streamed_wav_header"]
+
+RATE = 16000
+"""What the recognisers take."""
+PIECE_SECONDS = 28.0
+"""Longest piece handed to the recogniser at once (Whisper reads 30 s windows)."""
+SEARCH_SECONDS = 6.0
+"""A piece ends at the quietest moment of its last ``SEARCH_SECONDS``, so no word is cut in two."""
+WINDOW = RATE // 10
+"""Loudness is compared over 100 ms windows."""
+
+
+class AudioUploadError(ValueError):
+    """The upload is no audio that can be decoded, or holds more than may be transcribed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """A stretch of the upload: 16 kHz mono s16le and where it lies (seconds)."""
+
+    pcm: bytes
+    start: float
+    end: float
+
+
+def decode_upload(data: bytes, max_seconds: float) -> np.ndarray[Any, Any]:
+    """The upload as 16 kHz mono int16 samples; raises ``AudioUploadError``."""
+    if not data:
+        raise AudioUploadError("the file is empty")
+    limit = int(max_seconds * RATE)
+    try:
+        samples = _with_soundfile(data, max_seconds)
+    except _NotMine:
+        samples = _with_av(data, limit)
+    if len(samples) > limit:
+        raise AudioUploadError(
+            f"the audio is longer than {max_seconds:g} s, the most this server transcribes"
+        )
+    if not len(samples):
+        raise AudioUploadError("the file holds no audio samples")
+    return samples
+
+
+class _NotMine(Exception):
+    """libsndfile does not read this format."""
+
+
+def _with_soundfile(data: bytes, max_seconds: float) -> np.ndarray[Any, Any]:
+    import soundfile
+
+    try:
+        with soundfile.SoundFile(io.BytesIO(data)) as file:
+            rate = file.samplerate
+            if file.frames > max_seconds * rate + rate:
+                raise AudioUploadError(
+                    f"the audio is longer than {max_seconds:g} s, the most this server transcribes"
+                )
+            frames = file.read(dtype="float32", always_2d=True)
+    except soundfile.LibsndfileError as error:
+        raise _NotMine from error
+    mono = frames.mean(axis=1) if frames.shape[1] > 1 else frames[:, 0]
+    return _to_int16(_resampled(mono, rate))
+
+
+def _with_av(data: bytes, limit: int) -> np.ndarray[Any, Any]:
+    try:
+        import av
+    except ImportError:  # pragma: no cover - installed with faster-whisper
+        raise AudioUploadError("the file is no WAV, FLAC, MP3 or Ogg audio") from None
+    chunks: list[np.ndarray[Any, Any]] = []
+    total = 0
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.audio:
+                raise AudioUploadError("the file holds no audio stream")
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+            for frame in container.decode(audio=0):
+                for out in resampler.resample(frame):
+                    chunk = out.to_ndarray().reshape(-1)
+                    chunks.append(chunk)
+                    total += len(chunk)
+                if total > limit:
+                    break
+    except AudioUploadError:
+        raise
+    except Exception as error:  # FFmpeg's errors: the upload is not audio it can read
+        raise AudioUploadError(f"the file could not be decoded as audio ({type(error).__name__})") from error
+    return np.concatenate(chunks).astype(np.int16) if chunks else np.zeros(0, dtype=np.int16)
+
+
+def _resampled(mono: np.ndarray[Any, Any], rate: int) -> np.ndarray[Any, Any]:
+    if rate == RATE:
+        return mono
+    import soxr
+
+    return np.asarray(soxr.resample(mono, rate, RATE), dtype=np.float32)
+
+
+def _to_int16(samples: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    return np.clip(np.rint(samples * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def pieces(samples: np.ndarray[Any, Any]) -> list[Piece]:
+    """``samples`` cut into pieces of at most ``PIECE_SECONDS``, each ending at a quiet moment."""
+    longest, search = int(PIECE_SECONDS * RATE), int(SEARCH_SECONDS * RATE)
+    out: list[Piece] = []
+    start = 0
+    while start < len(samples):
+        end = len(samples)
+        if end - start > longest:
+            end = start + longest - search + _quietest(samples[start + longest - search : start + longest])
+        out.append(Piece(samples[start:end].tobytes(), start / RATE, end / RATE))
+        start = end
+    return out
+
+
+def _quietest(stretch: np.ndarray[Any, Any]) -> int:
+    """Offset of the middle of the quietest 100 ms window of ``stretch``."""
+    count = len(stretch) // WINDOW
+    if count < 2:
+        return len(stretch)
+    windows = stretch[: count * WINDOW].astype(np.float32).reshape(count, WINDOW)
+    return int(np.argmin((windows**2).mean(axis=1))) * WINDOW + WINDOW // 2
+
+
+def streamed_wav_header(rate: int) -> bytes:
+    """A 16-bit mono WAV header for audio of unknown length (sizes 0xFFFFFFFF, as a stream sends)."""
+    unknown = 0xFFFFFFFF
+    return (
+        b"RIFF"
+        + struct.pack("<I", unknown)
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
+        + b"data"
+        + struct.pack("<I", unknown)
+    )
