@@ -61,10 +61,17 @@ from pipeline.frames import (
 )
 from pipeline.params import param
 from pipeline.processor import Processor
-from pipeline.sessions import ConversationKeeper
 from processors.llm.context import Conversation, Message, approximate_tokens
 from processors.llm.streams import closing_stream
-from processors.llm.tools import ToolCall, ToolContext, ToolSet, error_result
+from processors.llm.tools import (
+    ToolCall,
+    ToolContext,
+    ToolSet,
+    end_session,
+    error_result,
+    graph_can_transfer,
+    session_of,
+)
 
 __all__ = [
     "ChatLLM",
@@ -302,6 +309,8 @@ class ChatLLM(Processor):
                     source = self.stream_reply(messages)
         except Exception:
             await self.push(LLMResponseEndFrame())  # downstream speaks what came; the error goes up
+            if self._end_requested:
+                self._end_session()  # the user said goodbye: a failed goodbye does not keep the call up
             raise
         finally:
             self._replying = False
@@ -414,12 +423,7 @@ class ChatLLM(Processor):
     @property
     def session_id(self) -> str:
         """The conversation's id, as the graph's recorder keeps it; empty when nothing names it."""
-        for processor in getattr(self._runtime, "processors", {}).values():
-            if isinstance(processor, ConversationKeeper):
-                session_id: object = getattr(processor, "session_id", "")
-                if isinstance(session_id, str) and session_id:
-                    return session_id
-        return ""
+        return session_of(self)
 
     async def push_from_tool(self, frame: Frame) -> None:
         """A frame a tool sends: downstream, in order with the reply."""
@@ -440,20 +444,15 @@ class ChatLLM(Processor):
 
     def can_transfer(self) -> bool:
         """Whether a node of this graph hands calls over (handles ``TransferCallFrame``)."""
-        nodes = getattr(self._runtime, "processors", {}).values()
-        return any(getattr(node, "handles_transfer", False) for node in nodes)
+        return graph_can_transfer(self)
 
     def _end_session(self) -> None:
-        """Ask the graph's sources to stop: their end flows behind the goodbye, which is spoken and
-        played out before the output ends (a phone call is then hung up)."""
+        """The goodbye has been sent on: the session ends behind it; no further turn is answered."""
         self._ending = True
-        sources = getattr(self._runtime, "sources", None)
-        if not sources:
+        if end_session(self):
+            log.info("%s: end_call: the session ends after the goodbye", self.name)
+        else:
             log.warning("%s: end_call ran but this node is in no running graph; nothing to end", self.name)
-            return
-        log.info("%s: end_call: the session ends after the goodbye", self.name)
-        for source in sources:
-            source.request_stop()
 
     async def process_upstream(self, frame: SpokenTextFrame | BotStoppedSpeakingFrame) -> None:
         if isinstance(frame, BotStoppedSpeakingFrame):

@@ -31,6 +31,8 @@ from typing import Any, ClassVar, Literal, Protocol, Union, get_args, get_origin
 
 from pipeline.errors import Problem, VoxgraphError
 from pipeline.frames import DataFrame, Frame
+from pipeline.processor import Processor
+from pipeline.sessions import ConversationKeeper
 
 __all__ = [
     "BUILTIN_TOOLS",
@@ -42,10 +44,13 @@ __all__ = [
     "ToolSchemaError",
     "ToolSet",
     "TransferCallFrame",
+    "end_session",
     "error_result",
+    "graph_can_transfer",
     "json_schema",
     "parse_docstring",
     "result_text",
+    "session_of",
     "tool_from_entry",
     "tool_from_function",
 ]
@@ -651,6 +656,41 @@ def _import_callable(target: Any) -> Callable[..., Any]:
     if not callable(found):
         raise _EntryError(f"'{target}' is not callable", fix=fix)
     return typing.cast(Callable[..., Any], found)
+
+
+# --- the session a tool runs in -----------------------------------------------------------------
+# A ToolHost (an LLM or speech-to-speech node) answers its tools' questions about the session from the
+# graph it runs in: these read it through the processor's runtime, which is the running ``Graph``.
+
+
+def session_of(processor: Processor) -> str:
+    """The id of the conversation ``processor`` serves, as the graph's recorder (its
+    ``ConversationKeeper``) keeps it; empty when nothing names it."""
+    for node in getattr(processor._runtime, "processors", {}).values():
+        if isinstance(node, ConversationKeeper):
+            session_id: object = getattr(node, "session_id", "")
+            if isinstance(session_id, str) and session_id:
+                return session_id
+    return ""
+
+
+def graph_can_transfer(processor: Processor) -> bool:
+    """Whether a node of ``processor``'s graph hands calls over (``handles_transfer = True``: it
+    handles ``TransferCallFrame``)."""
+    nodes = getattr(processor._runtime, "processors", {}).values()
+    return any(getattr(node, "handles_transfer", False) is True for node in nodes)
+
+
+def end_session(processor: Processor) -> bool:
+    """End ``processor``'s session gracefully: the graph's sources stop, and their end drains behind
+    everything already sent (a goodbye is spoken and played out; a phone call is then hung up). False
+    when ``processor`` runs in no graph."""
+    sources = getattr(processor._runtime, "sources", None)
+    if not sources:
+        return False
+    for source in sources:
+        source.request_stop()
+    return True
 
 
 # --- built-in tools ------------------------------------------------------------------------------
