@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import logging
+from typing import Any
+
+import pytest
+
 from pipeline.conformance import check_llm
-from pipeline.frames import InterruptionFrame, LLMResponseEndFrame, LLMTextFrame, TranscriptFrame
+from pipeline.frames import (
+    InterruptionFrame,
+    LLMResponseEndFrame,
+    LLMTextFrame,
+    LLMToolCallFrame,
+    TranscriptFrame,
+)
 from pipeline.graph import Graph
 from pipeline.testing import Collector, run_graph, run_processor
-from processors.llm.local import LocalLLM, default_model_path
-from tests.test_llm_base import Driver
+from processors.llm.local import LocalLLM, default_model_path, plain_messages
+from tests.drivers import Driver
 
 # The model is cached process-wide: the first node of this module loads it, the others reuse it.
 TIMEOUT = 60.0
@@ -80,3 +92,50 @@ async def test_barge_in_stops_the_generation_thread() -> None:
 async def test_local_llm_conforms() -> None:
     replies = await check_llm(lambda: LocalLLM(name="llm", max_tokens=40), timeout=TIMEOUT)
     assert all(reply.strip() for reply in replies)
+
+
+WEATHER = {"weather": "tests.tools_example:get_weather"}
+
+
+def test_tool_calls_and_results_are_told_in_words() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": '{"temperature": 21}'},
+    ]
+    assert plain_messages(messages) == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "user",
+            "content": 'Results of the tools you called:\n- weather({"city": "Paris"}) returned '
+            '{"temperature": 21}\nAnswer me with them.',
+        },
+    ]
+
+
+async def test_tools_are_off_by_default_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    llm = LocalLLM(temperature=0.0, max_tokens=30, tools=[WEATHER])
+    with caplog.at_level(logging.WARNING, logger="processors.llm"):
+        out = await run_processor(
+            llm, [TranscriptFrame(text="What's the weather in Paris?")], timeout=TIMEOUT
+        )
+    assert "tool_calling: off" in caplog.text
+    assert not out.of(LLMToolCallFrame) and not out.errors
+    assert "".join(f.text for f in out.of(LLMTextFrame)).strip()
+
+
+async def test_decide_calls_the_tool_and_answers_with_its_result() -> None:
+    llm = LocalLLM(temperature=0.0, max_tokens=40, tools=[WEATHER], tool_calling="decide", name="llm")
+    out = await run_processor(llm, [TranscriptFrame(text="What's the weather in Paris?")], timeout=TIMEOUT)
+    assert not out.errors
+    (call,) = out.of(LLMToolCallFrame)
+    assert call.name == "weather" and json.loads(call.arguments)["city"].lower() == "paris"
+    assert out.kinds.count("llm_response_start") == out.kinds.count("llm_response_end") == 1
+    after_call = out.kinds[out.kinds.index("llm_tool_call") :]
+    assert "llm_text" in after_call  # the same reply goes on, in words
+    messages = llm.context.messages()
+    assert [m["role"] for m in messages[1:]] == ["user", "assistant", "tool", "assistant"]
+    assert json.loads(messages[3]["content"])["temperature"] == 21

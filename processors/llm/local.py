@@ -4,6 +4,17 @@ The default model is SmolLM2-135M-Instruct (Q4_1, 98 MB), shipped inside the ``l
 fast (load ~0.1 s; ~50 tokens/s on one thread, ~80 on two of an idle box) but a weak assistant that
 tends to ramble. Point ``model_path`` at any GGUF chat model for better answers.
 
+Tools are off unless ``tool_calling: decide``: SmolLM2-135M cannot tell when a tool is needed (asked
+20 questions that need a weather tool and 20 that do not, it called the tool for 17 and for 16 of
+them; a yes/no question to the model did no better: 14 and 11), though its arguments are always valid
+JSON (a grammar from the tool's schema) with the right city 19 times in 20. So a config with tools
+and the default model gets a warning and plain answers. With ``decide`` (for a larger ``model_path``)
+a user turn first gets a grammar-limited choice between answering and each tool (llama.cpp's
+``chatml-function-calling`` prompt, not streamed: a streamed automatic choice is refused there), then
+either a streamed answer in the model's own template or the calls with schema-forced arguments. Tool
+results reach the model as a user message (that format's ``tool`` messages render with no content),
+and the answer to them is streamed with no further choice.
+
 Models are cached process-wide (per path, context size and threads), so sessions share one copy;
 llama.cpp is not thread-safe, so their generations take turns on the model's lock. Generation runs
 in a worker thread that feeds a bounded queue (it blocks when the graph is slower than the model)
@@ -17,11 +28,13 @@ import concurrent.futures
 import contextlib
 import glob
 import importlib.util
+import logging
 import threading
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pipeline.errors import FatalProcessorError, Problem
 from pipeline.params import param
@@ -29,7 +42,9 @@ from processors.llm.base import ChatLLM, ChatParams, ToolCall
 from processors.llm.context import approximate_tokens
 from processors.models import SharedModel, model_file_problems, shared_model
 
-__all__ = ["LocalLLM", "LocalLLMParams", "default_model_path"]
+__all__ = ["LocalLLM", "LocalLLMParams", "default_model_path", "plain_messages"]
+
+log = logging.getLogger("processors.llm")
 
 QUEUE_CHUNKS = 32
 """Chunks the generation thread may run ahead of the graph before it waits."""
@@ -57,6 +72,12 @@ class LocalLLMParams(ChatParams):
         False,
         doc="llama.cpp's extra weight buffers (AMX, repacked kernels); off: the AMX path crashes in VMs "
         "that do not enable AMX tile state, and SmolLM2 runs as fast without it",
+    )
+    tool_calling: Literal["off", "decide"] = param(
+        "off",
+        doc="whether the model may call the tools: off (SmolLM2-135M calls a tool for most questions "
+        "that need none) or decide (a grammar-limited choice between answering and each tool, then "
+        "schema-forced arguments; for larger models)",
     )
 
 
@@ -153,6 +174,13 @@ class LocalLLM(ChatLLM):
         if path is None or not path.is_file():
             raise FatalProcessorError("; ".join(str(p) for p in self.check()) or "no model file")
         p = self.params
+        if self.tool_schemas and p.tool_calling == "off":
+            log.warning(
+                "%s: tools are not offered to the model (tool_calling: off): SmolLM2-135M called a tool "
+                "for 16 of 20 questions that needed none; set tool_calling: decide to try, with a larger "
+                "model_path",
+                self.name,
+            )
         self._model = await self.run_in_thread(_load_shared, path, p.n_ctx, p.n_threads, p.extra_buffers)
         await self.run_in_thread(self._warm_up)
 
@@ -181,7 +209,7 @@ class LocalLLM(ChatLLM):
         )
         try:
             while (item := await queue.get()) is not _DONE:
-                assert isinstance(item, str)
+                assert isinstance(item, (str, ToolCall))
                 yield item
             await worker  # raises what the generation raised
         finally:
@@ -218,8 +246,15 @@ class LocalLLM(ChatLLM):
         if stop.is_set():
             return
         p = self.params
+        plain = plain_messages(messages)
+        if self.tool_schemas and p.tool_calling == "decide" and messages[-1]["role"] == "user":
+            calls = self._choose_calls(llama, plain)
+            if calls:
+                for call in calls:
+                    _put(queue, call, loop, stop)
+                return
         stream = llama.create_chat_completion(
-            messages, stream=True, max_tokens=p.max_tokens, temperature=p.temperature
+            plain, stream=True, max_tokens=p.max_tokens, temperature=p.temperature
         )
         try:
             for chunk in stream:
@@ -232,6 +267,62 @@ class LocalLLM(ChatLLM):
                         break
         finally:
             stream.close()
+
+    def _choose_calls(self, llama: Any, messages: list[dict[str, Any]]) -> list[ToolCall]:
+        """The calls the model chooses to make, or none to answer in words (worker thread).
+
+        llama.cpp's ``chatml-function-calling`` handler asks first, under a grammar, for ``message:``
+        or ``functions.<name>:``; calls get arguments forced to the tool's schema. Its answer in words
+        is cut short by that same grammar, so only its calls are used.
+        """
+        from llama_cpp import llama_chat_format
+
+        if messages[0]["role"] != "system":  # the tools are written into the system message only
+            messages = [{"role": "system", "content": ""}, *messages]
+        result = llama_chat_format.chatml_function_calling(
+            llama=llama,
+            messages=messages,
+            tools=self.tool_schemas,
+            tool_choice="auto",
+            temperature=self.params.temperature,
+            max_tokens=self.params.max_tokens,
+        )
+        message = result["choices"][0]["message"]
+        self.tokens_generated += int(result.get("usage", {}).get("completion_tokens", 0))
+        return [
+            ToolCall(f"call_{uuid.uuid4().hex[:24]}", c["function"]["name"], c["function"]["arguments"])
+            for c in message.get("tool_calls") or []
+        ]
+
+
+def plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The chat with tool calls and results in words, for templates that know no tools: a call is
+    folded into the user message that carries its result, since a ``tool`` message would not be read."""
+    plain: list[dict[str, Any]] = []
+    calls: dict[str, str] = {}  # call id -> "name(arguments)"
+    results: list[str] = []
+    for message in messages:
+        role = message["role"]
+        if role == "tool":
+            call = calls.get(str(message.get("tool_call_id")), "a tool")
+            results.append(f"- {call} returned {message.get('content')}")
+            continue
+        if results:
+            plain.append({"role": "user", "content": _results_text(results)})
+            results = []
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") or {}
+            calls[call["id"]] = f"{function.get('name')}({function.get('arguments') or ''})"
+        if role == "assistant" and not message.get("content"):
+            continue  # only calls: they are told with their results
+        plain.append({"role": role, "content": str(message.get("content") or "")})
+    if results:
+        plain.append({"role": "user", "content": _results_text(results)})
+    return plain
+
+
+def _results_text(results: list[str]) -> str:
+    return "Results of the tools you called:\n" + "\n".join(results) + "\nAnswer me with them."
 
 
 def _acquire(lock: threading.Lock, stop: threading.Event) -> bool:
