@@ -97,7 +97,7 @@ class PlayoutClock:
         audio_end_ms)`` for each item not heard to its end, and moves the timeline to the cut."""
         position = self.heard(now)
         cuts = [
-            (item.item_id, max(0, int(position - item.start)))
+            (item.item_id, max(0, round(position - item.start)))
             for item in self._items
             if item.end > position and item.item_id
         ]
