@@ -194,7 +194,7 @@ async def test_a_call_returns_the_json_of_what_the_tool_returned() -> None:
     assert (await run(tools, "get_weather", {"city": "Oslo", "unit": "fahrenheit"}))["temperature"] == 48
 
 
-async def test_a_sync_tool_runs_in_a_thread() -> None:
+async def test_a_sync_tool_runs_in_a_thread_of_the_tools() -> None:
     import threading
 
     seen: list[str] = []
@@ -205,7 +205,7 @@ async def test_a_sync_tool_runs_in_a_thread() -> None:
         return len(word)
 
     assert await run(ToolSet([tool_from_function(where)]), "where", {"word": "abc"}) == 3
-    assert seen and seen[0] != threading.main_thread().name
+    assert seen and seen[0].startswith("tool")  # the tools' own threads, not the models' ones
 
 
 async def test_tool_faults_become_error_results_the_model_reads() -> None:

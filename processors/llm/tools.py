@@ -16,9 +16,12 @@ need no network and are named in YAML by their bare names.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import dataclasses
 import datetime
 import enum
+import functools
 import importlib
 import inspect
 import json
@@ -57,6 +60,8 @@ __all__ = [
 
 DEFAULT_TOOL_TIMEOUT = 10.0
 """Seconds a tool may run before the model is told it timed out."""
+TOOL_THREADS = 8
+"""Sync tools running at once in a process; more wait for a thread (within their timeout)."""
 TRANSFER_UNSUPPORTED = "transfer is not supported by this transport"
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
@@ -444,11 +449,24 @@ class ToolSet:
             return error_result(f"tool '{call.name}' returned something that is not JSON: {error}")
 
 
+_tool_threads: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _threads() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads sync tools run in: their own, so tools stuck past their timeout (a thread cannot be
+    stopped) never take the threads that model inference runs in."""
+    global _tool_threads
+    if _tool_threads is None:
+        _tool_threads = concurrent.futures.ThreadPoolExecutor(TOOL_THREADS, thread_name_prefix="tool")
+    return _tool_threads
+
+
 async def _invoke(function: Callable[..., Any], arguments: dict[str, Any]) -> Any:
     """Await an async tool; a sync one runs in a thread so it cannot block the event loop."""
     if inspect.iscoroutinefunction(function):
         return await function(**arguments)
-    value = await asyncio.to_thread(function, **arguments)
+    call = functools.partial(contextvars.copy_context().run, function, **arguments)
+    value = await asyncio.get_running_loop().run_in_executor(_threads(), call)
     if inspect.isawaitable(value):
         return await value
     return value
