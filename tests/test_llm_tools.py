@@ -907,3 +907,29 @@ edges:
     assert carrier.played.marks == ["s1"]
     assert len(carrier.played.pcm) / 2 / 8000 > 0.6
     assert len(rest.requests) == 1  # hung up once, through the carrier's API
+
+
+class Switchboard(Processor):
+    """A node that can transfer calls: it takes ``TransferCallFrame``s (and keeps them)."""
+
+    handles_transfer: ClassVar[bool] = True
+    handles: ClassVar[tuple[type[Frame], ...]] = (TransferCallFrame,)
+    transfers: ClassVar[list[str]] = []
+
+    async def process(self, frame: TransferCallFrame) -> None:
+        Switchboard.transfers.append(frame.to)
+
+
+@pytest.mark.parametrize("can", [True, False])
+async def test_transfer_reaches_a_node_that_can_or_is_an_error_result(can: bool) -> None:
+    Switchboard.transfers.clear()
+    llm = ToolLLM([[tc("transfer", {"to": "+15550100"})], ["Transferring you now."]], tools=["transfer"])
+    nodes: dict[str, Processor] = {"driver": Driver([TranscriptFrame(text="A human, please")]), "llm": llm}
+    nodes["out"] = Switchboard(name="out") if can else Collector(name="out")
+    await run_graph(Graph(nodes, [("driver", "llm"), ("llm", "out")]))
+    [result] = [m["content"] for m in llm.requests[1] if m["role"] == "tool"]
+    if can:
+        assert json.loads(result) == {"transferring_to": "+15550100"}
+        assert Switchboard.transfers == ["+15550100"]
+    else:
+        assert json.loads(result) == {"error": "transfer is not supported by this transport"}
