@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -28,7 +29,7 @@ from pipeline.graph import Graph, GraphFailedError
 from pipeline.observers import Observer
 from pipeline.processor import Processor
 from pipeline.testing import Captured, Collector, run_graph, run_processor
-from processors.llm.openai import OpenAILLM
+from processors.llm.openai import OpenAILLM, _add_fragment, _finished
 from tests.drivers import Driver, Step
 from tests.fakes.openai import FakeOpenAI, FakeToolCall, Fault, tool_results, when_asked
 
@@ -460,3 +461,37 @@ async def test_tools_conform(fake: FakeOpenAI) -> None:
     plays_the_tool_check(fake)
     replies = await check_tools(lambda tools: make_llm(fake, tools=tools), timeout=10)
     assert "azure" in replies[0]
+
+
+async def test_a_compatible_server_that_repeats_id_and_name_in_every_fragment(fake: FakeOpenAI) -> None:
+    fake.repeat_call_heads = True  # as llama.cpp's server streams calls
+    fake.tool_calls = when_asked(
+        FakeToolCall("weather", '{"city": "Paris"}', "call_p"),
+        FakeToolCall("weather", '{"city": "Rome"}', "call_r"),
+    )
+    fake.reply = answer_with_results
+    out = await run_processor(make_llm(fake, tools=[WEATHER]), [TranscriptFrame(text="Paris and Rome?")])
+
+    assert not out.errors
+    calls = [(f.call_id, f.name, f.arguments) for f in out.of(LLMToolCallFrame)]
+    assert calls == [("call_p", "weather", '{"city": "Paris"}'), ("call_r", "weather", '{"city": "Rome"}')]
+
+
+def test_fragments_without_an_index_start_a_call_per_new_id() -> None:
+    def fragment(call_id: str | None, name: str | None, arguments: str) -> Any:
+        return SimpleNamespace(
+            index=None, id=call_id, function=SimpleNamespace(name=name, arguments=arguments)
+        )
+
+    calls: dict[int, Any] = {}
+    for piece in [
+        fragment("a", "weather", '{"city": '),
+        fragment(None, None, '"Paris"}'),
+        fragment("b", "weather", '{"city": "Rome"}'),
+        fragment(None, "", ""),
+    ]:
+        _add_fragment(calls, piece)
+    assert [(c.call_id, c.name, c.arguments) for c in _finished(calls)] == [
+        ("a", "weather", '{"city": "Paris"}'),
+        ("b", "weather", '{"city": "Rome"}'),
+    ]
