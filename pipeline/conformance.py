@@ -25,6 +25,13 @@ Each check drives a fresh processor between a driver source and a ``Collector`` 
   ``BotAudioFrame``\\ s at one rate, ``TTSStoppedFrame``; LLM frames pass through; a
   ``BotTextFrame`` outside a response is spoken as a reply of its own; an interruption stops the
   audio; text left when the stream ends is spoken.
+* **Speech-to-speech** (``check_s2s``, a node against a provider that answers each spoken turn) —
+  user audio passes through unchanged and in order; a spoken turn gives a non-empty
+  ``TranscriptFrame`` and a reply framed as a cascade's: ``LLMResponseStartFrame``,
+  ``TTSStartedFrame``, ``TTSTextFrame``\\ s before the audio they speak, non-silent mono
+  ``BotAudioFrame``\\ s at one rate, ``TTSStoppedFrame``, ``LLMResponseEndFrame``, with its transcript
+  as ``LLMTextFrame``\\ s inside; speech over a reply still streaming sends one
+  ``InterruptionFrame`` downstream and none of that reply's audio follows it.
 """
 
 from __future__ import annotations
@@ -65,6 +72,7 @@ __all__ = [
     "CHECK_TOOLS",
     "ConformanceError",
     "check_llm",
+    "check_s2s",
     "check_stt",
     "check_tools",
     "check_tts",
@@ -437,5 +445,106 @@ def _second_reply_audio(collector: Collector) -> Callable[[Frame], bool]:
     def second(frame: Frame) -> Any:
         stops = [f for f in collector.frames if isinstance(f, TTSStoppedFrame)]
         return isinstance(frame, BotAudioFrame) and stops and frame.created > stops[0].created
+
+    return second
+
+
+# --- speech-to-speech ----------------------------------------------------------------------------
+
+
+async def check_s2s(
+    make: Callable[[], Processor],
+    utterance: Sequence[Frame],
+    interruption: Sequence[Frame],
+    *,
+    timeout: float = 60.0,
+) -> list[str]:
+    """Check a speech-to-speech node: ``utterance`` is one spoken turn (speech, then the silence or the
+    speaking frames that end it), ``interruption`` speech that talks over a reply (nothing ending it).
+    The provider must answer each turn, streaming the second answer long enough to be talked over.
+    Returns the transcript of each reply."""
+    unit = make()
+
+    async def conversation(collector: Collector) -> AsyncIterator[Frame]:
+        for frame in utterance:
+            yield frame
+        await collector.wait_for(LLMResponseEndFrame, timeout=timeout)
+        for frame in utterance:
+            yield frame
+        await collector.wait_for(_second_reply_audio_s2s(collector), timeout=timeout)
+        for frame in interruption:
+            yield frame
+        await collector.wait_for(InterruptionFrame, timeout=timeout)
+
+    frames = await _drive(unit, conversation, timeout)
+    sent = [f for f in [*utterance, *utterance, *interruption] if isinstance(f, UserAudioFrame)]
+    passed = [f for f in frames if isinstance(f, UserAudioFrame)]
+    _expect(
+        [f.pcm for f in passed] == [f.pcm for f in sent],
+        "user audio must pass through unchanged and in order",
+    )
+    _expect(
+        any(isinstance(f, TranscriptFrame) and f.text.strip() for f in frames),
+        "a spoken turn must give a non-empty TranscriptFrame",
+        frames,
+    )
+    kinds = [type(f) for f in frames]
+    first = frames[: kinds.index(LLMResponseEndFrame) + 1] if LLMResponseEndFrame in kinds else []
+    audio = [f for f in first if isinstance(f, BotAudioFrame)]
+    _expect(bool(audio), "a reply must give BotAudioFrames before its LLMResponseEndFrame", frames)
+    order = [k for k in map(type, first) if k in (LLMResponseStartFrame, TTSStartedFrame, BotAudioFrame)]
+    _expect(
+        order[:3] == [LLMResponseStartFrame, TTSStartedFrame, BotAudioFrame],
+        "a reply begins LLMResponseStartFrame, TTSStartedFrame, then its audio",
+        frames,
+    )
+    _expect(
+        any(isinstance(f, TTSTextFrame) for f in first[: _position(first, audio[-1])]),
+        "TTSTextFrames must announce the audio that speaks them (so outputs report what was heard)",
+        frames,
+    )
+    _expect(TTSStoppedFrame in kinds[: kinds.index(LLMResponseEndFrame)], "TTSStopped ends the reply", frames)
+    rates = {f.sample_rate for f in audio}
+    _expect(len(rates) == 1 and all(f.channels == 1 for f in audio), "bot audio must be mono at one rate")
+    pcm = np.frombuffer(b"".join(f.pcm for f in audio), dtype=np.int16)
+    _expect(int(np.abs(pcm).max()) > 1000, "the reply's audio must not be silent", frames)
+    replies = _spoken_replies(frames)
+    _expect(len(replies) >= 2 and bool(replies[0]), "a reply's transcript comes as LLMTextFrames", frames)
+    _expect(kinds.count(InterruptionFrame) == 1, "talking over a reply sends one InterruptionFrame", frames)
+    cut = kinds.index(InterruptionFrame)
+    _expect(
+        BotAudioFrame in kinds[kinds.index(LLMResponseEndFrame) : cut],
+        "the second turn must be answered aloud before the interruption",
+        frames,
+    )
+    _expect(BotAudioFrame not in kinds[cut:], "no audio of an interrupted reply may follow the interruption")
+    return replies
+
+
+def _position(frames: Sequence[Frame], frame: Frame) -> int:
+    """Where ``frame`` itself is in ``frames`` (equal audio frames are not the same frame)."""
+    return next(i for i, f in enumerate(frames) if f is frame)
+
+
+def _spoken_replies(frames: Sequence[Frame]) -> list[str]:
+    """The transcript of each reply (its ``LLMTextFrame``\\ s between its start and its end or cut)."""
+    replies: list[str] = []
+    open_reply = False
+    for frame in frames:
+        if isinstance(frame, LLMResponseStartFrame):
+            open_reply = True
+            replies.append("")
+        elif isinstance(frame, LLMTextFrame):
+            _expect(open_reply, "LLMTextFrame outside LLMResponseStart/End", frames)
+            replies[-1] += frame.text
+        elif isinstance(frame, LLMResponseEndFrame | InterruptionFrame):
+            open_reply = False
+    return replies
+
+
+def _second_reply_audio_s2s(collector: Collector) -> Callable[[Frame], bool]:
+    def second(frame: Frame) -> bool:
+        ends = [f for f in collector.frames if isinstance(f, LLMResponseEndFrame)]
+        return isinstance(frame, BotAudioFrame) and bool(ends) and frame.created > ends[0].created
 
     return second

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import soxr
 
+from pipeline.conformance import check_s2s, speech_script
 from pipeline.errors import FatalProcessorError
 from pipeline.frames import (
     AudioFrame,
@@ -275,6 +276,20 @@ async def test_a_rejected_key_ends_the_graph_naming_the_variable(key: str, said:
         await node.close_session()
     message = str(failed.value)
     assert said in message and "OPENAI_API_KEY" in message and key not in message
+
+
+@pytest.mark.parametrize("turn_detection", ["server", "local"])
+async def test_s2s_openai_conforms(turn_detection: str) -> None:
+    utterance, interruption = speech(), barge_in_speech()
+    if turn_detection == "local":  # as a VAD before the node would mark them
+        voice = b"".join(f.pcm for f in utterance if isinstance(f, AudioFrame))
+        utterance = speech_script(voice, RATE, start=0.0, end=2.3)
+        interruption = [UserStartedSpeakingFrame(stream_time=0.0), *interruption]
+    async with FakeOpenAIRealtime(replies=[REPLY], reply_ms=3000, speed=4) as fake:
+        replies = await check_s2s(
+            lambda: agent(fake, turn_detection=turn_detection), utterance, interruption, timeout=20.0
+        )
+    assert replies[0] == REPLY
 
 
 def test_an_empty_key_is_a_validation_problem() -> None:
