@@ -770,6 +770,7 @@ nodes:
 edges: [llm -> out]
 """
     problems = [p for p in check_text(config, env={}) if p.node == "llm" and p.key is not None]
+    assert problems[0].fix == "did you mean 'tests.tools_example:get_weather'?"
     assert [(p.node, p.key, p.message) for p in problems] == [
         ("llm", "tools", "tools[1]: module 'tests.tools_example' has no 'get_wether'"),
         ("llm", "tools", "tools[2]: timeout -1 is not usable"),

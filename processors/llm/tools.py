@@ -34,6 +34,7 @@ from typing import Any, ClassVar, Literal, Protocol, Union, get_args, get_origin
 
 from pipeline.errors import Problem, VoxgraphError
 from pipeline.frames import DataFrame, Frame
+from pipeline.params import did_you_mean
 from pipeline.processor import Processor
 from pipeline.sessions import ConversationKeeper
 
@@ -668,9 +669,12 @@ def _import_callable(target: Any) -> Callable[..., Any]:
         ) from None
     found: Any = module
     for part in attribute.split("."):
-        found = getattr(found, part, None)
+        owner, found = found, getattr(found, part, None)
         if found is None:
-            raise _EntryError(f"module '{module_name}' has no '{attribute}'", fix=fix)
+            names = [name for name in dir(owner) if not name.startswith("_")]
+            guess = did_you_mean(part, names)
+            hint = f"did you mean '{module_name}:{attribute.replace(part, guess)}'?" if guess else fix
+            raise _EntryError(f"module '{module_name}' has no '{attribute}'", fix=hint)
     if not callable(found):
         raise _EntryError(f"'{target}' is not callable", fix=fix)
     return typing.cast(Callable[..., Any], found)
