@@ -345,3 +345,26 @@ async def test_an_interim_waiting_for_the_shared_model_gives_way_to_a_final() ->
     async with asyncio.timeout(5):
         assert (await final).text == "one two"
     assert model.calls == 1 and shared.priority_passes == 0 and not stt.engine_busy()
+
+
+async def test_a_fitted_window_reads_the_same_words_as_the_full_one() -> None:
+    samples, _ = read_wav(librivox("0870"))  # 7.1 s: a 10.1 s window instead of 30 s
+    utterance = Utterance(samples.tobytes(), RATE, 1, 0.0, len(samples) / RATE)
+    fitted, full = WhisperSTT(), WhisperSTT(fit_window=False)
+    await fitted.on_start()
+    await full.on_start()  # the same shared model: only the window differs
+    try:
+        short, long = await fitted.transcribe(utterance), await full.transcribe(utterance)
+    finally:
+        await fitted.close()
+        await full.close()
+    assert wer(reference("0870"), short.text) <= 0.15, short.text
+    assert wer(long.text, short.text) <= 0.1, (long.text, short.text)
+
+
+def test_the_fitted_window_keeps_3_s_of_padding_within_10_to_30_s() -> None:
+    from processors.stt.whisper import _window_frames
+
+    assert _window_frames(RATE) == 1000  # 1 s of speech: the 10 s floor
+    assert _window_frames(12 * RATE) == 1500  # 12 s + 3 s
+    assert _window_frames(29 * RATE) == 3000  # never past Whisper's own window
