@@ -29,6 +29,7 @@ import re
 import socket
 import ssl
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,9 @@ class LiveSession:
     cancelled_calls: list[str] = field(default_factory=list)  # ids sent in toolCallCancellation
     close_code: int | None = None  # the code the server closed with (None: the client closed)
     open: bool = True
+    turn_ends: list[float] = field(default_factory=list)  # time.monotonic() at each user turn's end
+    first_audio: list[float] = field(default_factory=list)  # ... at each reply's first audio sent
+    interrupts: list[float] = field(default_factory=list)  # ... at each reply the user interrupted
 
     def kinds_sent(self) -> list[str]:
         """Each server message's kind: its top-level key, or ``serverContent.<field>``."""
@@ -323,6 +327,7 @@ class _Conversation:
     async def _end_of_turn(self) -> None:
         """The user finished a turn: answer it (a reply still under way is cut first)."""
         await self._interrupt()
+        self.session.turn_ends.append(time.monotonic())
         answer = self.fake.answer(self.turns)
         self.turns += 1
         self.reply = asyncio.create_task(self._answer(answer), name="fake-gemini-live-reply")
@@ -340,6 +345,7 @@ class _Conversation:
             self.session.cancelled_calls += ids
             await self._send({"toolCallCancellation": {"ids": ids}})
         self.session.interrupted += 1
+        self.session.interrupts.append(time.monotonic())
         await self._send({"serverContent": {"interrupted": True}})
         await self._send({"serverContent": {"turnComplete": True}})
 
@@ -352,6 +358,7 @@ class _Conversation:
             answered = await self._call_tools(turn.calls)
             reply = reply.replace("{tool}", json.dumps([pick(a, "response") for a in answered]))
         self.session.replies.append("")
+        self.session.first_audio.append(time.monotonic())
         await self._speak(reply)
         await self._send({"serverContent": {"generationComplete": True}})
         await self._send({"serverContent": {"turnComplete": True}})
