@@ -154,3 +154,8 @@ async def test_decide_calls_the_tool_and_answers_with_its_result() -> None:
     messages = llm.context.messages()
     assert [m["role"] for m in messages[1:]] == ["user", "assistant", "tool", "assistant"]
     assert json.loads(messages[3]["content"])["temperature"] == 21
+
+
+def test_unusable_tools_are_reported_like_any_nodes() -> None:
+    [problem] = LocalLLM(tools=[{"weather": "no_such_module:get_weather"}]).check()
+    assert problem.key == "tools" and "no_such_module" in problem.message

@@ -144,7 +144,7 @@ class LocalLLM(ChatLLM):
 
     def check(self) -> list[Problem]:
         p = self.params
-        problems = []
+        problems = super().check()  # the tools: entries
         needed = p.max_history_tokens + p.max_tokens + approximate_tokens(p.system_prompt)
         if needed > p.n_ctx:
             problems.append(
