@@ -28,7 +28,7 @@ from pipeline.frames import (
 from pipeline.graph import Graph
 from pipeline.processor import Processor
 from pipeline.testing import Captured, Collector, run_graph, run_processor
-from processors.llm.base import ChatLLM
+from processors.llm.base import ChatLLM, ResumeReplyFrame
 from processors.llm.tools import (
     BUILTIN_TOOLS,
     Tool,
@@ -934,3 +934,42 @@ async def test_transfer_reaches_a_node_that_can_or_is_an_error_result(can: bool)
         assert Switchboard.transfers == ["+15550100"]
     else:
         assert json.loads(result) == {"error": "transfer is not supported by this transport"}
+
+
+async def test_a_false_interruption_runs_the_cancelled_tools_again_and_the_reply_goes_on() -> None:
+    runs: list[str] = []
+    running, release = asyncio.Event(), asyncio.Event()
+
+    async def book(day: str) -> str:
+        """Book a table."""
+        runs.append(day)
+        running.set()
+        await release.wait()
+        return f"booked {day}"
+
+    llm = ToolLLM(
+        [["Booking.", tc("book", {"day": "Friday"}, "c1")], ["Done, Friday it is."]], filler_after=None
+    )
+    llm.toolset = ToolSet([tool_from_function(book)])
+
+    def steps(tap: Collector, out: Collector) -> list[Step]:
+        async def running_again() -> None:
+            await asyncio.wait_for(_until(lambda: len(runs) == 2), 5)
+            release.set()
+
+        return [
+            TranscriptFrame(text="Book Friday"),
+            running.wait,
+            InterruptionFrame(),  # a cough: no words came
+            ResumeReplyFrame(),
+            running_again,
+        ]
+
+    out = await converse(llm, steps)
+    assert runs == ["Friday", "Friday"]
+    assert bot(out)[-1] == "Done, Friday it is."
+    assert out.kinds.count("llm_response_start") == 2 and out.kinds.count("llm_response_end") == 1
+    follow_up = llm.requests[1]
+    assert_valid_history(follow_up)
+    assert follow_up[-1] == {"role": "tool", "tool_call_id": "c1", "content": '"booked Friday"'}
+    assert llm.context.messages()[-1] == {"role": "assistant", "content": "Done, Friday it is."}

@@ -22,9 +22,11 @@ and its results go into the history, and ``stream_reply`` is asked again: the sa
 ``LLMResponseStartFrame``/``LLMResponseEndFrame`` pair, at most ``max_tool_rounds`` rounds. A tool
 slower than ``filler_after`` gets a filler said for it ("One moment."). A barge-in cancels the tools
 still running and their calls get a "cancelled" result; a ``background`` tool runs on and its result
-replaces the placeholder in the history when it comes. ``end_call`` ends the session once the reply
-has been spoken: the graph's sources are asked to stop, so the end drains behind the goodbye and
-every node stops as it would at the input's end. Calls to schema-only tools (no function) and every
+replaces the placeholder in the history when it comes. A barge-in that brings no words (a
+``ResumeReplyFrame``) runs the cancelled calls again and the reply goes on, as if never cut.
+``end_call`` ends the session once the reply has been sent on: the graph's sources are asked to stop,
+so the end drains behind the goodbye (spoken and played out) and every node stops as it would at the
+input's end. Calls to schema-only tools (no function) and every
 call of a node without tools are only passed on as ``LLMToolCallFrame``s, and the reply ends there.
 
 False interruption: a ``ResumeReplyFrame`` (a barge-in that brought no words) speaks the interrupted
@@ -41,8 +43,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pipeline.errors import Problem, VoxgraphError
@@ -97,6 +99,21 @@ TOOL_CANCEL_TIMEOUT = 2.0
 """Seconds a cancelled tool gets to stop (a thread cannot be stopped: it is left to finish)."""
 MAX_BACKGROUND_TOOLS = 8
 """Background tools still running at once; beyond this an interruption cancels them like the rest."""
+
+
+@dataclass(slots=True, eq=False)
+class _CutRound:
+    """The calls of a round a barge-in cancelled, with their tasks and (cancelled) result messages."""
+
+    last: Message | None = None  # the round's last result: the history's end while nothing came after
+    calls: list[ToolCall] = field(default_factory=list)
+    tasks: list[asyncio.Task[str]] = field(default_factory=list)
+    results: list[Message] = field(default_factory=list)
+
+    def add(self, call: ToolCall, task: asyncio.Task[str], result: Message) -> None:
+        self.calls.append(call)
+        self.tasks.append(task)
+        self.results.append(result)
 
 
 class ToolRoundsError(VoxgraphError, RuntimeError):
@@ -218,6 +235,7 @@ class ChatLLM(Processor):
         self._end_requested = False  # end_call ran in the reply under way
         self._ending = False  # the session is ending: no further turn is answered
         self._background: set[asyncio.Task[str]] = set()  # tools running on after an interruption
+        self._cut_round: _CutRound | None = None  # calls a barge-in cancelled, run again if it was false
 
     async def stream_reply(self, messages: list[dict[str, Any]]) -> AsyncIterator[str | ToolCall]:
         """Yield the reply to ``messages`` (OpenAI chat form) as text chunks and tool calls.
@@ -273,6 +291,11 @@ class ChatLLM(Processor):
         await prepared.cancel()
 
     async def _resume(self, repeat: bool) -> None:
+        cut, self._cut_round = self._cut_round, None
+        history = self.context.history
+        if cut is not None and history and history[-1] is cut.last:
+            await self._respond(None, cut=cut)  # the barge-in cut the reply while its tools ran
+            return
         text = self.context.resume_interrupted(repeat)
         if not text:
             return
@@ -283,16 +306,32 @@ class ChatLLM(Processor):
     async def reply(self, text: str, prepared: _PreparedReply | None = None) -> None:
         """Answer one user turn: frames downstream, the turn and the reply into the history.
         ``prepared`` is the reply already under way for this text (a preemptive reply)."""
+        self._cut_round = None
         self.context.add_user(text)
         self.context.trim(self.params.max_history_tokens, self.count_tokens)
         messages = self.context.messages()
         self.context.begin_assistant()
+        await self._respond(
+            prepared.drain() if prepared is not None else self.stream_reply(messages), prepared
+        )
+
+    async def _respond(
+        self,
+        source: AsyncIterator[str | ToolCall] | None,
+        prepared: _PreparedReply | None = None,
+        cut: _CutRound | None = None,
+    ) -> None:
+        """One response: ``source``'s text and the rounds of tool calls that follow it (or, with
+        ``cut``, the calls a barge-in cancelled run again and the reply going on from there)."""
         await self.push(LLMResponseStartFrame())
         self._replying, self._tail, self._end_requested = True, "", False
         try:
             with self.metrics.measure():
-                source = prepared.drain() if prepared is not None else self.stream_reply(messages)
                 rounds = 0
+                if cut is not None:
+                    await self._rerun(cut)
+                    rounds, source = 1, self._follow_up()
+                assert source is not None
                 while True:
                     calls = await self._stream(source)
                     if not self._runs_any(calls):
@@ -304,9 +343,7 @@ class ChatLLM(Processor):
                         )
                     rounds += 1
                     await self._run_tools(calls)
-                    messages = self.context.messages()
-                    self.context.begin_assistant()
-                    source = self.stream_reply(messages)
+                    source = self._follow_up()
         except Exception:
             await self.push(LLMResponseEndFrame())  # downstream speaks what came; the error goes up
             if self._end_requested:
@@ -320,6 +357,12 @@ class ChatLLM(Processor):
         await self.push(LLMResponseEndFrame())
         if self._end_requested:
             self._end_session()
+
+    def _follow_up(self) -> AsyncIterator[str | ToolCall]:
+        """The request after a round of results; the reply goes on in a new assistant message."""
+        messages = self.context.messages()
+        self.context.begin_assistant()
+        return self.stream_reply(messages)
 
     async def _stream(self, source: AsyncIterator[str | ToolCall]) -> list[ToolCall]:
         """Send one stream's text on; the tool calls it ends with."""
@@ -370,7 +413,7 @@ class ChatLLM(Processor):
             self.context.finish()  # the call message is complete; its results follow it
             await self._record_results(calls, tasks)
 
-    async def _wait_for_tools(self, calls: list[ToolCall], tasks: list[asyncio.Task[str] | None]) -> None:
+    async def _wait_for_tools(self, calls: list[ToolCall], tasks: Sequence[asyncio.Task[str] | None]) -> None:
         pending = {task for task in tasks if task is not None}
         after = self.params.filler_after
         if after is not None and pending:
@@ -380,7 +423,7 @@ class ChatLLM(Processor):
         if pending:
             await asyncio.wait(pending)
 
-    async def _say_filler(self, calls: list[ToolCall], tasks: list[asyncio.Task[str] | None]) -> None:
+    async def _say_filler(self, calls: list[ToolCall], tasks: Sequence[asyncio.Task[str] | None]) -> None:
         """Say the filler of the first tool still running, else the node's."""
         for call, task in zip(calls, tasks, strict=True):
             tool = self.toolset.get(call.name)
@@ -391,22 +434,50 @@ class ChatLLM(Processor):
             await self._say(self.params.filler, piece=True)
 
     async def _record_results(self, calls: list[ToolCall], tasks: list[asyncio.Task[str] | None]) -> None:
-        cancelled: list[asyncio.Task[str]] = []
+        cut = _CutRound()
         for call, task in zip(calls, tasks, strict=True):
             if task is None:
-                self.context.add_tool_result(call.call_id, PASSED_ON_RESULT)
+                cut.last = self.context.add_tool_result(call.call_id, PASSED_ON_RESULT)
             elif task.done():
-                self.context.add_tool_result(call.call_id, _result_of(task))
+                cut.last = self.context.add_tool_result(call.call_id, _result_of(task))
             elif self._keeps_running(call):
-                message = self.context.add_tool_result(call.call_id, BACKGROUND_RESULT)
+                cut.last = self.context.add_tool_result(call.call_id, BACKGROUND_RESULT)
                 self._background.add(task)
-                task.add_done_callback(functools.partial(self._background_done, message))
+                task.add_done_callback(functools.partial(self._background_done, cut.last))
             else:
-                task.cancel()
-                cancelled.append(task)
-                self.context.add_tool_result(call.call_id, CANCELLED_RESULT)
-        if cancelled:
-            await asyncio.wait(cancelled, timeout=TOOL_CANCEL_TIMEOUT)
+                cut.last = self.context.add_tool_result(call.call_id, CANCELLED_RESULT)
+                cut.add(call, task, cut.last)
+        await self._cancel(cut)
+
+    async def _rerun(self, cut: _CutRound) -> None:
+        """Run the calls a barge-in cancelled once more; their results replace the cancelled ones."""
+        calls = cut.calls
+        tasks = [
+            asyncio.get_running_loop().create_task(
+                self.toolset.run(c, ToolContext(self, c)), name=f"tool:{c.name}"
+            )
+            for c in calls
+        ]
+        again = _CutRound(last=cut.last)
+        try:
+            await self._wait_for_tools(calls, tasks)
+        finally:
+            for call, task, message in zip(calls, tasks, cut.results, strict=True):
+                if task.done():
+                    self.context.set_tool_result(message, _result_of(task))
+                else:
+                    again.add(call, task, message)
+            await self._cancel(again)
+
+    async def _cancel(self, cut: _CutRound) -> None:
+        """Cancel the tools a barge-in cut; kept so that a false interruption can run them again."""
+        if not cut.tasks:
+            return
+        self._cut_round = cut
+        tasks, cut.tasks = cut.tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks, timeout=TOOL_CANCEL_TIMEOUT)
 
     def _keeps_running(self, call: ToolCall) -> bool:
         tool = self.toolset.get(call.name)
