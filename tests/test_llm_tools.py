@@ -619,10 +619,11 @@ async def test_an_interruption_cancels_the_running_tool_and_the_history_stays_va
 async def test_a_background_tool_finishes_after_an_interruption_and_its_result_is_read_next_turn() -> None:
     running, release = asyncio.Event(), asyncio.Event()
 
-    async def order(item: str) -> dict[str, str]:
+    async def order(item: str, context: ToolContext) -> dict[str, str]:
         """Place an order (slow)."""
         running.set()
         await release.wait()
+        await context.say("Ordered!")  # its reply was cut: not said, it would interleave with another
         return {"ordered": item, "number": "A7"}
 
     llm = ToolLLM(
@@ -645,7 +646,8 @@ async def test_a_background_tool_finishes_after_an_interruption_and_its_result_i
             TranscriptFrame(text="My number?"),
         ]
 
-    await converse(llm, steps)
+    out = await converse(llm, steps)
+    assert "Ordered!" not in bot(out)
     second, third = llm.requests[1], llm.requests[2]
     assert_valid_history(second)
     assert_valid_history(third)

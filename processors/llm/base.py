@@ -501,13 +501,14 @@ class ChatLLM(Processor):
         await self.push(frame)
 
     async def say_from_tool(self, text: str) -> None:
-        """Text a tool says: part of the reply under way (spoken and kept in the history)."""
+        """Text a tool says: part of the reply under way (spoken and kept in the history). Text outside
+        a reply would interleave with the next one: it is not said."""
         if not text.strip():
             return
         if self._replying:
             await self._say(text, piece=True)
-        else:  # a background tool after the reply: said, but no reply of the history holds it
-            await self.push(LLMTextFrame(text=text))
+        else:  # a background tool after its reply was cut: the model reads its result next turn
+            log.info("%s: a tool asked to say %r after its reply; not said", self.name, text)
 
     def request_end(self) -> None:
         """``end_call``: end the session once this reply has been sent on."""
