@@ -124,7 +124,8 @@ class ToolContext:
         await self._host.push_from_tool(frame)
 
     async def say(self, text: str) -> None:
-        """Speak ``text`` now, as part of the reply (it is kept in the history like any bot text)."""
+        """Speak ``text`` now, as part of the reply under way (kept in the history like any bot
+        text); a background tool whose reply was cut is not heard (its result is read next turn)."""
         await self._host.say_from_tool(text)
 
     def end_call(self) -> None:
