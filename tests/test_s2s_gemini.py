@@ -35,6 +35,7 @@ from processors.s2s.gemini import GeminiLive, function_response
 from tests.fakes.gemini_live import FakeFunctionCall, FakeGeminiLive, LiveSession, LiveTurn, pick
 from tests.speech import audio_frames, librivox, read_wav, silence, tone
 
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "assistant-live.yaml"
 QUESTION = "What is the weather in Paris?"
 REPLY = "It is sunny in Paris today, with a light breeze."
 STORY = "Once upon a time there was a little voice assistant who talked and talked."
@@ -337,3 +338,58 @@ def test_tool_results_map_onto_gemini_responses() -> None:
     assert function_response('{"error": "tool failed"}') == {"error": "tool failed"}
     assert function_response('{"temp": 21}') == {"output": {"temp": 21}}
     assert function_response("plain words") == {"output": "plain words"}
+
+
+# --- configs/assistant-live.yaml, served ----------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_the_live_assistant_config_answers_a_browser_aloud_and_records_it(
+    fake: FakeGeminiLive, tmp_path: Path
+) -> None:
+    import aiohttp
+    from yarl import URL
+
+    from pipeline import config
+    from tests.test_assistant_cloud import Microphone, until_played
+    from tests.test_websocket_server import connect
+    from transports.websocket.server import VoiceServer
+
+    fake.turns = [LiveTurn(heard=QUESTION, reply=REPLY)]
+    env = {
+        "GEMINI_API_KEY": fake.api_key,
+        "GEMINI_BASE_URL": fake.base_url,
+        "RECORDINGS": str(tmp_path),
+        "PORT": "0",
+    }
+    compiled, problems = config.compile_config(CONFIG, env=env)
+    assert compiled is not None and not problems, problems
+    samples, _ = read_wav(librivox("0880"))
+    server = VoiceServer(compiled)
+    await asyncio.wait_for(server.warm_up(), 30.0)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as http, connect(http, URL(server.url)) as client:
+            opened = await client.wait_for(lambda m: m["type"] == "session", "a session id")
+            await client.wait_for(lambda m: m.get("state") == "listening", "listening")
+            mic = Microphone(client.ws, samples.astype("<i2").tobytes())
+            try:
+                assert await client.reply() == REPLY
+                await until_played(client)
+            finally:
+                await mic.close()
+            await client.ws.send_str('{"type":"stop"}')
+            assert await client.closed() == 1000
+    finally:
+        await asyncio.wait_for(server.stop(), 30.0)
+    [session] = fake.sessions  # the warm-up opens no (billed) session
+    assert "Vox" in pick(session.setup, "systemInstruction")["parts"][0]["text"]
+    names = [d["name"] for t in pick(session.setup, "tools") for d in pick(t, "functionDeclarations")]
+    assert names == ["current_time", "end_call"]
+    assert [m["text"] for m in client.of("transcript") if m["final"]] == [QUESTION]
+    assert len(client.audio) > 0
+    saved = json.loads((tmp_path / opened["session_id"] / "transcript.json").read_text())
+    assert [(m["role"], m["content"]) for m in saved["messages"]] == [
+        ("user", QUESTION),
+        ("assistant", REPLY),
+    ]
