@@ -195,8 +195,11 @@ class OpenAIRoutes:
                 return web.json_response(
                     body, status=429, headers={"Retry-After": str(RETRY_AFTER_BUSY), **NO_STORE}
                 )
-            except (ConnectionResetError, asyncio.CancelledError):
-                status = 499  # the client went away (or the server stopped) mid-answer
+            except ConnectionResetError:  # the client hung up mid-answer: its engine turn has ended
+                status = 499
+                return web.Response(status=499)  # aiohttp finds the connection closed and lets it go
+            except asyncio.CancelledError:
+                status = 499  # the server stopped
                 raise
             finally:
                 if task is not None:
@@ -249,11 +252,13 @@ class OpenAIRoutes:
         limit = self.params.max_upload_bytes
         if (request.content_length or 0) > limit + MAX_FIELD_BYTES * 8:
             raise wire.RequestError(413, f"the upload is larger than {limit} bytes", param="file")
+        engine = self._engine("transcriptions")
+        if engine.lane.full:  # refused before the upload is read and decoded, not after
+            raise EngineBusy
         fields, upload = await _read_multipart(request, limit)
         transcription = wire.parse_transcription(fields)
         if upload is None:
             raise wire.RequestError(400, "you must provide a file", param="file")
-        engine = self._engine("transcriptions")
         model = getattr(engine.processor.params, "model", "")
         if isinstance(model, str) and model.endswith(".en") and transcription.language not in (None, "en"):
             raise wire.RequestError(

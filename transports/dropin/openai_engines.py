@@ -43,10 +43,15 @@ class Lane:
         self.waiting = 0  # requests queued for a turn now
         self._lock = asyncio.Lock()  # fair: waiters get it in arrival order
 
+    @property
+    def full(self) -> bool:
+        """Whether one more request would be refused now."""
+        return self._lock.locked() and self.waiting >= self.max_waiting
+
     @contextlib.asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:
         """Wait for this request's turn; raises ``EngineBusy`` at once when the line is full."""
-        if self._lock.locked() and self.waiting >= self.max_waiting:
+        if self.full:
             raise EngineBusy
         self.waiting += 1
         try:
