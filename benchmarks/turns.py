@@ -1,242 +1,305 @@
-"""End-of-turn benchmark on a labelled turn set from real speech: silence timers against ``turn.smart``.
+"""End-of-turn benchmark on a labelled set of real speech: silence timers against ``turn.smart``.
 
-The set (built from the recordings Debian's pocketsphinx-testdata ships: LibriVox sentences, spoken
-commands and card names):
+The set is ``benchmarks.turn_set``'s (finished sentences; the same kind of speech cut at a real pause
+inside a sentence, at a thinking pause between two halves, or at a pause between sentences of a longer
+utterance). A detector that ends the turn while the speaker only pauses cuts them off. Like eot-bench,
+the table gives for each detector the **false cut-off rate at a 300 ms budget** (the share of turns that
+go on which it ends within 300 ms of silence) and the **mean end-of-turn latency** (silence before a
+finished turn ends), also at the setting that holds false cut-offs to 5%.
 
-* **finished**: a whole recording, up to the end of its speech;
-* **unfinished**: the same speech cut at a pause inside it (found with Whisper word timings); the
-  speaker goes on after that pause, whose real length is kept;
-* **two-part**: a finished recording's first words, a thinking pause (0.8-1.6 s), then the rest.
+* VAD only at ``stop_secs`` s: a pause longer than the timer is cut off; every turn waits it out.
+* ``turn.smart``: the model hears the speech and ``--heard`` s of the silence after it (the VAD's
+  pause), and judges. Finished: the turn ends ``--short`` s after the speech (or when the verdict
+  comes, if later: the model's measured time counts). Not finished: the turn ends after ``--long`` s
+  of silence unless speech resumes. A cut-off is a turn that goes on whose pause outlasts that.
 
-A detector that ends the turn while the speaker is only pausing cuts them off. For each detector the
-table gives, like eot-bench, the false cut-off rate at a 300 ms budget (the share of unfinished turns
-it ends within 300 ms of silence) and the mean end-of-turn latency (silence before the turn ends, on
-finished turns) when false cut-offs are held to at most 5% (sweeping ``stop_secs`` for the VAD, the
-probability threshold for the model; the model's own run time is added). VAD-only rows at
-``stop_secs`` 0.4/0.6/0.8 give false cut-offs (pauses longer than the timer) and latency (the timer).
-The model's policy is ``turn.smart``'s: finished ends the turn after ``--short`` s of silence, unfinished
-after ``--long`` s unless speech resumes.
+Thresholds are tuned on one half of the set and reported on the other (all turns cut from one
+recording fall in the same half): the threshold with the best balanced accuracy, and the lowest-latency
+threshold and ``--long`` holding false cut-offs to 5%. The VAD's 5% setting is chosen the same way.
 
-    python -m benchmarks.turns [--json out.json]
+    python -m benchmarks.turns [--json out.json] [--languages en,nl]
+
+Progress on stderr; the table on stdout; ``--json`` writes everything, with each turn's verdict.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
+import os
 import statistics
 import sys
 import time
-import wave
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmarks import turn_set
+from benchmarks.turn_set import Sample
 from processors import turn_model
 
-TESTDATA = Path("/usr/share/pocketsphinx/test/data")
-RATE = 16000
-MIN_INNER_PAUSE = 0.12
-"""Gaps between words at least this long count as pauses at which a sentence may be cut."""
-THINKING_PAUSES = (0.8, 1.2, 1.6)
 BUDGET = 0.3
-TAIL = 0.2
-"""Seconds of silence after the speech that the model hears (the VAD's stop with ``turn.smart``)."""
 MAX_FALSE_CUT_OFFS = 0.05
+VAD_STOPS = (0.4, 0.6, 0.8)
+LONG_WAITS = (1.0, 1.5, 2.0, 2.5, 3.0)
+THRESHOLDS = tuple(t / 100 for t in range(1, 100))
 
 
 @dataclass(slots=True)
-class Sample:
-    """One labelled turn: the audio up to a silence, and what the speaker does next."""
+class Judged:
+    """A sample with the model's verdict and what computing it cost."""
 
-    name: str
-    finished: bool
-    pause: float  # unfinished: seconds of silence before the speaker goes on (finished: 0)
-    audio: np.ndarray
-    probability: float = 0.0  # the model's end-of-turn probability
-    model_seconds: float = 0.0  # what computing it took
+    sample: Sample
+    probability: float
+    features_ms: float  # log-mel from the whole clip at the pause (how it was done before)
+    stream_features_ms: float  # log-mel finished at the pause from frames computed as audio came
+    inference_ms: float
 
-
-def recordings() -> dict[str, np.ndarray]:
-    """Name -> 16 kHz float speech of every usable recording in pocketsphinx-testdata."""
-    if not TESTDATA.is_dir():
-        sys.exit(f"{TESTDATA} is missing: run ./setup.sh (apt-get install pocketsphinx-testdata)")
-    found: dict[str, np.ndarray] = {}
-    for path in sorted([*TESTDATA.glob("librivox/*.wav"), *TESTDATA.glob("cards/*.wav")]):
-        with wave.open(str(path), "rb") as file:
-            pcm = np.frombuffer(file.readframes(file.getnframes()), "<i2")
-            rate = file.getframerate()
-        if rate == RATE:
-            found[f"{path.parent.name}/{path.stem}"] = pcm.astype(np.float32) / 32768
-    for path in sorted(TESTDATA.glob("*.raw")):  # headerless 16 kHz s16le commands
-        found[path.stem] = np.fromfile(path, "<i2").astype(np.float32) / 32768
-    return found
+    @property
+    def decision_seconds(self) -> float:
+        """What the node spends at the pause: the streamed features' last step and the model."""
+        return (self.stream_features_ms + self.inference_ms) / 1000
 
 
-def word_timings(audio: np.ndarray) -> list[tuple[float, float, str]]:
-    """(start, end, word) of each word, by Whisper tiny.en with word timestamps."""
-    return [(w.start, w.end, w.word) for w in _whisper().transcribe_words(audio)]
-
-
-class _Whisper:
-    def __init__(self) -> None:
-        from faster_whisper import WhisperModel
-
-        from processors.stt.models import whisper_model_source
-
-        self.model = WhisperModel(whisper_model_source("tiny.en"), device="cpu", cpu_threads=2)
-
-    def transcribe_words(self, audio: np.ndarray) -> list[Any]:
-        segments, _ = self.model.transcribe(audio, language="en", beam_size=1, word_timestamps=True)
-        return [w for s in segments for w in s.words or ()]
-
-
-_model: _Whisper | None = None
-
-
-def _whisper() -> _Whisper:
-    global _model
-    if _model is None:
-        _model = _Whisper()
-    return _model
-
-
-def turn_set() -> list[Sample]:
-    """The labelled turns (see the module docstring). Each ends ``TAIL`` s after the speech, as the
-    model hears it at the VAD's stop (real audio: the pause, or the recording's end padded with zeros)."""
-    samples: list[Sample] = []
-    for name, audio in recordings().items():
-        words = word_timings(audio)
-        if not words:
-            continue
-        samples.append(Sample(name, True, 0.0, _upto(audio, words[-1][1], TAIL)))
-        for before, after in itertools.pairwise(words):
-            if after[0] - before[1] >= MIN_INNER_PAUSE:
-                pause = after[0] - before[1]
-                cut = _upto(audio, before[1], min(TAIL, pause))
-                samples.append(Sample(f"{name}@{before[1]:.2f}", False, pause, cut))
-        if len(words) >= 3:
-            split = words[len(words) // 2 - 1][1]  # after a word, mid-sentence
-            for pause in THINKING_PAUSES:
-                samples.append(Sample(f"{name}+{pause}", False, pause, _upto(audio, split, 0.0, TAIL)))
-    return samples
-
-
-def _upto(audio: np.ndarray, end: float, tail: float, silence: float = 0.0) -> np.ndarray:
-    """``audio`` up to ``end + tail`` seconds, then ``silence`` seconds of zeros (and zeros for any
-    of the tail past the recording's end)."""
-    stop = int((end + tail) * RATE)
-    head = audio[:stop]
-    return np.concatenate([head, np.zeros(stop - head.size + int(silence * RATE), np.float32)])
-
-
-def judge(samples: list[Sample]) -> None:
-    """The model's probability for each sample (one thread, as ``turn.smart`` runs it)."""
+def judge(samples: list[Sample], heard: float) -> list[Judged]:
+    """Run the model on every sample as ``turn.smart`` does (one thread, shared session)."""
     session = turn_model.shared_session()
-    turn_model.end_of_turn_probability(np.zeros(RATE, np.float32), session)  # warm-up
-    for sample in samples:
+    turn_model.end_of_turn_probability(np.zeros(turn_set.RATE, np.float32), session)  # warm-up
+    audio: dict[str, np.ndarray] = {}
+    judged: list[Judged] = []
+    for number, sample in enumerate(samples, 1):
+        if number % 100 == 0 or number == len(samples):
+            turn_set.progress(f"model {number}/{len(samples)}")
+        if sample.source not in audio:
+            audio = {sample.source: turn_set.read_audio(sample.source)}  # samples come grouped by source
+        clip = turn_set.clip(audio[sample.source], sample, heard)
         started = time.perf_counter()
-        sample.probability = turn_model.end_of_turn_probability(sample.audio, session)
-        sample.model_seconds = time.perf_counter() - started
+        turn_model.log_mel(clip)
+        features_ms = 1000 * (time.perf_counter() - started)
+        stream = turn_model.LogMelStream()
+        stream.add(clip)  # as the audio arrived
+        started = time.perf_counter()
+        features = stream.features()
+        stream_ms = 1000 * (time.perf_counter() - started)
+        started = time.perf_counter()
+        probability = turn_model.probability(features, session)
+        inference_ms = 1000 * (time.perf_counter() - started)
+        judged.append(Judged(sample, probability, features_ms, stream_ms, inference_ms))
+    return judged
 
 
-def vad_row(samples: list[Sample], stop_secs: float) -> dict[str, float]:
+# --- detectors -----------------------------------------------------------------------------------
+
+
+def vad_row(judged: list[Judged], stop_secs: float) -> dict[str, Any]:
     """A silence timer: every pause longer than ``stop_secs`` is cut off; every turn waits it out."""
-    unfinished = [s for s in samples if not s.finished]
-    cut = sum(s.pause > stop_secs for s in unfinished) / len(unfinished)
-    return {"false_cut_offs": cut, "latency": stop_secs}
-
-
-def model_row(samples: list[Sample], threshold: float, short: float, long: float) -> dict[str, float]:
-    """``turn.smart`` at ``threshold``: a cut-off when an unfinished turn is judged finished (and the
-    pause outlasts ``short``) or outlasts ``long``; latency on finished turns, model time included."""
-    unfinished = [s for s in samples if not s.finished]
-    finished = [s for s in samples if s.finished]
-    cut = sum(s.pause > (short if s.probability >= threshold else long) for s in unfinished) / len(unfinished)
-    waits = [(short if s.probability >= threshold else long) + s.model_seconds for s in finished]
-    return {"false_cut_offs": cut, "latency": statistics.fmean(waits)}
-
-
-def vad_at_target(samples: list[Sample]) -> dict[str, float]:
-    """The shortest ``stop_secs`` (10 ms steps) holding false cut-offs to the target."""
-    for step in range(1, 301):
-        row = vad_row(samples, step / 100)
-        if row["false_cut_offs"] <= MAX_FALSE_CUT_OFFS:
-            return {**row, "stop_secs": step / 100}
-    return {**vad_row(samples, 3.0), "stop_secs": 3.0}
-
-
-def model_at_target(samples: list[Sample], short: float, long: float) -> dict[str, float]:
-    """The threshold with the lowest latency among those holding false cut-offs to the target."""
-    rows = [{**model_row(samples, t / 100, short, long), "threshold": t / 100} for t in range(1, 100)]
-    held = [r for r in rows if r["false_cut_offs"] <= MAX_FALSE_CUT_OFFS]
-    return min(held, key=lambda r: r["latency"]) if held else rows[-1]
-
-
-def report(samples: list[Sample], short: float, long: float, threshold: float) -> dict[str, Any]:
-    unfinished = [s for s in samples if not s.finished]
-    rows: dict[str, Any] = {f"vad-only, {BUDGET * 1000:.0f} ms budget": vad_row(samples, BUDGET)}
-    for stop in (0.4, 0.6, 0.8):
-        rows[f"vad-only, stop_secs {stop}"] = vad_row(samples, stop)
-    rows["vad-only, best stop_secs at <=5%"] = vad_at_target(samples)
-    rows[f"smart turn, {BUDGET * 1000:.0f} ms budget"] = model_row(samples, threshold, BUDGET, long)
-    rows[f"smart turn, short {short} long {long}"] = model_row(samples, threshold, short, long)
-    rows["smart turn, best threshold at <=5%"] = model_at_target(samples, short, long)
-    times = sorted(s.model_seconds for s in samples)
+    going_on = [j.sample for j in judged if not j.sample.finished]
     return {
-        "samples": {"finished": len(samples) - len(unfinished), "unfinished": len(unfinished)},
-        "policy": {"short": short, "long": long, "budget": BUDGET, "max_false_cut_offs": MAX_FALSE_CUT_OFFS},
-        "model_ms": {
-            "p50": 1000 * times[len(times) // 2],
-            "p95": 1000 * times[int(len(times) * 0.95)],
-            "mean": 1000 * statistics.fmean(times),
+        "stop_secs": stop_secs,
+        "false_cut_offs": _share([s.pause > stop_secs for s in going_on]),
+        "latency": stop_secs,
+        "by_kind": _by_kind(going_on, [s.pause > stop_secs for s in going_on]),
+    }
+
+
+def smart_row(
+    judged: list[Judged], threshold: float, short: float, long: float, heard: float
+) -> dict[str, Any]:
+    """``turn.smart`` at ``threshold``: see the module docstring."""
+    going_on = [j for j in judged if not j.sample.finished]
+    finished = [j for j in judged if j.sample.finished]
+
+    def wait(j: Judged) -> float:
+        return max(short, heard + j.decision_seconds) if j.probability >= threshold else long
+
+    cut = [j.sample.pause > wait(j) for j in going_on]
+    return {
+        "threshold": threshold,
+        "short": short,
+        "long": long,
+        "false_cut_offs": _share(cut),
+        "latency": statistics.fmean(wait(j) for j in finished) if finished else 0.0,
+        "finished_judged_finished": _share([j.probability >= threshold for j in finished]),
+        "going_on_judged_unfinished": _share([j.probability < threshold for j in going_on]),
+        "by_kind": _by_kind([j.sample for j in going_on], cut),
+    }
+
+
+def _share(flags: list[bool]) -> float:
+    return sum(flags) / len(flags) if flags else 0.0
+
+
+def _by_kind(samples: list[Sample], cut: list[bool]) -> dict[str, dict[str, float]]:
+    kinds = sorted({s.kind for s in samples})
+    return {
+        kind: {
+            "n": sum(s.kind == kind for s in samples),
+            "false_cut_offs": _share([c for s, c in zip(samples, cut, strict=True) if s.kind == kind]),
+        }
+        for kind in kinds
+    }
+
+
+def tune_vad(judged: list[Judged]) -> float:
+    """The shortest ``stop_secs`` (10 ms steps, up to 3 s) holding false cut-offs to the target."""
+    for step in range(1, 301):
+        if vad_row(judged, step / 100)["false_cut_offs"] <= MAX_FALSE_CUT_OFFS:
+            return step / 100
+    return 3.0
+
+
+def tune_balanced(judged: list[Judged]) -> float:
+    """The threshold with the best balanced accuracy (finished judged finished, the rest unfinished)."""
+
+    def balanced(threshold: float) -> float:
+        finished = [j.probability >= threshold for j in judged if j.sample.finished]
+        going_on = [j.probability < threshold for j in judged if not j.sample.finished]
+        return (_share(finished) + _share(going_on)) / 2
+
+    return max(THRESHOLDS, key=balanced)
+
+
+def tune_held(judged: list[Judged], short: float, heard: float) -> tuple[float, float]:
+    """The (threshold, long) with the lowest latency among those holding false cut-offs to 5%."""
+    rows = [smart_row(judged, t, short, long, heard) for t in THRESHOLDS for long in LONG_WAITS]
+    held = [r for r in rows if r["false_cut_offs"] <= MAX_FALSE_CUT_OFFS]
+    best = (
+        min(held, key=lambda r: r["latency"])
+        if held
+        else max(rows, key=lambda r: (r["long"], -r["threshold"]))
+    )
+    return best["threshold"], best["long"]
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+
+def report(judged: list[Judged], short: float, long: float, heard: float) -> dict[str, Any]:
+    """Tune on one half, report on the other (see the module docstring)."""
+    tune_half, test_half = _halves(judged)
+    balanced = tune_balanced(tune_half)
+    held_threshold, held_long = tune_held(tune_half, short, heard)
+    vad_stop = tune_vad(tune_half)
+    rows: dict[str, Any] = {f"vad-only, stop_secs {BUDGET} (the budget)": vad_row(test_half, BUDGET)}
+    for stop in VAD_STOPS:
+        rows[f"vad-only, stop_secs {stop}"] = vad_row(test_half, stop)
+    rows["vad-only, stop_secs tuned to <=5%"] = vad_row(test_half, vad_stop)
+    rows[f"turn.smart, {BUDGET * 1000:.0f} ms budget"] = smart_row(test_half, balanced, BUDGET, long, heard)
+    rows[f"turn.smart, short {short}"] = smart_row(test_half, balanced, short, long, heard)
+    rows["turn.smart, tuned to <=5%"] = smart_row(test_half, held_threshold, short, held_long, heard)
+    return {
+        "set": _counts(judged),
+        "report_half": _counts(test_half),
+        "tuned_on": _counts(tune_half),
+        "policy": {
+            "short": short,
+            "long": long,
+            "heard": heard,
+            "budget": BUDGET,
+            "max_false_cut_offs": MAX_FALSE_CUT_OFFS,
         },
-        "accuracy": {
-            "finished_judged_finished": statistics.fmean(
-                s.probability >= threshold for s in samples if s.finished
-            ),
-            "unfinished_judged_unfinished": statistics.fmean(s.probability < threshold for s in unfinished),
+        "tuned": {
+            "balanced_threshold": balanced,
+            "held_threshold": held_threshold,
+            "held_long": held_long,
+            "vad_stop_secs": vad_stop,
         },
+        "cost_ms": _cost(judged),
         "rows": rows,
-        "load_average": list(_load_average()),
+        "targets": _targets(rows),
+        "load_average": list(os.getloadavg()),
+        "cpus": os.cpu_count(),
         "turns": [
-            {k: v for k, v in asdict(s).items() if k != "audio"} | {"seconds": s.audio.size / RATE}
-            for s in samples
+            {
+                **asdict(j.sample),
+                "probability": j.probability,
+                "features_ms": j.features_ms,
+                "stream_features_ms": j.stream_features_ms,
+                "inference_ms": j.inference_ms,
+            }
+            for j in judged
         ],
     }
 
 
-def _load_average() -> tuple[float, float, float]:
-    import os
+def _halves(judged: list[Judged]) -> tuple[list[Judged], list[Judged]]:
+    tune, _ = turn_set.split_halves([j.sample for j in judged])
+    chosen = {id(s) for s in tune}
+    return [j for j in judged if id(j.sample) in chosen], [j for j in judged if id(j.sample) not in chosen]
 
-    return os.getloadavg()
+
+def _counts(judged: list[Judged]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for j in judged:
+        key = f"{j.sample.kind} ({j.sample.language})"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _cost(judged: list[Judged]) -> dict[str, dict[str, float]]:
+    def stats(values: list[float]) -> dict[str, float]:
+        ordered = sorted(values)
+        return {
+            "p50": statistics.median(ordered),
+            "p95": ordered[int(0.95 * (len(ordered) - 1))],
+            "mean": statistics.fmean(ordered),
+        }
+
+    return {
+        "before (log-mel at the pause + model)": stats([j.features_ms + j.inference_ms for j in judged]),
+        "after (streamed log-mel + model)": stats([j.stream_features_ms + j.inference_ms for j in judged]),
+        "log-mel at the pause": stats([j.features_ms for j in judged]),
+        "streamed log-mel, last step": stats([j.stream_features_ms for j in judged]),
+        "model": stats([j.inference_ms for j in judged]),
+    }
+
+
+def _targets(rows: dict[str, Any]) -> dict[str, Any]:
+    vad = rows["vad-only, stop_secs 0.4"]["false_cut_offs"]
+    smart = rows[f"turn.smart, {BUDGET * 1000:.0f} ms budget"]
+    latency = rows["turn.smart, short " + next(k.split("short ")[1] for k in rows if "short " in k)][
+        "latency"
+    ]
+    return {
+        "false_cut_offs_at_most_half_of_vad_0.4": smart["false_cut_offs"] <= vad / 2,
+        "latency_below_vad_0.6": latency < rows["vad-only, stop_secs 0.6"]["latency"],
+    }
 
 
 def print_table(result: dict[str, Any]) -> None:
-    print(f"turn set: {result['samples']}; model {result['model_ms']['p50']:.0f} ms p50 per decision")
-    print(f"{'detector':40} {'false cut-offs':>15} {'mean EOT latency':>17}")
+    cost = result["cost_ms"]
+    print(f"set: {result['set']}")
+    print(f"reported on: {result['report_half']} (thresholds tuned on the other half)")
+    for name, values in cost.items():
+        print(f"  {name:40} p50 {values['p50']:6.1f} ms  p95 {values['p95']:6.1f} ms")
+    print(f"{'detector':38} {'false cut-offs':>15} {'mean EOT latency':>17}  setting")
     for name, row in result["rows"].items():
-        setting = {k: v for k, v in row.items() if k in ("stop_secs", "threshold")}
-        extra = f"  {setting}" if setting else ""
-        print(f"{name:40} {100 * row['false_cut_offs']:14.1f}% {1000 * row['latency']:14.0f} ms{extra}")
+        setting = {k: row[k] for k in ("stop_secs", "threshold", "short", "long") if k in row}
+        print(f"{name:38} {100 * row['false_cut_offs']:14.1f}% {1000 * row['latency']:14.0f} ms  {setting}")
+    print(f"targets: {result['targets']}  (load average {result['load_average'][0]:.1f})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--short", type=float, default=0.2, help="silence that ends a finished turn (s)")
     parser.add_argument("--long", type=float, default=1.5, help="silence that ends an unfinished turn (s)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="model probability meaning finished")
+    parser.add_argument(
+        "--heard", type=float, default=turn_model.HEARD_SILENCE, help="silence the model hears (s)"
+    )
+    parser.add_argument(
+        "--languages", default="en,nl", help="comma-separated: en (LibriVox etc.), nl (fillets-ng)"
+    )
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
-    samples = turn_set()
-    judge(samples)
-    result = report(samples, args.short, args.long, args.threshold)
+    samples = turn_set.build(tuple(args.languages.split(",")))
+    judged = judge(samples, args.heard)
+    result = report(judged, args.short, args.long, args.heard)
     print_table(result)
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        args.json.write_text(json.dumps(result, indent=2, default=float))
+        print(f"wrote {args.json}", file=sys.stderr)
 
 
 if __name__ == "__main__":

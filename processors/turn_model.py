@@ -7,9 +7,11 @@ hears intonation and unfinished phrases ("I'd like to ... "), which a silence ti
 The ONNX file ships inside the ``pipecat-ai`` wheel, installed with ``--no-deps`` purely to carry it:
 it is found on disk without importing that package. Features are computed here with numpy (the
 Whisper recipe: waveform normalised to zero mean and unit variance, 25 ms Hann windows every 10 ms,
-80 Slaney mel bands, log10 clamped to 8 decades below the peak). One shared ``InferenceSession`` with
-one thread serves every node in the process; a decision took 55-100 ms of one core on this 2-core
-machine (features ~14 ms), so callers run it in a thread.
+80 Slaney mel bands, log10 clamped to 8 decades below the peak), either at once (``log_mel``) or as
+the audio arrives (``LogMelStream``: at a pause only its last step, ~1-2 ms, and the model remain).
+One shared ``InferenceSession`` with one thread serves every node in the process; the model takes
+50-60 ms of one core on a quiet 2-core machine (a fixed 8 s input: shorter turns cost the same), so
+callers run it in a thread.
 """
 
 from __future__ import annotations
@@ -23,12 +25,24 @@ import numpy as np
 
 from processors.models import shared_model
 
-__all__ = ["MODEL_FILE", "SAMPLE_RATE", "WINDOW_SECONDS", "end_of_turn_probability", "log_mel", "model_path"]
+__all__ = [
+    "HEARD_SILENCE",
+    "MODEL_FILE",
+    "SAMPLE_RATE",
+    "WINDOW_SECONDS",
+    "LogMelStream",
+    "end_of_turn_probability",
+    "log_mel",
+    "model_path",
+    "probability",
+]
 
 MODEL_FILE = "smart-turn-v3.2-cpu.onnx"
 SAMPLE_RATE = 16000
 WINDOW_SECONDS = 8
 """The model hears the last 8 s of the turn; shorter audio is padded with silence in front."""
+HEARD_SILENCE = 0.2
+"""Seconds of the silence after the speech that the model hears (it was trained on turns that end so)."""
 _N_FFT = 400
 _HOP = 160
 _N_MELS = 80
@@ -99,6 +113,122 @@ def log_mel(audio: np.ndarray) -> np.ndarray:
     return features
 
 
+class LogMelStream:
+    """``log_mel`` computed as the audio arrives, so that only the model remains to run at a pause.
+
+    Whisper's features are a short-time Fourier transform of the window normalised to zero mean and
+    unit variance. The transform is linear, so each 25 ms frame's share of the mel energies is kept
+    un-normalised (``|X|^2`` and ``Re(X W*)`` through the mel filters, ``W`` the window's own
+    transform) and the window's mean and variance are applied at the end: ``|X - mW|^2 / var``.
+    The three frames that touch the window's edges (reflection padding) are computed at the end.
+    Feed it the turn's audio from its start (what came before counts as silence, as in ``log_mel``);
+    ``features()`` then equals ``log_mel`` of that audio up to a 10 ms boundary (within float error).
+    """
+
+    _KEEP = SAMPLE_RATE * WINDOW_SECONDS + _N_FFT  # samples kept: the window and a frame's margin
+
+    def __init__(self) -> None:
+        self._buffer = np.zeros(2 * self._KEEP)  # the turn's last samples, in _buffer[:_size]
+        self._size = 0
+        self._offset = 0  # turn sample index of _buffer[0]
+        self._parts = np.zeros((0, 2, _N_MELS))  # per frame: mel of |X|^2 and of Re(X W*)
+        self._first = -1  # turn frame index j of self._parts[0]; frame j spans [160j - 200, 160j + 200)
+        self._count = 0  # rows of self._parts in use
+
+    @property
+    def samples(self) -> int:
+        """Samples received since the turn began."""
+        return self._offset + self._size
+
+    @property
+    def _audio(self) -> np.ndarray:
+        return self._buffer[: self._size]
+
+    def add(self, audio: np.ndarray) -> None:
+        """Append 16 kHz float audio and compute every frame it completes."""
+        audio = np.asarray(audio, np.float64).reshape(-1)
+        step = self._KEEP // 2
+        for start in range(0, audio.size, step):
+            self._add(audio[start : start + step])
+
+    def _add(self, audio: np.ndarray) -> None:
+        if self._size + audio.size > self._buffer.size:  # keep the last _KEEP samples, at the front
+            drop = self._size + audio.size - self._KEEP
+            kept = self._size - drop
+            self._buffer[:kept] = self._buffer[drop : self._size]
+            self._size, self._offset = kept, self._offset + drop
+            stale = max(0, min(self._count, -(-(self._offset + _N_FFT // 2) // _HOP) - self._first))
+            self._parts[: self._count - stale] = self._parts[stale : self._count]
+            self._first, self._count = self._first + stale, self._count - stale
+        self._buffer[self._size : self._size + audio.size] = audio
+        self._size += audio.size
+        first = self._first + self._count
+        last = (self.samples - _N_FFT // 2) // _HOP
+        if last < first:
+            return
+        new = self._frame_parts(first, last)
+        if self._count + len(new) > len(self._parts):
+            grown = np.zeros((max(2 * len(self._parts), self._count + len(new), 64), 2, _N_MELS))
+            grown[: self._count] = self._parts[: self._count]
+            self._parts = grown
+        self._parts[self._count : self._count + len(new)] = new
+        self._count += len(new)
+
+    def _frame_parts(self, first: int, last: int) -> np.ndarray:
+        lo = first * _HOP - _N_FFT // 2 - self._offset
+        segment = self._audio[max(0, lo) : last * _HOP + _N_FFT // 2 - self._offset]
+        if lo < 0:  # before the turn began: silence
+            segment = np.concatenate([np.zeros(-lo), segment])
+        frames = np.lib.stride_tricks.sliding_window_view(segment, _N_FFT)[::_HOP]
+        return _parts(frames)
+
+    def features(self, end: int | None = None) -> np.ndarray:
+        """(80, 800) float32 features of the 8 s ending at turn sample ``end`` (default: all received),
+        rounded down to a 10 ms boundary."""
+        end = self.samples if end is None else min(end, self.samples)
+        end -= end % _HOP
+        samples, count = SAMPLE_RATE * WINDOW_SECONDS, SAMPLE_RATE * WINDOW_SECONDS // _HOP
+        start = end - samples  # turn sample of the window's first sample (< 0: silence before the turn)
+        held = self._audio[max(0, start - self._offset) : end - self._offset]
+        mean = held.sum() / samples
+        var = (held @ held) / samples - mean * mean
+        parts = np.zeros((count, 2, _N_MELS))
+        first = start // _HOP - self._first  # row of self._parts for the window's frame 0
+        lo, hi = max(0, first), min(self._count, first + count)
+        if hi > lo:
+            parts[lo - first : hi - first] = self._parts[lo:hi]
+        # Reflection padding makes the frames at the window's edges differ from the turn's frames.
+        edge = 3 * _N_FFT // 2  # the window's last (or first) samples that its edge frames see
+        tail = np.pad(held[-edge:], (edge - min(edge, held.size), 0))
+        tail = np.pad(tail, (0, _N_FFT // 2), mode="reflect")
+        last = (count - 1) * _HOP - _N_FFT // 2 - (samples - edge)  # frame 799's start within tail
+        parts[-1] = _parts(tail[None, last : last + _N_FFT])[0]
+        if start >= 0:
+            head = np.pad(held[:edge], (_N_FFT // 2, 0), mode="reflect")
+            parts[:2] = _parts(np.stack([head[:_N_FFT], head[_HOP : _HOP + _N_FFT]]))
+        mel = (parts[:, 0] - 2.0 * mean * parts[:, 1] + mean * mean * _window_mel()) / (var + 1e-7)
+        spectrum = np.log10(np.maximum(mel, 1e-10)).T
+        spectrum = np.maximum(spectrum, spectrum.max() - 8.0)
+        features: np.ndarray = ((spectrum + 4.0) / 4.0).astype(np.float32)
+        return features
+
+
+def _parts(frames: np.ndarray) -> np.ndarray:
+    """(n, 2, 80): mel filters applied to |X|^2 and to Re(X W*) of each (n, 400) frame's spectrum X."""
+    spectra = np.fft.rfft(frames * _window(), axis=-1)
+    window = np.fft.rfft(_window())
+    energy = np.abs(spectra) ** 2
+    cross = (spectra * np.conj(window)).real
+    return np.stack([energy @ _mel_filters().T, cross @ _mel_filters().T], axis=1)
+
+
+@cache
+def _window_mel() -> np.ndarray:
+    """The mel energies of the window itself: what a constant offset adds to a frame."""
+    mel: np.ndarray = _mel_filters() @ (np.abs(np.fft.rfft(_window())) ** 2)
+    return mel
+
+
 def _load_session(path: Path) -> Any:
     import onnxruntime  # type: ignore[import-untyped]
 
@@ -118,9 +248,15 @@ def shared_session(path: Path | None = None) -> Any:
     return shared_model(("smart-turn", str(path)), lambda: _load_session(path)).model
 
 
+def probability(features: np.ndarray, session: Any | None = None) -> float:
+    """How likely the speaker has finished, 0..1, from (80, 800) features (``log_mel`` or
+    ``LogMelStream.features``). Blocking (tens of ms of one core): run it in a thread."""
+    session = session if session is not None else shared_session()
+    (result,) = session.run(None, {"input_features": features[None]})
+    return float(np.asarray(result).reshape(-1)[0])
+
+
 def end_of_turn_probability(audio: np.ndarray, session: Any | None = None) -> float:
     """How likely the speaker has finished, 0..1, from the turn's 16 kHz float audio (-1..1) up to
-    now. Blocking (tens of ms of one core): run it in a thread."""
-    session = session if session is not None else shared_session()
-    (probability,) = session.run(None, {"input_features": log_mel(audio)[None]})
-    return float(np.asarray(probability).reshape(-1)[0])
+    now. Blocking: run it in a thread."""
+    return probability(log_mel(audio), session)

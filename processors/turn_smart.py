@@ -67,13 +67,26 @@ class SmartTurnParams(TurnTakingParams):
 
 
 class _TurnAudio:
-    """The user's recent audio at 16 kHz, addressed by stream time (seconds of audio received)."""
+    """The user's recent audio at 16 kHz, addressed by stream time (seconds of audio received), and
+    the log-mel features of the turn in progress, computed as its audio arrives."""
 
     def __init__(self) -> None:
         self._chunks: deque[np.ndarray] = deque()
         self._samples = 0  # samples held in _chunks
         self.received = 0.0  # stream time at the end of the audio received
         self.arrived = asyncio.Event()  # set at each frame, so a waiter can re-check ``received``
+        self.features: turn_model.LogMelStream | None = None  # of the turn since ``turn_start``
+        self.turn_start = 0.0
+
+    def begin_turn(self, start: float) -> None:
+        """Compute features of the audio from stream time ``start`` on (what is held of it, then
+        each frame as it comes)."""
+        self.turn_start = start
+        self.features = turn_model.LogMelStream()
+        self.features.add(self.between(start, self.received))
+
+    def end_turn(self) -> None:
+        self.features = None
 
     def add(self, frame: UserAudioFrame) -> None:
         samples = np.frombuffer(frame.pcm, dtype="<i2").astype(np.float32) / 32768.0
@@ -86,6 +99,8 @@ class _TurnAudio:
             samples = soxr.resample(samples, frame.sample_rate, turn_model.SAMPLE_RATE)
         self._chunks.append(samples)
         self._samples += samples.size
+        if self.features is not None:
+            self.features.add(samples)
         limit = int(_HISTORY_SECONDS * turn_model.SAMPLE_RATE)
         while self._chunks and self._samples - self._chunks[0].size >= limit:
             self._samples -= self._chunks.popleft().size
@@ -167,6 +182,7 @@ class SmartTurnTaking(TurnTaking):
         elif isinstance(frame, UserStoppedSpeakingFrame):
             if self._overlap:
                 self._turn_start = None  # a backchannel or an echo, not the start of a turn
+                self._audio.end_turn()
             elif self._verdict is None or self._judged_at != frame.stream_time:
                 self._judge(frame.stream_time)
         await super().process(frame)
@@ -185,6 +201,7 @@ class SmartTurnTaking(TurnTaking):
         """Speech (re)starts: a pending verdict is moot, and a held turn goes on."""
         if self._turn_start is None:
             self._turn_start = max(0.0, frame.stream_time - PRE_ROLL_SECONDS)
+            self._audio.begin_turn(self._turn_start)
         self._forget_verdict()
 
     def _judge(self, stream_time: float) -> None:
@@ -197,17 +214,26 @@ class SmartTurnTaking(TurnTaking):
         self._verdict.add_done_callback(self._on_verdict)
 
     async def _run_model(self, start: float, end: float) -> bool:
+        """The verdict on the turn's speech up to ``end`` and the silence after it that the model
+        was trained to hear (as much of it as arrives within ``AUDIO_WAIT_SECONDS``)."""
         loop = asyncio.get_running_loop()
+        heard_end = end + turn_model.HEARD_SILENCE
         deadline = loop.time() + AUDIO_WAIT_SECONDS
-        while self._audio.received < end - 1e-3 and loop.time() < deadline:
+        while self._audio.received < heard_end - 1e-3 and loop.time() < deadline:
             self._audio.arrived.clear()
             try:
                 await asyncio.wait_for(self._audio.arrived.wait(), deadline - loop.time())
             except TimeoutError:
                 break
-        audio = self._audio.between(max(start, end - turn_model.WINDOW_SECONDS), end)
         began = loop.time()
-        probability = await self.run_in_thread(turn_model.end_of_turn_probability, audio, self._session)
+        stream = self._audio.features
+        if stream is not None and self._audio.turn_start == start:
+            # Only the last step is left at the pause: the frames were computed as the audio came.
+            features = stream.features(round((heard_end - start) * turn_model.SAMPLE_RATE))
+        else:
+            audio = self._audio.between(max(start, heard_end - turn_model.WINDOW_SECONDS), heard_end)
+            features = turn_model.log_mel(audio)
+        probability = await self.run_in_thread(turn_model.probability, features, self._session)
         took = loop.time() - began
         self.decisions.append((probability, took))
         self.metrics.record("end_of_turn_model", took)
@@ -285,6 +311,7 @@ class SmartTurnTaking(TurnTaking):
         await super()._end_turn_if_ready()
         if had_turn and not self._finals and not self._user_speaking:
             self._turn_start = None  # handed on: the next speech starts a new turn
+            self._audio.end_turn()
             self._awaiting_final = False
             self._forget_verdict()
 
