@@ -174,6 +174,21 @@ async def test_an_upload_over_the_limit_is_a_413(client: AsyncOpenAI) -> None:
     assert refused.value.status_code == 413
 
 
+async def test_a_form_with_two_files_or_too_many_fields_is_refused(server: VoiceServer) -> None:
+    url = f"{server.url}v1/audio/transcriptions"
+    clip = librivox(CLIP).read_bytes()
+    two = aiohttp.FormData({"model": "whisper-1"})
+    for name in ("a.wav", "b.wav"):
+        two.add_field("file", clip, filename=name, content_type="audio/wav")
+    crowded = aiohttp.FormData({"model": "whisper-1", **{f"x{i}": "y" * 1000 for i in range(100)}})
+    crowded.add_field("file", clip, filename="a.wav", content_type="audio/wav")
+    async with aiohttp.ClientSession() as http:
+        for form, status in ((two, 400), (crowded, 413)):
+            async with http.post(url, data=form) as response:
+                assert response.status == status
+                assert (await response.json())["error"]["type"] == "invalid_request_error"
+
+
 # --- speech ------------------------------------------------------------------------------------------
 
 

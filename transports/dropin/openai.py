@@ -65,7 +65,7 @@ RETRY_AFTER_LOADING = 5
 MAX_SPEECH_BODY = 256 * 1024
 """Largest speech request body (its input is at most ``max_speech_chars``)."""
 MAX_FIELD_BYTES = 64 * 1024
-"""Largest multipart field other than the file (a prompt, say)."""
+"""Most bytes of the multipart fields other than the file (a prompt, say), together."""
 UPLOAD_FORMATS = "wav, flac, mp3, ogg, m4a, mp4, mpeg, mpga, webm"
 """What an upload may be (libsndfile's formats, then FFmpeg's)."""
 TIMING_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -250,7 +250,7 @@ class OpenAIRoutes:
     async def transcriptions(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         limit = self.params.max_upload_bytes
-        if (request.content_length or 0) > limit + MAX_FIELD_BYTES * 8:
+        if (request.content_length or 0) > limit + 2 * MAX_FIELD_BYTES:
             raise wire.RequestError(413, f"the upload is larger than {limit} bytes", param="file")
         engine = self._engine("transcriptions")
         if engine.lane.full:  # refused before the upload is read and decoded, not after
@@ -432,6 +432,7 @@ async def _read_multipart(request: web.Request, limit: int) -> tuple[dict[str, l
         raise wire.RequestError(400, f"the form could not be read: {error}", param="file") from None
     fields: dict[str, list[str]] = {}
     upload: bytes | None = None
+    form_bytes = 0  # every field but the file, together
     while True:
         try:
             part = await reader.next()
@@ -442,10 +443,16 @@ async def _read_multipart(request: web.Request, limit: int) -> tuple[dict[str, l
         if not isinstance(part, BodyPartReader):
             continue
         is_file = part.name == "file"
+        if is_file and upload is not None:
+            raise wire.RequestError(400, "send one file per request", param="file")
         data = await _read_part(part, limit if is_file else MAX_FIELD_BYTES, is_file)
         if is_file:
             upload = data
-        elif part.name:
+            continue
+        form_bytes += len(data)
+        if form_bytes > MAX_FIELD_BYTES:
+            raise wire.RequestError(413, f"the form's fields take more than {MAX_FIELD_BYTES} bytes")
+        if part.name:
             fields.setdefault(part.name, []).append(data.decode("utf-8", "replace"))
     return fields, upload
 
