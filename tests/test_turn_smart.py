@@ -24,6 +24,7 @@ from processors.turn_smart import SmartTurnTaking
 from tests.speech import audio_frames, librivox, read_wav, speech_regions
 
 MAX_WAIT = 1.5
+PAUSE_SECS = turn_model.HEARD_SILENCE
 
 
 class TurnTimes(Observer):
@@ -55,15 +56,21 @@ def speech(cut: float = 1.0) -> tuple[np.ndarray, float]:
     return samples, speech_regions(samples, rate)[1]
 
 
+def silence() -> np.ndarray:
+    """What the microphone sends between the end of speech and the VAD's pause."""
+    return np.zeros(round(PAUSE_SECS * 16000), np.int16)
+
+
 def spoken(
     samples: np.ndarray, end: float, text: str | None, start: float = 0.0, settle: float = 0.05
 ) -> list[Frame | Gap]:
-    """What the recogniser passes on for one stretch of speech: audio, pause, ``settle`` s later the
-    stop, then the final (none if ``text`` is None: a cough the recogniser found no words in)."""
+    """What the recogniser passes on for one stretch of speech: its audio and the silence up to the
+    VAD's pause, the pause, ``settle`` s later the stop, then the final (none if ``text`` is None: a
+    cough the recogniser found no words in)."""
     final = [] if text is None else [TranscriptFrame(text=text)]
     return [
         UserStartedSpeakingFrame(stream_time=start),
-        *audio_frames(samples),
+        *audio_frames(samples, silence()),
         UserSpeechPausedFrame(stream_time=start + end),
         Gap(settle),
         UserStoppedSpeakingFrame(stream_time=start + end),
@@ -102,7 +109,7 @@ def resumed_turn(settle: float, rest_text: str | None) -> list[Frame | Gap]:
     """An unfinished thought, 0.6 s of silence, then the rest of the sentence (or a cough)."""
     first, first_end = speech(cut=0.6)
     whole, whole_end = speech()
-    resumed_at = first.size / 16000
+    resumed_at = (first.size + silence().size) / 16000
     script = [*spoken(first, first_end, "and mister john dashwood had then"), Gap(0.6)]
     rest = whole[first.size :]
     return script + spoken(rest, whole_end - resumed_at, rest_text, start=resumed_at, settle=settle)
