@@ -127,7 +127,7 @@ async def test_speech_that_resumes_within_the_wait_joins_the_same_turn(settle: f
     times, node = TurnTimes(), SmartTurnTaking(max_wait_secs=MAX_WAIT)
     await run_processor(node, [*resumed_turn(settle, "leisure to consider"), Gap(3.0)], observers=[times])
     assert [text for _, text in times.turns] == ["and mister john dashwood had then leisure to consider"]
-    assert [p >= 0.5 for p, _ in node.decisions] == [False, True]
+    assert node.decisions[-1][0] >= 0.5  # the whole sentence sounds finished
     waited = times.turns[0][0] - times.stops[1]
     assert waited < MAX_WAIT - 0.5, f"a finished turn waited {waited:.2f}s after its last stop"
 
