@@ -146,6 +146,34 @@ async def test_a_spoken_turn_is_answered_aloud_and_recorded(tmp_path: Path) -> N
     assert [t.text for t in turns] == [QUESTION]
 
 
+async def test_a_transcript_later_than_the_answer_is_still_recorded_before_it(tmp_path: Path) -> None:
+    fake = FakeOpenAIRealtime(transcripts=[QUESTION], replies=[REPLY], reply_ms=300, speed=8)
+    fake.transcript_delay = 0.8  # the answer is done before the user's words are transcribed
+
+    def steps(speaker: FileOutput) -> Steps:
+        async def user() -> AsyncIterator[Frame]:
+            for frame in speech():
+                yield frame
+            await fake.wait_until(
+                lambda: (
+                    "conversation.item.input_audio_transcription.completed" in fake.sessions[0].types_sent()
+                ),
+                timeout=10.0,
+            )
+
+        return user
+
+    async with fake:
+        captured, _ = await converse(fake, tmp_path, steps)
+    captured.raise_errors()
+    sent = fake.sessions[0].types_sent()
+    assert sent.index("response.done") < sent.index("conversation.item.input_audio_transcription.completed")
+    assert transcript(tmp_path) == [
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": REPLY},
+    ]
+
+
 async def test_a_barge_in_cancels_and_truncates_at_what_was_heard(tmp_path: Path) -> None:
     fake = FakeOpenAIRealtime(replies=[REPLY], reply_ms=6000, speed=2)  # streams for 3 s
 

@@ -10,9 +10,10 @@ sends user audio (``send_audio``), turns what the provider sends into the events
   new: the user's words as a ``TranscriptFrame``; each reply as ``LLMResponseStartFrame``,
   ``TTSStartedFrame``, then per piece of the bot's transcript an ``LLMTextFrame`` (what was said) and a
   ``TTSTextFrame`` (what the audio after it speaks) before ``BotAudioFrame``\\ s of ``chunk_ms``, and
-  ``TTSStoppedFrame``, ``LLMResponseEndFrame``. The output transport plays the audio and reports each
-  ``TTSTextFrame`` as it starts playing (``SpokenTextFrame``), so the recorder keeps what was heard.
-  The user's audio passes on.
+  ``TTSStoppedFrame``, ``LLMResponseEndFrame``. Providers transcribe the user beside the reply, so
+  a reply's end waits up to ``TRANSCRIPT_WAIT`` for its turn's words: the recording keeps them first.
+  The output transport plays the audio and reports each ``TTSTextFrame`` as it starts playing
+  (``SpokenTextFrame``), so the recorder keeps what was heard. The user's audio passes on.
 * **Turn detection**: ``turn_detection: server`` (default) lets the provider's VAD find turns and
   answer by itself; ``local`` leaves it to a VAD node before this one: its ``UserStoppedSpeakingFrame``
   commits the turn (once the audio up to the stop has been sent) and asks for the answer.
@@ -78,12 +79,16 @@ __all__ = [
     "SpeechToSpeechParams",
     "ToolCallsRequested",
     "UserTranscript",
+    "UserTurnEnded",
 ]
 
 log = logging.getLogger("processors.s2s")
 
 CANCELLED_RESULT = '{"error": "cancelled: the user interrupted"}'
 """What the model reads for a tool call a barge-in cancelled (the call never stays unanswered)."""
+TRANSCRIPT_WAIT = 3.0
+"""Seconds a reply's end waits for the transcript of the user's turn, so the recording keeps the
+turn before its answer; then the end goes on without it."""
 
 
 # --- what a provider's session reports -----------------------------------------------------------
@@ -95,8 +100,14 @@ class SpeechStarted:
 
 
 @dataclass(slots=True)
+class UserTurnEnded:
+    """The provider took the user's turn (committed its audio); its ``UserTranscript`` follows,
+    maybe after the reply (transcription runs beside the response)."""
+
+
+@dataclass(slots=True)
 class UserTranscript:
-    """What the user said in one turn (the provider's input transcription)."""
+    """What the user said in one turn (the provider's input transcription; empty if it failed)."""
 
     text: str
 
@@ -153,6 +164,7 @@ class ProviderError:
 
 Event = (
     SpeechStarted
+    | UserTurnEnded
     | UserTranscript
     | ResponseStarted
     | BotAudio
@@ -247,6 +259,8 @@ class SpeechToSpeech(Processor):
         self._sent_seconds = 0.0  # user audio sent, in seconds of stream
         self._commit_at: float | None = None  # local turns: commit once audio up to here was sent
         self._turn_ended_at = 0.0  # perf_counter() when the user's turn ended, for ttfb
+        self._transcripts_due = 0  # user turns taken whose transcript has not come yet
+        self._held_end: asyncio.Task[None] | None = None  # a reply's end waiting for that transcript
 
     def check(self) -> list[Problem]:
         """Unusable ``tools`` entries; providers add their own problems to these."""
@@ -307,8 +321,10 @@ class SpeechToSpeech(Processor):
             if receiver is not None and not receiver.done():
                 receiver.cancel()
                 await asyncio.wait({receiver}, timeout=5.0)
-            if self._reply is not None and not (self.ended or self.inbox.closed):
-                await self._end_reply()
+            if not (self.ended or self.inbox.closed):
+                if self._reply is not None:
+                    await self._end_reply()
+                await self._release_end()
         finally:
             self._live = False
             await self.close_session()
@@ -386,9 +402,15 @@ class SpeechToSpeech(Processor):
             if self.params.turn_detection == "server" and self._bot_active():
                 await self._barge_in()
             self._turn_ended_at = 0.0
+        elif isinstance(event, UserTurnEnded):
+            self._transcripts_due += 1
         elif isinstance(event, UserTranscript):
-            if event.text.strip():
-                await self.push(TranscriptFrame(text=event.text.strip()))
+            self._transcripts_due = max(0, self._transcripts_due - 1)
+            async with self._push_lock:
+                if event.text.strip():
+                    await self.push(TranscriptFrame(text=event.text.strip()))
+                if not self._transcripts_due:
+                    await self._release_end()
         elif isinstance(event, ResponseStarted):
             self._responding = True
             if not self._turn_ended_at:
@@ -423,6 +445,7 @@ class SpeechToSpeech(Processor):
 
     async def _open_reply(self) -> _Reply:
         if self._reply is None:
+            await self._release_end()
             self._reply = _Reply()
             await self.push(LLMResponseStartFrame())
             await self.push(TTSStartedFrame())
@@ -478,7 +501,26 @@ class SpeechToSpeech(Processor):
             reply.audio.extend(bytes(2))
             await self._push_audio(reply, pad=True)
         await self.push(TTSStoppedFrame())
-        await self.push(LLMResponseEndFrame())
+        if not self._transcripts_due:
+            await self.push(LLMResponseEndFrame())
+            return
+        name = f"s2s-held-end:{self.name}"
+        self._held_end = asyncio.get_running_loop().create_task(self._end_when_due(), name=name)
+
+    async def _end_when_due(self) -> None:
+        """The held reply end goes on by itself if the user's transcript is late."""
+        await asyncio.sleep(TRANSCRIPT_WAIT)
+        async with self._push_lock:
+            self._transcripts_due = 0
+            self._held_end = None
+            await self.push(LLMResponseEndFrame())
+
+    async def _release_end(self) -> None:
+        """Send the held reply end now (the transcript came, the next reply or a barge-in begins)."""
+        held, self._held_end = self._held_end, None
+        if held is not None and not held.done():
+            held.cancel()
+            await self.push(LLMResponseEndFrame())
 
     # --- barge-in -------------------------------------------------------------------------------------
 
@@ -491,6 +533,7 @@ class SpeechToSpeech(Processor):
             active = self._responding
             self._responding = False
             self._reply = None
+            await self._release_end()
             cuts = self.clock.cut(time.monotonic())
             if push_frame:
                 await self.push(InterruptionFrame())
@@ -582,9 +625,10 @@ class SpeechToSpeech(Processor):
         self._live = False
         self._responding = False
         await self._stop_tools(cancel_background=True)
-        if self._reply is not None:
-            async with self._push_lock:
+        async with self._push_lock:
+            if self._reply is not None:
                 await self._end_reply()
+            await self._release_end()
 
 
 def _is_background(toolset: ToolSet, name: str) -> bool:

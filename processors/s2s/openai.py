@@ -52,6 +52,7 @@ from processors.s2s.base import (
     SpeechToSpeechParams,
     ToolCallsRequested,
     UserTranscript,
+    UserTurnEnded,
 )
 
 if TYPE_CHECKING:
@@ -80,7 +81,8 @@ class OpenAIRealtimeParams(SpeechToSpeechParams):
         None, doc="socket base URL (ws://host/v1) when not derived from base_url; null or empty = derived"
     )
     transcription_model: str = param(
-        "gpt-4o-mini-transcribe", doc="model that transcribes the user's turns (for the recording)"
+        "gpt-4o-mini-transcribe",
+        doc="model that transcribes the user's turns (for the recording); empty = none",
     )
     silence_duration_ms: int = param(500, ge=0, doc="server VAD: silence that ends a turn, in ms")
     vad_threshold: float = param(0.5, ge=0, le=1, doc="server VAD: speech probability threshold")
@@ -133,7 +135,7 @@ class OpenAIRealtime(SpeechToSpeech):
             "audio": {
                 "input": {
                     "format": {"type": "audio/pcm", "rate": RATE},
-                    "transcription": {"model": p.transcription_model},
+                    "transcription": {"model": p.transcription_model} if p.transcription_model else None,
                     "turn_detection": detection,
                 },
                 "output": {"format": {"type": "audio/pcm", "rate": RATE}, "voice": p.voice},
@@ -231,8 +233,12 @@ class OpenAIRealtime(SpeechToSpeech):
             return [BotTranscript(event.delta, event.item_id, event.response_id)]
         if kind == "input_audio_buffer.speech_started":
             return [SpeechStarted()]
+        if kind == "input_audio_buffer.committed":
+            return [UserTurnEnded()] if self.params.transcription_model else []
         if kind == "conversation.item.input_audio_transcription.completed":
             return [UserTranscript(event.transcript or "")]
+        if kind == "conversation.item.input_audio_transcription.failed":
+            return [UserTranscript("")]
         if kind == "response.created":
             self._response_id = event.response.id or ""
             self._calls = []

@@ -11,7 +11,8 @@ function call; the answer waits for ``function_call_output`` and ``response.crea
 output. Speech during a response cancels it (``turn_detected``); ``response.cancel`` with nothing
 active and a commit of less than 100 ms are ``error`` events; ``conversation.item.truncate`` is
 checked against the audio sent. Knobs: the accepted key (others: HTTP 401, or ``error`` +
-close 1008 for ``bad_key``), a fixed delay before each answer, and a close with a chosen code.
+close 1008 for ``bad_key``), a fixed delay before each answer, a late transcription of the user's
+turn (after the answer), and a close with a chosen code.
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ class FakeOpenAIRealtime(LocalServer):
         reply_ms: int = 1500,
         speed: float = 4.0,
         response_delay: float = 0.0,
+        transcript_delay: float = 0.0,
         tool_arguments: str | None = None,
         energy_threshold: float = 500.0,
         close_after_responses: int | None = None,
@@ -135,6 +137,7 @@ class FakeOpenAIRealtime(LocalServer):
         self.reply_ms = reply_ms  # audio per answer
         self.speed = speed  # answers stream this many times faster than real time
         self.response_delay = response_delay  # seconds between a commit (or response.create) and the answer
+        self.transcript_delay = transcript_delay  # seconds after a commit before the user's transcription
         self.tool_arguments = tool_arguments  # with tools: call the first one with these before answering
         self.energy_threshold = energy_threshold  # mean |sample| at or above this is speech
         self.close_after_responses = close_after_responses  # close the socket once this many were done
@@ -203,6 +206,7 @@ class _Conversation:
         self.response_id = ""
         self.pending_call: str | None = None  # call id waiting for its output
         self.tool_turns = 0  # user turns that got a function call already
+        self.late: set[asyncio.Task[None]] = set()  # transcriptions sent late
         self.closing = False
 
     async def send(self, event: dict[str, Any]) -> None:
@@ -229,9 +233,11 @@ class _Conversation:
                 await self.error(error, event.get("event_id"))
 
     async def stop(self) -> None:
-        if self.response is not None and not self.response.done():
-            self.response.cancel()
-            await asyncio.wait({self.response}, timeout=2.0)
+        tasks = {t for t in (self.response, *self.late) if t is not None and not t.done()}
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
 
     async def handle(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -337,7 +343,15 @@ class _Conversation:
         await self.send({"type": "conversation.item.done", "previous_item_id": None, "item": item})
         completed = {"type": "conversation.item.input_audio_transcription.completed", "item_id": item_id}
         usage = {"type": "duration", "seconds": 1.0}
-        await self.send({**completed, "content_index": 0, "transcript": text, "usage": usage})
+        transcription = {**completed, "content_index": 0, "transcript": text, "usage": usage}
+        if self.fake.transcript_delay:  # transcription runs beside the response: it may come last
+            self.late.add(asyncio.get_running_loop().create_task(self.send_later(transcription)))
+        else:
+            await self.send(transcription)
+
+    async def send_later(self, event: dict[str, Any]) -> None:
+        await asyncio.sleep(self.fake.transcript_delay)
+        await self.send(event)
 
     # --- responses -------------------------------------------------------------------------------------
 
