@@ -162,6 +162,17 @@ def test_a_signature_without_a_schema_is_refused_by_name() -> None:
         tool_from_function(takes_a_date)
 
 
+async def test_a_schema_given_in_yaml_serves_a_function_with_keyword_arguments() -> None:
+    def anything(**fields: str) -> dict[str, str]:
+        """Store whatever it is given."""
+        return fields
+
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    tool = tool_from_function(anything, parameters=schema)
+    assert tool.parameters == schema and tool.description == "Store whatever it is given."
+    assert await run(ToolSet([tool]), "anything", {"name": "Ada"}) == {"name": "Ada"}
+
+
 def test_docstring_paragraph_and_args_with_types_and_continuations() -> None:
     doc = """Look a word up
     in the dictionary.

@@ -219,6 +219,11 @@ def tool_from_function(
         if _bare(hint) is ToolContext:
             context_parameter = parameter.name
             continue
+        inner = _without_none(hint)
+        if isinstance(inner, type) and issubclass(inner, enum.Enum):
+            enums[parameter.name] = inner
+        if parameters is not None:
+            continue  # the schema is given: the signature only says what to pass and convert
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD, parameter.POSITIONAL_ONLY):
             raise ToolSchemaError(
                 f"{_qualname(function)}: parameter '{parameter.name}' is {parameter.kind.description}; "
@@ -230,9 +235,6 @@ def tool_from_function(
             raise ToolSchemaError(f"{_qualname(function)}: parameter '{parameter.name}': {error}") from None
         if parameter.name in arg_docs:
             schema["description"] = arg_docs[parameter.name]
-        inner = _without_none(hint)
-        if isinstance(inner, type) and issubclass(inner, enum.Enum):
-            enums[parameter.name] = inner
         if parameter.default is parameter.empty:
             required.append(parameter.name)
         elif _is_json(parameter.default):
