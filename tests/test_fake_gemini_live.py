@@ -98,6 +98,12 @@ async def test_a_spoken_turn_with_transcripts_and_audio(fake: FakeGeminiLive) ->
     assert after.usage_metadata is not None and after.usage_metadata.total_token_count == 24
 
 
+def spoken(messages: list[types.LiveServerMessage]) -> str:
+    """The output transcription of ``messages``."""
+    contents = [m.server_content for m in messages if m.server_content]
+    return "".join(c.output_transcription.text or "" for c in contents if c.output_transcription)
+
+
 async def one_turn_start(session: Any) -> types.LiveServerMessage:
     """The first message of the next ``receive()``."""
 
@@ -138,9 +144,7 @@ async def test_tool_call_waits_for_the_response_with_its_id(fake: FakeGeminiLive
     assert sent.tool_responses == [
         {"id": "function-call-1", "name": "get_weather", "response": {"temp_c": 21}}
     ]
-    contents = [m.server_content for m in rest if m.server_content]
-    said = [c.output_transcription.text or "" for c in contents if c.output_transcription]
-    assert "".join(said) == "Sunny."
+    assert spoken(rest) == "Sunny."
 
 
 async def test_barge_in_interrupts_and_a_pending_call_is_cancelled(fake: FakeGeminiLive) -> None:
@@ -210,3 +214,27 @@ async def test_an_unknown_tool_response_id_closes_1007(fake: FakeGeminiLive) -> 
         with pytest.raises(errors.APIError) as raised:
             await one_turn(session)
     assert raised.value.code == 1007 and "unknown id 'nope'" in str(raised.value.details)
+
+
+async def test_a_session_resumes_from_a_handle(fake: FakeGeminiLive) -> None:
+    fake.turns = [LiveTurn(heard="One.", reply="First."), LiveTurn(heard="Two.", reply="Second.")]
+    config = types.LiveConnectConfig(session_resumption=types.SessionResumptionConfig())
+    async with client(fake).aio.live.connect(model=MODEL, config=config) as session:
+        await session.send_realtime_input(text="one")
+        await one_turn(session)
+        after = [await one_turn_start(session), await one_turn_start(session)]
+    [update] = [m.session_resumption_update for m in after if m.session_resumption_update]
+    assert update.resumable is True and update.new_handle == "handle-1"
+    config = types.LiveConnectConfig(
+        session_resumption=types.SessionResumptionConfig(handle=update.new_handle)
+    )
+    async with client(fake).aio.live.connect(model=MODEL, config=config) as session:
+        await session.send_realtime_input(text="two")
+        messages = await one_turn(session)
+    assert spoken(messages) == "Second."
+    assert fake.sessions[1].resumed_from == "handle-1"
+    with pytest.raises(errors.APIError) as raised:
+        config = types.LiveConnectConfig(session_resumption=types.SessionResumptionConfig(handle="nope"))
+        async with client(fake).aio.live.connect(model=MODEL, config=config):
+            pass
+    assert raised.value.code == 1007

@@ -393,3 +393,53 @@ async def test_the_live_assistant_config_answers_a_browser_aloud_and_records_it(
         ("user", QUESTION),
         ("assistant", REPLY),
     ]
+
+
+async def test_after_go_away_the_session_resumes_on_a_new_connection(
+    fake: FakeGeminiLive, tmp_path: Path
+) -> None:
+    fake.turns = [LiveTurn(heard=QUESTION, reply=REPLY), LiveTurn(heard="And tomorrow?", reply="Rain.")]
+
+    def steps(speaker: Any) -> Steps:
+        async def user() -> AsyncIterator[Frame]:
+            for frame in speech():
+                yield frame
+            await fake.wait_until(lambda: "sessionResumptionUpdate" in fake.sessions[0].kinds_sent(), 10.0)
+            await poll(lambda: played(speaker) * 1000 >= fake.sessions[0].audio_out_ms - 1)
+            await fake.go_away("1s")
+            await fake.close_sessions(1000, "Session duration limit reached.")  # the time ran out
+            await fake.wait_until(lambda: len(fake.sessions) == 2 and fake.sessions[1].sent, 10.0)
+            for frame in speech():
+                yield frame
+            await fake.wait_until(lambda: answered(fake.sessions[1]), timeout=10.0)
+
+        return user
+
+    node = live(fake)
+    captured, _ = await converse(fake, tmp_path, steps, node=node)
+    captured.raise_errors()
+    first, second = fake.sessions
+    assert pick(first.setup, "sessionResumption") == {} and first.close_code == 1000
+    assert second.resumed_from == "handle-1" and node.resumptions == 1
+    assert second.user_turns == ["And tomorrow?"]  # the conversation went on where it was
+    assert [m["content"] for m in transcript(tmp_path)] == [QUESTION, REPLY, "And tomorrow?", "Rain."]
+
+
+async def test_without_resume_a_go_away_close_ends_the_conversation(
+    fake: FakeGeminiLive, tmp_path: Path
+) -> None:
+    def steps(speaker: Any) -> Steps:
+        async def user() -> AsyncIterator[Frame]:
+            for frame in speech():
+                yield frame
+            await fake.wait_until(lambda: answered(fake.sessions[0]), timeout=10.0)
+            await fake.go_away("1s")
+            await fake.close_sessions(1000, "Session duration limit reached.")
+            await fake.wait_until(lambda: not fake.sessions[0].open, timeout=5.0)
+
+        return user
+
+    captured, _ = await converse(fake, tmp_path, steps, resume=False)
+    [error] = captured.errors
+    assert "close 1000: Session duration limit reached." in error.message and len(fake.sessions) == 1
+    assert pick(fake.sessions[0].setup, "sessionResumption") is None

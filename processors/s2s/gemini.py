@@ -26,12 +26,19 @@ The SDK dials ``wss://`` whatever the scheme of ``base_url``; a server with its 
 authority (a TLS proxy, a test server) is trusted through ``SSL_CERT_FILE``, which the SDK reads.
 ``api_version`` is ``v1beta`` (the Live API's; the SDK's own default is ``v1``). A key or model refused
 at setup (close 1007/1008) ends the graph with a clear message; a connection closed later ends the
-node's conversation with its close code and reason, what was said so far being recorded. ``goAway``
-(the server will close soon: connections last ~10 minutes) is logged as a warning.
+node's conversation with its close code and reason, what was said so far being recorded.
+
+A connection lives ~10 minutes; the server says ``goAway`` before it closes one. The setup asks for
+session resumption, so the server hands out a handle after each turn; the close that follows a
+``goAway`` is resumed from the last handle on a new connection (``resume: false`` ends the call
+there instead). A reply the close cut ends as heard, and the user's audio of the moment between
+the two connections is recorded but not heard by the model.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -88,6 +95,9 @@ class GeminiLiveParams(SpeechToSpeechParams):
     voice: str | None = param(None, doc="prebuilt voice (Puck, Charon, Kore, Aoede, ...); null = default")
     base_url: str | None = param(None, doc="API endpoint (the SDK always dials wss://); null = Google's")
     api_version: str = param("v1beta", doc="API version segment of the Live endpoint")
+    resume: bool = param(
+        True, doc="when the server says goAway (a connection lasts ~10 min), resume on a new connection"
+    )
 
 
 class GeminiLive(SpeechToSpeech):
@@ -103,7 +113,7 @@ class GeminiLive(SpeechToSpeech):
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}  # totals over the session
-        self.session_handle: str | None = None  # the server's session id, when it names one
+        self.server_session_id: str | None = None  # the server's session id, when it names one
         self._client: genai.Client | None = None
         self._connection: Any = None  # the SDK's connect() context manager, entered
         self._session: live.AsyncSession | None = None
@@ -111,6 +121,10 @@ class GeminiLive(SpeechToSpeech):
         self._turn = ""  # the model's turn in progress ("" between turns)
         self._heard: list[str] = []  # pieces of the user's transcription not yet sent as a turn
         self._unwanted: set[str] = set()  # call ids the server cancelled: their results are not sent
+        self._resume_handle: str | None = None  # the last resumption handle the server gave
+        self._going_away = False  # the server said goAway: the next close is resumed from
+        self._resuming = False  # between two connections: user audio is not sent
+        self.resumptions = 0  # connections resumed after a goAway
         self._closing = False
 
     def check(self) -> list[Problem]:
@@ -140,6 +154,8 @@ class GeminiLive(SpeechToSpeech):
         declarations = [live_declaration(schema) for schema in self.toolset.schemas()]
         if declarations:
             config.tools = [types.Tool(function_declarations=declarations)]
+        if p.resume:
+            config.session_resumption = types.SessionResumptionConfig(handle=self._resume_handle)
         if p.turn_detection == "local":
             config.realtime_input_config = types.RealtimeInputConfig(
                 automatic_activity_detection=types.AutomaticActivityDetection(disabled=True)
@@ -150,12 +166,19 @@ class GeminiLive(SpeechToSpeech):
 
     async def open_session(self) -> None:
         from google import genai
-        from google.genai import errors, types
+        from google.genai import types
 
         p = self.params
         http = types.HttpOptions(base_url=p.base_url or None, api_version=p.api_version)
         self._client = genai.Client(api_key=p.api_key, http_options=http)
-        connection = self._client.aio.live.connect(model=p.model, config=self.live_config())
+        await self._connect()
+
+    async def _connect(self) -> None:
+        """Open a connection and complete its setup (resuming from the last handle when there is one)."""
+        from google.genai import errors
+
+        assert self._client is not None
+        connection = self._client.aio.live.connect(model=self.params.model, config=self.live_config())
         try:
             self._session = await connection.__aenter__()
         except errors.APIError as error:
@@ -165,7 +188,7 @@ class GeminiLive(SpeechToSpeech):
                 f"{self.name}: cannot connect to {self.server}: {type(error).__name__}: {error}"
             ) from None
         self._connection = connection
-        self.session_handle = self._session.session_id
+        self.server_session_id = self._session.session_id
 
     def _refusal(self, error: Any) -> str:
         """Why the server closed the socket instead of completing the setup, and what to check."""
@@ -181,20 +204,48 @@ class GeminiLive(SpeechToSpeech):
     async def events(self) -> AsyncIterator[Event]:
         from google.genai import errors
 
-        assert self._session is not None
-        try:
-            while not self._closing:
-                async for message in self._session.receive():  # one model turn per receive()
+        while not self._closing:
+            try:
+                async for message in self._sdk_session().receive():  # one model turn per receive()
                     for event in self._translate(message):
                         yield event
-        except errors.APIError as error:
-            if self._closing:
-                return
-            reason = self.hide_secrets(str(error.details or error.message or "no reason"))
+            except errors.APIError as error:
+                if self._closing:
+                    return
+                reason = self.hide_secrets(str(error.details or error.message or "no reason"))
+                if not (self._going_away and self._resume_handle and self.params.resume):
+                    closed = f"the connection to {self.server} closed (close {error.code}: {reason})"
+                    raise SessionClosed(
+                        f"{self.name}: {closed}; the rest of the conversation is recorded but not answered"
+                    ) from None
+                for event in await self._resume():
+                    yield event
+
+    async def _resume(self) -> list[Event]:
+        """The server closed the connection it announced it would close: go on on a new one, from
+        the last handle. A turn the close cut ends as it was heard."""
+        self._resuming = True
+        self._going_away = False
+        events: list[Event] = []
+        if self._turn:
+            events.append(ResponseDone(self._turn, "incomplete"))
+            self._turn = ""
+        old, self._connection, self._session = self._connection, None, None
+        if old is not None:
+            with contextlib.suppress(Exception):  # the socket is closed already
+                await old.__aexit__(None, None, None)
+        try:
+            await asyncio.wait_for(self._connect(), self.params.connect_timeout)
+        except (FatalProcessorError, TimeoutError) as error:
             raise SessionClosed(
-                f"{self.name}: the connection to {self.server} closed (close {error.code}: {reason}); "
+                f"{self.name}: resuming the session after goAway failed ({error or 'timed out'}); "
                 "the rest of the conversation is recorded but not answered"
             ) from None
+        finally:
+            self._resuming = False
+        self.resumptions += 1
+        log.info("%s: %s session resumed on a new connection", self.name, self.service)
+        return events
 
     def _translate(self, message: types.LiveServerMessage) -> list[Event]:
         """The base's events for one server message, in the order they must be handled."""
@@ -228,12 +279,15 @@ class GeminiLive(SpeechToSpeech):
         if message.tool_call_cancellation is not None:
             self.cancel_tool_calls(message.tool_call_cancellation.ids or [])
         if message.go_away is not None:
-            log.warning(
-                "%s: %s will close the connection in %s (goAway)",
-                self.name,
-                self.service,
+            self._going_away = True
+            left, then = (
                 message.go_away.time_left,
+                "resuming then" if self.params.resume else "ending the call",
             )
+            log.info("%s: %s closes the connection in %s (goAway): %s", self.name, self.service, left, then)
+        update = message.session_resumption_update
+        if update is not None and update.resumable and update.new_handle:
+            self._resume_handle = update.new_handle
         if message.usage_metadata is not None:
             self.usage["prompt_tokens"] += message.usage_metadata.prompt_token_count or 0
             self.usage["completion_tokens"] += message.usage_metadata.response_token_count or 0
@@ -275,11 +329,18 @@ class GeminiLive(SpeechToSpeech):
                 del self._tools[task]
 
     async def send_audio(self, pcm: bytes) -> None:
+        import websockets
         from google.genai import types
 
-        await self._sdk_session().send_realtime_input(
-            audio=types.Blob(data=pcm, mime_type=f"audio/pcm;rate={INPUT_RATE}")
-        )
+        session = self._session
+        if session is None or self._resuming:
+            return  # between two connections: the model misses it (the recording keeps it)
+        try:
+            await session.send_realtime_input(
+                audio=types.Blob(data=pcm, mime_type=f"audio/pcm;rate={INPUT_RATE}")
+            )
+        except websockets.exceptions.ConnectionClosed:
+            return  # the receiving side reports the close, or resumes
 
     async def begin_user_turn(self) -> None:
         from google.genai import types

@@ -14,7 +14,9 @@ calls and setup declared tools (it then waits for the ``tool_response`` with the
 ``turnComplete``, ``usageMetadata``. Loud input while a reply is under way interrupts it
 (``interrupted``, ``turnComplete``; ``toolCallCancellation`` first if a call was pending). Keys are
 read in camelCase or snake_case, audio in either base64 alphabet, frames as text or binary. A bad key
-closes 1008 after the setup; ``close_sessions`` and ``go_away`` let a test end sessions its way.
+closes 1008 after the setup; ``close_sessions`` and ``go_away`` let a test end sessions its way. A
+setup that asks for session resumption gets a ``sessionResumptionUpdate`` handle after each turn; a
+new session whose setup names one goes on with the script where that session was.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class LiveSession:
     cancelled_calls: list[str] = field(default_factory=list)  # ids sent in toolCallCancellation
     close_code: int | None = None  # the code the server closed with (None: the client closed)
     open: bool = True
+    resumed_from: str | None = None  # the resumption handle this session's setup named
     turn_ends: list[float] = field(default_factory=list)  # time.monotonic() at each user turn's end
     first_audio: list[float] = field(default_factory=list)  # ... at each reply's first audio sent
     interrupts: list[float] = field(default_factory=list)  # ... at each reply the user interrupted
@@ -156,6 +159,7 @@ class FakeGeminiLive(LocalServer):
         self.barge_in_ms = barge_in_ms  # speech during a reply that interrupts it
         self.tool_response_timeout = tool_response_timeout  # a pending call not answered: close 1011
         self.sessions: list[LiveSession] = []
+        self.handles: dict[str, int] = {}  # resumption handle given out -> user turns answered by then
         self.cert_file = Path()  # set by start(): the certificate a client must trust
         self._folder: tempfile.TemporaryDirectory[str] | None = None
         self._open: dict[int, tuple[web.WebSocketResponse, LiveSession]] = {}
@@ -242,6 +246,7 @@ class _Conversation:
         self.barge_ms = 0.0  # speech heard while the reply runs
         self.turns = 0  # user turns answered
         self.manual = False  # automatic activity detection off: activityStart/End mark the turns
+        self.resumable = False  # setup asked for session resumption: handles follow each turn
 
     async def run(self) -> None:
         first = await self._receive()
@@ -255,6 +260,13 @@ class _Conversation:
             raise _Protocol(1008, BAD_KEY_REASON)
         detection = pick(pick(setup, "realtimeInputConfig"), "automaticActivityDetection")
         self.manual = bool(pick(detection, "disabled"))
+        resumption = pick(setup, "sessionResumption")
+        self.resumable = isinstance(resumption, dict)
+        if self.resumable and (handle := pick(resumption, "handle")):
+            if handle not in self.fake.handles:
+                raise _Protocol(1007, "Invalid session resumption handle.")
+            self.session.resumed_from = handle
+            self.turns = self.fake.handles[handle]  # the conversation goes on where it was
         await self._send({"setupComplete": {}})
         try:
             while (message := await self._receive()) is not None:
@@ -365,6 +377,10 @@ class _Conversation:
         words = len(turn.reply.split())
         usage = {"promptTokenCount": 20, "responseTokenCount": words, "totalTokenCount": 20 + words}
         await self._send({"usageMetadata": usage})
+        if self.resumable:
+            handle = f"handle-{len(self.fake.handles) + 1}"
+            self.fake.handles[handle] = self.turns
+            await self._send({"sessionResumptionUpdate": {"newHandle": handle, "resumable": True}})
 
     async def _call_tools(self, calls: Sequence[FakeFunctionCall]) -> list[dict[str, Any]]:
         """Send the calls and wait until every one has its response; the responses."""
