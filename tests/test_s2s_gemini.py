@@ -443,3 +443,32 @@ async def test_without_resume_a_go_away_close_ends_the_conversation(
     [error] = captured.errors
     assert "close 1000: Session duration limit reached." in error.message and len(fake.sessions) == 1
     assert pick(fake.sessions[0].setup, "sessionResumption") is None
+
+
+async def test_words_over_a_reply_still_playing_stop_it(fake: FakeGeminiLive, tmp_path: Path) -> None:
+    """The model's turn is complete (all its audio sent) but plays on: Gemini sends no ``interrupted``
+    then, so the user's next words, once transcribed, are the barge-in."""
+    fake.turns = [LiveTurn(heard=QUESTION, reply=STORY), LiveTurn(heard="Stop.", reply="Okay.")]
+    fake.chunk_delay = 0.0  # the whole reply arrives at once
+
+    def steps(speaker: Any) -> Steps:
+        async def user() -> AsyncIterator[Frame]:
+            for frame in speech():
+                yield frame
+            await fake.wait_until(lambda: answered(fake.sessions[0]), timeout=10.0)
+            await poll(lambda: played(speaker) >= 1.0)
+            for frame in audio_frames(tone(0.3), silence(0.8)):  # a new turn over the old reply
+                yield frame
+            await fake.wait_until(lambda: answered(fake.sessions[0], 2), timeout=10.0)
+            await poll(lambda: not speaker._playout.speaking, timeout=5.0)
+
+        return user
+
+    captured, _ = await converse(fake, tmp_path, steps)
+    captured.raise_errors()
+    [session] = fake.sessions
+    assert session.interrupted == 0 and len(captured.of(InterruptionFrame)) == 1
+    first, said, second = transcript(tmp_path)[1:]
+    assert first["type"] == "interrupted" and STORY.startswith(first["content"].rstrip())
+    assert (said["content"], second["content"]) == ("Stop.", "Okay.")
+    assert seconds(tmp_path / "heard.wav") < session.audio_out_ms / 1000 - 1.0
