@@ -214,9 +214,23 @@ async def test_speech_streams_pcm_and_wav_that_whisper_hears_as_the_input(client
     assert wer(SPEECH_TEXT, heard.text) <= 0.2, heard.text
 
 
+async def test_speech_in_openais_default_mp3_and_in_opus_is_heard_as_the_input(client: AsyncOpenAI) -> None:
+    mp3 = await client.audio.speech.create(model="tts-1", voice="alloy", input=SPEECH_TEXT)  # no format: mp3
+    assert mp3.response.headers["content-type"] == "audio/mpeg"
+    heard = await client.audio.transcriptions.create(model="whisper-1", file=("speech.mp3", mp3.content))
+    assert wer(SPEECH_TEXT, heard.text) <= 0.2, heard.text
+    async with client.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="echo", input=SPEECH_TEXT, response_format="opus"
+    ) as response:
+        assert response.headers["content-type"] == "audio/ogg"
+        opus = await response.read()
+    heard = await client.audio.transcriptions.create(model="whisper-1", file=("speech.ogg", opus))
+    assert wer(SPEECH_TEXT, heard.text) <= 0.2, heard.text
+
+
 @pytest.mark.parametrize(
     ("voice", "kind", "param"),
-    [("robot", "pcm", "voice"), ("alloy", "mp3", "response_format"), ("alloy", "opus", "response_format")],
+    [("robot", "pcm", "voice"), ("alloy", "m4a", "response_format"), ("alloy", "ogg", "response_format")],
 )
 async def test_speech_refuses_an_unknown_voice_or_format(
     client: AsyncOpenAI, voice: str, kind: Any, param: str

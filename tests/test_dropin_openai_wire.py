@@ -14,7 +14,14 @@ import soundfile
 
 from pipeline import config
 from transports.dropin import openai_wire as wire
-from transports.dropin.openai_audio import AudioUploadError, decode_upload, pieces, streamed_wav_header
+from transports.dropin.openai_audio import (
+    COMPRESSED,
+    AudioUploadError,
+    CompressedAudio,
+    decode_upload,
+    pieces,
+    streamed_wav_header,
+)
 from transports.dropin.openai_engines import EngineBusy, Lane
 
 USER = {"role": "user", "content": "Hi"}
@@ -91,7 +98,7 @@ def test_speech_requests_name_a_served_voice_and_format() -> None:
     assert wire.parse_speech(body, voices, 100).voice == "nova"
     changes: list[tuple[dict[str, Any], str]] = [
         ({"voice": "robot"}, "voice"),
-        ({"response_format": "mp3"}, "response_format"),
+        ({"response_format": "m4a"}, "response_format"),
         ({"input": "  "}, "input"),
         ({"input": "x" * 101}, "input"),
         ({"speed": 9}, "speed"),
@@ -99,7 +106,7 @@ def test_speech_requests_name_a_served_voice_and_format() -> None:
     for change, param in changes:
         assert refused(wire.parse_speech, {**body, **change}, voices, 100).param == param
     without_format = {key: value for key, value in body.items() if key != "response_format"}
-    assert refused(wire.parse_speech, without_format, voices, 100).param == "response_format"  # OpenAI's mp3
+    assert wire.parse_speech(without_format, voices, 100).response_format == "mp3"  # OpenAI's default
 
 
 def test_transcription_fields_are_checked_and_whisper_1_never_streams() -> None:
@@ -195,6 +202,17 @@ def test_the_streamed_wav_header_says_24_khz_16_bit_mono_of_unknown_length() -> 
     assert len(header) == 44 and header[:4] == b"RIFF" and header[36:40] == b"data"
     assert struct.unpack("<HHIIHH", header[20:36]) == (1, 1, 24000, 48000, 2, 16)
     assert header[4:8] == header[40:44] == b"\xff\xff\xff\xff"
+
+
+@pytest.mark.parametrize("kind", sorted(COMPRESSED))
+def test_compressed_speech_streams_as_it_is_encoded_and_decodes_to_the_same_length(kind: str) -> None:
+    tone = (np.sin(np.arange(24000 * 3) / 4) * 8000).astype("<i2").tobytes()
+    encoder = CompressedAudio(kind, 24000)
+    parts = [encoder.encode(tone[start : start + 9602]) for start in range(0, len(tone), 9602)]
+    parts.append(encoder.close())
+    assert sum(map(len, parts[:-1])) > 0  # bytes left before the end: the stream did not wait for it
+    samples = decode_upload(b"".join(parts), 60.0)
+    assert abs(len(samples) - 16000 * 3) <= 16000 * 0.1, kind
 
 
 async def test_a_lane_serves_in_turn_and_refuses_past_its_waiting_line() -> None:

@@ -10,7 +10,8 @@ by the config's own engine nodes, so a client written for OpenAI runs unchanged 
   ``stream=true`` sends ``transcript.text.delta`` events as each piece (up to 28 s, cut at a pause)
   is transcribed, then ``transcript.text.done`` (not for ``whisper-1``, as OpenAI does).
 * ``POST /v1/audio/speech``: ``input`` spoken by the TTS node, sentence by sentence, streamed as it is
-  made (chunked): ``pcm`` (24 kHz s16le mono) or ``wav``. Every OpenAI voice name is served.
+  made (chunked), at 24 kHz mono: ``mp3`` (OpenAI's default), ``opus``, ``aac``, ``flac``, ``wav`` or
+  ``pcm`` (s16le). Every OpenAI voice name is served; ``speed`` and ``instructions`` are not applied.
 * ``POST /v1/chat/completions``: the LLM node answers the messages as given, streamed (SSE chunks,
   ``data: [DONE]``, a usage chunk with ``stream_options.include_usage``) or whole;
   ``max_completion_tokens`` / ``max_tokens`` and ``temperature`` apply to the request.
@@ -46,7 +47,14 @@ from pipeline.utterances import Utterance
 from processors.llm.streams import closing_stream
 from processors.tts.sentences import SentenceChunker
 from transports.dropin import openai_wire as wire
-from transports.dropin.openai_audio import AudioUploadError, decode_upload, pieces, streamed_wav_header
+from transports.dropin.openai_audio import (
+    COMPRESSED,
+    AudioUploadError,
+    CompressedAudio,
+    decode_upload,
+    pieces,
+    streamed_wav_header,
+)
 from transports.dropin.openai_engines import Engine, EngineBusy, Engines
 from transports.dropin.openai_node import OpenAIApi, OpenAIApiParams
 
@@ -319,20 +327,26 @@ class OpenAIRoutes:
         body = await _json_body(request, MAX_SPEECH_BODY)
         speech = wire.parse_speech(body, self.voices, self.params.max_speech_chars)
         engine = self._engine(f"voice:{speech.voice}")
+        kind = speech.response_format
+        encoder = CompressedAudio(kind, SPEECH_RATE) if kind in COMPRESSED else None
+        content_type = COMPRESSED[kind][2] if kind in COMPRESSED else f"audio/{kind}"
         async with engine.serving() as tts:
-            content_type = "audio/pcm" if speech.response_format == "pcm" else "audio/wav"
             response = web.StreamResponse(headers={"Content-Type": content_type, **NO_STORE})
             response.enable_chunked_encoding()
             await response.prepare(request)
-            if speech.response_format == "wav":
+            if kind == "wav":
                 await response.write(streamed_wav_header(SPEECH_RATE))
             first = True
             async with contextlib.aclosing(_spoken(tts, speech.text)) as audio:
                 async for pcm in audio:
-                    if first:
+                    data = await asyncio.to_thread(encoder.encode, pcm) if encoder is not None else pcm
+                    if first and data:
                         self.metrics.first_byte.labels("speech").observe(time.perf_counter() - started)
                         first = False
-                    await response.write(pcm)
+                    if data:
+                        await response.write(data)
+            if encoder is not None:
+                await response.write(await asyncio.to_thread(encoder.close))
             await response.write_eof()
         return response
 

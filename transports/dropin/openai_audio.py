@@ -1,9 +1,10 @@
 """Audio for the served OpenAI routes: uploads decoded for a recogniser, long files cut at pauses, and
-the streamed WAV header of the speech endpoint. Blocking: call from a thread.
+the speech endpoint's streamed WAV header and compressed formats. Blocking: call from a thread.
 
 Uploads are decoded by libsndfile (``soundfile``: WAV, FLAC, MP3, Ogg) or else by FFmpeg through PyAV
 (installed with faster-whisper: M4A, MP4, WebM, MPEG), to 16 kHz mono 16-bit, and no further than
-the longest audio taken, so a small compressed file cannot expand into hours of samples.
+the longest audio taken, so a small compressed file cannot expand into hours of samples. Speech in
+mp3, opus (in Ogg), aac (ADTS) or flac is encoded by FFmpeg through PyAV as it is made, so it streams.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AudioUploadError", "Piece", "decode_upload", "pieces", "streamed_wav_header"]
+__all__ = [
+    "COMPRESSED",
+    "AudioUploadError",
+    "CompressedAudio",
+    "Piece",
+    "decode_upload",
+    "pieces",
+    "streamed_wav_header",
+]
 
 RATE = 16000
 """What the recognisers take."""
@@ -67,12 +76,8 @@ def _with_soundfile(data: bytes, max_seconds: float) -> np.ndarray[Any, Any]:
 
     try:
         with soundfile.SoundFile(io.BytesIO(data)) as file:
-            rate = file.samplerate
-            if file.frames > max_seconds * rate + rate:
-                raise AudioUploadError(
-                    f"the audio is longer than {max_seconds:g} s, the most this server transcribes"
-                )
-            frames = file.read(dtype="float32", always_2d=True)
+            rate = file.samplerate  # read no further than the limit, whatever the header claims
+            frames = file.read(int(max_seconds * rate) + rate, dtype="float32", always_2d=True)
     except soundfile.LibsndfileError as error:
         raise _NotMine from error
     mono = frames.mean(axis=1) if frames.shape[1] > 1 else frames[:, 0]
@@ -151,3 +156,64 @@ def streamed_wav_header(rate: int) -> bytes:
         + b"data"
         + struct.pack("<I", unknown)
     )
+
+
+COMPRESSED: dict[str, tuple[str, str, str]] = {
+    "mp3": ("mp3", "libmp3lame", "audio/mpeg"),
+    "opus": ("ogg", "libopus", "audio/ogg"),
+    "aac": ("adts", "aac", "audio/aac"),
+    "flac": ("flac", "flac", "audio/flac"),
+}
+"""Speech format -> (FFmpeg container, encoder, content type)."""
+
+
+class CompressedAudio:
+    """Mono s16le PCM in, a compressed stream out: each ``encode`` returns the bytes the muxer has
+    written since the last call (a codec holds back a frame or two; ``close`` returns the rest)."""
+
+    def __init__(self, kind: str, rate: int) -> None:
+        import av
+
+        container, codec, _ = COMPRESSED[kind]
+        self._av = av
+        self._buffer = io.BytesIO()  # the whole stream: a muxer may seek back (sent bytes stay as sent)
+        self._sent = 0
+        self._out = av.open(self._buffer, mode="w", format=container)
+        self._stream: Any = self._out.add_stream(codec, rate=rate, layout="mono")
+        context: Any = self._stream.codec_context
+        self._frame_size = context.frame_size or 1024
+        self._fifo = av.AudioFifo()
+        self._convert = av.AudioResampler(format=context.format.name, layout="mono", rate=rate)
+        self.rate = rate
+
+    def encode(self, pcm: bytes) -> bytes:
+        """Take ``pcm``; the stream's new bytes."""
+        samples = np.frombuffer(pcm, dtype="<i2").reshape(1, -1)
+        if samples.size:
+            frame = self._av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+            frame.sample_rate = self.rate
+            for converted in self._convert.resample(frame):
+                self._fifo.write(converted)
+        while self._fifo.samples >= self._frame_size:
+            self._mux(self._fifo.read(self._frame_size))
+        return self._new_bytes()
+
+    def close(self) -> bytes:
+        """The end of the stream."""
+        rest = self._fifo.read()
+        if rest is not None:
+            self._mux(rest)
+        self._mux(None)
+        self._out.close()
+        return self._new_bytes()
+
+    def _mux(self, frame: Any) -> None:
+        for packet in self._stream.encode(frame):
+            self._out.mux(packet)
+
+    def _new_bytes(self) -> bytes:
+        written = self._buffer.getbuffer()
+        new = bytes(written[self._sent :])
+        self._sent = len(written)
+        del written
+        return new

@@ -54,8 +54,8 @@ OPENAI_VOICES = frozenset(
     }
 )
 """Voice names OpenAI's speech endpoint knows: clients hard-code them, so each is served."""
-SPEECH_FORMATS = ("pcm", "wav")
-"""``response_format`` values served: 24 kHz s16le mono, bare or in a streamed WAV."""
+SPEECH_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
+"""``response_format`` values served, all 24 kHz mono (pcm: bare s16le); mp3 is OpenAI's default."""
 TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 """Roles a chat message may have, and the role the engine sees (``developer`` is the newer ``system``)."""
@@ -245,8 +245,7 @@ class SpeechRequest:
 def parse_speech(body: Any, voices: Sequence[str], max_chars: int) -> SpeechRequest:
     """``body`` as a ``SpeechRequest``; raises ``RequestError`` (400) as OpenAI would.
 
-    ``voices``: the voice names served. OpenAI's default format is mp3, which is not served: a client
-    must ask for pcm or wav.
+    ``voices``: the voice names served. The format is OpenAI's default, mp3, unless the body says.
     """
     if not isinstance(body, dict):
         raise RequestError(400, "the request body must be a JSON object")
@@ -266,7 +265,7 @@ def parse_speech(body: Any, voices: Sequence[str], max_chars: int) -> SpeechRequ
         raise RequestError(400, f"voice {voice!r} is not served; voices: {shown}", param="voice")
     kind = body.get("response_format", "mp3")
     if kind not in SPEECH_FORMATS:
-        message = f"response_format {kind!r} is not served: use pcm (24 kHz 16-bit mono) or wav"
+        message = f"response_format {kind!r} is not served: use one of " + ", ".join(SPEECH_FORMATS)
         raise RequestError(400, message, param="response_format")
     speed = body.get("speed", 1.0)
     if not isinstance(speed, int | float) or isinstance(speed, bool) or not 0.25 <= speed <= 4.0:
