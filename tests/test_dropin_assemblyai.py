@@ -301,6 +301,25 @@ async def test_keys_and_temporary_tokens(monkeypatch: pytest.MonkeyPatch) -> Non
         assert code == 1000 and kinds(messages) == ["Begin", "Termination"]
 
 
+async def test_sessions_are_limited_drained_and_counted_like_every_served_session() -> None:
+    async with served("server.max_sessions=1") as server, aiohttp.ClientSession() as http:
+        url = f"{host(server)}/v3/ws?sample_rate=16000"
+        async with http.ws_connect(url, headers={"Authorization": KEY}) as first:
+            assert json.loads((await first.receive(timeout=TIMEOUT)).data)["type"] == "Begin"
+            messages, code = await raw_session(server, "sample_rate=16000", [])
+            assert code == 1013 and the_error(messages)["error_code"] == 1013  # full: try again later
+            server.begin_drain(timeout=30)
+            async with http.get(url, headers={"Authorization": KEY}) as refused:
+                assert refused.status == 503  # draining: before the upgrade, so a balancer retries
+            await first.send_str('{"type": "Terminate"}')  # the live session goes on to its end
+            ended = [json.loads(m.data) async for m in first if m.type is aiohttp.WSMsgType.TEXT]
+            assert kinds(ended) == ["Termination"] and first.close_code == 1000
+        async with http.get(f"http://127.0.0.1:{server.port}/metrics") as response:
+            metrics = await response.text()
+    assert 'voxgraph_sessions_total{outcome="normal"} 1.0' in metrics
+    assert 'voxgraph_connections_refused_total{reason="full"} 1.0' in metrics
+
+
 async def test_a_client_that_goes_quiet_is_ended_and_billed() -> None:
     async with served("server.idle_timeout=1") as server:
         loop = asyncio.get_running_loop()

@@ -9,6 +9,8 @@ frames into the protocol's messages: ``SpeechStarted`` at the VAD's start, a par
 interim transcript and, for each final, the unformatted final turn and (with ``format_turns``) the
 formatted one. Word times are milliseconds of the session's audio: the recogniser's word timings when
 it gives them (``stt.whisper`` with ``word_timestamps``), else the words spread over the utterance.
+Confidences are the recogniser's when it gives them, else 1.0 (Whisper's are not passed on); a final
+turn's ``end_of_turn_confidence`` is 1.0 (the VAD ended it), a partial's 0.0.
 """
 
 from __future__ import annotations

@@ -118,6 +118,7 @@ _BOOLEAN_KEYS = (
     "customer_support_audio_capture",
 )
 _LIST_KEYS = ("keyterms_prompt", "language_codes", "redact_pii_policies")
+_TEXT_KEYS = ("prompt", "agent_context", "language_code", "domain", "mode", "voice_focus", "webhook_url")
 SESSION_KEYS = frozenset(
     {
         "end_of_turn_confidence_threshold",
@@ -194,6 +195,8 @@ def _sample_rate(text: str | None) -> int:
 
 def _from_query(key: str, text: str) -> Any:
     """A query string's value as JSON would carry it (booleans come as ``true`` or ``True``)."""
+    if key in _TEXT_KEYS:
+        return text
     if text.lower() in _BOOLEANS:
         return _BOOLEANS[text.lower()]
     if key in _LIST_KEYS:
@@ -224,7 +227,7 @@ def _checked(key: str, value: Any) -> Any:
         ok = kind is int and value >= 0
     elif key in _LIST_KEYS:
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-    elif key in ("prompt", "agent_context", "language_code", "domain", "mode", "voice_focus"):
+    elif key in _TEXT_KEYS:
         ok = isinstance(value, str)
     else:
         ok = not isinstance(value, dict)  # a setting this server does not act on: kept as sent
