@@ -320,6 +320,25 @@ async def test_sessions_are_limited_drained_and_counted_like_every_served_sessio
     assert 'voxgraph_connections_refused_total{reason="full"} 1.0' in metrics
 
 
+async def test_the_clients_turn_settings_reach_its_sessions_vad() -> None:
+    async with served() as server, aiohttp.ClientSession() as http:
+        url = f"{host(server)}/v3/ws?sample_rate=16000&max_turn_silence=900&vad_threshold=0.6"
+        async with http.ws_connect(url, headers={"Authorization": KEY}) as ws:
+            assert json.loads((await ws.receive(timeout=TIMEOUT)).data)["type"] == "Begin"
+            (session,) = server.sessions.values()
+            vad = session.graph.processors["vad"].params
+            assert (vad.stop_secs, vad.threshold) == (0.9, 0.6)
+            await ws.send_str('{"type": "UpdateConfiguration", "max_turn_silence": 1500}')
+            await ws.send_str('{"type": "Terminate"}')
+            assert [json.loads(m.data)["type"] async for m in ws] == ["Termination"]
+            assert vad.stop_secs == 1.5
+        async with http.ws_connect(f"{host(server)}/v3/ws?sample_rate=16000") as ws:
+            assert json.loads((await ws.receive(timeout=TIMEOUT)).data)["type"] == "Begin"
+            (session,) = server.sessions.values()
+            assert session.graph.processors["vad"].params.stop_secs == 0.5  # unnamed: the config's
+            await ws.send_str('{"type": "Terminate"}')
+
+
 async def test_a_client_that_goes_quiet_is_ended_and_billed() -> None:
     async with served("server.idle_timeout=1") as server:
         loop = asyncio.get_running_loop()
@@ -390,6 +409,7 @@ def test_the_wire_reads_the_query_as_the_sdk_writes_it() -> None:
         keyterms_prompt=["Dashwood"],
         inactivity_timeout=30,
         extra={"speaker_labels": True},
+        given=set(sdk_query) - {"sample_rate", "encoding", "speech_model"},
     )
     wire.apply(parsed, {"min_end_of_turn_silence_when_confident": 300})
     assert parsed.min_turn_silence == 300

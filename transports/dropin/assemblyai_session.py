@@ -22,6 +22,7 @@ from typing import cast
 from aiohttp import WSMessage, WSMsgType, web
 
 from pipeline.graph import Graph
+from processors.vad.base import VadProcessor
 from transports.dropin import assemblyai_wire as wire
 from transports.dropin.assemblyai_nodes import Endpoint, StreamConnection, StreamLink
 from transports.dropin.assemblyai_wire import StreamingConfig, WireError
@@ -37,6 +38,8 @@ MAX_MESSAGE_BYTES = 96_000 + 1024
 """The largest message taken: 1000 ms of 48 kHz s16le audio (and room for JSON)."""
 RATE_SLACK_SECONDS = 30.0
 """Audio may run this far ahead of the wall clock (a client catching up); beyond, it is refused (3007)."""
+MIN_TURN_SILENCE = 0.1
+"""Seconds of silence below which no turn ends, whatever ``max_turn_silence`` asks (VAD windows: ~30 ms)."""
 BUFFERED_SECONDS = 60.0
 """Client audio held for a graph that is behind: more than the slack, so nothing taken is dropped."""
 
@@ -115,6 +118,7 @@ class StreamingSession(Session):
             if getattr(node, "connection_role", "") and hasattr(node, "bind_connection"):
                 cast(ConnectionNode, node).bind_connection(self.connection)
         self.expires_in = max(0.0, expires_at - time.time())  # seconds until 3008
+        tune_vads(graph, config)
         self.idle_ended = False  # ended by inactivity_timeout
 
     async def _read(self) -> None:
@@ -187,6 +191,7 @@ class StreamingSession(Session):
             return False
         if isinstance(message, wire.UpdateConfiguration):
             wire.apply(self.link.config, message.settings)
+            tune_vads(self.graph, self.link.config)
         elif isinstance(message, wire.ForceEndpoint) and not self.connection.inbound.put(
             cast(ClientEvent, Endpoint())
         ):
@@ -200,3 +205,17 @@ class StreamingSession(Session):
         self.wire.failed = True
         self.connection.send_nowait(wire.error(code, message))
         self.close_code = code
+
+
+def tune_vads(graph: Graph, config: StreamingConfig) -> None:
+    """Apply the client's turn settings to the session's VADs: ``max_turn_silence`` is the silence that
+    ends a turn (``stop_secs``), ``vad_threshold`` the speech probability (``threshold``, if the VAD has
+    one). Settings the client did not name keep the config's values."""
+    for node in graph.processors.values():
+        if not isinstance(node, VadProcessor):
+            continue
+        params = node.params
+        if "max_turn_silence" in config.given:
+            params.stop_secs = max(MIN_TURN_SILENCE, config.max_turn_silence / 1000)
+        if "vad_threshold" in config.given and config.vad_threshold and hasattr(params, "threshold"):
+            params.threshold = min(max(config.vad_threshold, 0.01), 0.99)

@@ -96,13 +96,14 @@ class StreamingConfig:
     prompt: str | None = None
     language_detection: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # accepted settings this server does not act on
+    given: set[str] = field(default_factory=set)  # the settings the client named (query or update)
 
     @property
     def bytes_per_sample(self) -> int:
         return ENCODINGS[self.encoding]
 
 
-_KNOWN = {f.name for f in fields(StreamingConfig)} - {"extra"}
+_KNOWN = {f.name for f in fields(StreamingConfig)} - {"extra", "given"}
 _FLOATS_0_1 = ("end_of_turn_confidence_threshold", "vad_threshold", "voice_focus_threshold")
 _MILLISECONDS = ("min_turn_silence", "max_turn_silence", "interruption_delay", "turn_left_pad_ms")
 _BOOLEAN_KEYS = (
@@ -177,6 +178,7 @@ def apply(config: StreamingConfig, settings: Mapping[str, Any]) -> None:
             setattr(config, name, checked)
         else:
             config.extra[name] = checked
+        config.given.add(name)
     if config.min_turn_silence > config.max_turn_silence:
         raise WireError(INPUT_VALIDATION, "Invalid min_turn_silence: it must not exceed max_turn_silence")
 
