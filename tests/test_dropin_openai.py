@@ -289,6 +289,15 @@ async def test_chat_refuses_what_it_cannot_serve(client: AsyncOpenAI) -> None:
     assert refused.value.code == "context_length_exceeded"
 
 
+async def test_the_synchronous_client_works_too(server: VoiceServer) -> None:
+    def chat() -> str:  # in a thread: the sync client must not block the loop serving it
+        with openai.OpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key="x", max_retries=0) as sync:
+            reply = sync.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=10)
+            return reply.choices[0].message.content or ""
+
+    assert (await asyncio.wait_for(asyncio.to_thread(chat), TIMEOUT)).strip()
+
+
 async def test_models_lists_the_served_engines(client: AsyncOpenAI) -> None:
     models = {model.id: model.owned_by async for model in client.models.list()}
     assert models == {"stt": "voxgraph:transcriptions", "tts": "voxgraph:speech", "llm": "voxgraph:chat"}

@@ -158,6 +158,8 @@ def streamed_wav_header(rate: int) -> bytes:
     )
 
 
+MUXER_OPTIONS = {"mp3": {"write_xing": "0"}}
+"""A Xing header promises the stream's length, which a stream cannot know (decoders warn)."""
 COMPRESSED: dict[str, tuple[str, str, str]] = {
     "mp3": ("mp3", "libmp3lame", "audio/mpeg"),
     "opus": ("ogg", "libopus", "audio/ogg"),
@@ -178,7 +180,8 @@ class CompressedAudio:
         self._av = av
         self._buffer = io.BytesIO()  # the whole stream: a muxer may seek back (sent bytes stay as sent)
         self._sent = 0
-        self._out = av.open(self._buffer, mode="w", format=container)
+        options = MUXER_OPTIONS.get(kind, {})
+        self._out = av.open(self._buffer, mode="w", format=container, options=options)
         self._stream: Any = self._out.add_stream(codec, rate=rate, layout="mono")
         context: Any = self._stream.codec_context
         self._frame_size = context.frame_size or 1024
