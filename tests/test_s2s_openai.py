@@ -238,6 +238,60 @@ async def test_a_tool_call_runs_and_the_answer_speaks_its_result(tmp_path: Path)
     assert bot["content"].startswith("Here you go. The tool said:") and "Paris" in bot["content"]
 
 
+async def test_a_barge_in_during_a_tool_cancels_it_and_answers_the_call_as_cancelled(tmp_path: Path) -> None:
+    fake = FakeOpenAIRealtime(reply_ms=600, speed=8, tool_arguments='{"query": "news", "seconds": 5}')
+
+    def steps(speaker: FileOutput) -> Steps:
+        async def user() -> AsyncIterator[Frame]:
+            for frame in speech():
+                yield frame
+            await fake.wait_until(lambda: fake.sessions[0].responses, timeout=10.0)  # the call
+            for frame in barge_in_speech():  # while the search runs
+                yield frame
+            await fake.wait_until(lambda: fake.sessions[0].tool_outputs, timeout=5.0)
+
+        return user
+
+    tools = [{"name": "slow_search", "function": "tests.tools_example:slow_search"}]
+    async with fake:
+        captured, _ = await converse(fake, tmp_path, steps, tools=tools)
+    captured.raise_errors()
+    session = fake.sessions[0]
+    [output] = session.tool_outputs
+    assert json.loads(output["output"]) == {"error": "cancelled: the user interrupted"}
+    assert "response.create" not in session.types_received()  # the user is speaking: no answer now
+    assert len(captured.of(InterruptionFrame)) == 1
+
+
+async def test_end_call_ends_the_session_after_the_goodbye(tmp_path: Path) -> None:
+    fake = FakeOpenAIRealtime(
+        replies=["Goodbye, have a nice day."], reply_ms=500, speed=8, tool_arguments="{}"
+    )
+
+    def steps(speaker: FileOutput) -> Steps:
+        async def user() -> AsyncIterator[Frame]:
+            for frame in speech():
+                yield frame
+            for frame in audio_frames(silence(20.0, RATE), rate=RATE):  # a live line stays open
+                await asyncio.sleep(0.02)
+                yield frame
+
+        return user
+
+    async with fake:
+        began = asyncio.get_running_loop().time()
+        captured, _ = await converse(fake, tmp_path, steps, tools=["end_call"])
+        took = asyncio.get_running_loop().time() - began
+    captured.raise_errors()
+    assert took < 10.0, "the call ended after the goodbye, not at the end of the input"
+    [call] = fake.sessions[0].responses[0]["output"]
+    assert call["name"] == "end_call"
+    assert [o["call_id"] for o in fake.sessions[0].tool_outputs] == [call["call_id"]]
+    [_, bot] = transcript(tmp_path)
+    assert bot["content"].startswith("Goodbye, have a nice day.")
+    assert seconds(tmp_path / "heard.wav") == pytest.approx(0.5, abs=0.05)  # played out before the end
+
+
 async def test_local_turn_detection_commits_on_our_vad(tmp_path: Path) -> None:
     fake = FakeOpenAIRealtime(replies=[REPLY], reply_ms=400, speed=8)
 

@@ -64,7 +64,7 @@ from pipeline.frames import (
 from pipeline.params import param
 from pipeline.processor import Processor
 from processors.llm.base import DEFAULT_SYSTEM_PROMPT, PASS_THROUGH_FRAMES
-from processors.llm.tools import ToolCall, ToolContext, ToolSet
+from processors.llm.tools import ToolCall, ToolContext, ToolSet, end_session, graph_can_transfer, session_of
 from processors.s2s.heard import PlayoutClock
 
 __all__ = [
@@ -248,6 +248,7 @@ class SpeechToSpeech(Processor):
         self.clock = PlayoutClock()
         self.toolset, self._tool_problems = ToolSet.from_config(self.params.tools, node=self.name)
         self._end_requested = False  # a tool asked to end the call after the reply
+        self._barge_ins = 0  # barge-ins so far: a round of tool results cut by one asks for no answer
         self._reply: _Reply | None = None
         self._responding = False  # a provider response is in progress
         self._cancelled: set[str] = set()  # responses a barge-in cut: their late audio is dropped
@@ -503,6 +504,7 @@ class SpeechToSpeech(Processor):
         await self.push(TTSStoppedFrame())
         if not self._transcripts_due:
             await self.push(LLMResponseEndFrame())
+            self._end_if_requested()
             return
         name = f"s2s-held-end:{self.name}"
         self._held_end = asyncio.get_running_loop().create_task(self._end_when_due(), name=name)
@@ -514,6 +516,7 @@ class SpeechToSpeech(Processor):
             self._transcripts_due = 0
             self._held_end = None
             await self.push(LLMResponseEndFrame())
+            self._end_if_requested()
 
     async def _release_end(self) -> None:
         """Send the held reply end now (the transcript came, the next reply or a barge-in begins)."""
@@ -521,18 +524,22 @@ class SpeechToSpeech(Processor):
         if held is not None and not held.done():
             held.cancel()
             await self.push(LLMResponseEndFrame())
+            self._end_if_requested()
 
     # --- barge-in -------------------------------------------------------------------------------------
 
     def _bot_active(self) -> bool:
-        """A reply is being generated, or its audio is still playing."""
-        return self._responding or self._reply is not None or self.clock.playing(time.monotonic())
+        """A reply is being generated, its tools run, or its audio is still playing."""
+        busy = self._responding or self._reply is not None or bool(self._tools)
+        return busy or self.clock.playing(time.monotonic())
 
     async def _barge_in(self, push_frame: bool = True) -> None:
         async with self._push_lock:
             active = self._responding
             self._responding = False
             self._reply = None
+            self._end_requested = False  # the user spoke up during the goodbye: the call goes on
+            self._barge_ins += 1
             await self._release_end()
             cuts = self.clock.cut(time.monotonic())
             if push_frame:
@@ -569,8 +576,8 @@ class SpeechToSpeech(Processor):
 
     @property
     def session_id(self) -> str:
-        """The conversation's id; this node is not told one."""
-        return ""
+        """The conversation's id, as the graph's recorder keeps it; empty when nothing names it."""
+        return session_of(self)
 
     async def push_from_tool(self, frame: Frame) -> None:
         """A tool's frame (a sound, a note) goes downstream, in order with the reply."""
@@ -582,15 +589,27 @@ class SpeechToSpeech(Processor):
         log.info("%s: a tool asked to say %r; the model speaks only its own words", self.name, text)
 
     def request_end(self) -> None:
-        """A tool asked to end the call (noted; the session ends when the input does)."""
+        """``end_call``: end the session once the reply under way (the goodbye) has been sent on."""
         self._end_requested = True
 
     def can_transfer(self) -> bool:
-        """No transport here can transfer a call yet."""
-        return False
+        """Whether a node of this graph hands calls over (handles ``TransferCallFrame``)."""
+        return graph_can_transfer(self)
+
+    def _end_if_requested(self) -> None:
+        """After the goodbye: the graph's sources stop and the end drains behind what was sent."""
+        if not self._end_requested:
+            return
+        self._end_requested = False
+        if end_session(self):
+            log.info("%s: end_call: the session ends after the goodbye", self.name)
+        else:
+            log.warning("%s: end_call ran but this node is in no running graph; nothing to end", self.name)
 
     async def _answer(self, tasks: list[asyncio.Task[str]]) -> None:
-        """Send the results of one round of calls, then let the model go on."""
+        """Send the results of one round of calls, then let the model go on (unless a barge-in came:
+        a background call's result is then read in the user's next turn)."""
+        barge_ins = self._barge_ins
         await asyncio.wait(tasks)
         results = []
         for task in tasks:
@@ -601,7 +620,7 @@ class SpeechToSpeech(Processor):
             results.append((call, str(error) if error is not None else task.result()))
         if results and self._live:
             try:
-                await self.send_tool_results(results, respond=True)
+                await self.send_tool_results(results, respond=barge_ins == self._barge_ins)
             except Exception as error:
                 self.report_error(error)
 
