@@ -40,6 +40,7 @@ from tests.speech import audio_frames, librivox, read_wav, silence, tone
 from transports.file import FileOutput
 
 RATE = 24000
+CONFIG = Path(__file__).parent.parent / "configs" / "assistant-realtime.yaml"
 QUESTION = "what is the weather in paris"
 REPLY = "It is sunny in Paris today, with a light breeze."
 
@@ -377,3 +378,53 @@ async def test_s2s_openai_conforms(turn_detection: str) -> None:
 def test_an_empty_key_is_a_validation_problem() -> None:
     node = OpenAIRealtime(api_key="", name="agent")
     assert any("OPENAI_API_KEY" in p.message for p in node.check())
+
+
+# --- configs/assistant-realtime.yaml, served -------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_the_realtime_assistant_config_answers_a_browser_aloud_and_records_it(tmp_path: Path) -> None:
+    import aiohttp
+    from yarl import URL
+
+    from pipeline import config
+    from tests.test_assistant_cloud import Microphone, until_played
+    from tests.test_websocket_server import connect
+    from transports.websocket.server import VoiceServer
+
+    async with FakeOpenAIRealtime(transcripts=[QUESTION], replies=[REPLY], reply_ms=1000, speed=4) as fake:
+        env = {"OPENAI_API_KEY": fake.api_key, "OPENAI_BASE_URL": fake.base_url}
+        compiled, problems = config.compile_config(
+            CONFIG, env={**env, "RECORDINGS": str(tmp_path), "PORT": "0"}
+        )
+        assert compiled is not None and not problems, problems
+        samples, _ = read_wav(librivox("0880"))
+        server = VoiceServer(compiled)
+        await asyncio.wait_for(server.warm_up(), 30.0)
+        await server.start()
+        try:
+            async with aiohttp.ClientSession() as http, connect(http, URL(server.url)) as client:
+                opened = await client.wait_for(lambda m: m["type"] == "session", "a session id")
+                await client.wait_for(lambda m: m.get("state") == "listening", "listening")
+                mic = Microphone(client.ws, samples.astype("<i2").tobytes())
+                try:
+                    assert await client.reply() == REPLY
+                    await until_played(client)
+                finally:
+                    await mic.close()
+                await client.ws.send_str('{"type":"stop"}')
+                assert await client.closed() == 1000
+        finally:
+            await asyncio.wait_for(server.stop(), 30.0)
+    [session] = fake.sessions  # the warm-up opens no (billed) session
+    update = next(m for m in session.received if m["type"] == "session.update")["session"]
+    assert "Vox" in update["instructions"]
+    assert [t["name"] for t in update["tools"]] == ["current_time", "end_call"]
+    assert [m["text"] for m in client.of("transcript") if m["final"]] == [QUESTION]
+    assert len(client.audio) > 0
+    saved = json.loads((tmp_path / opened["session_id"] / "transcript.json").read_text())
+    assert [(m["role"], m["content"]) for m in saved["messages"]] == [
+        ("user", QUESTION),
+        ("assistant", REPLY),
+    ]
