@@ -63,9 +63,10 @@ class Judged:
         return (self.stream_features_ms + self.inference_ms) / 1000
 
 
-def judge(samples: list[Sample], heard: float) -> list[Judged]:
-    """Run the model on every sample as ``turn.smart`` does (one thread, shared session)."""
-    session = turn_model.shared_session()
+def judge(samples: list[Sample], heard: float, window: int = turn_model.WINDOW_SECONDS) -> list[Judged]:
+    """Run the model on every sample as ``turn.smart`` does (one thread, shared session), hearing the
+    last ``window`` s."""
+    session = turn_model.shared_session(window_secs=window)
     turn_model.end_of_turn_probability(np.zeros(turn_set.RATE, np.float32), session)  # warm-up
     audio: dict[str, np.ndarray] = {}
     judged: list[Judged] = []
@@ -270,7 +271,7 @@ def _targets(rows: dict[str, Any]) -> dict[str, Any]:
 
 def print_table(result: dict[str, Any]) -> None:
     cost = result["cost_ms"]
-    print(f"set: {result['set']}")
+    print(f"set: {result['set']}; the model hears the last {result['window_secs']} s")
     print(f"reported on: {result['report_half']} (thresholds tuned on the other half)")
     for name, values in cost.items():
         print(f"  {name:40} p50 {values['p50']:6.1f} ms  p95 {values['p95']:6.1f} ms")
@@ -291,11 +292,17 @@ def main() -> None:
     parser.add_argument(
         "--languages", default="en,nl", help="comma-separated: en (LibriVox etc.), nl (fillets-ng)"
     )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=turn_model.WINDOW_SECONDS,
+        help="seconds the model hears (turn.smart window_secs)",
+    )
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
     samples = turn_set.build(tuple(args.languages.split(",")))
-    judged = judge(samples, args.heard)
-    result = report(judged, args.short, args.long, args.heard)
+    judged = judge(samples, args.heard, args.window)
+    result = report(judged, args.short, args.long, args.heard) | {"window_secs": args.window}
     print_table(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=float))

@@ -17,6 +17,7 @@ callers run it in a thread.
 from __future__ import annotations
 
 import importlib.util
+import os
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -240,19 +241,65 @@ def _load_session(path: Path) -> Any:
     return onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def shared_session(path: Path | None = None) -> Any:
-    """The process-wide session of the model (blocking on first use: ~0.1 s; call it from a thread)."""
+def shared_session(path: Path | None = None, window_secs: int = WINDOW_SECONDS) -> Any:
+    """The process-wide session of the model hearing the last ``window_secs`` (blocking on first use:
+    ~0.1 s, more to derive a shorter window's model the first time; call it from a thread)."""
     path = path or model_path()
     if path is None:
         raise FileNotFoundError(f"{MODEL_FILE} not found: pip install --no-deps pipecat-ai")
+    if window_secs != WINDOW_SECONDS:
+        path = windowed_model(path, window_secs)
     return shared_model(("smart-turn", str(path)), lambda: _load_session(path)).model
+
+
+def windowed_model(path: Path, seconds: int) -> Path:
+    """The model made to hear only the last ``seconds`` of the 8 s (a file derived once and cached).
+
+    The encoder's cost grows with its input, so a 4 s window costs about a quarter of the 8 s one; on
+    the turn set its accuracy barely moves (``python -m benchmarks.turns --window 4``). The
+    derivation keeps every weight: the input is ``seconds * 100`` frames (the last of the 8 s
+    features), the encoder's positions are the last ``seconds * 50`` of its table (where the speech
+    sat when shorter turns were padded in front), and the attention reshapes follow. Needs the
+    ``onnx`` package.
+    """
+    if not 1 <= seconds < WINDOW_SECONDS:
+        raise ValueError(f"window_secs must be 1..{WINDOW_SECONDS}, not {seconds}")
+    from processors.stt.models import cache_root
+
+    target = cache_root() / "smart-turn" / f"{path.stem}-{path.stat().st_size}-last{seconds}s.onnx"
+    if target.is_file():
+        return target
+    import onnx  # type: ignore[import-not-found,unused-ignore]
+    from onnx import numpy_helper  # type: ignore[import-not-found,unused-ignore]
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    graph.input[0].type.tensor_type.shape.dim[2].dim_value = seconds * 100
+    positions = seconds * 50
+    for index, tensor in enumerate(graph.initializer):
+        value = numpy_helper.to_array(tensor)
+        if tensor.name.endswith("embed_positions.weight"):
+            value = np.ascontiguousarray(value[-positions:])
+        elif value.shape == (1,) and value.dtype.kind == "i" and value[0] == WINDOW_SECONDS * 50:
+            value = np.array([positions], value.dtype)  # the sequence length in the reshapes
+        else:
+            continue
+        graph.initializer[index].CopyFrom(numpy_helper.from_array(value, tensor.name))
+    del graph.value_info[:]  # shapes inferred for 8 s
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(f".{os.getpid()}.partial")
+    onnx.save(model, str(partial))
+    partial.replace(target)  # whole or not at all, whoever derives it first
+    return target
 
 
 def probability(features: np.ndarray, session: Any | None = None) -> float:
     """How likely the speaker has finished, 0..1, from (80, 800) features (``log_mel`` or
-    ``LogMelStream.features``). Blocking (tens of ms of one core): run it in a thread."""
+    ``LogMelStream.features``), of which a shorter window's model hears the last frames. Blocking
+    (tens of ms of one core): run it in a thread."""
     session = session if session is not None else shared_session()
-    (result,) = session.run(None, {"input_features": features[None]})
+    frames = session.get_inputs()[0].shape[2]
+    (result,) = session.run(None, {"input_features": np.ascontiguousarray(features[None, :, -frames:])})
     return float(np.asarray(result).reshape(-1)[0])
 
 

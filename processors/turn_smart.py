@@ -64,6 +64,12 @@ class SmartTurnParams(TurnTakingParams):
     model_path: str | None = param(
         None, doc="Smart Turn ONNX file; null = smart-turn-v3.2-cpu.onnx from the pipecat-ai package"
     )
+    window_secs: int = param(
+        turn_model.WINDOW_SECONDS,
+        ge=1,
+        le=turn_model.WINDOW_SECONDS,
+        doc="seconds of the turn the model hears (8 as trained; 4 costs a quarter, needs the onnx package)",
+    )
 
 
 class _TurnAudio:
@@ -146,6 +152,15 @@ class SmartTurnTaking(TurnTaking):
             problems.append(
                 Problem("onnxruntime is not installed", fix="pip install 'voxgraph[offline]'", node=self.name)
             )
+        if self.params.window_secs < turn_model.WINDOW_SECONDS and importlib.util.find_spec("onnx") is None:
+            problems.append(
+                Problem(
+                    f"window_secs {self.params.window_secs} needs the onnx package (to derive the model)",
+                    fix="pip install onnx",
+                    node=self.name,
+                    key="window_secs",
+                )
+            )
         kind = "a Smart Turn v3 ONNX file"
         return problems + model_file_problems(self.model_file(), self.name, carrier="pipecat-ai", kind=kind)
 
@@ -157,7 +172,7 @@ class SmartTurnTaking(TurnTaking):
         path = self.model_file()
         if path is None or not path.is_file():
             raise FatalProcessorError("; ".join(str(p) for p in self.check()) or "no model file")
-        self._session = await self.run_in_thread(turn_model.shared_session, path)
+        self._session = await self.run_in_thread(turn_model.shared_session, path, self.params.window_secs)
         # One inference pages the weights in, so the first turn is judged as fast as later ones.
         await self.run_in_thread(
             turn_model.end_of_turn_probability, np.zeros(1600, np.float32), self._session

@@ -50,3 +50,18 @@ def test_the_model_gives_one_verdict_from_either_features() -> None:
     whole = turn_model.end_of_turn_probability(audio[: audio.size - audio.size % 160], session)
     assert turn_model.probability(streamed(audio, 320).features(), session) == pytest.approx(whole, abs=0.02)
     assert whole >= 0.5  # a whole sentence sounds finished
+
+
+def test_a_shorter_window_hears_the_end_of_the_same_features() -> None:
+    """``window_secs`` 4: the model derived to hear the last 4 s judges a whole sentence and its first
+    words as the 8 s model does."""
+    pytest.importorskip("onnx", reason="window_secs below 8 needs the onnx package: pip install onnx")
+    audio = sentence()
+    finished = turn_model.log_mel(np.concatenate([audio, np.zeros(RATE // 5, np.float32)]))
+    unfinished = turn_model.log_mel(
+        np.concatenate([audio[: int(audio.size * 0.6)], np.zeros(RATE // 5, np.float32)])
+    )
+    short = turn_model.shared_session(window_secs=4)
+    assert short.get_inputs()[0].shape[1:] == [80, 400]
+    assert turn_model.probability(finished, short) >= 0.5
+    assert turn_model.probability(unfinished, short) < 0.5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 
 import numpy as np
 import pytest
@@ -161,3 +162,13 @@ def test_features_hear_the_last_eight_seconds_padded_with_silence_in_front() -> 
     longer = np.concatenate([np.full(rate * 3, 0.5, np.float32), audio])
     assert np.array_equal(turn_model.log_mel(longer), turn_model.log_mel(longer[-rate * 8 :]))
     assert features.max() - features.min() <= 2.0 + 1e-6  # log10 clamped to 8 decades, scaled by 1/4
+
+
+def test_a_shorter_window_without_onnx_is_a_problem_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a)
+    )
+    problems = SmartTurnTaking(window_secs=4).check()
+    assert any("onnx" in str(p) and "pip install onnx" in str(p) for p in problems)
+    assert not any("onnx" in str(p) for p in SmartTurnTaking().check())
