@@ -24,13 +24,16 @@ from assemblyai.streaming import v3
 
 from pipeline import config
 from pipeline.capacity import LoadMeter
+from pipeline.config import ServerSettings
 from pipeline.conformance import check_stt
 from processors.stt.assemblyai import AssemblyAISTT
 from tests.hearing import wer
 from tests.speech import LIBRIVOX, librivox, read_wav
 from tests.test_conformance_engines import SAID, speech
+from tests.test_server_timeouts import _self_signed
 from transports.dropin import assemblyai_wire as wire
 from transports.dropin.assemblyai_wire import StreamingConfig, WireError
+from transports.websocket.auth import Attempt, guard_for
 from transports.websocket.server import VoiceServer
 
 CONFIG = Path(__file__).parent.parent / "configs" / "serve-assemblyai.yaml"
@@ -269,13 +272,10 @@ async def test_keys_and_temporary_tokens(monkeypatch: pytest.MonkeyPatch) -> Non
         ):
             async with http.get(base, headers=headers) as response:
                 assert response.status == status
-        # The SDK's own call: GET /v3/token?expires_in_seconds=N with the key raw.
-        sdk_http = v3.AsyncStreamingClient(v3.StreamingClientOptions(api_key=KEY, api_host="unused"))._client
-        sdk_http._http_client = __import__("httpx").AsyncClient(
-            base_url=f"http://127.0.0.1:{server.port}", headers={"Authorization": KEY}
-        )
-        token = await sdk_http.create_temporary_token(expires_in_seconds=60, max_session_duration_seconds=60)
-        await sdk_http.aclose()
+        # The SDK's call (https only: see the TLS test), made as it makes it: the key raw.
+        params = {"expires_in_seconds": "60", "max_session_duration_seconds": "60"}
+        async with http.get(base, params=params, headers={"Authorization": KEY}) as response:
+            token = (await response.json())["token"]
         async with http.get(
             base, params={"expires_in_seconds": "60"}, headers={"Authorization": token}
         ) as response:
@@ -431,3 +431,48 @@ def test_the_wire_reads_the_query_as_the_sdk_writes_it() -> None:
         "hello",
         "",
     ]
+
+
+async def test_the_sdk_with_a_bare_host_reaches_a_tls_server_and_fetches_its_own_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bare api_host means https:// for tokens and wss:// for sessions: with TLS the SDK needs no
+    # other change than its host (the certificate is trusted through SSL_CERT_FILE).
+    cert, key = _self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    monkeypatch.setenv("VOXGRAPH_API_KEYS", KEY)
+    tls = (f"server.tls_cert={cert}", f"server.tls_key={key}", "server.auth=api_key")
+    async with served(*tls) as server:
+        bare = f"127.0.0.1:{server.port}"
+        minter = v3.AsyncStreamingClient(v3.StreamingClientOptions(api_key=KEY, api_host=bare))
+        token = await minter.create_temporary_token(expires_in_seconds=60)
+        await minter.disconnect()
+        events = Events()
+        client = v3.AsyncStreamingClient(v3.StreamingClientOptions(token=token, api_host=bare))
+        events.attach(client)
+        await client.connect(v3.StreamingParameters(sample_rate=RATE))
+        await events.until(lambda: events.begin is not None or bool(events.errors))
+        await client.disconnect(terminate=True)
+        await events.until(lambda: events.termination is not None or bool(events.errors))
+    assert not events.errors and events.termination is not None
+
+
+def test_raw_keys_open_only_the_assemblyai_routes() -> None:
+    env = {"VOXGRAPH_API_KEYS": KEY}
+    guard = guard_for(ServerSettings(auth="api_key"), "serve-assemblyai", env)
+
+    def attempt(path: str, authorization: str | None, upgrade: bool = True) -> Attempt:
+        return Attempt("GET", path, authorization=authorization, upgrade=upgrade)
+
+    assert guard.check(attempt("/v3/ws", None)).allowed  # the route decides, to answer in band
+    assert guard.check_socket(attempt("/v3/ws", KEY)).allowed
+    assert guard.check_socket(attempt("/v3/ws", f"Bearer {KEY}")).allowed
+    assert guard.check_socket(attempt("/v3/ws", "wrong-key-0123456789")).status == 401
+    assert guard.check(attempt("/v3/token", KEY, upgrade=False)).allowed
+    assert guard.check(attempt("/v3/token", None, upgrade=False)).status == 401
+    assert guard.check(attempt("/ws", KEY)).status == 401  # elsewhere a key is a Bearer key only
+    assert guard.check(attempt("/api/session-token", KEY, upgrade=False)).status == 401
+    token = guard.mint()["token"]
+    assert guard.check(attempt("/v3/token", token, upgrade=False)).status == 401  # tokens mint nothing
+    assert guard.check_socket(attempt("/v3/ws", token)).allowed
+    assert guard.check_socket(attempt("/v3/ws", token)).status == 401  # single-use
