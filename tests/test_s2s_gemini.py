@@ -472,3 +472,23 @@ async def test_words_over_a_reply_still_playing_stop_it(fake: FakeGeminiLive, tm
     assert first["type"] == "interrupted" and STORY.startswith(first["content"].rstrip())
     assert (said["content"], second["content"]) == ("Stop.", "Okay.")
     assert seconds(tmp_path / "heard.wav") < session.audio_out_ms / 1000 - 1.0
+
+
+async def test_connection_failures_end_the_graph_saying_what_to_check(
+    fake: FakeGeminiLive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cases = [
+        (fake.base_url + "/wrong", str(fake.cert_file), "refused the websocket (HTTP 404)"),
+        (fake.base_url, "", "SSL_CERT_FILE"),  # the fake's certificate not trusted
+        ("https://127.0.0.1:9", str(fake.cert_file), "cannot connect to https://127.0.0.1:9"),
+    ]
+    for base_url, trusted, said in cases:
+        if trusted:
+            monkeypatch.setenv("SSL_CERT_FILE", trusted)
+        else:
+            monkeypatch.delenv("SSL_CERT_FILE")
+        node = GeminiLive(api_key=fake.api_key, base_url=base_url, name="live")
+        with pytest.raises(FatalProcessorError) as failed:
+            await node.on_start()
+        await node.close_session()
+        assert said in str(failed.value), (said, str(failed.value))

@@ -43,6 +43,7 @@ import itertools
 import json
 import logging
 import re
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -175,6 +176,7 @@ class GeminiLive(SpeechToSpeech):
 
     async def _connect(self) -> None:
         """Open a connection and complete its setup (resuming from the last handle when there is one)."""
+        import websockets
         from google.genai import errors
 
         assert self._client is not None
@@ -183,7 +185,18 @@ class GeminiLive(SpeechToSpeech):
             self._session = await connection.__aenter__()
         except errors.APIError as error:
             raise FatalProcessorError(f"{self.name}: {self._refusal(error)}") from None
-        except OSError as error:
+        except websockets.exceptions.InvalidStatus as error:
+            status = error.response.status_code
+            raise FatalProcessorError(
+                f"{self.name}: {self.server} refused the websocket (HTTP {status}): "
+                f"check base_url and api_version ('{self.params.api_version}')"
+            ) from None
+        except ssl.SSLError as error:
+            raise FatalProcessorError(
+                f"{self.name}: TLS with {self.server} failed: {error}; a server with its own certificate "
+                "authority is trusted through SSL_CERT_FILE"
+            ) from None
+        except (OSError, websockets.exceptions.InvalidHandshake) as error:
             raise FatalProcessorError(
                 f"{self.name}: cannot connect to {self.server}: {type(error).__name__}: {error}"
             ) from None
