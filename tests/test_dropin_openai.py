@@ -123,6 +123,11 @@ async def test_transcriptions_as_json_text_and_verbose_json_get_the_right_words(
     assert starts == sorted(starts) and verbose.words[-1].end <= verbose.duration + 0.05
 
 
+async def test_silence_is_transcribed_as_nothing(client: AsyncOpenAI) -> None:
+    silence = ("silence.wav", as_wav(bytes(16000 * 2 * 3), 16000))
+    assert (await client.audio.transcriptions.create(model="whisper-1", file=silence)).text == ""
+
+
 async def test_srt_subtitles_number_their_cues(client: AsyncOpenAI) -> None:
     srt = await client.audio.transcriptions.create(
         model="whisper-1", file=librivox(CLIP), response_format="srt"

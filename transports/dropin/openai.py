@@ -45,12 +45,15 @@ from prometheus_client import Counter, Gauge, Histogram
 from pipeline.resampling import Int16Resampler
 from pipeline.utterances import Utterance
 from processors.llm.streams import closing_stream
+from processors.stt.segmented import SILENCE_PEAK
 from processors.tts.sentences import SentenceChunker
 from transports.dropin import openai_wire as wire
 from transports.dropin.openai_audio import (
     COMPRESSED,
+    RATE,
     AudioUploadError,
     CompressedAudio,
+    Piece,
     decode_upload,
     pieces,
     streamed_wav_header,
@@ -70,6 +73,8 @@ SPEECH_RATE = 24000
 RETRY_AFTER_BUSY = 1
 """Seconds a client refused by a full waiting line is asked to wait."""
 RETRY_AFTER_LOADING = 5
+STOP_WAIT = 5.0
+"""Seconds requests cut off at shutdown get to end."""
 MAX_SPEECH_BODY = 256 * 1024
 """Largest speech request body (its input is at most ``max_speech_chars``)."""
 MAX_FIELD_BYTES = 64 * 1024
@@ -237,9 +242,8 @@ class OpenAIRoutes:
                 body, status=503, headers={"Retry-After": str(RETRY_AFTER_LOADING), **NO_STORE}
             )
         if self.engines.failure is not None:
-            body = wire.error_body(
-                f"an engine failed to start: {self.engines.failure}", "server_error", "engine_failed"
-            )
+            message = "an engine failed to start; the server's log says why"  # it may name paths
+            body = wire.error_body(message, "server_error", "engine_failed")
             return web.json_response(body, status=503, headers=NO_STORE)
         return None
 
@@ -277,7 +281,7 @@ class OpenAIRoutes:
         except AudioUploadError as error:
             message = f"Invalid file format: {error}. Supported formats: {UPLOAD_FORMATS}"
             raise wire.RequestError(400, message, param="file") from None
-        duration = len(samples) / 16000
+        duration = len(samples) / RATE
         settings = {
             "language": transcription.language,
             "initial_prompt": transcription.prompt,
@@ -289,12 +293,11 @@ class OpenAIRoutes:
             if transcription.stream:
                 return await self._stream_transcript(request, stt, samples, duration, started)
             texts, segments, language = [], [], None
-            for piece in pieces(samples):
-                result = await stt.transcribe(Utterance(piece.pcm, 16000, 1, piece.start, piece.end))
-                if result.text:
+            async with contextlib.aclosing(_transcribed(stt, samples)) as results:
+                async for piece, result in results:
                     texts.append(result.text)
                     segments += wire.segments_of(result.text, piece.start, piece.end, result.words)
-                language = language or result.language
+                    language = language or result.language
         self.metrics.first_byte.labels("transcriptions").observe(time.perf_counter() - started)
         content_type, body = wire.transcription_response(
             transcription, " ".join(texts), segments, duration, language
@@ -307,15 +310,13 @@ class OpenAIRoutes:
         response = _event_stream()
         await response.prepare(request)
         texts: list[str] = []
-        for piece in pieces(samples):
-            result = await stt.transcribe(Utterance(piece.pcm, 16000, 1, piece.start, piece.end))
-            if not result.text:
-                continue
-            if not texts:
-                self.metrics.first_byte.labels("transcriptions").observe(time.perf_counter() - started)
-            delta = (" " if texts else "") + result.text
-            texts.append(result.text)
-            await response.write(wire.sse(wire.transcript_delta(delta)))
+        async with contextlib.aclosing(_transcribed(stt, samples)) as results:
+            async for _, result in results:
+                if not texts:
+                    self.metrics.first_byte.labels("transcriptions").observe(time.perf_counter() - started)
+                delta = (" " if texts else "") + result.text
+                texts.append(result.text)
+                await response.write(wire.sse(wire.transcript_delta(delta)))
         await response.write(wire.sse(wire.transcript_done(" ".join(texts), duration)))
         await response.write_eof()
         return response
@@ -409,10 +410,6 @@ class OpenAIRoutes:
         return engine
 
 
-STOP_WAIT = 5.0
-"""Seconds cut-off requests get to end at shutdown."""
-
-
 def _event_stream() -> web.StreamResponse:
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
@@ -479,6 +476,17 @@ async def _read_part(part: BodyPartReader, limit: int, is_file: bool) -> bytes:
             what = "the upload" if is_file else f"the field {part.name!r}"
             raise wire.RequestError(413, f"{what} is larger than {limit} bytes", param=part.name)
     return bytes(data)
+
+
+async def _transcribed(stt: Any, samples: np.ndarray[Any, Any]) -> AsyncGenerator[tuple[Piece, Any], None]:
+    """Each piece of ``samples`` with what the recogniser heard in it; silent pieces and pieces heard as
+    nothing are left out (Whisper makes up words for silence)."""
+    for piece in pieces(samples):
+        if int(np.abs(np.frombuffer(piece.pcm, dtype="<i2").astype(np.int32)).max()) < SILENCE_PEAK:
+            continue
+        result = await stt.transcribe(Utterance(piece.pcm, RATE, 1, piece.start, piece.end))
+        if result.text:
+            yield piece, result
 
 
 async def _spoken(tts: Any, text: str) -> AsyncGenerator[bytes, None]:

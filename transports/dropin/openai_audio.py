@@ -18,6 +18,7 @@ import numpy as np
 
 __all__ = [
     "COMPRESSED",
+    "RATE",
     "AudioUploadError",
     "CompressedAudio",
     "Piece",
