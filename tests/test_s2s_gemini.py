@@ -492,3 +492,32 @@ async def test_connection_failures_end_the_graph_saying_what_to_check(
             await node.on_start()
         await node.close_session()
         assert said in str(failed.value), (said, str(failed.value))
+
+
+async def test_a_background_call_is_answered_after_a_barge_in_the_server_did_not_cancel(
+    fake: FakeGeminiLive, tmp_path: Path
+) -> None:
+    fake.cancel_on_interrupt = False  # the server "may" cancel: this one keeps the call pending
+    slow = FakeFunctionCall("slow_search", {"query": "opening hours", "seconds": 0.3})
+    fake.turns = [LiveTurn(heard="Search it.", reply="Found it.", calls=[slow])]
+    tools = [{"name": "slow_search", "function": "tests.tools_example:slow_search", "background": True}]
+
+    def steps(speaker: Any) -> Steps:
+        async def user() -> AsyncIterator[Frame]:
+            for frame in speech():
+                yield frame
+            await fake.wait_until(lambda: "toolCall" in fake.sessions[0].kinds_sent(), timeout=10.0)
+            for frame in talking_over():
+                yield frame
+            await fake.wait_until(lambda: fake.sessions[0].tool_responses, timeout=5.0)
+
+        return user
+
+    captured, _ = await converse(fake, tmp_path, steps, tools=tools)
+    captured.raise_errors()
+    [session] = fake.sessions
+    assert session.interrupted == 1 and session.cancelled_calls == []
+    [response] = session.tool_responses
+    assert response["id"] == "function-call-1" and response["response"]["output"] == [
+        "result for opening hours"
+    ]

@@ -20,7 +20,8 @@ audio is dropped. Gemini keeps no item to truncate, so the model's own context k
 it generated, while the recording and the transcript keep what was heard. Tool calls (``toolCall``)
 run through ``tools:`` and are answered with ``send_tool_response`` and the same ids; the model goes
 on by itself. A ``toolCallCancellation`` cancels the calls it names and their results are never sent
-(Gemini cancels pending calls itself when the user interrupts, so the node sends no cancelled results).
+(Gemini cancels pending calls itself when the user interrupts, so the node sends no cancelled results;
+a ``background`` call that finishes after a barge-in is answered unless the server cancelled it).
 
 The SDK dials ``wss://`` whatever the scheme of ``base_url``; a server with its own certificate
 authority (a TLS proxy, a test server) is trusted through ``SSL_CERT_FILE``, which the SDK reads.
@@ -58,6 +59,7 @@ from processors.llm.gemini import GEMINI_KEY_VARIABLE, GEMINI_URL
 from processors.llm.openai import key_problems
 from processors.llm.tools import ToolCall
 from processors.s2s.base import (
+    CANCELLED_RESULT,
     BotAudio,
     BotTranscript,
     Event,
@@ -374,12 +376,12 @@ class GeminiLive(SpeechToSpeech):
     async def send_tool_results(self, results: list[tuple[ToolCall, str]], respond: bool) -> None:
         from google.genai import types
 
-        if not respond:
-            return  # cancelled by a barge-in: Gemini cancels the calls of an interrupted turn itself
+        # Gemini goes on by itself once answered (``respond`` has nothing to ask for). Calls a barge-in
+        # cancelled are not answered: Gemini cancels the calls of the turn it interrupted itself.
         responses = [
             types.FunctionResponse(id=call.call_id, name=call.name, response=function_response(output))
             for call, output in results
-            if call.call_id not in self._unwanted
+            if call.call_id not in self._unwanted and output != CANCELLED_RESULT
         ]
         if responses:
             await self._sdk_session().send_tool_response(function_responses=responses)

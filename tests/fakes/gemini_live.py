@@ -146,6 +146,7 @@ class FakeGeminiLive(LocalServer):
         loud_rms: float = 500.0,
         barge_in_ms: float = 60.0,
         tool_response_timeout: float = 10.0,
+        cancel_on_interrupt: bool = True,
     ) -> None:
         super().__init__()
         self.api_key = api_key  # the only key accepted
@@ -158,6 +159,7 @@ class FakeGeminiLive(LocalServer):
         self.loud_rms = loud_rms  # input RMS at or above this is speech
         self.barge_in_ms = barge_in_ms  # speech during a reply that interrupts it
         self.tool_response_timeout = tool_response_timeout  # a pending call not answered: close 1011
+        self.cancel_on_interrupt = cancel_on_interrupt  # False: calls stay pending through a barge-in
         self.sessions: list[LiveSession] = []
         self.handles: dict[str, int] = {}  # resumption handle given out -> user turns answered by then
         self.cert_file = Path()  # set by start(): the certificate a client must trust
@@ -351,7 +353,7 @@ class _Conversation:
             return
         reply.cancel()
         await asyncio.wait({reply}, timeout=2.0)
-        if self.pending:
+        if self.pending and self.fake.cancel_on_interrupt:
             ids = list(self.pending)
             self.pending.clear()
             self.session.cancelled_calls += ids
