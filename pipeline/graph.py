@@ -157,6 +157,14 @@ class Graph(Runtime):
             self._tasks.append(source.start_producer())
         self.started.set()
 
+    def nodes(self) -> tuple[Processor, ...]:
+        return tuple(self.processors.values())
+
+    def end_input(self) -> bool:
+        for source in self.sources:
+            source.request_stop()
+        return bool(self.sources)
+
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait until every sink has seen the end (or the graph was cancelled); False on timeout."""
         try:
@@ -170,8 +178,7 @@ class Graph(Runtime):
 
         Waits at most ``end_timeout`` for the end to reach every sink, then cancels.
         """
-        for source in self.sources:
-            source.request_stop()
+        self.end_input()
         if not await self.wait(self.end_timeout):
             log.warning("graph %s: end did not drain in %.1fs; cancelling", self.name, self.end_timeout)
             await self.cancel()

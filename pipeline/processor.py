@@ -73,6 +73,16 @@ class Runtime:
     def processor_failed(self, processor: Processor, report: ErrorFrame, error: BaseException) -> None:
         """``process`` or a hook raised; ``report.fatal`` errors end the graph."""
 
+    def nodes(self) -> tuple[Processor, ...]:
+        """Every processor of the running graph (none when detached): for a node that asks about
+        its session, e.g. whether some node can transfer a call."""
+        return ()
+
+    def end_input(self) -> bool:
+        """Stop the graph's sources, so their end drains behind everything already sent (a goodbye
+        is spoken and played out before the graph ends); False when there is no graph to end."""
+        return False
+
 
 _DETACHED = Runtime()
 
@@ -306,6 +316,11 @@ class Processor(Generic[ParamsT]):
         self._inputs = len(upstream)
         self._runtime = runtime
         self._observers = observers
+
+    @property
+    def runtime(self) -> Runtime:
+        """The graph this processor runs in (a detached stand-in before and after)."""
+        return self._runtime
 
     def detach(self) -> None:
         """Let go of the graph once it has finished (called by ``Graph``): its runtime, neighbours,

@@ -685,13 +685,13 @@ def _import_callable(target: Any) -> Callable[..., Any]:
 
 # --- the session a tool runs in -----------------------------------------------------------------
 # A ToolHost (an LLM or speech-to-speech node) answers its tools' questions about the session from the
-# graph it runs in: these read it through the processor's runtime, which is the running ``Graph``.
+# graph it runs in (``Processor.runtime``).
 
 
 def session_of(processor: Processor) -> str:
     """The id of the conversation ``processor`` serves, as the graph's recorder (its
     ``ConversationKeeper``) keeps it; empty when nothing names it."""
-    for node in getattr(processor._runtime, "processors", {}).values():
+    for node in processor.runtime.nodes():
         if isinstance(node, ConversationKeeper):
             session_id: object = getattr(node, "session_id", "")
             if isinstance(session_id, str) and session_id:
@@ -702,20 +702,14 @@ def session_of(processor: Processor) -> str:
 def graph_can_transfer(processor: Processor) -> bool:
     """Whether a node of ``processor``'s graph hands calls over (``handles_transfer = True``: it
     handles ``TransferCallFrame``)."""
-    nodes = getattr(processor._runtime, "processors", {}).values()
-    return any(getattr(node, "handles_transfer", False) is True for node in nodes)
+    return any(getattr(node, "handles_transfer", False) is True for node in processor.runtime.nodes())
 
 
 def end_session(processor: Processor) -> bool:
     """End ``processor``'s session gracefully: the graph's sources stop, and their end drains behind
     everything already sent (a goodbye is spoken and played out; a phone call is then hung up). False
     when ``processor`` runs in no graph."""
-    sources = getattr(processor._runtime, "sources", None)
-    if not sources:
-        return False
-    for source in sources:
-        source.request_stop()
-    return True
+    return processor.runtime.end_input()
 
 
 # --- built-in tools ------------------------------------------------------------------------------
