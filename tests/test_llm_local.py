@@ -159,3 +159,10 @@ async def test_decide_calls_the_tool_and_answers_with_its_result() -> None:
 def test_unusable_tools_are_reported_like_any_nodes() -> None:
     [problem] = LocalLLM(tools=[{"weather": "no_such_module:get_weather"}]).check()
     assert problem.key == "tools" and "no_such_module" in problem.message
+
+
+async def test_decide_answers_in_words_when_the_model_chooses_to() -> None:
+    llm = LocalLLM(temperature=0.0, max_tokens=30, tools=[WEATHER], tool_calling="decide")
+    out = await run_processor(llm, [TranscriptFrame(text="Who wrote Hamlet?")], timeout=TIMEOUT)
+    assert not out.errors and not out.of(LLMToolCallFrame)
+    assert "".join(f.text for f in out.of(LLMTextFrame)).strip()

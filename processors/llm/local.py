@@ -4,16 +4,17 @@ The default model is SmolLM2-135M-Instruct (Q4_1, 98 MB), shipped inside the ``l
 fast (load ~0.1 s; ~50 tokens/s on one thread, ~80 on two of an idle box) but a weak assistant that
 tends to ramble. Point ``model_path`` at any GGUF chat model for better answers.
 
-Tools are off unless ``tool_calling: decide``: SmolLM2-135M cannot tell when a tool is needed (asked
-20 questions that need a weather tool and 20 that do not, it called the tool for 17 and for 16 of
-them; a yes/no question to the model did no better: 14 and 11), though its arguments are always valid
-JSON (a grammar from the tool's schema) with the right city 19 times in 20. So a config with tools
-and the default model gets a warning and plain answers. With ``decide`` (for a larger ``model_path``)
-a user turn first gets a grammar-limited choice between answering and each tool (llama.cpp's
-``chatml-function-calling`` prompt, not streamed: a streamed automatic choice is refused there), then
-either a streamed answer in the model's own template or the calls with schema-forced arguments. Tool
-results reach the model as a user message (that format's ``tool`` messages render with no content),
-and the answer to them is streamed with no further choice.
+Tools are off unless ``tool_calling: decide``: SmolLM2-135M cannot tell when a tool is needed. Asked
+20 questions that need a weather tool and 20 that do not, it called the tool for 18 and for 16 of them
+(llama.cpp's own ``chatml-function-calling`` handler: 17 and 16; a yes/no question to the model: 14
+and 11), though its arguments, forced by a grammar from the tool's schema, were always valid JSON and
+named the right city 17 times in 18. So a config with tools and the default model gets a warning and
+plain answers. With ``decide`` (meant for a larger ``model_path``) a user turn first gets two bounded,
+unstreamed passes in the model's own chat template with the tools listed in the system message: a
+grammar lets the reply begin only with ``message:`` or ``functions.<name>:``, then a call's arguments
+are forced to its schema (one call per round). An answer in words streams as usual. Tool results
+reach the model as a user message (chat templates that know no tools would not read a ``tool``
+message), and the answer to them streams with no further choice.
 
 Models are cached process-wide (per path, context size and threads), so sessions share one copy;
 llama.cpp is not thread-safe, so their generations take turns on the model's lock. Generation runs
@@ -28,6 +29,7 @@ import concurrent.futures
 import contextlib
 import glob
 import importlib.util
+import json
 import logging
 import threading
 import uuid
@@ -75,9 +77,9 @@ class LocalLLMParams(ChatParams):
     )
     tool_calling: Literal["off", "decide"] = param(
         "off",
-        doc="whether the model may call the tools: off (SmolLM2-135M calls a tool for most questions "
-        "that need none) or decide (a grammar-limited choice between answering and each tool, then "
-        "schema-forced arguments; for larger models)",
+        doc="whether the model may call the tools: off (SmolLM2-135M called a tool for 16 of 20 "
+        "questions that need none) or decide (a grammar-limited choice between answering and each tool, "
+        "then schema-forced arguments; meant for larger models)",
     )
 
 
@@ -141,6 +143,7 @@ class LocalLLM(ChatLLM):
         self._model: SharedModel | None = None
         self.tokens_generated = 0
         """Tokens produced by this node's generations so far (a stopped one stops counting)."""
+        self._formatter: Any = None  # the model's chat template, for tool_calling: decide
 
     def check(self) -> list[Problem]:
         p = self.params
@@ -248,7 +251,7 @@ class LocalLLM(ChatLLM):
         p = self.params
         plain = plain_messages(messages)
         if self.tool_schemas and p.tool_calling == "decide" and messages[-1]["role"] == "user":
-            calls = self._choose_calls(llama, plain)
+            calls = self._choose_calls(llama, plain, stop)
             if calls:
                 for call in calls:
                     _put(queue, call, loop, stop)
@@ -268,31 +271,75 @@ class LocalLLM(ChatLLM):
         finally:
             stream.close()
 
-    def _choose_calls(self, llama: Any, messages: list[dict[str, Any]]) -> list[ToolCall]:
-        """The calls the model chooses to make, or none to answer in words (worker thread).
+    def _choose_calls(
+        self, llama: Any, messages: list[dict[str, Any]], stop: threading.Event
+    ) -> list[ToolCall]:
+        """The call the model chooses to make, or none to answer in words (worker thread).
 
-        llama.cpp's ``chatml-function-calling`` handler asks first, under a grammar, for ``message:``
-        or ``functions.<name>:``; calls get arguments forced to the tool's schema. Its answer in words
-        is cut short by that same grammar, so only its calls are used.
+        Two bounded passes in the model's own chat template, the tools listed in the system message:
+        a grammar lets the reply begin only with ``message:`` or ``functions.<name>:`` (a few
+        tokens, greedy); for a call, a grammar from the tool's JSON schema forces its arguments
+        (at most ``max_tokens``). One call per round: a weak model asked for more loops on them.
         """
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        p = self.params
+        prompt = self._prompt(llama, _with_tool_list(messages, self.tool_schemas))
+        names = [schema["function"]["name"] for schema in self.tool_schemas]
+        choices = " | ".join(json.dumps(f"functions.{name}:") for name in names)
+        decision = LlamaGrammar.from_string(f'root ::= "message:" | {choices}', verbose=False)
+        choice = llama.create_completion(prompt, grammar=decision, max_tokens=16, temperature=0.0)
+        chosen = choice["choices"][0]["text"]
+        name = chosen.removeprefix("functions.").removesuffix(":")
+        if not chosen.startswith("functions.") or name not in names or stop.is_set():
+            return []
+        schema = next(s["function"] for s in self.tool_schemas if s["function"]["name"] == name)
+        arguments = LlamaGrammar.from_json_schema(json.dumps(schema["parameters"]), verbose=False)
+        completion = llama.create_completion(
+            f"{prompt}{chosen}\n", grammar=arguments, max_tokens=p.max_tokens, temperature=p.temperature
+        )
+        self.tokens_generated += int(completion.get("usage", {}).get("completion_tokens", 0))
+        return [ToolCall(f"call_{uuid.uuid4().hex[:24]}", name, completion["choices"][0]["text"].strip())]
+
+    def _prompt(self, llama: Any, messages: list[dict[str, Any]]) -> str:
+        """``messages`` rendered by the model's own chat template, ready for the assistant's turn."""
         from llama_cpp import llama_chat_format
 
-        if messages[0]["role"] != "system":  # the tools are written into the system message only
-            messages = [{"role": "system", "content": ""}, *messages]
-        result = llama_chat_format.chatml_function_calling(
-            llama=llama,
-            messages=messages,
-            tools=self.tool_schemas,
-            tool_choice="auto",
-            temperature=self.params.temperature,
-            max_tokens=self.params.max_tokens,
-        )
-        message = result["choices"][0]["message"]
-        self.tokens_generated += int(result.get("usage", {}).get("completion_tokens", 0))
-        return [
-            ToolCall(f"call_{uuid.uuid4().hex[:24]}", c["function"]["name"], c["function"]["arguments"])
-            for c in message.get("tool_calls") or []
-        ]
+        if self._formatter is None:
+            template = llama.metadata.get("tokenizer.chat_template")
+            if not template:
+                raise FatalProcessorError(
+                    f"{self.model_file()} has no chat template: tool_calling: decide needs one"
+                )
+            eos, bos = llama.token_eos(), llama.token_bos()
+            self._formatter = llama_chat_format.Jinja2ChatFormatter(
+                template=template,
+                eos_token=llama.detokenize([eos], special=True).decode(errors="replace") if eos != -1 else "",
+                bos_token=llama.detokenize([bos], special=True).decode(errors="replace") if bos != -1 else "",
+            )
+        return str(self._formatter(messages=messages).prompt)
+
+
+TOOL_LIST = (
+    "You can answer in words, or call one of these functions when the user needs what it gives:\n"
+    "{functions}\n"
+    "To answer in words, begin with 'message:'. To call a function, write 'functions.<name>:' and "
+    "then its arguments as JSON."
+)
+"""How the tools are put to a model whose template knows none (after the system prompt)."""
+
+
+def _with_tool_list(messages: list[dict[str, Any]], schemas: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    functions = "\n".join(
+        f"functions.{s['function']['name']}: {s['function'].get('description', '')} "
+        f"Arguments: {json.dumps(s['function'].get('parameters', {}))}"
+        for s in schemas
+    )
+    tools = TOOL_LIST.format(functions=functions)
+    if messages and messages[0]["role"] == "system":
+        system = f"{messages[0]['content']}\n\n{tools}".strip()
+        return [{"role": "system", "content": system}, *messages[1:]]
+    return [{"role": "system", "content": tools}, *messages]
 
 
 def plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
