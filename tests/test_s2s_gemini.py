@@ -521,3 +521,28 @@ async def test_a_background_call_is_answered_after_a_barge_in_the_server_did_not
     assert response["id"] == "function-call-1" and response["response"]["output"] == [
         "result for opening hours"
     ]
+
+
+async def test_end_call_ends_the_session_after_the_goodbye(fake: FakeGeminiLive, tmp_path: Path) -> None:
+    goodbye = "Goodbye, have a nice day."
+    fake.turns = [LiveTurn(heard="That's all.", reply=goodbye, calls=[FakeFunctionCall("end_call")])]
+
+    def steps(speaker: Any) -> Steps:
+        async def user() -> AsyncIterator[Frame]:
+            for frame in speech():
+                yield frame
+            for frame in audio_frames(silence(20.0)):  # a live line stays open
+                await asyncio.sleep(0.02)  # pace, not synchronise
+                yield frame
+
+        return user
+
+    began = asyncio.get_running_loop().time()
+    captured, _ = await converse(fake, tmp_path, steps, tools=["end_call"])
+    took = asyncio.get_running_loop().time() - began
+    captured.raise_errors()
+    assert took < 12.0, "the call ended after the goodbye, not at the end of the input"
+    [session] = fake.sessions
+    assert [r["name"] for r in session.tool_responses] == ["end_call"]
+    assert [m["content"] for m in transcript(tmp_path)] == ["That's all.", goodbye]
+    assert seconds(tmp_path / "heard.wav") == pytest.approx(session.audio_out_ms / 1000, abs=0.05)
