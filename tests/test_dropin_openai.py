@@ -349,8 +349,9 @@ async def test_the_routes_count_in_the_servers_metrics(server: VoiceServer, clie
 async def test_a_bad_key_is_refused_with_401(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VOXGRAPH_API_KEYS", API_KEY)
     async with serving("server.port=0", "server.auth=api_key") as served:
-        with pytest.raises(openai.AuthenticationError):
+        with pytest.raises(openai.AuthenticationError) as refused:
             await client_of(served, "sk-wrong-key-0123456789").models.list()
+        assert refused.value.code == "invalid_api_key"  # OpenAI's error shape, read by the SDK
         assert [m.id async for m in client_of(served, API_KEY).models.list()] == ["stt", "tts", "llm"]
 
 

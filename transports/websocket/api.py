@@ -28,6 +28,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from transports.dropin.openai_wire import error_body
 from transports.websocket.auth import Attempt, Guard, Scope
 
 log = logging.getLogger("transports.websocket.api")
@@ -40,6 +41,8 @@ MAX_LISTED = 500
 """Conversations listed at most in one page (the newest by default)."""
 MAX_MINT_BODY = 4096
 MINT_KEYS = frozenset({"ttl", "config", "conversation"})
+OPENAI_PREFIX = "/v1/"
+"""Paths answered in OpenAI's shape (``transports.dropin.openai``), refusals included."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -188,7 +191,11 @@ def access_middleware(guard: Guard) -> Middleware:
         if verdict.status == 204:
             return web.Response(status=204, headers=verdict.headers)
         log.info("refused %s %s: %d %s", request.method, request.path, verdict.status, verdict.reason)
-        return web.json_response({"error": verdict.reason}, status=verdict.status, headers=verdict.headers)
+        body: dict[str, Any] = {"error": verdict.reason}
+        if request.path.startswith(OPENAI_PREFIX):  # OpenAI's clients read their own error shape
+            code = "invalid_api_key" if verdict.status == 401 else None
+            body = error_body(verdict.reason, "invalid_request_error", code)
+        return web.json_response(body, status=verdict.status, headers=verdict.headers)
 
     return check_access
 
