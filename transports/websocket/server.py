@@ -70,7 +70,7 @@ from transports.dropin.assemblyai import add_assemblyai_routes
 from transports.dropin.openai import add_openai_routes
 from transports.telephony.call import HANG_UP_TIMEOUT
 from transports.telephony.routes import add_phone_routes
-from transports.webrtc.signalling import add_webrtc_routes
+from transports.webrtc.signalling import add_webrtc_routes, serves_browsers
 from transports.websocket import protocol
 from transports.websocket.admission import Admission, thresholds
 from transports.websocket.api import Recordings, access_middleware, add_auth_routes, add_routes
@@ -300,10 +300,8 @@ class VoiceServer:
             failed = await self._load_models()
             if failed is not None:
                 return failed
-            print(
-                f"Voxgraph: serving '{name}' {self.listening} — open it in a browser (Ctrl-C stops)",
-                flush=True,
-            )
+            page = " — open it in a browser" if serves_browsers(self.compiled) else ""
+            print(f"Voxgraph: serving '{name}' {self.listening}{page} (Ctrl-C stops)", flush=True)
             await self._shutdown.wait()
             await self.drain()
         finally:
