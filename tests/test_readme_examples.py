@@ -8,10 +8,14 @@ between an LLM and a TTS must keep the reply one reply, as the README's text tab
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+from processors.llm.tools import ToolCall, ToolContext, ToolSet
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"```(\w+)\n(.*?)```", re.DOTALL)
@@ -99,3 +103,40 @@ def test_the_readme_processor_between_an_llm_and_a_tts_keeps_one_reply(tmp_path:
     _project(tmp_path, ONE_REPLY)
     done = _pytest(tmp_path)
     assert "1 passed" in done.stdout, done.stdout + done.stderr
+
+
+async def test_the_readme_tools_give_the_documented_schema_and_run(tmp_path: Path, monkeypatch: Any) -> None:
+    """The README's ``mytools.py``, named in YAML as documented: the model sees each docstring's
+    description and arguments, and a call runs with the session context it asked for."""
+    (tmp_path / "mytools.py").write_text(_block("python", "# mytools.py\n"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    entries = [{"weather": "mytools:get_weather"}, {"name": "book_table", "function": "mytools:book_table"}]
+    tools, problems = ToolSet.from_config(entries, node="llm")
+    assert problems == []
+    weather, booking = (schema["function"] for schema in tools.schemas())
+    assert weather["description"] == "The current weather in a city."
+    assert weather["parameters"]["required"] == ["city"]
+    assert weather["parameters"]["properties"]["city"]["description"] == "the city's name, e.g. Paris"
+    assert set(booking["parameters"]["properties"]) == {"day", "people"}  # the context is not shown
+
+    said: list[str] = []
+
+    class Host:
+        session_id = "s1"
+
+        async def push_from_tool(self, frame: Any) -> None:
+            raise AssertionError(frame)
+
+        async def say_from_tool(self, text: str) -> None:
+            said.append(text)
+
+        def request_end(self) -> None:
+            raise AssertionError("end")
+
+        def can_transfer(self) -> bool:
+            return False
+
+    call = ToolCall(call_id="c1", name="book_table", arguments='{"day": "Friday", "people": 2}')
+    result = await tools.run(call, ToolContext(Host(), call))
+    assert json.loads(result) == "booked for 2 on Friday"
+    assert said == ["Booking it now."]
