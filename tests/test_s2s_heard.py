@@ -55,3 +55,12 @@ def test_items_without_an_id_are_timed_but_never_truncated() -> None:
     clock.add_audio("", 1000)
     clock.started(now=0.0)
     assert clock.cut(now=0.5) == []
+
+
+def test_items_of_a_closed_session_are_forgotten_but_still_timed() -> None:
+    clock = PlayoutClock()
+    clock.add_audio("old_item", 1000)
+    clock.started(now=0.0)
+    clock.forget_items()  # a new session never heard of old_item
+    clock.add_audio("new_item", 1000)
+    assert clock.cut(now=1.5) == [("new_item", 500)]

@@ -338,7 +338,7 @@ async def test_a_dropped_connection_is_a_clear_error_and_the_recording_is_intact
         return user
 
     async with fake:
-        captured, _ = await converse(fake, tmp_path, steps)
+        captured, _ = await converse(fake, tmp_path, steps, reconnect_attempts=0)
     [error] = captured.errors
     assert "closed" in error.message and "code 1011 (internal error)" in error.message
     assert "recorded but not answered" in error.message and not error.fatal
@@ -348,6 +348,45 @@ async def test_a_dropped_connection_is_a_clear_error_and_the_recording_is_intact
     ]
     user_seconds = 2 * sum(f.duration for f in speech() if isinstance(f, AudioFrame))
     assert seconds(tmp_path / "recordings" / "call" / "user.wav") == pytest.approx(user_seconds, abs=0.03)
+
+
+async def test_after_a_drop_a_new_session_goes_on_with_what_was_said_and_heard(tmp_path: Path) -> None:
+    fake = FakeOpenAIRealtime(
+        transcripts=[QUESTION, "and tomorrow"],
+        replies=[REPLY, "Rain tomorrow."],
+        reply_ms=600,
+        speed=8,
+        close_after_responses=1,
+        close_sessions=1,
+    )
+
+    def steps(speaker: FileOutput) -> Steps:
+        async def user() -> AsyncIterator[Frame]:
+            for frame in speech():
+                yield frame
+            await fake.wait_until(lambda: len(fake.sessions) == 2, timeout=10.0)
+            await fake.wait_until(lambda: "session.updated" in fake.sessions[1].types_sent(), timeout=10.0)
+            await poll(lambda: played(speaker) >= 0.6)  # the first answer played out
+            for frame in speech():
+                yield frame
+            await fake.wait_until(lambda: fake.sessions[1].responses, timeout=10.0)
+
+        return user
+
+    async with fake:
+        captured, _ = await converse(fake, tmp_path, steps, reconnect_backoff=0.05)
+    captured.raise_errors()  # a reconnect is no error
+    first, second = fake.sessions
+    assert first.close_code == 1011
+    items = [m["item"] for m in second.received if m["type"] == "conversation.item.create"]
+    assert [(i["role"], i["content"][0]) for i in items] == [
+        ("user", {"type": "input_text", "text": QUESTION}),
+        ("assistant", {"type": "output_text", "text": REPLY}),
+    ]
+    assert second.types_received().index("session.update") < second.types_received().index(
+        "conversation.item.create"
+    )
+    assert [m["content"] for m in transcript(tmp_path)] == [QUESTION, REPLY, "and tomorrow", "Rain tomorrow."]
 
 
 @pytest.mark.parametrize(("key", "said"), [("sk-wrong", "HTTP 401"), ("sk-bad", "invalid_api_key")])

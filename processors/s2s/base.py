@@ -64,6 +64,7 @@ from pipeline.frames import (
 from pipeline.params import param
 from pipeline.processor import Processor
 from processors.llm.base import DEFAULT_SYSTEM_PROMPT, PASS_THROUGH_FRAMES
+from processors.llm.context import Conversation
 from processors.llm.tools import ToolCall, ToolContext, ToolSet, end_session, graph_can_transfer, session_of
 from processors.s2s.heard import PlayoutClock
 
@@ -86,6 +87,8 @@ log = logging.getLogger("processors.s2s")
 
 CANCELLED_RESULT = '{"error": "cancelled: the user interrupted"}'
 """What the model reads for a tool call a barge-in cancelled (the call never stays unanswered)."""
+HISTORY_TOKENS = 4000
+"""History kept to give a new session after a reconnect (the oldest turns go first)."""
 TRANSCRIPT_WAIT = 3.0
 """Seconds a reply's end waits for the transcript of the user's turn, so the recording keeps the
 turn before its answer; then the end goes on without it."""
@@ -246,6 +249,7 @@ class SpeechToSpeech(Processor):
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         self.clock = PlayoutClock()
+        self.history = Conversation(self.params.system_prompt)  # what was said and heard, for a reconnect
         self.toolset, self._tool_problems = ToolSet.from_config(self.params.tools, node=self.name)
         self._end_requested = False  # a tool asked to end the call after the reply
         self._barge_ins = 0  # barge-ins so far: a round of tool results cut by one asks for no answer
@@ -301,6 +305,12 @@ class SpeechToSpeech(Processor):
 
     async def close_session(self) -> None:
         """Close the session (bounded); runs at the end, also after a failure."""
+
+    async def reopen_session(self) -> bool:
+        """The session closed under the conversation: open a new one and give it ``self.history``
+        (what was said and heard); False when the provider does not or could not (the close is then
+        reported). Default: False."""
+        return False
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -367,10 +377,12 @@ class SpeechToSpeech(Processor):
         now = time.monotonic()
         if isinstance(frame, SpokenTextFrame):
             self.clock.spoken(frame.text, now)
+            self.history.append_spoken(frame.text)
         elif isinstance(frame, BotStartedSpeakingFrame):
             self.clock.started(now)
         elif isinstance(frame, BotStoppedSpeakingFrame):
             self.clock.stopped(now)
+            self.history.played_out()
         await self.push(frame, UPSTREAM)
 
     async def on_interrupt(self) -> None:
@@ -380,19 +392,28 @@ class SpeechToSpeech(Processor):
     # --- what the provider sends ----------------------------------------------------------------------
 
     async def _receive(self) -> None:
-        try:
-            async for event in self.events():
-                await self._handle(event)
-        except asyncio.CancelledError:
-            raise
-        except FatalProcessorError as error:
-            await self._session_lost()
-            self.report_error(error, fatal=True)
-        except Exception as error:
-            await self._session_lost()
-            self.report_error(error)
-        else:
-            await self._session_lost()  # the node closed it (the end of the stream)
+        while True:
+            try:
+                async for event in self.events():
+                    await self._handle(event)
+            except asyncio.CancelledError:
+                raise
+            except FatalProcessorError as error:
+                await self._session_lost()
+                self.report_error(error, fatal=True)
+            except SessionClosed as error:
+                await self._session_lost()
+                if await self.reopen_session():
+                    self.clock.forget_items()
+                    self._live = True
+                    continue
+                self.report_error(error)
+            except Exception as error:
+                await self._session_lost()
+                self.report_error(error)
+            else:
+                await self._session_lost()  # the node closed it (the end of the stream)
+            return
 
     async def _handle(self, event: Event) -> None:
         if isinstance(event, BotAudio):
@@ -410,6 +431,8 @@ class SpeechToSpeech(Processor):
             async with self._push_lock:
                 if event.text.strip():
                     await self.push(TranscriptFrame(text=event.text.strip()))
+                    self.history.add_user(event.text.strip())
+                    self.history.trim(HISTORY_TOKENS)
                 if not self._transcripts_due:
                     await self._release_end()
         elif isinstance(event, ResponseStarted):
@@ -442,12 +465,14 @@ class SpeechToSpeech(Processor):
         async with self._push_lock:
             reply = await self._open_reply()
             reply.pending_text.append(event.text)
+            self.history.append(event.text)
             await self.push(LLMTextFrame(text=event.text))
 
     async def _open_reply(self) -> _Reply:
         if self._reply is None:
             await self._release_end()
             self._reply = _Reply()
+            self.history.begin_assistant()
             await self.push(LLMResponseStartFrame())
             await self.push(TTSStartedFrame())
         return self._reply
@@ -494,6 +519,7 @@ class SpeechToSpeech(Processor):
         reply, self._reply = self._reply, None
         if reply is None:
             return
+        self.history.finish()
         if reply.audio:
             await self._push_audio(reply, pad=True)
         if reply.pending_text:
@@ -542,6 +568,8 @@ class SpeechToSpeech(Processor):
             self._barge_ins += 1
             await self._release_end()
             cuts = self.clock.cut(time.monotonic())
+            self.history.finish()
+            self.history.truncate_to_spoken()
             if push_frame:
                 await self.push(InterruptionFrame())
         await self._stop_tools(cancel_background=False)

@@ -92,6 +92,10 @@ class PlayoutClock:
         """Whether some audio sent has not been heard yet."""
         return self.heard(now) < self.sent
 
+    def forget_items(self) -> None:
+        """A new provider session knows none of the items sent so far: they are never truncated."""
+        self._items.clear()
+
     def cut(self, now: float) -> list[tuple[str, int]]:
         """Barge-in: the audio beyond the playout position is dropped. Returns ``(item_id,
         audio_end_ms)`` for each item not heard to its end, and moves the timeline to the cut."""

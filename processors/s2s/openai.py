@@ -27,6 +27,7 @@ expected and ignored. A closed connection ends the node's conversation with a cl
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import itertools
@@ -87,6 +88,12 @@ class OpenAIRealtimeParams(SpeechToSpeechParams):
     silence_duration_ms: int = param(500, ge=0, doc="server VAD: silence that ends a turn, in ms")
     vad_threshold: float = param(0.5, ge=0, le=1, doc="server VAD: speech probability threshold")
     prefix_padding_ms: int = param(300, ge=0, doc="server VAD: audio kept before detected speech, in ms")
+    reconnect_attempts: int = param(
+        2, ge=0, doc="new sessions tried when the connection closes mid-call (given the history); 0 = none"
+    )
+    reconnect_backoff: float = param(
+        0.5, ge=0, doc="seconds before the first reconnect; doubles each attempt"
+    )
 
 
 class OpenAIRealtime(SpeechToSpeech):
@@ -154,6 +161,8 @@ class OpenAIRealtime(SpeechToSpeech):
         import websockets
 
         p = self.params
+        self._closing = False
+        self._response_id, self._calls = "", []
         self._client = openai.AsyncOpenAI(
             api_key=p.api_key,
             base_url=p.base_url or None,
@@ -282,7 +291,8 @@ class OpenAIRealtime(SpeechToSpeech):
         receiving side reports the close once, with its code and reason."""
         import websockets
 
-        assert self._connection is not None
+        if self._connection is None:
+            return  # between two sessions: nothing to send on
         try:
             yield self._connection
         except websockets.exceptions.ConnectionClosed:
@@ -324,6 +334,38 @@ class OpenAIRealtime(SpeechToSpeech):
                 )
             if respond:
                 await connection.response.create()
+
+    async def reopen_session(self) -> bool:
+        p = self.params
+        for attempt in range(p.reconnect_attempts):
+            await asyncio.sleep(p.reconnect_backoff * 2**attempt)
+            await self.close_session()
+            try:
+                await asyncio.wait_for(self.open_session(), p.connect_timeout)
+                await self._restore(self.history.messages())
+            except Exception as error:
+                log.warning(
+                    "%s: reconnect %d failed: %s", self.name, attempt + 1, self.hide_secrets(str(error))
+                )
+                continue
+            log.warning(
+                "%s: the connection to %s closed; a new session goes on with the history",
+                self.name,
+                self.server,
+            )
+            return True
+        return False
+
+    async def _restore(self, messages: list[dict[str, Any]]) -> None:
+        """The conversation so far (what was said and heard) as items of the new session."""
+        async with self._sending() as connection:
+            for message in messages:
+                role, text = message["role"], message["content"]
+                if role not in ("user", "assistant") or not text:
+                    continue  # the instructions went with session.update
+                kind = "input_text" if role == "user" else "output_text"
+                item = {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}
+                await connection.conversation.item.create(item=item)  # type: ignore[arg-type]
 
     async def close_session(self) -> None:
         self._closing = True

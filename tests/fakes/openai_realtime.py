@@ -126,6 +126,7 @@ class FakeOpenAIRealtime(LocalServer):
         tool_arguments: str | None = None,
         energy_threshold: float = 500.0,
         close_after_responses: int | None = None,
+        close_sessions: int | None = None,
         close_code: int = 1011,
         close_reason: str = "internal error",
     ) -> None:
@@ -141,9 +142,12 @@ class FakeOpenAIRealtime(LocalServer):
         self.tool_arguments = tool_arguments  # with tools: call the first one with these before answering
         self.energy_threshold = energy_threshold  # mean |sample| at or above this is speech
         self.close_after_responses = close_after_responses  # close the socket once this many were done
+        self.close_sessions = close_sessions  # ... in this many first sessions (None: every one)
         self.close_code = close_code
         self.close_reason = close_reason
         self.sessions: list[Session] = []
+        self.turns = 0  # user turns heard, over every session: the scripts go on across sessions
+        self.answers = 0  # spoken answers given, over every session
         self._ids = itertools.count(1)
         self.app.router.add_get("/v1/realtime", self._session)
 
@@ -201,7 +205,6 @@ class _Conversation:
         self.session = session
         self.turn = _Turn()
         self.turns = 0  # user turns committed
-        self.answers = 0  # spoken answers given
         self.response: asyncio.Task[None] | None = None
         self.response_id = ""
         self.pending_call: str | None = None  # call id waiting for its output
@@ -325,7 +328,8 @@ class _Conversation:
         item_id = self.turn.item_id or self.fake.new_id("item")
         self.session.committed_at.append(time.monotonic())
         self.turn = _Turn()
-        text = self.fake.transcripts[min(self.turns, len(self.fake.transcripts) - 1)]
+        text = self.fake.transcripts[min(self.fake.turns, len(self.fake.transcripts) - 1)]
+        self.fake.turns += 1
         self.turns += 1
         item: dict[str, Any] = {
             "id": item_id,
@@ -414,12 +418,12 @@ class _Conversation:
         return [done]
 
     async def speak(self, response_id: str) -> list[dict[str, Any]]:
-        text = self.fake.replies[min(self.answers, len(self.fake.replies) - 1)]
+        text = self.fake.replies[min(self.fake.answers, len(self.fake.replies) - 1)]
         outputs = [o for o in self.session.tool_outputs if o.get("answered") is None]
         for output in outputs:
             output["answered"] = response_id
             text = f"{text} The tool said: {output['output']}"
-        self.answers += 1
+        self.fake.answers += 1
         item_id = self.fake.new_id("item")
         item = {"id": item_id, "type": "message", "role": "assistant", "status": "in_progress", "content": []}
         self.session.items[item_id] = {**item, "audio_ms": 0.0, "transcript": ""}
@@ -481,8 +485,9 @@ class _Conversation:
         response.update(output=output, usage=usage)
         self.session.responses.append(response)
         await self.send({"type": "response.done", "response": response})
-        limit = self.fake.close_after_responses
-        if limit is not None and len(self.session.responses) >= limit and not self.ws.closed:
+        limit, sessions = self.fake.close_after_responses, self.fake.close_sessions
+        closes = sessions is None or self.fake.sessions.index(self.session) < sessions
+        if limit is not None and closes and len(self.session.responses) >= limit and not self.ws.closed:
             self.closing = True
             await self.fake._close(self.ws, self.session, self.fake.close_code, self.fake.close_reason)
 
