@@ -25,8 +25,10 @@ sends user audio (``send_audio``), turns what the provider sends into the events
 * **Tools** (``tools:``, the same list as an LLM node's): each call runs through the ``ToolSet``,
   its result goes back to the provider, and the reply goes on; an ``LLMToolCallFrame`` is sent
   downstream for observers.
-* **A dropped connection** ends the reply in flight as it was heard and reports a clear error; the
-  rest of the conversation is still recorded (the user's audio passes on), but not answered.
+* **A dropped connection** ends the reply in flight as it was heard. The provider may open a new
+  session and give it the conversation so far (``reopen_session``, from ``history``: what was said
+  and heard); if it does not or cannot, a clear error is reported and the rest of the conversation is
+  still recorded (the user's audio passes on), but not answered.
 """
 
 from __future__ import annotations

@@ -19,7 +19,9 @@ user never heard. Tool calls (``response.function_call_arguments.done``) are ans
 Errors: an upgrade refused with HTTP 401 (or an ``invalid_api_key`` error event) ends the graph with a
 message naming ``OPENAI_API_KEY``; other error events are logged (most are recoverable) — the
 ``response_cancel_not_active`` that a cancel crossing the server's ``response.done`` causes is
-expected and ignored. A closed connection ends the node's conversation with a clear error.
+expected and ignored. A connection closed mid-call is replaced (``reconnect_attempts``): the new
+session gets the conversation so far as text items (what the user said, what of each reply was
+heard); when that fails the error says so and the rest of the call is recorded, not answered.
 
 ``base_url`` (``OPENAI_BASE_URL`` in the configs) is where the SDK derives the socket URL from
 (http -> ws, ``/realtime`` appended); ``websocket_base_url`` overrides the socket URL alone.
