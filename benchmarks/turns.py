@@ -17,7 +17,10 @@ Thresholds are tuned on one half of the set and reported on the other (all turns
 recording fall in the same half): the threshold with the best balanced accuracy, and the lowest-latency
 threshold and ``--long`` holding false cut-offs to 5%. The VAD's 5% setting is chosen the same way.
 
-    python -m benchmarks.turns [--json out.json] [--languages en,nl]
+    python -m benchmarks.turns [--json out.json] [--languages en,nl] [--window 4]
+
+The set needs ``apt-get install pocketsphinx-testdata fillets-ng-data fillets-ng-data-nl``; the first
+run computes Whisper word timings (cached), later runs take a few minutes of one core (the model).
 
 Progress on stderr; the table on stdout; ``--json`` writes everything, with each turn's verdict.
 """

@@ -10,8 +10,9 @@ Whisper recipe: waveform normalised to zero mean and unit variance, 25 ms Hann w
 80 Slaney mel bands, log10 clamped to 8 decades below the peak), either at once (``log_mel``) or as
 the audio arrives (``LogMelStream``: at a pause only its last step, ~1-2 ms, and the model remain).
 One shared ``InferenceSession`` with one thread serves every node in the process; the model takes
-50-60 ms of one core on a quiet 2-core machine (a fixed 8 s input: shorter turns cost the same), so
-callers run it in a thread.
+~55 ms of one core per decision (a fixed 8 s input: shorter turns cost the same), ~23 ms when made to
+hear the last 4 s (``windowed_model``), so callers run it in a thread. Two intra-op threads or other
+graph optimisation levels did not help on this 2-core machine.
 """
 
 from __future__ import annotations
