@@ -267,8 +267,8 @@ def _targets(rows: dict[str, Any]) -> dict[str, Any]:
         "latency"
     ]
     return {
-        "false_cut_offs_at_most_half_of_vad_0.4": smart["false_cut_offs"] <= vad / 2,
-        "latency_below_vad_0.6": latency < rows["vad-only, stop_secs 0.6"]["latency"],
+        "false_cut_offs_at_most_half_of_vad_0.4": bool(smart["false_cut_offs"] <= vad / 2),
+        "latency_below_vad_0.6": bool(latency < rows["vad-only, stop_secs 0.6"]["latency"]),
     }
 
 
