@@ -27,8 +27,8 @@ from transports.dropin import assemblyai_wire as wire
 from transports.dropin.assemblyai_nodes import Endpoint, StreamConnection, StreamLink
 from transports.dropin.assemblyai_wire import StreamingConfig, WireError
 from transports.websocket import protocol
-from transports.websocket.protocol import Audio, ClientEvent, ProtocolError
-from transports.websocket.session import ConnectionNode, Session
+from transports.websocket.protocol import Audio, ClientEvent
+from transports.websocket.session import ConnectionNode, Session, SilentWire
 
 __all__ = ["MAX_MESSAGE_BYTES", "StreamingSession", "StreamingWire"]
 
@@ -44,12 +44,14 @@ BUFFERED_SECONDS = 60.0
 """Client audio held for a graph that is behind: more than the slack, so nothing taken is dropped."""
 
 
-class StreamingWire:
+class StreamingWire(SilentWire):
     """The session's server messages: ``Begin`` first, ``Termination`` at the end (unless it failed).
 
     The browser protocol's other messages have no counterpart here (None: nothing is sent); an error a
     node reports without stopping the graph reaches the client as a ``Warning``, which ends nothing.
     """
+
+    reader = "StreamingSession"
 
     def __init__(self, link: StreamLink, expires_at: int) -> None:
         self.link = link
@@ -67,30 +69,6 @@ class StreamingWire:
 
     def error(self, message: str) -> str:
         return wire.warning(message)
-
-    def draining(self, deadline_s: float) -> None:
-        return None
-
-    def transcript(self, text: str, final: bool) -> None:
-        return None
-
-    def assistant_text(self, text: str, final: bool) -> None:
-        return None
-
-    def audio_format(self, sample_rate: int, channels: int = 1) -> None:
-        return None
-
-    def interrupted(self) -> None:
-        return None
-
-    def metrics(self, voice_to_voice_ms: float) -> None:
-        return None
-
-    def parse_binary(self, data: bytes, max_bytes: int) -> ProtocolError:
-        return ProtocolError("an AssemblyAI session is read by StreamingSession")
-
-    def parse_text(self, text: str, max_bytes: int) -> ProtocolError:
-        return ProtocolError("an AssemblyAI session is read by StreamingSession")
 
 
 class StreamingSession(Session):

@@ -36,7 +36,7 @@ from transports.telephony.nodes import SAMPLE_RATE, CallLink
 from transports.telephony.wire import MAX_MESSAGE_BYTES, CarrierWire
 from transports.websocket import protocol
 from transports.websocket.protocol import Audio, ClientEvent
-from transports.websocket.session import Connection, ConnectionNode, Session, Wire
+from transports.websocket.session import Connection, ConnectionNode, Session, SilentWire
 
 __all__ = ["CallConnection", "PhoneCall"]
 
@@ -53,41 +53,10 @@ MAX_LOGGED_PROBLEMS = 5
 """Unreadable carrier messages logged per call; the rest are only counted."""
 
 
-class _Silent:
+class _Silent(SilentWire):
     """The browser protocol's encoders for a carrier: nothing is sent (see the module docstring)."""
 
-    def session(self, session_id: str) -> None:
-        return None
-
-    def status(self, state: str) -> None:
-        return None
-
-    def draining(self, deadline_s: float) -> None:
-        return None
-
-    def error(self, message: str) -> None:
-        return None
-
-    def transcript(self, text: str, final: bool) -> None:
-        return None
-
-    def assistant_text(self, text: str, final: bool) -> None:
-        return None
-
-    def audio_format(self, sample_rate: int, channels: int = 1) -> None:
-        return None
-
-    def interrupted(self) -> None:
-        return None
-
-    def metrics(self, voice_to_voice_ms: float) -> None:
-        return None
-
-    def parse_binary(self, data: bytes, max_bytes: int) -> ProtocolError:
-        return ProtocolError("a carrier call is read by PhoneCall")
-
-    def parse_text(self, text: str, max_bytes: int) -> ProtocolError:
-        return ProtocolError("a carrier call is read by PhoneCall")
+    reader = "PhoneCall"
 
 
 class CallConnection(Connection):
@@ -96,7 +65,7 @@ class CallConnection(Connection):
     def __init__(self, session_id: str, carrier: CarrierWire) -> None:
         super().__init__(session_id)
         self.call = CallLink(carrier)
-        self.wire = cast(Wire, _Silent())  # its encoders return None: "not in this protocol", nothing sent
+        self.wire = _Silent()  # its encoders return None: "not in this protocol", nothing sent
 
 
 class PhoneCall(Session):

@@ -46,12 +46,54 @@ class Wire(TypingProtocol):
     def session(self, session_id: str) -> str | None: ...
     def status(self, state: str) -> str | None: ...
     def draining(self, deadline_s: float) -> str | None: ...
-    def error(self, message: str) -> str: ...
+    def error(self, message: str) -> str | None: ...
     def transcript(self, text: str, final: bool) -> str | None: ...
     def assistant_text(self, text: str, final: bool) -> str | None: ...
     def audio_format(self, sample_rate: int, channels: int = 1) -> str | None: ...
     def interrupted(self) -> str | None: ...
     def metrics(self, voice_to_voice_ms: float) -> str | None: ...
+
+
+class SilentWire:
+    """The browser protocol's messages for a session whose client speaks another wire (a carrier, a
+    cloud API's clients): none is sent, and the client's messages are read by the session itself.
+    Subclasses override the encoders that have a counterpart in their wire."""
+
+    reader = "its session"
+    """Who reads this client's messages, for the error if they ever reach here."""
+
+    def parse_binary(self, data: bytes, max_bytes: int) -> ClientEvent | ProtocolError:
+        return ProtocolError(f"this client's messages are read by {self.reader}")
+
+    def parse_text(self, text: str, max_bytes: int) -> ClientEvent | ProtocolError:
+        return ProtocolError(f"this client's messages are read by {self.reader}")
+
+    def session(self, session_id: str) -> str | None:
+        return None
+
+    def status(self, state: str) -> str | None:
+        return None
+
+    def draining(self, deadline_s: float) -> str | None:
+        return None
+
+    def error(self, message: str) -> str | None:
+        return None
+
+    def transcript(self, text: str, final: bool) -> str | None:
+        return None
+
+    def assistant_text(self, text: str, final: bool) -> str | None:
+        return None
+
+    def audio_format(self, sample_rate: int, channels: int = 1) -> str | None:
+        return None
+
+    def interrupted(self) -> str | None:
+        return None
+
+    def metrics(self, voice_to_voice_ms: float) -> str | None:
+        return None
 
 
 MAX_BUFFERED_AUDIO = 160_000
