@@ -184,6 +184,13 @@ class LogMelStream:
         frames = np.lib.stride_tricks.sliding_window_view(segment, _N_FFT)[::_HOP]
         return _parts(frames)
 
+    def copy(self) -> LogMelStream:
+        """A read-only copy to compute ``features`` from in a thread while the original takes more audio."""
+        twin = LogMelStream.__new__(LogMelStream)
+        twin._buffer, twin._size, twin._offset = self._buffer[: self._size].copy(), self._size, self._offset
+        twin._parts, twin._first, twin._count = self._parts[: self._count].copy(), self._first, self._count
+        return twin
+
     def features(self, end: int | None = None) -> np.ndarray:
         """(80, 800) float32 features of the 8 s ending at turn sample ``end`` (default: all received),
         rounded down to a 10 ms boundary."""

@@ -18,8 +18,10 @@ user's audio on); audio at other rates than 16 kHz is resampled for the model.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -242,13 +244,17 @@ class SmartTurnTaking(TurnTaking):
                 break
         began = loop.time()
         stream = self._audio.features
+        features: Callable[[], np.ndarray]
         if stream is not None and self._audio.turn_start == start:
             # Only the last step is left at the pause: the frames were computed as the audio came.
-            features = stream.features(round((heard_end - start) * turn_model.SAMPLE_RATE))
+            # It runs in the thread on a copy, as the audio goes on arriving here.
+            features = functools.partial(
+                stream.copy().features, round((heard_end - start) * turn_model.SAMPLE_RATE)
+            )
         else:
             audio = self._audio.between(max(start, heard_end - turn_model.WINDOW_SECONDS), heard_end)
-            features = turn_model.log_mel(audio)
-        probability = await self.run_in_thread(turn_model.probability, features, self._session)
+            features = functools.partial(turn_model.log_mel, audio)
+        probability = await self.run_in_thread(_judge, features, self._session)
         took = loop.time() - began
         self.decisions.append((probability, took))
         self.metrics.record("end_of_turn_model", took)
@@ -333,3 +339,8 @@ class SmartTurnTaking(TurnTaking):
     async def on_stop(self) -> None:
         self._forget_verdict()
         await super().on_stop()
+
+
+def _judge(features: Callable[[], np.ndarray], session: Any) -> float:
+    """The model's end-of-turn probability; features and inference both run here, off the loop."""
+    return turn_model.probability(features(), session)

@@ -44,6 +44,16 @@ def test_features_can_end_before_the_newest_audio() -> None:
     np.testing.assert_allclose(stream.features(end), turn_model.log_mel(audio[: 5 * RATE]), atol=1e-4)
 
 
+def test_a_copy_keeps_its_features_while_the_stream_takes_more_audio() -> None:
+    """The pause's features are computed in a thread from a copy, as the audio goes on arriving."""
+    audio = sentence()
+    stream = streamed(audio[: 5 * RATE], 320)
+    frozen = stream.copy()
+    stream.add(audio[5 * RATE :])  # 2 s more (the buffer shifts once the window is full)
+    stream.add(np.tile(audio, 2))
+    np.testing.assert_array_equal(frozen.features(5 * RATE), streamed(audio[: 5 * RATE], 320).features())
+
+
 def test_the_model_gives_one_verdict_from_either_features() -> None:
     audio = sentence()
     session = turn_model.shared_session()
