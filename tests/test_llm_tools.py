@@ -31,6 +31,7 @@ from pipeline.testing import Captured, Collector, run_graph, run_processor
 from processors.llm.base import ChatLLM, ResumeReplyFrame
 from processors.llm.tools import (
     BUILTIN_TOOLS,
+    MAX_BACKGROUND_TOOLS,
     Tool,
     ToolCall,
     ToolContext,
@@ -398,6 +399,20 @@ def test_a_schema_only_tool_is_not_run() -> None:
     tool = Tool(name="lookup", description="", parameters={"type": "object", "properties": {}})
     result = asyncio.run(ToolSet([tool]).run(call("lookup")))
     assert "not run here" in json.loads(result)["error"]
+
+
+def test_only_a_background_tool_keeps_running_after_a_barge_in_and_only_up_to_the_cap() -> None:
+    async def slow(query: str) -> str:
+        """A lookup."""
+        return query
+
+    background = tool_from_function(slow, name="bg", background=True)
+    tools = ToolSet([tool_from_function(slow, name="slow"), background])
+    assert tools.keeps_running("bg", 0)
+    assert tools.keeps_running("bg", MAX_BACKGROUND_TOOLS - 1)
+    assert not tools.keeps_running("bg", MAX_BACKGROUND_TOOLS)
+    assert not tools.keeps_running("slow", 0)
+    assert not tools.keeps_running("missing", 0)
 
 
 # --- the reply loop in ChatLLM -----------------------------------------------------------------

@@ -97,8 +97,6 @@ BACKGROUND_RESULT = '{"status": "still running in the background after the user 
 PASSED_ON_RESULT = '{"status": "passed on to the application"}'
 TOOL_CANCEL_TIMEOUT = 2.0
 """Seconds a cancelled tool gets to stop (a thread cannot be stopped: it is left to finish)."""
-MAX_BACKGROUND_TOOLS = 8
-"""Background tools still running at once; beyond this an interruption cancels them like the rest."""
 
 
 @dataclass(slots=True, eq=False)
@@ -440,7 +438,7 @@ class ChatLLM(Processor):
                 cut.last = self.context.add_tool_result(call.call_id, PASSED_ON_RESULT)
             elif task.done():
                 cut.last = self.context.add_tool_result(call.call_id, _result_of(task))
-            elif self._keeps_running(call):
+            elif self.toolset.keeps_running(call.name, len(self._background)):
                 cut.last = self.context.add_tool_result(call.call_id, BACKGROUND_RESULT)
                 self._background.add(task)
                 task.add_done_callback(functools.partial(self._background_done, cut.last))
@@ -478,10 +476,6 @@ class ChatLLM(Processor):
         for task in tasks:
             task.cancel()
         await asyncio.wait(tasks, timeout=TOOL_CANCEL_TIMEOUT)
-
-    def _keeps_running(self, call: ToolCall) -> bool:
-        tool = self.toolset.get(call.name)
-        return tool is not None and tool.background and len(self._background) < MAX_BACKGROUND_TOOLS
 
     def _background_done(self, message: Message, task: asyncio.Task[str]) -> None:
         """A tool that ran on after an interruption finished: its result replaces the placeholder."""

@@ -41,6 +41,7 @@ from pipeline.sessions import ConversationKeeper
 __all__ = [
     "BUILTIN_TOOLS",
     "DEFAULT_TOOL_TIMEOUT",
+    "MAX_BACKGROUND_TOOLS",
     "Tool",
     "ToolCall",
     "ToolContext",
@@ -61,6 +62,8 @@ __all__ = [
 
 DEFAULT_TOOL_TIMEOUT = 10.0
 """Seconds a tool may run before the model is told it timed out."""
+MAX_BACKGROUND_TOOLS = 8
+"""Background tools still running at once per node; beyond this an interruption cancels them like the rest."""
 TOOL_THREADS = 8
 """Sync tools running at once in a process; more wait for a thread (within their timeout)."""
 TRANSFER_UNSUPPORTED = "transfer is not supported by this transport"
@@ -421,6 +424,12 @@ class ToolSet:
         """Whether a call to ``name`` runs here (an unknown tool too: its error result is the reply)."""
         tool = self.tools.get(name)
         return tool is None or tool.function is not None
+
+    def keeps_running(self, name: str, running: int) -> bool:
+        """Whether a call to ``name`` may run on after a barge-in while ``running`` background tools
+        already do: a ``background`` tool, within ``MAX_BACKGROUND_TOOLS``."""
+        tool = self.tools.get(name)
+        return tool is not None and tool.background and running < MAX_BACKGROUND_TOOLS
 
     async def run(self, call: ToolCall, context: ToolContext | None = None) -> str:
         """Run one call; the result text for the model. Tool faults become ``{"error": ...}``; only a
