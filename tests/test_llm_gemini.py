@@ -14,7 +14,7 @@ from pipeline.conformance import check_llm, check_tools, scripted_tool_call
 from pipeline.frames import InterruptionFrame, LLMTextFrame, LLMToolCallFrame, TranscriptFrame
 from pipeline.graph import GraphFailedError
 from pipeline.testing import Collector, run_processor
-from processors.llm.gemini import GeminiLLM
+from processors.llm.gemini import GeminiLLM, function_declaration, response_object
 from tests.fakes.gemini import (
     FakeFunctionCall,
     FakeGemini,
@@ -247,7 +247,7 @@ async def test_a_tool_call_is_run_and_answered_with_the_models_own_part(fake: Fa
     assert answers["role"] == "user"
     (response,) = function_responses(follow_up)
     assert response["name"] == "weather" and "id" not in response
-    assert response["response"]["temperature"] == 21  # the result object as it is
+    assert response["response"]["output"]["temperature"] == 21  # the result object, as the output
 
 
 async def test_two_calls_in_one_event_are_answered_in_one_turn(fake: FakeGemini) -> None:
@@ -261,7 +261,8 @@ async def test_two_calls_in_one_event_are_answered_in_one_turn(fake: FakeGemini)
     assert not out.errors
     assert [f.call_id for f in out.of(LLMToolCallFrame)] == ["fc-1", "fc-2"]
     responses = function_responses(fake.requests[1].body)
-    assert [(r["id"], r["response"]["temperature"]) for r in responses] == [("fc-1", 21), ("fc-2", 24)]
+    temperatures = [(r["id"], r["response"]["output"]["temperature"]) for r in responses]
+    assert temperatures == [("fc-1", 21), ("fc-2", 24)]
     assert "21" in replies(out)[0] and "24" in replies(out)[0]
 
 
@@ -296,6 +297,24 @@ async def test_a_result_that_is_no_object_is_wrapped(fake: FakeGemini) -> None:
     assert not out.errors
     (response,) = function_responses(fake.requests[1].body)
     assert response["response"] == {"output": 5}
+
+
+def test_a_result_is_the_output_and_only_a_failure_is_the_error() -> None:
+    assert response_object('{"error": "tool failed"}') == {"error": "tool failed"}
+    assert response_object('{"temp": 21}') == {"output": {"temp": 21}}
+    assert response_object('{"error": null, "temp": 21}') == {"output": {"error": None, "temp": 21}}
+    assert response_object("[1, 2]") == {"output": [1, 2]}
+    assert response_object("plain words") == {"output": "plain words"}
+
+
+def test_a_declaration_from_an_openai_form_schema_keeps_its_json_schema() -> None:
+    parameters = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    function = {"name": "weather", "description": "The weather.", "parameters": parameters}
+    for schema in ({"type": "function", "function": function}, function):
+        declaration = function_declaration(schema)
+        assert (declaration.name, declaration.description) == ("weather", "The weather.")
+        assert declaration.parameters_json_schema == parameters
+    assert function_declaration({"name": "now"}).parameters_json_schema is None
 
 
 async def test_a_barge_in_during_a_tool_leaves_a_history_the_api_accepts(fake: FakeGemini) -> None:

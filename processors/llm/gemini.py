@@ -18,7 +18,9 @@ Python callables: those would make the SDK run functions itself). Gemini sends e
 are collected over all its events and handed to the base at the end. In a follow-up the assistant's
 calls go back as the model's *own* parts, kept per call id (a bounded map), so a thinking model gets
 its ``thoughtSignature`` back; the results follow as one ``user`` turn of ``functionResponse`` parts
-in call order, each response a JSON object (other values are wrapped as ``{"output": value}``).
+in call order, each response a JSON object in the keys Gemini documents (``response_object``): a
+failure as ``{"error": message}``, any other result as ``{"output": value}``. ``function_declaration``
+and ``response_object`` are shared with ``s2s.gemini``, so a tool looks and answers the same on both.
 
 A rejected key or unknown model ends the graph; a dropped or garbled stream fails that turn only.
 The stream is read by a task a few chunks ahead: the SDK closes its HTTP connection only when a read
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
     from google import genai
     from google.genai import types
 
-__all__ = ["GEMINI_KEY_VARIABLE", "GeminiLLM", "GeminiLLMParams"]
+__all__ = ["GEMINI_KEY_VARIABLE", "GeminiLLM", "GeminiLLMParams", "function_declaration", "response_object"]
 
 GEMINI_KEY_VARIABLE = "GEMINI_API_KEY"
 GEMINI_URL = "https://generativelanguage.googleapis.com"
@@ -159,7 +161,7 @@ class GeminiLLM(ChatLLM):
             max_output_tokens=p.max_tokens,
         )
         if self.tool_schemas:
-            declarations = [_declaration(schema["function"]) for schema in self.tool_schemas]
+            declarations = [function_declaration(schema) for schema in self.tool_schemas]
             config.tools = [types.Tool(function_declarations=declarations)]
             config.automatic_function_calling = types.AutomaticFunctionCallingConfig(disable=True)
         if p.thinking_budget is not None:
@@ -237,7 +239,7 @@ def _contents(
         if role == "tool":
             call_id = str(message.get("tool_call_id"))
             part = types.Part.from_function_response(
-                name=names.get(call_id, ""), response=_response_object(str(text or ""))
+                name=names.get(call_id, ""), response=response_object(str(text or ""))
             )
             if part.function_response is not None and not call_id.startswith(MADE_UP_ID):
                 part.function_response.id = call_id  # echo the provider's own id
@@ -278,20 +280,25 @@ def _rebuilt_call(call_id: str, function: dict[str, Any]) -> types.Part:
     return types.Part(function_call=call)
 
 
-def _response_object(result: str) -> dict[str, Any]:
-    """A tool's result text as the JSON object Gemini requires: an object as it is (an ``error`` key
-    reads as the failure), anything else as ``{"output": value}``."""
+def response_object(result_text: str) -> dict[str, Any]:
+    """The ``FunctionResponse.response`` of a tool's result text, in the keys Gemini documents: a failure
+    (the ``{"error": message}`` a tool fault becomes) stays as it is; any other result, object or not,
+    is the ``output`` (so a result's own ``error`` or ``output`` field is never misread)."""
     try:
-        value = json.loads(result)
+        value = json.loads(result_text)
     except ValueError:
-        return {"output": result}
-    return value if isinstance(value, dict) else {"output": value}
+        value = result_text
+    if isinstance(value, dict) and set(value) == {"error"}:
+        return value
+    return {"output": value}
 
 
-def _declaration(function: dict[str, Any]) -> types.FunctionDeclaration:
-    """The ``FunctionDeclaration`` of a tool schema's function (its parameters as JSON schema)."""
+def function_declaration(schema: dict[str, Any]) -> types.FunctionDeclaration:
+    """The ``FunctionDeclaration`` of one tool schema in OpenAI's form (``{"type": "function",
+    "function": {...}}``, or the inner function object), its parameters kept as JSON schema."""
     from google.genai import types
 
+    function = schema.get("function", schema)
     declaration = types.FunctionDeclaration(name=function["name"], description=function.get("description"))
     if function.get("parameters"):
         declaration.parameters_json_schema = function["parameters"]
