@@ -172,6 +172,9 @@ async def test_a_schema_given_in_yaml_serves_a_function_with_keyword_arguments()
     tool = tool_from_function(anything, parameters=schema)
     assert tool.parameters == schema and tool.description == "Store whatever it is given."
     assert await run(ToolSet([tool]), "anything", {"name": "Ada"}) == {"name": "Ada"}
+    # Keys the schema does not name reach **fields too: a result, never an exception.
+    extra = {"name": "Ada", "city": "London"}
+    assert await run(ToolSet([tool]), "anything", extra) == extra
 
 
 def test_docstring_paragraph_and_args_with_types_and_continuations() -> None:
@@ -277,6 +280,11 @@ async def test_enum_arguments_arrive_as_members_and_the_context_is_given() -> No
         "has an item that must be string"
         in (await run(tools, "order_pizza", {"size": "large", "toppings": [1]}))["error"]
     )
+    # A schema given in YAML that allows a value the enum lacks: an error result, never an exception.
+    loose = {"type": "object", "properties": {"size": {"type": "string"}, "toppings": {"type": "array"}}}
+    given = ToolSet([tool_from_function(tools_example.order_pizza, parameters=loose)])
+    wrong = await run(given, "order_pizza", {"size": "huge", "toppings": []})
+    assert wrong["error"].endswith('\'size\' of \'order_pizza\' must be one of "small", "large", got "huge"')
 
 
 async def test_none_reads_as_ok_and_odd_values_as_text() -> None:

@@ -513,12 +513,17 @@ def _arguments(call: ToolCall, tool: Tool) -> dict[str, Any] | str:
     if missing:
         return f"'{call.name}' needs {', '.join(repr(k) for k in missing)}"
     for key, value in arguments.items():
-        wrong = _mismatch(value, properties[key])
+        wrong = _mismatch(value, properties.get(key, {}))  # a key only **kwargs takes has no schema
         if wrong:
             return f"argument '{key}' of '{call.name}' {wrong}"
     for key, kind in tool.enums.items():
         if arguments.get(key) is not None:
-            arguments[key] = kind(arguments[key])
+            try:
+                arguments[key] = kind(arguments[key])
+            except ValueError:  # a schema given in YAML may allow what the enum lacks
+                allowed = ", ".join(json.dumps(member.value) for member in kind)
+                got = json.dumps(arguments[key])
+                return f"argument '{key}' of '{call.name}' must be one of {allowed}, got {got}"
     return arguments
 
 
