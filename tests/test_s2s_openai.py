@@ -33,6 +33,7 @@ from pipeline.frames import (
 from pipeline.graph import Graph
 from pipeline.processor import Source
 from pipeline.testing import Captured, run_graph
+from processors.llm.tools import ToolCall
 from processors.recorder import Recorder
 from processors.s2s.openai import OpenAIRealtime
 from tests.fakes.openai_realtime import FakeOpenAIRealtime
@@ -417,6 +418,19 @@ async def test_s2s_openai_conforms(turn_detection: str) -> None:
 def test_an_empty_key_is_a_validation_problem() -> None:
     node = OpenAIRealtime(api_key="", name="agent")
     assert any("OPENAI_API_KEY" in p.message for p in node.check())
+
+
+async def test_sends_between_two_sessions_are_dropped_quietly() -> None:
+    """No connection (before the first session, or while a new one is opened): nothing to send on."""
+    async with FakeOpenAIRealtime() as fake:
+        node = agent(fake, turn_detection="local")
+        await node.send_audio(bytes(480))
+        await node.end_user_turn()
+        await node.cancel_reply(True, [("item-1", 200)])
+        call = ToolCall("call-1", "get_weather", "{}")
+        await node.send_tool_results([(call, '{"temp": 21}')], respond=True)
+        await node._restore([{"role": "user", "content": "hello"}])
+    assert fake.sessions == []
 
 
 # --- configs/assistant-realtime.yaml, served -------------------------------------------------------

@@ -34,7 +34,7 @@ import base64
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -287,31 +287,33 @@ class OpenAIRealtime(SpeechToSpeech):
             return [ProviderError(rejected, fatal=True)]
         return [ProviderError(text)]
 
-    @contextlib.asynccontextmanager
-    async def _sending(self) -> AsyncIterator[AsyncRealtimeConnection]:
-        """The live connection to send on. A send that finds it closed is dropped quietly: the
-        receiving side reports the close once, with its code and reason."""
+    async def _send(self, send: Callable[[AsyncRealtimeConnection], Awaitable[None]]) -> None:
+        """``send`` on the live connection. Between two sessions there is none and nothing is sent;
+        a send that finds it closed is dropped quietly: the receiving side reports the close once,
+        with its code and reason."""
         import websockets
 
-        if self._connection is None:
-            return  # between two sessions: nothing to send on
+        connection = self._connection
+        if connection is None:
+            return
         try:
-            yield self._connection
+            await send(connection)
         except websockets.exceptions.ConnectionClosed:
             log.debug("%s: a send found the connection closed", self.name)
 
     async def send_audio(self, pcm: bytes) -> None:
-        async with self._sending() as connection:
-            await connection.input_audio_buffer.append(audio=base64.b64encode(pcm).decode("ascii"))
+        audio = base64.b64encode(pcm).decode("ascii")
+        await self._send(lambda connection: connection.input_audio_buffer.append(audio=audio))
 
     async def end_user_turn(self) -> None:
-        async with self._sending() as connection:
+        async def commit(connection: AsyncRealtimeConnection) -> None:
             await connection.input_audio_buffer.commit()
             await connection.response.create()
 
+        await self._send(commit)
+
     async def cancel_reply(self, response_active: bool, cuts: list[tuple[str, int]]) -> None:
-        async with self._sending() as connection:
-            await self._cancel(connection, response_active, cuts)
+        await self._send(lambda connection: self._cancel(connection, response_active, cuts))
 
     async def _cancel(
         self, connection: AsyncRealtimeConnection, response_active: bool, cuts: list[tuple[str, int]]
@@ -329,13 +331,15 @@ class OpenAIRealtime(SpeechToSpeech):
             )
 
     async def send_tool_results(self, results: list[tuple[ToolCall, str]], respond: bool) -> None:
-        async with self._sending() as connection:
+        async def answer(connection: AsyncRealtimeConnection) -> None:
             for call, output in results:
                 await connection.conversation.item.create(
                     item={"type": "function_call_output", "call_id": call.call_id, "output": output}
                 )
             if respond:
                 await connection.response.create()
+
+        await self._send(answer)
 
     async def reopen_session(self) -> bool:
         p = self.params
@@ -360,7 +364,8 @@ class OpenAIRealtime(SpeechToSpeech):
 
     async def _restore(self, messages: list[dict[str, Any]]) -> None:
         """The conversation so far (what was said and heard) as items of the new session."""
-        async with self._sending() as connection:
+
+        async def restore(connection: AsyncRealtimeConnection) -> None:
             for message in messages:
                 role, text = message["role"], message["content"]
                 if role not in ("user", "assistant") or not text:
@@ -368,6 +373,8 @@ class OpenAIRealtime(SpeechToSpeech):
                 kind = "input_text" if role == "user" else "output_text"
                 item = {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}
                 await connection.conversation.item.create(item=item)  # type: ignore[arg-type]
+
+        await self._send(restore)
 
     async def close_session(self) -> None:
         self._closing = True
