@@ -35,6 +35,7 @@ from pipeline.processor import Source
 from pipeline.testing import Captured, run_graph
 from processors.llm.tools import ToolCall
 from processors.recorder import Recorder
+from processors.s2s.base import CANCELLED_KEPT
 from processors.s2s.openai import OpenAIRealtime
 from tests.fakes.openai_realtime import FakeOpenAIRealtime
 from tests.speech import audio_frames, librivox, read_wav, silence, tone
@@ -431,6 +432,15 @@ async def test_sends_between_two_sessions_are_dropped_quietly() -> None:
         await node.send_tool_results([(call, '{"temp": 21}')], respond=True)
         await node._restore([{"role": "user", "content": "hello"}])
     assert fake.sessions == []
+
+
+def test_the_responses_a_barge_in_cut_are_the_latest_ones() -> None:
+    """The ids whose late audio is dropped are bounded: the oldest goes, never the one just cut."""
+    node = OpenAIRealtime(api_key="sk-test", name="agent")
+    for n in range(500):
+        node.cancel_response(f"resp-{n}")
+        kept = [f"resp-{k}" for k in range(max(0, n - CANCELLED_KEPT + 1), n + 1)]
+        assert sorted(node._cancelled) == sorted(kept), n
 
 
 # --- configs/assistant-realtime.yaml, served -------------------------------------------------------

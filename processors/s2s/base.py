@@ -89,6 +89,8 @@ log = logging.getLogger("processors.s2s")
 
 CANCELLED_RESULT = '{"error": "cancelled: the user interrupted"}'
 """What the model reads for a tool call a barge-in cancelled (the call never stays unanswered)."""
+CANCELLED_KEPT = 64
+"""Responses a barge-in cut whose late events are still dropped (the latest ones)."""
 HISTORY_TOKENS = 4000
 """History kept to give a new session after a reconnect (the oldest turns go first)."""
 TRANSCRIPT_WAIT = 3.0
@@ -257,7 +259,7 @@ class SpeechToSpeech(Processor):
         self._barge_ins = 0  # barge-ins so far: a round of tool results cut by one asks for no answer
         self._reply: _Reply | None = None
         self._responding = False  # a provider response is in progress
-        self._cancelled: set[str] = set()  # responses a barge-in cut: their late audio is dropped
+        self._cancelled: dict[str, None] = {}  # responses a barge-in cut, oldest first: late audio dropped
         self._tools: dict[asyncio.Task[str], ToolCall] = {}  # tool calls running
         self._receiver: asyncio.Task[None] | None = None
         self._answers: set[asyncio.Task[None]] = set()  # rounds of tool results waiting to be sent
@@ -507,7 +509,7 @@ class SpeechToSpeech(Processor):
         self._responding = False
         self._turn_ended_at = 0.0
         if event.response_id in self._cancelled:
-            self._cancelled.discard(event.response_id)
+            del self._cancelled[event.response_id]
             return
         if event.status == "failed":
             log.warning("%s: %s response failed: %s", self.name, self.service, event.reason or "no reason")
@@ -581,9 +583,10 @@ class SpeechToSpeech(Processor):
     def cancel_response(self, response_id: str) -> None:
         """Drop what arrives later for ``response_id``: a barge-in cut it (providers call this)."""
         if response_id:
-            self._cancelled.add(response_id)
-            if len(self._cancelled) > 64:
-                self._cancelled.pop()
+            self._cancelled.pop(response_id, None)
+            self._cancelled[response_id] = None  # the latest
+            if len(self._cancelled) > CANCELLED_KEPT:
+                del self._cancelled[next(iter(self._cancelled))]  # the oldest
 
     # --- tools ----------------------------------------------------------------------------------------
 
