@@ -142,6 +142,21 @@ async def test_tools_are_off_by_default_with_a_warning(caplog: pytest.LogCapture
     assert "".join(f.text for f in out.of(LLMTextFrame)).strip()
 
 
+async def test_the_tools_off_warning_is_logged_once_per_config_not_per_session(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def session(name: str) -> Graph:
+        llm = LocalLLM(max_tokens=1, tools=[WEATHER])
+        nodes = {"driver": PatientDriver([]), name: llm, "out": Collector(name="out")}
+        return Graph(nodes, [("driver", name), (name, "out")])
+
+    with caplog.at_level(logging.WARNING, logger="processors.llm"):
+        for name in ("once_llm", "once_llm", "once_llm", "other_llm"):
+            await run_graph(session(name), timeout=TIMEOUT)
+    warned = [r.getMessage() for r in caplog.records if "tool_calling: off" in r.getMessage()]
+    assert [message.split(":")[0] for message in warned] == ["once_llm", "other_llm"]
+
+
 async def test_decide_calls_the_tool_and_answers_with_its_result() -> None:
     llm = LocalLLM(temperature=0.0, max_tokens=40, tools=[WEATHER], tool_calling="decide", name="llm")
     out = await run_processor(llm, [TranscriptFrame(text="What's the weather in Paris?")], timeout=TIMEOUT)

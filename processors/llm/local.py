@@ -4,17 +4,17 @@ The default model is SmolLM2-135M-Instruct (Q4_1, 98 MB), shipped inside the ``l
 fast (load ~0.1 s; ~50 tokens/s on one thread, ~80 on two of an idle box) but a weak assistant that
 tends to ramble. Point ``model_path`` at any GGUF chat model for better answers.
 
-Tools are off unless ``tool_calling: decide``: SmolLM2-135M cannot tell when a tool is needed. Asked
-20 questions that need a weather tool and 20 that do not, it called the tool for 18 and for 16 of them
-(llama.cpp's own ``chatml-function-calling`` handler: 17 and 16; a yes/no question to the model: 14
-and 11), though its arguments, forced by a grammar from the tool's schema, were always valid JSON and
-named the right city 17 times in 18. So a config with tools and the default model gets a warning and
-plain answers. With ``decide`` (meant for a larger ``model_path``) a user turn first gets two bounded,
-unstreamed passes in the model's own chat template with the tools listed in the system message: a
-grammar lets the reply begin only with ``message:`` or ``functions.<name>:``, then a call's arguments
-are forced to its schema (one call per round). An answer in words streams as usual. Tool results
-reach the model as a user message (chat templates that know no tools would not read a ``tool``
-message), and the answer to them streams with no further choice.
+Tools are off unless ``tool_calling: decide``: SmolLM2-135M cannot tell when a tool is needed. Asked 20
+questions that need a weather tool and 20 that do not, it called the tool for 18 and for 16 of them
+(llama.cpp's own ``chatml-function-calling`` handler: 17 and 16; a yes/no question to the model: 14 and
+11), though its arguments, forced by a grammar from the tool's schema, were always valid JSON and named
+the right city 17 times in 18. So a config with tools and the default model gets a warning (once per
+config, not per session) and plain answers. With ``decide`` (meant for a larger ``model_path``) a user
+turn first gets two bounded, unstreamed passes in the model's own chat template with the tools listed in
+the system message: a grammar lets the reply begin only with ``message:`` or ``functions.<name>:``, then
+a call's arguments are forced to its schema (one call per round). An answer in words streams as usual.
+Tool results reach the model as a user message (chat templates that know no tools would not read a
+``tool`` message), and the answer to them streams with no further choice.
 
 Models are cached process-wide (per path, context size and threads), so sessions share one copy;
 llama.cpp is not thread-safe, so their generations take turns on the model's lock. Generation runs
@@ -33,6 +33,7 @@ import json
 import logging
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,7 +178,7 @@ class LocalLLM(ChatLLM):
         if path is None or not path.is_file():
             raise FatalProcessorError("; ".join(str(p) for p in self.check()) or "no model file")
         p = self.params
-        if self.tool_schemas and p.tool_calling == "off":
+        if self.tool_schemas and p.tool_calling == "off" and _first_time(self._config_key()):
             log.warning(
                 "%s: tools are not offered to the model (tool_calling: off): SmolLM2-135M called a tool "
                 "for 16 of 20 questions that needed none; set tool_calling: decide to try, with a larger "
@@ -186,6 +187,11 @@ class LocalLLM(ChatLLM):
             )
         self._model = await self.run_in_thread(_load_shared, path, p.n_ctx, p.n_threads, p.extra_buffers)
         await self.run_in_thread(self._warm_up)
+
+    def _config_key(self) -> tuple[Any, ...]:
+        """What tells this node's config from others' (every session of a graph builds the same)."""
+        tools = tuple(schema["function"]["name"] for schema in self.tool_schemas)
+        return (type(self).__qualname__, self.name, str(self.model_file()), self.params.tool_calling, tools)
 
     def _warm_up(self) -> None:
         """One token with the system prompt: pages the weights in and caches the prompt's prefix, so
@@ -370,6 +376,21 @@ def plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _results_text(results: list[str]) -> str:
     return "Results of the tools you called:\n" + "\n".join(results) + "\nAnswer me with them."
+
+
+WARNED_CONFIGS = 256
+"""Node configs remembered as warned about (more, and the oldest may be warned about again)."""
+_warned: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+
+
+def _first_time(key: tuple[Any, ...]) -> bool:
+    """Whether ``key`` is new to this process: a config's warning is logged once, not per session."""
+    if key in _warned:
+        return False
+    _warned[key] = None
+    if len(_warned) > WARNED_CONFIGS:
+        _warned.popitem(last=False)
+    return True
 
 
 def _acquire(lock: threading.Lock, stop: threading.Event) -> bool:
