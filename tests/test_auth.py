@@ -302,16 +302,28 @@ def test_without_auth_only_host_and_origin_are_checked() -> None:
 
 # --- who opens what: every credential against every kind of route ---------------------------------
 
-CREDENTIALS = ["none", "api key", "scrape key", "session token", "wrong key"]
-MATRIX_ROUTES = ["/metrics", "/load", "/api/conversations", "/ws", "POST /api/session-token"]
+CREDENTIALS = ["none", "api key", "scrape key", "session token", "v3 token", "wrong key"]
+MATRIX_ROUTES = [
+    "/metrics",
+    "/load",
+    "/api/conversations",
+    "/ws",
+    "/v3/ws",
+    "POST /api/session-token",
+    "GET /v3/token",
+    "POST /v1/chat/completions",
+    "GET /v1/models",
+]
 OPENS = {
     "none": set(),
     "api key": set(MATRIX_ROUTES),
     "scrape key": {"/metrics", "/load"},
     "session token": {"/api/conversations", "/ws"},
+    "v3 token": {"/v3/ws"},
     "wrong key": set(),
 }
 """What each credential opens; a refusal is a 401."""
+SOCKETS = ("/ws", "/v3/ws")
 
 
 def attempt_with(guard: Guard, credential: str, route: str) -> Attempt:
@@ -321,13 +333,14 @@ def attempt_with(guard: Guard, credential: str, route: str) -> Attempt:
         "api key": KEY,
         "scrape key": SCRAPE_KEY,
         "session token": guard.mint()["token"],
+        "v3 token": guard.issue(60, Scope("demo", route="/v3/ws"))[0],
         "wrong key": "w" * 24,
     }[credential]
     authorization = f"Bearer {sent}" if sent is not None else None
-    if route == "/ws":  # a browser's token travels in the URL; keys never do
-        if credential == "session token":
-            return ws(sent)
-        return ws(authorization=authorization)
+    if route in SOCKETS:  # a browser's token travels in the URL; keys never do
+        if credential.endswith("token"):
+            return Attempt("GET", route, upgrade=True, query_token=sent)
+        return Attempt("GET", route, upgrade=True, authorization=authorization)
     method, _, path = route.rpartition(" ")
     return Attempt(method or "GET", path, host=HOST, authorization=authorization)
 
@@ -336,12 +349,46 @@ def attempt_with(guard: Guard, credential: str, route: str) -> Attempt:
 @pytest.mark.parametrize("credential", CREDENTIALS)
 def test_each_credential_opens_only_its_routes(credential: str, route: str) -> None:
     guard = locked()
-    verdict = guard.check(attempt_with(guard, credential, route))
+    attempt = attempt_with(guard, credential, route)
+    verdict = guard.check_socket(attempt) if route == "/v3/ws" else guard.check(attempt)
     if route in OPENS[credential]:
         assert verdict.allowed, verdict.reason
     else:
         assert verdict.status == 401 and verdict.headers["WWW-Authenticate"] == "Bearer"
         assert SCRAPE_KEY not in verdict.reason and KEY not in verdict.reason
+
+
+@pytest.mark.parametrize("kind", ["session token", "v3 token"])
+def test_a_token_opens_its_own_socket_once_and_no_other_however_sent(kind: str) -> None:
+    guard = locked()
+    own, other = ("/ws", "/v3/ws") if kind == "session token" else ("/v3/ws", "/ws")
+    token = attempt_with(guard, kind, own).query_token
+    assert token is not None
+    for sent in (
+        {"query_token": token},
+        {"authorization": f"Bearer {token}"},
+        {"authorization": token},  # raw: AssemblyAI's way, taken on its routes only
+    ):
+        check = guard.check_socket if other == "/v3/ws" else guard.check
+        assert check(Attempt("GET", other, upgrade=True, **sent)).status == 401, sent
+        for path in ("/v1/chat/completions", "/v1/audio/speech"):
+            assert guard.check(Attempt("POST", path, **sent)).status == 401  # type: ignore[arg-type]
+    check = guard.check_socket if own == "/v3/ws" else guard.check
+    assert check(Attempt("GET", own, upgrade=True, authorization=f"Bearer {token}")).allowed
+    assert check(Attempt("GET", own, upgrade=True, query_token=token)).reason == "token already used"
+
+
+def test_v3_tokens_read_nothing_and_mint_as_every_token_does() -> None:
+    clock = Clock()
+    guard = locked(clock, token_ttl=120)
+    text, token = guard.issue(60, Scope("demo", route="/v3/ws"))
+    assert token.expires_at == NOW + 60 and token.scope.route == "/v3/ws"
+    assert guard.check(read("/api/conversations", text)).reason == "token not valid here"
+    with pytest.raises(ValueError, match=r"ttl must be 1\.\.120"):
+        guard.issue(121, Scope("demo", route="/v3/ws"))
+    with pytest.raises(ValueError, match="route"):
+        guard.issue(60, Scope("demo", route="/ws"))
+    assert guard.mint(scope=Scope("demo", route="/v3/ws"))["scope"]["route"] == "/v3/ws"
 
 
 def test_a_session_token_never_opens_operator_routes_however_sent() -> None:

@@ -33,7 +33,7 @@ from tests.test_conformance_engines import SAID, speech
 from tests.test_server_timeouts import _self_signed
 from transports.dropin import assemblyai_wire as wire
 from transports.dropin.assemblyai_wire import StreamingConfig, WireError
-from transports.websocket.auth import Attempt, guard_for
+from transports.websocket.auth import Attempt, Scope, guard_for
 from transports.websocket.server import VoiceServer
 
 CONFIG = Path(__file__).parent.parent / "configs" / "serve-assemblyai.yaml"
@@ -192,6 +192,10 @@ async def raw_session(
         return received, ws.close_code
 
 
+def bearer_of(credential: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {credential}"}
+
+
 def kinds(messages: list[dict[str, Any]]) -> list[str]:
     return [m["type"] for m in messages]
 
@@ -299,6 +303,35 @@ async def test_keys_and_temporary_tokens(monkeypatch: pytest.MonkeyPatch) -> Non
                 assert seen.begin.expires_at.timestamp() - time.time() <= 61
         messages, code = await raw_session(server, "sample_rate=16000", ['{"type": "Terminate"}'])
         assert code == 1000 and kinds(messages) == ["Begin", "Termination"]
+
+        # Sent as Bearer, a token keeps the session limit it asked for.
+        async with http.get(base, params=params, headers={"Authorization": KEY}) as response:
+            bearer = (await response.json())["token"]
+        messages, code = await raw_session(
+            server, "sample_rate=16000", ['{"type": "Terminate"}'], key=f"Bearer {bearer}"
+        )
+        assert kinds(messages)[0] == "Begin" and messages[0]["expires_at"] - time.time() <= 61
+
+        # Each token opens only its own route: a /v3 token nothing else, a /ws token not /v3/ws. Tokens
+        # live at most server.token_ttl, however long they ask.
+        long = {"expires_in_seconds": "600"}
+        async with http.get(base, params=long, headers={"Authorization": KEY}) as response:
+            v3_token = (await response.json())["token"]
+        claims = server.guard.signer.verify(v3_token, time.time())
+        assert claims.expires_at - time.time() <= server.guard.token_ttl == 300
+        root = f"http://127.0.0.1:{server.port}"
+        for method, path in (("GET", "/api/conversations"), ("POST", "/v1/chat/completions")):
+            async with http.request(method, root + path, headers=bearer_of(v3_token)) as response:
+                assert response.status == 401, path
+        async with http.get(f"{root}/ws", params={"token": v3_token}) as response:
+            assert response.status == 401
+        async with http.post(f"{root}/api/session-token", headers=bearer_of(KEY)) as response:
+            browser = (await response.json())["token"]
+        messages, code = await raw_session(server, "sample_rate=16000", [], key=browser)
+        assert code == 1008 and "token not valid here" in the_error(messages)["error"]
+        terminate: list[bytes | str] = ['{"type": "Terminate"}']
+        messages, code = await raw_session(server, "sample_rate=16000", terminate, key=v3_token)
+        assert code == 1000 and kinds(messages) == ["Begin", "Termination"]  # its own route, once
 
 
 async def test_sessions_are_limited_drained_and_counted_like_every_served_session() -> None:
@@ -472,7 +505,9 @@ def test_raw_keys_open_only_the_assemblyai_routes() -> None:
     assert guard.check(attempt("/v3/token", None, upgrade=False)).status == 401
     assert guard.check(attempt("/ws", KEY)).status == 401  # elsewhere a key is a Bearer key only
     assert guard.check(attempt("/api/session-token", KEY, upgrade=False)).status == 401
-    token = guard.mint()["token"]
+    browser = guard.mint()["token"]
+    assert guard.check_socket(attempt("/v3/ws", browser)).reason == "token not valid here"
+    token, _ = guard.issue(60, Scope("serve-assemblyai", route="/v3/ws"))
     assert guard.check(attempt("/v3/token", token, upgrade=False)).status == 401  # tokens mint nothing
     assert guard.check_socket(attempt("/v3/ws", token)).allowed
     assert guard.check_socket(attempt("/v3/ws", token)).status == 401  # single-use

@@ -203,6 +203,25 @@ async def test_every_protected_route_takes_only_a_valid_credential(
         assert len(server.guard.used) <= 1
 
 
+async def test_openai_routes_take_only_a_key_and_v3_tokens_open_nothing_here(recordings: Path) -> None:
+    async with serving(recordings) as (server, base, _), aiohttp.ClientSession() as http:
+        browser = await mint(http, base)
+        v3, _ = server.guard.issue(60, Scope(server.guard.config_name, route="/v3/ws"))
+        chat = base / "v1/chat/completions"
+        for token in (browser, v3):
+            for headers, params in ((bearer(token), {}), ({}, {"token": token})):
+                async with http.post(chat, headers=headers, params=params, json={}) as response:
+                    assert response.status == 401
+                    assert (await response.json())["error"]["code"] == "invalid_api_key"
+        async with http.post(chat, headers=bearer(KEY), json={}) as response:
+            assert response.status == 404  # past the guard: this config serves no OpenAI routes
+        for route in ("listing", "transcript", "ws"):
+            status, _ = await attempt(http, base, route, v3)
+            assert status == 401, route
+        status, _ = await attempt(http, base, "listing", browser)
+        assert status == 200  # a browser's token still reads the conversation API
+
+
 async def test_a_key_opens_everything_but_never_travels_in_a_url(
     recordings: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

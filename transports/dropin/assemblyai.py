@@ -6,18 +6,20 @@
   session runs through ``VoiceServer.serve_session`` like a browser conversation: admitted, counted,
   measured, drained. Credentials as the service takes them: the key raw in ``Authorization`` (the
   server's API keys, with ``auth: api_key``), or a temporary token from ``/v3/token`` in
-  ``Authorization`` or ``?token=``, single-use. A refused one gets ``Error`` 1008 and a close 1008
-  after the upgrade, as the service answers; a wrong query ``Error`` 3006 and a close 3006.
-* ``GET /v3/token?expires_in_seconds=N`` (1-600; ``max_session_duration_seconds`` 60-10800 optional)
-  — ``{"token": ...}``, a session token of the server's signer: it opens one session within N
-  seconds, which then lasts at most the duration asked (else three hours). An API key is required
-  (HTTP 401 without one, ``transports.websocket.auth``), a token will not do.
+  ``Authorization`` (raw or Bearer) or ``?token=``, single-use; a ``/ws`` session token does not open
+  it. A refused one gets ``Error`` 1008 and a close 1008 after the upgrade, as the service answers; a
+  wrong query ``Error`` 3006 and a close 3006.
+* ``GET /v3/token?expires_in_seconds=N`` (1-600, as the service takes it;
+  ``max_session_duration_seconds`` 60-10800 optional) — ``{"token": ...}``, minted by ``Guard.issue``
+  like every session token: it lives N seconds or ``server.token_ttl``, whichever is shorter, and
+  opens one ``/v3/ws`` session and nothing else (its scope names the route), which then lasts at most
+  the duration asked (else three hours). An API key is required (HTTP 401 without one,
+  ``transports.websocket.auth``), a token will not do.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
@@ -30,7 +32,7 @@ from transports.dropin.assemblyai_nodes import AssemblyAIInput
 from transports.dropin.assemblyai_session import MAX_MESSAGE_BYTES, StreamingSession
 from transports.dropin.assemblyai_wire import StreamingConfig, WireError
 from transports.websocket.api import attempt_of
-from transports.websocket.auth import TOKEN_PREFIX, Scope, TokenError
+from transports.websocket.auth import TOKEN_PREFIX, Attempt, Scope, TokenError, sent_credential
 
 if TYPE_CHECKING:
     from transports.websocket.server import VoiceServer
@@ -87,7 +89,7 @@ class StreamingRoutes:
             config = wire.parse_query(request.query)
         except WireError as violation:
             return await _refuse_in_band(request, violation.code, violation.message)
-        expires_at = int(time.time()) + self._session_seconds(request)
+        expires_at = int(self.server.guard.clock()) + self._session_seconds(attempt)
         return await self._serve(request, config, expires_at)
 
     async def token(self, request: web.Request) -> web.Response:
@@ -107,10 +109,13 @@ class StreamingRoutes:
                     f"{SESSION_LIMIT[0]} to {SESSION_LIMIT[1]}"
                 )
         guard = self.server.guard
-        expires_at = int(guard.clock()) + expires
-        text, token = guard.signer.mint(expires_at, Scope(self.server.compiled.spec.name))
+        try:  # the server's token_ttl bounds every token; a longer ask gets a shorter life, not a 400
+            scope = Scope(guard.config_name, route=STREAM_PATH)
+            text, token = guard.issue(min(expires, guard.token_ttl), scope)
+        except ValueError as error:
+            return _bad_request(str(error))
         if limit is not None:
-            self._remember(token.id, expires_at, limit)
+            self._remember(token.id, token.expires_at, limit)
         return web.json_response({"token": text}, headers=NO_STORE)
 
     async def _serve(
@@ -130,20 +135,22 @@ class StreamingRoutes:
             request, ws, session, tell=_try_again, kind="AssemblyAI stream"
         )
 
-    def _session_seconds(self, request: web.Request) -> int:
-        """How long the session may last: what its temporary token asked for, else three hours."""
-        text = request.headers.get("Authorization", "").strip() or request.query.get("token", "")
+    def _session_seconds(self, attempt: Attempt) -> int:
+        """How long the session may last: what its temporary token asked for, else three hours. The
+        token is read where ``Guard.check_socket`` found it (raw, Bearer or ``?token=``)."""
+        text = sent_credential(attempt) or attempt.query_token or ""
         if not text.startswith(TOKEN_PREFIX):
             return MAX_SESSION_SECONDS
+        guard = self.server.guard
         try:
-            token = self.server.guard.signer.verify(text, time.time())
+            token = guard.signer.verify(text, guard.clock())
         except TokenError:
             return MAX_SESSION_SECONDS
         _, seconds = self._limits.pop(token.id, (0, MAX_SESSION_SECONDS))
         return seconds
 
     def _remember(self, token_id: str, expires_at: int, seconds: int) -> None:
-        now = time.time()
+        now = self.server.guard.clock()
         for key in [k for k, (expiry, _) in self._limits.items() if expiry <= now]:
             del self._limits[key]
         while len(self._limits) >= MAX_LIMITED_TOKENS:

@@ -16,8 +16,11 @@ rule here is tested without sockets.
   ``vxt1.<payload>.<signature>``, the payload compact JSON (id, expiry, optional scope), signed with
   HMAC-SHA256. The secret comes from an environment variable (``VOXGRAPH_TOKEN_SECRET``) so several
   processes can accept each other's tokens, else it is random per process. A token opens ``/ws`` once
-  (its id is remembered until it expires) and reads the API until it expires; a token scoped to a
-  conversation reads only that conversation.
+  (its id is remembered until it expires) and reads the conversation API until it expires; a token
+  scoped to a conversation reads only that conversation. A token scoped to a route (``/v3/token``'s, for
+  ``/v3/ws``) opens that socket once and nothing else; ``/ws`` tokens do not open it.
+* **OpenAI's routes** (``/v1/...``) take an API key only: each call spends compute, and a page has no
+  business there (a browser's token would otherwise make unlimited calls until it expires).
 * **Host / Origin**: a Host header must name this server (an IP address, a loopback name, this
   machine's name or ``allowed_hosts``): a DNS-rebinding page sends its own name. An Origin header must
   be the server's own or listed (``allowed_origins``, ``cors_origins`` for the API): a foreign page
@@ -74,6 +77,8 @@ SELF_CHECKED_SOCKETS = frozenset({"/v3/ws"})
 """Sockets whose route asks ``Guard.check_socket`` itself, to refuse credentials its protocol's way
 (AssemblyAI's: an ``Error`` message and close code 1008 after the upgrade) rather than with HTTP 401."""
 OPERATOR_PATHS = frozenset({"/metrics", "/load"})
+API_PREFIX = "/v1/"
+"""OpenAI's routes (``transports.dropin.openai``): an API key only, never a session token."""
 """Routes for monitoring: an API key or a scrape key opens them, a session token does not."""
 CORS_METHODS = "GET, POST"
 CORS_HEADERS = "Authorization, Content-Type"
@@ -93,6 +98,7 @@ class Scope:
 
     config: str | None = None  # the config (``name:``) served; None: any server sharing the secret
     conversation: str | None = None  # only this conversation's transcript and audio (not ``/ws``)
+    route: str | None = None  # only this self-checked socket (``SELF_CHECKED_SOCKETS``); None: ``/ws``
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +127,8 @@ class Signer:
             claims["cfg"] = scope.config
         if scope.conversation is not None:
             claims["conv"] = scope.conversation
+        if scope.route is not None:
+            claims["rt"] = scope.route
         payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
         return f"{TOKEN_PREFIX}{payload}.{self._sign(payload)}", token
 
@@ -146,11 +154,11 @@ class Signer:
 
 
 def _scope(claims: Mapping[str, Any]) -> Scope:
-    config, conversation = claims.get("cfg"), claims.get("conv")
-    for value in (config, conversation):
+    config, conversation, route = claims.get("cfg"), claims.get("conv"), claims.get("rt")
+    for value in (config, conversation, route):
         if value is not None and not isinstance(value, str):
             raise TypeError("scope values are strings")
-    return Scope(config, conversation)
+    return Scope(config, conversation, route)
 
 
 def _claim(claims: Any, key: str, kind: type[Any]) -> Any:
@@ -226,7 +234,8 @@ class Route(enum.Enum):
 
     OPEN = "open"  # the page, static files, /health, /livez, /readyz, /api/auth
     SOCKET = "socket"  # /ws, or a websocket upgrade of /
-    MINT = "mint"  # POST /api/session-token: an API key only
+    MINT = "mint"  # POST /api/session-token, GET /v3/token: an API key only
+    API = "api"  # /v1/...: OpenAI's routes, an API key only
     OPERATOR = "operator"  # GET /metrics, /load: an API key or a scrape key, never a session token
     CARRIER = "carrier"  # /twilio/voice, /twilio, /telnyx: the route checks the carrier's credentials
     SELF_CHECKED = "self_checked"  # /v3/ws: the route calls ``Guard.check_socket`` and answers refusals
@@ -248,6 +257,8 @@ def classify(method: str, path: str, upgrade: bool) -> Route:
         return Route.OPERATOR
     if path in ("/api/session-token", "/v3/token"):
         return Route.MINT
+    if path.startswith(API_PREFIX) or path == API_PREFIX.rstrip("/"):
+        return Route.API
     return Route.READ
 
 
@@ -367,30 +378,35 @@ class Guard:
         return Verdict(status, reason, {**cors, "WWW-Authenticate": "Bearer"} if status == 401 else cors)
 
     def mint(self, ttl: int | None = None, scope: Scope | None = None) -> dict[str, Any]:
-        """A new session token as ``POST /api/session-token`` returns it. Raises ``ValueError``."""
+        """A new session token as ``POST /api/session-token`` returns it (``scope.route`` named only when
+        set). Raises ``ValueError``."""
         ttl = self.token_ttl if ttl is None else ttl
+        text, token = self.issue(ttl, scope)
+        named: dict[str, Any] = {"config": token.scope.config, "conversation": token.scope.conversation}
+        if token.scope.route is not None:
+            named["route"] = token.scope.route
+        return {"token": text, "expires_at": token.expires_at, "expires_in": ttl, "scope": named}
+
+    def issue(self, ttl: int, scope: Scope | None = None) -> tuple[str, Token]:
+        """A new token and its claims: how every token is minted (``ttl`` at most ``token_ttl``, the
+        scope's names checked; ``scope`` None: this config's). Raises ``ValueError``."""
         if not 1 <= ttl <= self.token_ttl:
             raise ValueError(f"ttl must be 1..{self.token_ttl} seconds (server.token_ttl)")
         scope = scope if scope is not None else Scope(self.config_name)
         for value in (scope.config, scope.conversation):
             if value is not None and not NAME.fullmatch(value):
                 raise ValueError("config and conversation are names: letters, digits, '_', '-', '.'")
-        expires_at = int(self.clock()) + ttl
-        text, _ = self.signer.mint(expires_at, scope)
-        return {
-            "token": text,
-            "expires_at": expires_at,
-            "expires_in": ttl,
-            "scope": {"config": scope.config, "conversation": scope.conversation},
-        }
+        if scope.route is not None and scope.route not in SELF_CHECKED_SOCKETS:
+            raise ValueError(f"a token's route is one of {sorted(SELF_CHECKED_SOCKETS)}")
+        return self.signer.mint(int(self.clock()) + ttl, scope)
 
     def _credentials(self, route: Route, attempt: Attempt) -> str | None:
         """None if the credentials sent allow the route, else the short reason for the 401."""
         assert self.keys is not None
-        sent = _sent(attempt)
+        sent = sent_credential(attempt)
         if sent is not None and not sent.startswith(TOKEN_PREFIX):
             return self._key(route, sent)
-        if route is Route.MINT:
+        if route in (Route.MINT, Route.API):
             return "API key required"
         text = sent if sent is not None else attempt.query_token
         if text is None:
@@ -404,6 +420,9 @@ class Guard:
             return str(error)
         scope = token.scope
         if scope.config is not None and scope.config != self.config_name:
+            return "token not valid here"
+        socket_route = attempt.path if attempt.path in SELF_CHECKED_SOCKETS else None
+        if scope.route != (socket_route if route is Route.SOCKET else None):
             return "token not valid here"
         if route is Route.SOCKET:
             if scope.conversation is not None:
@@ -444,8 +463,9 @@ class Guard:
         return Verdict(204, headers=headers)
 
 
-def _sent(attempt: Attempt) -> str | None:
-    """The credential in ``Authorization``: a Bearer one, or on ``RAW_KEY_PATHS`` the header as sent."""
+def sent_credential(attempt: Attempt) -> str | None:
+    """The credential in ``Authorization``: a Bearer one, or on ``RAW_KEY_PATHS`` the header as sent.
+    ("" for an ``Authorization`` of another scheme; None without one: then look at ``?token=``.)"""
     header = attempt.authorization
     if header is not None and attempt.path in RAW_KEY_PATHS and not header.lower().startswith("bearer "):
         return header.strip()
