@@ -33,9 +33,9 @@ from pipeline.frames import (
 from pipeline.graph import Graph
 from pipeline.processor import Source
 from pipeline.testing import Captured, run_graph
-from processors.llm.tools import ToolCall
+from processors.llm.tools import MAX_BACKGROUND_TOOLS, ToolCall
 from processors.recorder import Recorder
-from processors.s2s.base import CANCELLED_KEPT
+from processors.s2s.base import CANCELLED_KEPT, ToolCallsRequested
 from processors.s2s.openai import OpenAIRealtime
 from tests.fakes.openai_realtime import FakeOpenAIRealtime
 from tests.speech import audio_frames, librivox, read_wav, silence, tone
@@ -441,6 +441,22 @@ def test_the_responses_a_barge_in_cut_are_the_latest_ones() -> None:
         node.cancel_response(f"resp-{n}")
         kept = [f"resp-{k}" for k in range(max(0, n - CANCELLED_KEPT + 1), n + 1)]
         assert sorted(node._cancelled) == sorted(kept), n
+
+
+async def test_background_tools_outlive_a_barge_in_up_to_the_cap() -> None:
+    """Background calls run on after a barge-in, at most ``MAX_BACKGROUND_TOOLS`` at once."""
+    tools = [{"name": "slow_search", "function": "tests.tools_example:slow_search", "background": True}]
+    node = OpenAIRealtime(api_key="sk-test", name="agent", tools=tools)
+    calls = [ToolCall(f"call-{n}", "slow_search", '{"query": "news", "seconds": 30}') for n in range(12)]
+    await node._start_tools(ToolCallsRequested(calls[:5]))
+    await node._stop_tools(cancel_background=False)  # a barge-in: all five run on
+    await node._start_tools(ToolCallsRequested(calls[5:]))
+    await node._stop_tools(cancel_background=False)  # another: three more, up to the cap
+    try:
+        running = sorted(call.call_id for task, call in node._tools.items() if not task.cancelled())
+        assert running == sorted(c.call_id for c in calls[:MAX_BACKGROUND_TOOLS])
+    finally:
+        await node.on_stop()
 
 
 # --- configs/assistant-realtime.yaml, served -------------------------------------------------------

@@ -21,7 +21,7 @@ sends user audio (``send_audio``), turns what the provider sends into the events
   playing cancels the reply, sends an ``InterruptionFrame`` downstream so outputs fall silent, and
   tells the provider where playback stopped (``PlayoutClock``: ``audio_end_ms`` per item), so the
   model forgets what the user never heard. Tool calls still running are cancelled, unless marked
-  ``background``, and answered with a cancelled result.
+  ``background`` (at most ``MAX_BACKGROUND_TOOLS`` run on at once), and answered with a cancelled result.
 * **Tools** (``tools:``, the same list as an LLM node's): each call runs through the ``ToolSet``,
   its result goes back to the provider, and the reply goes on; an ``LLMToolCallFrame`` is sent
   downstream for observers.
@@ -261,6 +261,7 @@ class SpeechToSpeech(Processor):
         self._responding = False  # a provider response is in progress
         self._cancelled: dict[str, None] = {}  # responses a barge-in cut, oldest first: late audio dropped
         self._tools: dict[asyncio.Task[str], ToolCall] = {}  # tool calls running
+        self._background: set[asyncio.Task[str]] = set()  # of those, the ones a barge-in let run on
         self._receiver: asyncio.Task[None] | None = None
         self._answers: set[asyncio.Task[None]] = set()  # rounds of tool results waiting to be sent
         self._push_lock = asyncio.Lock()  # a barge-in never lands in the middle of a bot frame's push
@@ -658,11 +659,15 @@ class SpeechToSpeech(Processor):
                 self.report_error(error)
 
     async def _stop_tools(self, cancel_background: bool) -> None:
-        """Cancel running calls (``background`` ones only with ``cancel_background``); the model
-        gets a cancelled result for each, so no call stays unanswered."""
+        """Cancel running calls (``background`` ones, within the cap, only with ``cancel_background``);
+        the model gets a cancelled result for each, so no call stays unanswered."""
         cancelled = []
         for task, call in list(self._tools.items()):
-            if not cancel_background and _is_background(self.toolset, call.name):
+            if not cancel_background and task in self._background:
+                continue
+            if not cancel_background and self.toolset.keeps_running(call.name, len(self._background)):
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
                 continue
             task.cancel()
             del self._tools[task]
@@ -681,9 +686,3 @@ class SpeechToSpeech(Processor):
             if self._reply is not None:
                 await self._end_reply()
             await self._release_end()
-
-
-def _is_background(toolset: ToolSet, name: str) -> bool:
-    """Whether the tool named ``name`` may finish after a barge-in."""
-    tool = toolset.get(name)
-    return tool is not None and tool.background
