@@ -30,8 +30,9 @@ from pipeline.frames import (
 from pipeline.graph import Graph
 from pipeline.processor import Source
 from pipeline.testing import Captured, run_graph
+from processors.llm.gemini import function_declaration
 from processors.recorder import Recorder
-from processors.s2s.gemini import GeminiLive, function_response
+from processors.s2s.gemini import GeminiLive
 from tests.fakes.gemini_live import FakeFunctionCall, FakeGeminiLive, LiveSession, LiveTurn, pick
 from tests.speech import audio_frames, librivox, read_wav, silence, tone
 
@@ -334,10 +335,14 @@ def test_an_empty_key_is_a_validation_problem() -> None:
     assert any("GEMINI_API_KEY" in p.message for p in node.check())
 
 
-def test_tool_results_map_onto_gemini_responses() -> None:
-    assert function_response('{"error": "tool failed"}') == {"error": "tool failed"}
-    assert function_response('{"temp": 21}') == {"output": {"temp": 21}}
-    assert function_response("plain words") == {"output": "plain words"}
+def test_tools_are_declared_as_the_chat_node_declares_them() -> None:
+    tools = [{"get_weather": "tests.tools_example:get_weather"}]
+    from google.genai import types
+
+    node = GeminiLive(api_key="AIza-key", name="live", tools=tools)
+    [tool] = node.live_config().tools or []
+    assert isinstance(tool, types.Tool)
+    assert tool.function_declarations == [function_declaration(s) for s in node.toolset.schemas()]
 
 
 # --- configs/assistant-live.yaml, served ----------------------------------------------------------

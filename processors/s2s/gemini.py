@@ -18,10 +18,12 @@ turn when the model starts answering. A barge-in is the server's ``interrupted``
 turn is complete but its audio still plays, the user's next words being transcribed): the unplayed
 audio is dropped. Gemini keeps no item to truncate, so the model's own context keeps the whole reply
 it generated, while the recording and the transcript keep what was heard. Tool calls (``toolCall``)
-run through ``tools:`` and are answered with ``send_tool_response`` and the same ids; the model goes
-on by itself. A ``toolCallCancellation`` cancels the calls it names and their results are never sent
-(Gemini cancels pending calls itself when the user interrupts, so the node sends no cancelled results;
-a ``background`` call that finishes after a barge-in is answered unless the server cancelled it).
+run through ``tools:`` and are answered with ``send_tool_response`` and the same ids, declared and
+answered as the chat node ``llm.gemini`` does it (``function_declaration``, ``response_object``); the
+model goes on by itself. A ``toolCallCancellation`` cancels the calls it names and their results are
+never sent (Gemini cancels pending calls itself when the user interrupts, so the node sends no
+cancelled results; a ``background`` call that finishes after a barge-in is answered unless the server
+cancelled it).
 
 The SDK dials ``wss://`` whatever the scheme of ``base_url``; a server with its own certificate
 authority (a TLS proxy, a test server) is trusted through ``SSL_CERT_FILE``, which the SDK reads.
@@ -55,7 +57,7 @@ import numpy as np
 from pipeline.errors import FatalProcessorError, Problem
 from pipeline.formats import AudioCaps
 from pipeline.params import param
-from processors.llm.gemini import GEMINI_KEY_VARIABLE, GEMINI_URL
+from processors.llm.gemini import GEMINI_KEY_VARIABLE, GEMINI_URL, function_declaration, response_object
 from processors.llm.openai import key_problems
 from processors.llm.tools import ToolCall
 from processors.s2s.base import (
@@ -77,7 +79,7 @@ if TYPE_CHECKING:
     from google import genai
     from google.genai import live, types
 
-__all__ = ["GeminiLive", "GeminiLiveParams", "function_response"]
+__all__ = ["GeminiLive", "GeminiLiveParams"]
 
 log = logging.getLogger("processors.s2s")
 
@@ -154,7 +156,7 @@ class GeminiLive(SpeechToSpeech):
             config.speech_config = types.SpeechConfig(
                 voice_config=types.VoiceConfig(prebuilt_voice_config=voice)
             )
-        declarations = [live_declaration(schema) for schema in self.toolset.schemas()]
+        declarations = [function_declaration(schema) for schema in self.toolset.schemas()]
         if declarations:
             config.tools = [types.Tool(function_declarations=declarations)]
         if p.resume:
@@ -379,7 +381,7 @@ class GeminiLive(SpeechToSpeech):
         # Gemini goes on by itself once answered (``respond`` has nothing to ask for). Calls a barge-in
         # cancelled are not answered: Gemini cancels the calls of the turn it interrupted itself.
         responses = [
-            types.FunctionResponse(id=call.call_id, name=call.name, response=function_response(output))
+            types.FunctionResponse(id=call.call_id, name=call.name, response=response_object(output))
             for call, output in results
             if call.call_id not in self._unwanted and output != CANCELLED_RESULT
         ]
@@ -403,29 +405,6 @@ class GeminiLive(SpeechToSpeech):
         if self._session is None:
             raise SessionClosed(f"{self.name}: the {self.service} session is not open")
         return self._session
-
-
-def live_declaration(schema: dict[str, Any]) -> types.FunctionDeclaration:
-    """A ``FunctionDeclaration`` from a tool schema in OpenAI's form (its JSON schema kept as is)."""
-    from google.genai import types
-
-    function = schema.get("function", schema)
-    declaration = types.FunctionDeclaration(name=function["name"], description=function.get("description"))
-    if function.get("parameters"):
-        declaration.parameters_json_schema = function["parameters"]
-    return declaration
-
-
-def function_response(output: str) -> dict[str, Any]:
-    """A ``FunctionResponse.response`` from a tool's result text: ``{"error": ...}`` stays as it is
-    (the model reads a failure), anything else is the ``output``, as Gemini's docs name them."""
-    try:
-        value = json.loads(output)
-    except ValueError:
-        value = output
-    if isinstance(value, dict) and set(value) == {"error"}:
-        return value
-    return {"output": value}
 
 
 def _at_output_rate(pcm: bytes, mime_type: str | None) -> bytes:
