@@ -171,6 +171,42 @@ async def test_decide_calls_the_tool_and_answers_with_its_result() -> None:
     assert json.loads(messages[3]["content"])["temperature"] == 21
 
 
+async def test_a_barge_in_during_decide_stops_the_arguments_pass_and_frees_the_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import llama_cpp
+
+    # Arguments of at least 2000 characters: uninterrupted, the pass runs to max_tokens (400).
+    long_city = {"type": "object", "properties": {"city": {"type": "string", "minLength": 2000}}}
+    weather = {"name": "weather", "function": "tests.tools_example:get_weather", "parameters": long_city}
+    llm = LocalLLM(temperature=0.0, max_tokens=400, tools=[weather], tool_calling="decide")
+    loop = asyncio.get_running_loop()
+    arguments_pass = asyncio.Event()
+    complete = llama_cpp.Llama.create_completion
+
+    def watched(llama: Any, prompt: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(prompt, str) and prompt.endswith("functions.weather:\n"):
+            loop.call_soon_threadsafe(arguments_pass.set)
+        return complete(llama, prompt, *args, **kwargs)
+
+    monkeypatch.setattr(llama_cpp.Llama, "create_completion", watched)
+    out = Collector(name="out")
+    model_free_at_interruption: list[bool] = []
+
+    async def interrupted() -> None:
+        await out.wait_for(InterruptionFrame, timeout=TIMEOUT)
+        assert llm._model is not None
+        model_free_at_interruption.append(not llm._model.lock.locked())
+
+    question = TranscriptFrame(text="What's the weather in Paris?")
+    driver = PatientDriver([question, arguments_pass.wait, InterruptionFrame(), interrupted])
+    graph = Graph({"driver": driver, "llm": llm, "out": out}, [("driver", "llm"), ("llm", "out")])
+    captured = await run_graph(graph, timeout=TIMEOUT)
+    assert not any(isinstance(f, LLMToolCallFrame | LLMResponseEndFrame) for f in captured.all_down)
+    assert model_free_at_interruption == [True]  # the worker let go before the interruption went on
+    assert 1 <= llm.tokens_generated < 50  # the decision's few tokens and the first of the arguments
+
+
 def test_unusable_tools_are_reported_like_any_nodes() -> None:
     [problem] = LocalLLM(tools=[{"weather": "no_such_module:get_weather"}]).check()
     assert problem.key == "tools" and "no_such_module" in problem.message

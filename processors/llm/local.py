@@ -10,11 +10,12 @@ questions that need a weather tool and 20 that do not, it called the tool for 18
 11), though its arguments, forced by a grammar from the tool's schema, were always valid JSON and named
 the right city 17 times in 18. So a config with tools and the default model gets a warning (once per
 config, not per session) and plain answers. With ``decide`` (meant for a larger ``model_path``) a user
-turn first gets two bounded, unstreamed passes in the model's own chat template with the tools listed in
-the system message: a grammar lets the reply begin only with ``message:`` or ``functions.<name>:``, then
-a call's arguments are forced to its schema (one call per round). An answer in words streams as usual.
-Tool results reach the model as a user message (chat templates that know no tools would not read a
-``tool`` message), and the answer to them streams with no further choice.
+turn first gets two bounded passes in the model's own chat template with the tools listed in the system
+message: a grammar lets the reply begin only with ``message:`` or ``functions.<name>:``, then a call's
+arguments are forced to its schema (one call per round); both stream, so a barge-in stops them within a
+token like any reply. An answer in words streams as usual. Tool results reach the model as a user
+message (chat templates that know no tools would not read a ``tool`` message), and the answer to them
+streams with no further choice.
 
 Models are cached process-wide (per path, context size and threads), so sessions share one copy;
 llama.cpp is not thread-safe, so their generations take turns on the model's lock. Generation runs
@@ -258,9 +259,9 @@ class LocalLLM(ChatLLM):
         plain = plain_messages(messages)
         if self.tool_schemas and p.tool_calling == "decide" and messages[-1]["role"] == "user":
             calls = self._choose_calls(llama, plain, stop)
-            if calls:
-                for call in calls:
-                    _put(queue, call, loop, stop)
+            for call in calls:
+                _put(queue, call, loop, stop)
+            if calls or stop.is_set():
                 return
         stream = llama.create_chat_completion(
             plain, stream=True, max_tokens=p.max_tokens, temperature=p.temperature
@@ -286,6 +287,7 @@ class LocalLLM(ChatLLM):
         a grammar lets the reply begin only with ``message:`` or ``functions.<name>:`` (a few
         tokens, greedy); for a call, a grammar from the tool's JSON schema forces its arguments
         (at most ``max_tokens``). One call per round: a weak model asked for more loops on them.
+        Both passes stream and end at the token a barge-in sets ``stop`` (no call is made then).
         """
         from llama_cpp.llama_grammar import LlamaGrammar
 
@@ -294,18 +296,34 @@ class LocalLLM(ChatLLM):
         names = [schema["function"]["name"] for schema in self.tool_schemas]
         choices = " | ".join(json.dumps(f"functions.{name}:") for name in names)
         decision = LlamaGrammar.from_string(f'root ::= "message:" | {choices}', verbose=False)
-        choice = llama.create_completion(prompt, grammar=decision, max_tokens=16, temperature=0.0)
-        chosen = choice["choices"][0]["text"]
-        name = chosen.removeprefix("functions.").removesuffix(":")
-        if not chosen.startswith("functions.") or name not in names or stop.is_set():
+        chosen = self._complete(llama, stop, prompt, grammar=decision, max_tokens=16, temperature=0.0)
+        name = (chosen or "").removeprefix("functions.").removesuffix(":")
+        if chosen is None or not chosen.startswith("functions.") or name not in names:
             return []
         schema = next(s["function"] for s in self.tool_schemas if s["function"]["name"] == name)
-        arguments = LlamaGrammar.from_json_schema(json.dumps(schema["parameters"]), verbose=False)
-        completion = llama.create_completion(
-            f"{prompt}{chosen}\n", grammar=arguments, max_tokens=p.max_tokens, temperature=p.temperature
-        )
-        self.tokens_generated += int(completion.get("usage", {}).get("completion_tokens", 0))
-        return [ToolCall(f"call_{uuid.uuid4().hex[:24]}", name, completion["choices"][0]["text"].strip())]
+        grammar = LlamaGrammar.from_json_schema(json.dumps(schema["parameters"]), verbose=False)
+        options = {"grammar": grammar, "max_tokens": p.max_tokens, "temperature": p.temperature}
+        arguments = self._complete(llama, stop, f"{prompt}{chosen}\n", **options)
+        if arguments is None:
+            return []
+        return [ToolCall(f"call_{uuid.uuid4().hex[:24]}", name, arguments.strip())]
+
+    def _complete(self, llama: Any, stop: threading.Event, prompt: str, **options: Any) -> str | None:
+        """The text of one streamed completion of ``prompt``, or None when ``stop`` cut it short
+        (checked per token, so a barge-in lets go of the model within one token)."""
+        if stop.is_set():
+            return None
+        pieces: list[str] = []
+        stream = llama.create_completion(prompt, stream=True, **options)
+        try:
+            for chunk in stream:
+                if stop.is_set():
+                    return None
+                self.tokens_generated += 1
+                pieces.append(chunk["choices"][0]["text"])
+        finally:
+            stream.close()
+        return "".join(pieces)
 
     def _prompt(self, llama: Any, messages: list[dict[str, Any]]) -> str:
         """``messages`` rendered by the model's own chat template, ready for the assistant's turn."""
