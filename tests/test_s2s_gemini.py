@@ -29,9 +29,11 @@ from pipeline.frames import (
 )
 from pipeline.graph import Graph
 from pipeline.processor import Source
+from pipeline.resampling import Int16Resampler
 from pipeline.testing import Captured, run_graph
 from processors.llm.gemini import function_declaration
 from processors.recorder import Recorder
+from processors.s2s.base import BotAudio, ResponseDone
 from processors.s2s.gemini import GeminiLive
 from tests.fakes.gemini_live import FakeFunctionCall, FakeGeminiLive, LiveSession, LiveTurn, pick
 from tests.speech import audio_frames, librivox, read_wav, silence, tone
@@ -343,6 +345,33 @@ def test_tools_are_declared_as_the_chat_node_declares_them() -> None:
     [tool] = node.live_config().tools or []
     assert isinstance(tool, types.Tool)
     assert tool.function_declarations == [function_declaration(s) for s in node.toolset.schemas()]
+
+
+def test_audio_at_another_rate_is_resampled_as_one_stream() -> None:
+    """A reply at 16 kHz, in 40 ms parts, comes out at 24 kHz as if resampled whole: no clicks where
+    the parts meet."""
+    import numpy as np
+    from google.genai import types
+
+    t = np.arange(16000) / 16000
+    tone_16k = (8000 * np.sin(2 * np.pi * 440 * t)).astype("<i2")
+    node = GeminiLive(api_key="AIza-key", name="live")
+    pcm = b""
+    for start in range(0, len(tone_16k), 640):
+        blob = types.Blob(data=tone_16k[start : start + 640].tobytes(), mime_type="audio/pcm;rate=16000")
+        content = types.LiveServerContent(model_turn=types.Content(parts=[types.Part(inline_data=blob)]))
+        events = node._translate(types.LiveServerMessage(server_content=content))
+        pcm += b"".join(e.pcm for e in events if isinstance(e, BotAudio))
+    done = node._translate(
+        types.LiveServerMessage(server_content=types.LiveServerContent(turn_complete=True))
+    )
+    pcm += b"".join(e.pcm for e in done if isinstance(e, BotAudio))
+    assert [type(e) for e in done][-1] is ResponseDone  # the filter's tail comes before the turn's end
+    whole = Int16Resampler(16000, 24000, 1)
+    expected = np.concatenate([whole.resample(tone_16k.reshape(-1, 1)), whole.flush()]).ravel()
+    got = np.frombuffer(pcm, dtype="<i2")
+    assert len(got) == len(expected) == 24000
+    assert int(np.max(np.abs(got.astype(int) - expected.astype(int)))) <= 1
 
 
 # --- configs/assistant-live.yaml, served ----------------------------------------------------------

@@ -57,6 +57,7 @@ import numpy as np
 from pipeline.errors import FatalProcessorError, Problem
 from pipeline.formats import AudioCaps
 from pipeline.params import param
+from pipeline.resampling import Int16Resampler
 from processors.llm.gemini import GEMINI_KEY_VARIABLE, GEMINI_URL, function_declaration, response_object
 from processors.llm.openai import key_problems
 from processors.llm.tools import ToolCall
@@ -130,6 +131,7 @@ class GeminiLive(SpeechToSpeech):
         self._going_away = False  # the server said goAway: the next close is resumed from
         self._resuming = False  # between two connections: user audio is not sent
         self.resumptions = 0  # connections resumed after a goAway
+        self._resampler: tuple[int, Int16Resampler] | None = None  # the turn's, for audio at another rate
         self._closing = False
 
     def check(self) -> list[Problem]:
@@ -247,6 +249,7 @@ class GeminiLive(SpeechToSpeech):
         if self._turn:
             events.append(ResponseDone(self._turn, "incomplete"))
             self._turn = ""
+        self._resampler = None  # the cut turn's last few ms go with it
         old, self._connection, self._session = self._connection, None, None
         if old is not None:
             with contextlib.suppress(Exception):  # the socket is closed already
@@ -278,7 +281,9 @@ class GeminiLive(SpeechToSpeech):
             ]
             for blob in audio:
                 events += self._model_content()
-                events.append(BotAudio(_at_output_rate(blob.data or b"", blob.mime_type), "", self._turn))
+                pcm = self._at_output_rate(blob.data or b"", blob.mime_type)
+                if pcm:
+                    events.append(BotAudio(pcm, "", self._turn))
             if content.output_transcription and content.output_transcription.text:
                 events += self._model_content()
                 events.append(BotTranscript(content.output_transcription.text, "", self._turn))
@@ -326,11 +331,33 @@ class GeminiLive(SpeechToSpeech):
         return [*self._flush_user_turn(), ResponseStarted(self._turn)]
 
     def _turn_complete(self) -> list[Event]:
+        tail = self._resampled_tail()
         turn, self._turn = self._turn, ""
         events = self._flush_user_turn()
         if turn:
+            if tail:
+                events.append(BotAudio(tail, "", turn))
             events.append(ResponseDone(turn, "completed"))
         return events
+
+    def _at_output_rate(self, pcm: bytes, mime_type: str | None) -> bytes:
+        """``pcm`` at ``OUTPUT_RATE``: a part whose mime type names another rate goes through one
+        resampler for the turn, so the filter runs across the parts (no clicks where they meet)."""
+        match = re.search(r"rate=(\d+)", mime_type or "")
+        rate = int(match[1]) if match else OUTPUT_RATE
+        if rate == OUTPUT_RATE:
+            return pcm
+        head = b""
+        if self._resampler is None or self._resampler[0] != rate:
+            head = self._resampled_tail()  # a turn that changes rates: the old filter's rest first
+            self._resampler = (rate, Int16Resampler(rate, OUTPUT_RATE, 1))
+        samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").reshape(-1, 1)
+        return head + self._resampler[1].resample(samples).tobytes()
+
+    def _resampled_tail(self) -> bytes:
+        """What the turn's resampler still holds (its last few ms); the next turn starts afresh."""
+        resampler, self._resampler = self._resampler, None
+        return resampler[1].flush().tobytes() if resampler is not None else b""
 
     def _flush_user_turn(self) -> list[Event]:
         text, self._heard = "".join(self._heard).strip(), []
@@ -405,15 +432,3 @@ class GeminiLive(SpeechToSpeech):
         if self._session is None:
             raise SessionClosed(f"{self.name}: the {self.service} session is not open")
         return self._session
-
-
-def _at_output_rate(pcm: bytes, mime_type: str | None) -> bytes:
-    """``pcm`` at ``OUTPUT_RATE``: a part whose mime type names another rate is resampled."""
-    match = re.search(r"rate=(\d+)", mime_type or "")
-    rate = int(match[1]) if match else OUTPUT_RATE
-    if rate == OUTPUT_RATE:
-        return pcm
-    import soxr
-
-    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2")
-    return np.asarray(soxr.resample(samples, rate, OUTPUT_RATE), dtype="<i2").tobytes()
