@@ -12,10 +12,11 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, ClassVar
 
 import aiohttp
 import numpy as np
@@ -26,14 +27,19 @@ from pipeline import config
 from pipeline.capacity import LoadMeter
 from pipeline.config import ServerSettings
 from pipeline.conformance import check_stt
+from pipeline.frames import Frame, TranscriptFrame, UserAudioFrame
+from pipeline.processor import Processor
+from pipeline.registry import register
 from processors.stt.assemblyai import AssemblyAISTT
 from tests.hearing import wer
 from tests.speech import LIBRIVOX, librivox, read_wav
 from tests.test_conformance_engines import SAID, speech
 from tests.test_server_timeouts import _self_signed
+from transports.dropin import assemblyai_session
 from transports.dropin import assemblyai_wire as wire
+from transports.dropin.assemblyai import StreamingRoutes
 from transports.dropin.assemblyai_wire import StreamingConfig, WireError
-from transports.websocket.auth import Attempt, Scope, guard_for
+from transports.websocket.auth import Attempt, Guard, Keys, Policy, Scope, guard_for
 from transports.websocket.server import VoiceServer
 
 CONFIG = Path(__file__).parent.parent / "configs" / "serve-assemblyai.yaml"
@@ -58,6 +64,29 @@ async def served(*overrides: str) -> AsyncIterator[VoiceServer]:
         yield server
     finally:
         await asyncio.wait_for(server.stop(), 60)
+
+
+@register("tests.stalled_stt")
+class StalledSTT(Processor):
+    """An STT slower than real time: it takes one frame and never finishes it."""
+
+    handles: ClassVar[tuple[type[Frame], ...]] = (UserAudioFrame,)
+    produces: ClassVar[tuple[type[Frame], ...]] = (TranscriptFrame,)
+
+    async def process(self, frame: UserAudioFrame) -> None:
+        await asyncio.Event().wait()  # cancelled when the session ends
+
+
+STALLED = """
+name: stalled
+server: {type: websocket, host: 127.0.0.1, port: 0}
+nodes:
+  client: {type: assemblyai.input}
+  stt: {type: tests.stalled_stt}
+  out: {type: assemblyai.output}
+edges:
+  - client -> stt -> out
+"""
 
 
 def host(server: VoiceServer) -> str:
@@ -167,7 +196,7 @@ async def test_the_sdk_transcribes_a_librivox_clip_in_the_tutorials_flow() -> No
 async def raw_session(
     server: VoiceServer,
     query: str,
-    send: list[bytes | str],
+    send: Sequence[bytes | str],
     *,
     key: str | None = KEY,
     pace: float = 0.0,
@@ -186,9 +215,9 @@ async def raw_session(
             if pace:
                 await asyncio.sleep(pace)  # pacing a live stream, not waiting for an event
         async with asyncio.timeout(TIMEOUT):
-            async for message in ws:
-                if message.type is aiohttp.WSMsgType.TEXT:
-                    received.append(json.loads(message.data))
+            async for reply in ws:
+                if reply.type is aiohttp.WSMsgType.TEXT:
+                    received.append(json.loads(reply.data))
         return received, ws.close_code
 
 
@@ -239,7 +268,7 @@ async def test_bad_configuration_and_chunks_are_refused_with_the_services_codes(
             messages, code = await raw_session(server, "sample_rate=16000", [text])
             assert code == 3006 and said in the_error(messages)["error"], (text, messages)
         # What the service takes goes on: a mu-law stream at 8 kHz, updates, keep-alives, then Terminate.
-        ok = [
+        ok: list[bytes | str] = [
             bytes(400),
             '{"type": "KeepAlive"}',
             '{"type": "UpdateConfiguration", "max_turn_silence": 900}',
@@ -259,7 +288,7 @@ async def test_the_sdk_sees_a_bad_sample_rate_as_an_error() -> None:
         options = v3.StreamingClientOptions(api_key=KEY, api_host=host(server))
         client = v3.AsyncStreamingClient(options)
         events.attach(client)
-        await client.connect(v3.StreamingParameters(sample_rate=7))
+        await client.connect(v3.StreamingParameters(sample_rate=7))  # type: ignore[call-arg]
         await events.until(lambda: bool(events.errors))
         await client.disconnect()
     assert events.begin is None and events.errors[0].code == 3006
@@ -329,7 +358,7 @@ async def test_keys_and_temporary_tokens(monkeypatch: pytest.MonkeyPatch) -> Non
             browser = (await response.json())["token"]
         messages, code = await raw_session(server, "sample_rate=16000", [], key=browser)
         assert code == 1008 and "token not valid here" in the_error(messages)["error"]
-        terminate: list[bytes | str] = ['{"type": "Terminate"}']
+        terminate = ['{"type": "Terminate"}']
         messages, code = await raw_session(server, "sample_rate=16000", terminate, key=v3_token)
         assert code == 1000 and kinds(messages) == ["Begin", "Termination"]  # its own route, once
 
@@ -483,7 +512,7 @@ async def test_the_sdk_with_a_bare_host_reaches_a_tls_server_and_fetches_its_own
         events = Events()
         client = v3.AsyncStreamingClient(v3.StreamingClientOptions(token=token, api_host=bare))
         events.attach(client)
-        await client.connect(v3.StreamingParameters(sample_rate=RATE))
+        await client.connect(v3.StreamingParameters(sample_rate=RATE))  # type: ignore[call-arg]
         await events.until(lambda: events.begin is not None or bool(events.errors))
         await client.disconnect(terminate=True)
         await events.until(lambda: events.termination is not None or bool(events.errors))
@@ -511,3 +540,36 @@ def test_raw_keys_open_only_the_assemblyai_routes() -> None:
     assert guard.check(attempt("/v3/token", token, upgrade=False)).status == 401  # tokens mint nothing
     assert guard.check_socket(attempt("/v3/ws", token)).allowed
     assert guard.check_socket(attempt("/v3/ws", token)).status == 401  # single-use
+
+
+async def test_a_graph_too_far_behind_ends_the_session_with_3007_and_drops_nothing_unsaid(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(assemblyai_session, "BUFFERED_SECONDS", 1.0)  # 60 s would take 30 s of waiting
+    compiled, problems = config.compile_text(STALLED, "<test>", [])
+    assert compiled is not None and not problems, problems
+    server = VoiceServer(compiled, meter=LoadMeter(cpu_clock=lambda: 0.0, machine_clock=lambda: None))
+    await server.start()
+    try:
+        audio = [bytes(2 * CHUNK)] * 400  # 20 s at once: within the rate slack
+        messages, code = await raw_session(server, "sample_rate=16000", audio, key=None)
+    finally:
+        await asyncio.wait_for(server.stop(), TIMEOUT)
+    assert code == 3007 and kinds(messages) == ["Begin", "Error"], messages
+    assert "too far behind" in the_error(messages)["error"]
+    assert not [r for r in caplog.records if "dropping the oldest" in r.getMessage()]
+
+
+def test_a_temporary_tokens_session_limit_holds_however_it_is_sent_on_the_guards_clock() -> None:
+    past = 1_000_000_000.0  # the guard's clock, not the machine's, says whether a token is alive
+    guard = Guard(Policy(), keys=Keys([KEY]), config_name="c", clock=lambda: past)
+    routes = StreamingRoutes(SimpleNamespace(guard=guard))  # type: ignore[arg-type]
+    for how in ("raw", "bearer", "query"):
+        text, token = guard.issue(60, Scope("c", route="/v3/ws"))
+        routes._remember(token.id, token.expires_at, 120)
+        attempt = {
+            "raw": Attempt("GET", "/v3/ws", authorization=text, upgrade=True),
+            "bearer": Attempt("GET", "/v3/ws", authorization=f"Bearer {text}", upgrade=True),
+            "query": Attempt("GET", "/v3/ws", query_token=text, upgrade=True),
+        }[how]
+        assert routes._session_seconds(attempt) == 120, how

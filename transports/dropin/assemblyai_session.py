@@ -9,7 +9,9 @@ settings; ``Terminate`` ends the input, so the graph drains: the last turn, then
 A session also ends, with ``Termination`` and the durations billed, after ``inactivity_timeout``
 seconds without a message (the query's, else the server's ``idle_timeout``) and when the server stops
 it. It ends with ``Error`` and a close with the same code when the client breaks the protocol (3006,
-3007), when its ``expires_at`` passes (3008), and when the graph fails (3005).
+3007), when the graph falls ``BUFFERED_SECONDS`` behind the audio taken (3007: audio is never dropped
+unsaid, and the message that would overflow is refused, not billed), when its ``expires_at`` passes
+(3008), and when the graph fails (3005).
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ RATE_SLACK_SECONDS = 30.0
 MIN_TURN_SILENCE = 0.1
 """Seconds of silence below which no turn ends, whatever ``max_turn_silence`` asks (VAD windows: ~30 ms)."""
 BUFFERED_SECONDS = 60.0
-"""Client audio held for a graph that is behind: more than the slack, so nothing taken is dropped."""
+"""Client audio held for a graph that is behind; a message beyond it ends the session (3007): a graph
+slower than real time would otherwise fall further behind for the whole session."""
 
 
 class StreamingWire(SilentWire):
@@ -152,16 +155,27 @@ class StreamingSession(Session):
         return True
 
     def _audio(self, data: bytes) -> bool:
-        link = self.link
-        link.audio_ms += wire.check_chunk(len(data), link.config)
+        """Take one audio message, or refuse it (3007) unbilled: too fast, or too far ahead of the graph."""
+        link, inbound = self.link, self.connection.inbound
+        received = link.audio_ms + wire.check_chunk(len(data), link.config)
         elapsed = time.monotonic() - link.opened
-        if link.audio_ms / 1000 > elapsed + RATE_SLACK_SECONDS:
+        if received / 1000 > elapsed + RATE_SLACK_SECONDS:
             raise WireError(
                 wire.AUDIO_VIOLATION,
-                f"Audio Transmission Rate Exceeded: Received {link.audio_ms / 1000:.1f} sec. audio in "
+                f"Audio Transmission Rate Exceeded: Received {received / 1000:.1f} sec. audio in "
                 f"{elapsed:.1f} sec",
             )
-        self.connection.inbound.put(Audio(data))
+        if inbound.audio_bytes + len(data) > inbound.max_audio_bytes:  # Inbound would drop the oldest
+            config = link.config
+            held = inbound.audio_bytes / (config.sample_rate * config.bytes_per_sample)
+            log.warning("session %s: the graph is %.1f s behind the client's audio; ending it", self.id, held)
+            raise WireError(
+                wire.AUDIO_VIOLATION,
+                f"Audio Transmission Rate Exceeded: Transcription is too far behind: {held:.1f} sec. audio "
+                "received is waiting",
+            )
+        link.audio_ms = received
+        inbound.put(Audio(data))
         return True
 
     def _control(self, message: wire.ClientMessage) -> bool:
