@@ -77,9 +77,9 @@ SELF_CHECKED_SOCKETS = frozenset({"/v3/ws"})
 """Sockets whose route asks ``Guard.check_socket`` itself, to refuse credentials its protocol's way
 (AssemblyAI's: an ``Error`` message and close code 1008 after the upgrade) rather than with HTTP 401."""
 OPERATOR_PATHS = frozenset({"/metrics", "/load"})
+"""Routes for monitoring: an API key or a scrape key opens them, a session token does not."""
 API_PREFIX = "/v1/"
 """OpenAI's routes (``transports.dropin.openai``): an API key only, never a session token."""
-"""Routes for monitoring: an API key or a scrape key opens them, a session token does not."""
 CORS_METHODS = "GET, POST"
 CORS_HEADERS = "Authorization, Content-Type"
 
