@@ -22,6 +22,7 @@ from pipeline.conformance import check_s2s, speech_script
 from pipeline.errors import FatalProcessorError
 from pipeline.frames import (
     AudioFrame,
+    CancelFrame,
     Frame,
     InterruptionFrame,
     LLMResponseEndFrame,
@@ -85,14 +86,18 @@ def agent(fake: FakeOpenAIRealtime, **params: Any) -> OpenAIRealtime:
 
 
 async def converse(
-    fake: FakeOpenAIRealtime, tmp_path: Path, steps: Callable[[FileOutput], Steps], **params: Any
+    fake: FakeOpenAIRealtime,
+    tmp_path: Path,
+    steps: Callable[[FileOutput], Steps],
+    node: OpenAIRealtime | None = None,
+    **params: Any,
 ) -> tuple[Captured, FileOutput]:
     speaker = FileOutput(path=str(tmp_path / "heard.wav"), audio="bot", realtime=True, name="speaker")
     recorder = Recorder(directory=str(tmp_path / "recordings"), session_id="call", name="recorder")
     graph = Graph(
         {
             "user": Driver(steps(speaker)),
-            "agent": agent(fake, **params),
+            "agent": node or agent(fake, **params),
             "recorder": recorder,
             "speaker": speaker,
         },
@@ -414,6 +419,55 @@ async def test_s2s_openai_conforms(turn_detection: str) -> None:
             lambda: agent(fake, turn_detection=turn_detection), utterance, interruption, timeout=20.0
         )
     assert replies[0] == REPLY
+
+
+async def stubborn_search(query: str) -> str:
+    """Search that takes a moment to stop when cancelled (it closes its connection).
+
+    Args:
+        query: what to look for
+    """
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        await asyncio.sleep(0.3)
+        raise
+    return query
+
+
+def node_tasks() -> list[asyncio.Task[Any]]:
+    """Tasks of the node (its receiver, held reply end, tool rounds) and of its tools, still running."""
+    names = ("s2s", "tool:")
+    return [t for t in asyncio.all_tasks() if not t.done() and t.get_name().startswith(names)]
+
+
+@pytest.mark.parametrize("pending", ["a held reply end", "a tool call"])
+async def test_a_cancel_mid_reply_leaves_no_task_of_the_node_running(pending: str, tmp_path: Path) -> None:
+    fake = FakeOpenAIRealtime(replies=[REPLY], reply_ms=300, speed=8)
+    if pending == "a held reply end":
+        fake.transcript_delay = 10.0  # the reply's end waits for the user's words
+        params: dict[str, Any] = {}
+    else:
+        fake.tool_arguments = '{"query": "news"}'
+        params = {"tools": [{"name": "stubborn_search", "function": f"{__name__}:stubborn_search"}]}
+    node: OpenAIRealtime | None = None
+
+    def steps(speaker: FileOutput) -> Steps:
+        async def user() -> AsyncIterator[Frame]:
+            for frame in speech():
+                yield frame
+            await fake.wait_until(lambda: fake.sessions[0].responses, timeout=10.0)
+            live = node
+            assert live is not None
+            await poll(lambda: live._held_end is not None or bool(live._tools), timeout=5.0)
+            yield CancelFrame()
+
+        return user
+
+    async with fake:
+        node = agent(fake, **params)
+        await converse(fake, tmp_path, steps, node=node)
+        assert node_tasks() == []
 
 
 def test_an_empty_key_is_a_validation_problem() -> None:

@@ -65,7 +65,7 @@ from pipeline.frames import (
 )
 from pipeline.params import param
 from pipeline.processor import Processor
-from processors.llm.base import DEFAULT_SYSTEM_PROMPT, PASS_THROUGH_FRAMES
+from processors.llm.base import DEFAULT_SYSTEM_PROMPT, PASS_THROUGH_FRAMES, TOOL_CANCEL_TIMEOUT
 from processors.llm.context import Conversation
 from processors.llm.tools import ToolCall, ToolContext, ToolSet, end_session, graph_can_transfer, session_of
 from processors.s2s.heard import PlayoutClock
@@ -331,9 +331,13 @@ class SpeechToSpeech(Processor):
         self._receiver = asyncio.get_running_loop().create_task(self._receive(), name=f"s2s:{self.name}")
 
     async def on_stop(self) -> None:
+        """Every path (the end, a cancel, a failure): nothing of the node runs on after it."""
+        receiver, self._receiver = self._receiver, None
+        work: set[asyncio.Task[Any]] = {*self._answers, *self._tools}
         try:
+            for answer in self._answers:
+                answer.cancel()
             await self._stop_tools(cancel_background=True)
-            receiver, self._receiver = self._receiver, None
             if receiver is not None and not receiver.done():
                 receiver.cancel()
                 await asyncio.wait({receiver}, timeout=5.0)
@@ -343,7 +347,15 @@ class SpeechToSpeech(Processor):
                 await self._release_end()
         finally:
             self._live = False
-            await self.close_session()
+            held, self._held_end = self._held_end, None  # stopped at once: its end goes nowhere
+            for task in (receiver, held):
+                if task is not None:
+                    task.cancel()
+                    work.add(task)
+            try:
+                await _settle(work)
+            finally:
+                await self.close_session()
 
     # --- frames in -----------------------------------------------------------------------------------
 
@@ -686,3 +698,17 @@ class SpeechToSpeech(Processor):
             if self._reply is not None:
                 await self._end_reply()
             await self._release_end()
+
+
+async def _settle(tasks: set[asyncio.Task[Any]]) -> None:
+    """Wait until cancelled ``tasks`` have stopped, at most ``TOOL_CANCEL_TIMEOUT``, even when this
+    wait is cancelled in turn (the graph cancels a node's worker once its sinks have ended): a tool
+    must not outlive its node."""
+    if not tasks:
+        return
+    deadline = asyncio.get_running_loop().time() + TOOL_CANCEL_TIMEOUT
+    try:
+        await asyncio.wait(tasks, timeout=TOOL_CANCEL_TIMEOUT)
+    except asyncio.CancelledError:
+        await asyncio.wait(tasks, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+        raise
