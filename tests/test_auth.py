@@ -391,6 +391,16 @@ def test_v3_tokens_read_nothing_and_mint_as_every_token_does() -> None:
     assert guard.mint(scope=Scope("demo", route="/v3/ws"))["scope"]["route"] == "/v3/ws"
 
 
+def test_a_phone_stream_token_opens_nothing_here_not_even_its_calls_conversation() -> None:
+    """Twilio's stream token travels in TwiML; it is checked in the call's ``start``, nowhere else."""
+    guard = locked()
+    text, token = guard.issue(60, Scope("demo", "CA123", route="/twilio"))
+    assert token.scope.route == "/twilio"
+    read_call = Attempt("GET", "/api/conversations/CA123", query_token=text, conversation="CA123")
+    assert guard.check(read_call).reason == "token not valid here"
+    assert guard.check(Attempt("GET", "/ws", upgrade=True, query_token=text)).reason == "token not valid here"
+
+
 def test_a_session_token_never_opens_operator_routes_however_sent() -> None:
     guard = locked()
     token = guard.mint()["token"]

@@ -128,9 +128,10 @@ class PhoneRoutes:
         return await self._serve(request, TwilioWire(), self._admit_token, hang_up)
 
     def _mint(self, call_sid: str) -> str:
+        """A token for this call's media stream only: it opens no ``/ws`` and reads no conversation."""
         guard: Guard = self.server.guard
-        expires_at = int(guard.clock()) + STREAM_TOKEN_TTL
-        text, _ = guard.signer.mint(expires_at, Scope(self.server.compiled.spec.name, call_sid))
+        scope = Scope(self.server.compiled.spec.name, call_sid, route=TWILIO_STREAM)
+        text, _ = guard.issue(min(STREAM_TOKEN_TTL, guard.token_ttl), scope)
         return text
 
     def _admit_token(self, started: Started) -> str | None:
@@ -145,6 +146,7 @@ class PhoneRoutes:
         if (
             token.scope.config != self.server.compiled.spec.name
             or token.scope.conversation != started.call_id
+            or token.scope.route != TWILIO_STREAM
         ):
             return "stream token: minted for another call"
         try:

@@ -76,6 +76,9 @@ temporary token, raw in ``Authorization: <key>`` (no scheme); browsers send the 
 SELF_CHECKED_SOCKETS = frozenset({"/v3/ws"})
 """Sockets whose route asks ``Guard.check_socket`` itself, to refuse credentials its protocol's way
 (AssemblyAI's: an ``Error`` message and close code 1008 after the upgrade) rather than with HTTP 401."""
+TOKEN_ROUTES = SELF_CHECKED_SOCKETS | {"/twilio"}
+"""Routes a token may be minted for alone (``Scope.route``): the self-checked sockets, and Twilio's media
+stream, whose route checks the token in the call's ``start`` (``transports.telephony.routes``)."""
 OPERATOR_PATHS = frozenset({"/metrics", "/load"})
 """Routes for monitoring: an API key or a scrape key opens them, a session token does not."""
 API_PREFIX = "/v1/"
@@ -98,7 +101,7 @@ class Scope:
 
     config: str | None = None  # the config (``name:``) served; None: any server sharing the secret
     conversation: str | None = None  # only this conversation's transcript and audio (not ``/ws``)
-    route: str | None = None  # only this self-checked socket (``SELF_CHECKED_SOCKETS``); None: ``/ws``
+    route: str | None = None  # only this route (``TOKEN_ROUTES``); None: ``/ws``
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,8 +399,8 @@ class Guard:
         for value in (scope.config, scope.conversation):
             if value is not None and not NAME.fullmatch(value):
                 raise ValueError("config and conversation are names: letters, digits, '_', '-', '.'")
-        if scope.route is not None and scope.route not in SELF_CHECKED_SOCKETS:
-            raise ValueError(f"a token's route is one of {sorted(SELF_CHECKED_SOCKETS)}")
+        if scope.route is not None and scope.route not in TOKEN_ROUTES:
+            raise ValueError(f"a token's route is one of {sorted(TOKEN_ROUTES)}")
         return self.signer.mint(int(self.clock()) + ttl, scope)
 
     def _credentials(self, route: Route, attempt: Attempt) -> str | None:
