@@ -343,6 +343,21 @@ async def test_the_routes_count_in_the_servers_metrics(server: VoiceServer, clie
     assert samples[("voxgraph_openai_first_byte_seconds_count", (("endpoint", "speech"),))] >= 2
 
 
+async def test_a_request_without_max_tokens_gets_the_configs_while_another_sets_its_own() -> None:
+    story = "The river runs past the old mill, the bridge and the quiet town square. " * 80
+    long: Any = [{"role": "user", "content": f"Summarise this: {story}"}]
+    short: Any = [{"role": "user", "content": "Name three colours."}]
+    async with serving("server.port=0", "openai.max_waiting=2") as served:
+        client = client_of(served)
+        await ready(client)
+        cut = await client.chat.completions.create(model="m", messages=long, stream=True, max_tokens=1)
+        await anext(aiter(cut))  # its turn: max_tokens=1 is in force on the engine while its prompt is read
+        plain = await client.chat.completions.create(model="m", messages=short)
+        rest = [chunk async for chunk in cut]
+    assert rest[-1].choices[0].finish_reason == "length"
+    assert plain.usage is not None and plain.usage.completion_tokens > 1, plain
+
+
 # --- auth and drain ------------------------------------------------------------------------------------
 
 

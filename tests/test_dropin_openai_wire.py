@@ -4,6 +4,7 @@ them, uploads decoded and cut at pauses, the engines' waiting line, and the conf
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import struct
 from typing import Any
@@ -22,7 +23,7 @@ from transports.dropin.openai_audio import (
     pieces,
     streamed_wav_header,
 )
-from transports.dropin.openai_engines import EngineBusy, Lane
+from transports.dropin.openai_engines import Engine, EngineBusy, Lane
 
 USER = {"role": "user", "content": "Hi"}
 
@@ -236,6 +237,22 @@ async def test_a_lane_serves_in_turn_and_refuses_past_its_waiting_line() -> None
     release.set()
     await asyncio.wait_for(asyncio.gather(first, second), 5.0)
     assert order == ["first", "second"] and lane.waiting == 0
+
+
+async def test_an_engine_keeps_the_configs_params_whoever_holds_the_turn() -> None:
+    @dataclasses.dataclass
+    class Params:
+        max_tokens: int = 200
+        temperature: float = 0.7
+
+    class Node:
+        params = Params()
+
+    engine = Engine("llm", Node(), max_waiting=1)  # type: ignore[arg-type]
+    async with engine.serving(max_tokens=1, temperature=None) as node:
+        assert node.params == Params(max_tokens=1)
+        assert engine.defaults == Params()  # what another request arriving now reads
+    assert engine.processor.params == Params()
 
 
 def test_the_config_check_names_nodes_that_cannot_answer_an_endpoint() -> None:

@@ -271,7 +271,7 @@ class OpenAIRoutes:
         transcription = wire.parse_transcription(fields)
         if upload is None:
             raise wire.RequestError(400, "you must provide a file", param="file")
-        model = getattr(engine.processor.params, "model", "")
+        model = getattr(engine.defaults, "model", "")
         if isinstance(model, str) and model.endswith(".en") and transcription.language not in (None, "en"):
             raise wire.RequestError(
                 400, f"this server's model ({model}) understands English only", param="language"
@@ -357,10 +357,10 @@ class OpenAIRoutes:
         started = time.perf_counter()
         chat = wire.parse_chat(await _json_body(request, self.params.max_chat_bytes))
         engine = self._engine("chat")
-        llm = engine.processor
-        prompt_tokens = await asyncio.to_thread(_prompt_tokens, llm, chat.messages)
-        context = getattr(llm.params, "n_ctx", None)
-        wanted = chat.max_tokens or int(llm.params.max_tokens)
+        prompt_tokens = await asyncio.to_thread(_prompt_tokens, engine.processor, chat.messages)
+        defaults = engine.defaults  # the config's: another request's turn may have its own in force now
+        context = getattr(defaults, "n_ctx", None)
+        wanted = chat.max_tokens or int(defaults.max_tokens)
         if isinstance(context, int):
             if prompt_tokens >= context:
                 message = f"the messages take ~{prompt_tokens} tokens; this model's context holds {context}"

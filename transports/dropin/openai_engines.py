@@ -4,7 +4,8 @@ Each node an ``openai.api`` node names is built afresh from the config and start
 server starts: its model is the process-wide copy (``processors.models``) the conversations of the
 same config use, so nothing loads twice. Requests take turns on it (``Lane``): the engines run one
 inference at a time on a model anyway, and a request's own settings (its language, its temperature)
-are applied to the instance for the length of its turn only. At most ``max_waiting`` requests wait
+are applied to the instance for the length of its turn only; the config's own settings stay on the
+engine (``defaults``) for requests to read at any time. At most ``max_waiting`` requests wait
 for a turn; one more is refused at once (``EngineBusy``: HTTP 429), so a burst cannot pile up
 unbounded work.
 """
@@ -70,6 +71,8 @@ class Engine:
     def __init__(self, node: str, processor: Processor, max_waiting: int) -> None:
         self.node = node
         self.processor = processor
+        self.defaults: Any = processor.params
+        """The config's params: what a request that sets nothing gets, whoever's turn it is now."""
         self.lane = Lane(max_waiting)
 
     @contextlib.asynccontextmanager
@@ -77,15 +80,13 @@ class Engine:
         """The processor, for this request's turn, with ``settings`` (params of its type; None and
         unknown names are ignored) in force until the turn ends."""
         async with self.lane.turn():
-            own = self.processor.params
-            fields = {f.name for f in dataclasses.fields(own)}
+            fields = {f.name for f in dataclasses.fields(self.defaults)}
             changes = {k: v for k, v in settings.items() if v is not None and k in fields}
-            if changes:
-                self.processor.params = dataclasses.replace(own, **changes)
+            self.processor.params = dataclasses.replace(self.defaults, **changes)
             try:
                 yield self.processor
             finally:
-                self.processor.params = own
+                self.processor.params = self.defaults
 
 
 class Engines:
