@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import io
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,20 @@ async def server() -> AsyncIterator[VoiceServer]:
 @pytest.fixture
 def client(server: VoiceServer) -> AsyncOpenAI:
     return client_of(server)
+
+
+def active(server: VoiceServer, endpoint: str) -> float:
+    """Requests of ``endpoint`` being answered now (admitted, waiting for the engine included)."""
+    registry = server.metrics.registry
+    return registry.get_sample_value("voxgraph_openai_requests_active", {"endpoint": endpoint}) or 0.0
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def as_wav(pcm: bytes, rate: int) -> bytes:
@@ -192,6 +206,44 @@ async def test_a_form_with_two_files_or_too_many_fields_is_refused(server: Voice
             async with http.post(url, data=form) as response:
                 assert response.status == status
                 assert (await response.json())["error"]["type"] == "invalid_request_error"
+
+
+async def test_uploads_past_the_waiting_line_are_refused_before_their_bodies_are_read(
+    server: VoiceServer,
+) -> None:
+    boundary = "voxgraph-test-boundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        "Content-Type: audio/wav\r\n\r\n"
+    ).encode()
+    body = head + librivox(CLIP).read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    request = (
+        "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    half = len(head) + 1000
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", server.port), TIMEOUT)
+    try:
+        writer.write(request + body[:half])  # the first upload arrives, then its sender pauses
+        await writer.drain()
+        await until(lambda: active(server, "transcriptions") == 1, "the first upload to arrive")
+
+        async def upload(http: aiohttp.ClientSession) -> int:
+            form = aiohttp.FormData({"model": "whisper-1"})
+            form.add_field("file", as_wav(bytes(32000), 16000), filename="b.wav", content_type="audio/wav")
+            async with http.post(f"{server.url}v1/audio/transcriptions", data=form) as response:
+                return response.status
+
+        async with aiohttp.ClientSession() as http:  # max_waiting=0: one place, taken by the slow sender
+            statuses = await asyncio.wait_for(asyncio.gather(*(upload(http) for _ in range(3))), TIMEOUT)
+        assert statuses == [429, 429, 429]
+        writer.write(body[half:])
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), TIMEOUT)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200") and b"Dashwood" in answer, answer[:200]
 
 
 # --- speech ------------------------------------------------------------------------------------------

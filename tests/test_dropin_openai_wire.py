@@ -222,21 +222,30 @@ async def test_a_lane_serves_in_turn_and_refuses_past_its_waiting_line() -> None
     release = asyncio.Event()
 
     async def request(name: str) -> None:
-        async with lane.turn():
-            order.append(name)
-            await asyncio.wait_for(release.wait(), 5.0)
+        with lane.place():
+            async with lane.turn():
+                order.append(name)
+                await asyncio.wait_for(release.wait(), 5.0)
 
     first = asyncio.create_task(request("first"))
     await asyncio.sleep(0)
     second = asyncio.create_task(request("second"))
     await asyncio.sleep(0)
-    assert lane.waiting == 1
-    with pytest.raises(EngineBusy):
-        async with lane.turn():
-            pass
+    assert lane.taken == 2 and lane.full
+    with pytest.raises(EngineBusy), lane.place():
+        pass
     release.set()
     await asyncio.wait_for(asyncio.gather(first, second), 5.0)
-    assert order == ["first", "second"] and lane.waiting == 0
+    assert order == ["first", "second"] and lane.taken == 0 and not lane.full
+
+
+def test_a_place_in_line_is_taken_on_arrival_before_any_turn_is() -> None:
+    lane = Lane(max_waiting=0)
+    with lane.place():  # a request still reading its upload: nobody holds the turn yet
+        assert lane.full
+        with pytest.raises(EngineBusy), lane.place():
+            pass
+    assert lane.taken == 0 and not lane.full
 
 
 async def test_an_engine_keeps_the_configs_params_whoever_holds_the_turn() -> None:
@@ -249,9 +258,10 @@ async def test_an_engine_keeps_the_configs_params_whoever_holds_the_turn() -> No
         params = Params()
 
     engine = Engine("llm", Node(), max_waiting=1)  # type: ignore[arg-type]
-    async with engine.serving(max_tokens=1, temperature=None) as node:
-        assert node.params == Params(max_tokens=1)
-        assert engine.defaults == Params()  # what another request arriving now reads
+    with engine.admitted():
+        async with engine.serving(max_tokens=1, temperature=None) as node:
+            assert node.params == Params(max_tokens=1)
+            assert engine.defaults == Params()  # what another request arriving now reads
     assert engine.processor.params == Params()
 
 

@@ -20,7 +20,8 @@ by the config's own engine nodes, so a client written for OpenAI runs unchanged 
 The same access rules as the rest of the API (``Authorization: Bearer KEY`` with ``auth: api_key``).
 Admission is the server's: while models load, while draining, or while the server is full (as a new
 conversation would be refused), a request gets 503 with ``Retry-After``; an engine whose waiting line
-(``max_waiting``) is full answers 429 with ``Retry-After``; errors are in OpenAI's shape
+(``max_waiting``, counted from a request's arrival: an upload being read waits too) is full answers 429
+with ``Retry-After``, before the body is read; errors are in OpenAI's shape
 ``{"error": {"message", "type", "param", "code"}}``. A drain lets requests in flight finish (until the
 drain's deadline). Prometheus: ``voxgraph_openai_requests{endpoint,status}``,
 ``voxgraph_openai_request_seconds{endpoint}``, ``voxgraph_openai_first_byte_seconds{endpoint}`` and
@@ -265,9 +266,11 @@ class OpenAIRoutes:
         if (request.content_length or 0) > limit + 2 * MAX_FIELD_BYTES:
             raise wire.RequestError(413, f"the upload is larger than {limit} bytes", param="file")
         engine = self._engine("transcriptions")
-        if engine.lane.full:  # refused before the upload is read and decoded, not after
-            raise EngineBusy
-        fields, upload = await _read_multipart(request, limit)
+        with engine.admitted():  # from before the upload is read and decoded: a burst waits in line too
+            return await self._transcribe(request, engine, started)
+
+    async def _transcribe(self, request: web.Request, engine: Engine, started: float) -> web.StreamResponse:
+        fields, upload = await _read_multipart(request, self.params.max_upload_bytes)
         transcription = wire.parse_transcription(fields)
         if upload is None:
             raise wire.RequestError(400, "you must provide a file", param="file")
@@ -331,32 +334,39 @@ class OpenAIRoutes:
         kind = speech.response_format
         encoder = CompressedAudio(kind, SPEECH_RATE) if kind in COMPRESSED else None
         content_type = COMPRESSED[kind][2] if kind in COMPRESSED else f"audio/{kind}"
-        async with engine.serving() as tts:
-            response = web.StreamResponse(headers={"Content-Type": content_type, **NO_STORE})
-            response.enable_chunked_encoding()
-            await response.prepare(request)
-            if kind == "wav":
-                await response.write(streamed_wav_header(SPEECH_RATE))
-            first = True
-            async with contextlib.aclosing(_spoken(tts, speech.text)) as audio:
-                async for pcm in audio:
-                    data = await asyncio.to_thread(encoder.encode, pcm) if encoder is not None else pcm
-                    if first and data:
-                        self.metrics.first_byte.labels("speech").observe(time.perf_counter() - started)
-                        first = False
-                    if data:
-                        await response.write(data)
-            if encoder is not None:
-                await response.write(await asyncio.to_thread(encoder.close))
-            await response.write_eof()
+        with engine.admitted():
+            async with engine.serving() as tts:
+                response = web.StreamResponse(headers={"Content-Type": content_type, **NO_STORE})
+                response.enable_chunked_encoding()
+                await response.prepare(request)
+                if kind == "wav":
+                    await response.write(streamed_wav_header(SPEECH_RATE))
+                first = True
+                async with contextlib.aclosing(_spoken(tts, speech.text)) as audio:
+                    async for pcm in audio:
+                        data = await asyncio.to_thread(encoder.encode, pcm) if encoder is not None else pcm
+                        if first and data:
+                            self.metrics.first_byte.labels("speech").observe(time.perf_counter() - started)
+                            first = False
+                        if data:
+                            await response.write(data)
+                if encoder is not None:
+                    await response.write(await asyncio.to_thread(encoder.close))
+                await response.write_eof()
         return response
 
     # --- POST /v1/chat/completions -----------------------------------------------------------------
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        chat = wire.parse_chat(await _json_body(request, self.params.max_chat_bytes))
         engine = self._engine("chat")
+        with engine.admitted():
+            chat = wire.parse_chat(await _json_body(request, self.params.max_chat_bytes))
+            return await self._answer(request, engine, chat, started)
+
+    async def _answer(
+        self, request: web.Request, engine: Engine, chat: wire.ChatRequest, started: float
+    ) -> web.StreamResponse:
         prompt_tokens = await asyncio.to_thread(_prompt_tokens, engine.processor, chat.messages)
         defaults = engine.defaults  # the config's: another request's turn may have its own in force now
         context = getattr(defaults, "n_ctx", None)

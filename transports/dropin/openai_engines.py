@@ -5,9 +5,9 @@ server starts: its model is the process-wide copy (``processors.models``) the co
 same config use, so nothing loads twice. Requests take turns on it (``Lane``): the engines run one
 inference at a time on a model anyway, and a request's own settings (its language, its temperature)
 are applied to the instance for the length of its turn only; the config's own settings stay on the
-engine (``defaults``) for requests to read at any time. At most ``max_waiting`` requests wait
-for a turn; one more is refused at once (``EngineBusy``: HTTP 429), so a burst cannot pile up
-unbounded work.
+engine (``defaults``) for requests to read at any time. At most ``max_waiting`` requests wait for a
+turn, counted from their arrival (an upload being read waits too); one more is refused at once
+(``EngineBusy``: HTTP 429), so a burst cannot pile up unbounded work.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from pipeline.config import Compiled
@@ -37,32 +37,39 @@ class EngineBusy(Exception):
 
 
 class Lane:
-    """One request at a time, in arrival order, with at most ``max_waiting`` waiting behind it."""
+    """One request at a time, in arrival order, with at most ``max_waiting`` waiting behind it.
+
+    A request holds a ``place`` from its arrival to the end of its response, so what it does before
+    its turn (reading and decoding an upload) counts against the line too: a burst is refused before
+    its bodies are read, not after they are all in memory.
+    """
 
     def __init__(self, max_waiting: int) -> None:
         self.max_waiting = max_waiting
-        self.waiting = 0  # requests queued for a turn now
+        self.taken = 0  # places held now: the request served and those waiting or still arriving
         self._lock = asyncio.Lock()  # fair: waiters get it in arrival order
 
     @property
     def full(self) -> bool:
         """Whether one more request would be refused now."""
-        return self._lock.locked() and self.waiting >= self.max_waiting
+        return self.taken > self.max_waiting
 
-    @contextlib.asynccontextmanager
-    async def turn(self) -> AsyncIterator[None]:
-        """Wait for this request's turn; raises ``EngineBusy`` at once when the line is full."""
+    @contextlib.contextmanager
+    def place(self) -> Iterator[None]:
+        """A place in line until the block ends; raises ``EngineBusy`` at once when the line is full."""
         if self.full:
             raise EngineBusy
-        self.waiting += 1
-        try:
-            await self._lock.acquire()
-        finally:
-            self.waiting -= 1
+        self.taken += 1
         try:
             yield
         finally:
-            self._lock.release()
+            self.taken -= 1
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Wait for this request's turn; take it inside ``place``, which bounds the line."""
+        async with self._lock:
+            yield
 
 
 class Engine:
@@ -75,10 +82,15 @@ class Engine:
         """The config's params: what a request that sets nothing gets, whoever's turn it is now."""
         self.lane = Lane(max_waiting)
 
+    def admitted(self) -> contextlib.AbstractContextManager[None]:
+        """A place in this engine's line, from a request's arrival to the end of its response; raises
+        ``EngineBusy`` at once when the line is full."""
+        return self.lane.place()
+
     @contextlib.asynccontextmanager
     async def serving(self, **settings: Any) -> AsyncIterator[Any]:
-        """The processor, for this request's turn, with ``settings`` (params of its type; None and
-        unknown names are ignored) in force until the turn ends."""
+        """The processor, for this request's turn (taken inside ``admitted``), with ``settings``
+        (params of its type; None and unknown names are ignored) in force until the turn ends."""
         async with self.lane.turn():
             fields = {f.name for f in dataclasses.fields(self.defaults)}
             changes = {k: v for k, v in settings.items() if v is not None and k in fields}
