@@ -459,6 +459,64 @@ async def test_after_go_away_the_session_resumes_on_a_new_connection(
     assert [m["content"] for m in transcript(tmp_path)] == [QUESTION, REPLY, "And tomorrow?", "Rain."]
 
 
+async def test_local_turns_during_a_resume_are_marked_on_the_new_connection(
+    fake: FakeGeminiLive, tmp_path: Path
+) -> None:
+    """Our VAD's start and stop of a turn that came while the new connection was being set up are sent
+    once it is: the turn is answered, and no error reaches the client."""
+    fake.turns = [LiveTurn(heard=QUESTION, reply=REPLY), LiveTurn(heard="And tomorrow?", reply="Rain.")]
+    node = live(fake, turn_detection="local")
+    turn = speech()
+    turn_seconds = sum(f.duration for f in turn)  # type: ignore[attr-defined]
+
+    def steps(speaker: Any) -> Steps:
+        async def user() -> AsyncIterator[Frame]:
+            yield UserStartedSpeakingFrame(stream_time=0.0)
+            for frame in turn:
+                yield frame
+            yield UserStoppedSpeakingFrame(stream_time=turn_seconds)
+            await fake.wait_until(lambda: "sessionResumptionUpdate" in fake.sessions[0].kinds_sent(), 10.0)
+            await poll(lambda: played(speaker) * 1000 >= fake.sessions[0].audio_out_ms - 1)
+            fake.setup_open.clear()  # the new connection's setup waits until the next turn is over
+            await fake.go_away("1s")
+            await fake.close_sessions(1000, "Session duration limit reached.")
+            await fake.wait_until(lambda: len(fake.sessions) == 2 and fake.sessions[1].setup, 10.0)
+            yield UserStartedSpeakingFrame(stream_time=turn_seconds)
+            for frame in turn:
+                yield frame
+            yield UserStoppedSpeakingFrame(stream_time=2 * turn_seconds)
+            await poll(lambda: node._sent_seconds >= 2 * turn_seconds - 1e-6 and node._commit_at is None)
+            fake.setup_open.set()
+            await fake.wait_until(lambda: answered(fake.sessions[1]), timeout=10.0)
+
+        return user
+
+    captured, _ = await converse(fake, tmp_path, steps, node=node)
+    captured.raise_errors()
+    second = fake.sessions[1]
+    assert second.resumed_from == "handle-1" and node.resumptions == 1
+    marks = [next(iter(pick(m, "realtimeInput"))) for m in second.received if pick(m, "realtimeInput")]
+    assert [m for m in marks if m != "audio"] == ["activityStart", "activityEnd"]
+    assert second.user_turns == ["And tomorrow?"]
+    assert [m["content"] for m in transcript(tmp_path)] == [QUESTION, REPLY, "And tomorrow?", "Rain."]
+
+
+async def test_a_turn_mark_that_finds_the_connection_closed_waits_for_the_next_one() -> None:
+    import websockets
+
+    class Closed:
+        """A connection the server has just closed (the receiving side has not seen it yet)."""
+
+        async def send_realtime_input(self, **_: Any) -> None:
+            raise websockets.exceptions.ConnectionClosed(None, None)
+
+    node = GeminiLive(api_key="AIza-key", name="live", turn_detection="local")
+    node._session = Closed()  # type: ignore[assignment]
+    await node.begin_user_turn()
+    await node.end_user_turn()  # raises nothing: the error is the close, reported once
+    assert node._missed_end and not node._user_speaking
+
+
 async def test_without_resume_a_go_away_close_ends_the_conversation(
     fake: FakeGeminiLive, tmp_path: Path
 ) -> None:

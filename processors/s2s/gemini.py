@@ -35,7 +35,9 @@ A connection lives ~10 minutes; the server says ``goAway`` before it closes one.
 session resumption, so the server hands out a handle after each turn; the close that follows a
 ``goAway`` is resumed from the last handle on a new connection (``resume: false`` ends the call
 there instead). A reply the close cut ends as heard, and the user's audio of the moment between
-the two connections is recorded but not heard by the model.
+the two connections is recorded but not heard by the model. With ``turn_detection: local`` the turn
+marks of that moment are sent on the new connection: a turn our VAD ended meanwhile is still
+answered, and a turn under way is opened again.
 """
 
 from __future__ import annotations
@@ -130,6 +132,9 @@ class GeminiLive(SpeechToSpeech):
         self._resume_handle: str | None = None  # the last resumption handle the server gave
         self._going_away = False  # the server said goAway: the next close is resumed from
         self._resuming = False  # between two connections: user audio is not sent
+        self._marking = asyncio.Lock()  # local turns: a mark is sent, or noted for the next connection
+        self._user_speaking = False  # local turns: our VAD's turn is under way
+        self._missed_end = False  # local turns: a turn ended when no connection could take its end
         self.resumptions = 0  # connections resumed after a goAway
         self._resampler: tuple[int, Int16Resampler] | None = None  # the turn's, for audio at another rate
         self._closing = False
@@ -257,12 +262,14 @@ class GeminiLive(SpeechToSpeech):
         try:
             await asyncio.wait_for(self._connect(), self.params.connect_timeout)
         except (FatalProcessorError, TimeoutError) as error:
+            self._resuming = False
             raise SessionClosed(
                 f"{self.name}: resuming the session after goAway failed ({error or 'timed out'}); "
                 "the rest of the conversation is recorded but not answered"
             ) from None
-        finally:
+        async with self._marking:  # the turn marks of the moment between the two connections
             self._resuming = False
+            await self._remark()
         self.resumptions += 1
         log.info("%s: %s session resumed on a new connection", self.name, self.service)
         return events
@@ -387,14 +394,41 @@ class GeminiLive(SpeechToSpeech):
             return  # the receiving side reports the close, or resumes
 
     async def begin_user_turn(self) -> None:
-        from google.genai import types
-
-        await self._sdk_session().send_realtime_input(activity_start=types.ActivityStart())
+        async with self._marking:
+            self._user_speaking = True
+            await self._mark(start=True)
 
     async def end_user_turn(self) -> None:
+        async with self._marking:
+            self._user_speaking = False
+            if not await self._mark(start=False):
+                self._missed_end = True  # answered once a connection is back
+
+    async def _mark(self, start: bool) -> bool:
+        """Send ``activityStart`` (or ``activityEnd``); False when no connection took it (a resume is
+        under way, or the connection just closed): ``_remark`` sends what is due after reconnecting."""
+        import websockets
         from google.genai import types
 
-        await self._sdk_session().send_realtime_input(activity_end=types.ActivityEnd())
+        session = self._session
+        if session is None or self._resuming:
+            return False
+        try:
+            if start:
+                await session.send_realtime_input(activity_start=types.ActivityStart())
+            else:
+                await session.send_realtime_input(activity_end=types.ActivityEnd())
+        except websockets.exceptions.ConnectionClosed:
+            return False
+        return True
+
+    async def _remark(self) -> None:
+        """On a new connection: a turn that ended while there was none is marked (start and end) so it
+        is answered; a turn under way is opened, so the audio that follows belongs to it."""
+        if self._missed_end:
+            self._missed_end = not (await self._mark(start=True) and await self._mark(start=False))
+        if self._user_speaking:
+            await self._mark(start=True)
 
     async def cancel_reply(self, response_active: bool, cuts: list[tuple[str, int]]) -> None:
         """Gemini stops its turn itself (server VAD, or the ``activityStart`` that follows in local

@@ -16,7 +16,8 @@ calls and setup declared tools (it then waits for the ``tool_response`` with the
 read in camelCase or snake_case, audio in either base64 alphabet, frames as text or binary. A bad key
 closes 1008 after the setup; ``close_sessions`` and ``go_away`` let a test end sessions its way. A
 setup that asks for session resumption gets a ``sessionResumptionUpdate`` handle after each turn; a
-new session whose setup names one goes on with the script where that session was.
+new session whose setup names one goes on with the script where that session was. ``setup_open``
+cleared holds each new session's ``setupComplete`` until it is set again (a slow reconnect).
 """
 
 from __future__ import annotations
@@ -161,6 +162,8 @@ class FakeGeminiLive(LocalServer):
         self.tool_response_timeout = tool_response_timeout  # a pending call not answered: close 1011
         self.cancel_on_interrupt = cancel_on_interrupt  # False: calls stay pending through a barge-in
         self.sessions: list[LiveSession] = []
+        self.setup_open = asyncio.Event()  # cleared: new sessions wait for it before setupComplete
+        self.setup_open.set()
         self.handles: dict[str, int] = {}  # resumption handle given out -> user turns answered by then
         self.cert_file = Path()  # set by start(): the certificate a client must trust
         self._folder: tempfile.TemporaryDirectory[str] | None = None
@@ -269,6 +272,8 @@ class _Conversation:
                 raise _Protocol(1007, "Invalid session resumption handle.")
             self.session.resumed_from = handle
             self.turns = self.fake.handles[handle]  # the conversation goes on where it was
+        self.fake.changed()
+        await self.fake.setup_open.wait()
         await self._send({"setupComplete": {}})
         try:
             while (message := await self._receive()) is not None:
