@@ -501,6 +501,37 @@ async def test_local_turns_during_a_resume_are_marked_on_the_new_connection(
     assert [m["content"] for m in transcript(tmp_path)] == [QUESTION, REPLY, "And tomorrow?", "Rain."]
 
 
+async def test_a_call_still_running_at_a_resume_is_not_answered_on_the_new_connection(
+    fake: FakeGeminiLive, tmp_path: Path
+) -> None:
+    """The new connection never saw the old one's call: its result would be an unknown id there."""
+    slow = FakeFunctionCall("slow_search", {"query": "opening hours", "seconds": 0.5})
+    fake.turns = [LiveTurn(heard=QUESTION, reply=REPLY), LiveTurn(heard="Search it.", calls=[slow])]
+    node = live(fake, tools=[{"name": "slow_search", "function": "tests.tools_example:slow_search"}])
+
+    def steps(speaker: Any) -> Steps:
+        async def user() -> AsyncIterator[Frame]:
+            for frame in speech():
+                yield frame
+            await fake.wait_until(lambda: "sessionResumptionUpdate" in fake.sessions[0].kinds_sent(), 10.0)
+            await poll(lambda: played(speaker) * 1000 >= fake.sessions[0].audio_out_ms - 1)
+            for frame in speech():
+                yield frame
+            await fake.wait_until(lambda: "toolCall" in fake.sessions[0].kinds_sent(), timeout=10.0)
+            await fake.go_away("1s")
+            await fake.close_sessions(1000, "Session duration limit reached.")
+            await fake.wait_until(lambda: len(fake.sessions) == 2 and fake.sessions[1].sent, 10.0)
+            await poll(lambda: not node._answers, timeout=5.0)  # the call has finished
+
+        return user
+
+    captured, _ = await converse(fake, tmp_path, steps, node=node)
+    captured.raise_errors()
+    second = fake.sessions[1]
+    assert second.resumed_from == "handle-1" and second.tool_responses == []
+    assert second.close_code is None  # an unknown id would have been refused (close 1007)
+
+
 async def test_a_turn_mark_that_finds_the_connection_closed_waits_for_the_next_one() -> None:
     import websockets
 

@@ -34,8 +34,9 @@ node's conversation with its close code and reason, what was said so far being r
 A connection lives ~10 minutes; the server says ``goAway`` before it closes one. The setup asks for
 session resumption, so the server hands out a handle after each turn; the close that follows a
 ``goAway`` is resumed from the last handle on a new connection (``resume: false`` ends the call
-there instead). A reply the close cut ends as heard, and the user's audio of the moment between
-the two connections is recorded but not heard by the model. With ``turn_detection: local`` the turn
+there instead). A reply the close cut ends as heard (a tool call it made runs to its end, but its
+result is not sent: the new connection does not know the call), and the user's audio of the moment
+between the two connections is recorded but not heard by the model. With ``turn_detection: local`` the turn
 marks of that moment are sent on the new connection: a turn our VAD ended meanwhile is still
 answered, and a turn under way is opened again.
 """
@@ -255,6 +256,8 @@ class GeminiLive(SpeechToSpeech):
             events.append(ResponseDone(self._turn, "incomplete"))
             self._turn = ""
         self._resampler = None  # the cut turn's last few ms go with it
+        # Calls of the old connection run to their end, but the new one never saw them: an unknown id.
+        self._unwanted.update(call.call_id for call in self._tools.values())
         old, self._connection, self._session = self._connection, None, None
         if old is not None:
             with contextlib.suppress(Exception):  # the socket is closed already
