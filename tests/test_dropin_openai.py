@@ -27,6 +27,8 @@ from pipeline import config
 from pipeline.capacity import LoadMeter
 from tests.hearing import wer
 from tests.speech import LIBRIVOX, librivox, read_wav, write_wav
+from transports.dropin import openai as routes
+from transports.dropin.openai_audio import CompressedAudio
 from transports.websocket.server import VoiceServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -247,6 +249,35 @@ async def test_uploads_past_the_waiting_line_are_refused_before_their_bodies_are
 
 
 # --- speech ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def muxers(monkeypatch: pytest.MonkeyPatch) -> list[CompressedAudio]:
+    """Every speech muxer the routes make from now on."""
+    made: list[CompressedAudio] = []
+
+    class Tracked(CompressedAudio):
+        def __init__(self, kind: str, rate: int) -> None:
+            super().__init__(kind, rate)
+            made.append(self)
+
+    monkeypatch.setattr(routes, "CompressedAudio", Tracked)
+    return made
+
+
+async def test_a_refused_or_abandoned_mp3_answer_leaves_no_muxer_open(
+    client: AsyncOpenAI, muxers: list[CompressedAudio]
+) -> None:
+    async with client.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="alloy", input=SPEECH_TEXT * 6
+    ) as held:
+        await anext(held.iter_bytes())  # the engine's turn is this request's
+        with pytest.raises(openai.RateLimitError):
+            await client.audio.speech.create(model="tts-1", voice="alloy", input="Hello.")
+        assert len(muxers) == 1  # the refused request made none
+    # leaving the block hung up mid-answer
+    await until(lambda: muxers[0].closed, "the abandoned answer's muxer to be closed")
+    assert len(muxers) == 1
 
 
 async def test_speech_streams_pcm_and_wav_that_whisper_hears_as_the_input(client: AsyncOpenAI) -> None:

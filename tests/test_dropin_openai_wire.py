@@ -265,6 +265,15 @@ async def test_an_engine_keeps_the_configs_params_whoever_holds_the_turn() -> No
     assert engine.processor.params == Params()
 
 
+def test_a_discarded_muxer_is_closed_and_closing_twice_is_harmless() -> None:
+    encoder = CompressedAudio("mp3", 24000)
+    encoder.encode(bytes(48000))
+    assert not encoder.closed
+    encoder.discard()
+    encoder.discard()
+    assert encoder.closed
+
+
 def test_the_config_check_names_nodes_that_cannot_answer_an_endpoint() -> None:
     text = """
 name: bad

@@ -331,28 +331,38 @@ class OpenAIRoutes:
         body = await _json_body(request, MAX_SPEECH_BODY)
         speech = wire.parse_speech(body, self.voices, self.params.max_speech_chars)
         engine = self._engine(f"voice:{speech.voice}")
-        kind = speech.response_format
-        encoder = CompressedAudio(kind, SPEECH_RATE) if kind in COMPRESSED else None
-        content_type = COMPRESSED[kind][2] if kind in COMPRESSED else f"audio/{kind}"
         with engine.admitted():
             async with engine.serving() as tts:
-                response = web.StreamResponse(headers={"Content-Type": content_type, **NO_STORE})
-                response.enable_chunked_encoding()
-                await response.prepare(request)
-                if kind == "wav":
-                    await response.write(streamed_wav_header(SPEECH_RATE))
-                first = True
-                async with contextlib.aclosing(_spoken(tts, speech.text)) as audio:
-                    async for pcm in audio:
-                        data = await asyncio.to_thread(encoder.encode, pcm) if encoder is not None else pcm
-                        if first and data:
-                            self.metrics.first_byte.labels("speech").observe(time.perf_counter() - started)
-                            first = False
-                        if data:
-                            await response.write(data)
-                if encoder is not None:
-                    await response.write(await asyncio.to_thread(encoder.close))
-                await response.write_eof()
+                return await self._speak(request, tts, speech.text, speech.response_format, started)
+
+    async def _speak(
+        self, request: web.Request, tts: Any, text: str, kind: str, started: float
+    ) -> web.StreamResponse:
+        """``text`` spoken in ``kind``, streamed as it is made (in the engine's turn: the muxer, made
+        here and closed whatever happens, lives no longer than the request)."""
+        content_type = COMPRESSED[kind][2] if kind in COMPRESSED else f"audio/{kind}"
+        response = web.StreamResponse(headers={"Content-Type": content_type, **NO_STORE})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        encoder = CompressedAudio(kind, SPEECH_RATE) if kind in COMPRESSED else None  # quick: no await
+        try:
+            if kind == "wav":
+                await response.write(streamed_wav_header(SPEECH_RATE))
+            first = True
+            async with contextlib.aclosing(_spoken(tts, text)) as audio:
+                async for pcm in audio:
+                    data = await asyncio.to_thread(encoder.encode, pcm) if encoder is not None else pcm
+                    if first and data:
+                        self.metrics.first_byte.labels("speech").observe(time.perf_counter() - started)
+                        first = False
+                    if data:
+                        await response.write(data)
+            if encoder is not None:
+                await response.write(await asyncio.to_thread(encoder.close))
+            await response.write_eof()
+        finally:
+            if encoder is not None and not encoder.closed:  # cut short: free the muxer, send nothing more
+                await asyncio.to_thread(encoder.discard)  # runs to its end even if this task is cancelled
         return response
 
     # --- POST /v1/chat/completions -----------------------------------------------------------------

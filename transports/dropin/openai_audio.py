@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,9 +190,15 @@ class CompressedAudio:
         self._fifo = av.AudioFifo()
         self._convert = av.AudioResampler(format=context.format.name, layout="mono", rate=rate)
         self.rate = rate
+        self._closed = False
+        self._lock = threading.Lock()  # a muxer cut short may be discarded while a thread still encodes
 
     def encode(self, pcm: bytes) -> bytes:
         """Take ``pcm``; the stream's new bytes."""
+        with self._lock:
+            return self._encode(pcm)
+
+    def _encode(self, pcm: bytes) -> bytes:
         samples = np.frombuffer(pcm, dtype="<i2").reshape(1, -1)
         if samples.size:
             frame = self._av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
@@ -204,12 +211,27 @@ class CompressedAudio:
 
     def close(self) -> bytes:
         """The end of the stream."""
-        rest = self._fifo.read()
-        if rest is not None:
-            self._mux(rest)
-        self._mux(None)
-        self._out.close()
-        return self._new_bytes()
+        with self._lock:
+            rest = self._fifo.read()
+            if rest is not None:
+                self._mux(rest)
+            self._mux(None)
+            self._closed = True
+            self._out.close()
+            return self._new_bytes()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the muxer is closed (by ``close`` or ``discard``)."""
+        return self._closed
+
+    def discard(self) -> None:
+        """Close the muxer without ending the stream (nothing more will be sent); no-op once closed.
+        Safe while another thread encodes: it waits for that call to end."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._out.close()
 
     def _mux(self, frame: Any) -> None:
         for packet in self._stream.encode(frame):
