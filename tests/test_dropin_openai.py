@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
+import logging
+import socket
 import wave
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -29,6 +32,7 @@ from tests.hearing import wer
 from tests.speech import LIBRIVOX, librivox, read_wav, write_wav
 from transports.dropin import openai as routes
 from transports.dropin.openai_audio import CompressedAudio
+from transports.websocket import connections
 from transports.websocket.server import VoiceServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -100,6 +104,14 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = TIMEO
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def answered(sock: socket.socket) -> bool:
+    """Whether response headers wait in ``sock`` (peeked: the client still reads nothing)."""
+    try:
+        return sock.recv(16, socket.MSG_PEEK).startswith(b"HTTP/1.1 200")
+    except BlockingIOError:
+        return False
 
 
 def as_wav(pcm: bytes, rate: int) -> bytes:
@@ -278,6 +290,55 @@ async def test_a_refused_or_abandoned_mp3_answer_leaves_no_muxer_open(
     # leaving the block hung up mid-answer
     await until(lambda: muxers[0].closed, "the abandoned answer's muxer to be closed")
     assert len(muxers) == 1
+
+
+async def test_a_client_that_stops_reading_speech_loses_the_engine_after_send_timeout(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def slow_link(transport: asyncio.Transport, seconds: float) -> None:
+        """No kernel-side timeout (as where TCP_USER_TIMEOUT is missing), and small send buffers: only
+        the routes' own write bound can free the engine."""
+        raw = transport.get_extra_info("socket")
+        if raw is not None:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+    monkeypatch.setattr(connections, "_limit_unacknowledged", slow_link)
+    body = json.dumps(
+        {"model": "tts-1", "voice": "alloy", "input": SPEECH_TEXT * 8, "response_format": "pcm"}
+    ).encode()
+    request = (
+        "POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    async with serving(*SHARED, "server.send_timeout=0.5") as served:
+        client = client_of(served)
+        await ready(client)
+        loop = asyncio.get_running_loop()
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.setblocking(False)
+        with stalled:
+            await asyncio.wait_for(loop.sock_connect(stalled, ("127.0.0.1", served.port)), TIMEOUT)
+            await loop.sock_sendall(stalled, request + body)  # and never reads a byte of the answer
+            await until(lambda: answered(stalled), "the stalled request's turn (its answer's headers)")
+            for _ in range(int(TIMEOUT / 0.1)):  # max_waiting=0: 429 while the stalled request holds it
+                with contextlib.suppress(openai.RateLimitError):
+                    speech = await client.audio.speech.create(
+                        model="tts-1", voice="alloy", input="Hello there.", response_format="pcm"
+                    )
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the stalled client kept the engine")
+            assert len(speech.content) > 24000  # a word or two of 24 kHz speech
+
+            async def closed_by_the_server() -> None:  # what the kernel holds, then the end
+                with contextlib.suppress(ConnectionResetError):
+                    while await loop.sock_recv(stalled, 65536):
+                        pass
+
+            await asyncio.wait_for(closed_by_the_server(), TIMEOUT)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 async def test_speech_streams_pcm_and_wav_that_whisper_hears_as_the_input(client: AsyncOpenAI) -> None:

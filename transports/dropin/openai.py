@@ -23,7 +23,9 @@ conversation would be refused), a request gets 503 with ``Retry-After``; an engi
 (``max_waiting``, counted from a request's arrival: an upload being read waits too) is full answers 429
 with ``Retry-After``, before the body is read; errors are in OpenAI's shape
 ``{"error": {"message", "type", "param", "code"}}``. A drain lets requests in flight finish (until the
-drain's deadline). Prometheus: ``voxgraph_openai_requests{endpoint,status}``,
+drain's deadline). A client that stops reading a streamed answer is dropped once a write has waited
+``server.send_timeout`` seconds, so it cannot keep an engine from the requests behind it.
+Prometheus: ``voxgraph_openai_requests{endpoint,status}``,
 ``voxgraph_openai_request_seconds{endpoint}``, ``voxgraph_openai_first_byte_seconds{endpoint}`` and
 ``voxgraph_openai_requests_active{endpoint}``.
 """
@@ -85,6 +87,11 @@ UPLOAD_FORMATS = "wav, flac, mp3, ogg, m4a, mp4, mpeg, mpga, webm"
 TIMING_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 NO_STORE = {"Cache-Control": "no-store"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Sender = Callable[[bytes | None], Awaitable[None]]
+
+
+class ClientStalled(ConnectionResetError):
+    """The client stopped reading a streamed response for longer than the server's ``send_timeout``."""
 
 
 def openai_api(server: VoiceServer) -> OpenAIApiParams | None:
@@ -209,7 +216,7 @@ class OpenAIRoutes:
                 return web.json_response(
                     body, status=429, headers={"Retry-After": str(RETRY_AFTER_BUSY), **NO_STORE}
                 )
-            except ConnectionResetError:  # the client hung up mid-answer: its engine turn has ended
+            except ConnectionResetError:  # the client hung up or stalled mid-answer: its turn has ended
                 status = 499
                 return web.Response(status=499)  # aiohttp finds the connection closed and lets it go
             except asyncio.CancelledError:
@@ -312,6 +319,7 @@ class OpenAIRoutes:
     ) -> web.StreamResponse:
         response = _event_stream()
         await response.prepare(request)
+        send = self._sender(request, response)
         texts: list[str] = []
         async with contextlib.aclosing(_transcribed(stt, samples)) as results:
             async for _, result in results:
@@ -319,9 +327,9 @@ class OpenAIRoutes:
                     self.metrics.first_byte.labels("transcriptions").observe(time.perf_counter() - started)
                 delta = (" " if texts else "") + result.text
                 texts.append(result.text)
-                await response.write(wire.sse(wire.transcript_delta(delta)))
-        await response.write(wire.sse(wire.transcript_done(" ".join(texts), duration)))
-        await response.write_eof()
+                await send(wire.sse(wire.transcript_delta(delta)))
+        await send(wire.sse(wire.transcript_done(" ".join(texts), duration)))
+        await send(None)
         return response
 
     # --- POST /v1/audio/speech ---------------------------------------------------------------------
@@ -344,10 +352,11 @@ class OpenAIRoutes:
         response = web.StreamResponse(headers={"Content-Type": content_type, **NO_STORE})
         response.enable_chunked_encoding()
         await response.prepare(request)
+        send = self._sender(request, response)
         encoder = CompressedAudio(kind, SPEECH_RATE) if kind in COMPRESSED else None  # quick: no await
         try:
             if kind == "wav":
-                await response.write(streamed_wav_header(SPEECH_RATE))
+                await send(streamed_wav_header(SPEECH_RATE))
             first = True
             async with contextlib.aclosing(_spoken(tts, text)) as audio:
                 async for pcm in audio:
@@ -356,10 +365,10 @@ class OpenAIRoutes:
                         self.metrics.first_byte.labels("speech").observe(time.perf_counter() - started)
                         first = False
                     if data:
-                        await response.write(data)
+                        await send(data)
             if encoder is not None:
-                await response.write(await asyncio.to_thread(encoder.close))
-            await response.write_eof()
+                await send(await asyncio.to_thread(encoder.close))
+            await send(None)
         finally:
             if encoder is not None and not encoder.closed:  # cut short: free the muxer, send nothing more
                 await asyncio.to_thread(encoder.discard)  # runs to its end even if this task is cancelled
@@ -401,6 +410,7 @@ class OpenAIRoutes:
                 return web.json_response(payload, headers=NO_STORE)
             response = _event_stream()
             await response.prepare(request)
+            send = self._sender(request, response)
 
             def chunk(
                 delta: dict[str, Any] | None, finish: str | None = None, usage: dict[str, int] | None = None
@@ -408,20 +418,36 @@ class OpenAIRoutes:
                 made = wire.chat_chunk(ident, chat.model, created, delta, finish, usage, chat.include_usage)
                 return wire.sse(made)
 
-            await response.write(chunk({"role": "assistant", "content": "", "refusal": None}))
+            await send(chunk({"role": "assistant", "content": "", "refusal": None}))
             count = 0
             async with contextlib.aclosing(_reply(llm, chat.messages)) as reply:
                 async for piece in reply:
                     if not count:
                         self.metrics.first_byte.labels("chat").observe(time.perf_counter() - started)
                     count += 1
-                    await response.write(chunk({"content": piece}))
-            await response.write(chunk({}, "length" if count >= wanted else "stop"))
+                    await send(chunk({"content": piece}))
+            await send(chunk({}, "length" if count >= wanted else "stop"))
             if chat.include_usage:
-                await response.write(chunk(None, usage=wire.usage_of(prompt_tokens, count)))
-            await response.write(b"data: [DONE]\n\n")
-            await response.write_eof()
+                await send(chunk(None, usage=wire.usage_of(prompt_tokens, count)))
+            await send(b"data: [DONE]\n\n")
+            await send(None)
         return response
+
+    def _sender(self, request: web.Request, response: web.StreamResponse) -> Sender:
+        """Writes to ``response`` (None: its end), each bounded by the server's ``send_timeout``: a
+        client that stops reading is dropped (``ClientStalled``) instead of holding the engine's turn."""
+        timeout = self.server.settings.send_timeout or None
+
+        async def send(data: bytes | None) -> None:
+            try:
+                async with asyncio.timeout(timeout):
+                    await (response.write(data) if data is not None else response.write_eof())
+            except TimeoutError:
+                if request.transport is not None:
+                    request.transport.abort()
+                raise ClientStalled(f"the client read nothing for {timeout:g} s") from None
+
+        return send
 
     def _engine(self, name: str) -> Engine:
         engine = self.engines.get(name)
