@@ -34,7 +34,7 @@ from pipeline.testing import Captured, run_graph
 from processors.llm.gemini import function_declaration
 from processors.recorder import Recorder
 from processors.s2s.base import BotAudio, ResponseDone
-from processors.s2s.gemini import GeminiLive
+from processors.s2s.gemini import UNWANTED_KEPT, GeminiLive
 from tests.fakes.gemini_live import FakeFunctionCall, FakeGeminiLive, LiveSession, LiveTurn, pick
 from tests.speech import audio_frames, librivox, read_wav, silence, tone
 
@@ -530,6 +530,14 @@ async def test_a_call_still_running_at_a_resume_is_not_answered_on_the_new_conne
     second = fake.sessions[1]
     assert second.resumed_from == "handle-1" and second.tool_responses == []
     assert second.close_code is None  # an unknown id would have been refused (close 1007)
+
+
+def test_the_calls_never_to_answer_are_the_latest_ones() -> None:
+    node = GeminiLive(api_key="AIza-key", name="live")
+    for n in range(300):
+        node.cancel_tool_calls([f"call-{n}"])
+        assert f"call-{n}" in node._unwanted
+    assert len(node._unwanted) == UNWANTED_KEPT and "call-0" not in node._unwanted
 
 
 async def test_a_turn_mark_that_finds_the_connection_closed_waits_for_the_next_one() -> None:

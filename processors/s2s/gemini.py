@@ -91,6 +91,8 @@ INPUT_RATE = 16_000
 """The rate Gemini Live hears (``audio/pcm;rate=16000``)."""
 OUTPUT_RATE = 24_000
 """The rate Gemini Live speaks at."""
+UNWANTED_KEPT = 64
+"""Call ids kept whose results must not be sent (cancelled by the server, or of a closed connection)."""
 SETUP_REFUSALS = {1007: "rejected the setup", 1008: "refused the session"}
 """Close codes Gemini answers a bad setup with: 1007 invalid argument, 1008 policy (key, model)."""
 
@@ -129,7 +131,7 @@ class GeminiLive(SpeechToSpeech):
         self._turns = itertools.count(1)
         self._turn = ""  # the model's turn in progress ("" between turns)
         self._heard: list[str] = []  # pieces of the user's transcription not yet sent as a turn
-        self._unwanted: set[str] = set()  # call ids the server cancelled: their results are not sent
+        self._unwanted: dict[str, None] = {}  # call ids whose results are not sent, oldest first
         self._resume_handle: str | None = None  # the last resumption handle the server gave
         self._going_away = False  # the server said goAway: the next close is resumed from
         self._resuming = False  # between two connections: user audio is not sent
@@ -257,7 +259,7 @@ class GeminiLive(SpeechToSpeech):
             self._turn = ""
         self._resampler = None  # the cut turn's last few ms go with it
         # Calls of the old connection run to their end, but the new one never saw them: an unknown id.
-        self._unwanted.update(call.call_id for call in self._tools.values())
+        self._never_answer([call.call_id for call in self._tools.values()])
         old, self._connection, self._session = self._connection, None, None
         if old is not None:
             with contextlib.suppress(Exception):  # the socket is closed already
@@ -376,11 +378,19 @@ class GeminiLive(SpeechToSpeech):
     def cancel_tool_calls(self, ids: list[str]) -> None:
         """The server no longer wants these calls answered: cancel those still running and never send
         their results. (A hook the base lacks: it knows calls only by the task running each.)"""
-        self._unwanted.update(ids)
+        self._never_answer(ids)
         for task, call in list(self._tools.items()):
             if call.call_id in ids:
                 task.cancel()
                 del self._tools[task]
+
+    def _never_answer(self, ids: list[str]) -> None:
+        """Results of these calls are not sent (the latest ``UNWANTED_KEPT`` ids are kept)."""
+        for call_id in ids:
+            self._unwanted.pop(call_id, None)
+            self._unwanted[call_id] = None
+        while len(self._unwanted) > UNWANTED_KEPT:
+            del self._unwanted[next(iter(self._unwanted))]
 
     async def send_audio(self, pcm: bytes) -> None:
         import websockets
