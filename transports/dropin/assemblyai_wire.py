@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from pipeline.errors import VoxgraphError
+
 __all__ = [
     "ENCODINGS",
     "SPEECH_MODELS",
@@ -70,7 +72,7 @@ _BOOLEANS = {"true": True, "false": False}
 _TRAILING_PUNCTUATION = re.compile(r"^[^\w']+|[^\w']+$")
 
 
-class WireError(Exception):
+class WireError(VoxgraphError):
     """The client broke the protocol: it gets ``Error`` with ``code`` and ``message``, then a close."""
 
     def __init__(self, code: int, message: str) -> None:

@@ -45,6 +45,7 @@ import numpy as np
 from aiohttp import BodyPartReader, web
 from prometheus_client import Counter, Gauge, Histogram
 
+from pipeline.errors import VoxgraphError
 from pipeline.resampling import Int16Resampler
 from pipeline.utterances import Utterance
 from processors.llm.streams import closing_stream
@@ -90,7 +91,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Sender = Callable[[bytes | None], Awaitable[None]]
 
 
-class ClientStalled(ConnectionResetError):
+class ClientStalled(VoxgraphError, ConnectionResetError):
     """The client stopped reading a streamed response for longer than the server's ``send_timeout``."""
 
 

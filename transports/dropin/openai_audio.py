@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import VoxgraphError
+
 __all__ = [
     "COMPRESSED",
     "RATE",
@@ -38,7 +40,7 @@ WINDOW = RATE // 10
 """Loudness is compared over 100 ms windows."""
 
 
-class AudioUploadError(ValueError):
+class AudioUploadError(VoxgraphError, ValueError):
     """The upload is no audio that can be decoded, or holds more than may be transcribed."""
 
 

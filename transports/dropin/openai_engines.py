@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline.config import Compiled
 from pipeline.config.build import build
-from pipeline.errors import ValidationError
+from pipeline.errors import ValidationError, VoxgraphError
 from pipeline.processor import Processor
 
 __all__ = ["Engine", "EngineBusy", "Engines", "Lane"]
@@ -32,7 +32,7 @@ STOP_TIMEOUT = 5.0
 """Seconds an engine gets to stop when the server does."""
 
 
-class EngineBusy(Exception):
+class EngineBusy(VoxgraphError):
     """Every place in the engine's waiting line is taken."""
 
 

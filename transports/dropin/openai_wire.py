@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.errors import VoxgraphError
+
 __all__ = [
     "OPENAI_VOICES",
     "SPEECH_FORMATS",
@@ -69,7 +71,7 @@ SEGMENT_GAP = 1.0
 MAX_SEGMENT = 30.0
 
 
-class RequestError(Exception):
+class RequestError(VoxgraphError):
     """A request OpenAI's API would refuse: the status and the error body's fields."""
 
     def __init__(
