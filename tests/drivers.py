@@ -43,3 +43,16 @@ class Gated(Source):
         await asyncio.wait_for(self.gate.wait(), 5)
         for frame in self.after:
             yield frame
+
+
+class Scripted(Source):
+    """Yields what an async generator function yields: a script that may await anything (bounded by
+    its own timeouts) between frames, e.g. a fake's state or the speaker's playout."""
+
+    def __init__(self, script: Callable[[], AsyncIterator[Frame]], *, name: str = "user") -> None:
+        super().__init__(name=name)
+        self.script = script
+
+    async def generate(self) -> AsyncIterator[Frame]:
+        async for frame in self.script():
+            yield frame

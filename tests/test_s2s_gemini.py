@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import wave
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -27,35 +26,20 @@ from pipeline.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
-from pipeline.graph import Graph
-from pipeline.processor import Source
 from pipeline.resampling import Int16Resampler
-from pipeline.testing import Captured, run_graph
+from pipeline.testing import Captured
 from processors.llm.gemini import function_declaration
-from processors.recorder import Recorder
 from processors.s2s.base import BotAudio, ResponseDone
 from processors.s2s.gemini import UNWANTED_KEPT, GeminiLive
 from tests.fakes.gemini_live import FakeFunctionCall, FakeGeminiLive, LiveSession, LiveTurn, pick
+from tests.s2s_calls import Steps, call, played, poll, seconds, transcript
 from tests.speech import audio_frames, librivox, read_wav, silence, tone
+from transports.file import FileOutput
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "assistant-live.yaml"
 QUESTION = "What is the weather in Paris?"
 REPLY = "It is sunny in Paris today, with a light breeze."
 STORY = "Once upon a time there was a little voice assistant who talked and talked."
-
-Steps = Callable[[], AsyncIterator[Frame]]
-
-
-class Driver(Source):
-    """The user: yields frames from ``steps``, which may wait for the fake or the speaker."""
-
-    def __init__(self, steps: Steps) -> None:
-        super().__init__(name="user")
-        self._steps = steps
-
-    async def generate(self) -> AsyncIterator[Frame]:
-        async for frame in self._steps():
-            yield frame
 
 
 def speech() -> list[Frame]:
@@ -68,13 +52,6 @@ def speech() -> list[Frame]:
 def talking_over() -> list[Frame]:
     """The user talks over the bot (no silence after it: no second turn)."""
     return audio_frames(tone(0.3))
-
-
-async def poll(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait for ``condition`` (playback and sockets progress in real time), bounded by ``timeout``."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -94,38 +71,8 @@ async def converse(
     steps: Callable[[Any], Steps],
     node: GeminiLive | None = None,
     **params: Any,
-) -> tuple[Captured, Any]:
-    from transports.file import FileOutput
-
-    speaker = FileOutput(path=str(tmp_path / "heard.wav"), audio="bot", realtime=True, name="speaker")
-    recorder = Recorder(directory=str(tmp_path / "recordings"), session_id="call", name="recorder")
-    graph = Graph(
-        {
-            "user": Driver(steps(speaker)),
-            "live": node or live(fake, **params),
-            "recorder": recorder,
-            "speaker": speaker,
-        },
-        [("user", "live"), ("live", "recorder"), ("recorder", "speaker")],
-        name="s2s",
-    )
-    return await run_graph(graph, timeout=30.0), speaker
-
-
-def transcript(tmp_path: Path) -> list[dict[str, str]]:
-    document = json.loads((tmp_path / "recordings" / "call" / "transcript.json").read_text())
-    messages: list[dict[str, str]] = document["messages"]
-    return messages
-
-
-def seconds(path: Path) -> float:
-    with wave.open(str(path), "rb") as file:
-        return file.getnframes() / file.getframerate()
-
-
-def played(speaker: Any) -> float:
-    """Seconds of bot audio the speaker has played."""
-    return float(speaker._playout.played)
+) -> tuple[Captured, FileOutput]:
+    return await call(node or live(fake, **params), tmp_path, steps)
 
 
 def answered(session: LiveSession, turns: int = 1) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import wave
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -31,14 +30,12 @@ from pipeline.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
-from pipeline.graph import Graph
-from pipeline.processor import Source
-from pipeline.testing import Captured, run_graph
+from pipeline.testing import Captured
 from processors.llm.tools import MAX_BACKGROUND_TOOLS, ToolCall
-from processors.recorder import Recorder
 from processors.s2s.base import CANCELLED_KEPT, ToolCallsRequested
 from processors.s2s.openai import OpenAIRealtime
 from tests.fakes.openai_realtime import FakeOpenAIRealtime
+from tests.s2s_calls import Steps, call, played, poll, seconds, transcript
 from tests.speech import audio_frames, librivox, read_wav, silence, tone
 from transports.file import FileOutput
 
@@ -46,20 +43,6 @@ RATE = 24000
 CONFIG = Path(__file__).parent.parent / "configs" / "assistant-realtime.yaml"
 QUESTION = "what is the weather in paris"
 REPLY = "It is sunny in Paris today, with a light breeze."
-
-Steps = Callable[[], AsyncIterator[Frame]]
-
-
-class Driver(Source):
-    """The user: yields frames from ``steps``, which may wait for the fake or the speaker."""
-
-    def __init__(self, steps: Steps) -> None:
-        super().__init__(name="user")
-        self._steps = steps
-
-    async def generate(self) -> AsyncIterator[Frame]:
-        async for frame in self._steps():
-            yield frame
 
 
 def speech() -> list[Frame]:
@@ -74,13 +57,6 @@ def barge_in_speech() -> list[Frame]:
     return audio_frames(tone(0.3, rate=RATE), rate=RATE)
 
 
-async def poll(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait for ``condition`` (playback and sockets progress in real time), bounded by ``timeout``."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
-
-
 def agent(fake: FakeOpenAIRealtime, **params: Any) -> OpenAIRealtime:
     return OpenAIRealtime(api_key="sk-test", base_url=fake.base_url, name="agent", **params)
 
@@ -92,35 +68,7 @@ async def converse(
     node: OpenAIRealtime | None = None,
     **params: Any,
 ) -> tuple[Captured, FileOutput]:
-    speaker = FileOutput(path=str(tmp_path / "heard.wav"), audio="bot", realtime=True, name="speaker")
-    recorder = Recorder(directory=str(tmp_path / "recordings"), session_id="call", name="recorder")
-    graph = Graph(
-        {
-            "user": Driver(steps(speaker)),
-            "agent": node or agent(fake, **params),
-            "recorder": recorder,
-            "speaker": speaker,
-        },
-        [("user", "agent"), ("agent", "recorder"), ("recorder", "speaker")],
-        name="s2s",
-    )
-    return await run_graph(graph, timeout=30.0), speaker
-
-
-def transcript(tmp_path: Path) -> list[dict[str, str]]:
-    document = json.loads((tmp_path / "recordings" / "call" / "transcript.json").read_text())
-    messages: list[dict[str, str]] = document["messages"]
-    return messages
-
-
-def seconds(path: Path) -> float:
-    with wave.open(str(path), "rb") as file:
-        return file.getnframes() / file.getframerate()
-
-
-def played(speaker: FileOutput) -> float:
-    """Seconds of bot audio the speaker has played."""
-    return float(speaker._playout.played)
+    return await call(node or agent(fake, **params), tmp_path, steps)
 
 
 async def test_a_spoken_turn_is_answered_aloud_and_recorded(tmp_path: Path) -> None:
