@@ -28,7 +28,9 @@ and ``mixed.wav`` starts with the first user audio.
 
 The assistant message keeps what was heard (``SpokenTextFrame``): of a reply cut short, with
 ``"type": "interrupted"``; of one played out, without the sentences TTS failed to speak. A reply
-nobody heard any of is not saved, as the LLM's history drops it too.
+nobody heard any of is not saved, as the LLM's history drops it too. Each report is credited to the
+reply whose ``TTSTextFrame`` it matches (the transport reports them in the order they passed here):
+after a barge-in, a report of the cut reply can arrive after the next reply began.
 
 Files are written as the call goes (``pipeline.wavfile``), by one disk task at a time, off the event
 loop: a crash loses under a second of audio, and the next start repairs WAV headers a crash left
@@ -85,6 +87,7 @@ log = logging.getLogger("processors.recorder")
 Track = Literal["user", "bot", "mixed", "transcript"]
 _MIX_DELAY = 0.1  # seconds the mix is built behind the clock: the resampler releases bot audio late
 _REPLIES_QUEUED = 8  # replies sent to play that ``played_out`` may still be told about
+_SENTENCES_UNHEARD = 256  # sentences sent to play whose ``SpokenTextFrame`` may still come
 _SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -509,6 +512,8 @@ class Recorder(Processor):
         self._transcript = _Transcript(None, "")
         self._use_session(p.session_id or new_session_id())
         self._reply: _Reply | None = None
+        # Sentences passed on to play, oldest first, with their reply, until reported heard.
+        self._unheard: deque[tuple[_Reply, str]] = deque(maxlen=_SENTENCES_UNHEARD)
         self._in_response = False  # between LLMResponseStartFrame and its end: all bot text is that reply
         self._disk: asyncio.Task[None] | None = None  # the one task writing audio
         self._disk_again = False  # more audio became due while it wrote
@@ -609,14 +614,27 @@ class Recorder(Processor):
             await self.push(frame, UPSTREAM)
             return
         await self.push(frame, UPSTREAM)
-        reply = self._reply
-        if reply is None or not frame.text.strip():
+        reply = self._heard(frame.text)
+        if reply is None:
             return
         reply.spoken.append(frame.text.strip())
         reply.voiced = True
         if reply.interrupted or reply.played_out:  # reported after the system frame that ended it
             reply.index = self._transcript.set(reply.index, reply.message())
             await self._transcript.save()
+
+    def _heard(self, text: str) -> _Reply | None:
+        """The reply whose sentence ``text`` is; sentences sent before it were never played (TTS failed
+        them, or a barge-in took them back) and are forgotten. None for text that passed elsewhere."""
+        letters = _letters(text)
+        if not letters:
+            return None
+        for index, (reply, sentence) in enumerate(self._unheard):
+            if _letters(sentence) == letters:
+                for _ in range(index + 1):
+                    self._unheard.popleft()
+                return reply
+        return None
 
     def _played_out(self) -> None:
         """The playing transport has played the oldest reply sent to it: place the user's next audio
@@ -679,8 +697,8 @@ class Recorder(Processor):
             return self._store(
                 self._timeline.add_user(frame.pcm, AudioFormat(frame.sample_rate, frame.channels))
             )
-        if isinstance(frame, TTSTextFrame):
-            pass  # a sentence of a reply whose text came already
+        if isinstance(frame, TTSTextFrame):  # a sentence of a reply whose text came already
+            self._unheard.append((self._current_reply(), frame.text))
         elif isinstance(frame, BotTextFrame) and (self._in_response or isinstance(frame, LLMTextFrame)):
             self._current_reply().chunks.append(frame.text)  # a chunk of the reply, whatever its class
         elif isinstance(frame, BotTextFrame):

@@ -27,6 +27,7 @@ import pytest
 from pipeline.errors import ValidationError
 from pipeline.formats import AudioFormat
 from pipeline.frames import (
+    UPSTREAM,
     AudioFrame,
     BotAudioFrame,
     BotStoppedSpeakingFrame,
@@ -678,6 +679,56 @@ async def test_a_reply_the_tts_failed_to_speak_at_all_is_not_saved(tmp_path: Pat
     recorder = Recorder(directory=str(tmp_path), session_id="s", tracks=["transcript"])
     await run_processor(recorder, [user(), TranscriptFrame(text="count"), *_reply(("One.", 0), ("Two.", 0))])
     assert transcript(recorder.session_dir)["messages"] == [{"role": "user", "content": "count"}]
+
+
+class LateReports(Processor):
+    """A speaker whose reports of the first reply's sentences come only after the next reply began:
+    a barge-in overtook them on their way upstream. It then reports each sentence as it comes, and
+    the bot silent at the end of the reply."""
+
+    handles = (TTSTextFrame, LLMResponseStartFrame, TTSStoppedFrame)
+
+    def __init__(self) -> None:
+        super().__init__(name="speaker")
+        self.held: list[str] = []
+        self.starts = 0
+
+    async def process(self, frame: Frame) -> None:
+        if isinstance(frame, LLMResponseStartFrame):
+            self.starts += 1
+            if self.starts == 2:  # the recorder has begun the next reply: now the late reports
+                for text in self.held:
+                    await self.push(SpokenTextFrame(text=text), UPSTREAM)
+        elif isinstance(frame, TTSTextFrame) and self.starts < 2:
+            self.held.append(frame.text)
+        elif isinstance(frame, TTSTextFrame):
+            await self.push(SpokenTextFrame(text=frame.text), UPSTREAM)
+        elif isinstance(frame, TTSStoppedFrame) and self.starts == 2:
+            await self.push(BotStoppedSpeakingFrame(), UPSTREAM)
+
+
+async def test_a_late_report_of_an_interrupted_reply_is_credited_to_it_not_the_next(tmp_path: Path) -> None:
+    queued = Arrived("speaker", lambda f: isinstance(f, TTSTextFrame))
+    stopped = _stopped_at("input")
+    first = [LLMResponseStartFrame(), LLMTextFrame(text="Once upon a time. There was a fox.")]
+    first += [TTSStartedFrame(), TTSTextFrame(text="Once upon a time.")]  # playing when the user spoke
+    script = Steps(
+        [
+            (None, [TranscriptFrame(text="tell me a story"), *first]),
+            (queued.event, [InterruptionFrame(), TranscriptFrame(text="stop"), *_reply(("Okay.", 2))]),
+            (stopped.event, []),
+        ]
+    )
+    recorder = Recorder(directory=str(tmp_path), session_id="s", tracks=["transcript"])
+    nodes = {"input": script, "recorder": recorder, "speaker": LateReports()}
+    edges = [("input", "recorder"), ("recorder", "speaker")]
+    await run_graph(Graph(nodes, edges, observers=[queued, stopped]))
+    assert transcript(recorder.session_dir)["messages"] == [
+        {"role": "user", "content": "tell me a story"},
+        {"role": "assistant", "content": "Once upon a time.", "type": "interrupted"},
+        {"role": "user", "content": "stop"},
+        {"role": "assistant", "content": "Okay."},
+    ]
 
 
 async def test_typed_turns_are_saved_and_partial_transcripts_are_not(tmp_path: Path) -> None:
