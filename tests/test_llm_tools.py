@@ -690,6 +690,35 @@ async def test_a_background_tool_finishes_after_an_interruption_and_its_result_i
     assert [m["content"] for m in third if m["role"] == "tool"] == ['{"ordered": "pizza", "number": "A7"}']
 
 
+async def test_a_background_tool_is_stopped_with_its_node_even_when_the_graph_cancels_the_stop() -> None:
+    running, stopping = asyncio.Event(), asyncio.Event()
+
+    async def fetch(item: str) -> str:
+        """Fetch a record (slow; it takes a moment to stop, as closing a connection does)."""
+        running.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            stopping.set()
+            await asyncio.sleep(0.3)
+            raise
+        return item
+
+    llm = ToolLLM([[tc("fetch", {"item": "r1"}, "c1")], ["Anything else?"]], filler_after=None)
+    llm.toolset = ToolSet([tool_from_function(fetch, background=True)])
+    driver = Driver([])
+    driver.steps = [TranscriptFrame(text="Fetch r1"), running.wait, InterruptionFrame()]
+    graph = Graph(
+        {"driver": driver, "llm": llm, "out": Collector(name="out")}, [("driver", "llm"), ("llm", "out")]
+    )
+    run = asyncio.ensure_future(run_graph(graph))
+    await asyncio.wait_for(stopping.wait(), 5)  # the end reached the llm: its on_stop cancelled the tool
+    await graph.cancel()  # a client that hangs up now: the llm's worker is cancelled mid-stop
+    await asyncio.wait_for(run, 10)
+    names = ("tool:fetch", "processor:llm")
+    assert [t for t in asyncio.all_tasks() if not t.done() and t.get_name() in names] == []
+
+
 async def test_the_filler_is_said_only_while_a_slow_tool_runs() -> None:
     release = asyncio.Event()
 

@@ -82,6 +82,7 @@ __all__ = [
     "TentativeTurnFrame",
     "ToolCall",
     "ToolRoundsError",
+    "settle_tools",
 ]
 
 log = logging.getLogger("processors.llm")
@@ -533,17 +534,32 @@ class ChatLLM(Processor):
         await self._withdraw()
 
     async def on_stop(self) -> None:
-        await self._withdraw()
         background, self._background = set(self._background), set()
         for task in background:
             task.cancel()
-        if background:
-            await asyncio.wait(background, timeout=TOOL_CANCEL_TIMEOUT)
+        try:
+            await self._withdraw()
+        finally:
+            await settle_tools(background)
 
     async def _withdraw(self) -> None:
         prepared, self._prepared = self._prepared, None
         if prepared is not None:
             await self._drop(prepared)
+
+
+async def settle_tools(tasks: set[asyncio.Task[Any]]) -> None:
+    """Wait until cancelled ``tasks`` have stopped, at most ``TOOL_CANCEL_TIMEOUT``, even when this
+    wait is cancelled in turn (the graph cancels a node's worker once its sinks have ended, or when a
+    client hangs up mid-stop): a tool must not outlive its node."""
+    if not tasks:
+        return
+    deadline = asyncio.get_running_loop().time() + TOOL_CANCEL_TIMEOUT
+    try:
+        await asyncio.wait(tasks, timeout=TOOL_CANCEL_TIMEOUT)
+    except asyncio.CancelledError:
+        await asyncio.wait(tasks, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+        raise
 
 
 def _openai_call(call: ToolCall) -> dict[str, Any]:

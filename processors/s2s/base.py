@@ -65,7 +65,7 @@ from pipeline.frames import (
 )
 from pipeline.params import param
 from pipeline.processor import Processor
-from processors.llm.base import DEFAULT_SYSTEM_PROMPT, PASS_THROUGH_FRAMES, TOOL_CANCEL_TIMEOUT
+from processors.llm.base import DEFAULT_SYSTEM_PROMPT, PASS_THROUGH_FRAMES, settle_tools
 from processors.llm.context import Conversation
 from processors.llm.tools import ToolCall, ToolContext, ToolSet, end_session, graph_can_transfer, session_of
 from processors.s2s.heard import PlayoutClock
@@ -353,7 +353,7 @@ class SpeechToSpeech(Processor):
                     task.cancel()
                     work.add(task)
             try:
-                await _settle(work)
+                await settle_tools(work)
             finally:
                 await self.close_session()
 
@@ -698,17 +698,3 @@ class SpeechToSpeech(Processor):
             if self._reply is not None:
                 await self._end_reply()
             await self._release_end()
-
-
-async def _settle(tasks: set[asyncio.Task[Any]]) -> None:
-    """Wait until cancelled ``tasks`` have stopped, at most ``TOOL_CANCEL_TIMEOUT``, even when this
-    wait is cancelled in turn (the graph cancels a node's worker once its sinks have ended): a tool
-    must not outlive its node."""
-    if not tasks:
-        return
-    deadline = asyncio.get_running_loop().time() + TOOL_CANCEL_TIMEOUT
-    try:
-        await asyncio.wait(tasks, timeout=TOOL_CANCEL_TIMEOUT)
-    except asyncio.CancelledError:
-        await asyncio.wait(tasks, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
-        raise
