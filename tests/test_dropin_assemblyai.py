@@ -31,10 +31,10 @@ from pipeline.frames import Frame, TranscriptFrame, UserAudioFrame
 from pipeline.processor import Processor
 from pipeline.registry import register
 from processors.stt.assemblyai import AssemblyAISTT
+from tests.certificates import self_signed
 from tests.hearing import wer
 from tests.speech import LIBRIVOX, librivox, read_wav
 from tests.test_conformance_engines import SAID, speech
-from tests.test_server_timeouts import _self_signed
 from transports.dropin import assemblyai_session
 from transports.dropin import assemblyai_wire as wire
 from transports.dropin.assemblyai import StreamingRoutes
@@ -500,7 +500,7 @@ async def test_the_sdk_with_a_bare_host_reaches_a_tls_server_and_fetches_its_own
 ) -> None:
     # A bare api_host means https:// for tokens and wss:// for sessions: with TLS the SDK needs no
     # other change than its host (the certificate is trusted through SSL_CERT_FILE).
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
     monkeypatch.setenv("VOXGRAPH_API_KEYS", KEY)
     tls = (f"server.tls_cert={cert}", f"server.tls_key={key}", "server.auth=api_key")

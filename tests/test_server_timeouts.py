@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import ipaddress
 import json
 import logging
 import resource
@@ -27,6 +25,7 @@ import pytest
 
 from pipeline import config
 from pipeline.logs import RateLimit
+from tests.certificates import self_signed
 from tests.test_websocket_server import COUNTER_GRAPH, TIMEOUT, _until, connect, serving
 from transports.websocket import protocol
 from transports.websocket.connections import BACKLOG, connection_cap, tls_context
@@ -337,40 +336,8 @@ def test_the_new_server_keys_are_checked() -> None:
 # --- TLS -----------------------------------------------------------------------------------------
 
 
-def _self_signed(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, as PEM files."""
-    x509 = pytest.importorskip("cryptography.x509")
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_file, key_file
-
-
 async def test_tls_serves_https_and_wss_and_bounds_the_handshake(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     trusted = ssl.create_default_context(cafile=str(cert))
     overrides = (f"server.tls_cert={cert}", f"server.tls_key={key}", "server.header_timeout=0.3")
     async with (
@@ -391,7 +358,7 @@ async def test_tls_serves_https_and_wss_and_bounds_the_handshake(tmp_path: Path)
 
 
 def test_tls_needs_both_files_that_can_be_read(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     assert tls_context(None, None) is None
     assert isinstance(tls_context(str(cert), str(key)), ssl.SSLContext)
     with pytest.raises(OSError, match="go together"):

@@ -25,8 +25,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import datetime
-import ipaddress
 import json
 import re
 import socket
@@ -41,6 +39,7 @@ from typing import Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
+from tests.certificates import self_signed
 from tests.fakes.gemini import FakeFunctionCall, pick
 from tests.fakes.streaming_stt import LocalServer
 
@@ -180,7 +179,7 @@ class FakeGeminiLive(LocalServer):
         from aiohttp.web_runner import AppRunner, SockSite
 
         self._folder = tempfile.TemporaryDirectory(prefix="fake-gemini-live-")
-        self.cert_file, key_file = _self_signed(Path(self._folder.name))
+        self.cert_file, key_file = self_signed(Path(self._folder.name))
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls.load_cert_chain(self.cert_file, key_file)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -451,36 +450,3 @@ def _without_audio(message: dict[str, Any]) -> dict[str, Any]:
     if '"data"' not in text:
         return message
     return json.loads(re.sub(r'"data": "([^"]*)"', lambda m: f'"data": {len(m[1])}', text))  # type: ignore[no-any-return]
-
-
-def _self_signed(folder: Path) -> tuple[Path, Path]:
-    """A certificate for IP 127.0.0.1 and its key, as PEM files in ``folder``."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_file, key_file
