@@ -9,6 +9,7 @@ import json
 import wave
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 from pipeline.frames import Frame
 from pipeline.graph import Graph
@@ -58,3 +59,42 @@ def seconds(path: Path) -> float:
 def played(speaker: FileOutput) -> float:
     """Seconds of bot audio the speaker has played."""
     return float(speaker._playout.played)
+
+
+async def browser_turn(config_path: Path, env: dict[str, str], tmp_path: Path) -> tuple[Any, str, list[Any]]:
+    """Serve a shipped config (recordings in ``tmp_path``) and have a browser-like client say one
+    real sentence and hear the whole reply, then stop. The client (its messages and audio), the reply's
+    text and the saved transcript's ``(role, content)`` pairs."""
+    import aiohttp
+    from yarl import URL
+
+    from pipeline import config
+    from tests.speech import librivox, read_wav
+    from tests.test_assistant_cloud import Microphone, until_played
+    from tests.test_websocket_server import connect
+    from transports.websocket.server import VoiceServer
+
+    compiled, problems = config.compile_config(
+        config_path, env={**env, "RECORDINGS": str(tmp_path), "PORT": "0"}
+    )
+    assert compiled is not None and not problems, problems
+    samples, _ = read_wav(librivox("0880"))
+    server = VoiceServer(compiled)
+    await asyncio.wait_for(server.warm_up(), 30.0)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as http, connect(http, URL(server.url)) as client:
+            opened = await client.wait_for(lambda m: m["type"] == "session", "a session id")
+            await client.wait_for(lambda m: m.get("state") == "listening", "listening")
+            mic = Microphone(client.ws, samples.astype("<i2").tobytes())
+            try:
+                reply = await client.reply()
+                await until_played(client)
+            finally:
+                await mic.close()
+            await client.ws.send_str('{"type":"stop"}')
+            assert await client.closed() == 1000
+    finally:
+        await asyncio.wait_for(server.stop(), 30.0)
+    saved = json.loads((tmp_path / opened["session_id"] / "transcript.json").read_text())
+    return client, reply, [(m["role"], m["content"]) for m in saved["messages"]]

@@ -32,7 +32,7 @@ from processors.llm.gemini import function_declaration
 from processors.s2s.base import BotAudio, ResponseDone
 from processors.s2s.gemini import UNWANTED_KEPT, GeminiLive
 from tests.fakes.gemini_live import FakeFunctionCall, FakeGeminiLive, LiveSession, LiveTurn, pick
-from tests.s2s_calls import Steps, call, played, poll, seconds, transcript
+from tests.s2s_calls import Steps, browser_turn, call, played, poll, seconds, transcript
 from tests.speech import audio_frames, librivox, read_wav, silence, tone
 from transports.file import FileOutput
 
@@ -328,52 +328,16 @@ def test_audio_at_another_rate_is_resampled_as_one_stream() -> None:
 async def test_the_live_assistant_config_answers_a_browser_aloud_and_records_it(
     fake: FakeGeminiLive, tmp_path: Path
 ) -> None:
-    import aiohttp
-    from yarl import URL
-
-    from pipeline import config
-    from tests.test_assistant_cloud import Microphone, until_played
-    from tests.test_websocket_server import connect
-    from transports.websocket.server import VoiceServer
-
     fake.turns = [LiveTurn(heard=QUESTION, reply=REPLY)]
-    env = {
-        "GEMINI_API_KEY": fake.api_key,
-        "GEMINI_BASE_URL": fake.base_url,
-        "RECORDINGS": str(tmp_path),
-        "PORT": "0",
-    }
-    compiled, problems = config.compile_config(CONFIG, env=env)
-    assert compiled is not None and not problems, problems
-    samples, _ = read_wav(librivox("0880"))
-    server = VoiceServer(compiled)
-    await asyncio.wait_for(server.warm_up(), 30.0)
-    await server.start()
-    try:
-        async with aiohttp.ClientSession() as http, connect(http, URL(server.url)) as client:
-            opened = await client.wait_for(lambda m: m["type"] == "session", "a session id")
-            await client.wait_for(lambda m: m.get("state") == "listening", "listening")
-            mic = Microphone(client.ws, samples.astype("<i2").tobytes())
-            try:
-                assert await client.reply() == REPLY
-                await until_played(client)
-            finally:
-                await mic.close()
-            await client.ws.send_str('{"type":"stop"}')
-            assert await client.closed() == 1000
-    finally:
-        await asyncio.wait_for(server.stop(), 30.0)
+    env = {"GEMINI_API_KEY": fake.api_key, "GEMINI_BASE_URL": fake.base_url}
+    client, reply, saved = await browser_turn(CONFIG, env, tmp_path)
     [session] = fake.sessions  # the warm-up opens no (billed) session
     assert "Vox" in pick(session.setup, "systemInstruction")["parts"][0]["text"]
     names = [d["name"] for t in pick(session.setup, "tools") for d in pick(t, "functionDeclarations")]
     assert names == ["current_time", "end_call"]
     assert [m["text"] for m in client.of("transcript") if m["final"]] == [QUESTION]
-    assert len(client.audio) > 0
-    saved = json.loads((tmp_path / opened["session_id"] / "transcript.json").read_text())
-    assert [(m["role"], m["content"]) for m in saved["messages"]] == [
-        ("user", QUESTION),
-        ("assistant", REPLY),
-    ]
+    assert reply == REPLY and len(client.audio) > 0
+    assert saved == [("user", QUESTION), ("assistant", REPLY)]
 
 
 async def test_after_go_away_the_session_resumes_on_a_new_connection(

@@ -35,7 +35,7 @@ from processors.llm.tools import MAX_BACKGROUND_TOOLS, ToolCall
 from processors.s2s.base import CANCELLED_KEPT, ToolCallsRequested
 from processors.s2s.openai import OpenAIRealtime
 from tests.fakes.openai_realtime import FakeOpenAIRealtime
-from tests.s2s_calls import Steps, call, played, poll, seconds, transcript
+from tests.s2s_calls import Steps, browser_turn, call, played, poll, seconds, transcript
 from tests.speech import audio_frames, librivox, read_wav, silence, tone
 from transports.file import FileOutput
 
@@ -466,46 +466,13 @@ async def test_background_tools_outlive_a_barge_in_up_to_the_cap() -> None:
 
 @pytest.mark.slow
 async def test_the_realtime_assistant_config_answers_a_browser_aloud_and_records_it(tmp_path: Path) -> None:
-    import aiohttp
-    from yarl import URL
-
-    from pipeline import config
-    from tests.test_assistant_cloud import Microphone, until_played
-    from tests.test_websocket_server import connect
-    from transports.websocket.server import VoiceServer
-
     async with FakeOpenAIRealtime(transcripts=[QUESTION], replies=[REPLY], reply_ms=1000, speed=4) as fake:
         env = {"OPENAI_API_KEY": fake.api_key, "OPENAI_BASE_URL": fake.base_url}
-        compiled, problems = config.compile_config(
-            CONFIG, env={**env, "RECORDINGS": str(tmp_path), "PORT": "0"}
-        )
-        assert compiled is not None and not problems, problems
-        samples, _ = read_wav(librivox("0880"))
-        server = VoiceServer(compiled)
-        await asyncio.wait_for(server.warm_up(), 30.0)
-        await server.start()
-        try:
-            async with aiohttp.ClientSession() as http, connect(http, URL(server.url)) as client:
-                opened = await client.wait_for(lambda m: m["type"] == "session", "a session id")
-                await client.wait_for(lambda m: m.get("state") == "listening", "listening")
-                mic = Microphone(client.ws, samples.astype("<i2").tobytes())
-                try:
-                    assert await client.reply() == REPLY
-                    await until_played(client)
-                finally:
-                    await mic.close()
-                await client.ws.send_str('{"type":"stop"}')
-                assert await client.closed() == 1000
-        finally:
-            await asyncio.wait_for(server.stop(), 30.0)
+        client, reply, saved = await browser_turn(CONFIG, env, tmp_path)
     [session] = fake.sessions  # the warm-up opens no (billed) session
     update = next(m for m in session.received if m["type"] == "session.update")["session"]
     assert "Vox" in update["instructions"]
     assert [t["name"] for t in update["tools"]] == ["current_time", "end_call"]
     assert [m["text"] for m in client.of("transcript") if m["final"]] == [QUESTION]
-    assert len(client.audio) > 0
-    saved = json.loads((tmp_path / opened["session_id"] / "transcript.json").read_text())
-    assert [(m["role"], m["content"]) for m in saved["messages"]] == [
-        ("user", QUESTION),
-        ("assistant", REPLY),
-    ]
+    assert reply == REPLY and len(client.audio) > 0
+    assert saved == [("user", QUESTION), ("assistant", REPLY)]
