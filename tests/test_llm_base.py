@@ -28,6 +28,7 @@ from processors.llm.base import (
     PASS_THROUGH_FRAMES,
     ChatLLM,
     ResumeReplyFrame,
+    TentativeReplyFrame,
     TentativeTurnFrame,
     ToolCall,
 )
@@ -251,6 +252,9 @@ async def test_a_preemptive_reply_is_sent_on_when_the_turn_ends_with_its_text() 
     assert len(llm.requests) == 1 and llm.preemptive_used == 1
     assert roles(llm.requests[0])[-1] == ("user", "What time is it?")
     assert out.kinds[-4:] == ["llm_response_start", "llm_text", "llm_text", "llm_response_end"]
+    # while it was held, its text so far went on for the TTS to prepare its first words
+    assert [f.text for f in out.of(TentativeReplyFrame)] == ["Seven ", "Seven o'clock."]
+    assert out.kinds.index("tentative_reply") < out.kinds.index("llm_response_start")
     assert roles(llm.context.messages())[1:] == [
         ("user", "What time is it?"),
         ("assistant", "Seven o'clock."),
@@ -270,6 +274,7 @@ async def test_a_preemptive_reply_is_discarded_unheard_when_the_user_goes_on() -
     )
     assert llm.closed == 2 and llm.finished == 1 and llm.preemptive_dropped == 1
     assert "Which " not in out.texts and "restaurant?" not in out.texts
+    assert [f.text for f in out.of(TentativeReplyFrame)] == ["Which ", ""]  # announced, then withdrawn
     assert out.kinds.count("llm_response_start") == 1
     assert roles(llm.requests[1])[1:] == [("user", "Book a table for two")]
     assert roles(llm.context.messages())[1:] == [

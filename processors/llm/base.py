@@ -14,7 +14,10 @@ as reported by ``SpokenTextFrame``s travelling upstream from the output transpor
 Preemptive reply: a ``TentativeTurnFrame`` (sent by ``turn.taking`` at the VAD's pause) starts the
 reply in a background task whose output is held here. If the turn then ends with the same text, the
 held reply is sent on at once and the rest streams as usual; any other turn, a withdrawal (a tentative
-turn with no text) or a barge-in cancels it, and nothing of it reaches the TTS or the history.
+turn with no text) or a barge-in cancels it, and nothing of it reaches the TTS or the history. While it is
+held, its text so far goes downstream in ``TentativeReplyFrame``s (up to ``TENTATIVE_REPLY_CHARS``), so
+the TTS can synthesise the reply's first words before the turn ends; that audio is played only if the
+reply is adopted with the same words (``processors.tts.base``).
 
 Tools (``processors.llm.tools``): the ``tools:`` param declares them and ``tool_schemas`` is what an
 engine sends its provider. A stream that ends with ``ToolCall``s has them run (in parallel), the call
@@ -43,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -79,6 +82,7 @@ __all__ = [
     "ChatLLM",
     "ChatParams",
     "ResumeReplyFrame",
+    "TentativeReplyFrame",
     "TentativeTurnFrame",
     "ToolCall",
     "ToolRoundsError",
@@ -91,6 +95,8 @@ log = logging.getLogger("processors.llm")
 DEFAULT_SYSTEM_PROMPT = "You are a friendly voice assistant. Answer in one or two short spoken sentences."
 PASS_THROUGH_FRAMES = 1500
 """Inbox bound of LLM and TTS nodes: 30 s of 20 ms user audio waiting behind a reply (~1 MB)."""
+TENTATIVE_REPLY_CHARS = 200
+"""A held reply's text is announced downstream while it is this short: enough for a TTS's first piece."""
 
 
 CANCELLED_RESULT = error_result("cancelled: the user interrupted")
@@ -129,6 +135,15 @@ class TentativeTurnFrame(DataFrame):
 
 
 @dataclass(slots=True)
+class TentativeReplyFrame(DataFrame):
+    """The text so far of a reply prepared for a tentative turn and held back: a TTS may synthesise
+    its first piece ahead, to be played only if the reply is adopted. Empty text: it was dropped."""
+
+    text: str = ""
+    kind: ClassVar[str] = "tentative_reply"
+
+
+@dataclass(slots=True)
 class ResumeReplyFrame(SystemFrame):
     """A barge-in brought no words: speak the interrupted reply again, from the cut sentence or
     (``repeat``) from its start."""
@@ -140,20 +155,30 @@ class ResumeReplyFrame(SystemFrame):
 class _PreparedReply:
     """A reply generated in the background for a tentative turn; its items wait here until adopted."""
 
-    def __init__(self, text: str, stream: AsyncIterator[str | ToolCall]) -> None:
+    def __init__(
+        self,
+        text: str,
+        stream: AsyncIterator[str | ToolCall],
+        announce: Callable[[_PreparedReply, str], Awaitable[None]],
+    ) -> None:
         self.text = text
         self.items: list[str | ToolCall] = []  # bounded by the engine's max_tokens
         self.error: BaseException | None = None
         self.done = False
         self.arrived = asyncio.Event()
+        self._announce = announce
         self.task = asyncio.get_running_loop().create_task(self._collect(stream), name="llm-preemptive")
 
     async def _collect(self, stream: AsyncIterator[str | ToolCall]) -> None:
+        said = ""
         try:
             async with closing_stream(stream) as items:
                 async for item in items:
                     self.items.append(item)
                     self.arrived.set()
+                    if isinstance(item, str) and len(said) < TENTATIVE_REPLY_CHARS:
+                        said += item
+                        await self._announce(self, said)
         except Exception as error:  # reported only if the reply is adopted
             self.error = error
         finally:
@@ -215,6 +240,7 @@ class ChatLLM(Processor):
         LLMToolCallFrame,
         LLMResponseEndFrame,
         UserTextFrame,  # the user's turn is passed on (recorders, transcripts)
+        TentativeReplyFrame,
     )
 
     queue_size: ClassVar[int] = PASS_THROUGH_FRAMES
@@ -283,11 +309,20 @@ class ChatLLM(Processor):
             await self._drop(prepared)
         if text:
             messages = [*self.context.messages(), {"role": "user", "content": text}]
-            self._prepared = _PreparedReply(text, self.stream_reply(messages))
+            self._prepared = _PreparedReply(text, self.stream_reply(messages), self._announce)
 
-    async def _drop(self, prepared: _PreparedReply) -> None:
+    async def _announce(self, prepared: _PreparedReply, text: str) -> None:
+        """Tell the TTS what the held reply says so far (from the reply's background task)."""
+        if prepared is self._prepared:
+            await self.push(TentativeReplyFrame(text=text))
+
+    async def _drop(self, prepared: _PreparedReply, announce: bool = True) -> None:
+        """Cancel a prepared reply; ``announce`` tells the TTS to drop what it made of it (a barge-in
+        or the end does that downstream by itself)."""
         self.preemptive_dropped += 1
         await prepared.cancel()
+        if announce:
+            await self.push(TentativeReplyFrame(text=""))
 
     async def _resume(self, repeat: bool) -> None:
         cut, self._cut_round = self._cut_round, None
@@ -545,7 +580,7 @@ class ChatLLM(Processor):
     async def _withdraw(self) -> None:
         prepared, self._prepared = self._prepared, None
         if prepared is not None:
-            await self._drop(prepared)
+            await self._drop(prepared, announce=False)
 
 
 async def settle_tools(tasks: set[asyncio.Task[Any]]) -> None:

@@ -35,6 +35,11 @@ everything downstream.
 The user's audio passes through on its way to the recorder and waits while a sentence is synthesised;
 like the LLM's, the inbox holds ``PASS_THROUGH_FRAMES`` so that wait never backs up into the VAD.
 
+Preemptive replies: a ``TentativeReplyFrame`` (the LLM's text so far of a reply it holds back during
+the user's pause) has the reply's first piece synthesised ahead (``processors.tts.ahead``); if the
+reply then comes with that first piece, its audio goes out at once. ``prepare_ahead: false`` turns
+this off (a cloud engine bills a piece made for a turn that went on).
+
 Metrics: ``ttfb`` is reply start (``LLMResponseStartFrame`` or a reply's first text) to first audio,
 so it includes the LLM's time to the first sentence; ``processing`` is each sentence's synthesis.
 """
@@ -60,8 +65,9 @@ from pipeline.frames import (
 )
 from pipeline.params import param
 from pipeline.processor import Processor
-from processors.llm.base import PASS_THROUGH_FRAMES
+from processors.llm.base import PASS_THROUGH_FRAMES, TentativeReplyFrame
 from processors.llm.streams import closing_stream
+from processors.tts.ahead import PieceAhead
 from processors.tts.sentences import SentenceChunker
 
 __all__ = ["SpeechParams", "SpeechSynthesizer"]
@@ -83,6 +89,11 @@ class SpeechParams:
         doc="the first piece of a reply ends after this many words even without punctuation "
         "(fastest first audio; the seam may be heard); 0 = wait for punctuation",
     )
+    prepare_ahead: bool = param(
+        True,
+        doc="synthesise the first piece of a preemptive reply (turn.taking preemptive_reply) before "
+        "the turn ends; it plays only if the reply keeps those words",
+    )
 
 
 class SpeechSynthesizer(Processor):
@@ -91,7 +102,12 @@ class SpeechSynthesizer(Processor):
     owned_hooks: ClassVar[dict[str, str]] = {"on_stop": "close", "on_interrupt": "reset"}
 
     Params: ClassVar[type[Any]] = SpeechParams
-    handles: ClassVar[tuple[type[Frame], ...]] = (BotTextFrame, LLMResponseStartFrame, LLMResponseEndFrame)
+    handles: ClassVar[tuple[type[Frame], ...]] = (
+        BotTextFrame,
+        LLMResponseStartFrame,
+        LLMResponseEndFrame,
+        TentativeReplyFrame,
+    )
     produces: ClassVar[tuple[type[Frame], ...]] = (
         TTSStartedFrame,
         TTSTextFrame,
@@ -109,10 +125,9 @@ class SpeechSynthesizer(Processor):
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
-        self.chunker = SentenceChunker(
-            first_chunk_min_words=self.params.first_chunk_min_words,
-            first_chunk_max_words=max(0, self.params.first_chunk_max_words),
-        )
+        self.chunker = self._new_chunker()
+        self._ahead: PieceAhead | None = None  # the first piece of a tentative reply, synthesised ahead
+        self.pieces_ahead_used = 0  # first pieces whose audio was made before their turn ended
         self._in_reply = False  # a reply started and has not been stopped
         self._in_response = False  # between LLMResponseStartFrame and its end: all text is that reply
         self._audio_started = False  # TTSStartedFrame was sent for this reply
@@ -129,7 +144,16 @@ class SpeechSynthesizer(Processor):
     def output_format(self, incoming: AudioFormat | None) -> AudioFormat | None:
         return AudioFormat(self.sample_rate, 1)
 
+    def _new_chunker(self) -> SentenceChunker:
+        return SentenceChunker(
+            first_chunk_min_words=self.params.first_chunk_min_words,
+            first_chunk_max_words=max(0, self.params.first_chunk_max_words),
+        )
+
     async def process(self, frame: Frame) -> None:
+        if isinstance(frame, TentativeReplyFrame):
+            await self._prepare_ahead(frame.text)
+            return
         if isinstance(frame, LLMResponseStartFrame | LLMResponseEndFrame):
             await self._end_reply()  # a reply's audio and TTSStoppedFrame come before its end frame
             await self.push(frame)
@@ -157,13 +181,36 @@ class SpeechSynthesizer(Processor):
             if not (self.ended or self.inbox.closed):
                 await self._end_reply()
         finally:  # also when a cancel lands meanwhile
-            await self.close()
+            try:
+                await self._drop_ahead()
+            finally:
+                await self.close()
 
     async def on_interrupt(self) -> None:
         self.chunker.clear()
         self._in_reply = self._in_response = False
         self._audio_started = False
+        await self._drop_ahead()
         await self.reset()
+
+    async def _prepare_ahead(self, text: str) -> None:
+        """Synthesise the first piece of a tentative reply's ``text`` (empty: it was dropped)."""
+        if not text:
+            await self._drop_ahead()
+            return
+        if not self.params.prepare_ahead or self._in_reply:
+            return  # a reply is being spoken: the engine is busy with words that are wanted
+        pieces = self._new_chunker().feed(text)
+        if not pieces or (self._ahead is not None and self._ahead.text == pieces[0]):
+            return
+        await self._drop_ahead()
+        if any(c.isalnum() for c in pieces[0]):
+            self._ahead = PieceAhead(pieces[0], self.synthesize)
+
+    async def _drop_ahead(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            await ahead.cancel()
 
     async def close(self) -> None:
         """Release the engine (a client, a process): runs at the end, after the last audio left."""
@@ -192,17 +239,19 @@ class SpeechSynthesizer(Processor):
 
     async def _speak(self, sentence: str) -> None:
         """One sentence: its text frame, then its audio in ``chunk_ms`` frames."""
-        if not self._audio_started:
+        first = not self._audio_started
+        if first:
             self._audio_started = True
             await self.push(TTSStartedFrame())
         await self.push(TTSTextFrame(text=sentence))
+        ahead = await self._audio_ahead(sentence) if first else None
         if not any(c.isalnum() for c in sentence):
             return  # punctuation only: nothing to say
         rate = self.sample_rate
         frame_bytes = max(2, rate * self.params.chunk_ms // 1000 * 2)
         pending = b""
         with self.metrics.measure():
-            async with closing_stream(self.synthesize(sentence)) as stream:
+            async with closing_stream(self._pcm(sentence, ahead)) as stream:
                 async for pcm in stream:
                     pending += pcm
                     whole = len(pending) // frame_bytes * frame_bytes
@@ -216,6 +265,29 @@ class SpeechSynthesizer(Processor):
             self._first_audio()
             padded = pending[: len(pending) // 2 * 2].ljust(frame_bytes, b"\0")
             await self.push(BotAudioFrame(pcm=padded, sample_rate=rate, channels=1))
+
+    async def _audio_ahead(self, piece: str) -> list[bytes] | None:
+        """The audio made ahead for a reply's first ``piece``, if it was this piece (else it is dropped)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return None
+        if ahead.text != piece:
+            await ahead.cancel()
+            return None
+        audio = await ahead.audio()
+        if audio is not None:
+            self.pieces_ahead_used += 1
+        return audio
+
+    async def _pcm(self, sentence: str, ahead: list[bytes] | None) -> AsyncIterator[bytes]:
+        """The sentence's PCM: made ahead, or synthesised now."""
+        if ahead is not None:
+            for chunk in ahead:
+                yield chunk
+            return
+        async with closing_stream(self.synthesize(sentence)) as stream:
+            async for pcm in stream:
+                yield pcm
 
     def _first_audio(self) -> None:
         if self._reply_started:
