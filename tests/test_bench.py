@@ -227,6 +227,10 @@ async def test_bench_reports_json_and_a_waterfall_that_chromium_shows(
     parts = sum(doc["stages"][s]["p50_ms"] for s in ("vad_start", "interruption", "bot_silent"))
     assert abs(parts - barge_in) < 0.5
     assert doc["later_turns_voice_to_voice"]["count"] == 1 and doc["first_turn_voice_to_voice_ms"] > 0
+    assert doc["first_speech_again_voice_to_voice"]["count"] == 1  # one clip: turn 2 replays turn 1's
+    assert doc["head_start"] == {  # the cloud assistant prepares no reply before its turn ends
+        "preemptive_replies_used": 0, "preemptive_replies_dropped": 0, "first_pieces_made_ahead": 0,
+    }  # fmt: skip
     for turn in doc["per_turn"]:
         parts = sum(turn[f"{s}_ms"] for s in ("vad_hangover", "stt", "llm_first_token", "tts_first_audio"))
         assert abs(parts + turn["playout_ms"] - turn["voice_to_voice_ms"]) < 0.5

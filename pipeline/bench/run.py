@@ -31,6 +31,12 @@ DEFAULT_SPEECH = [
 sentences and five spoken commands."""
 BARGE_IN_AFTER = 1.0
 """Seconds into the bot's answer at which the next turn barges in."""
+HEAD_START = {
+    "preemptive_replies_used": "preemptive_used",
+    "preemptive_replies_dropped": "preemptive_dropped",
+    "first_pieces_made_ahead": "pieces_ahead_used",
+}
+"""Counters the LLM and TTS nodes keep of replies started before their turn ended (report key: attribute)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +60,14 @@ async def measure(plan: BenchPlan, progress: bool = True) -> Results:
     before = sample()
     timeline = Timeline()
     barge = Timeline()
+    head_start: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="voxgraph-bench-") as scratch:
         if plan.turns:
             _say(progress, f"{plan.turns} turns in real time (the models load first)…")
             timeline.on_answer = _reporter(progress, "turn", plan.turns)
-            await _conversation(plan, plan.clips(plan.turns), Path(scratch) / "turns", None, timeline)
+            head_start = await _conversation(
+                plan, plan.clips(plan.turns), Path(scratch) / "turns", None, timeline
+            )
         if plan.barge_ins:
             _say(progress, f"{plan.barge_ins} barge-ins, each {BARGE_IN_AFTER:g} s into the answer…")
             barge.on_answer = _reporter(progress, "barge-in turn", plan.barge_ins + 1)
@@ -72,12 +81,14 @@ async def measure(plan: BenchPlan, progress: bool = True) -> Results:
         barge_in_stages=barge.barge_in_stages(),
         barge_ins_tried=plan.barge_ins,
         machine=quietness(before, sample()),
+        head_start=head_start,
     )
 
 
 async def _conversation(
     plan: BenchPlan, clips: list[Path], scratch: Path, barge_in_after: float | None, timeline: Timeline
-) -> None:
+) -> dict[str, int]:
+    """Run one conversation; return how often the graph's replies got a head start (``HEAD_START``)."""
     spec, problems = parse(plan.config, plan.overrides, plan.env)
     if spec is None or problems:
         raise ValidationError(problems)
@@ -90,6 +101,10 @@ async def _conversation(
     graph = compiled.graph()
     graph.add_observer(timeline)
     await graph.run()
+    return {
+        key: sum(getattr(node, attribute, 0) for node in compiled.processors.values())
+        for key, attribute in HEAD_START.items()
+    }
 
 
 def _reporter(progress: bool, what: str, total: int) -> Callable[[int, Turn], None]:
