@@ -11,7 +11,7 @@ thread, and by the time the VAD confirms the stop it has a verdict:
   silence after the true end of speech ends it regardless.
 
 A held turn is not judged again as its silence grows: the model tells finished turns from the rest
-worse the more silence it hears (on the turn set, AUC 0.77 at 0.2 s, 0.60 at 0.5 s, 0.40 at 1.1 s:
+worse the more silence it hears (turn set, report half: AUC 0.77 at 0.2 s, 0.60 at 0.5 s, 0.40 at 1.1 s;
 ``python -m benchmarks.turns --recheck 0.5,0.8,1.1``), so a re-judgement cuts off more speakers
 than it spares finished ones the wait.
 
