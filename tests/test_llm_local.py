@@ -82,6 +82,8 @@ async def test_count_tokens_uses_the_model_tokenizer() -> None:
     await run_processor(llm, [], timeout=TIMEOUT)  # on_start loads the model
     assert llm.count_tokens("Hello world") == 2
     assert llm.count_tokens("antidisestablishmentarianism") != len("antidisestablishmentarianism") // 4
+    # the prompt is evaluated on the node's threads too, not on every core (spinning, they stall)
+    assert llm._model is not None and llm._model.model.n_threads_batch == llm.params.n_threads == 1
 
 
 async def test_barge_in_stops_the_generation_thread() -> None:

@@ -69,8 +69,9 @@ class LocalLLMParams(ChatParams):
     n_threads: int = param(
         1,
         ge=1,
-        doc="CPU threads for inference. 1 by default: llama.cpp's threads spin while they wait, and "
-        "on 2 cores shared with STT/TTS 2 threads fell to 3-5 tokens/s where 1 kept 30-50",
+        doc="CPU threads for inference, the prompt's evaluation included. 1 by default: llama.cpp's "
+        "threads spin while they wait, and on 2 cores shared with other work 2 threads fell to 3-5 "
+        "tokens/s where 1 kept 30-50, and took up to 7.6 s to a first token where 1 took 0.24 s",
     )
     extra_buffers: bool = param(
         False,
@@ -109,7 +110,11 @@ def _load(path: Path, n_ctx: int, n_threads: int, extra_buffers: bool) -> Any:
     import llama_cpp.llama as llama_module
 
     with _default_model_params(llama_module, extra_buffers):
-        return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+        # The prompt is evaluated on the same threads: llama.cpp would take every core for it, and
+        # its spinning threads then stall for seconds behind the recogniser's on a shared machine.
+        return llama_cpp.Llama(
+            model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads, verbose=False
+        )
 
 
 @contextlib.contextmanager
