@@ -62,3 +62,14 @@ async def test_an_unknown_speaker_name_fails_at_start() -> None:
 
 async def test_piper_conforms() -> None:
     assert await check_tts(lambda: PiperTTS(name="tts"), timeout=TIMEOUT) == 22050
+
+
+async def test_the_voice_runs_on_its_own_quiet_threads_and_speaks_the_same() -> None:
+    one = PiperTTS()
+    two = PiperTTS(cpu_threads=2)
+    spoken = [await run_processor(tts, [BotTextFrame(text=SENTENCE)], timeout=TIMEOUT) for tts in (one, two)]
+    for tts, threads in ((one, 1), (two, 2)):
+        options = tts._voice.session.get_session_options()
+        assert options.intra_op_num_threads == threads
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert spoken[0].audio == spoken[1].audio  # threads change the speed, not the voice

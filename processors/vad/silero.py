@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline.formats import AudioCaps
 from pipeline.params import param
-from processors.models import shared_model
+from processors.models import onnx_session, shared_model
 from processors.vad.base import VadParams, VadProcessor
 
 __all__ = ["SileroVad", "shared_session"]
@@ -54,21 +54,12 @@ def model_path() -> Path:
     return path
 
 
-def _load_session(path: Path) -> Any:
-    import onnxruntime  # type: ignore[import-untyped]
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1  # a window is ~0.1 ms: more threads cost more than they save
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only
-    return onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def shared_session() -> Any:
     """The process-wide ``InferenceSession`` of the Silero model, loaded on first use (blocking, ~20 ms:
     call it from a thread)."""
     path = model_path()
-    return shared_model(("vad.silero", str(path)), lambda: _load_session(path)).model
+    # one thread: a window is ~0.1 ms, more threads cost more than they save
+    return shared_model(("vad.silero", str(path)), lambda: onnx_session(path)).model
 
 
 @dataclass(slots=True)
