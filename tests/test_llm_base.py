@@ -127,6 +127,15 @@ async def test_history_is_trimmed_to_the_budget() -> None:
     assert roles(llm.requests[1])[1:] == [("user", "next")]
 
 
+async def test_after_a_reply_over_budget_the_history_keeps_the_last_exchange() -> None:
+    llm = ScriptedLLM([["a" * 400]], max_history_tokens=50)
+    await run_processor(llm, [TranscriptFrame(text="one")])
+    assert roles(llm.context.messages())[1:] == [("user", "one"), ("assistant", "a" * 400)]
+    llm = ScriptedLLM([["short"], ["b" * 400]], max_history_tokens=50)
+    await run_processor(llm, [TranscriptFrame(text="one"), TranscriptFrame(text="two")])
+    assert roles(llm.context.messages())[1:] == [("user", "two"), ("assistant", "b" * 400)]
+
+
 async def test_tool_calls_become_frames() -> None:
     call = ToolCall(call_id="c1", name="get_time", arguments='{"zone": "UTC"}')
     llm = ScriptedLLM([["Let me check.", call]])
@@ -281,6 +290,35 @@ async def test_a_preemptive_reply_is_discarded_unheard_when_the_user_goes_on() -
         ("user", "Book a table for two"),
         ("assistant", "For two, done."),
     ]
+
+
+class PrefillingLLM(ScriptedLLM):
+    """Records what it is offered to evaluate ahead."""
+
+    def __init__(self, replies: Sequence[Sequence[object]]) -> None:
+        super().__init__(replies)
+        self.prefilled: list[list[tuple[str, str]]] = []
+
+    async def prefill(self, messages: list[dict[str, Any]]) -> None:
+        self.prefilled.append(roles(messages))
+
+
+async def test_the_words_so_far_are_offered_for_prefill_while_no_reply_is_under_way() -> None:
+    llm = PrefillingLLM([["Hi there."], ["Which one?"], ["Two."]])
+
+    def steps(tap: Collector, out: Collector) -> list[Step]:
+        return [
+            InterimTranscriptFrame(text="Hello"),
+            TranscriptFrame(text="Hello you"),
+            InterimTranscriptFrame(text="  "),  # nothing to evaluate
+            TentativeTurnFrame(text="Book a table"),
+            InterimTranscriptFrame(text="Book a table for"),  # a tentative reply holds the engine
+            TranscriptFrame(text="Book a table for two"),
+        ]
+
+    out = await converse(llm, steps)
+    assert llm.prefilled == [[("system", llm.params.system_prompt), ("user", "Hello")]]
+    assert out.of(InterimTranscriptFrame) and out.kinds.count("llm_response_start") == 2  # passed on
 
 
 async def test_a_preemptive_reply_for_other_words_is_dropped_at_the_turn() -> None:

@@ -49,6 +49,18 @@ def test_trim_drops_the_oldest_turns_first_and_keeps_the_system_prompt() -> None
     assert kept[-1] == ("user", "last question")
 
 
+def test_trim_to_a_target_drops_more_once_over_budget_and_nothing_under_it() -> None:
+    conversation = Conversation("s")
+    for n in range(5):
+        reply(conversation, f"question {n} " + "q" * 36, f"answer {n} " + "a" * 36)
+    conversation.add_user("last question")
+    four_tokens = lambda text: len(text) // 4  # noqa: E731
+    conversation.trim(budget=160, count_tokens=four_tokens, target=40)  # 157 tokens: under budget
+    assert len(contents(conversation)) == 12
+    conversation.trim(budget=150, count_tokens=four_tokens, target=40)  # over: down to 40, not 150
+    assert [text.split()[1] for _, text in contents(conversation)[1:-1]] == ["4", "4"]
+
+
 def test_trim_never_starts_the_history_with_an_assistant_turn() -> None:
     conversation = Conversation("s")
     reply(conversation, "q" * 400, "a" * 40)

@@ -13,6 +13,7 @@ import pytest
 from pipeline.conformance import check_llm
 from pipeline.frames import (
     Frame,
+    InterimTranscriptFrame,
     InterruptionFrame,
     LLMResponseEndFrame,
     LLMTextFrame,
@@ -75,6 +76,33 @@ async def test_history_is_kept_across_turns() -> None:
     assert [r for r, _ in roles] == ["system", "user", "assistant", "user", "assistant"]
     assert roles[1][1] == "My name is Anna." and roles[3][1] == "What is my name?"
     assert all(text for _, text in roles)
+
+
+async def test_the_words_heard_so_far_are_evaluated_ahead_and_the_answer_is_the_same() -> None:
+    question = "What is the capital of France and why is it famous?"
+    plain = await run_processor(
+        LocalLLM(temperature=0.0, max_tokens=30), [TranscriptFrame(text=question)], timeout=TIMEOUT
+    )
+    llm = LocalLLM(temperature=0.0, max_tokens=30)
+    heard: list[int] = []
+
+    async def cache_after_prefill() -> None:
+        while not llm.prefills:  # bounded by the driver's TIMEOUT
+            await asyncio.sleep(0.005)
+        assert llm._model is not None
+        heard.extend(llm._model.model._input_ids.tolist())
+
+    frames: list[Any] = [InterimTranscriptFrame(text="What is the capital of France")]
+    driver = PatientDriver([*frames, cache_after_prefill, TranscriptFrame(text=question)])
+    out_node = Collector(name="out")
+    graph = Graph({"driver": driver, "llm": llm, "out": out_node}, [("driver", "llm"), ("llm", "out")])
+    out = await run_graph(graph, timeout=TIMEOUT)
+    assert llm.prefills == 1
+    assert llm._model is not None
+    words = llm._model.model.tokenize(b" France", add_bos=False, special=False)
+    assert heard[-len(words) :] == words  # the cache ended at the user's last word
+    answer = "".join(f.text for f in out.of(LLMTextFrame))
+    assert answer and answer == "".join(f.text for f in plain.of(LLMTextFrame))  # same input, same answer
 
 
 async def test_count_tokens_uses_the_model_tokenizer() -> None:

@@ -19,6 +19,10 @@ held, its text so far goes downstream in ``TentativeReplyFrame``s (up to ``TENTA
 the TTS can synthesise the reply's first words before the turn ends; that audio is played only if the
 reply is adopted with the same words (``processors.tts.base``).
 
+Prefill: each interim transcript while the user speaks is offered to ``prefill`` (the history plus the
+words so far), so an engine with a local prompt cache can evaluate the prompt before the turn ends and
+only the last words are left when the reply starts (``llm.local``); the default does nothing.
+
 Tools (``processors.llm.tools``): the ``tools:`` param declares them and ``tool_schemas`` is what an
 engine sends its provider. A stream that ends with ``ToolCall``s has them run (in parallel), the call
 and its results go into the history, and ``stream_reply`` is asked again: the same reply, one
@@ -56,6 +60,7 @@ from pipeline.frames import (
     BotStoppedSpeakingFrame,
     DataFrame,
     Frame,
+    InterimTranscriptFrame,
     LLMResponseEndFrame,
     LLMResponseStartFrame,
     LLMTextFrame,
@@ -95,6 +100,10 @@ log = logging.getLogger("processors.llm")
 DEFAULT_SYSTEM_PROMPT = "You are a friendly voice assistant. Answer in one or two short spoken sentences."
 PASS_THROUGH_FRAMES = 1500
 """Inbox bound of LLM and TTS nodes: 30 s of 20 ms user audio waiting behind a reply (~1 MB)."""
+TRIM_TO = 0.5
+"""Once the history is over ``max_history_tokens``, the oldest turns go until it fits this share of it:
+its start then stays the same for many turns, as a local engine's prompt cache needs (after each trim
+the whole history is evaluated again: seconds for 1,500 tokens on one core)."""
 TENTATIVE_REPLY_CHARS = 200
 """A held reply's text is announced downstream while it is this short: enough for a TTS's first piece."""
 
@@ -210,7 +219,9 @@ class ChatParams:
 
     system_prompt: str = param(DEFAULT_SYSTEM_PROMPT, doc="instructions sent first in every request")
     max_history_tokens: int = param(
-        1500, doc="history budget: the oldest turns are dropped first; the system prompt is always kept"
+        1500,
+        doc="history budget in tokens: once over it, the oldest turns are dropped until half of it is "
+        "left (so a prompt cache keeps the history's start for many turns); the system prompt is kept",
     )
     max_tokens: int = param(150, ge=1, doc="longest reply, in tokens")
     temperature: float = param(0.7, doc="sampling temperature: 0 = most likely token, higher = more varied")
@@ -232,7 +243,12 @@ class ChatLLM(Processor):
     """Replies to each user turn with a streamed answer and remembers what was said and heard."""
 
     Params: ClassVar[type[Any]] = ChatParams
-    handles: ClassVar[tuple[type[Frame], ...]] = (UserTextFrame, TentativeTurnFrame, ResumeReplyFrame)
+    handles: ClassVar[tuple[type[Frame], ...]] = (
+        UserTextFrame,
+        TentativeTurnFrame,
+        ResumeReplyFrame,
+        InterimTranscriptFrame,
+    )
     handles_upstream: ClassVar[tuple[type[Frame], ...]] = (SpokenTextFrame, BotStoppedSpeakingFrame)
     produces: ClassVar[tuple[type[Frame], ...]] = (
         LLMResponseStartFrame,
@@ -241,6 +257,7 @@ class ChatLLM(Processor):
         LLMResponseEndFrame,
         UserTextFrame,  # the user's turn is passed on (recorders, transcripts)
         TentativeReplyFrame,
+        InterimTranscriptFrame,  # passed on (the page shows them)
     )
 
     queue_size: ClassVar[int] = PASS_THROUGH_FRAMES
@@ -270,6 +287,10 @@ class ChatLLM(Processor):
         raise NotImplementedError
         yield  # pragma: no cover
 
+    async def prefill(self, messages: list[dict[str, Any]]) -> None:
+        """Optionally evaluate the prompt of ``messages`` (the history and the user's words so far)
+        ahead of the turn's end. Never delay a reply for it: skip when the engine is busy."""
+
     def check(self) -> list[Problem]:
         """The ``tools:`` entries that cannot be used (an engine's ``check`` adds to ``super().check()``)."""
         return list(self.tool_problems)
@@ -278,7 +299,15 @@ class ChatLLM(Processor):
         """Tokens in ``text``, for the history budget; engines with a tokenizer override this."""
         return approximate_tokens(text)
 
-    async def process(self, frame: UserTextFrame | TentativeTurnFrame | ResumeReplyFrame) -> None:
+    async def process(
+        self, frame: UserTextFrame | TentativeTurnFrame | ResumeReplyFrame | InterimTranscriptFrame
+    ) -> None:
+        if isinstance(frame, InterimTranscriptFrame):
+            await self.push(frame)
+            text = frame.text.strip()
+            if text and not (self._ending or self._replying or self._prepared is not None):
+                await self.prefill([*self.context.messages(), {"role": "user", "content": text}])
+            return
         if isinstance(frame, TentativeTurnFrame):
             if not self._ending:
                 await self._prepare(frame.text.strip())
@@ -342,12 +371,17 @@ class ChatLLM(Processor):
         ``prepared`` is the reply already under way for this text (a preemptive reply)."""
         self._cut_round = None
         self.context.add_user(text)
-        self.context.trim(self.params.max_history_tokens, self.count_tokens)
+        self._trim_history()
         messages = self.context.messages()
         self.context.begin_assistant()
         await self._respond(
             prepared.drain() if prepared is not None else self.stream_reply(messages), prepared
         )
+        self._trim_history()  # now, so the next turn's prefill sees the history its reply will
+
+    def _trim_history(self) -> None:
+        budget = self.params.max_history_tokens
+        self.context.trim(budget, self.count_tokens, target=int(budget * TRIM_TO))
 
     async def _respond(
         self,

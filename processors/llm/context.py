@@ -206,20 +206,31 @@ class Conversation:
             return message.heard
         return message.generated.strip()
 
-    def trim(self, budget: int, count_tokens: Callable[[str], int] = approximate_tokens) -> None:
-        """Drop the oldest turns until the history fits ``budget`` tokens (the system prompt is not
-        counted and always kept). The newest user turn is always kept; the history never starts
-        with an assistant turn, as some chat templates require."""
+    def trim(
+        self,
+        budget: int,
+        count_tokens: Callable[[str], int] = approximate_tokens,
+        target: int | None = None,
+    ) -> None:
+        """When the history is over ``budget`` tokens, drop the oldest turns until it fits ``target``
+        (default: the budget; the system prompt is not counted and always kept). The newest user
+        turn and what follows it (its reply) are always kept; the history never starts with an
+        assistant turn, as some chat templates require."""
         self._drop_unheard()
         sizes = [
             count_tokens(self.content(m) + _calls_text(m)) + MESSAGE_OVERHEAD_TOKENS for m in self.history
         ]
         total = sum(sizes)
+        if total <= budget:
+            return
+        goal = budget if target is None else min(target, budget)
+        users = [index for index, message in enumerate(self.history) if message.role == "user"]
+        newest = users[-1] if users else len(self.history) - 1  # kept, with all that follows it
         start = 0
-        while start < len(self.history) - 1 and total > budget:
+        while start < newest and total > goal:
             total -= sizes[start]
             start += 1
-        while start < len(self.history) - 1 and self.history[start].role != "user":
+        while start < newest and self.history[start].role != "user":
             start += 1
         for message in self.history[:start]:
             self._forget(message)

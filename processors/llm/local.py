@@ -150,7 +150,8 @@ class LocalLLM(ChatLLM):
         self._model: SharedModel | None = None
         self.tokens_generated = 0
         """Tokens produced by this node's generations so far (a stopped one stops counting)."""
-        self._formatter: Any = None  # the model's chat template, for tool_calling: decide
+        self._formatter: Any = None  # the model's chat template (tool_calling: decide, prefill)
+        self.prefills = 0  # prompts evaluated ahead while the user spoke
 
     def check(self) -> list[Problem]:
         p = self.params
@@ -332,21 +333,58 @@ class LocalLLM(ChatLLM):
 
     def _prompt(self, llama: Any, messages: list[dict[str, Any]]) -> str:
         """``messages`` rendered by the model's own chat template, ready for the assistant's turn."""
+        rendered = self._render(llama, messages)
+        if rendered is None:
+            raise FatalProcessorError(
+                f"{self.model_file()} has no chat template: tool_calling: decide needs one"
+            )
+        return str(rendered.prompt)
+
+    def _render(self, llama: Any, messages: list[dict[str, Any]]) -> Any:
+        """The chat template's rendering of ``messages`` (prompt and whether it holds the BOS), or None
+        for a model without a template."""
         from llama_cpp import llama_chat_format
 
         if self._formatter is None:
             template = llama.metadata.get("tokenizer.chat_template")
             if not template:
-                raise FatalProcessorError(
-                    f"{self.model_file()} has no chat template: tool_calling: decide needs one"
-                )
+                return None
             eos, bos = llama.token_eos(), llama.token_bos()
             self._formatter = llama_chat_format.Jinja2ChatFormatter(
                 template=template,
                 eos_token=llama.detokenize([eos], special=True).decode(errors="replace") if eos != -1 else "",
                 bos_token=llama.detokenize([bos], special=True).decode(errors="replace") if bos != -1 else "",
             )
-        return str(self._formatter(messages=messages).prompt)
+        return self._formatter(messages=messages)
+
+    async def prefill(self, messages: list[dict[str, Any]]) -> None:
+        if self._model is None or (self.tool_schemas and self.params.tool_calling == "decide"):
+            return  # decide renders its own prompt (the tool list): nothing to share with it
+        try:
+            await self.run_in_thread(self._prefill, self._model, plain_messages(messages))
+        except Exception as error:  # a head start only: the reply evaluates the prompt itself
+            log.debug("%s: prefill skipped: %s", self.name, error)
+
+    def _prefill(self, model: SharedModel, messages: list[dict[str, Any]]) -> None:
+        """Worker thread: evaluate the prompt up to the end of the user's words, so that llama.cpp's
+        prompt cache holds it when the reply's request comes (it evaluates only what differs then:
+        the words the final transcript adds or changes). Skipped while the model is busy."""
+        if not model.lock.acquire(blocking=False):
+            return
+        try:
+            llama = model.model
+            rendered = self._render(llama, messages)
+            words = messages[-1]["content"]
+            if rendered is None or (end := rendered.prompt.rfind(words)) < 0:
+                return
+            prefix = rendered.prompt[: end + len(words)]
+            tokens = llama.tokenize(prefix.encode(), add_bos=not rendered.added_special, special=True)
+            # One token is sampled and never evaluated, so the cache ends exactly at the prefix.
+            for _ in llama.create_completion(tokens, max_tokens=1, temperature=0.0, stream=True):
+                pass
+            self.prefills += 1
+        finally:
+            model.lock.release()
 
 
 TOOL_LIST = (
