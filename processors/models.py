@@ -42,8 +42,8 @@ def shared_model(key: Hashable, load: Callable[[], Any]) -> SharedModel:
 def onnx_session(path: Path, threads: int = 1) -> Any:
     """An onnxruntime CPU session on ``threads`` threads that sleep when idle (blocking: call it from
     a thread). onnxruntime's default, every core with threads spinning between runs, stalls behind
-    the other engines on a small shared machine: a Piper piece took 228 ms p50 that way, 130 on one
-    quiet thread."""
+    the other engines on a small shared machine: a Piper piece took 228 ms p50 that way, 122 ms on
+    two threads that sleep."""
     import onnxruntime  # type: ignore[import-untyped]
 
     options = onnxruntime.SessionOptions()

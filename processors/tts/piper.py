@@ -42,10 +42,11 @@ class PiperParams(SpeechParams):
         None, doc="multi-speaker voices: speaker id or name (see the config's speaker_id_map)"
     )
     cpu_threads: int = param(
-        1,
+        2,
         ge=1,
-        doc="CPU threads per synthesis, which never spin while they wait: onnxruntime's default (every "
-        "core, spinning) took 228 ms p50 for a 4-word piece beside other work on 2 cores, 1 thread 130",
+        doc="CPU threads per synthesis; they sleep when idle. A 4-word piece on 2 cores, quiet / beside "
+        "other work, p50: 71 / 122 ms on 2 such threads, 106 / 130 on 1, 89 / 228 with onnxruntime's "
+        "spinning default",
     )
 
 
