@@ -321,6 +321,14 @@ async def test_the_words_so_far_are_offered_for_prefill_while_no_reply_is_under_
     assert out.of(InterimTranscriptFrame) and out.kinds.count("llm_response_start") == 2  # passed on
 
 
+async def test_a_history_trimmed_after_a_reply_is_offered_for_prefill_at_once() -> None:
+    llm = PrefillingLLM([["a" * 100], ["b" * 100], ["c" * 100]])
+    llm.params.max_history_tokens = 90  # two exchanges fit, a third goes over
+    await run_processor(llm, [TranscriptFrame(text=word) for word in ("one", "two", "three")])
+    system = ("system", llm.params.system_prompt)
+    assert llm.prefilled == [[system, ("user", "three"), ("assistant", "c" * 100)]]  # after the trim only
+
+
 async def test_a_preemptive_reply_for_other_words_is_dropped_at_the_turn() -> None:
     llm = ScriptedLLM([["Hello!"], ["Bye!"]])
 

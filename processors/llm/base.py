@@ -288,8 +288,9 @@ class ChatLLM(Processor):
         yield  # pragma: no cover
 
     async def prefill(self, messages: list[dict[str, Any]]) -> None:
-        """Optionally evaluate the prompt of ``messages`` (the history and the user's words so far)
-        ahead of the turn's end. Never delay a reply for it: skip when the engine is busy."""
+        """Optionally evaluate the prompt of ``messages`` up to the end of the last one (the user's
+        words so far, or the history just trimmed) before a reply needs it. Never delay a reply for
+        it: skip when the engine is busy."""
 
     def check(self) -> list[Problem]:
         """The ``tools:`` entries that cannot be used (an engine's ``check`` adds to ``super().check()``)."""
@@ -377,11 +378,17 @@ class ChatLLM(Processor):
         await self._respond(
             prepared.drain() if prepared is not None else self.stream_reply(messages), prepared
         )
-        self._trim_history()  # now, so the next turn's prefill sees the history its reply will
+        if self._trim_history():
+            # The history's start changed: evaluate it now, while the reply plays, not when the user
+            # has spoken (seconds for a long history on one core).
+            await self.prefill(self.context.messages())
 
-    def _trim_history(self) -> None:
+    def _trim_history(self) -> bool:
+        """Keep the history within its budget (see ``TRIM_TO``); True if turns were dropped."""
         budget = self.params.max_history_tokens
+        before = len(self.context.history)
         self.context.trim(budget, self.count_tokens, target=int(budget * TRIM_TO))
+        return len(self.context.history) < before
 
     async def _respond(
         self,

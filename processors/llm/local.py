@@ -366,16 +366,16 @@ class LocalLLM(ChatLLM):
             log.debug("%s: prefill skipped: %s", self.name, error)
 
     def _prefill(self, model: SharedModel, messages: list[dict[str, Any]]) -> None:
-        """Worker thread: evaluate the prompt up to the end of the user's words, so that llama.cpp's
-        prompt cache holds it when the reply's request comes (it evaluates only what differs then:
-        the words the final transcript adds or changes). Skipped while the model is busy."""
+        """Worker thread: evaluate the prompt up to the end of the last message's words, so that
+        llama.cpp's prompt cache holds it when the reply's request comes (it evaluates only what
+        differs then: the words the final transcript adds or changes). Skipped while the model is busy."""
         if not model.lock.acquire(blocking=False):
             return
         try:
             llama = model.model
             rendered = self._render(llama, messages)
-            words = messages[-1]["content"]
-            if rendered is None or (end := rendered.prompt.rfind(words)) < 0:
+            words = messages[-1].get("content")
+            if not isinstance(words, str) or rendered is None or (end := rendered.prompt.rfind(words)) < 0:
                 return
             prefix = rendered.prompt[: end + len(words)]
             tokens = llama.tokenize(prefix.encode(), add_bos=not rendered.added_special, special=True)
