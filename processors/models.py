@@ -23,6 +23,8 @@ class SharedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
     warmed: bool = False  # a first inference has run (see WhisperSTT's warm-up)
     priority_passes: int = 0  # passes nothing optional may delay (finals) started, not finished (loop-owned)
+    waiting: set[int] = field(default_factory=set)  # threads waiting for the lock (optional work yields)
+    cache_owner: int | None = None  # id() of the node that last filled an engine's prompt cache
 
 
 _models: dict[Hashable, SharedModel] = {}

@@ -293,14 +293,23 @@ async def test_a_preemptive_reply_is_discarded_unheard_when_the_user_goes_on() -
 
 
 class PrefillingLLM(ScriptedLLM):
-    """Records what it is offered to evaluate ahead."""
+    """Records what it is offered to evaluate ahead; with ``hold``, each prefill waits until cancelled."""
 
-    def __init__(self, replies: Sequence[Sequence[object]]) -> None:
-        super().__init__(replies)
+    def __init__(self, replies: Sequence[Sequence[object]], hold: bool = False, **params: Any) -> None:
+        super().__init__(replies, **params)
         self.prefilled: list[list[tuple[str, str]]] = []
+        self.prefill_started = asyncio.Event()
+        self.prefills_stopped = 0
+        self.hold = hold
 
     async def prefill(self, messages: list[dict[str, Any]]) -> None:
         self.prefilled.append(roles(messages))
+        self.prefill_started.set()
+        try:
+            if self.hold:
+                await asyncio.Event().wait()
+        finally:
+            self.prefills_stopped += 1
 
 
 async def test_the_words_so_far_are_offered_for_prefill_while_no_reply_is_under_way() -> None:
@@ -309,6 +318,7 @@ async def test_the_words_so_far_are_offered_for_prefill_while_no_reply_is_under_
     def steps(tap: Collector, out: Collector) -> list[Step]:
         return [
             InterimTranscriptFrame(text="Hello"),
+            llm.prefill_started.wait,
             TranscriptFrame(text="Hello you"),
             InterimTranscriptFrame(text="  "),  # nothing to evaluate
             TentativeTurnFrame(text="Book a table"),
@@ -321,10 +331,33 @@ async def test_the_words_so_far_are_offered_for_prefill_while_no_reply_is_under_
     assert out.of(InterimTranscriptFrame) and out.kinds.count("llm_response_start") == 2  # passed on
 
 
+async def test_a_slow_prefill_holds_up_nothing_and_is_stopped_at_the_end() -> None:
+    llm = PrefillingLLM([["Hi there."]], hold=True)
+
+    def steps(tap: Collector, out: Collector) -> list[Step]:
+        return [
+            InterimTranscriptFrame(text="Hello"),
+            llm.prefill_started.wait,
+            InterimTranscriptFrame(text="Hello you"),  # one prefill at a time
+            TranscriptFrame(text="Hello you"),
+        ]
+
+    out = await converse(llm, steps)
+    assert out.kinds.count("llm_response_end") == 1  # answered while the prefill still ran
+    assert len(llm.prefilled) == 1 and llm.prefills_stopped == 1
+
+
 async def test_a_history_trimmed_after_a_reply_is_offered_for_prefill_at_once() -> None:
-    llm = PrefillingLLM([["a" * 100], ["b" * 100], ["c" * 100]])
-    llm.params.max_history_tokens = 90  # two exchanges fit, a third goes over
-    await run_processor(llm, [TranscriptFrame(text=word) for word in ("one", "two", "three")])
+    llm = PrefillingLLM([["a" * 100], ["b" * 100], ["c" * 100]], max_history_tokens=90)
+    # two exchanges (34 tokens each) stay under 0.8 of the budget; the third goes over
+
+    def steps(tap: Collector, out: Collector) -> list[Step]:
+        return [
+            *(TranscriptFrame(text=word) for word in ("one", "two", "three")),
+            llm.prefill_started.wait,
+        ]
+
+    await converse(llm, steps)
     system = ("system", llm.params.system_prompt)
     assert llm.prefilled == [[system, ("user", "three"), ("assistant", "c" * 100)]]  # after the trim only
 

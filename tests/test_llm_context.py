@@ -61,6 +61,15 @@ def test_trim_to_a_target_drops_more_once_over_budget_and_nothing_under_it() -> 
     assert [text.split()[1] for _, text in contents(conversation)[1:-1]] == ["4", "4"]
 
 
+def test_trim_drops_a_leading_assistant_turn_even_under_budget() -> None:
+    conversation = Conversation("s")
+    conversation.begin_assistant()  # the bot spoke first (a greeting)
+    conversation.append("Hello, how can I help?")
+    conversation.add_user("Hi")
+    conversation.trim(budget=1000)
+    assert contents(conversation) == [("system", "s"), ("user", "Hi")]
+
+
 def test_trim_never_starts_the_history_with_an_assistant_turn() -> None:
     conversation = Conversation("s")
     reply(conversation, "q" * 400, "a" * 40)

@@ -4,7 +4,7 @@ An engine subclasses ``ChatLLM`` and implements one async generator, ``stream_re
 yielding text chunks (and ``ToolCall``s). The base turns each user turn (a ``UserTextFrame``: a final
 transcript or a typed message) into ``LLMResponseStartFrame``, ``LLMTextFrame`` chunks,
 ``LLMToolCallFrame``s and ``LLMResponseEndFrame``, and keeps the conversation
-(``processors.llm.context``). The bot's text and interim transcripts pass by.
+(``processors.llm.context``). The bot's text passes by.
 
 Barge-in: an ``InterruptionFrame`` cancels the in-flight ``process``; the stream is closed at once
 (``aclose``), so an engine stops its generation in the generator's ``finally`` (a stop flag for a
@@ -19,9 +19,9 @@ held, its text so far goes downstream in ``TentativeReplyFrame``s (up to ``TENTA
 the TTS can synthesise the reply's first words before the turn ends; that audio is played only if the
 reply is adopted with the same words (``processors.tts.base``).
 
-Prefill: each interim transcript while the user speaks is offered to ``prefill`` (the history plus the
-words so far), so an engine with a local prompt cache can evaluate the prompt before the turn ends and
-only the last words are left when the reply starts (``llm.local``); the default does nothing.
+Prefill: interim transcripts pass on, and each is offered to ``prefill`` (the history plus the words so
+far, in the background), so an engine with a local prompt cache can evaluate the prompt before the turn
+ends and only the last words are left when the reply starts (``llm.local``); the default does nothing.
 
 Tools (``processors.llm.tools``): the ``tools:`` param declares them and ``tool_schemas`` is what an
 engine sends its provider. A stream that ends with ``ToolCall``s has them run (in parallel), the call
@@ -100,6 +100,9 @@ log = logging.getLogger("processors.llm")
 DEFAULT_SYSTEM_PROMPT = "You are a friendly voice assistant. Answer in one or two short spoken sentences."
 PASS_THROUGH_FRAMES = 1500
 """Inbox bound of LLM and TTS nodes: 30 s of 20 ms user audio waiting behind a reply (~1 MB)."""
+TRIM_AHEAD = 0.8
+"""After a reply, a history over this share of ``max_history_tokens`` is trimmed already (room for the
+next user turn)."""
 TRIM_TO = 0.5
 """Once the history is over ``max_history_tokens``, the oldest turns go until it fits this share of it:
 its start then stays the same for many turns, as a local engine's prompt cache needs (after each trim
@@ -278,6 +281,7 @@ class ChatLLM(Processor):
         self._ending = False  # the session is ending: no further turn is answered
         self._background: set[asyncio.Task[str]] = set()  # tools running on after an interruption
         self._cut_round: _CutRound | None = None  # calls a barge-in cancelled, run again if it was false
+        self._prefilling: asyncio.Task[None] | None = None  # the prompt being evaluated ahead
 
     async def stream_reply(self, messages: list[dict[str, Any]]) -> AsyncIterator[str | ToolCall]:
         """Yield the reply to ``messages`` (OpenAI chat form) as text chunks and tool calls.
@@ -289,8 +293,9 @@ class ChatLLM(Processor):
 
     async def prefill(self, messages: list[dict[str, Any]]) -> None:
         """Optionally evaluate the prompt of ``messages`` up to the end of the last one (the user's
-        words so far, or the history just trimmed) before a reply needs it. Never delay a reply for
-        it: skip when the engine is busy."""
+        words so far, or the history just trimmed) before a reply needs it. Runs in the background
+        and is cancelled by a barge-in or the end: never delay a reply for it (skip, or stop, when
+        the engine is wanted)."""
 
     def check(self) -> list[Problem]:
         """The ``tools:`` entries that cannot be used (an engine's ``check`` adds to ``super().check()``)."""
@@ -306,8 +311,8 @@ class ChatLLM(Processor):
         if isinstance(frame, InterimTranscriptFrame):
             await self.push(frame)
             text = frame.text.strip()
-            if text and not (self._ending or self._replying or self._prepared is not None):
-                await self.prefill([*self.context.messages(), {"role": "user", "content": text}])
+            if text and self._prepared is None:  # a tentative reply has the engine already
+                self._start_prefill([*self.context.messages(), {"role": "user", "content": text}])
             return
         if isinstance(frame, TentativeTurnFrame):
             if not self._ending:
@@ -378,17 +383,40 @@ class ChatLLM(Processor):
         await self._respond(
             prepared.drain() if prepared is not None else self.stream_reply(messages), prepared
         )
-        if self._trim_history():
+        if self._trim_history(after_reply=True):
             # The history's start changed: evaluate it now, while the reply plays, not when the user
             # has spoken (seconds for a long history on one core).
-            await self.prefill(self.context.messages())
+            self._start_prefill(self.context.messages())
 
-    def _trim_history(self) -> bool:
-        """Keep the history within its budget (see ``TRIM_TO``); True if turns were dropped."""
+    def _trim_history(self, after_reply: bool = False) -> bool:
+        """Keep the history within its budget (see ``TRIM_TO``); True if its start changed. After a
+        reply it is trimmed a little early (``TRIM_AHEAD``), so the next user turn does not take it
+        over the budget: a trim at the turn would make the prompt evaluated ahead for it useless."""
         budget = self.params.max_history_tokens
-        before = len(self.context.history)
-        self.context.trim(budget, self.count_tokens, target=int(budget * TRIM_TO))
-        return len(self.context.history) < before
+        first = self.context.history[0] if self.context.history else None
+        limit = int(budget * TRIM_AHEAD) if after_reply else budget
+        self.context.trim(limit, self.count_tokens, target=int(budget * TRIM_TO))
+        return bool(self.context.history) and self.context.history[0] is not first
+
+    def _start_prefill(self, messages: list[dict[str, Any]]) -> None:
+        """``prefill`` in the background (one at a time): the node goes on with its frames meanwhile
+        (the bot's speaking reports travel upstream through it)."""
+        if self._ending or (self._prefilling is not None and not self._prefilling.done()):
+            return
+        prefill = self._prefill_quietly(messages)
+        self._prefilling = asyncio.get_running_loop().create_task(prefill, name="llm-prefill")
+
+    async def _prefill_quietly(self, messages: list[dict[str, Any]]) -> None:
+        try:
+            await self.prefill(messages)
+        except Exception as error:  # a head start only: the reply evaluates its prompt anyway
+            log.debug("%s: prefill skipped: %s", self.name, error)
+
+    async def _stop_prefill(self) -> None:
+        task, self._prefilling = self._prefilling, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=TOOL_CANCEL_TIMEOUT)
 
     async def _respond(
         self,
@@ -607,6 +635,7 @@ class ChatLLM(Processor):
     async def on_interrupt(self) -> None:
         self.context.truncate_to_spoken()
         self._end_requested = False  # the user spoke up during the goodbye: the call goes on
+        await self._stop_prefill()
         await self._withdraw()
 
     async def on_stop(self) -> None:
@@ -614,6 +643,7 @@ class ChatLLM(Processor):
         for task in background:
             task.cancel()
         try:
+            await self._stop_prefill()
             await self._withdraw()
         finally:
             await settle_tools(background)

@@ -221,9 +221,7 @@ class Conversation:
             count_tokens(self.content(m) + _calls_text(m)) + MESSAGE_OVERHEAD_TOKENS for m in self.history
         ]
         total = sum(sizes)
-        if total <= budget:
-            return
-        goal = budget if target is None else min(target, budget)
+        goal = total if total <= budget else budget if target is None else min(target, budget)
         users = [index for index, message in enumerate(self.history) if message.role == "user"]
         newest = users[-1] if users else len(self.history) - 1  # kept, with all that follows it
         start = 0

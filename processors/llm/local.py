@@ -51,6 +51,10 @@ __all__ = ["LocalLLM", "LocalLLMParams", "default_model_path", "plain_messages"]
 log = logging.getLogger("processors.llm")
 
 QUEUE_CHUNKS = 32
+PREFILL_CHUNK = 64
+"""Tokens a prefill evaluates before it checks whether a reply wants the model (~0.3 s on one core)."""
+PREFILL_MARK = "\u2063prefill\u2063"
+"""Stands in for the last message's words when the chat is rendered, to find where they begin."""
 """Chunks the generation thread may run ahead of the graph before it waits."""
 PUT_POLL_SECONDS = 0.1
 """How often a generation thread waiting (on a full queue, or for the model) checks its stop flag."""
@@ -195,6 +199,13 @@ class LocalLLM(ChatLLM):
         self._model = await self.run_in_thread(_load_shared, path, p.n_ctx, p.n_threads, p.extra_buffers)
         await self.run_in_thread(self._warm_up)
 
+    async def on_stop(self) -> None:
+        try:
+            await super().on_stop()
+        finally:  # the next session's node may evaluate its prompt ahead in the cache this one leaves
+            if self._model is not None and self._model.cache_owner == id(self):
+                self._model.cache_owner = None
+
     def _config_key(self) -> tuple[Any, ...]:
         """What tells this node's config from others' (every session of a graph builds the same)."""
         tools = tuple(schema["function"]["name"] for schema in self.tool_schemas)
@@ -243,8 +254,9 @@ class LocalLLM(ChatLLM):
     ) -> None:
         """Worker thread: stream tokens into ``queue`` until done or ``stop`` is set."""
         try:
-            if _acquire(model.lock, stop):
+            if _acquire(model, stop):
                 try:
+                    model.cache_owner = id(self)
                     self._stream_tokens(model.model, messages, queue, loop, stop)
                 finally:
                     model.lock.release()
@@ -360,31 +372,56 @@ class LocalLLM(ChatLLM):
     async def prefill(self, messages: list[dict[str, Any]]) -> None:
         if self._model is None or (self.tool_schemas and self.params.tool_calling == "decide"):
             return  # decide renders its own prompt (the tool list): nothing to share with it
+        stop = threading.Event()
         try:
-            await self.run_in_thread(self._prefill, self._model, plain_messages(messages))
-        except Exception as error:  # a head start only: the reply evaluates the prompt itself
-            log.debug("%s: prefill skipped: %s", self.name, error)
+            await self.run_in_thread(self._prefill, self._model, plain_messages(messages), stop)
+        finally:  # cancelled (a barge-in, the end): the thread stops at its next chunk
+            stop.set()
 
-    def _prefill(self, model: SharedModel, messages: list[dict[str, Any]]) -> None:
+    def _prefill(self, model: SharedModel, messages: list[dict[str, Any]], stop: threading.Event) -> None:
         """Worker thread: evaluate the prompt up to the end of the last message's words, so that
         llama.cpp's prompt cache holds it when the reply's request comes (it evaluates only what
-        differs then: the words the final transcript adds or changes). Skipped while the model is busy."""
-        if not model.lock.acquire(blocking=False):
+        differs then: the words the final transcript adds or changes).
+
+        Optional work: skipped when the model is busy or another node's prompt is in its cache (a
+        prefill would evict it), evaluated ``PREFILL_CHUNK`` tokens at a time, and abandoned at the
+        first chunk boundary where a generation waits for the model or ``stop`` is set."""
+        if model.cache_owner not in (id(self), None) or not model.lock.acquire(blocking=False):
             return
         try:
+            model.cache_owner = id(self)
             llama = model.model
-            rendered = self._render(llama, messages)
-            words = messages[-1].get("content")
-            if not isinstance(words, str) or rendered is None or (end := rendered.prompt.rfind(words)) < 0:
+            tokens = self._prefix_tokens(llama, messages)
+            if not tokens:
                 return
-            prefix = rendered.prompt[: end + len(words)]
-            tokens = llama.tokenize(prefix.encode(), add_bos=not rendered.added_special, special=True)
-            # One token is sampled and never evaluated, so the cache ends exactly at the prefix.
-            for _ in llama.create_completion(tokens, max_tokens=1, temperature=0.0, stream=True):
-                pass
+            cached = llama._input_ids.tolist()  # what the cache holds now
+            start = next((i for i, (a, b) in enumerate(zip(cached, tokens, strict=False)) if a != b), None)
+            start = min(len(cached), len(tokens)) if start is None else start
+            for end in range(start + PREFILL_CHUNK, len(tokens) + PREFILL_CHUNK, PREFILL_CHUNK):
+                if stop.is_set() or model.waiting:
+                    return
+                # One token is sampled and never evaluated, so the cache ends exactly at the prefix.
+                for _ in llama.create_completion(
+                    tokens[: min(end, len(tokens))], max_tokens=1, temperature=0.0, stream=True
+                ):
+                    pass
             self.prefills += 1
         finally:
             model.lock.release()
+
+    def _prefix_tokens(self, llama: Any, messages: list[dict[str, Any]]) -> list[int]:
+        """The tokens of the rendered chat up to the end of the last message's words (as the reply's
+        request will tokenise its prompt), or none when the template cannot be followed."""
+        words = messages[-1].get("content")
+        if not isinstance(words, str) or not words:
+            return []
+        marked = [*messages[:-1], {**messages[-1], "content": PREFILL_MARK}]
+        rendered = self._render(llama, marked)
+        if rendered is None or (at := rendered.prompt.find(PREFILL_MARK)) < 0:
+            return []
+        prefix = rendered.prompt[:at] + words
+        tokens: list[int] = llama.tokenize(prefix.encode(), add_bos=not rendered.added_special, special=True)
+        return tokens
 
 
 TOOL_LIST = (
@@ -454,12 +491,18 @@ def _first_time(key: tuple[Any, ...]) -> bool:
     return True
 
 
-def _acquire(lock: threading.Lock, stop: threading.Event) -> bool:
-    """Wait for ``lock`` (another session may be generating) unless stopped first."""
-    while not lock.acquire(timeout=PUT_POLL_SECONDS):
-        if stop.is_set():
-            return False
-    return True
+def _acquire(model: SharedModel, stop: threading.Event) -> bool:
+    """Wait for the model's lock (another session may be generating) unless stopped first; while
+    waiting, be counted in ``model.waiting`` so that optional work (a prefill) lets go."""
+    me = threading.get_ident()
+    model.waiting.add(me)
+    try:
+        while not model.lock.acquire(timeout=PUT_POLL_SECONDS):
+            if stop.is_set():
+                return False
+        return True
+    finally:
+        model.waiting.discard(me)
 
 
 def _put(
