@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from processors.models import shared_model
+from processors.models import onnx_session, shared_model
 
 __all__ = [
     "HEARD_SILENCE",
@@ -238,17 +238,6 @@ def _window_mel() -> np.ndarray:
     return mel
 
 
-def _load_session(path: Path) -> Any:
-    import onnxruntime  # type: ignore[import-untyped]
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1  # 2 cores are shared with STT, LLM and TTS
-    options.inter_op_num_threads = 1
-    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    return onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def shared_session(path: Path | None = None, window_secs: int = WINDOW_SECONDS) -> Any:
     """The process-wide session of the model hearing the last ``window_secs`` (blocking on first use:
     ~0.1 s, more to derive a shorter window's model the first time; call it from a thread)."""
@@ -257,7 +246,8 @@ def shared_session(path: Path | None = None, window_secs: int = WINDOW_SECONDS) 
         raise FileNotFoundError(f"{MODEL_FILE} not found: pip install --no-deps pipecat-ai")
     if window_secs != WINDOW_SECONDS:
         path = windowed_model(path, window_secs)
-    return shared_model(("smart-turn", str(path)), lambda: _load_session(path)).model
+    # one thread: 2 cores are shared with STT, LLM and TTS
+    return shared_model(("smart-turn", str(path)), lambda: onnx_session(path)).model
 
 
 def windowed_model(path: Path, seconds: int) -> Path:

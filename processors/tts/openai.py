@@ -61,6 +61,11 @@ class OpenAITTSParams(SpeechParams):
         2, ge=0, doc="retries of a failed request (connection errors, 429, 5xx) before it fails"
     )
     timeout: float = param(30.0, gt=0, doc="seconds to wait for the server to connect or send the next bytes")
+    prepare_ahead: bool = param(
+        False,
+        doc="synthesise the first piece of a preemptive reply before the turn ends (billed even when "
+        "the user goes on and it is never played)",
+    )
 
 
 class OpenAITTS(SpeechSynthesizer):

@@ -72,13 +72,11 @@ def _load_voice(model: Path, config: Path, threads: int) -> Any:
     """
 
     def load() -> Any:
-        from piper import PiperConfig, PiperVoice
-        from piper.phonemize_espeak import ESPEAK_DATA_DIR
+        from piper import PiperVoice
 
-        # What PiperVoice.load does, with a session of our options (it takes none).
-        settings = PiperConfig.from_dict(json.loads(config.read_text(encoding="utf-8")))
-        session = onnx_session(model, threads)
-        return PiperVoice(session, settings, Path(ESPEAK_DATA_DIR), download_dir=Path.cwd())
+        voice = PiperVoice.load(model, config)
+        voice.session = onnx_session(model, threads)  # load() takes no session options
+        return voice
 
     shared = shared_model(("piper", str(model.resolve()), str(config.resolve()), threads), load)
     with _SYNTH_LOCK:
